@@ -1,0 +1,1 @@
+//! Property tests of holdfast's core live in `tests/`.

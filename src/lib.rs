@@ -1,0 +1,14 @@
+//! holdfast: Kafka order-event processing that loses nothing and applies nothing twice.
+//!
+//! The core is pure and synchronous where it can be: offset tracking ([`offsets`]), the
+//! wide-table merge ([`widetable`]), the idempotency protocol ([`idempotency`]), the
+//! partitioner ([`partition`]) and the event types ([`event`]). The outside world is reached
+//! only through the traits in [`ports`]; the pipeline is written once, generic over them, and
+//! runs against real Kafka, Redis and PostgreSQL or inside the seeded simulator.
+
+pub mod event;
+pub mod idempotency;
+pub mod offsets;
+pub mod partition;
+pub mod ports;
+pub mod widetable;

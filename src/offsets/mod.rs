@@ -1,0 +1,1 @@
+//! Offset tracking: commit only up to the lowest unfinished record. (Being written.)

@@ -1,0 +1,1 @@
+//! The Java client's default partitioner, byte for byte. (Being written.)

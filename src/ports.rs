@@ -1,0 +1,207 @@
+//! Ports: the only ways the pipeline reaches the outside world.
+//!
+//! The pipeline is written once, generic over these traits. The real world implements them with
+//! rdkafka, Redis and PostgreSQL (`crate::adapters`, compiled out of simulation builds); the
+//! simulator implements them against simulated nodes; [`crate::idempotency::memory`] has
+//! in-memory versions with failure switches for tests.
+//!
+//! Every method is async and returns `Send` futures so that the pipeline can run on a
+//! multi-threaded runtime as well as in madsim's single-threaded simulation.
+
+use crate::event::OrderEvent;
+use crate::idempotency::IdempotencyKey;
+use crate::widetable::OrderRow;
+use std::future::Future;
+use std::time::Duration;
+
+/// A Kafka partition number within the pipeline's one topic.
+pub type PartitionId = i32;
+
+/// Why a port call failed. The split decides what the pipeline does next.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PortError {
+    /// The service is down or unreachable: pause and retry without limit; never dead-letter.
+    #[error("{service} is unavailable: {detail}")]
+    Unavailable {
+        service: &'static str,
+        detail: String,
+    },
+    /// The service is healthy but refused this request: retry a bounded number of times.
+    #[error("{service} rejected the request: {detail}")]
+    Rejected {
+        service: &'static str,
+        detail: String,
+    },
+    /// This process no longer owns what it tried to change (a revoked partition, a zombie
+    /// generation): drop the work; the new owner redoes it.
+    #[error("{service} fenced this member: {detail}")]
+    Fenced {
+        service: &'static str,
+        detail: String,
+    },
+}
+
+impl PortError {
+    /// True for outages, which are retried without limit.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, PortError::Unavailable { .. })
+    }
+}
+
+/// One record as read from the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub partition: PartitionId,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// What the group coordinator had stored for a partition when it was assigned to us.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommittedOffset {
+    /// The next offset to read.
+    pub offset: i64,
+    /// Commit metadata as written by the previous owner (holdfast writes the finished offsets
+    /// above `offset`; anything else is ignored).
+    pub metadata: Option<String>,
+}
+
+/// A change of ownership, reported by [`EventLog::poll`] before the records of the same poll.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rebalance {
+    Assigned {
+        partition: PartitionId,
+        committed: Option<CommittedOffset>,
+    },
+    Revoked {
+        partition: PartitionId,
+    },
+}
+
+/// The result of one poll: ownership changes first, then records in offset order per partition.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Polled {
+    pub rebalances: Vec<Rebalance>,
+    pub records: Vec<Record>,
+}
+
+/// One offset to commit: `offset` is the next offset to read (Kafka's convention).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OffsetCommit {
+    pub partition: PartitionId,
+    pub offset: i64,
+    pub metadata: String,
+}
+
+/// The consuming side of the log, one consumer-group member.
+pub trait EventLog: Send {
+    /// Returns up to `records_max` records, waiting at most `timeout` for the first one.
+    fn poll(
+        &mut self,
+        records_max: usize,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Polled, PortError>> + Send;
+
+    /// Commits offsets for partitions this member owns. `wait` asks for a synchronous commit
+    /// (used on revoke and shutdown); otherwise the call may return before the broker answers.
+    fn commit(
+        &mut self,
+        offsets: &[OffsetCommit],
+        wait: bool,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// Stops (or restarts) fetching from partitions, for back-pressure. Records already
+    /// returned are unaffected.
+    fn pause(
+        &mut self,
+        partitions: &[PartitionId],
+        paused: bool,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+}
+
+/// A message to publish (dead letters, compensation re-sends, the workload generator).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboundMessage {
+    pub topic: String,
+    /// Every holdfast producer keys by order id so that an order stays on one partition.
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Where an acknowledged message landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    pub partition: PartitionId,
+    pub offset: i64,
+}
+
+/// The producing side of the log. `publish` resolves only when the broker acknowledged the
+/// message under the producer's `acks` setting (the seed's "send with a callback").
+pub trait Publisher: Send + Sync {
+    fn publish(
+        &self,
+        message: OutboundMessage,
+    ) -> impl Future<Output = Result<Delivery, PortError>> + Send;
+}
+
+/// Reads another group's committed offsets (the compensator only re-sends what the main
+/// group has already committed past).
+pub trait GroupOffsets: Send + Sync {
+    fn committed(
+        &self,
+        group: &str,
+        partitions: &[PartitionId],
+    ) -> impl Future<Output = Result<Vec<Option<i64>>, PortError>> + Send;
+}
+
+/// The idempotency pre-filter (Redis in the real world). Advisory only: a wrong answer may cost
+/// a database round trip, never a lost or doubled effect.
+pub trait DedupCache: Send + Sync {
+    /// For each key, whether the cache remembers it.
+    fn contains_batch(
+        &self,
+        keys: &[IdempotencyKey],
+    ) -> impl Future<Output = Result<Vec<bool>, PortError>> + Send;
+
+    /// Remembers keys for `ttl`. Called only after the store committed them.
+    fn remember_batch(
+        &self,
+        keys: &[IdempotencyKey],
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+}
+
+/// What the store did with one event of a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ApplyOutcome {
+    /// Its key was new: the key row and the wide-table merge committed together.
+    Applied,
+    /// Its key was already there: nothing changed. This is success, not an error.
+    Duplicate,
+}
+
+/// The business database (PostgreSQL in the real world): the idempotency guarantee.
+pub trait OrderStore: Send + Sync {
+    /// Applies a batch in ONE transaction: for each event, insert its idempotency key and, if
+    /// the key was new, merge the event into its order's wide row. Returns one outcome per
+    /// event, in input order. On error nothing of the batch is committed.
+    fn apply_batch(
+        &self,
+        events: &[OrderEvent],
+    ) -> impl Future<Output = Result<Vec<ApplyOutcome>, PortError>> + Send;
+
+    /// For each key, whether the store has applied it (the compensator's comparison).
+    fn contains_batch(
+        &self,
+        keys: &[IdempotencyKey],
+    ) -> impl Future<Output = Result<Vec<bool>, PortError>> + Send;
+
+    /// The wide row of one order, if any event of it was applied.
+    fn load_row(
+        &self,
+        order_id: &str,
+    ) -> impl Future<Output = Result<Option<OrderRow>, PortError>> + Send;
+}
