@@ -10,5 +10,6 @@ pub mod event;
 pub mod idempotency;
 pub mod offsets;
 pub mod partition;
+pub mod planted;
 pub mod ports;
 pub mod widetable;
