@@ -3,13 +3,15 @@
 //! The core is pure and synchronous where it can be: offset tracking ([`offsets`]), the
 //! wide-table merge ([`widetable`]), the idempotency protocol ([`idempotency`]), the
 //! partitioner ([`partition`]) and the event types ([`event`]). The outside world is reached
-//! only through the traits in [`ports`]; the pipeline is written once, generic over them, and
-//! runs against real Kafka, Redis and PostgreSQL or inside the seeded simulator.
+//! only through the traits in [`ports`]; the pipeline ([`pipeline`]) is written once, generic
+//! over them, and runs against real Kafka, Redis and PostgreSQL or inside the seeded simulator.
 
 pub mod event;
 pub mod idempotency;
 pub mod offsets;
 pub mod partition;
+pub mod pipeline;
 pub mod planted;
 pub mod ports;
+pub(crate) mod sync;
 pub mod widetable;

@@ -205,3 +205,51 @@ pub trait OrderStore: Send + Sync {
         order_id: &str,
     ) -> impl Future<Output = Result<Option<OrderRow>, PortError>> + Send;
 }
+
+/// Named points inside the pipeline and the idempotency protocol where a crash is most
+/// interesting (the seed's windows). The simulator crashes a node at one of them through a
+/// [`Probe`]; real builds use [`NoProbe`], which costs nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FaultPoint {
+    /// Records polled, nothing processed yet.
+    AfterPoll,
+    /// The cache answered, the store has not been called.
+    AfterCacheCheck,
+    /// The store committed the batch, the cache has not been written.
+    AfterStoreCommit,
+    /// The cache was written, the offsets have not been acked.
+    AfterCacheWrite,
+    /// The offsets were acked to the tracker, not yet committed to the log.
+    BeforeOffsetCommit,
+    /// The offsets were committed to the log.
+    AfterOffsetCommit,
+    /// Part of a batch's events have been handed to the store.
+    MidBatch,
+}
+
+impl FaultPoint {
+    /// Every fault point, in pipeline order.
+    pub const ALL: [FaultPoint; 7] = [
+        FaultPoint::AfterPoll,
+        FaultPoint::AfterCacheCheck,
+        FaultPoint::AfterStoreCommit,
+        FaultPoint::AfterCacheWrite,
+        FaultPoint::BeforeOffsetCommit,
+        FaultPoint::AfterOffsetCommit,
+        FaultPoint::MidBatch,
+    ];
+}
+
+/// Observes the pipeline passing a [`FaultPoint`]. The simulator's probe may never return
+/// (the node is being killed) or may delay; that is the whole point.
+pub trait Probe: Send + Sync {
+    fn at(&self, point: FaultPoint) -> impl Future<Output = ()> + Send;
+}
+
+/// The probe of real builds: does nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoProbe;
+
+impl Probe for NoProbe {
+    async fn at(&self, _point: FaultPoint) {}
+}

@@ -1,0 +1,1 @@
+//! The consumer pipeline, generic over the ports. (Being written.)

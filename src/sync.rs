@@ -1,0 +1,1 @@
+//! Synchronisation primitives: `std` normally, loom's under `--cfg loom`. (Being written.)
