@@ -1,0 +1,3 @@
+//! The Kafka cluster model: brokers, a controller with the group coordinator, and clients.
+
+pub mod replica;
