@@ -1,0 +1,639 @@
+//! A broker node: hosts replicas, leads some partitions (appends, serves consumer fetches,
+//! tracks followers, proposes ISR changes, advances the high watermark) and follows others
+//! (fetches from their leader, truncating where its log diverged).
+
+use super::controller::{lock, ControllerAnswer, ControllerRequest};
+use super::replica::{Appended, Entry, Produced, Replica};
+use super::{broker_address, controller_address, Acks, FlushPolicy, KafkaConfig, PartitionState};
+use crate::world::rpc;
+use holdfast::ports::{PartitionId, Record};
+use madsim::net::Endpoint;
+use madsim::time::{sleep, timeout, Instant};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// How often a broker heartbeats to the controller (and learns the partition table).
+const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(50);
+/// How often a leader reconsiders its ISR.
+const ISR_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+/// How long a leader holds a follower's fetch open when there is nothing new.
+const REPLICA_FETCH_WAIT: Duration = Duration::from_millis(50);
+/// Pause before a follower retries after an error.
+const FOLLOWER_BACKOFF: Duration = Duration::from_millis(20);
+/// Most entries in one replica fetch answer.
+const REPLICA_FETCH_ENTRIES_MAX: usize = 1000;
+
+/// A request to a broker.
+#[derive(Clone, Debug)]
+pub enum BrokerRequest {
+    Produce {
+        partition: PartitionId,
+        record: Produced,
+        acks: Acks,
+    },
+    /// A consumer's fetch: committed records only (below the high watermark).
+    Fetch {
+        partition: PartitionId,
+        offset: i64,
+        count_max: usize,
+    },
+    /// A follower's fetch: `log_end` doubles as the acknowledgement of what it has.
+    ReplicaFetch {
+        partition: PartitionId,
+        follower: usize,
+        leader_epoch: i32,
+        log_end: i64,
+        last_epoch: i32,
+    },
+    Metadata,
+}
+
+/// How a produce request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProduceResult {
+    Appended(i64),
+    /// An idempotent retry of a record already in the log.
+    Duplicate(i64),
+    NotLeader,
+    NotEnoughReplicas,
+    OutOfOrderSequence,
+    /// acks=all: not replicated to the ISR within the request timeout (it may still be).
+    Timeout,
+}
+
+/// A broker's answer.
+#[derive(Clone, Debug)]
+pub enum BrokerAnswer {
+    Produced(ProduceResult),
+    Records {
+        records: Vec<Record>,
+        high_watermark: i64,
+    },
+    OutOfRange {
+        log_end: i64,
+    },
+    NotLeader,
+    Replicate {
+        entries: Vec<Entry>,
+        high_watermark: i64,
+    },
+    Diverged {
+        truncate_to: i64,
+    },
+    Metadata(Vec<PartitionState>),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct FollowerProgress {
+    log_end: i64,
+    caught_up_at: Instant,
+    leader_log_end_at_last_answer: i64,
+}
+
+#[derive(Clone, Debug)]
+struct Leadership {
+    epoch: i32,
+    isr: Vec<usize>,
+    isr_version: u64,
+    followers: BTreeMap<usize, FollowerProgress>,
+    altering_isr: bool,
+}
+
+/// A broker's state. `replicas` stands for the log files: page cache and disk, split by each
+/// replica's flushed length; a crash keeps only the disk part. The rest is volatile.
+#[derive(Debug)]
+pub struct BrokerState {
+    pub id: usize,
+    pub replicas: BTreeMap<PartitionId, Replica>,
+    view: BTreeMap<PartitionId, PartitionState>,
+    leading: BTreeMap<PartitionId, Leadership>,
+    incarnation: u64,
+    progress: Arc<Notify>,
+    config: KafkaConfig,
+}
+
+impl BrokerState {
+    /// A broker hosting the given partitions, with empty logs.
+    pub fn new(id: usize, hosted: Vec<PartitionId>, config: KafkaConfig) -> BrokerState {
+        BrokerState {
+            id,
+            replicas: hosted.into_iter().map(|p| (p, Replica::default())).collect(),
+            view: BTreeMap::new(),
+            leading: BTreeMap::new(),
+            incarnation: 0,
+            progress: Arc::new(Notify::new()),
+            config,
+        }
+    }
+
+    /// A crash: unflushed records and all volatile state are gone.
+    pub fn crash(&mut self) {
+        for replica in self.replicas.values_mut() {
+            replica.crash();
+        }
+        self.view.clear();
+        self.leading.clear();
+        self.progress = Arc::new(Notify::new());
+    }
+
+    fn flush_after_append(&mut self, partition: PartitionId) {
+        if self.config.flush == FlushPolicy::EveryAppend {
+            if let Some(replica) = self.replicas.get_mut(&partition) {
+                replica.flush();
+            }
+        }
+    }
+
+    /// Moves the leader's high watermark to the smallest log end in the ISR (never back).
+    fn advance_high_watermark(&mut self, partition: PartitionId) {
+        let (Some(leadership), Some(replica)) =
+            (self.leading.get(&partition), self.replicas.get_mut(&partition))
+        else {
+            return;
+        };
+        let mut smallest = replica.log_end();
+        for member in &leadership.isr {
+            if let Some(progress) = leadership.followers.get(member) {
+                smallest = smallest.min(progress.log_end);
+            }
+        }
+        if smallest > replica.high_watermark() {
+            replica.set_high_watermark(smallest);
+            self.progress.notify_waiters();
+        }
+    }
+
+    /// Adopts the controller's partition table: become leader or follower where it says.
+    fn apply_view(&mut self, states: Vec<PartitionState>, now: Instant) {
+        for state in states {
+            let partition = state.partition;
+            if !self.replicas.contains_key(&partition) {
+                continue;
+            }
+            if state.leader == Some(self.id) {
+                let current = self.leading.get(&partition).map(|l| l.epoch);
+                if current != Some(state.leader_epoch) {
+                    let followers = state
+                        .replicas
+                        .iter()
+                        .filter(|b| **b != self.id)
+                        .map(|b| {
+                            let progress = FollowerProgress {
+                                log_end: 0,
+                                caught_up_at: now,
+                                leader_log_end_at_last_answer: 0,
+                            };
+                            (*b, progress)
+                        })
+                        .collect();
+                    self.leading.insert(
+                        partition,
+                        Leadership {
+                            epoch: state.leader_epoch,
+                            isr: state.isr.clone(),
+                            isr_version: state.isr_version,
+                            followers,
+                            altering_isr: false,
+                        },
+                    );
+                } else if let Some(leadership) = self.leading.get_mut(&partition) {
+                    if state.isr_version > leadership.isr_version {
+                        leadership.isr = state.isr.clone();
+                        leadership.isr_version = state.isr_version;
+                    }
+                }
+                self.advance_high_watermark(partition);
+            } else {
+                self.leading.remove(&partition);
+            }
+            self.view.insert(partition, state);
+        }
+        self.progress.notify_waiters();
+    }
+
+    fn produce(&mut self, partition: PartitionId, record: Produced, acks: Acks) -> ProduceResult {
+        let Some(leadership) = self.leading.get(&partition) else {
+            return ProduceResult::NotLeader;
+        };
+        if acks == Acks::All && leadership.isr.len() < self.config.min_insync_replicas {
+            return ProduceResult::NotEnoughReplicas;
+        }
+        let epoch = leadership.epoch;
+        let Some(replica) = self.replicas.get_mut(&partition) else {
+            return ProduceResult::NotLeader;
+        };
+        let result = match replica.append_as_leader(epoch, record) {
+            Appended::New(offset) => ProduceResult::Appended(offset),
+            Appended::Duplicate(offset) => return ProduceResult::Duplicate(offset),
+            Appended::OutOfOrder => return ProduceResult::OutOfOrderSequence,
+        };
+        self.flush_after_append(partition);
+        self.advance_high_watermark(partition);
+        self.progress.notify_waiters();
+        result
+    }
+
+    /// For acks=all: `Some(answer)` once `offset` is committed or leadership was lost.
+    fn replicated(&self, partition: PartitionId, epoch: i32, offset: i64) -> Option<bool> {
+        let leadership = self.leading.get(&partition);
+        if leadership.map(|l| l.epoch) != Some(epoch) {
+            return Some(false);
+        }
+        let replica = self.replicas.get(&partition)?;
+        (replica.high_watermark() > offset).then_some(true)
+    }
+
+    fn fetch(&self, partition: PartitionId, offset: i64, count_max: usize) -> BrokerAnswer {
+        let (Some(_), Some(replica)) = (self.leading.get(&partition), self.replicas.get(&partition))
+        else {
+            return BrokerAnswer::NotLeader;
+        };
+        if offset > replica.log_end() || offset < 0 {
+            return BrokerAnswer::OutOfRange {
+                log_end: replica.log_end(),
+            };
+        }
+        let high_watermark = replica.high_watermark();
+        let records = replica
+            .read(offset, high_watermark, count_max)
+            .into_iter()
+            .map(|(offset, entry)| Record {
+                partition,
+                offset,
+                key: entry.record.key,
+                payload: entry.record.payload,
+                headers: entry.record.headers,
+            })
+            .collect();
+        BrokerAnswer::Records {
+            records,
+            high_watermark,
+        }
+    }
+
+    /// The leader's side of a follower fetch: divergence check, progress, high watermark.
+    fn replica_fetch(
+        &mut self,
+        partition: PartitionId,
+        follower: usize,
+        leader_epoch: i32,
+        log_end: i64,
+        last_epoch: i32,
+        now: Instant,
+    ) -> Option<BrokerAnswer> {
+        let leadership = self.leading.get(&partition)?;
+        if leadership.epoch != leader_epoch {
+            return None;
+        }
+        let replica = self.replicas.get(&partition)?;
+        if log_end > 0 && replica.epoch_at(log_end - 1) != Some(last_epoch) {
+            let mut truncate_to = log_end.min(replica.end_offset_for_epoch(last_epoch));
+            if truncate_to >= log_end {
+                truncate_to = log_end - 1; // the last entry differs: step back one
+            }
+            return Some(BrokerAnswer::Diverged { truncate_to });
+        }
+        let leader_log_end = replica.log_end();
+        let leadership = self.leading.get_mut(&partition)?;
+        let progress = leadership.followers.get_mut(&follower)?;
+        progress.log_end = log_end.min(leader_log_end);
+        if log_end >= progress.leader_log_end_at_last_answer {
+            progress.caught_up_at = now;
+        }
+        self.advance_high_watermark(partition);
+        None
+    }
+
+    /// Entries after the follower's log end, and records what it was sent.
+    fn replicate(&mut self, partition: PartitionId, follower: usize, log_end: i64) -> BrokerAnswer {
+        let Some(replica) = self.replicas.get(&partition) else {
+            return BrokerAnswer::NotLeader;
+        };
+        let entries: Vec<Entry> = replica
+            .read(log_end, replica.log_end(), REPLICA_FETCH_ENTRIES_MAX)
+            .into_iter()
+            .map(|(_, entry)| entry)
+            .collect();
+        let (high_watermark, leader_log_end) = (replica.high_watermark(), replica.log_end());
+        if let Some(progress) = self
+            .leading
+            .get_mut(&partition)
+            .and_then(|l| l.followers.get_mut(&follower))
+        {
+            progress.leader_log_end_at_last_answer = leader_log_end;
+        }
+        BrokerAnswer::Replicate {
+            entries,
+            high_watermark,
+        }
+    }
+
+    /// ISR changes each leader wants: `(partition, epoch, proposed ISR)`.
+    fn isr_proposals(&mut self, now: Instant) -> Vec<(PartitionId, i32, Vec<usize>)> {
+        let lag = self.config.replica_lag_time;
+        let mut proposals = Vec::new();
+        for (partition, leadership) in &mut self.leading {
+            if leadership.altering_isr {
+                continue;
+            }
+            let Some(state) = self.view.get(partition) else {
+                continue;
+            };
+            let wanted: Vec<usize> = state
+                .replicas
+                .iter()
+                .copied()
+                .filter(|b| {
+                    *b == self.id
+                        || leadership.followers.get(b).is_some_and(|p| {
+                            now.saturating_duration_since(p.caught_up_at) <= lag
+                        })
+                })
+                .collect();
+            if wanted != leadership.isr {
+                leadership.altering_isr = true;
+                proposals.push((*partition, leadership.epoch, wanted));
+            }
+        }
+        proposals
+    }
+
+    fn isr_altered(&mut self, partition: PartitionId, epoch: i32, state: Option<PartitionState>) {
+        if let Some(leadership) = self.leading.get_mut(&partition) {
+            if leadership.epoch == epoch {
+                leadership.altering_isr = false;
+                if let Some(state) = state {
+                    if state.leader_epoch == epoch && state.isr_version > leadership.isr_version {
+                        leadership.isr = state.isr;
+                        leadership.isr_version = state.isr_version;
+                    }
+                }
+            }
+        }
+        self.advance_high_watermark(partition);
+    }
+
+    /// Where this broker should fetch `partition` from: `(leader, epoch)`.
+    fn follow_target(&self, partition: PartitionId) -> Option<(usize, i32)> {
+        if self.leading.contains_key(&partition) {
+            return None;
+        }
+        let state = self.view.get(&partition)?;
+        let leader = state.leader?;
+        (leader != self.id).then_some((leader, state.leader_epoch))
+    }
+
+    /// The epoch this broker leads `partition` in, if it does.
+    pub fn leads(&self, partition: PartitionId) -> Option<i32> {
+        self.leading.get(&partition).map(|leadership| leadership.epoch)
+    }
+
+    /// The leader's committed records, for inspection.
+    pub fn committed_log(&self, partition: PartitionId) -> Option<Vec<(i64, Entry)>> {
+        let replica = self.replicas.get(&partition)?;
+        Some(replica.read(0, replica.high_watermark(), usize::MAX))
+    }
+}
+
+/// The broker node's main task (its madsim `init`): recovers from its disk, then serves.
+pub async fn run(state: Arc<Mutex<BrokerState>>) {
+    let (id, hosted, config) = {
+        let mut broker = lock(&state);
+        broker.crash(); // after a restart only what was flushed is left
+        broker.incarnation = madsim::rand::random::<u64>() | 1;
+        let hosted: Vec<PartitionId> = broker.replicas.keys().copied().collect();
+        (broker.id, hosted, broker.config.clone())
+    };
+    let endpoint = crate::world::bind(broker_address(id)).await;
+    madsim::task::spawn(heartbeat_loop(state.clone(), endpoint.clone(), config.clone()));
+    madsim::task::spawn(isr_loop(state.clone(), endpoint.clone(), config.clone()));
+    if let FlushPolicy::Interval(every) = config.flush {
+        let flusher = state.clone();
+        madsim::task::spawn(async move {
+            loop {
+                sleep(every).await;
+                for replica in lock(&flusher).replicas.values_mut() {
+                    replica.flush();
+                }
+            }
+        });
+    }
+    for partition in hosted {
+        let follower = follower_loop(state.clone(), endpoint.clone(), partition, config.clone());
+        madsim::task::spawn(follower);
+    }
+    rpc::serve(endpoint, move |request: BrokerRequest| {
+        handle(state.clone(), request, config.request_timeout)
+    })
+    .await;
+}
+
+async fn handle(
+    state: Arc<Mutex<BrokerState>>,
+    request: BrokerRequest,
+    request_timeout: Duration,
+) -> Option<BrokerAnswer> {
+    match request {
+        BrokerRequest::Produce {
+            partition,
+            record,
+            acks,
+        } => {
+            let (result, epoch, progress) = {
+                let mut broker = lock(&state);
+                let epoch = broker.leading.get(&partition).map_or(-1, |l| l.epoch);
+                (broker.produce(partition, record, acks), epoch, broker.progress.clone())
+            };
+            match (acks, result) {
+                (Acks::Zero, _) => None,
+                (Acks::All, ProduceResult::Appended(offset) | ProduceResult::Duplicate(offset)) => {
+                    let answer =
+                        wait_replicated(&state, &progress, partition, epoch, offset, request_timeout)
+                            .await;
+                    Some(BrokerAnswer::Produced(answer.unwrap_or(result)))
+                }
+                _ => Some(BrokerAnswer::Produced(result)),
+            }
+        }
+        BrokerRequest::Fetch {
+            partition,
+            offset,
+            count_max,
+        } => Some(lock(&state).fetch(partition, offset, count_max)),
+        BrokerRequest::ReplicaFetch {
+            partition,
+            follower,
+            leader_epoch,
+            log_end,
+            last_epoch,
+        } => {
+            let (early, progress, empty) = {
+                let mut broker = lock(&state);
+                let now = Instant::now();
+                let early = broker.replica_fetch(
+                    partition,
+                    follower,
+                    leader_epoch,
+                    log_end,
+                    last_epoch,
+                    now,
+                );
+                let leading = broker.leading.get(&partition).map(|l| l.epoch) == Some(leader_epoch);
+                let empty = broker.replicas.get(&partition).map(Replica::log_end) == Some(log_end);
+                if early.is_none() && !leading {
+                    return Some(BrokerAnswer::NotLeader);
+                }
+                (early, broker.progress.clone(), empty)
+            };
+            if let Some(answer) = early {
+                return Some(answer);
+            }
+            if empty {
+                // Long poll: answer as soon as something is appended, or after the wait.
+                let _ = timeout(REPLICA_FETCH_WAIT, progress.notified()).await;
+            }
+            Some(lock(&state).replicate(partition, follower, log_end))
+        }
+        BrokerRequest::Metadata => Some(BrokerAnswer::Metadata(
+            lock(&state).view.values().cloned().collect(),
+        )),
+    }
+}
+
+/// Waits until the ISR has `offset`; `None` means it does (answer with the append result).
+async fn wait_replicated(
+    state: &Mutex<BrokerState>,
+    progress: &Notify,
+    partition: PartitionId,
+    epoch: i32,
+    offset: i64,
+    request_timeout: Duration,
+) -> Option<ProduceResult> {
+    let deadline = Instant::now() + request_timeout;
+    loop {
+        let notified = progress.notified();
+        match lock(state).replicated(partition, epoch, offset) {
+            Some(true) => return None,
+            Some(false) => return Some(ProduceResult::NotLeader),
+            None => {}
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || timeout(left, notified).await.is_err() {
+            return Some(ProduceResult::Timeout);
+        }
+    }
+}
+
+async fn heartbeat_loop(state: Arc<Mutex<BrokerState>>, endpoint: Endpoint, config: KafkaConfig) {
+    loop {
+        let (broker, incarnation) = {
+            let broker = lock(&state);
+            (broker.id, broker.incarnation)
+        };
+        let request = ControllerRequest::Heartbeat {
+            broker,
+            incarnation,
+        };
+        let answer = rpc::call(&endpoint, controller_address(), request, config.request_timeout);
+        if let Some(ControllerAnswer::Metadata(states)) = answer.await {
+            lock(&state).apply_view(states, Instant::now());
+        }
+        sleep(HEARTBEAT_INTERVAL).await;
+    }
+}
+
+async fn isr_loop(state: Arc<Mutex<BrokerState>>, endpoint: Endpoint, config: KafkaConfig) {
+    loop {
+        sleep(ISR_CHECK_INTERVAL).await;
+        let (leader, proposals) = {
+            let mut broker = lock(&state);
+            (broker.id, broker.isr_proposals(Instant::now()))
+        };
+        for (partition, epoch, isr) in proposals {
+            let request = ControllerRequest::AlterIsr {
+                partition,
+                leader,
+                leader_epoch: epoch,
+                isr,
+            };
+            let answer = rpc::call(&endpoint, controller_address(), request, config.request_timeout);
+            let altered = match answer.await {
+                Some(ControllerAnswer::AlterIsr(altered)) => altered,
+                _ => None,
+            };
+            lock(&state).isr_altered(partition, epoch, altered);
+        }
+    }
+}
+
+async fn follower_loop(
+    state: Arc<Mutex<BrokerState>>,
+    endpoint: Endpoint,
+    partition: PartitionId,
+    config: KafkaConfig,
+) {
+    loop {
+        let (id, target, log_end, last_epoch) = {
+            let broker = lock(&state);
+            let replica = broker.replicas.get(&partition);
+            (
+                broker.id,
+                broker.follow_target(partition),
+                replica.map_or(0, Replica::log_end),
+                replica.map_or(-1, Replica::last_epoch),
+            )
+        };
+        let Some((leader, leader_epoch)) = target else {
+            sleep(FOLLOWER_BACKOFF).await;
+            continue;
+        };
+        let request = BrokerRequest::ReplicaFetch {
+            partition,
+            follower: id,
+            leader_epoch,
+            log_end,
+            last_epoch,
+        };
+        let answer = rpc::call(&endpoint, broker_address(leader), request, config.request_timeout);
+        let answer: Option<BrokerAnswer> = answer.await;
+        if !apply_fetched(&state, partition, (leader, leader_epoch), log_end, answer) {
+            sleep(FOLLOWER_BACKOFF).await;
+        }
+    }
+}
+
+/// Applies a leader's answer to a follower fetch; false if there was nothing to apply.
+fn apply_fetched(
+    state: &Mutex<BrokerState>,
+    partition: PartitionId,
+    target: (usize, i32),
+    log_end: i64,
+    answer: Option<BrokerAnswer>,
+) -> bool {
+    let mut broker = lock(state);
+    // Apply only if nothing changed meanwhile (leader, epoch, our own log).
+    let unchanged = broker.follow_target(partition) == Some(target)
+        && broker.replicas.get(&partition).map(Replica::log_end) == Some(log_end);
+    match answer {
+        Some(BrokerAnswer::Replicate {
+            entries,
+            high_watermark,
+        }) if unchanged => {
+            if let Some(replica) = broker.replicas.get_mut(&partition) {
+                replica.append_as_follower(entries);
+                replica.set_high_watermark(high_watermark);
+            }
+            broker.flush_after_append(partition);
+            true
+        }
+        Some(BrokerAnswer::Diverged { truncate_to }) if unchanged => {
+            if let Some(replica) = broker.replicas.get_mut(&partition) {
+                replica.truncate(truncate_to);
+            }
+            true
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,424 @@
+//! The consumer client: `SimLog` implements `holdfast::ports::EventLog` as one member of a
+//! consumer group (eager rebalances: everything is revoked, then the new assignment arrives
+//! with the committed offsets); `SimGroupOffsets` reads any group's commits.
+
+use super::broker::{BrokerAnswer, BrokerRequest};
+use super::controller::{lock, ControllerAnswer, ControllerRequest};
+use super::group::{GroupAnswer, GroupRequest};
+use super::metadata::MetadataCache;
+use super::{broker_address, controller_address, unavailable, SERVICE};
+use crate::world::rpc;
+use holdfast::ports::{
+    EventLog, GroupOffsets, OffsetCommit, PartitionId, Polled, PortError, Rebalance, Record,
+};
+use madsim::net::Endpoint;
+use madsim::task::JoinHandle;
+use madsim::time::{sleep, Instant};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Pause between empty fetch rounds inside one poll.
+const FETCH_IDLE: Duration = Duration::from_millis(5);
+/// Pause between join attempts while a rebalance is under way.
+const JOIN_RETRY: Duration = Duration::from_millis(20);
+
+/// The consumer's settings.
+#[derive(Clone, Debug)]
+pub struct ConsumerConfig {
+    pub brokers: usize,
+    pub partitions: i32,
+    pub request_timeout: Duration,
+    pub session_timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    Unjoined,
+    Joined,
+    /// The coordinator started a rebalance: revoke everything, then rejoin.
+    MustRejoin,
+    /// The coordinator evicted us: our partitions are gone; rejoin as a new member.
+    Lost,
+}
+
+#[derive(Debug)]
+struct Membership {
+    member: Option<u64>,
+    generation: i32,
+    status: Status,
+}
+
+struct CommitJob {
+    request: GroupRequest,
+    reply: Option<oneshot::Sender<Result<(), PortError>>>,
+}
+
+/// One consumer-group member on the node that created it.
+pub struct SimLog {
+    endpoint: Endpoint,
+    group: String,
+    config: ConsumerConfig,
+    metadata: MetadataCache,
+    membership: Arc<Mutex<Membership>>,
+    owned: BTreeSet<PartitionId>,
+    positions: BTreeMap<PartitionId, i64>,
+    paused: BTreeSet<PartitionId>,
+    pending_assignment: Option<Vec<PartitionId>>,
+    rotation: usize,
+    commits: mpsc::UnboundedSender<CommitJob>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for SimLog {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl SimLog {
+    /// A member of `group` using `endpoint`; it joins on its first poll.
+    pub fn new(endpoint: Endpoint, group: &str, config: ConsumerConfig) -> SimLog {
+        let membership = Arc::new(Mutex::new(Membership {
+            member: None,
+            generation: -1,
+            status: Status::Unjoined,
+        }));
+        let (commits, queue) = mpsc::unbounded_channel();
+        let tasks = vec![
+            madsim::task::spawn(heartbeat_loop(
+                endpoint.clone(),
+                group.to_string(),
+                membership.clone(),
+                config.clone(),
+            )),
+            // One sender, in order: Kafka commits travel on one connection to the coordinator,
+            // so an older asynchronous commit never lands after a newer one.
+            madsim::task::spawn(commit_loop(endpoint.clone(), queue, config.request_timeout)),
+        ];
+        SimLog {
+            metadata: MetadataCache::new(config.brokers, config.partitions),
+            endpoint,
+            group: group.to_string(),
+            config,
+            membership,
+            owned: BTreeSet::new(),
+            positions: BTreeMap::new(),
+            paused: BTreeSet::new(),
+            pending_assignment: None,
+            rotation: 0,
+            commits,
+            tasks,
+        }
+    }
+
+    async fn coordinator(&self, request: GroupRequest) -> Result<GroupAnswer, PortError> {
+        let request = ControllerRequest::Group(request);
+        let answer = rpc::call(&self.endpoint, controller_address(), request, self.config.request_timeout);
+        match answer.await {
+            Some(ControllerAnswer::Group(answer)) => Ok(answer),
+            _ => Err(unavailable("group coordinator did not answer")),
+        }
+    }
+
+    /// Revokes everything if the coordinator asked for it; `Some` is the poll's answer.
+    fn revoke_if_needed(&mut self) -> Option<Polled> {
+        let mut membership = lock(&self.membership);
+        if !matches!(membership.status, Status::MustRejoin | Status::Lost) {
+            return None;
+        }
+        if membership.status == Status::Lost {
+            membership.member = None;
+        }
+        membership.status = Status::Unjoined;
+        drop(membership);
+        self.pending_assignment = None;
+        self.positions.clear();
+        let rebalances: Vec<Rebalance> = std::mem::take(&mut self.owned)
+            .into_iter()
+            .map(|partition| Rebalance::Revoked { partition })
+            .collect();
+        (!rebalances.is_empty()).then(|| Polled {
+            rebalances,
+            records: Vec::new(),
+        })
+    }
+
+    /// Joins until assigned or `deadline`; true once assigned.
+    async fn join(&mut self, deadline: Instant) -> Result<bool, PortError> {
+        loop {
+            let member = lock(&self.membership).member;
+            let request = GroupRequest::Join {
+                group: self.group.clone(),
+                member,
+            };
+            match self.coordinator(request).await? {
+                GroupAnswer::Joined {
+                    member,
+                    generation,
+                    partitions,
+                } => {
+                    let mut membership = lock(&self.membership);
+                    membership.member = Some(member);
+                    membership.generation = generation;
+                    membership.status = Status::Joined;
+                    self.pending_assignment = Some(partitions);
+                    return Ok(true);
+                }
+                GroupAnswer::Pending { member } => {
+                    lock(&self.membership).member = Some(member);
+                }
+                other => return Err(unavailable(format!("unexpected join answer {other:?}"))),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            sleep(JOIN_RETRY.min(left)).await;
+        }
+    }
+
+    /// Reads the committed offsets of a fresh assignment and reports it.
+    async fn take_assignment(&mut self, partitions: Vec<PartitionId>) -> Result<Polled, PortError> {
+        let request = GroupRequest::Committed {
+            group: self.group.clone(),
+            partitions: Some(partitions.clone()),
+        };
+        let GroupAnswer::Offsets(offsets) = self.coordinator(request).await? else {
+            return Err(unavailable("unexpected answer to an offset fetch"));
+        };
+        let committed: BTreeMap<PartitionId, _> = offsets.into_iter().collect();
+        let mut rebalances = Vec::new();
+        for partition in partitions {
+            let offset = committed.get(&partition).cloned();
+            // auto.offset.reset=earliest: no commit means the start of the log.
+            self.positions.insert(partition, offset.as_ref().map_or(0, |c| c.offset));
+            self.owned.insert(partition);
+            rebalances.push(Rebalance::Assigned {
+                partition,
+                committed: offset,
+            });
+        }
+        self.pending_assignment = None;
+        Ok(Polled {
+            rebalances,
+            records: Vec::new(),
+        })
+    }
+
+    /// One fetch from each owned, unpaused partition (rotating the start for fairness).
+    async fn fetch_round(&mut self, records_max: usize) -> Vec<Record> {
+        let partitions: Vec<PartitionId> = self
+            .owned
+            .iter()
+            .copied()
+            .filter(|p| !self.paused.contains(p))
+            .collect();
+        let mut records = Vec::new();
+        let count = partitions.len();
+        self.rotation = self.rotation.wrapping_add(1);
+        for step in 0..count {
+            if records.len() >= records_max {
+                break;
+            }
+            let partition = partitions[(self.rotation + step) % count];
+            let timeout = self.config.request_timeout;
+            let Some(leader) = self.metadata.leader_or_refresh(&self.endpoint, partition, timeout).await
+            else {
+                continue;
+            };
+            let position = self.positions.get(&partition).copied().unwrap_or(0);
+            let request = BrokerRequest::Fetch {
+                partition,
+                offset: position,
+                count_max: records_max - records.len(),
+            };
+            let answer = rpc::call(&self.endpoint, broker_address(leader), request, timeout).await;
+            match answer {
+                Some(BrokerAnswer::Records { records: batch, .. }) => {
+                    if !self.owned.contains(&partition) || self.positions.get(&partition) != Some(&position) {
+                        continue;
+                    }
+                    if let Some(last) = batch.last() {
+                        debug_assert_eq!(batch[0].offset, position, "fetch starts at the position");
+                        self.positions.insert(partition, last.offset + 1);
+                    }
+                    records.extend(batch);
+                }
+                Some(BrokerAnswer::OutOfRange { .. }) => {
+                    // The log lost what we were past (unclean election): auto.offset.reset.
+                    self.positions.insert(partition, 0);
+                }
+                _ => self.metadata.forget(partition),
+            }
+        }
+        records
+    }
+}
+
+impl EventLog for SimLog {
+    async fn poll(&mut self, records_max: usize, timeout: Duration) -> Result<Polled, PortError> {
+        let deadline = Instant::now() + timeout;
+        if let Some(revoked) = self.revoke_if_needed() {
+            return Ok(revoked);
+        }
+        if lock(&self.membership).status == Status::Unjoined && !self.join(deadline).await? {
+            return Ok(Polled::default());
+        }
+        if let Some(partitions) = self.pending_assignment.clone() {
+            return self.take_assignment(partitions).await;
+        }
+        loop {
+            let records = self.fetch_round(records_max.max(1)).await;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let status = lock(&self.membership).status;
+            if !records.is_empty() || left.is_zero() || status != Status::Joined {
+                return Ok(Polled {
+                    rebalances: Vec::new(),
+                    records,
+                });
+            }
+            sleep(FETCH_IDLE.min(left)).await;
+        }
+    }
+
+    async fn commit(&mut self, offsets: &[OffsetCommit], wait: bool) -> Result<(), PortError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let (member, generation) = {
+            let membership = lock(&self.membership);
+            (membership.member, membership.generation)
+        };
+        let Some(member) = member else {
+            return Err(PortError::Fenced {
+                service: SERVICE,
+                detail: "not a member of the group".to_string(),
+            });
+        };
+        let request = GroupRequest::Commit {
+            group: self.group.clone(),
+            member,
+            generation,
+            offsets: offsets.to_vec(),
+        };
+        if !wait {
+            let job = CommitJob { request, reply: None };
+            return self.commits.send(job).map_err(|_| unavailable("commit queue closed"));
+        }
+        let (reply, answer) = oneshot::channel();
+        let job = CommitJob {
+            request,
+            reply: Some(reply),
+        };
+        self.commits.send(job).map_err(|_| unavailable("commit queue closed"))?;
+        answer.await.unwrap_or_else(|_| Err(unavailable("commit queue closed")))
+    }
+
+    async fn pause(&mut self, partitions: &[PartitionId], paused: bool) -> Result<(), PortError> {
+        for partition in partitions {
+            if paused {
+                self.paused.insert(*partition);
+            } else {
+                self.paused.remove(partition);
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn heartbeat_loop(
+    endpoint: Endpoint,
+    group: String,
+    membership: Arc<Mutex<Membership>>,
+    config: ConsumerConfig,
+) {
+    let interval = (config.session_timeout / 3).max(Duration::from_millis(10));
+    loop {
+        sleep(interval).await;
+        let (member, generation, status) = {
+            let membership = lock(&membership);
+            (membership.member, membership.generation, membership.status)
+        };
+        let (Some(member), Status::Joined) = (member, status) else {
+            continue;
+        };
+        let request = ControllerRequest::Group(GroupRequest::Heartbeat {
+            group: group.clone(),
+            member,
+            generation,
+        });
+        let answer = rpc::call(&endpoint, controller_address(), request, config.request_timeout);
+        let status = match answer.await {
+            Some(ControllerAnswer::Group(GroupAnswer::Rebalance)) => Status::MustRejoin,
+            Some(ControllerAnswer::Group(GroupAnswer::UnknownMember)) => Status::Lost,
+            _ => continue,
+        };
+        let mut membership = lock(&membership);
+        if membership.member == Some(member) && membership.status == Status::Joined {
+            membership.status = status;
+        }
+    }
+}
+
+async fn commit_loop(
+    endpoint: Endpoint,
+    mut queue: mpsc::UnboundedReceiver<CommitJob>,
+    request_timeout: Duration,
+) {
+    while let Some(job) = queue.recv().await {
+        let request = ControllerRequest::Group(job.request);
+        let answer = rpc::call(&endpoint, controller_address(), request, request_timeout).await;
+        let result = match answer {
+            Some(ControllerAnswer::Group(GroupAnswer::Committed)) => Ok(()),
+            Some(ControllerAnswer::Group(GroupAnswer::Fenced(detail))) => Err(PortError::Fenced {
+                service: SERVICE,
+                detail,
+            }),
+            _ => Err(unavailable("group coordinator did not answer the commit")),
+        };
+        if let Some(reply) = job.reply {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// Reads committed offsets of any group (the compensator's view of the main group).
+#[derive(Clone)]
+pub struct SimGroupOffsets {
+    endpoint: Endpoint,
+    request_timeout: Duration,
+}
+
+impl SimGroupOffsets {
+    /// A reader using `endpoint`.
+    pub fn new(endpoint: Endpoint, request_timeout: Duration) -> SimGroupOffsets {
+        SimGroupOffsets {
+            endpoint,
+            request_timeout,
+        }
+    }
+}
+
+impl GroupOffsets for SimGroupOffsets {
+    async fn committed(
+        &self,
+        group: &str,
+        partitions: &[PartitionId],
+    ) -> Result<Vec<Option<i64>>, PortError> {
+        let request = ControllerRequest::Group(GroupRequest::Committed {
+            group: group.to_string(),
+            partitions: Some(partitions.to_vec()),
+        });
+        let answer = rpc::call(&self.endpoint, controller_address(), request, self.request_timeout);
+        let Some(ControllerAnswer::Group(GroupAnswer::Offsets(offsets))) = answer.await else {
+            return Err(unavailable("group coordinator did not answer"));
+        };
+        let committed: BTreeMap<PartitionId, i64> =
+            offsets.into_iter().map(|(p, c)| (p, c.offset)).collect();
+        Ok(partitions.iter().map(|p| committed.get(p).copied()).collect())
+    }
+}

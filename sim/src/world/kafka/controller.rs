@@ -1,0 +1,324 @@
+//! The controller: broker liveness by heartbeat, leader election (clean from the ISR, or
+//! unclean from any live replica), ISR changes proposed by leaders; plus the group
+//! coordinator. One madsim node; its partition table and committed offsets are durable
+//! (ZooKeeper / `__consumer_offsets`), broker liveness and group membership are not.
+
+use super::group::{store_commits, Group, GroupAnswer, GroupRequest};
+use super::{controller_address, KafkaConfig, PartitionState};
+use crate::world::rpc;
+use crate::world::FaultLog;
+use holdfast::ports::{CommittedOffset, PartitionId};
+use madsim::time::Instant;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How often the controller checks sessions.
+const TICK: Duration = Duration::from_millis(20);
+
+/// A request to the controller.
+#[derive(Clone, Debug)]
+pub enum ControllerRequest {
+    /// A broker is alive; `incarnation` changes when it restarts.
+    Heartbeat { broker: usize, incarnation: u64 },
+    /// A leader asks to change a partition's ISR.
+    AlterIsr {
+        partition: PartitionId,
+        leader: usize,
+        leader_epoch: i32,
+        isr: Vec<usize>,
+    },
+    Group(GroupRequest),
+}
+
+/// The controller's answer.
+#[derive(Clone, Debug)]
+pub enum ControllerAnswer {
+    Metadata(Vec<PartitionState>),
+    /// The partition's state after the request (the ISR changed only if it matches).
+    AlterIsr(Option<PartitionState>),
+    Group(GroupAnswer),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Liveness {
+    incarnation: u64,
+    last_seen: Instant,
+    live: bool,
+}
+
+/// The controller's state, shared with the world for inspection.
+#[derive(Debug)]
+pub struct ControllerState {
+    config: KafkaConfig,
+    /// Durable: the partition table.
+    pub partitions: Vec<PartitionState>,
+    /// Durable: committed offsets with metadata, per group.
+    pub committed: BTreeMap<String, BTreeMap<PartitionId, CommittedOffset>>,
+    brokers: BTreeMap<usize, Liveness>,
+    groups: BTreeMap<String, Group>,
+    faults: FaultLog,
+}
+
+impl ControllerState {
+    /// A fresh cluster: replicas spread round-robin, the first replica leads, all in sync.
+    pub fn new(config: KafkaConfig, faults: FaultLog, now: Instant) -> ControllerState {
+        let partitions = (0..config.partitions)
+            .map(|partition| {
+                let replicas: Vec<usize> = (0..config.replication_factor)
+                    .map(|offset| (partition as usize + offset) % config.brokers)
+                    .collect();
+                PartitionState {
+                    partition,
+                    leader: Some(replicas[0]),
+                    leader_epoch: 0,
+                    isr: replicas.clone(),
+                    isr_version: 0,
+                    replicas,
+                }
+            })
+            .collect();
+        // Every broker starts alive with an unknown incarnation (0), adopted on first contact.
+        let brokers = (0..config.brokers)
+            .map(|broker| {
+                let liveness = Liveness {
+                    incarnation: 0,
+                    last_seen: now,
+                    live: true,
+                };
+                (broker, liveness)
+            })
+            .collect();
+        ControllerState {
+            config,
+            partitions,
+            committed: BTreeMap::new(),
+            brokers,
+            groups: BTreeMap::new(),
+            faults,
+        }
+    }
+
+    /// A controller restart: volatile state is gone; brokers get a fresh session.
+    fn restart(&mut self, now: Instant) {
+        self.groups.clear();
+        for liveness in self.brokers.values_mut() {
+            liveness.last_seen = now;
+        }
+    }
+
+    fn heartbeat(&mut self, broker: usize, incarnation: u64, now: Instant) {
+        debug_assert_ne!(incarnation, 0);
+        let previous = self.brokers.get(&broker).copied();
+        let same = |p: &Liveness| p.incarnation == incarnation || p.incarnation == 0;
+        if let Some(previous) = previous {
+            if previous.live && !same(&previous) {
+                // It restarted faster than its session expired: its old self is dead.
+                self.set_live(broker, false, now);
+            }
+        }
+        self.brokers.insert(
+            broker,
+            Liveness {
+                incarnation,
+                last_seen: now,
+                live: previous.is_some_and(|p| p.live && same(&p)),
+            },
+        );
+        if !self.brokers[&broker].live {
+            self.set_live(broker, true, now);
+        }
+    }
+
+    fn set_live(&mut self, broker: usize, live: bool, now: Instant) {
+        if let Some(liveness) = self.brokers.get_mut(&broker) {
+            liveness.live = live;
+        }
+        self.faults.note(
+            now,
+            format!("controller: broker {broker} {}", if live { "registered" } else { "dead" }),
+        );
+        self.elect_all(now);
+    }
+
+    fn is_live(&self, broker: usize) -> bool {
+        self.brokers.get(&broker).is_some_and(|liveness| liveness.live)
+    }
+
+    /// Drops dead brokers from ISRs (never emptying one) and elects leaders where needed.
+    fn elect_all(&mut self, now: Instant) {
+        let live: Vec<bool> = (0..self.config.brokers).map(|b| self.is_live(b)).collect();
+        let unclean = self.config.unclean_election;
+        for state in &mut self.partitions {
+            let before = state.clone();
+            let live_isr: Vec<usize> = state.isr.iter().copied().filter(|b| live[*b]).collect();
+            let leader_live = state.leader.is_some_and(|leader| live[leader]);
+            if leader_live {
+                if !live_isr.is_empty() && live_isr != state.isr {
+                    state.isr = live_isr;
+                    state.isr_version += 1;
+                }
+            } else if let Some(&leader) = live_isr.first() {
+                state.leader = Some(leader);
+                state.leader_epoch += 1;
+                if live_isr != state.isr {
+                    state.isr = live_isr;
+                    state.isr_version += 1;
+                }
+            } else if let Some(&leader) = state.replicas.iter().find(|b| unclean && live[**b]) {
+                state.leader = Some(leader);
+                state.leader_epoch += 1;
+                state.isr = vec![leader];
+                state.isr_version += 1;
+            } else if state.leader.is_some() {
+                // Offline: the ISR keeps its last member, who alone may lead cleanly.
+                state.leader = None;
+            }
+            if *state != before && state.leader != before.leader {
+                self.faults.note(
+                    now,
+                    format!(
+                        "controller: partition {} leader {:?} -> {:?} (epoch {}, isr {:?}{})",
+                        state.partition,
+                        before.leader,
+                        state.leader,
+                        state.leader_epoch,
+                        state.isr,
+                        if state.isr.len() == 1 && !before.isr.contains(&state.isr[0]) {
+                            ", unclean"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+            }
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        let timeout = self.config.broker_session_timeout;
+        let expired: Vec<usize> = self
+            .brokers
+            .iter()
+            .filter(|(_, l)| l.live && now.saturating_duration_since(l.last_seen) > timeout)
+            .map(|(broker, _)| *broker)
+            .collect();
+        for broker in expired {
+            self.set_live(broker, false, now);
+        }
+        let (session, partitions) = (self.config.session_timeout, self.config.partitions);
+        for (name, group) in &mut self.groups {
+            for member in group.tick(now, session, partitions) {
+                self.faults.note(
+                    now,
+                    format!("coordinator: group {name} evicted member {member} (session timeout)"),
+                );
+            }
+        }
+    }
+
+    fn alter_isr(
+        &mut self,
+        partition: PartitionId,
+        leader: usize,
+        leader_epoch: i32,
+        isr: Vec<usize>,
+    ) -> Option<PartitionState> {
+        let state = self.partitions.get_mut(usize::try_from(partition).ok()?)?;
+        let current = state.leader == Some(leader) && state.leader_epoch == leader_epoch;
+        if current && isr.contains(&leader) && state.isr != isr {
+            state.isr = isr;
+            state.isr_version += 1;
+        }
+        Some(state.clone())
+    }
+
+    fn group(&mut self, request: GroupRequest, now: Instant) -> GroupAnswer {
+        let (session, partitions) = (self.config.session_timeout, self.config.partitions);
+        match request {
+            GroupRequest::Join { group, member } => self
+                .groups
+                .entry(group)
+                .or_default()
+                .join(member, now, session, partitions),
+            GroupRequest::Heartbeat {
+                group,
+                member,
+                generation,
+            } => self
+                .groups
+                .entry(group)
+                .or_default()
+                .heartbeat(member, generation, now),
+            GroupRequest::Commit {
+                group,
+                member,
+                generation,
+                offsets,
+            } => {
+                let state = self.groups.entry(group.clone()).or_default();
+                match state.check_commit(member, generation, &offsets) {
+                    Ok(()) => {
+                        store_commits(self.committed.entry(group).or_default(), &offsets);
+                        GroupAnswer::Committed
+                    }
+                    Err(reason) => GroupAnswer::Fenced(reason),
+                }
+            }
+            GroupRequest::Committed { group, partitions } => {
+                let committed = self.committed.get(&group).cloned().unwrap_or_default();
+                let offsets = match partitions {
+                    None => committed.into_iter().collect(),
+                    Some(wanted) => wanted
+                        .into_iter()
+                        .filter_map(|p| committed.get(&p).map(|c| (p, c.clone())))
+                        .collect(),
+                };
+                GroupAnswer::Offsets(offsets)
+            }
+        }
+    }
+
+    fn handle(&mut self, request: ControllerRequest, now: Instant) -> ControllerAnswer {
+        match request {
+            ControllerRequest::Heartbeat {
+                broker,
+                incarnation,
+            } => {
+                self.heartbeat(broker, incarnation, now);
+                ControllerAnswer::Metadata(self.partitions.clone())
+            }
+            ControllerRequest::AlterIsr {
+                partition,
+                leader,
+                leader_epoch,
+                isr,
+            } => ControllerAnswer::AlterIsr(self.alter_isr(partition, leader, leader_epoch, isr)),
+            ControllerRequest::Group(request) => ControllerAnswer::Group(self.group(request, now)),
+        }
+    }
+}
+
+/// The controller node's main task (its madsim `init`).
+pub async fn run(state: Arc<Mutex<ControllerState>>) {
+    lock(&state).restart(Instant::now());
+    let endpoint = crate::world::bind(controller_address()).await;
+    let ticker = state.clone();
+    madsim::task::spawn(async move {
+        loop {
+            madsim::time::sleep(TICK).await;
+            lock(&ticker).tick(Instant::now());
+        }
+    });
+    rpc::serve(endpoint, move |request: ControllerRequest| {
+        let answer = lock(&state).handle(request, Instant::now());
+        async move { Some(answer) }
+    })
+    .await;
+}
+
+/// Locks a model's state. The simulation is single-threaded and never holds a lock across an
+/// await, so a poisoned lock only follows a panic that already failed the run.
+pub fn lock<T>(state: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,490 @@
+//! The simulated world: Kafka, Redis and PostgreSQL models, each on its own madsim node and
+//! reached over madsim's network, so that `kill`, `restart` and clogging hit them for real.
+//!
+//! [`World`] is the harness's facade: it starts the services, hands out port implementations
+//! for client nodes, injects faults and lets the checker read the models' state directly.
+
+pub mod kafka;
+pub mod postgres;
+pub mod redis;
+pub mod rpc;
+
+use holdfast::idempotency::IdempotencyKey;
+use holdfast::planted::PlantedBug;
+use holdfast::ports::{CommittedOffset, PartitionId, Record};
+use holdfast::widetable::OrderRow;
+use kafka::broker::BrokerState;
+use kafka::consumer::ConsumerConfig;
+use kafka::controller::{lock, ControllerState};
+use kafka::producer::ProducerConfig;
+use kafka::{KafkaConfig, PartitionState};
+use madsim::net::{Endpoint, NetSim};
+use madsim::runtime::{Handle, NodeHandle};
+pub use madsim::task::NodeId;
+use madsim::time::Instant;
+use postgres::StoreDisk;
+use redis::RedisState;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use kafka::{Acks, FlushPolicy, SimGroupOffsets, SimLog, SimPublisher};
+pub use postgres::SimStore;
+pub use redis::SimCache;
+
+/// Every knob of the simulated world.
+#[derive(Clone, Debug)]
+pub struct WorldConfig {
+    pub brokers: usize,
+    pub partitions: i32,
+    pub replication_factor: usize,
+    pub min_insync_replicas: usize,
+    pub acks: Acks,
+    pub flush: FlushPolicy,
+    pub unclean_election: bool,
+    pub idempotent_producer: bool,
+    pub producer_retries: u32,
+    pub redis_persistent: bool,
+    pub redis_max_keys: Option<usize>,
+    /// Consumer-group session timeout (and rebalance timeout).
+    pub session_timeout: Duration,
+    /// `PlantedBug::NoUniqueKey` removes the store's unique key; others are ignored here.
+    pub planted: Option<PlantedBug>,
+    /// One-way network latency range (uniform).
+    pub latency: (Duration, Duration),
+    /// `replica.lag.time.max.ms`.
+    pub replica_lag_time: Duration,
+    /// How long any client waits for an answer before calling the service unavailable.
+    pub request_timeout: Duration,
+}
+
+impl Default for WorldConfig {
+    /// The safe configuration: three brokers, RF 3, `min.insync.replicas` 2, acks=all,
+    /// idempotent producer, Kafka's default flush policy (never: replication is durability).
+    fn default() -> WorldConfig {
+        WorldConfig {
+            brokers: 3,
+            partitions: 4,
+            replication_factor: 3,
+            min_insync_replicas: 2,
+            acks: Acks::All,
+            flush: FlushPolicy::Never,
+            unclean_election: false,
+            idempotent_producer: true,
+            producer_retries: 20,
+            redis_persistent: false,
+            redis_max_keys: None,
+            session_timeout: Duration::from_millis(1000),
+            planted: None,
+            latency: (Duration::from_millis(1), Duration::from_millis(3)),
+            replica_lag_time: Duration::from_millis(500),
+            request_timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+impl WorldConfig {
+    fn kafka(&self) -> KafkaConfig {
+        KafkaConfig {
+            brokers: self.brokers,
+            partitions: self.partitions,
+            replication_factor: self.replication_factor,
+            min_insync_replicas: self.min_insync_replicas,
+            flush: self.flush,
+            unclean_election: self.unclean_election,
+            session_timeout: self.session_timeout,
+            replica_lag_time: self.replica_lag_time,
+            broker_session_timeout: self.replica_lag_time.min(Duration::from_millis(300)),
+            request_timeout: self.request_timeout,
+        }
+    }
+}
+
+/// A service node of the world.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ServiceNode {
+    Broker(usize),
+    /// The Kafka controller, which also hosts the group coordinator.
+    Controller,
+    Redis,
+    Postgres,
+}
+
+/// Faults and notable model events with their virtual time, for the report.
+#[derive(Clone, Debug)]
+pub struct FaultLog {
+    start: Instant,
+    entries: Arc<Mutex<Vec<String>>>,
+}
+
+impl FaultLog {
+    /// An empty log whose clock starts now.
+    pub fn new() -> FaultLog {
+        FaultLog {
+            start: Instant::now(),
+            entries: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Records `what` at virtual time `at`.
+    pub fn note(&self, at: Instant, what: impl Into<String>) {
+        let elapsed = at.saturating_duration_since(self.start);
+        let line = format!("t={:>9.3}ms {}", elapsed.as_secs_f64() * 1000.0, what.into());
+        lock(&self.entries).push(line);
+    }
+
+    /// Everything recorded so far.
+    pub fn entries(&self) -> Vec<String> {
+        lock(&self.entries).clone()
+    }
+}
+
+impl Default for FaultLog {
+    fn default() -> FaultLog {
+        FaultLog::new()
+    }
+}
+
+/// Binds `address` on the current node, retrying while a previous incarnation's socket is
+/// still being torn down.
+pub async fn bind(address: SocketAddr) -> Endpoint {
+    loop {
+        match Endpoint::bind(address).await {
+            Ok(endpoint) => return endpoint,
+            Err(_) => madsim::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+}
+
+struct Inner {
+    config: WorldConfig,
+    controller: Arc<Mutex<ControllerState>>,
+    brokers: Vec<Arc<Mutex<BrokerState>>>,
+    redis: Arc<Mutex<RedisState>>,
+    store: Arc<Mutex<StoreDisk>>,
+    nodes: Vec<(ServiceNode, NodeId)>,
+    faults: FaultLog,
+    next_client_host: AtomicU8,
+}
+
+/// The running world. Cheap to clone.
+#[derive(Clone)]
+pub struct World {
+    inner: Arc<Inner>,
+}
+
+/// How long `World::start` waits for every partition to have a serving leader.
+const STARTUP_LIMIT: Duration = Duration::from_secs(10);
+
+impl World {
+    /// Creates the broker, controller, Redis and PostgreSQL nodes and waits until every
+    /// partition has a leader serving it. Panics on an invalid configuration.
+    pub async fn start(config: WorldConfig) -> World {
+        let kafka = config.kafka();
+        if let Err(problem) = kafka.validate() {
+            panic!("invalid world configuration: {problem}");
+        }
+        let (latency_min, latency_max) = config.latency;
+        NetSim::current().update_config(|net| {
+            net.send_latency = latency_min..latency_max.max(latency_min + Duration::from_micros(1));
+        });
+        let handle = Handle::current();
+        let faults = FaultLog::new();
+        let controller = Arc::new(Mutex::new(ControllerState::new(
+            kafka.clone(),
+            faults.clone(),
+            Instant::now(),
+        )));
+        let mut nodes = Vec::new();
+        let state = controller.clone();
+        let node = service_node(&handle, "controller", kafka::controller_address(), move || {
+            kafka::controller::run(state.clone())
+        });
+        nodes.push((ServiceNode::Controller, node.id()));
+        let tables: Vec<PartitionState> = lock(&controller).partitions.clone();
+        let mut brokers = Vec::new();
+        for broker in 0..config.brokers {
+            let hosted = tables
+                .iter()
+                .filter(|t| t.replicas.contains(&broker))
+                .map(|t| t.partition)
+                .collect();
+            let state = Arc::new(Mutex::new(BrokerState::new(broker, hosted, kafka.clone())));
+            brokers.push(state.clone());
+            let name = format!("broker-{broker}");
+            let node = service_node(&handle, &name, kafka::broker_address(broker), move || {
+                kafka::broker::run(state.clone())
+            });
+            nodes.push((ServiceNode::Broker(broker), node.id()));
+        }
+        let redis = Arc::new(Mutex::new(RedisState::new(
+            config.redis_persistent,
+            config.redis_max_keys,
+        )));
+        let state = redis.clone();
+        let node = service_node(&handle, "redis", redis::redis_address(), move || {
+            redis::run(state.clone())
+        });
+        nodes.push((ServiceNode::Redis, node.id()));
+        let store = Arc::new(Mutex::new(StoreDisk::new(config.planted)));
+        let state = store.clone();
+        let node = service_node(&handle, "postgres", postgres::postgres_address(), move || {
+            postgres::run(state.clone())
+        });
+        nodes.push((ServiceNode::Postgres, node.id()));
+        let world = World {
+            inner: Arc::new(Inner {
+                config,
+                controller,
+                brokers,
+                redis,
+                store,
+                nodes,
+                faults,
+                next_client_host: AtomicU8::new(1),
+            }),
+        };
+        world.wait_ready(STARTUP_LIMIT).await;
+        world
+    }
+
+    /// Waits until every partition's controller-named leader serves it; false on timeout.
+    pub async fn wait_ready(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let tables = lock(&self.inner.controller).partitions.clone();
+            let ready = tables.iter().all(|table| {
+                table.leader.is_some_and(|leader| {
+                    lock(&self.inner.brokers[leader]).leads(table.partition) == Some(table.leader_epoch)
+                })
+            });
+            if ready {
+                return true;
+            }
+            madsim::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    /// The configuration the world runs with.
+    pub fn config(&self) -> &WorldConfig {
+        &self.inner.config
+    }
+
+    /// Creates a client node (for a consumer, producer or the workload) with a fresh address.
+    pub fn client_node(&self, name: &str) -> NodeHandle {
+        let host = self.inner.next_client_host.fetch_add(1, Ordering::Relaxed);
+        Handle::current()
+            .create_node()
+            .name(name)
+            .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 9, host)))
+            .build()
+    }
+
+    async fn client_endpoint(&self) -> Endpoint {
+        match Endpoint::bind("0.0.0.0:0").await {
+            Ok(endpoint) => endpoint,
+            Err(error) => panic!("a client node cannot bind: {error}"),
+        }
+    }
+
+    fn consumer_config(&self) -> ConsumerConfig {
+        let config = &self.inner.config;
+        ConsumerConfig {
+            brokers: config.brokers,
+            partitions: config.partitions,
+            request_timeout: config.request_timeout,
+            session_timeout: config.session_timeout,
+        }
+    }
+
+    /// A consumer-group member for the current (client) node's task.
+    pub async fn log(&self, group: &str) -> SimLog {
+        SimLog::new(self.client_endpoint().await, group, self.consumer_config())
+    }
+
+    /// A producer for the current (client) node's task.
+    pub async fn publisher(&self) -> SimPublisher {
+        let config = &self.inner.config;
+        let producer = ProducerConfig {
+            brokers: config.brokers,
+            partitions: config.partitions,
+            acks: config.acks,
+            idempotent: config.idempotent_producer,
+            retries: config.producer_retries,
+            request_timeout: config.request_timeout,
+        };
+        SimPublisher::new(self.client_endpoint().await, producer)
+    }
+
+    /// A committed-offsets reader for the current (client) node's task.
+    pub async fn group_offsets(&self) -> SimGroupOffsets {
+        SimGroupOffsets::new(self.client_endpoint().await, self.inner.config.request_timeout)
+    }
+
+    /// A Redis client for the current (client) node's task.
+    pub async fn cache(&self) -> SimCache {
+        SimCache::new(self.client_endpoint().await, self.inner.config.request_timeout)
+    }
+
+    /// A PostgreSQL client for the current (client) node's task.
+    pub async fn store(&self) -> SimStore {
+        SimStore::new(self.client_endpoint().await, self.inner.config.request_timeout)
+    }
+
+    /// Every service node and its madsim id.
+    pub fn nodes(&self) -> Vec<(ServiceNode, NodeId)> {
+        self.inner.nodes.clone()
+    }
+
+    fn node_id(&self, node: ServiceNode) -> NodeId {
+        match self.inner.nodes.iter().find(|(service, _)| *service == node) {
+            Some((_, id)) => *id,
+            None => panic!("no such service node: {node:?}"),
+        }
+    }
+
+    fn note(&self, what: String) {
+        self.inner.faults.note(Instant::now(), what);
+    }
+
+    /// Kills a service node: its tasks stop, its unflushed data is gone.
+    pub fn kill(&self, node: ServiceNode) {
+        Handle::current().kill(self.node_id(node));
+        self.crash_state(node);
+        self.note(format!("kill {node:?}"));
+    }
+
+    /// Restarts a service node (killing it first if it runs): it recovers from its disk.
+    pub fn restart(&self, node: ServiceNode) {
+        let handle = Handle::current();
+        let id = self.node_id(node);
+        handle.kill(id); // also tears down its sockets, so the new incarnation can bind
+        self.crash_state(node);
+        handle.restart(id);
+        self.note(format!("restart {node:?}"));
+    }
+
+    fn crash_state(&self, node: ServiceNode) {
+        match node {
+            ServiceNode::Broker(broker) => lock(&self.inner.brokers[broker]).crash(),
+            ServiceNode::Redis => lock(&self.inner.redis).crash(),
+            ServiceNode::Controller | ServiceNode::Postgres => {}
+        }
+    }
+
+    /// Cuts (or restores) every link to and from a service node.
+    pub fn clog(&self, node: ServiceNode, on: bool) {
+        let id = self.node_id(node);
+        let net = NetSim::current();
+        if on {
+            net.clog_node(id);
+        } else {
+            net.unclog_node(id);
+        }
+        self.note(format!("{} {node:?}", if on { "clog" } else { "unclog" }));
+    }
+
+    /// Cuts (or restores) the one-way link from `source` to `target` (any nodes).
+    pub fn clog_link(&self, source: NodeId, target: NodeId, on: bool) {
+        let net = NetSim::current();
+        if on {
+            net.clog_link(source, target);
+        } else {
+            net.unclog_link(source, target);
+        }
+        self.note(format!("{} link {source} -> {target}", if on { "clog" } else { "unclog" }));
+    }
+
+    /// The madsim id of a service node.
+    pub fn id(&self, node: ServiceNode) -> NodeId {
+        self.node_id(node)
+    }
+
+    /// Drops every Redis key (a `FLUSHALL` fault), without the network.
+    pub fn redis_flushall(&self) {
+        lock(&self.inner.redis).flush_all();
+        self.note("redis flushall".to_string());
+    }
+
+    /// The group's committed offsets with metadata, as the coordinator stores them.
+    pub fn committed(&self, group: &str) -> BTreeMap<PartitionId, CommittedOffset> {
+        let controller = lock(&self.inner.controller);
+        controller.committed.get(group).cloned().unwrap_or_default()
+    }
+
+    /// The partition table as the controller holds it.
+    pub fn partition_table(&self) -> Vec<PartitionState> {
+        lock(&self.inner.controller).partitions.clone()
+    }
+
+    /// What a consumer could ever read of `partition`: the current leader's log up to its high
+    /// watermark (with no leader, the longest committed prefix any replica holds).
+    pub fn partition_log(&self, partition: PartitionId) -> Vec<(i64, Record)> {
+        let leader = usize::try_from(partition)
+            .ok()
+            .and_then(|index| self.partition_table().get(index).and_then(|t| t.leader));
+        let entries = match leader {
+            Some(leader) => lock(&self.inner.brokers[leader]).committed_log(partition),
+            None => self
+                .inner
+                .brokers
+                .iter()
+                .filter_map(|broker| lock(broker).committed_log(partition))
+                .max_by_key(Vec::len),
+        };
+        entries
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(offset, entry)| {
+                let record = Record {
+                    partition,
+                    offset,
+                    key: entry.record.key,
+                    payload: entry.record.payload,
+                    headers: entry.record.headers,
+                };
+                (offset, record)
+            })
+            .collect()
+    }
+
+    /// How many times the store applied each idempotency key.
+    pub fn store_applications(&self) -> BTreeMap<IdempotencyKey, u32> {
+        lock(&self.inner.store).core.applications().clone()
+    }
+
+    /// The store's wide rows.
+    pub fn store_rows(&self) -> BTreeMap<String, OrderRow> {
+        lock(&self.inner.store).core.rows().clone()
+    }
+
+    /// How many keys Redis holds now.
+    pub fn redis_keys(&self) -> usize {
+        lock(&self.inner.redis).len()
+    }
+
+    /// Faults injected and model events (elections, evictions), with virtual times.
+    pub fn faults(&self) -> Vec<String> {
+        self.inner.faults.entries()
+    }
+}
+
+fn service_node<F>(
+    handle: &Handle,
+    name: &str,
+    address: SocketAddr,
+    init: impl Fn() -> F + Send + Sync + 'static,
+) -> NodeHandle
+where
+    F: std::future::Future<Output = ()> + 'static,
+{
+    handle
+        .create_node()
+        .name(name)
+        .ip(address.ip())
+        .init(init)
+        .build()
+}

@@ -1,0 +1,221 @@
+//! The PostgreSQL model: durable (its data outlives node restarts), one transaction per
+//! `apply_batch` that takes virtual time and commits atomically at its end (a crash before
+//! then commits nothing), transactions serialized at commit, and a unique key on the
+//! idempotency key. `SimStore` implements `holdfast::ports::OrderStore`.
+//!
+//! The store's logic is the core's own (`StoreCore`), not a re-implementation.
+
+use crate::world::kafka::controller::lock;
+use crate::world::rpc;
+use holdfast::event::OrderEvent;
+use holdfast::idempotency::IdempotencyKey;
+use holdfast::planted::PlantedBug;
+use holdfast::ports::{ApplyOutcome, OrderStore, PortError};
+use holdfast::widetable::OrderRow;
+use madsim::net::Endpoint;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use local::StoreCore;
+
+/// The PostgreSQL node's address.
+pub fn postgres_address() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 3, 1)), 5432)
+}
+
+const SERVICE: &str = "postgres";
+/// Virtual time a transaction spends per event (insert + upsert), before it commits.
+const COST_PER_EVENT: Duration = Duration::from_micros(50);
+/// Virtual time of a transaction's begin and commit.
+const COST_PER_TRANSACTION: Duration = Duration::from_micros(200);
+
+/// A request to the database.
+#[derive(Clone, Debug)]
+pub enum StoreRequest {
+    ApplyBatch(Vec<OrderEvent>),
+    Contains(Vec<IdempotencyKey>),
+    LoadRow(String),
+}
+
+/// The database's answer.
+#[derive(Clone, Debug)]
+pub enum StoreAnswer {
+    Applied(Vec<ApplyOutcome>),
+    Contains(Vec<bool>),
+    Row(Option<OrderRow>),
+}
+
+/// The database's disk: created outside the node, so it survives every crash.
+#[derive(Debug)]
+pub struct StoreDisk {
+    pub core: StoreCore,
+    pub planted: Option<PlantedBug>,
+    /// Transactions committed, for the report.
+    pub transactions: u64,
+}
+
+impl StoreDisk {
+    /// An empty database; `planted` may remove the unique key.
+    pub fn new(planted: Option<PlantedBug>) -> StoreDisk {
+        StoreDisk {
+            core: StoreCore::new(),
+            planted,
+            transactions: 0,
+        }
+    }
+}
+
+/// The PostgreSQL node's main task.
+pub async fn run(disk: Arc<Mutex<StoreDisk>>) {
+    let endpoint = crate::world::bind(postgres_address()).await;
+    rpc::serve(endpoint, move |request: StoreRequest| {
+        let disk = disk.clone();
+        async move { Some(handle(&disk, request).await) }
+    })
+    .await;
+}
+
+async fn handle(disk: &Mutex<StoreDisk>, request: StoreRequest) -> StoreAnswer {
+    match request {
+        StoreRequest::ApplyBatch(events) => {
+            // The transaction's work happens first; if the node dies meanwhile this task is
+            // dropped and nothing below runs: the transaction never commits.
+            let work = COST_PER_TRANSACTION + COST_PER_EVENT * events.len() as u32;
+            madsim::time::sleep(work).await;
+            let mut disk = lock(disk);
+            let planted = disk.planted;
+            let outcomes = disk.core.apply_batch(&events, planted);
+            disk.transactions += 1;
+            debug_assert_eq!(outcomes.len(), events.len());
+            StoreAnswer::Applied(outcomes)
+        }
+        StoreRequest::Contains(keys) => {
+            let disk = lock(disk);
+            StoreAnswer::Contains(keys.iter().map(|key| disk.core.contains(key)).collect())
+        }
+        StoreRequest::LoadRow(order_id) => StoreAnswer::Row(lock(disk).core.row(&order_id).cloned()),
+    }
+}
+
+/// A database client on the node that created it.
+#[derive(Clone)]
+pub struct SimStore {
+    endpoint: Endpoint,
+    request_timeout: Duration,
+}
+
+impl SimStore {
+    /// A client using `endpoint`.
+    pub fn new(endpoint: Endpoint, request_timeout: Duration) -> SimStore {
+        SimStore {
+            endpoint,
+            request_timeout,
+        }
+    }
+
+    async fn call(&self, request: StoreRequest, timeout: Duration) -> Result<StoreAnswer, PortError> {
+        rpc::call(&self.endpoint, postgres_address(), request, timeout)
+            .await
+            .ok_or_else(|| PortError::Unavailable {
+                service: SERVICE,
+                detail: "no answer (the transaction may or may not have committed)".to_string(),
+            })
+    }
+}
+
+fn unexpected(answer: StoreAnswer) -> PortError {
+    PortError::Rejected {
+        service: SERVICE,
+        detail: format!("unexpected answer {answer:?}"),
+    }
+}
+
+impl OrderStore for SimStore {
+    async fn apply_batch(&self, events: &[OrderEvent]) -> Result<Vec<ApplyOutcome>, PortError> {
+        let work = COST_PER_TRANSACTION + COST_PER_EVENT * events.len() as u32;
+        let request = StoreRequest::ApplyBatch(events.to_vec());
+        match self.call(request, self.request_timeout + work).await? {
+            StoreAnswer::Applied(outcomes) if outcomes.len() == events.len() => Ok(outcomes),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn contains_batch(&self, keys: &[IdempotencyKey]) -> Result<Vec<bool>, PortError> {
+        match self.call(StoreRequest::Contains(keys.to_vec()), self.request_timeout).await? {
+            StoreAnswer::Contains(found) if found.len() == keys.len() => Ok(found),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn load_row(&self, order_id: &str) -> Result<Option<OrderRow>, PortError> {
+        match self.call(StoreRequest::LoadRow(order_id.to_string()), self.request_timeout).await? {
+            StoreAnswer::Row(row) => Ok(row),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+/// Temporary stand-in for `holdfast::idempotency::memory::StoreState`, with the same
+/// interface, until the core's store lands; then this module goes and `StoreCore` becomes an
+/// alias of the core's type.
+mod local {
+    use super::*;
+
+    /// The store's tables: key applications and wide rows.
+    #[derive(Clone, Debug, Default)]
+    pub struct StoreCore {
+        applications: BTreeMap<IdempotencyKey, u32>,
+        rows: BTreeMap<String, OrderRow>,
+    }
+
+    impl StoreCore {
+        /// An empty store.
+        pub fn new() -> StoreCore {
+            StoreCore::default()
+        }
+
+        /// One transaction's effects (see the core's `StoreState::apply_batch`).
+        pub fn apply_batch(
+            &mut self,
+            events: &[OrderEvent],
+            planted: Option<PlantedBug>,
+        ) -> Vec<ApplyOutcome> {
+            let unique_key = planted != Some(PlantedBug::NoUniqueKey);
+            events
+                .iter()
+                .map(|event| {
+                    let count = self.applications.entry(IdempotencyKey::of(event)).or_insert(0);
+                    if unique_key && *count > 0 {
+                        return ApplyOutcome::Duplicate;
+                    }
+                    *count += 1;
+                    let row = self.rows.entry(event.order_id.clone()).or_default();
+                    row.order_id.clone_from(&event.order_id);
+                    ApplyOutcome::Applied
+                })
+                .collect()
+        }
+
+        /// Whether the store holds `key`.
+        pub fn contains(&self, key: &IdempotencyKey) -> bool {
+            self.applications.contains_key(key)
+        }
+
+        /// The wide row of one order.
+        pub fn row(&self, order_id: &str) -> Option<&OrderRow> {
+            self.rows.get(order_id)
+        }
+
+        /// How many times each key was applied.
+        pub fn applications(&self) -> &BTreeMap<IdempotencyKey, u32> {
+            &self.applications
+        }
+
+        /// Every wide row, by order id.
+        pub fn rows(&self) -> &BTreeMap<String, OrderRow> {
+            &self.rows
+        }
+    }
+}
