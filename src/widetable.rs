@@ -181,6 +181,8 @@ impl OrderRow {
         if planted == Some(PlantedBug::MergeByArrival) {
             return self.overwrite(event, Stamp::of(event));
         }
+        #[cfg(debug_assertions)]
+        let status_before = self.status();
         let mut changed = join_id(&mut self.order_id, &event.order_id);
         changed |= join_id(&mut self.user_id, &event.user_id);
         changed |= match event.kind {
@@ -199,6 +201,9 @@ impl OrderRow {
                 }
             }
         };
+        #[cfg(debug_assertions)]
+        debug_assert!(self.status() >= status_before, "the status never regresses");
+        debug_assert!(self.has(event.kind), "an applied event's column is set");
         changed
     }
 
