@@ -64,7 +64,10 @@ impl KafkaConfig {
             return Err(format!("brokers must be 1..=5, got {}", self.brokers));
         }
         if !(1..=64).contains(&self.partitions) {
-            return Err(format!("partitions must be 1..=64, got {}", self.partitions));
+            return Err(format!(
+                "partitions must be 1..=64, got {}",
+                self.partitions
+            ));
         }
         if self.replication_factor == 0 || self.replication_factor > self.brokers {
             return Err("replication factor must be 1..=brokers".to_string());
