@@ -233,6 +233,9 @@ impl Publisher for DeadLetterSink {
 /// asks the supervisor to kill and restart it, so the crash lands exactly in that window.
 pub struct CrashProbe {
     pub plan: Option<(FaultPoint, u32)>,
+    /// Slow workers: up to this many milliseconds of delay before each store call, so that
+    /// batches finish out of order.
+    pub slow_ms: u64,
     pub hits: Arc<AtomicU32>,
     pub fired: Arc<AtomicBool>,
     pub consumer: usize,

@@ -269,7 +269,13 @@ fn spawn_producer(
         done.clone(),
         sent.clone(),
     );
-    let pace_ms = (params.safety_ms / 2).max(1) / (workload.messages.len() as u64).max(1);
+    // Traffic comes in bursts (a burst keeps many records of a partition in flight at once),
+    // spread over the first half of the safety phase.
+    let messages = workload.messages.len() as u64;
+    let mut pacing = SplitMix::new(params.seed ^ 0x7072_6f64);
+    let burst_max = pacing.between(1, 64);
+    let bursts = messages.div_ceil(burst_max).max(1);
+    let pause_ms = (params.safety_ms / 2) / bursts;
     node.spawn(async move {
         let publisher = world.publisher().await;
         for message in workload.messages {
@@ -300,7 +306,9 @@ fn spawn_producer(
                     },
                 );
             }
-            sleep(Duration::from_millis(pace_ms)).await;
+            if pacing.chance(1.0 / burst_max as f64) {
+                sleep(Duration::from_millis(pause_ms)).await;
+            }
         }
         done.store(true, Ordering::SeqCst);
     });
@@ -342,6 +350,7 @@ fn spawn_consumer(
                     },
                     probe: CrashProbe {
                         plan: params.crash_at,
+                        slow_ms: params.slow_worker_ms,
                         hits: probe_hits,
                         fired,
                         consumer: index,
