@@ -181,7 +181,8 @@ impl Model {
                         metadata::decode(text, c.offset, u64::MAX).expect("own metadata decodes");
                     // Gaps count as finished in the metadata; keep the records only.
                     assert_eq!(assignment.restore.already_done, set.count());
-                    self.restored.extend(set.iter().filter(|o| self.log.binary_search(o).is_ok()));
+                    self.restored
+                        .extend(set.iter().filter(|o| self.log.binary_search(o).is_ok()));
                 }
                 // The log is re-read from the committed offset (a restart).
                 self.read_position = self.log.partition_point(|&o| o < c.offset);
