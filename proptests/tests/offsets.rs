@@ -340,6 +340,25 @@ proptest! {
     }
 }
 
+proptest! {
+    /// Goal: metadata decoding refuses or accepts any input without panicking, and restoring
+    /// from it never fails the assignment.
+    #[test]
+    fn metadata_decode_never_panics(
+        raw in prop::collection::vec(any::<u8>(), 0..64),
+        text in ".{0,40}",
+        base in any::<i64>(),
+    ) {
+        let as_text = format!("hf:{}", String::from_utf8_lossy(&raw));
+        for candidate in [as_text.as_str(), text.as_str()] {
+            let _ = metadata::decode(candidate, base, 1 << 20);
+            let committed = CommittedOffset { offset: base, metadata: Some(candidate.to_string()) };
+            let (tracker, _) = PartitionTracker::restore(&committed, Limits::default());
+            prop_assert_eq!(tracker.commit_point(), Some(base));
+        }
+    }
+}
+
 fn check_round_trip(set: &FinishedSet) {
     let text = metadata::encode(set, usize::MAX);
     let expected: Vec<i64> = set.iter().collect();

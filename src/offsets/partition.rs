@@ -122,7 +122,8 @@ impl PartitionTracker {
 
     /// Every other case of [`PartitionTracker::track`].
     fn track_slow(&mut self, offset: i64) -> Result<Tracked, TrackError> {
-        if self.known && offset < self.next {
+        // i64::MAX has no next offset to commit; Kafka never reaches it.
+        if (self.known && offset < self.next) || offset == i64::MAX {
             return Err(TrackError::Backwards {
                 offset,
                 next: self.next,
@@ -448,6 +449,10 @@ mod tests {
         t.track(5).unwrap();
         assert!(matches!(t.track(5), Err(TrackError::Backwards { .. })));
         assert!(matches!(t.track(4), Err(TrackError::Backwards { .. })));
+        assert!(matches!(
+            t.track(i64::MAX),
+            Err(TrackError::Backwards { .. })
+        ));
         assert_eq!(t.in_flight(), 1);
     }
 
