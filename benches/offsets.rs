@@ -5,13 +5,19 @@
 //! a pre-shuffled order (seeded `SmallRng`), so `window` records are in flight at the peak and
 //! acks arrive in random order. The tracker state carries over between iterations (offsets
 //! keep increasing, the ring keeps wrapping). Throughput is per record (one track + one ack).
+//!
+//! Two groups run the same code: `track_ack` measures wall time; `track_ack_cpu` measures the
+//! benchmark thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), which leaves out the time the
+//! thread spends descheduled when other jobs share the machine's cores.
 
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use holdfast::offsets::{CommitRule, Limits, PartitionTracker, SortedSetTracker};
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::hint::black_box;
+use std::time::Duration;
 
 const WINDOWS: [usize; 3] = [500, 10_000, 100_000];
 
@@ -21,8 +27,16 @@ fn shuffled(window: usize) -> Vec<u32> {
     order
 }
 
-fn track_and_ack(c: &mut Criterion) {
-    let mut group = c.benchmark_group("track_ack");
+fn track_and_ack_wall(c: &mut Criterion) {
+    track_and_ack(c, "track_ack");
+}
+
+fn track_and_ack_cpu(c: &mut Criterion<ThreadCpuTime>) {
+    track_and_ack(c, "track_ack_cpu");
+}
+
+fn track_and_ack<M: Measurement>(c: &mut Criterion<M>, name: &str) {
+    let mut group = c.benchmark_group(name);
     for window in WINDOWS {
         let order = shuffled(window);
         group.throughput(Throughput::Elements(window as u64));
@@ -73,5 +87,68 @@ fn track_and_ack(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, track_and_ack);
-criterion_main!(benches);
+/// CPU time of the calling thread.
+struct ThreadCpuTime;
+
+#[cfg(target_os = "linux")]
+fn thread_cpu_time() -> Duration {
+    #[repr(C)]
+    struct Timespec {
+        seconds: i64,
+        nanoseconds: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clock: i32, time: *mut Timespec) -> i32;
+    }
+    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
+    let mut time = Timespec {
+        seconds: 0,
+        nanoseconds: 0,
+    };
+    // SAFETY: `time` is a valid, exclusively borrowed timespec for the call's duration.
+    let status = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut time) };
+    assert_eq!(status, 0, "clock_gettime failed");
+    Duration::new(time.seconds as u64, time.nanoseconds as u32)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn thread_cpu_time() -> Duration {
+    // No portable thread clock: fall back to a monotonic clock.
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed()
+}
+
+static WALL_TIME: WallTime = WallTime;
+
+impl Measurement for ThreadCpuTime {
+    type Intermediate = Duration;
+    type Value = Duration;
+
+    fn start(&self) -> Duration {
+        thread_cpu_time()
+    }
+    fn end(&self, start: Duration) -> Duration {
+        thread_cpu_time().saturating_sub(start)
+    }
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+    fn to_f64(&self, value: &Duration) -> f64 {
+        value.as_nanos() as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        // Values are nanoseconds, as for wall time.
+        WALL_TIME.formatter()
+    }
+}
+
+criterion_group!(wall, track_and_ack_wall);
+criterion_group! {
+    name = cpu;
+    config = Criterion::default().with_measurement(ThreadCpuTime);
+    targets = track_and_ack_cpu
+}
+criterion_main!(wall, cpu);
