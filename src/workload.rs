@@ -167,7 +167,11 @@ fn lifecycle(config: &WorkloadConfig, rng: &mut SplitMix, index: usize) -> VecDe
     let order_id = format!("o{:x}-{index}", config.seed);
     let account_id = format!("u{}", index % config.users);
     let rebound = rng.chance(config.rebind_ratio);
-    let mut user_id = if rebound { format!("guest-{index}") } else { account_id.clone() };
+    let mut user_id = if rebound {
+        format!("guest-{index}")
+    } else {
+        account_id.clone()
+    };
     let mut at_ms = config.start_ms + (index as i64) * 1_000;
     let mut events = Vec::new();
     let mut push = |kind: EventKind, amount: Option<i64>, at_ms: i64, user_id: &str| {

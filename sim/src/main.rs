@@ -56,7 +56,7 @@ mod app {
         let started = Instant::now();
         let outcome = run(&params);
         let wall = started.elapsed();
-        print!("{}", report::single(&outcome, true));
+        print!("{}", report::single(&outcome, options.trace_lines));
         println!("wall time {:.3}s", wall.as_secs_f64());
         if options.check_determinism {
             let again = run(&params);

@@ -132,7 +132,7 @@ impl<L: EventLog> EventLog for RecordingLog<L> {
         for commit in offsets {
             self.observers.history.push(
                 at,
-                Step::Committed {
+                Step::CommitSent {
                     member: self.member.clone(),
                     partition: commit.partition,
                     offset: commit.offset,
@@ -244,6 +244,11 @@ pub struct CrashProbe {
 
 impl Probe for CrashProbe {
     async fn at(&self, point: FaultPoint) {
+        if point == FaultPoint::AfterCacheCheck && self.slow_ms > 0 {
+            use madsim::rand::Rng;
+            let delay = madsim::rand::thread_rng().gen_range(0..=self.slow_ms);
+            madsim::time::sleep(Duration::from_millis(delay)).await;
+        }
         let Some((planned, hit)) = self.plan else {
             return;
         };

@@ -50,7 +50,11 @@ impl RunParams {
             faults: rng.between(0, 8) as usize,
             crash_at,
             duplicate_percent: rng.between(0, 10) as u32,
-            slow_worker_ms: if rng.chance(0.3) { 0 } else { rng.between(1, 400) },
+            slow_worker_ms: if rng.chance(0.3) {
+                0
+            } else {
+                rng.between(1, 400)
+            },
             safety_ms: rng.between(5_000, 20_000),
             liveness_ms: 120_000,
         };

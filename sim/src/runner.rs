@@ -18,6 +18,7 @@ use holdfast::workload::{Workload, WorkloadConfig};
 use madsim::runtime::Handle;
 use madsim::task::NodeId;
 use madsim::time::{sleep, Instant};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -43,8 +44,8 @@ pub struct RunOutcome {
     pub steps: usize,
     /// Polls of an offset already polled before (redeliveries after crashes and rebalances).
     pub redeliveries: usize,
-    /// The last lines of the trace.
-    pub trace_tail: String,
+    /// The whole trace, one line per step.
+    pub trace: String,
 }
 
 impl RunOutcome {
@@ -141,7 +142,9 @@ async fn simulate(params: RunParams) -> RunOutcome {
         .collect();
     schedule.sort_unstable();
     let mut next = schedule.into_iter().peekable();
+    let mut stored = BTreeMap::new();
     while crate::observe::now_ms(start) < params.safety_ms {
+        record_stored_offsets(&world, &observers, &mut stored);
         while let Ok((consumer, point)) = crash_requests.try_recv() {
             crash_consumer(
                 &world,
@@ -167,6 +170,7 @@ async fn simulate(params: RunParams) -> RunOutcome {
     let deadline = Instant::now() + Duration::from_millis(params.liveness_ms);
     let mut converged = false;
     while Instant::now() < deadline {
+        record_stored_offsets(&world, &observers, &mut stored);
         while let Ok((consumer, point)) = crash_requests.try_recv() {
             crash_consumer(
                 &world,
@@ -218,16 +222,34 @@ async fn simulate(params: RunParams) -> RunOutcome {
         Step::Fault { description } => Some(format!("t={at:>9}ms {description}")),
         _ => None,
     }));
+    let trace = history.render(usize::MAX);
     RunOutcome {
-        fingerprint: history.fingerprint(),
+        fingerprint: crate::history::digest(trace.as_bytes()),
         steps: history.len(),
-        trace_tail: history.render(40),
+        trace,
         params,
         verdict,
         faults,
         virtual_ms,
         sent: sent.load(Ordering::SeqCst) as usize,
         redeliveries,
+    }
+}
+
+/// Records every change of the coordinator's committed offsets (what the group really
+/// stored, as opposed to what members sent).
+fn record_stored_offsets(world: &World, observers: &Observers, stored: &mut BTreeMap<i32, i64>) {
+    for (partition, committed) in world.committed(GROUP) {
+        if stored.insert(partition, committed.offset) != Some(committed.offset) {
+            observers.history.push(
+                observers.at(),
+                Step::Committed {
+                    member: "coordinator".into(),
+                    partition,
+                    offset: committed.offset,
+                },
+            );
+        }
     }
 }
 
