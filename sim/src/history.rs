@@ -187,6 +187,6 @@ mod tests {
         );
         assert_ne!(a.fingerprint(), b.fingerprint());
         assert_eq!(b.render(1).lines().count(), 1);
-        assert!(b.render(10).contains("c1 commit p0=8"));
+        assert!(b.render(10).contains("c1 stored p0=8"));
     }
 }

@@ -336,7 +336,7 @@ impl BrokerState {
     }
 
     /// ISR changes each leader wants: `(partition, epoch, proposed ISR)`.
-    fn isr_proposals(&mut self, now: Instant) -> Vec<(PartitionId, i32, Vec<usize>)> {
+    fn isr_proposals(&mut self, now: Instant) -> Vec<(PartitionId, i32, u64, Vec<usize>)> {
         let lag = self.config.replica_lag_time;
         let mut proposals = Vec::new();
         for (partition, leadership) in &mut self.leading {
@@ -346,21 +346,28 @@ impl BrokerState {
             let Some(state) = self.view.get(partition) else {
                 continue;
             };
+            let high_watermark = self
+                .replicas
+                .get(partition)
+                .map_or(0, |replica| replica.high_watermark());
             let wanted: Vec<usize> = state
                 .replicas
                 .iter()
                 .copied()
                 .filter(|b| {
                     *b == self.id
-                        || leadership
-                            .followers
-                            .get(b)
-                            .is_some_and(|p| now.saturating_duration_since(p.caught_up_at) <= lag)
+                        || leadership.followers.get(b).is_some_and(|p| {
+                            // A member stays while it keeps up; a newcomer (a restarted broker
+                            // that lost its page cache, say) joins only once it holds
+                            // everything committed, or electing it would lose records.
+                            let recent = now.saturating_duration_since(p.caught_up_at) <= lag;
+                            recent && (leadership.isr.contains(b) || p.log_end >= high_watermark)
+                        })
                 })
                 .collect();
             if wanted != leadership.isr {
                 leadership.altering_isr = true;
-                proposals.push((*partition, leadership.epoch, wanted));
+                proposals.push((*partition, leadership.epoch, leadership.isr_version, wanted));
             }
         }
         proposals
@@ -578,11 +585,12 @@ async fn isr_loop(state: Arc<Mutex<BrokerState>>, endpoint: Endpoint, config: Ka
             let mut broker = lock(&state);
             (broker.id, broker.isr_proposals(Instant::now()))
         };
-        for (partition, epoch, isr) in proposals {
+        for (partition, epoch, isr_version, isr) in proposals {
             let request = ControllerRequest::AlterIsr {
                 partition,
                 leader,
                 leader_epoch: epoch,
+                isr_version,
                 isr,
             };
             let answer = rpc::call(

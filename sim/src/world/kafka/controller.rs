@@ -29,6 +29,10 @@ pub enum ControllerRequest {
         partition: PartitionId,
         leader: usize,
         leader_epoch: i32,
+        /// The ISR version the proposal was computed from: a proposal based on a stale ISR
+        /// (say, one that still lists a broker the controller dropped when it restarted)
+        /// is refused, as Kafka's AlterPartition refuses a stale partition epoch.
+        isr_version: u64,
         isr: Vec<usize>,
     },
     Group(GroupRequest),
@@ -230,10 +234,13 @@ impl ControllerState {
         partition: PartitionId,
         leader: usize,
         leader_epoch: i32,
+        isr_version: u64,
         isr: Vec<usize>,
     ) -> Option<PartitionState> {
         let state = self.partitions.get_mut(usize::try_from(partition).ok()?)?;
-        let current = state.leader == Some(leader) && state.leader_epoch == leader_epoch;
+        let current = state.leader == Some(leader)
+            && state.leader_epoch == leader_epoch
+            && state.isr_version == isr_version;
         if current && isr.contains(&leader) && state.isr != isr {
             state.isr = isr;
             state.isr_version += 1;
@@ -300,8 +307,15 @@ impl ControllerState {
                 partition,
                 leader,
                 leader_epoch,
+                isr_version,
                 isr,
-            } => ControllerAnswer::AlterIsr(self.alter_isr(partition, leader, leader_epoch, isr)),
+            } => ControllerAnswer::AlterIsr(self.alter_isr(
+                partition,
+                leader,
+                leader_epoch,
+                isr_version,
+                isr,
+            )),
             ControllerRequest::Group(request) => ControllerAnswer::Group(self.group(request, now)),
         }
     }
