@@ -47,6 +47,7 @@ mod app {
         let mut params = RunParams::derive(seed, options.scenarios[0]);
         params.orders = options.orders.unwrap_or(params.orders);
         params.faults = options.faults.unwrap_or(params.faults);
+        params.liveness_ms = params.liveness_bound_ms();
         params
     }
 

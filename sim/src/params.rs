@@ -56,8 +56,9 @@ impl RunParams {
                 rng.between(1, 400)
             },
             safety_ms: rng.between(5_000, 20_000),
-            liveness_ms: 120_000,
+            liveness_ms: 0,
         };
+        params.liveness_ms = params.liveness_bound_ms();
         // The explorer's rows pin the dimension they are about.
         match scenario {
             Scenario::AutoCommit | Scenario::Planted(_) => {
@@ -70,6 +71,12 @@ impl RunParams {
             _ => params.faults = params.faults.max(1),
         }
         params
+    }
+
+    /// How long the healed system may take to converge: a fixed allowance for recovery
+    /// (sessions expiring, leaders elected, retries backing off) plus time per order.
+    pub fn liveness_bound_ms(&self) -> u64 {
+        60_000 + 50 * self.orders as u64
     }
 
     /// The command that replays exactly this run.

@@ -299,38 +299,53 @@ fn spawn_producer(
     let bursts = messages.div_ceil(burst_max).max(1);
     let pause_ms = (params.safety_ms / 2) / bursts;
     node.spawn(async move {
-        let publisher = world.publisher().await;
-        for message in workload.messages {
-            let outbound = OutboundMessage {
-                topic: TOPIC.into(),
-                key: message.key.clone(),
-                payload: message.payload.clone(),
-                headers: vec![],
-            };
-            let mut acknowledged = false;
-            for _attempt in 0..3 {
-                if publisher.publish(outbound.clone()).await.is_ok() {
-                    acknowledged = true;
-                    break;
+        let publisher = Arc::new(world.publisher().await);
+        let mut messages = workload.messages.into_iter().peekable();
+        while messages.peek().is_some() {
+            // One burst is sent concurrently, as a producer's batch is: per-partition order
+            // is kept by the producer client; different partitions proceed in parallel.
+            let burst: Vec<_> = messages
+                .by_ref()
+                .take(pacing.between(1, burst_max) as usize)
+                .collect();
+            let sends: Vec<_> = burst
+                .iter()
+                .map(|message| {
+                    let outbound = OutboundMessage {
+                        topic: TOPIC.into(),
+                        key: message.key.clone(),
+                        payload: message.payload.clone(),
+                        headers: vec![],
+                    };
+                    let publisher = Arc::clone(&publisher);
+                    madsim::task::spawn(async move {
+                        for _attempt in 0..3 {
+                            if publisher.publish(outbound.clone()).await.is_ok() {
+                                return true;
+                            }
+                            sleep(Duration::from_millis(50)).await;
+                        }
+                        false
+                    })
+                })
+                .collect();
+            for (message, send) in burst.iter().zip(sends) {
+                let acknowledged = send.await.unwrap_or(false);
+                sent_counter.fetch_add(1, Ordering::SeqCst);
+                if let Some(event) = &message.event {
+                    if let Ok(mut truth) = truth.lock() {
+                        truth.record(event, acknowledged);
+                    }
+                    observers.history.push(
+                        observers.at(),
+                        Step::Sent {
+                            event_id: event.event_id.clone(),
+                            acknowledged,
+                        },
+                    );
                 }
-                sleep(Duration::from_millis(50)).await;
             }
-            sent_counter.fetch_add(1, Ordering::SeqCst);
-            if let Some(event) = &message.event {
-                if let Ok(mut truth) = truth.lock() {
-                    truth.record(event, acknowledged);
-                }
-                observers.history.push(
-                    observers.at(),
-                    Step::Sent {
-                        event_id: event.event_id.clone(),
-                        acknowledged,
-                    },
-                );
-            }
-            if pacing.chance(1.0 / burst_max as f64) {
-                sleep(Duration::from_millis(pause_ms)).await;
-            }
+            sleep(Duration::from_millis(pause_ms)).await;
         }
         done.store(true, Ordering::SeqCst);
     });
