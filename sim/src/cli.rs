@@ -81,6 +81,8 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
     while index < args.len() {
         let flag = args[index].as_str();
         match flag {
+            // `cargo sim -- --seed 1` passes the separator through.
+            "--" => {}
             "--seed" => options.seed = Some(number(value(&mut index, flag)?, flag)?),
             "--seeds" => options.seeds = number(value(&mut index, flag)?, flag)?,
             "--first-seed" => options.first_seed = number(value(&mut index, flag)?, flag)?,

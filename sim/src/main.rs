@@ -27,6 +27,14 @@ mod app {
     use std::time::Instant;
 
     pub fn main(args: Vec<String>) -> i32 {
+        if args.iter().any(|arg| arg == "-h" || arg == "--help") {
+            println!(
+                "{}{}",
+                holdfast_sim::cli::USAGE,
+                holdfast_sim::cli::scenario_names()
+            );
+            return 0;
+        }
         let options = match parse(&args) {
             Ok(options) => options,
             Err(message) => {
@@ -53,7 +61,6 @@ mod app {
 
     fn replay(options: &Options, seed: u64) -> i32 {
         let params = params_of(options, seed);
-        println!("seed {seed}: {params}");
         let started = Instant::now();
         let outcome = run(&params);
         let wall = started.elapsed();

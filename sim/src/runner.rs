@@ -217,11 +217,20 @@ async fn simulate(params: RunParams) -> RunOutcome {
             .filter(|(_, step)| matches!(step, Step::Polled { partition, offset, .. } if !seen.insert((*partition, *offset))))
             .count()
     };
-    let mut faults = world.faults();
+    // The world's own fault log and the harness's faults, merged in time order.
+    let mut faults: Vec<(f64, String)> = world
+        .faults()
+        .into_iter()
+        .map(|line| (fault_time_ms(&line), line))
+        .collect();
     faults.extend(observed.history.iter().filter_map(|(at, step)| match step {
-        Step::Fault { description } => Some(format!("t={at:>9}ms {description}")),
+        Step::Fault { description } => {
+            Some((*at as f64, format!("t={:>9.3}ms {description}", *at as f64)))
+        }
         _ => None,
     }));
+    faults.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let faults: Vec<String> = faults.into_iter().map(|(_, line)| line).collect();
     let trace = history.render(usize::MAX);
     RunOutcome {
         fingerprint: crate::history::digest(trace.as_bytes()),
@@ -251,6 +260,14 @@ fn record_stored_offsets(world: &World, observers: &Observers, stored: &mut BTre
             );
         }
     }
+}
+
+/// The virtual time of a fault log line (`t=  123.456ms ...`).
+fn fault_time_ms(line: &str) -> f64 {
+    line.strip_prefix("t=")
+        .and_then(|rest| rest.split("ms").next())
+        .and_then(|number| number.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Every partition's committed offset reached the end of its log.
