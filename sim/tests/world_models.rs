@@ -521,6 +521,7 @@ mod stores {
         assert!(matches!(crashed, Err(PortError::Unavailable { .. })), "{crashed:?}");
         assert!(world.store_applications().is_empty(), "nothing of the batch committed");
         world.restart(ServiceNode::Postgres);
+        sleep(Duration::from_millis(50)).await; // let it come back up
         let (first, second) = {
             let store = store.clone();
             node.spawn(async move {
