@@ -8,10 +8,14 @@
 
 pub mod event;
 pub mod idempotency;
+pub mod memlog;
 pub mod offsets;
 pub mod partition;
 pub mod pipeline;
 pub mod planted;
 pub mod ports;
+pub mod rng;
 pub(crate) mod sync;
+pub mod verify;
 pub mod widetable;
+pub mod workload;

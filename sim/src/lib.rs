@@ -1,8 +1,16 @@
-//! holdfast's simulated world: models of Kafka, Redis and PostgreSQL running as madsim nodes,
-//! and the port implementations the pipeline uses to reach them.
+//! holdfast-sim: the seeded simulated cluster that drives holdfast's pipeline under madsim.
 //!
-//! Everything here needs `--cfg madsim` (`cargo sim`, `cargo stest`); without it the crate is
-//! empty so that the normal workspace build and lints keep working.
+//! `world` holds the models of Kafka, Redis and PostgreSQL running as madsim nodes and the
+//! port implementations the pipeline uses to reach them; `runner` drives the very pipeline of
+//! the `holdfast` crate through them from a seed; `checker` judges each run's history.
+//!
+//! Everything that touches madsim needs `--cfg madsim` (`cargo sim`, `cargo stest`); without
+//! it only the pure parts (checker, history, scenarios, parameters) are built, so the normal
+//! workspace build, tests and lints keep working.
 
+pub mod checker;
+pub mod history;
+pub mod params;
+pub mod scenario;
 #[cfg(madsim)]
 pub mod world;

@@ -1,6 +1,9 @@
 //! The idempotency protocol: key = order id + status (plus the event id for statuses that
 //! legitimately repeat); the cache pre-filters, the store's unique key is the guarantee.
 
+pub mod memory;
+pub mod protocol;
+
 use crate::event::{EventKind, OrderEvent};
 
 /// The idempotency key of one event.

@@ -1,1 +1,20 @@
-//! The consumer pipeline, generic over the ports. (Being written.)
+//! The consumer pipeline, written once and generic over the ports: poll a batch, track every
+//! offset, dispatch by order id to workers, run each batch through the idempotency protocol,
+//! dead-letter what cannot be applied, ack, and commit only the lowest unfinished offset.
+//!
+//! The same code runs against rdkafka, Redis and PostgreSQL and inside the simulator.
+
+mod compensator;
+mod config;
+mod consumer;
+pub mod dead_letter;
+mod metrics;
+mod retry;
+mod worker;
+
+pub use compensator::{Compensator, CompensatorConfig, CompensatorReport};
+pub use config::{ConfigError, ConsumerConfig};
+pub use consumer::{Consumer, RunSummary, Shutdown, ShutdownTrigger};
+pub use metrics::{Counter, Metrics, PartitionGauges};
+pub use retry::Backoff;
+pub use worker::{Job, Services};

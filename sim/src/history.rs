@@ -1,0 +1,180 @@
+//! The history of one simulated run: every poll, commit, rebalance, crash and fault, in
+//! virtual-time order. The checker reads it; its hash is the run's fingerprint (the same seed
+//! must always give the same hash).
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+/// One thing that happened, at a virtual time in milliseconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// A producer's send finished; `acknowledged` is what the producer was told.
+    Sent {
+        event_id: String,
+        acknowledged: bool,
+    },
+    /// A member's poll returned this record.
+    Polled {
+        member: String,
+        partition: i32,
+        offset: i64,
+        /// FNV-1a of the payload: a changed record at a read offset is an inconsistency.
+        digest: u64,
+    },
+    /// A member was assigned or lost a partition.
+    Assigned {
+        member: String,
+        partition: i32,
+    },
+    Revoked {
+        member: String,
+        partition: i32,
+    },
+    /// A commit the coordinator accepted.
+    Committed {
+        member: String,
+        partition: i32,
+        offset: i64,
+    },
+    /// A fault the injector applied (crash, restart, clog, flush of the cache, ...).
+    Fault {
+        description: String,
+    },
+    /// A record went to the dead-letter topic.
+    DeadLettered {
+        partition: i32,
+        offset: i64,
+    },
+}
+
+/// A shared, append-only history. Cloning shares it.
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    steps: Arc<Mutex<Vec<(u64, Step)>>>,
+}
+
+impl History {
+    pub fn new() -> History {
+        History::default()
+    }
+
+    /// Appends a step at virtual time `at_ms`.
+    pub fn push(&self, at_ms: u64, step: Step) {
+        if let Ok(mut steps) = self.steps.lock() {
+            steps.push((at_ms, step));
+        }
+    }
+
+    /// A copy of every step so far.
+    pub fn steps(&self) -> Vec<(u64, Step)> {
+        self.steps
+            .lock()
+            .map(|steps| steps.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.steps.lock().map(|steps| steps.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// FNV-1a over the rendered trace: equal for equal histories, and cheap.
+    pub fn fingerprint(&self) -> u64 {
+        digest(self.render(usize::MAX).as_bytes())
+    }
+
+    /// The trace, one line per step, at most `limit` lines (the last ones).
+    pub fn render(&self, limit: usize) -> String {
+        let steps = self.steps();
+        let skip = steps.len().saturating_sub(limit);
+        let mut out = String::new();
+        for (at_ms, step) in steps.iter().skip(skip) {
+            let _ = writeln!(out, "{at_ms:>9}ms {}", describe(step));
+        }
+        out
+    }
+}
+
+/// FNV-1a of some bytes.
+pub fn digest(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// One step as a trace line.
+pub fn describe(step: &Step) -> String {
+    match step {
+        Step::Sent {
+            event_id,
+            acknowledged,
+        } => format!(
+            "send {event_id} {}",
+            if *acknowledged { "acked" } else { "unacked" }
+        ),
+        Step::Polled {
+            member,
+            partition,
+            offset,
+            digest,
+        } => format!(
+            "{member} poll p{partition}@{offset} #{:04x}",
+            digest & 0xffff
+        ),
+        Step::Assigned { member, partition } => format!("{member} assigned p{partition}"),
+        Step::Revoked { member, partition } => format!("{member} revoked p{partition}"),
+        Step::Committed {
+            member,
+            partition,
+            offset,
+        } => format!("{member} commit p{partition}={offset}"),
+        Step::Fault { description } => format!("FAULT {description}"),
+        Step::DeadLettered { partition, offset } => format!("dead-letter p{partition}@{offset}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_tells_histories_apart() {
+        let a = History::new();
+        let b = History::new();
+        for history in [&a, &b] {
+            history.push(
+                1,
+                Step::Fault {
+                    description: "kill broker-0".into(),
+                },
+            );
+            history.push(
+                2,
+                Step::Polled {
+                    member: "c1".into(),
+                    partition: 0,
+                    offset: 7,
+                    digest: 1,
+                },
+            );
+        }
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        b.push(
+            3,
+            Step::Committed {
+                member: "c1".into(),
+                partition: 0,
+                offset: 8,
+            },
+        );
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        assert_eq!(b.render(1).lines().count(), 1);
+        assert!(b.render(10).contains("c1 commit p0=8"));
+    }
+}

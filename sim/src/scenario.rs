@@ -1,0 +1,166 @@
+//! Scenarios: the standard adversarial run and the configuration explorer's rows.
+//!
+//! Each explorer row reproduces one loss window the seed names, or its remedy, and carries the
+//! expectation the suite asserts over a sweep of seeds.
+
+use holdfast::planted::PlantedBug;
+use std::fmt;
+
+/// What a scenario's sweep must show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expectation {
+    /// No seed may lose an acknowledged event or violate any invariant.
+    Safe,
+    /// Some seed of the sweep must lose acknowledged events (the window is real).
+    LossShown,
+    /// Some seed of the sweep must be caught by the checker (a planted bug).
+    Caught,
+}
+
+/// One kind of run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scenario {
+    /// Safe configuration (acks=all, RF 3, min ISR 2, idempotent producer, flush on a timer)
+    /// under every fault: consumer, broker, Redis and PostgreSQL crashes, crashes at the
+    /// protocol's fault points, network clogs, rebalances.
+    Standard,
+    /// acks=0 without callback; the partition leader crashes.
+    FireAndForget,
+    /// acks=1; the leader crashes right after acknowledging, before followers fetched.
+    AcksOneLeaderCrash,
+    /// acks=all, RF 3, min ISR 2; one broker at a time crashes.
+    AcksAllSingleFailure,
+    /// Every replica crashes at once while records sit unflushed in the page cache.
+    AllReplicasCrashUnflushed,
+    /// The same crash, with a flush after every append.
+    AllReplicasCrashFlushed,
+    /// The consumer commits polled offsets on a timer and crashes.
+    AutoCommit,
+    /// A planted bug that the checker must catch.
+    Planted(PlantedBug),
+}
+
+impl Scenario {
+    /// The explorer's rows, in the order the table prints them.
+    pub const EXPLORER: [Scenario; 7] = [
+        Scenario::Standard,
+        Scenario::FireAndForget,
+        Scenario::AcksOneLeaderCrash,
+        Scenario::AcksAllSingleFailure,
+        Scenario::AllReplicasCrashUnflushed,
+        Scenario::AllReplicasCrashFlushed,
+        Scenario::AutoCommit,
+    ];
+
+    /// Every scenario, explorer rows then planted bugs.
+    pub fn all() -> Vec<Scenario> {
+        let mut all = Scenario::EXPLORER.to_vec();
+        all.extend(
+            PlantedBug::ALL
+                .into_iter()
+                .filter(|bug| *bug != PlantedBug::AutoCommit)
+                .map(Scenario::Planted),
+        );
+        all
+    }
+
+    pub fn expectation(self) -> Expectation {
+        match self {
+            Scenario::Standard
+            | Scenario::AcksAllSingleFailure
+            | Scenario::AllReplicasCrashFlushed => Expectation::Safe,
+            Scenario::FireAndForget
+            | Scenario::AcksOneLeaderCrash
+            | Scenario::AllReplicasCrashUnflushed
+            | Scenario::AutoCommit => Expectation::LossShown,
+            Scenario::Planted(_) => Expectation::Caught,
+        }
+    }
+
+    /// The stable name used on the command line and in reports.
+    pub fn name(self) -> String {
+        match self {
+            Scenario::Standard => "standard".into(),
+            Scenario::FireAndForget => "fire-and-forget".into(),
+            Scenario::AcksOneLeaderCrash => "acks1-leader-crash".into(),
+            Scenario::AcksAllSingleFailure => "acks-all-single-failure".into(),
+            Scenario::AllReplicasCrashUnflushed => "all-replicas-crash-unflushed".into(),
+            Scenario::AllReplicasCrashFlushed => "all-replicas-crash-flushed".into(),
+            Scenario::AutoCommit => "auto-commit".into(),
+            Scenario::Planted(bug) => format!("planted-{}", planted_name(bug)),
+        }
+    }
+
+    /// Parses [`Scenario::name`].
+    pub fn parse(name: &str) -> Option<Scenario> {
+        Scenario::all()
+            .into_iter()
+            .find(|scenario| scenario.name() == name)
+    }
+
+    /// One line for the explorer table.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Scenario::Standard => "acks=all RF3 minISR2, idempotent, every fault",
+            Scenario::FireAndForget => "acks=0, no callback, leader crash",
+            Scenario::AcksOneLeaderCrash => "acks=1, leader crash before replication",
+            Scenario::AcksAllSingleFailure => "acks=all RF3 minISR2, single broker crashes",
+            Scenario::AllReplicasCrashUnflushed => "all replicas crash, page cache unflushed",
+            Scenario::AllReplicasCrashFlushed => "all replicas crash, flush every append",
+            Scenario::AutoCommit => "consumer auto-commit, consumer crash",
+            Scenario::Planted(_) => "planted bug",
+        }
+    }
+
+    /// The planted bug the scenario switches on, if any.
+    pub fn planted(self) -> Option<PlantedBug> {
+        match self {
+            Scenario::AutoCommit => Some(PlantedBug::AutoCommit),
+            Scenario::Planted(bug) => Some(bug),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
+        out.write_str(&self.name())
+    }
+}
+
+fn planted_name(bug: PlantedBug) -> &'static str {
+    match bug {
+        PlantedBug::CommitBeforeProcessing => "commit-before-processing",
+        PlantedBug::CacheWrittenBeforeStore => "cache-before-store",
+        PlantedBug::NoUniqueKey => "no-unique-key",
+        PlantedBug::AutoCommit => "auto-commit",
+        PlantedBug::CommitAckedPlusOne => "commit-acked-plus-one",
+        PlantedBug::MergeByArrival => "merge-by-arrival",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_are_unique() {
+        let all = Scenario::all();
+        let names: std::collections::BTreeSet<String> = all.iter().map(|s| s.name()).collect();
+        assert_eq!(names.len(), all.len());
+        for scenario in all {
+            assert_eq!(Scenario::parse(&scenario.name()), Some(scenario));
+        }
+        assert_eq!(Scenario::parse("nonsense"), None);
+    }
+
+    #[test]
+    fn every_planted_bug_has_a_scenario() {
+        for bug in PlantedBug::ALL {
+            assert!(
+                Scenario::all().iter().any(|s| s.planted() == Some(bug)),
+                "{bug:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! In-memory versions of the dedup cache and the order store, for tests and the simulator.
+//!
+//! The logic lives in two pure, synchronous state machines, [`CacheState`] and [`StoreState`],
+//! with time passed in. [`MemoryCache`] and [`MemoryStore`] are thin, cloneable handles over
+//! them that add failure switches; the simulator's Redis and PostgreSQL nodes can wrap the same
+//! state machines so that every world runs the same dedup logic.
+
+use super::IdempotencyKey;
+use crate::event::OrderEvent;
+use crate::planted::PlantedBug;
+use crate::ports::{ApplyOutcome, DedupCache, OrderStore, PortError};
+use crate::widetable::OrderRow;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+/// The order store's state: the unique-key table, the wide rows, and a log of applications.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreState {
+    /// How many times each key was applied: 1 always, more only under
+    /// [`PlantedBug::NoUniqueKey`].
+    applications: BTreeMap<IdempotencyKey, u32>,
+    rows: BTreeMap<String, OrderRow>,
+    /// Every application, in order.
+    applied: Vec<OrderEvent>,
+}
+
+impl StoreState {
+    /// An empty store.
+    pub fn new() -> StoreState {
+        StoreState::default()
+    }
+
+    /// One transaction: for each event in order, insert its key and, if the key was new, merge
+    /// the event into its row. A key met twice in one batch is applied once. The planted
+    /// [`PlantedBug::NoUniqueKey`] applies every event; [`PlantedBug::MergeByArrival`] is
+    /// handed to the row merge.
+    pub fn apply_batch(
+        &mut self,
+        events: &[OrderEvent],
+        planted: Option<PlantedBug>,
+    ) -> Vec<ApplyOutcome> {
+        let unique_key = planted != Some(PlantedBug::NoUniqueKey);
+        let outcomes: Vec<ApplyOutcome> = events
+            .iter()
+            .map(|event| {
+                let key = IdempotencyKey::of(event);
+                let count = self.applications.entry(key).or_insert(0);
+                if unique_key && *count > 0 {
+                    return ApplyOutcome::Duplicate;
+                }
+                *count += 1;
+                self.rows
+                    .entry(event.order_id.clone())
+                    .or_insert_with(|| OrderRow::new(&event.order_id, ""))
+                    .apply_with(event, planted);
+                self.applied.push(event.clone());
+                ApplyOutcome::Applied
+            })
+            .collect();
+        debug_assert_eq!(outcomes.len(), events.len());
+        outcomes
+    }
+
+    /// Whether the store holds `key`.
+    pub fn contains(&self, key: &IdempotencyKey) -> bool {
+        self.applications.contains_key(key)
+    }
+
+    /// The wide row of one order.
+    pub fn row(&self, order_id: &str) -> Option<&OrderRow> {
+        self.rows.get(order_id)
+    }
+
+    /// How many times each key was applied.
+    pub fn applications(&self) -> &BTreeMap<IdempotencyKey, u32> {
+        &self.applications
+    }
+
+    /// Every wide row, by order id.
+    pub fn rows(&self) -> &BTreeMap<String, OrderRow> {
+        &self.rows
+    }
+
+    /// Every applied event, in application order.
+    pub fn applied_events(&self) -> &[OrderEvent] {
+        &self.applied
+    }
+}
+
+/// The dedup cache's state: keys with expiry times, and the current time as last told.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CacheState {
+    expires_at_ms: BTreeMap<IdempotencyKey, u64>,
+    now_ms: u64,
+}
+
+impl CacheState {
+    /// An empty cache at time zero.
+    pub fn new() -> CacheState {
+        CacheState::default()
+    }
+
+    /// The current time, in milliseconds.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// Moves time forward to `now_ms` and drops expired keys. Time never goes back: an earlier
+    /// `now_ms` is ignored.
+    pub fn advance_to(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        let now_ms = self.now_ms;
+        self.expires_at_ms
+            .retain(|_, expires_at_ms| *expires_at_ms > now_ms);
+    }
+
+    /// Whether `key` is remembered and not expired.
+    pub fn contains(&self, key: &IdempotencyKey) -> bool {
+        self.expires_at_ms
+            .get(key)
+            .is_some_and(|&expires_at_ms| expires_at_ms > self.now_ms)
+    }
+
+    /// Remembers `key` for `ttl` from now (like Redis `SET ... PX`, a repeat refreshes it).
+    pub fn remember(&mut self, key: IdempotencyKey, ttl: Duration) {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        self.expires_at_ms
+            .insert(key, self.now_ms.saturating_add(ttl_ms));
+    }
+
+    /// Forgets one key (an eviction).
+    pub fn forget(&mut self, key: &IdempotencyKey) -> bool {
+        self.expires_at_ms.remove(key).is_some()
+    }
+
+    /// Forgets everything (Redis `FLUSHALL`, or a restart without persistence).
+    pub fn clear(&mut self) {
+        self.expires_at_ms.clear();
+    }
+
+    /// How many keys are remembered and not expired.
+    pub fn len(&self) -> usize {
+        self.expires_at_ms
+            .values()
+            .filter(|&&expires_at_ms| expires_at_ms > self.now_ms)
+            .count()
+    }
+
+    /// Whether no key is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Locks shared state. A panic while holding one of these locks cannot leave the state half
+/// changed (every mutation is a single call on a pure state machine), so poisoning is ignored.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[derive(Debug, Default)]
+struct CacheShared {
+    state: CacheState,
+    failing: bool,
+}
+
+/// An in-memory [`DedupCache`] with a failure switch. Clones share one cache.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryCache {
+    shared: Arc<Mutex<CacheShared>>,
+}
+
+impl MemoryCache {
+    /// An empty, healthy cache at time zero.
+    pub fn new() -> MemoryCache {
+        MemoryCache::default()
+    }
+
+    /// While `failing`, every port call returns [`PortError::Unavailable`].
+    pub fn set_failing(&self, failing: bool) {
+        lock(&self.shared).failing = failing;
+    }
+
+    /// Forgets every key (Redis `FLUSHALL` or a restart).
+    pub fn clear(&self) {
+        lock(&self.shared).state.clear();
+    }
+
+    /// Forgets one key (an eviction); returns whether it was there.
+    pub fn forget(&self, key: &IdempotencyKey) -> bool {
+        lock(&self.shared).state.forget(key)
+    }
+
+    /// How many keys are remembered and not expired.
+    pub fn len(&self) -> usize {
+        lock(&self.shared).state.len()
+    }
+
+    /// Whether no key is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether `key` is remembered, bypassing the failure switch (for checkers).
+    pub fn contains(&self, key: &IdempotencyKey) -> bool {
+        lock(&self.shared).state.contains(key)
+    }
+
+    /// Sets the cache's clock; keys expire against it. Time never goes back.
+    pub fn set_now_ms(&self, now_ms: u64) {
+        lock(&self.shared).state.advance_to(now_ms);
+    }
+
+    /// Same as [`MemoryCache::set_now_ms`].
+    pub fn advance_to(&self, now_ms: u64) {
+        self.set_now_ms(now_ms);
+    }
+
+    fn unavailable() -> PortError {
+        PortError::Unavailable {
+            service: "cache",
+            detail: "the in-memory cache is switched to failing".to_owned(),
+        }
+    }
+}
+
+impl DedupCache for MemoryCache {
+    async fn contains_batch(&self, keys: &[IdempotencyKey]) -> Result<Vec<bool>, PortError> {
+        let shared = lock(&self.shared);
+        if shared.failing {
+            return Err(MemoryCache::unavailable());
+        }
+        Ok(keys.iter().map(|key| shared.state.contains(key)).collect())
+    }
+
+    async fn remember_batch(
+        &self,
+        keys: &[IdempotencyKey],
+        ttl: Duration,
+    ) -> Result<(), PortError> {
+        let mut shared = lock(&self.shared);
+        if shared.failing {
+            return Err(MemoryCache::unavailable());
+        }
+        for key in keys {
+            shared.state.remember(key.clone(), ttl);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default)]
+struct StoreShared {
+    state: StoreState,
+    failing: bool,
+    planted: Option<PlantedBug>,
+}
+
+/// An in-memory [`OrderStore`] with a failure switch. Clones share one store.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStore {
+    shared: Arc<Mutex<StoreShared>>,
+}
+
+impl MemoryStore {
+    /// An empty, healthy store with a unique key.
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    /// An empty store with a planted bug ([`PlantedBug::NoUniqueKey`] applies redeliveries
+    /// again; [`PlantedBug::MergeByArrival`] merges rows by arrival).
+    pub fn with_planted(planted: Option<PlantedBug>) -> MemoryStore {
+        let store = MemoryStore::new();
+        lock(&store.shared).planted = planted;
+        store
+    }
+
+    /// While `failing`, every port call returns [`PortError::Unavailable`] and changes nothing.
+    pub fn set_failing(&self, failing: bool) {
+        lock(&self.shared).failing = failing;
+    }
+
+    /// How many times each key was applied (more than 1 only under a planted bug).
+    pub fn applications(&self) -> BTreeMap<IdempotencyKey, u32> {
+        lock(&self.shared).state.applications().clone()
+    }
+
+    /// Every wide row, by order id.
+    pub fn rows(&self) -> BTreeMap<String, OrderRow> {
+        lock(&self.shared).state.rows().clone()
+    }
+
+    /// Every applied event, in application order.
+    pub fn applied_events(&self) -> Vec<OrderEvent> {
+        lock(&self.shared).state.applied_events().to_vec()
+    }
+
+    /// A copy of the whole state (for checkers and snapshots).
+    pub fn state(&self) -> StoreState {
+        lock(&self.shared).state.clone()
+    }
+
+    fn unavailable() -> PortError {
+        PortError::Unavailable {
+            service: "store",
+            detail: "the in-memory store is switched to failing".to_owned(),
+        }
+    }
+}
+
+impl OrderStore for MemoryStore {
+    async fn apply_batch(&self, events: &[OrderEvent]) -> Result<Vec<ApplyOutcome>, PortError> {
+        let mut shared = lock(&self.shared);
+        if shared.failing {
+            return Err(MemoryStore::unavailable());
+        }
+        let planted = shared.planted;
+        Ok(shared.state.apply_batch(events, planted))
+    }
+
+    async fn contains_batch(&self, keys: &[IdempotencyKey]) -> Result<Vec<bool>, PortError> {
+        let shared = lock(&self.shared);
+        if shared.failing {
+            return Err(MemoryStore::unavailable());
+        }
+        Ok(keys.iter().map(|key| shared.state.contains(key)).collect())
+    }
+
+    async fn load_row(&self, order_id: &str) -> Result<Option<OrderRow>, PortError> {
+        let shared = lock(&self.shared);
+        if shared.failing {
+            return Err(MemoryStore::unavailable());
+        }
+        Ok(shared.state.row(order_id).cloned())
+    }
+}

@@ -1,0 +1,590 @@
+//! One partition's tracker: a ring of bits above the watermark.
+//!
+//! Offsets `base .. next` live in the ring, one bit each: set = finished (acked, a gap, or
+//! done before a restart), clear = in flight. `base` is the watermark: the lowest unfinished
+//! offset, or `next` when nothing is in flight. Every bit outside `base .. next` is zero, so a
+//! word is reused without clearing and the scan that advances the watermark stops at `next`
+//! by itself. The ring holds `max_span + 128` bits or more (a power of two words), so the
+//! words of `base` and `next` never alias.
+
+use super::metadata::{self, FinishedSet};
+use super::{AckError, Limits, TrackError, Tracked};
+use crate::ports::CommittedOffset;
+
+/// What [`PartitionTracker::restore`] made of the committed metadata.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// Offsets above the committed offset that the metadata records as finished.
+    pub already_done: usize,
+    /// Why the metadata was ignored, if it was (foreign, damaged, written for another offset).
+    pub metadata_ignored: Option<String>,
+}
+
+/// Tracks one partition: `track` in poll order, `ack` in any order, commit the watermark.
+#[derive(Clone, Debug)]
+pub struct PartitionTracker {
+    limits: Limits,
+    ring: Box<[u64]>,
+    word_mask: u64,
+    /// Lowest unfinished offset, or `next` if nothing is in flight.
+    base: i64,
+    /// Highest tracked offset + 1.
+    next: i64,
+    /// Lowest offset this tracker knows about (acks below it were never tracked here).
+    first: i64,
+    /// False until the first offset is tracked (for [`PartitionTracker::new`]).
+    known: bool,
+    in_flight: usize,
+    /// Finished offsets from the previous owner's metadata, not yet re-polled.
+    restored: Option<FinishedSet>,
+}
+
+impl PartitionTracker {
+    /// A tracker that starts at the first offset tracked.
+    pub fn new(limits: Limits) -> Self {
+        let limits = Limits {
+            max_in_flight: limits.max_in_flight.max(1),
+            max_span: limits.max_span.clamp(1, Limits::SPAN_MAX),
+            ..limits
+        };
+        let words = (limits.max_span + 128).div_ceil(64).next_power_of_two();
+        PartitionTracker {
+            limits,
+            ring: vec![0u64; words as usize].into_boxed_slice(),
+            word_mask: words - 1,
+            base: 0,
+            next: 0,
+            first: 0,
+            known: false,
+            in_flight: 0,
+            restored: None,
+        }
+    }
+
+    /// A tracker whose commit point is `start` until something is tracked (a committed offset).
+    pub fn starting_at(start: i64, limits: Limits) -> Self {
+        let mut tracker = PartitionTracker::new(limits);
+        tracker.base = start;
+        tracker.next = start;
+        tracker.first = start;
+        tracker.known = true;
+        tracker
+    }
+
+    /// Resumes from a committed offset, decoding its metadata. Metadata this tracker cannot
+    /// use is ignored with a warning: the finished records are then redone (at-least-once).
+    pub fn restore(committed: &CommittedOffset, limits: Limits) -> (Self, RestoreReport) {
+        let mut tracker = PartitionTracker::starting_at(committed.offset, limits);
+        let mut report = RestoreReport::default();
+        match committed.metadata.as_deref() {
+            None | Some("") => {}
+            Some(text) => match metadata::decode(text, committed.offset, tracker.limits.max_span) {
+                Ok(set) => {
+                    report.already_done = set.count();
+                    tracker.restored = (report.already_done > 0).then_some(set);
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        offset = committed.offset,
+                        %error,
+                        "ignoring commit metadata; records above the committed offset will be redone"
+                    );
+                    report.metadata_ignored = Some(error.to_string());
+                }
+            },
+        }
+        (tracker, report)
+    }
+
+    /// The limits in force (after clamping).
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Registers a polled offset. Offsets must increase; skipped offsets are gaps (finished).
+    pub fn track(&mut self, offset: i64) -> Result<Tracked, TrackError> {
+        if self.known && offset < self.next {
+            return Err(TrackError::Backwards {
+                offset,
+                next: self.next,
+            });
+        }
+        let done = self.restored.is_some() && self.restored_done(offset);
+        let base_before = self.base;
+        if !self.known || self.in_flight == 0 {
+            // Nothing unfinished: the watermark jumps to the new offset; the ring is all zero.
+            if !self.known {
+                self.first = offset;
+                self.known = true;
+            }
+            self.base = if done { offset + 1 } else { offset };
+        } else {
+            let span = offset.wrapping_sub(self.base) as u64 + 1;
+            if span > self.limits.max_span || (!done && self.in_flight >= self.limits.max_in_flight)
+            {
+                return Err(self.full(offset, span));
+            }
+            if offset > self.next {
+                self.fill_finished(self.next, offset);
+            }
+            if done {
+                let (word, mask) = self.slot(offset);
+                self.ring[word] |= mask;
+            }
+        }
+        if !done {
+            self.in_flight += 1;
+        }
+        self.next = offset + 1;
+        if done || self.restored.is_some() {
+            self.forget_passed_restored();
+        }
+        debug_assert!(self.base >= base_before, "I2: watermark moved backwards");
+        self.debug_check();
+        Ok(if done {
+            Tracked::AlreadyDone
+        } else {
+            Tracked::New
+        })
+    }
+
+    /// Marks a tracked offset finished; advances the watermark if it was the lowest.
+    pub fn ack(&mut self, offset: i64) -> Result<(), AckError> {
+        if !self.known || offset >= self.next || offset < self.first {
+            return Err(AckError::NotTracked { offset });
+        }
+        if offset < self.base {
+            return Err(AckError::AlreadyAcked { offset });
+        }
+        let (word, mask) = self.slot(offset);
+        if self.ring[word] & mask != 0 {
+            return Err(AckError::AlreadyAcked { offset });
+        }
+        self.ring[word] |= mask;
+        self.in_flight -= 1;
+        if offset == self.base {
+            self.advance();
+        }
+        self.debug_check();
+        Ok(())
+    }
+
+    /// The offset to commit (the next to read): the lowest unfinished offset, or the highest
+    /// tracked + 1 if everything is finished. `None` before anything is known.
+    pub fn commit_point(&self) -> Option<i64> {
+        self.known.then_some(self.base)
+    }
+
+    /// Records tracked and not yet acked.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// The lowest tracked offset not yet acked.
+    pub fn lowest_unfinished(&self) -> Option<i64> {
+        (self.in_flight > 0).then_some(self.base)
+    }
+
+    /// The highest tracked offset + 1 (`None` before anything is known).
+    pub fn next_offset(&self) -> Option<i64> {
+        self.known.then_some(self.next)
+    }
+
+    /// The finished offsets above the commit point, including those restored from metadata
+    /// and not yet re-polled.
+    pub fn finished_above_commit_point(&self) -> FinishedSet {
+        let end = match &self.restored {
+            Some(set) => self.next.max(set.base() + set.len() as i64),
+            None => self.next,
+        };
+        let len = end.saturating_sub(self.base).max(0) as u64;
+        let ring_len = (self.next - self.base).max(0) as u64;
+        let mut words = Vec::with_capacity(len.div_ceil(64) as usize);
+        let mut index = 0;
+        while index < ring_len {
+            let mut word = self.read64(self.base + index as i64);
+            let remaining = ring_len - index;
+            if remaining < 64 {
+                word &= (1u64 << remaining) - 1;
+            }
+            words.push(word);
+            index += 64;
+        }
+        let mut set = FinishedSet::from_words(self.base, len, words);
+        if let Some(restored) = &self.restored {
+            for offset in restored.iter().filter(|&o| o >= self.next) {
+                set.insert(offset);
+            }
+        }
+        set
+    }
+
+    /// Commit metadata for the current commit point (see [`metadata`]); empty if nothing is
+    /// finished above it or it would not fit the budget.
+    pub fn encode_metadata(&self) -> String {
+        if !self.known {
+            return String::new();
+        }
+        metadata::encode(
+            &self.finished_above_commit_point(),
+            self.limits.metadata_budget_bytes,
+        )
+    }
+
+    #[inline]
+    fn slot(&self, offset: i64) -> (usize, u64) {
+        let offset = offset as u64;
+        (
+            ((offset >> 6) & self.word_mask) as usize,
+            1u64 << (offset & 63),
+        )
+    }
+
+    /// 64 ring bits starting at `offset`, unaligned.
+    fn read64(&self, offset: i64) -> u64 {
+        let (word, _) = self.slot(offset);
+        let shift = (offset as u64) & 63;
+        let low = self.ring[word] >> shift;
+        if shift == 0 {
+            return low;
+        }
+        let high = self.ring[(word + 1) & self.word_mask as usize] << (64 - shift);
+        low | high
+    }
+
+    /// Moves the watermark over finished bits, zeroing what it leaves behind.
+    #[inline]
+    fn advance(&mut self) {
+        loop {
+            let (word, _) = self.slot(self.base);
+            let bit = (self.base as u64) & 63;
+            let finished = (self.ring[word] >> bit).trailing_ones() as u64;
+            if finished == 64 - bit {
+                self.ring[word] = 0;
+                self.base += finished as i64;
+            } else {
+                self.base += finished as i64;
+                self.ring[word] &= !((1u64 << (bit + finished)) - 1);
+                return;
+            }
+        }
+    }
+
+    /// Marks the gap `from .. to` finished.
+    fn fill_finished(&mut self, from: i64, to: i64) {
+        let mut offset = from;
+        while offset < to {
+            let (word, _) = self.slot(offset);
+            let bit = (offset as u64) & 63;
+            let width = (64 - bit).min((to - offset) as u64);
+            let mask = if width == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << width) - 1) << bit
+            };
+            self.ring[word] |= mask;
+            offset += width as i64;
+        }
+    }
+
+    /// True if the restored metadata says `offset` is done.
+    fn restored_done(&self, offset: i64) -> bool {
+        self.restored
+            .as_ref()
+            .is_some_and(|set| set.contains(offset))
+    }
+
+    /// Drops the restored metadata once the poll position has passed all of it.
+    fn forget_passed_restored(&mut self) {
+        if let Some(set) = &self.restored {
+            if self.next >= set.base() + set.len() as i64 {
+                self.restored = None;
+            }
+        }
+    }
+
+    fn full(&self, offset: i64, span: u64) -> TrackError {
+        TrackError::Full {
+            offset,
+            in_flight: self.in_flight,
+            span,
+            max_in_flight: self.limits.max_in_flight,
+            max_span: self.limits.max_span,
+        }
+    }
+
+    #[inline]
+    fn debug_check(&self) {
+        debug_assert!(self.base <= self.next);
+        debug_assert!((self.next - self.base) as u64 <= self.limits.max_span);
+        debug_assert!(self.in_flight as u64 <= (self.next - self.base) as u64);
+        debug_assert!(self.in_flight <= self.limits.max_in_flight);
+        if self.in_flight == 0 {
+            debug_assert_eq!(self.base, self.next, "nothing in flight: watermark = next");
+        } else {
+            let (word, mask) = self.slot(self.base);
+            // I1: the commit point is an unfinished offset, so it passes none.
+            debug_assert_eq!(self.ring[word] & mask, 0, "I1: watermark on a finished bit");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_in_flight: usize, max_span: u64) -> Limits {
+        Limits {
+            max_in_flight,
+            max_span,
+            metadata_budget_bytes: 4096,
+        }
+    }
+
+    #[test]
+    fn nothing_known_until_first_track() {
+        let mut t = PartitionTracker::new(Limits::default());
+        assert_eq!(t.commit_point(), None);
+        assert_eq!(t.ack(0), Err(AckError::NotTracked { offset: 0 }));
+        assert_eq!(t.encode_metadata(), "");
+        t.track(42).unwrap();
+        assert_eq!(t.commit_point(), Some(42));
+        assert_eq!(t.lowest_unfinished(), Some(42));
+    }
+
+    #[test]
+    fn starting_at_commits_start_until_tracked() {
+        let mut t = PartitionTracker::starting_at(100, Limits::default());
+        assert_eq!(t.commit_point(), Some(100));
+        assert_eq!(t.lowest_unfinished(), None);
+        assert!(matches!(
+            t.track(99),
+            Err(TrackError::Backwards {
+                offset: 99,
+                next: 100
+            })
+        ));
+        t.track(105).unwrap(); // 100..105 compacted away
+        assert_eq!(t.commit_point(), Some(105));
+    }
+
+    #[test]
+    fn out_of_order_acks_advance_only_past_finished() {
+        let mut t = PartitionTracker::new(Limits::default());
+        for o in 0..10 {
+            t.track(o).unwrap();
+        }
+        for o in (1..10).rev() {
+            t.ack(o).unwrap();
+            assert_eq!(t.commit_point(), Some(0));
+        }
+        t.ack(0).unwrap();
+        assert_eq!(t.commit_point(), Some(10));
+        assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn gaps_count_as_finished() {
+        let mut t = PartitionTracker::new(Limits::default());
+        t.track(0).unwrap();
+        t.track(5).unwrap();
+        t.track(200).unwrap();
+        t.ack(0).unwrap();
+        assert_eq!(t.commit_point(), Some(5));
+        t.ack(5).unwrap();
+        assert_eq!(t.commit_point(), Some(200));
+        assert_eq!(t.ack(3), Err(AckError::AlreadyAcked { offset: 3 }));
+        t.ack(200).unwrap();
+        assert_eq!(t.commit_point(), Some(201));
+    }
+
+    #[test]
+    fn double_ack_and_untracked_ack_are_refused_without_change() {
+        let mut t = PartitionTracker::starting_at(10, Limits::default());
+        t.track(10).unwrap();
+        t.track(11).unwrap();
+        t.ack(11).unwrap();
+        assert_eq!(t.ack(11), Err(AckError::AlreadyAcked { offset: 11 }));
+        assert_eq!(t.ack(12), Err(AckError::NotTracked { offset: 12 }));
+        assert_eq!(t.ack(9), Err(AckError::NotTracked { offset: 9 }));
+        assert_eq!(t.in_flight(), 1);
+        assert_eq!(t.commit_point(), Some(10));
+        t.ack(10).unwrap();
+        assert_eq!(t.ack(10), Err(AckError::AlreadyAcked { offset: 10 }));
+    }
+
+    #[test]
+    fn backwards_and_repeated_track_are_refused() {
+        let mut t = PartitionTracker::new(Limits::default());
+        t.track(5).unwrap();
+        assert!(matches!(t.track(5), Err(TrackError::Backwards { .. })));
+        assert!(matches!(t.track(4), Err(TrackError::Backwards { .. })));
+        assert_eq!(t.in_flight(), 1);
+    }
+
+    #[test]
+    fn full_by_count_then_recovers() {
+        let mut t = PartitionTracker::new(limits(3, 1000));
+        for o in 0..3 {
+            t.track(o).unwrap();
+        }
+        assert!(matches!(
+            t.track(3),
+            Err(TrackError::Full { in_flight: 3, .. })
+        ));
+        t.ack(1).unwrap();
+        assert_eq!(t.track(3), Ok(Tracked::New));
+    }
+
+    #[test]
+    fn full_by_span_with_one_stuck_record() {
+        let mut t = PartitionTracker::new(limits(1000, 100));
+        t.track(0).unwrap(); // stuck
+        for o in 1..100 {
+            t.track(o).unwrap();
+            t.ack(o).unwrap();
+        }
+        assert_eq!(t.in_flight(), 1);
+        assert!(matches!(
+            t.track(100),
+            Err(TrackError::Full { span: 101, .. })
+        ));
+        assert_eq!(t.commit_point(), Some(0));
+        t.ack(0).unwrap();
+        assert_eq!(t.commit_point(), Some(100));
+        assert_eq!(t.track(100), Ok(Tracked::New));
+    }
+
+    #[test]
+    fn ring_wraps_many_times() {
+        let mut t = PartitionTracker::new(limits(64, 128));
+        let mut next = 0;
+        for round in 0..500i64 {
+            let batch: Vec<i64> = (0..40).map(|i| next + i * (1 + round % 2)).collect();
+            for &o in &batch {
+                t.track(o).unwrap();
+            }
+            for &o in batch.iter().rev() {
+                t.ack(o).unwrap();
+            }
+            next = batch[39] + 1;
+            assert_eq!(t.commit_point(), Some(next));
+        }
+    }
+
+    #[test]
+    fn metadata_round_trip_skips_done_records() {
+        let mut t = PartitionTracker::starting_at(1000, Limits::default());
+        for o in 1000..1010 {
+            t.track(o).unwrap();
+        }
+        for o in [1002, 1003, 1007] {
+            t.ack(o).unwrap();
+        }
+        let committed = CommittedOffset {
+            offset: t.commit_point().unwrap(),
+            metadata: Some(t.encode_metadata()),
+        };
+        let (mut r, report) = PartitionTracker::restore(&committed, Limits::default());
+        assert_eq!(
+            report,
+            RestoreReport {
+                already_done: 3,
+                metadata_ignored: None
+            }
+        );
+        // Before re-polling, the restored tracker writes the same metadata back.
+        assert_eq!(r.encode_metadata(), committed.metadata.clone().unwrap());
+        let mut redo = Vec::new();
+        for o in 1000..1010 {
+            if r.track(o).unwrap() == Tracked::New {
+                redo.push(o);
+            }
+        }
+        assert_eq!(redo, vec![1000, 1001, 1004, 1005, 1006, 1008, 1009]);
+        for o in redo {
+            r.ack(o).unwrap();
+        }
+        assert_eq!(r.commit_point(), Some(1010));
+        assert_eq!(r.ack(1002), Err(AckError::AlreadyAcked { offset: 1002 }));
+    }
+
+    #[test]
+    fn budget_fallback_degrades_to_at_least_once() {
+        let mut t = PartitionTracker::starting_at(
+            0,
+            Limits {
+                metadata_budget_bytes: 20,
+                ..Limits::default()
+            },
+        );
+        for o in 0..200 {
+            t.track(o).unwrap();
+        }
+        for o in (1..200).step_by(2) {
+            t.ack(o).unwrap();
+        }
+        assert_eq!(t.encode_metadata(), "");
+        let committed = CommittedOffset {
+            offset: 0,
+            metadata: Some(String::new()),
+        };
+        let (mut r, report) = PartitionTracker::restore(&committed, Limits::default());
+        assert_eq!(report.already_done, 0);
+        for o in 0..200 {
+            assert_eq!(r.track(o), Ok(Tracked::New));
+        }
+    }
+
+    #[test]
+    fn foreign_metadata_is_ignored_with_report() {
+        let committed = CommittedOffset {
+            offset: 5,
+            metadata: Some("{\"owner\":\"java\"}".into()),
+        };
+        let (mut r, report) = PartitionTracker::restore(&committed, Limits::default());
+        assert_eq!(report.already_done, 0);
+        assert!(report.metadata_ignored.is_some());
+        assert_eq!(r.commit_point(), Some(5));
+        assert_eq!(r.track(5), Ok(Tracked::New));
+    }
+
+    #[test]
+    fn metadata_for_another_offset_is_ignored() {
+        let mut t = PartitionTracker::starting_at(0, Limits::default());
+        t.track(0).unwrap();
+        t.track(1).unwrap();
+        t.ack(1).unwrap();
+        let committed = CommittedOffset {
+            offset: 1,
+            metadata: Some(t.encode_metadata()),
+        };
+        let (_, report) = PartitionTracker::restore(&committed, Limits::default());
+        assert!(report.metadata_ignored.unwrap().contains("base offset"));
+    }
+
+    #[test]
+    fn restored_done_records_past_a_full_span_are_safe() {
+        let mut t = PartitionTracker::starting_at(0, Limits::default());
+        for o in 0..300 {
+            t.track(o).unwrap();
+        }
+        for o in 1..300 {
+            t.ack(o).unwrap();
+        }
+        let committed = CommittedOffset {
+            offset: 0,
+            metadata: Some(t.encode_metadata()),
+        };
+        // The new owner has a smaller span: it keeps only what fits, and redoes the rest.
+        let (mut r, report) = PartitionTracker::restore(&committed, limits(10, 100));
+        assert_eq!(report.already_done, 99);
+        assert_eq!(r.track(0), Ok(Tracked::New));
+        for o in 1..100 {
+            assert_eq!(r.track(o), Ok(Tracked::AlreadyDone));
+        }
+        assert!(matches!(r.track(100), Err(TrackError::Full { .. })));
+        r.ack(0).unwrap();
+        assert_eq!(r.track(100), Ok(Tracked::New));
+    }
+}

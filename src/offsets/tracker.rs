@@ -1,0 +1,350 @@
+//! Many partitions, one epoch per assignment.
+
+use super::{AckError, Limits, PartitionTracker, RestoreReport, TrackError, Tracked};
+use crate::planted::PlantedBug;
+use crate::ports::{CommittedOffset, PartitionId};
+use std::collections::BTreeMap;
+
+/// Proof that an offset was tracked under one assignment; the worker hands it back to ack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ticket {
+    pub partition: PartitionId,
+    pub epoch: u64,
+    pub offset: i64,
+}
+
+/// A commit point and its metadata, read together (never torn apart).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitSnapshot {
+    pub partition: PartitionId,
+    /// The next offset to read.
+    pub offset: i64,
+    /// Finished offsets above `offset` (see [`super::metadata`]); may be empty.
+    pub metadata: String,
+}
+
+/// The result of [`Tracker::assign`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    pub partition: PartitionId,
+    pub epoch: u64,
+    /// Where the previous owner committed, if anywhere.
+    pub start_offset: Option<i64>,
+    pub restore: RestoreReport,
+}
+
+#[derive(Debug)]
+struct Owned {
+    epoch: u64,
+    tracker: PartitionTracker,
+    acked_last: Option<i64>,
+}
+
+/// Tracks every partition assigned to this consumer.
+#[derive(Debug)]
+pub struct Tracker {
+    limits: Limits,
+    planted: Option<PlantedBug>,
+    epoch_last: u64,
+    owned: BTreeMap<PartitionId, Owned>,
+    /// Highest epoch ever given to each partition (kept after revoke, to tell stale tickets).
+    epoch_highest: BTreeMap<PartitionId, u64>,
+}
+
+impl Tracker {
+    /// A tracker with no partitions.
+    pub fn new(limits: Limits) -> Self {
+        Tracker::with_planted(limits, None)
+    }
+
+    /// A tracker with a deliberate defect, for proving that tests catch it.
+    /// [`PlantedBug::CommitAckedPlusOne`] makes snapshots commit the most recently acked
+    /// offset + 1 instead of the watermark.
+    pub fn with_planted(limits: Limits, planted: Option<PlantedBug>) -> Self {
+        Tracker {
+            limits,
+            planted,
+            epoch_last: 0,
+            owned: BTreeMap::new(),
+            epoch_highest: BTreeMap::new(),
+        }
+    }
+
+    /// Takes ownership of `partition` under a new epoch, restoring from the committed offset
+    /// and its metadata. A partition assigned again (without revoke) starts over.
+    pub fn assign(
+        &mut self,
+        partition: PartitionId,
+        committed: Option<&CommittedOffset>,
+    ) -> Assignment {
+        self.epoch_last += 1;
+        let epoch = self.epoch_last;
+        let (tracker, restore) = match committed {
+            Some(committed) => PartitionTracker::restore(committed, self.limits),
+            None => (PartitionTracker::new(self.limits), RestoreReport::default()),
+        };
+        self.owned.insert(
+            partition,
+            Owned {
+                epoch,
+                tracker,
+                acked_last: None,
+            },
+        );
+        self.epoch_highest.insert(partition, epoch);
+        Assignment {
+            partition,
+            epoch,
+            start_offset: committed.map(|c| c.offset),
+            restore,
+        }
+    }
+
+    /// Gives up `partition`: returns the final snapshot to commit; later acks of its epoch are
+    /// refused with [`AckError::StaleEpoch`].
+    pub fn revoke(&mut self, partition: PartitionId) -> Option<CommitSnapshot> {
+        let snapshot = self.snapshot(partition);
+        self.owned.remove(&partition);
+        snapshot
+    }
+
+    /// Registers a polled offset of an assigned partition.
+    pub fn track(
+        &mut self,
+        partition: PartitionId,
+        offset: i64,
+    ) -> Result<(Ticket, Tracked), TrackError> {
+        let owned = self
+            .owned
+            .get_mut(&partition)
+            .ok_or(TrackError::NotAssigned { partition })?;
+        let tracked = owned.tracker.track(offset)?;
+        let ticket = Ticket {
+            partition,
+            epoch: owned.epoch,
+            offset,
+        };
+        Ok((ticket, tracked))
+    }
+
+    /// Marks a ticket's offset finished, if its assignment is still current.
+    pub fn ack(&mut self, ticket: Ticket) -> Result<(), AckError> {
+        let partition = ticket.partition;
+        match self.owned.get_mut(&partition) {
+            Some(owned) if owned.epoch == ticket.epoch => {
+                owned.tracker.ack(ticket.offset)?;
+                owned.acked_last = Some(ticket.offset);
+                Ok(())
+            }
+            current => {
+                let current = current.map(|owned| owned.epoch);
+                let issued = self.epoch_highest.get(&partition).copied().unwrap_or(0);
+                if ticket.epoch != 0 && ticket.epoch <= issued {
+                    Err(AckError::StaleEpoch {
+                        partition,
+                        epoch: ticket.epoch,
+                        current,
+                    })
+                } else {
+                    Err(AckError::NotAssigned {
+                        partition,
+                        epoch: ticket.epoch,
+                    })
+                }
+            }
+        }
+    }
+
+    /// What to commit for `partition` now: commit point and metadata from one state.
+    /// `None` if the partition is not assigned or nothing is known yet.
+    pub fn snapshot(&self, partition: PartitionId) -> Option<CommitSnapshot> {
+        let owned = self.owned.get(&partition)?;
+        let commit_point = owned.tracker.commit_point()?;
+        if self.planted == Some(PlantedBug::CommitAckedPlusOne) {
+            let offset = owned.acked_last.map_or(commit_point, |acked| acked + 1);
+            return Some(CommitSnapshot {
+                partition,
+                offset,
+                metadata: String::new(),
+            });
+        }
+        Some(CommitSnapshot {
+            partition,
+            offset: commit_point,
+            metadata: owned.tracker.encode_metadata(),
+        })
+    }
+
+    /// Snapshots of every assigned partition that has something to commit, by partition.
+    pub fn snapshots(&self) -> Vec<CommitSnapshot> {
+        self.owned
+            .keys()
+            .filter_map(|&p| self.snapshot(p))
+            .collect()
+    }
+
+    /// Records of `partition` tracked and not yet acked (0 if not assigned).
+    pub fn in_flight(&self, partition: PartitionId) -> usize {
+        self.owned
+            .get(&partition)
+            .map_or(0, |owned| owned.tracker.in_flight())
+    }
+
+    /// The current epoch of `partition`, if assigned.
+    pub fn epoch(&self, partition: PartitionId) -> Option<u64> {
+        self.owned.get(&partition).map(|owned| owned.epoch)
+    }
+
+    /// Assigned partitions, ascending.
+    pub fn assigned(&self) -> Vec<PartitionId> {
+        self.owned.keys().copied().collect()
+    }
+
+    /// The partition's tracker, for inspection.
+    pub fn partition(&self, partition: PartitionId) -> Option<&PartitionTracker> {
+        self.owned.get(&partition).map(|owned| &owned.tracker)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_increase_across_partitions_and_reassignments() {
+        let mut t = Tracker::new(Limits::default());
+        let a = t.assign(0, None).epoch;
+        let b = t.assign(1, None).epoch;
+        let c = t.assign(0, None).epoch;
+        assert!(a < b && b < c);
+        assert_eq!(t.assigned(), vec![0, 1]);
+    }
+
+    #[test]
+    fn track_on_unassigned_partition_is_refused() {
+        let mut t = Tracker::new(Limits::default());
+        assert_eq!(t.track(3, 0), Err(TrackError::NotAssigned { partition: 3 }));
+    }
+
+    #[test]
+    fn ack_after_revoke_is_stale() {
+        let mut t = Tracker::new(Limits::default());
+        t.assign(0, None);
+        let (ticket, _) = t.track(0, 7).unwrap();
+        let last = t.revoke(0).unwrap();
+        assert_eq!(
+            last,
+            CommitSnapshot {
+                partition: 0,
+                offset: 7,
+                metadata: String::new()
+            }
+        );
+        assert!(matches!(
+            t.ack(ticket),
+            Err(AckError::StaleEpoch { current: None, .. })
+        ));
+        assert_eq!(t.snapshot(0), None);
+    }
+
+    #[test]
+    fn stale_ack_after_reassign_leaves_new_owner_untouched() {
+        let mut t = Tracker::new(Limits::default());
+        t.assign(0, None);
+        let (old, _) = t.track(0, 0).unwrap();
+        let committed = t.revoke(0).map(|s| CommittedOffset {
+            offset: s.offset,
+            metadata: Some(s.metadata),
+        });
+        let assignment = t.assign(0, committed.as_ref());
+        assert_eq!(assignment.start_offset, Some(0));
+        let (new, tracked) = t.track(0, 0).unwrap();
+        assert_eq!(tracked, Tracked::New);
+        assert_eq!(
+            t.ack(old),
+            Err(AckError::StaleEpoch {
+                partition: 0,
+                epoch: old.epoch,
+                current: Some(new.epoch)
+            })
+        );
+        assert_eq!(t.snapshot(0).unwrap().offset, 0);
+        assert_eq!(t.in_flight(0), 1);
+        t.ack(new).unwrap();
+        assert_eq!(t.snapshot(0).unwrap().offset, 1);
+    }
+
+    #[test]
+    fn forged_ticket_is_not_assigned() {
+        let mut t = Tracker::new(Limits::default());
+        t.assign(0, None);
+        let ticket = Ticket {
+            partition: 0,
+            epoch: 99,
+            offset: 0,
+        };
+        assert_eq!(
+            t.ack(ticket),
+            Err(AckError::NotAssigned {
+                partition: 0,
+                epoch: 99
+            })
+        );
+        let ticket = Ticket {
+            partition: 5,
+            epoch: 1,
+            offset: 0,
+        };
+        assert_eq!(
+            t.ack(ticket),
+            Err(AckError::NotAssigned {
+                partition: 5,
+                epoch: 1
+            })
+        );
+    }
+
+    #[test]
+    fn snapshot_carries_metadata_that_restores() {
+        let mut t = Tracker::new(Limits::default());
+        t.assign(
+            2,
+            Some(&CommittedOffset {
+                offset: 50,
+                metadata: None,
+            }),
+        );
+        let tickets: Vec<Ticket> = (50..60).map(|o| t.track(2, o).unwrap().0).collect();
+        t.ack(tickets[3]).unwrap();
+        t.ack(tickets[9]).unwrap();
+        let snap = t.snapshot(2).unwrap();
+        assert_eq!(snap.offset, 50);
+        assert_eq!(t.snapshots(), vec![snap.clone()]);
+        let committed = CommittedOffset {
+            offset: snap.offset,
+            metadata: Some(snap.metadata),
+        };
+        let assignment = t.assign(2, Some(&committed));
+        assert_eq!(assignment.restore.already_done, 2);
+        let done: Vec<i64> = (50..60)
+            .filter(|&o| t.track(2, o).unwrap().1 == Tracked::AlreadyDone)
+            .collect();
+        assert_eq!(done, vec![53, 59]);
+    }
+
+    #[test]
+    fn planted_bug_commits_past_an_unfinished_record() {
+        let mut t = Tracker::with_planted(Limits::default(), Some(PlantedBug::CommitAckedPlusOne));
+        t.assign(0, None);
+        let (_slow, _) = t.track(0, 0).unwrap();
+        let (fast, _) = t.track(0, 1).unwrap();
+        t.ack(fast).unwrap();
+        assert_eq!(t.snapshot(0).unwrap().offset, 2); // 0 is unfinished: loss
+        let mut honest = Tracker::new(Limits::default());
+        honest.assign(0, None);
+        honest.track(0, 0).unwrap();
+        let (fast, _) = honest.track(0, 1).unwrap();
+        honest.ack(fast).unwrap();
+        assert_eq!(honest.snapshot(0).unwrap().offset, 0);
+    }
+}

@@ -1,0 +1,193 @@
+//! Consumer configuration and its validation.
+
+use crate::offsets::Limits;
+use crate::planted::PlantedBug;
+use std::time::Duration;
+
+/// Everything the consumer loop needs to know. [`ConsumerConfig::default`] is the production
+/// default; [`ConsumerConfig::validate`] refuses combinations that would stall or lose data.
+#[derive(Clone, Debug)]
+pub struct ConsumerConfig {
+    /// Records asked for per poll (the seed's 500).
+    pub batch_size: usize,
+    /// Worker tasks. Records of one order id always go to the same worker, in poll order.
+    pub concurrency: usize,
+    /// Bounds of the offset tracker (in flight, span, metadata bytes).
+    pub limits: Limits,
+    /// How often finished offsets are committed asynchronously.
+    pub commit_interval: Duration,
+    /// How long one poll waits for the first record.
+    pub poll_timeout: Duration,
+    /// Attempts for a batch the services rejected before it is split and the failing event
+    /// dead-lettered. Outages are retried without limit and never count here.
+    pub record_attempts_max: u32,
+    /// First retry delay; doubles per attempt with jitter, up to `backoff_max`.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// How long a commit point may stay put while its partition has work in flight before it
+    /// is reported as stalled.
+    pub stall_after: Duration,
+    /// How long a revoked partition's in-flight work may take to finish before it is
+    /// abandoned (the next owner redoes it; the store's unique key absorbs the repeat).
+    pub revoke_grace: Duration,
+    /// How long shutdown waits for in-flight work before the final commit.
+    pub drain_timeout: Duration,
+    /// TTL of the cache's idempotency keys.
+    pub cache_ttl: Duration,
+    /// Where undecodable and poisoned records go.
+    pub dead_letter_topic: String,
+    /// Seed of the retry jitter (deterministic, so that simulations replay).
+    pub jitter_seed: u64,
+    /// A deliberate defect, for model-checking tests only.
+    pub planted: Option<PlantedBug>,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            batch_size: 500,
+            concurrency: 8,
+            limits: Limits::default(),
+            commit_interval: Duration::from_millis(1000),
+            poll_timeout: Duration::from_millis(100),
+            record_attempts_max: 5,
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(5),
+            stall_after: Duration::from_secs(60),
+            revoke_grace: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(30),
+            cache_ttl: Duration::from_secs(7 * 24 * 3600),
+            dead_letter_topic: "orders.dlq".to_owned(),
+            jitter_seed: 0x5eed,
+            planted: None,
+        }
+    }
+}
+
+/// A configuration the consumer refuses to run with.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("`{field}` must be at least {min}, got {value}")]
+    TooSmall {
+        field: &'static str,
+        min: u64,
+        value: u64,
+    },
+    #[error("`batch_size` ({batch_size}) exceeds the tracker's `max_in_flight` ({max_in_flight}): a full batch could never be tracked")]
+    BatchOverWindow {
+        batch_size: usize,
+        max_in_flight: usize,
+    },
+    #[error("`backoff_initial` ({initial:?}) exceeds `backoff_max` ({max:?})")]
+    BackoffInverted { initial: Duration, max: Duration },
+    #[error("`dead_letter_topic` is empty: bad records would have nowhere to go")]
+    NoDeadLetterTopic,
+}
+
+impl ConsumerConfig {
+    /// Checks the configuration; the consumer calls this before it starts.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let at_least = |field, value: u64, min| {
+            if value < min {
+                Err(ConfigError::TooSmall { field, min, value })
+            } else {
+                Ok(())
+            }
+        };
+        at_least("batch_size", self.batch_size as u64, 1)?;
+        at_least("concurrency", self.concurrency as u64, 1)?;
+        at_least(
+            "record_attempts_max",
+            u64::from(self.record_attempts_max),
+            1,
+        )?;
+        at_least("commit_interval_ms", millis(self.commit_interval), 1)?;
+        at_least("limits.max_in_flight", self.limits.max_in_flight as u64, 1)?;
+        if self.batch_size > self.limits.max_in_flight {
+            return Err(ConfigError::BatchOverWindow {
+                batch_size: self.batch_size,
+                max_in_flight: self.limits.max_in_flight,
+            });
+        }
+        if self.backoff_initial > self.backoff_max {
+            return Err(ConfigError::BackoffInverted {
+                initial: self.backoff_initial,
+                max: self.backoff_max,
+            });
+        }
+        if self.dead_letter_topic.is_empty() {
+            return Err(ConfigError::NoDeadLetterTopic);
+        }
+        Ok(())
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        assert_eq!(ConsumerConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn refuses_zero_batch_and_zero_workers() {
+        let config = ConsumerConfig {
+            batch_size: 0,
+            ..ConsumerConfig::default()
+        };
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::TooSmall {
+                field: "batch_size",
+                ..
+            })
+        ));
+        let config = ConsumerConfig {
+            concurrency: 0,
+            ..ConsumerConfig::default()
+        };
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::TooSmall {
+                field: "concurrency",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn refuses_a_batch_larger_than_the_window() {
+        let mut config = ConsumerConfig::default();
+        config.limits.max_in_flight = 100;
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::BatchOverWindow {
+                batch_size: 500,
+                max_in_flight: 100
+            })
+        );
+    }
+
+    #[test]
+    fn refuses_inverted_backoff_and_missing_dead_letter_topic() {
+        let config = ConsumerConfig {
+            backoff_initial: Duration::from_secs(10),
+            ..ConsumerConfig::default()
+        };
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::BackoffInverted { .. })
+        ));
+        let config = ConsumerConfig {
+            dead_letter_topic: String::new(),
+            ..ConsumerConfig::default()
+        };
+        assert_eq!(config.validate(), Err(ConfigError::NoDeadLetterTopic));
+    }
+}

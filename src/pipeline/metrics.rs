@@ -1,0 +1,258 @@
+//! Counters and gauges of one consumer, rendered in the Prometheus text format.
+//!
+//! Counters are atomics bumped from worker tasks; per-partition gauges are written by the
+//! poll loop. Nothing here does I/O: an adapter serves [`Metrics::render_prometheus`].
+
+use crate::ports::PartitionId;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// One monotonically increasing count.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn add(&self, amount: u64) {
+        self.0.fetch_add(amount, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// What the poll loop knows about one owned partition.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartitionGauges {
+    pub in_flight: u64,
+    /// The last committed offset (the next offset to read).
+    pub committed: Option<i64>,
+    /// The highest offset polled so far.
+    pub polled: Option<i64>,
+    /// True while the commit point has not moved for `stall_after` with work in flight.
+    pub stalled: bool,
+}
+
+/// Reads one gauge's value from a partition's gauges.
+type GaugeReader = fn(&PartitionGauges) -> Option<i64>;
+
+/// All metrics of one consumer (or compensator) process.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub polled: Counter,
+    pub applied: Counter,
+    pub duplicates_cache: Counter,
+    pub duplicates_batch: Counter,
+    pub duplicates_store: Counter,
+    pub dead_letters: Counter,
+    pub retries_outage: Counter,
+    pub retries_rejected: Counter,
+    pub cache_degraded_batches: Counter,
+    pub commits: Counter,
+    pub commit_failures: Counter,
+    pub stalls: Counter,
+    pub batches: Counter,
+    /// Sum of batch latencies in microseconds (with `batches`, gives the mean).
+    pub batch_latency_us_sum: Counter,
+    /// Largest batch latency seen, in microseconds.
+    pub batch_latency_us_max: AtomicU64,
+    partitions: Mutex<BTreeMap<PartitionId, PartitionGauges>>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics::default()
+    }
+
+    /// Records one finished batch.
+    pub fn observe_batch(&self, latency_us: u64) {
+        self.batches.add(1);
+        self.batch_latency_us_sum.add(latency_us);
+        self.batch_latency_us_max
+            .fetch_max(latency_us, Ordering::Relaxed);
+    }
+
+    /// Replaces the gauges of one partition.
+    pub fn set_partition(&self, partition: PartitionId, gauges: PartitionGauges) {
+        if let Ok(mut partitions) = self.partitions.lock() {
+            partitions.insert(partition, gauges);
+        }
+    }
+
+    /// Forgets a partition that is no longer owned.
+    pub fn remove_partition(&self, partition: PartitionId) {
+        if let Ok(mut partitions) = self.partitions.lock() {
+            partitions.remove(&partition);
+        }
+    }
+
+    pub fn partition(&self, partition: PartitionId) -> Option<PartitionGauges> {
+        self.partitions
+            .lock()
+            .ok()
+            .and_then(|partitions| partitions.get(&partition).cloned())
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render_prometheus(&self) -> String {
+        let mut out = String::new();
+        let counters: [(&str, &str, &Counter); 14] = [
+            (
+                "holdfast_records_polled_total",
+                "Records returned by polls.",
+                &self.polled,
+            ),
+            (
+                "holdfast_events_applied_total",
+                "Events whose effect the store committed.",
+                &self.applied,
+            ),
+            (
+                "holdfast_duplicates_cache_total",
+                "Events dropped by the cache pre-filter.",
+                &self.duplicates_cache,
+            ),
+            (
+                "holdfast_duplicates_batch_total",
+                "Events dropped as repeats within one batch.",
+                &self.duplicates_batch,
+            ),
+            (
+                "holdfast_duplicates_store_total",
+                "Events the store's unique key refused as already applied.",
+                &self.duplicates_store,
+            ),
+            (
+                "holdfast_dead_letters_total",
+                "Records sent to the dead-letter topic.",
+                &self.dead_letters,
+            ),
+            (
+                "holdfast_retries_outage_total",
+                "Retries because a service was unavailable.",
+                &self.retries_outage,
+            ),
+            (
+                "holdfast_retries_rejected_total",
+                "Retries because a service rejected a batch.",
+                &self.retries_rejected,
+            ),
+            (
+                "holdfast_cache_degraded_batches_total",
+                "Batches deduplicated by the store alone because the cache failed.",
+                &self.cache_degraded_batches,
+            ),
+            (
+                "holdfast_commits_total",
+                "Offset commits sent.",
+                &self.commits,
+            ),
+            (
+                "holdfast_commit_failures_total",
+                "Offset commits that failed.",
+                &self.commit_failures,
+            ),
+            (
+                "holdfast_stalls_total",
+                "Times a partition's commit point was reported stalled.",
+                &self.stalls,
+            ),
+            (
+                "holdfast_batches_total",
+                "Batches processed by workers.",
+                &self.batches,
+            ),
+            (
+                "holdfast_batch_latency_microseconds_sum",
+                "Sum of batch latencies.",
+                &self.batch_latency_us_sum,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                counter.get()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP holdfast_batch_latency_microseconds_max Largest batch latency.\n# TYPE holdfast_batch_latency_microseconds_max gauge\nholdfast_batch_latency_microseconds_max {}",
+            self.batch_latency_us_max.load(Ordering::Relaxed)
+        );
+        let partitions = self
+            .partitions
+            .lock()
+            .map(|partitions| partitions.clone())
+            .unwrap_or_default();
+        let gauges: [(&str, &str, GaugeReader); 5] = [
+            (
+                "holdfast_in_flight",
+                "Records tracked and not yet finished.",
+                |g| i64::try_from(g.in_flight).ok(),
+            ),
+            (
+                "holdfast_committed_offset",
+                "Last committed offset (next to read).",
+                |g| g.committed,
+            ),
+            ("holdfast_polled_offset", "Highest offset polled.", |g| {
+                g.polled
+            }),
+            (
+                "holdfast_lag_records",
+                "Polled but not committed records (polled + 1 - committed).",
+                |g| match (g.polled, g.committed) {
+                    (Some(polled), Some(committed)) => Some((polled + 1 - committed).max(0)),
+                    (Some(polled), None) => Some(polled + 1),
+                    _ => None,
+                },
+            ),
+            (
+                "holdfast_stalled",
+                "1 while the partition's commit point is stalled.",
+                |g| Some(i64::from(g.stalled)),
+            ),
+        ];
+        for (name, help, read) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for (partition, gauge) in &partitions {
+                if let Some(value) = read(gauge) {
+                    let _ = writeln!(out, "{name}{{partition=\"{partition}\"}} {value}");
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_partition_gauges() {
+        let metrics = Metrics::new();
+        metrics.applied.add(3);
+        metrics.observe_batch(250);
+        metrics.set_partition(
+            2,
+            PartitionGauges {
+                in_flight: 4,
+                committed: Some(10),
+                polled: Some(19),
+                stalled: true,
+            },
+        );
+        let text = metrics.render_prometheus();
+        assert!(text.contains("holdfast_events_applied_total 3\n"));
+        assert!(text.contains("holdfast_batches_total 1\n"));
+        assert!(text.contains("holdfast_batch_latency_microseconds_max 250\n"));
+        assert!(text.contains("holdfast_in_flight{partition=\"2\"} 4\n"));
+        assert!(text.contains("holdfast_lag_records{partition=\"2\"} 10\n"));
+        assert!(text.contains("holdfast_stalled{partition=\"2\"} 1\n"));
+        metrics.remove_partition(2);
+        assert!(!metrics.render_prometheus().contains("partition=\"2\""));
+    }
+}

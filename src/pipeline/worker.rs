@@ -1,0 +1,234 @@
+//! A worker: takes the records routed to it (all records of an order id go to one worker, in
+//! poll order), runs each batch through the idempotency protocol, dead-letters what cannot be
+//! applied, and acks finished offsets to the tracker.
+
+use super::config::ConsumerConfig;
+use super::dead_letter::dead_letter;
+use super::metrics::Metrics;
+use super::retry::Backoff;
+use crate::event::{DecodeError, OrderEvent};
+use crate::idempotency::protocol::{apply_batch, BatchReport, ProtocolConfig, Verdict};
+use crate::offsets::{AckError, SharedTracker, Ticket};
+use crate::ports::{DedupCache, FaultPoint, OrderStore, PortError, Probe, Publisher, Record};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// One polled record on its way to a worker.
+#[derive(Debug)]
+pub struct Job {
+    pub ticket: Ticket,
+    pub record: Record,
+    pub decoded: Result<OrderEvent, DecodeError>,
+}
+
+/// What every worker shares: the services and the tracker to ack to.
+pub struct Services<C, S, D, P> {
+    pub cache: C,
+    pub store: S,
+    /// Publishes dead letters.
+    pub dead_letters: D,
+    pub probe: P,
+}
+
+pub(crate) struct WorkerContext<C, S, D, P> {
+    pub services: Arc<Services<C, S, D, P>>,
+    pub tracker: SharedTracker,
+    pub metrics: Arc<Metrics>,
+    pub config: ConsumerConfig,
+    pub protocol: ProtocolConfig,
+}
+
+impl<C, S, D, P> WorkerContext<C, S, D, P>
+where
+    C: DedupCache + 'static,
+    S: OrderStore + 'static,
+    D: Publisher + 'static,
+    P: Probe + 'static,
+{
+    /// Runs until the channel closes, batching whatever has queued up to `batch_size`.
+    pub async fn run(self: Arc<Self>, index: usize, mut jobs: mpsc::UnboundedReceiver<Job>) {
+        let mut backoff_seed = self.config.jitter_seed ^ (index as u64).wrapping_mul(0x9e37_79b9);
+        while let Some(first) = jobs.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < self.config.batch_size {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            backoff_seed = backoff_seed.wrapping_add(1);
+            self.process(batch, backoff_seed).await;
+        }
+    }
+
+    async fn process(&self, batch: Vec<Job>, seed: u64) {
+        let started = Instant::now();
+        let (good, bad): (Vec<Job>, Vec<Job>) =
+            batch.into_iter().partition(|job| job.decoded.is_ok());
+        let mut finished: Vec<Ticket> = Vec::with_capacity(good.len() + bad.len());
+        for job in bad {
+            let error = match &job.decoded {
+                Err(error) => error.to_string(),
+                Ok(_) => continue,
+            };
+            if self.send_dead_letter(&job.record, &error, 1, seed).await {
+                finished.push(job.ticket);
+            }
+        }
+        let events: Vec<OrderEvent> = good
+            .iter()
+            .filter_map(|job| job.decoded.as_ref().ok().cloned())
+            .collect();
+        match self.apply_with_retries(&events, seed).await {
+            Applied::All(report) => {
+                self.count(&report);
+                finished.extend(good.iter().map(|job| job.ticket));
+            }
+            Applied::Fenced => {
+                // The partition moved to another member, which redoes these records.
+                tracing::info!(
+                    records = good.len(),
+                    "batch dropped: this member was fenced"
+                );
+            }
+            Applied::Rejected => {
+                // The batch keeps failing while the services are up: apply one event at a time
+                // so that only the poison record is dead-lettered.
+                for (job, event) in good.iter().zip(&events) {
+                    match self
+                        .apply_with_retries(std::slice::from_ref(event), seed)
+                        .await
+                    {
+                        Applied::All(report) => {
+                            self.count(&report);
+                            finished.push(job.ticket);
+                        }
+                        Applied::Fenced => {}
+                        Applied::Rejected => {
+                            let attempts = self.config.record_attempts_max;
+                            let error = "the store rejected this event on every attempt";
+                            if self
+                                .send_dead_letter(&job.record, error, attempts, seed)
+                                .await
+                            {
+                                finished.push(job.ticket);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.ack_all(&finished).await;
+        let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.metrics.observe_batch(latency_us);
+    }
+
+    /// Retries outages without limit and rejections `record_attempts_max` times.
+    async fn apply_with_retries(&self, events: &[OrderEvent], seed: u64) -> Applied {
+        let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max, seed);
+        let mut rejections = 0;
+        loop {
+            let services = &self.services;
+            let result = apply_batch(
+                &services.cache,
+                &services.store,
+                &services.probe,
+                events,
+                &self.protocol,
+            )
+            .await;
+            match result {
+                Ok(report) => return Applied::All(report),
+                Err(PortError::Fenced { .. }) => return Applied::Fenced,
+                Err(error @ PortError::Unavailable { .. }) => {
+                    self.metrics.retries_outage.add(1);
+                    tracing::warn!(%error, "store unavailable; retrying the batch");
+                }
+                Err(error @ PortError::Rejected { .. }) => {
+                    rejections += 1;
+                    if rejections >= self.config.record_attempts_max {
+                        tracing::warn!(%error, rejections, "batch rejected; isolating the failing event");
+                        return Applied::Rejected;
+                    }
+                    self.metrics.retries_rejected.add(1);
+                }
+            }
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+
+    /// Publishes one dead letter, retrying outages without limit. Returns whether the record
+    /// may be acked (false only when the publisher fenced this member).
+    async fn send_dead_letter(
+        &self,
+        record: &Record,
+        error: &str,
+        attempts: u32,
+        seed: u64,
+    ) -> bool {
+        let letter = dead_letter(&self.config.dead_letter_topic, record, error, attempts);
+        let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max, seed);
+        loop {
+            match self.services.dead_letters.publish(letter.clone()).await {
+                Ok(_) => {
+                    self.metrics.dead_letters.add(1);
+                    tracing::warn!(
+                        partition = record.partition,
+                        offset = record.offset,
+                        error,
+                        "record dead-lettered"
+                    );
+                    return true;
+                }
+                Err(PortError::Fenced { .. }) => return false,
+                Err(failure) => {
+                    self.metrics.retries_outage.add(1);
+                    tracing::warn!(%failure, "dead-letter publish failed; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+    }
+
+    fn count(&self, report: &BatchReport) {
+        for verdict in &report.verdicts {
+            match verdict {
+                Verdict::Applied => self.metrics.applied.add(1),
+                Verdict::SkippedByCache => self.metrics.duplicates_cache.add(1),
+                Verdict::DuplicateInBatch => self.metrics.duplicates_batch.add(1),
+                Verdict::DuplicateInStore => self.metrics.duplicates_store.add(1),
+            }
+        }
+        if report.cache_degraded {
+            self.metrics.cache_degraded_batches.add(1);
+        }
+    }
+
+    /// Acks finished offsets. The `MidBatch` fault point sits between the two halves, so the
+    /// simulator can crash a worker with part of a batch acked.
+    async fn ack_all(&self, finished: &[Ticket]) {
+        let middle = finished.len() / 2;
+        for (position, ticket) in finished.iter().enumerate() {
+            if position == middle && middle > 0 {
+                self.services.probe.at(FaultPoint::MidBatch).await;
+            }
+            match self.tracker.ack(*ticket) {
+                Ok(()) => {}
+                Err(AckError::StaleEpoch { .. }) => {
+                    // Revoked while we worked: the new owner's watermark is not ours to move.
+                }
+                Err(error) => {
+                    tracing::error!(%error, ?ticket, "ack refused");
+                    debug_assert!(false, "ack of a dispatched ticket refused: {error}");
+                }
+            }
+        }
+    }
+}
+
+enum Applied {
+    All(BatchReport),
+    Fenced,
+    Rejected,
+}

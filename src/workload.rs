@@ -1,0 +1,368 @@
+//! The workload generator: realistic order lifecycles, deterministic from a seed.
+//!
+//! Lifecycles include bills, partial refunds and cancellations; the stream interleaves orders,
+//! delivers some events of an order out of order, repeats some events verbatim (what a
+//! producer retry or a compensator re-send looks like to the consumer) and mixes in malformed
+//! messages. Every message is keyed by its order id. Used by `holdfast produce`, the
+//! simulator and the tests, so that all of them talk about the same kind of traffic.
+
+use crate::event::{EventKind, OrderEvent};
+use crate::rng::SplitMix;
+use std::collections::VecDeque;
+
+/// Shape of a generated workload. Ratios are probabilities in `[0, 1]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkloadConfig {
+    pub seed: u64,
+    pub orders: usize,
+    pub users: usize,
+    /// Share of events sent a second time, later in the stream.
+    pub duplicate_ratio: f64,
+    /// Share of orders with two of their events swapped.
+    pub reorder_ratio: f64,
+    /// Share of malformed messages among all messages.
+    pub malformed_ratio: f64,
+    pub cancel_ratio: f64,
+    pub refund_ratio: f64,
+    /// Event time of the first event, in milliseconds since the Unix epoch.
+    pub start_ms: i64,
+}
+
+impl Default for WorkloadConfig {
+    fn default() -> Self {
+        WorkloadConfig {
+            seed: 1,
+            orders: 1000,
+            users: 100,
+            duplicate_ratio: 0.05,
+            reorder_ratio: 0.2,
+            malformed_ratio: 0.01,
+            cancel_ratio: 0.1,
+            refund_ratio: 0.15,
+            start_ms: 1_767_225_600_000,
+        }
+    }
+}
+
+/// A workload configuration the generator refuses.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum WorkloadError {
+    #[error("`{field}` must be within [0, 1], got {value}")]
+    RatioOutOfRange { field: &'static str, value: f64 },
+    #[error("`{field}` must be at least 1")]
+    Zero { field: &'static str },
+}
+
+/// One message to publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// The order id's bytes: every producer keys by order id.
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+    /// The event the payload encodes; `None` for a deliberately malformed message.
+    pub event: Option<OrderEvent>,
+}
+
+/// A generated stream of messages.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub messages: Vec<Message>,
+}
+
+impl WorkloadConfig {
+    pub fn validate(&self) -> Result<(), WorkloadError> {
+        for (field, value) in [
+            ("duplicate_ratio", self.duplicate_ratio),
+            ("reorder_ratio", self.reorder_ratio),
+            ("malformed_ratio", self.malformed_ratio),
+            ("cancel_ratio", self.cancel_ratio),
+            ("refund_ratio", self.refund_ratio),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(WorkloadError::RatioOutOfRange { field, value });
+            }
+        }
+        if self.orders == 0 {
+            return Err(WorkloadError::Zero { field: "orders" });
+        }
+        if self.users == 0 {
+            return Err(WorkloadError::Zero { field: "users" });
+        }
+        Ok(())
+    }
+}
+
+impl Workload {
+    /// Generates the workload of `config`; the same config always gives the same messages.
+    pub fn generate(config: &WorkloadConfig) -> Result<Workload, WorkloadError> {
+        config.validate()?;
+        let mut rng = SplitMix::new(config.seed);
+        let mut pending: VecDeque<VecDeque<OrderEvent>> = VecDeque::new();
+        let mut next_order = 0usize;
+        let mut delayed: VecDeque<(usize, Message)> = VecDeque::new();
+        let mut messages = Vec::new();
+        // A window of concurrently active orders, so that orders interleave.
+        const ACTIVE_ORDERS: usize = 16;
+        loop {
+            while pending.len() < ACTIVE_ORDERS && next_order < config.orders {
+                pending.push_back(lifecycle(config, &mut rng, next_order));
+                next_order += 1;
+            }
+            if pending.is_empty() {
+                break;
+            }
+            let index = rng.below(pending.len());
+            let event = match pending[index].pop_front() {
+                Some(event) => event,
+                None => continue,
+            };
+            if pending[index].is_empty() {
+                pending.remove(index);
+            }
+            if rng.chance(config.malformed_ratio) {
+                messages.push(malformed(&mut rng, &event));
+            }
+            let message = Message {
+                key: event.order_id.as_bytes().to_vec(),
+                payload: event.payload.clone(),
+                event: Some(event),
+            };
+            if rng.chance(config.duplicate_ratio) {
+                let due = messages.len() + 1 + rng.below(64);
+                delayed.push_back((due, message.clone()));
+            }
+            messages.push(message);
+            while delayed
+                .front()
+                .is_some_and(|(due, _)| *due <= messages.len())
+            {
+                if let Some((_, repeat)) = delayed.pop_front() {
+                    messages.push(repeat);
+                }
+            }
+        }
+        messages.extend(delayed.into_iter().map(|(_, message)| message));
+        Ok(Workload { messages })
+    }
+
+    /// The distinct valid events (first occurrence of each event id), in stream order.
+    pub fn distinct_events(&self) -> Vec<OrderEvent> {
+        let mut seen = std::collections::HashSet::new();
+        self.messages
+            .iter()
+            .filter_map(|message| message.event.as_ref())
+            .filter(|event| seen.insert(event.event_id.clone()))
+            .cloned()
+            .collect()
+    }
+}
+
+/// One order's events in business order, possibly with two of them swapped.
+fn lifecycle(config: &WorkloadConfig, rng: &mut SplitMix, index: usize) -> VecDeque<OrderEvent> {
+    let order_id = format!("o{:x}-{index}", config.seed);
+    let user_id = format!("u{}", index % config.users);
+    let mut at_ms = config.start_ms + (index as i64) * 1_000;
+    let mut events = Vec::new();
+    let mut push = |kind: EventKind, amount: Option<i64>, at_ms: i64| {
+        let mut event = OrderEvent {
+            event_id: format!("{order_id}-{}", events.len()),
+            order_id: order_id.clone(),
+            user_id: user_id.clone(),
+            kind,
+            amount_minor: amount,
+            event_time_ms: at_ms,
+            payload: Vec::new(),
+        };
+        event.payload = event.encode();
+        events.push(event);
+    };
+    let total = 100 + rng.below(100_000) as i64;
+    push(EventKind::Created, None, at_ms);
+    at_ms += 1 + rng.below(60_000) as i64;
+    let cancelled_early = rng.chance(config.cancel_ratio / 2.0);
+    if cancelled_early {
+        push(EventKind::Cancelled, None, at_ms);
+        return swap_some(config, rng, events);
+    }
+    push(EventKind::Paid, Some(total), at_ms);
+    if rng.chance(0.3) {
+        let first = total / 2;
+        at_ms += 1 + rng.below(1_000) as i64;
+        push(EventKind::Billed, Some(first), at_ms);
+        at_ms += 1 + rng.below(1_000) as i64;
+        push(EventKind::Billed, Some(total - first), at_ms);
+    }
+    if rng.chance(config.cancel_ratio / 2.0) {
+        at_ms += 1 + rng.below(60_000) as i64;
+        push(EventKind::Cancelled, None, at_ms);
+        at_ms += 1 + rng.below(60_000) as i64;
+        push(EventKind::Refunded, Some(total), at_ms);
+        return swap_some(config, rng, events);
+    }
+    for kind in [EventKind::Shipped, EventKind::Received] {
+        at_ms += 1 + rng.below(3_600_000) as i64;
+        push(kind, None, at_ms);
+    }
+    if rng.chance(config.refund_ratio) {
+        let parts = 1 + rng.below(2);
+        for _ in 0..parts {
+            at_ms += 1 + rng.below(600_000) as i64;
+            push(EventKind::Refunded, Some(1 + total / 10), at_ms);
+        }
+    }
+    at_ms += 1 + rng.below(600_000) as i64;
+    push(EventKind::Completed, None, at_ms);
+    swap_some(config, rng, events)
+}
+
+fn swap_some(
+    config: &WorkloadConfig,
+    rng: &mut SplitMix,
+    mut events: Vec<OrderEvent>,
+) -> VecDeque<OrderEvent> {
+    if events.len() >= 2 && rng.chance(config.reorder_ratio) {
+        let first = rng.below(events.len());
+        let second = rng.below(events.len());
+        events.swap(first, second);
+    }
+    events.into()
+}
+
+/// A malformed message of a random kind, keyed like the event it sits next to.
+fn malformed(rng: &mut SplitMix, near: &OrderEvent) -> Message {
+    let payload: Vec<u8> = match rng.below(5) {
+        0 => b"{\"v\":1,\"event_id\":".to_vec(),
+        1 => format!(
+            "{{\"v\":1,\"event_id\":\"bad-{0}\",\"order_id\":\"{1}\",\"user_id\":\"u\",\"kind\":\"teleported\",\"event_time_ms\":0}}",
+            rng.next_u64(),
+            near.order_id
+        )
+        .into_bytes(),
+        2 => format!(
+            "{{\"v\":1,\"event_id\":\"bad-{0}\",\"order_id\":\"{1}\",\"user_id\":\"u\",\"kind\":\"paid\",\"amount_minor\":-5,\"event_time_ms\":0}}",
+            rng.next_u64(),
+            near.order_id
+        )
+        .into_bytes(),
+        3 => format!("{{\"v\":1,\"order_id\":\"{}\"}}", near.order_id).into_bytes(),
+        _ => format!(
+            "{{\"v\":1,\"event_id\":\"\",\"order_id\":\"{}\",\"user_id\":\"u\",\"kind\":\"created\",\"event_time_ms\":0}}",
+            near.order_id
+        )
+        .into_bytes(),
+    };
+    Message {
+        key: near.order_id.as_bytes().to_vec(),
+        payload,
+        event: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{HashMap, HashSet};
+
+    #[test]
+    fn same_seed_same_stream_other_seed_other_stream() {
+        let config = WorkloadConfig {
+            orders: 50,
+            ..WorkloadConfig::default()
+        };
+        let a = Workload::generate(&config).unwrap();
+        let b = Workload::generate(&config).unwrap();
+        assert_eq!(a.messages, b.messages);
+        let c = Workload::generate(&WorkloadConfig { seed: 2, ..config }).unwrap();
+        assert_ne!(a.messages, c.messages);
+    }
+
+    #[test]
+    fn every_valid_message_decodes_to_its_event_and_malformed_ones_do_not() {
+        let config = WorkloadConfig {
+            orders: 300,
+            malformed_ratio: 0.1,
+            ..WorkloadConfig::default()
+        };
+        let workload = Workload::generate(&config).unwrap();
+        let mut malformed = 0;
+        for message in &workload.messages {
+            match &message.event {
+                Some(event) => {
+                    assert_eq!(OrderEvent::decode(&message.payload).as_ref(), Ok(event));
+                    assert_eq!(message.key, event.order_id.as_bytes());
+                }
+                None => {
+                    malformed += 1;
+                    assert!(OrderEvent::decode(&message.payload).is_err());
+                }
+            }
+        }
+        assert!(
+            malformed > 0,
+            "a 10% malformed ratio produced no malformed message"
+        );
+    }
+
+    #[test]
+    fn has_duplicates_disorder_and_no_two_events_share_a_key() {
+        let config = WorkloadConfig {
+            orders: 400,
+            ..WorkloadConfig::default()
+        };
+        let workload = Workload::generate(&config).unwrap();
+        let events: Vec<&OrderEvent> = workload
+            .messages
+            .iter()
+            .filter_map(|m| m.event.as_ref())
+            .collect();
+        let distinct = workload.distinct_events();
+        assert!(events.len() > distinct.len(), "no duplicate was generated");
+        // Distinct events never share an idempotency key: one key, one effect.
+        let keys: HashSet<_> = distinct
+            .iter()
+            .map(crate::idempotency::IdempotencyKey::of)
+            .collect();
+        assert_eq!(keys.len(), distinct.len());
+        // Some order's events arrive out of business order.
+        let mut last: HashMap<&str, i64> = HashMap::new();
+        let mut out_of_order = 0;
+        for event in &distinct {
+            let previous = last.insert(&event.order_id, event.event_time_ms);
+            if previous.is_some_and(|p| p > event.event_time_ms) {
+                out_of_order += 1;
+            }
+        }
+        assert!(out_of_order > 0, "no event arrived out of order");
+        for kind in [
+            EventKind::Refunded,
+            EventKind::Cancelled,
+            EventKind::Billed,
+            EventKind::Completed,
+        ] {
+            assert!(distinct.iter().any(|e| e.kind == kind), "no {kind} event");
+        }
+    }
+
+    #[test]
+    fn refuses_bad_ratios_and_empty_workloads() {
+        let config = WorkloadConfig {
+            duplicate_ratio: 1.5,
+            ..WorkloadConfig::default()
+        };
+        assert!(matches!(
+            Workload::generate(&config),
+            Err(WorkloadError::RatioOutOfRange {
+                field: "duplicate_ratio",
+                ..
+            })
+        ));
+        let config = WorkloadConfig {
+            orders: 0,
+            ..WorkloadConfig::default()
+        };
+        assert_eq!(
+            Workload::generate(&config).err(),
+            Some(WorkloadError::Zero { field: "orders" })
+        );
+    }
+}

@@ -1,0 +1,348 @@
+//! The pipeline end to end on the in-memory ports: exactly-once effect with duplicates,
+//! disorder and malformed input; crashes at random points; cache and store outages; the
+//! compensator re-sending a missing effect.
+
+use holdfast::event::OrderEvent;
+use holdfast::idempotency::memory::{MemoryCache, MemoryStore};
+use holdfast::idempotency::IdempotencyKey;
+use holdfast::memlog::MemoryBroker;
+use holdfast::pipeline::{
+    Compensator, CompensatorConfig, Consumer, ConsumerConfig, Metrics, Services, ShutdownTrigger,
+};
+use holdfast::planted::PlantedBug;
+use holdfast::ports::{FaultPoint, OutboundMessage, Probe, Publisher};
+use holdfast::verify::{verify, GroundTruth, StoreView};
+use holdfast::workload::{Workload, WorkloadConfig};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+const TOPIC: &str = "orders";
+const GROUP: &str = "holdfast";
+
+/// Publishes a workload and returns the ground truth.
+async fn publish(broker: &MemoryBroker, config: &WorkloadConfig) -> (GroundTruth, usize) {
+    let workload = Workload::generate(config).unwrap();
+    let mut truth = GroundTruth::default();
+    let mut malformed = 0;
+    for message in workload.messages {
+        broker
+            .publish(OutboundMessage {
+                topic: TOPIC.into(),
+                key: message.key,
+                payload: message.payload,
+                headers: vec![],
+            })
+            .await
+            .unwrap();
+        match &message.event {
+            Some(event) => truth.record(event, true),
+            None => malformed += 1,
+        }
+    }
+    (truth, malformed)
+}
+
+/// Freezes the whole pipeline at the `hit`-th pass of `point` (every task stops at its next
+/// fault point) and tells the test, which then kills the consumer: a crash exactly inside one
+/// of the protocol's windows.
+#[derive(Default)]
+struct CrashProbe {
+    point: Option<FaultPoint>,
+    hit: u32,
+    hits: AtomicU32,
+    frozen: std::sync::atomic::AtomicBool,
+    crashed: Arc<Notify>,
+}
+
+impl Probe for CrashProbe {
+    async fn at(&self, point: FaultPoint) {
+        if self.point == Some(point) && self.hits.fetch_add(1, Ordering::SeqCst) + 1 == self.hit {
+            self.frozen.store(true, Ordering::SeqCst);
+            self.crashed.notify_one();
+        }
+        if self.frozen.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn config() -> ConsumerConfig {
+    ConsumerConfig {
+        batch_size: 50,
+        concurrency: 4,
+        commit_interval: Duration::from_millis(5),
+        poll_timeout: Duration::from_millis(2),
+        backoff_initial: Duration::from_millis(1),
+        backoff_max: Duration::from_millis(20),
+        ..ConsumerConfig::default()
+    }
+}
+
+/// Starts a consumer; returns its trigger and task.
+fn start(
+    broker: &MemoryBroker,
+    cache: &MemoryCache,
+    store: &MemoryStore,
+    config: ConsumerConfig,
+) -> (
+    ShutdownTrigger,
+    tokio::task::JoinHandle<holdfast::pipeline::RunSummary>,
+    Arc<Metrics>,
+) {
+    start_probed(broker, cache, store, config, CrashProbe::default())
+}
+
+fn start_probed(
+    broker: &MemoryBroker,
+    cache: &MemoryCache,
+    store: &MemoryStore,
+    config: ConsumerConfig,
+    probe: CrashProbe,
+) -> (
+    ShutdownTrigger,
+    tokio::task::JoinHandle<holdfast::pipeline::RunSummary>,
+    Arc<Metrics>,
+) {
+    let metrics = Arc::new(Metrics::new());
+    let services = Services {
+        cache: cache.clone(),
+        store: store.clone(),
+        dead_letters: broker.clone(),
+        probe,
+    };
+    let consumer = Consumer::new(
+        config,
+        broker.consumer(TOPIC, GROUP),
+        services,
+        Arc::clone(&metrics),
+    )
+    .unwrap();
+    let (trigger, shutdown) = ShutdownTrigger::new();
+    (trigger, tokio::spawn(consumer.run(shutdown)), metrics)
+}
+
+/// Waits until the group committed the end of every partition.
+async fn wait_caught_up(broker: &MemoryBroker) {
+    let end = broker.records(TOPIC).len() as i64;
+    for _ in 0..4000 {
+        let committed: i64 = broker.committed(GROUP).values().map(|c| c.offset).sum();
+        if committed == end {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!(
+        "the consumer did not catch up: committed {:?}, end {end}",
+        broker.committed(GROUP)
+    );
+}
+
+fn check(truth: &GroundTruth, store: &MemoryStore) -> holdfast::verify::VerifyReport {
+    let view = StoreView {
+        applications: store.applications(),
+        rows: store.rows(),
+    };
+    verify(truth, &view, &BTreeSet::new(), &BTreeSet::new())
+}
+
+#[tokio::test]
+async fn exactly_once_effect_with_duplicates_disorder_and_malformed_input() {
+    let broker = MemoryBroker::new(TOPIC, 4);
+    let workload = WorkloadConfig {
+        orders: 400,
+        malformed_ratio: 0.02,
+        duplicate_ratio: 0.1,
+        ..WorkloadConfig::default()
+    };
+    let (truth, malformed) = publish(&broker, &workload).await;
+    let (cache, store) = (MemoryCache::new(), MemoryStore::new());
+    let (trigger, task, metrics) = start(&broker, &cache, &store, config());
+    wait_caught_up(&broker).await;
+    trigger.trigger();
+    task.await.unwrap();
+    let report = check(&truth, &store);
+    assert!(report.passed(), "{report}");
+    assert!(malformed > 0);
+    assert_eq!(metrics.dead_letters.get(), malformed as u64);
+    assert_eq!(broker.records("orders.dlq").len(), malformed);
+    let duplicates = metrics.duplicates_cache.get()
+        + metrics.duplicates_batch.get()
+        + metrics.duplicates_store.get();
+    assert!(duplicates > 0, "the workload's duplicates were never seen");
+    assert_eq!(metrics.applied.get(), truth.acknowledged.len() as u64);
+}
+
+/// Twenty crashes, each inside one of the protocol's windows (every fault point, several
+/// hits), then a clean run; returns the verdict.
+async fn crash_cycles(planted: Option<PlantedBug>) -> holdfast::verify::VerifyReport {
+    let broker = MemoryBroker::new(TOPIC, 3);
+    let workload = WorkloadConfig {
+        orders: 300,
+        seed: 11,
+        ..WorkloadConfig::default()
+    };
+    let (truth, _) = publish(&broker, &workload).await;
+    let (cache, store) = (MemoryCache::new(), MemoryStore::with_planted(planted));
+    let mut crashes = 0;
+    for round in 0..20u32 {
+        let crashed = Arc::new(Notify::new());
+        let probe = CrashProbe {
+            point: Some(FaultPoint::ALL[round as usize % FaultPoint::ALL.len()]),
+            hit: 1 + round % 3,
+            crashed: Arc::clone(&crashed),
+            ..CrashProbe::default()
+        };
+        // A small window makes the poll loop wait for acks, so work is always in flight.
+        let mut config = ConsumerConfig {
+            batch_size: 7,
+            jitter_seed: u64::from(round),
+            planted,
+            ..config()
+        };
+        config.limits.max_in_flight = 21;
+        config.limits.max_span = 64;
+        let (_trigger, task, _) = start_probed(&broker, &cache, &store, config, probe);
+        let reached = tokio::time::timeout(Duration::from_millis(500), crashed.notified())
+            .await
+            .is_ok();
+        if reached {
+            crashes += 1;
+        }
+        task.abort();
+        let _ = task.await;
+        if round % 5 == 4 {
+            cache.clear(); // Redis restarted without persistence.
+        }
+    }
+    assert!(
+        crashes >= 15,
+        "only {crashes} of 20 rounds reached their fault point"
+    );
+    let (trigger, task, _) = start(
+        &broker,
+        &cache,
+        &store,
+        ConsumerConfig {
+            planted,
+            ..config()
+        },
+    );
+    wait_caught_up(&broker).await;
+    trigger.trigger();
+    task.await.unwrap();
+    check(&truth, &store)
+}
+
+#[tokio::test]
+async fn crashes_inside_every_window_lose_nothing_and_double_nothing() {
+    let report = crash_cycles(None).await;
+    assert!(report.passed(), "{report}");
+}
+
+#[tokio::test]
+async fn the_same_crashes_expose_commit_before_processing() {
+    let report = crash_cycles(Some(PlantedBug::CommitBeforeProcessing)).await;
+    assert!(
+        !report.missing.is_empty(),
+        "the planted bug lost nothing: {report}"
+    );
+}
+
+#[tokio::test]
+async fn cache_outage_degrades_to_store_dedup_and_store_outage_waits() {
+    let broker = MemoryBroker::new(TOPIC, 2);
+    let workload = WorkloadConfig {
+        orders: 100,
+        malformed_ratio: 0.0,
+        seed: 5,
+        ..WorkloadConfig::default()
+    };
+    let (truth, _) = publish(&broker, &workload).await;
+    let (cache, store) = (MemoryCache::new(), MemoryStore::new());
+    cache.set_failing(true);
+    store.set_failing(true);
+    let (trigger, task, metrics) = start(&broker, &cache, &store, config());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(metrics.applied.get(), 0);
+    assert!(
+        metrics.retries_outage.get() > 0,
+        "the store outage was not retried"
+    );
+    store.set_failing(false);
+    wait_caught_up(&broker).await;
+    trigger.trigger();
+    task.await.unwrap();
+    assert_eq!(
+        metrics.dead_letters.get(),
+        0,
+        "an outage must never dead-letter"
+    );
+    assert!(metrics.cache_degraded_batches.get() > 0);
+    let report = check(&truth, &store);
+    assert!(report.passed(), "{report}");
+}
+
+#[tokio::test]
+async fn compensator_resends_an_effect_missing_after_the_main_group_passed_it() {
+    let broker = MemoryBroker::new(TOPIC, 2);
+    let workload = WorkloadConfig {
+        orders: 30,
+        malformed_ratio: 0.0,
+        duplicate_ratio: 0.0,
+        seed: 9,
+        ..WorkloadConfig::default()
+    };
+    let (truth, _) = publish(&broker, &workload).await;
+    let (cache, store) = (MemoryCache::new(), MemoryStore::new());
+    let (trigger, task, _) = start(&broker, &cache, &store, config());
+    wait_caught_up(&broker).await;
+    trigger.trigger();
+    task.await.unwrap();
+    // Lose one applied effect behind the pipeline's back, as a bug or a restore would.
+    let victim = OrderEvent::decode(&broker.records(TOPIC)[0].payload).unwrap();
+    let lost = IdempotencyKey::of(&victim);
+    let damaged = MemoryStore::new();
+    let survivors: Vec<OrderEvent> = store
+        .applied_events()
+        .into_iter()
+        .filter(|e| IdempotencyKey::of(e) != lost)
+        .collect();
+    use holdfast::ports::OrderStore;
+    damaged.apply_batch(&survivors).await.unwrap();
+    assert!(!check(&truth, &damaged).passed());
+
+    let compensator_config = CompensatorConfig {
+        delay: Duration::from_millis(5),
+        check_interval: Duration::from_millis(5),
+        poll_timeout: Duration::from_millis(2),
+        ..CompensatorConfig::default()
+    };
+    let compensator = Compensator::new(
+        compensator_config,
+        broker.consumer(TOPIC, "holdfast-compensator"),
+        broker.clone(),
+        damaged.clone(),
+        broker.clone(),
+    );
+    let (stop_compensator, compensator_shutdown) = ShutdownTrigger::new();
+    let compensator_task = tokio::spawn(compensator.run(compensator_shutdown));
+    // The main group picks up the re-send.
+    let (trigger, task, _) = start(&broker, &MemoryCache::new(), &damaged, config());
+    for _ in 0..2000 {
+        if check(&truth, &damaged).passed() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    trigger.trigger();
+    task.await.unwrap();
+    stop_compensator.trigger();
+    let report = compensator_task.await.unwrap();
+    assert!(report.resent >= 1, "{report:?}");
+    assert!(report.dead_lettered.is_empty());
+    let verdict = check(&truth, &damaged);
+    assert!(verdict.passed(), "{verdict}");
+}
