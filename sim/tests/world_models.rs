@@ -82,7 +82,8 @@ fn lost_acknowledged(world: &World, results: &[Result<Delivery, PortError>]) -> 
 
 /// Runs one scenario in a fresh simulation (each world needs its own network), seeded.
 fn simulate<F: std::future::Future + 'static>(seed: u64, scenario: F) -> F::Output {
-    madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default()).block_on(scenario)
+    madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default())
+        .block_on(scenario)
 }
 
 fn copies(world: &World, partitions: i32, payload: &[u8]) -> usize {
@@ -107,7 +108,10 @@ mod kafka {
         let mut last: BTreeMap<i32, i64> = BTreeMap::new();
         for record in &records {
             let previous = last.insert(record.partition, record.offset);
-            assert!(previous.is_none_or(|p| p + 1 == record.offset), "no gap, no rewind");
+            assert!(
+                previous.is_none_or(|p| p + 1 == record.offset),
+                "no gap, no rewind"
+            );
         }
         for (index, result) in results.iter().enumerate() {
             let delivery = result.clone().unwrap();
@@ -139,9 +143,16 @@ mod kafka {
         assert!(world.wait_ready(Duration::from_secs(5)).await);
         sleep(Duration::from_secs(1)).await;
         let acknowledged = results.iter().filter(|r| r.is_ok()).count();
-        assert!(acknowledged > 300, "most writes acknowledged: {acknowledged}");
+        assert!(
+            acknowledged > 300,
+            "most writes acknowledged: {acknowledged}"
+        );
         assert_eq!(lost_acknowledged(&world, &results), Vec::<usize>::new());
-        assert!(world.faults().iter().any(|f| f.contains("leader Some(0)")), "{:?}", world.faults());
+        assert!(
+            world.faults().iter().any(|f| f.contains("leader Some(0)")),
+            "{:?}",
+            world.faults()
+        );
     }
 
     fn single_partition(acks: Acks) -> WorldConfig {
@@ -189,7 +200,10 @@ mod kafka {
         for seed in 1..=3 {
             let (acknowledged, lost) = simulate(seed, leader_dies_before_replication(Acks::One));
             assert_eq!(acknowledged, 10);
-            assert!(lost > 0, "acks=1 should lose: acknowledged {acknowledged}, lost {lost}");
+            assert!(
+                lost > 0,
+                "acks=1 should lose: acknowledged {acknowledged}, lost {lost}"
+            );
             let (acknowledged, lost) = simulate(seed, leader_dies_before_replication(Acks::All));
             assert!(acknowledged > 0);
             assert_eq!(lost, 0, "acks=all must not lose (seed {seed})");
@@ -261,7 +275,10 @@ mod kafka {
     #[test]
     fn retries_duplicate_unless_idempotent() {
         let (_, copies_plain) = simulate(1, retry_after_lost_ack(false));
-        assert!(copies_plain >= 2, "non-idempotent retry should duplicate: {copies_plain}");
+        assert!(
+            copies_plain >= 2,
+            "non-idempotent retry should duplicate: {copies_plain}"
+        );
         let (delivery, copies_idempotent) = simulate(1, retry_after_lost_ack(true));
         assert_eq!(copies_idempotent, 1);
         assert_eq!(delivery.offset, 0, "the original offset");
@@ -283,7 +300,10 @@ mod kafka {
         sleep(Duration::from_secs(1)).await;
         assert_eq!(world.partition_table()[0].isr, vec![leader]);
         let results = produce(&world, "producer", 1).await;
-        assert!(matches!(results[0], Err(PortError::Unavailable { .. })), "{results:?}");
+        assert!(
+            matches!(results[0], Err(PortError::Unavailable { .. })),
+            "{results:?}"
+        );
     }
 }
 
@@ -367,7 +387,10 @@ mod groups {
         sleep(Duration::from_millis(100)).await;
         resume.send(()).unwrap();
         let result = outcome.await.unwrap();
-        assert!(matches!(result, Err(PortError::Fenced { .. })), "{result:?}");
+        assert!(
+            matches!(result, Err(PortError::Fenced { .. })),
+            "{result:?}"
+        );
         assert!(world.committed("g").is_empty());
     }
 
@@ -451,11 +474,17 @@ mod stores {
         .await;
         let client_world = world.clone();
         let node = world.client_node("client");
-        let cache = node.spawn(async move { client_world.cache().await }).await.unwrap();
+        let cache = node
+            .spawn(async move { client_world.cache().await })
+            .await
+            .unwrap();
         let remembered = {
             let cache = cache.clone();
             node.spawn(async move {
-                cache.remember_batch(&keys(3), Duration::from_secs(60)).await.unwrap();
+                cache
+                    .remember_batch(&keys(3), Duration::from_secs(60))
+                    .await
+                    .unwrap();
                 cache.contains_batch(&keys(4)).await.unwrap()
             })
             .await
@@ -489,11 +518,17 @@ mod stores {
             .client_node("client")
             .spawn(async move {
                 let cache = client_world.cache().await;
-                cache.remember_batch(&keys(1), Duration::from_millis(100)).await.unwrap();
+                cache
+                    .remember_batch(&keys(1), Duration::from_millis(100))
+                    .await
+                    .unwrap();
                 let fresh = cache.contains_batch(&keys(1)).await.unwrap();
                 sleep(Duration::from_millis(150)).await;
                 let stale = cache.contains_batch(&keys(1)).await.unwrap();
-                cache.remember_batch(&keys(25), Duration::from_secs(60)).await.unwrap();
+                cache
+                    .remember_batch(&keys(25), Duration::from_secs(60))
+                    .await
+                    .unwrap();
                 (fresh, stale)
             })
             .await
@@ -509,7 +544,10 @@ mod stores {
         let world = World::start(WorldConfig::default()).await;
         let node = world.client_node("client");
         let client_world = world.clone();
-        let store = node.spawn(async move { client_world.store().await }).await.unwrap();
+        let store = node
+            .spawn(async move { client_world.store().await })
+            .await
+            .unwrap();
         let batch: Vec<OrderEvent> = (0..2000).map(event).collect();
         let applying = {
             let (store, batch) = (store.clone(), batch.clone());
@@ -518,8 +556,14 @@ mod stores {
         sleep(Duration::from_millis(30)).await; // the transaction needs about 100 ms
         world.kill(ServiceNode::Postgres);
         let crashed = applying.await.unwrap();
-        assert!(matches!(crashed, Err(PortError::Unavailable { .. })), "{crashed:?}");
-        assert!(world.store_applications().is_empty(), "nothing of the batch committed");
+        assert!(
+            matches!(crashed, Err(PortError::Unavailable { .. })),
+            "{crashed:?}"
+        );
+        assert!(
+            world.store_applications().is_empty(),
+            "nothing of the batch committed"
+        );
         world.restart(ServiceNode::Postgres);
         sleep(Duration::from_millis(50)).await; // let it come back up
         let (first, second) = {
@@ -538,11 +582,59 @@ mod stores {
         sleep(Duration::from_millis(10)).await;
         assert_eq!(world.store_applications().len(), 2000);
         assert!(world.store_applications().values().all(|count| *count == 1));
+        let rows = world.store_rows();
+        assert_eq!(
+            rows.len(),
+            2000,
+            "one wide row per order, merged by the core"
+        );
+        assert_eq!(
+            rows["o7"]
+                .created
+                .as_ref()
+                .map(|stamp| stamp.event_id.as_str()),
+            Some("e7")
+        );
         let found = node
             .spawn(async move { store.contains_batch(&keys(2)).await.unwrap() })
             .await
             .unwrap();
         assert_eq!(found, vec![true, true]);
+    }
+}
+
+/// Goal: the planted `NoUniqueKey` store applies a replayed batch a second time.
+#[madsim::test]
+async fn planted_no_unique_key_applies_twice() {
+    let world = World::start(WorldConfig {
+        planted: Some(holdfast::planted::PlantedBug::NoUniqueKey),
+        ..WorldConfig::default()
+    })
+    .await;
+    let client_world = world.clone();
+    let outcomes = world
+        .client_node("client")
+        .spawn(async move {
+            let store = client_world.store().await;
+            let batch: Vec<OrderEvent> = (0..3).map(stores_event).collect();
+            store.apply_batch(&batch).await.unwrap();
+            store.apply_batch(&batch).await.unwrap()
+        })
+        .await
+        .unwrap();
+    assert!(outcomes.iter().all(|o| *o == ApplyOutcome::Applied));
+    assert!(world.store_applications().values().all(|count| *count == 2));
+}
+
+fn stores_event(index: usize) -> OrderEvent {
+    OrderEvent {
+        event_id: format!("p{index}"),
+        order_id: format!("order-{index}"),
+        user_id: "u".to_string(),
+        kind: EventKind::Paid,
+        amount_minor: Some(100),
+        event_time_ms: 1_700_000_000_000,
+        payload: Vec::new(),
     }
 }
 
@@ -559,12 +651,16 @@ fn ten_thousand_records_in_one_seed() {
         let mut producers = Vec::new();
         for shard in 0..8 {
             let world_client = world.clone();
-            producers.push(world.client_node(&format!("producer-{shard}")).spawn(async move {
-                let publisher = world_client.publisher().await;
-                for index in (shard..COUNT).step_by(8) {
-                    publisher.publish(message(index)).await.unwrap();
-                }
-            }));
+            producers.push(
+                world
+                    .client_node(&format!("producer-{shard}"))
+                    .spawn(async move {
+                        let publisher = world_client.publisher().await;
+                        for index in (shard..COUNT).step_by(8) {
+                            publisher.publish(message(index)).await.unwrap();
+                        }
+                    }),
+            );
         }
         for producer in producers {
             producer.await.unwrap();

@@ -131,7 +131,11 @@ impl FaultLog {
     /// Records `what` at virtual time `at`.
     pub fn note(&self, at: Instant, what: impl Into<String>) {
         let elapsed = at.saturating_duration_since(self.start);
-        let line = format!("t={:>9.3}ms {}", elapsed.as_secs_f64() * 1000.0, what.into());
+        let line = format!(
+            "t={:>9.3}ms {}",
+            elapsed.as_secs_f64() * 1000.0,
+            what.into()
+        );
         lock(&self.entries).push(line);
     }
 
@@ -199,9 +203,12 @@ impl World {
         )));
         let mut nodes = Vec::new();
         let state = controller.clone();
-        let node = service_node(&handle, "controller", kafka::controller_address(), move || {
-            kafka::controller::run(state.clone())
-        });
+        let node = service_node(
+            &handle,
+            "controller",
+            kafka::controller_address(),
+            move || kafka::controller::run(state.clone()),
+        );
         nodes.push((ServiceNode::Controller, node.id()));
         let tables: Vec<PartitionState> = lock(&controller).partitions.clone();
         let mut brokers = Vec::new();
@@ -230,9 +237,12 @@ impl World {
         nodes.push((ServiceNode::Redis, node.id()));
         let store = Arc::new(Mutex::new(StoreDisk::new(config.planted)));
         let state = store.clone();
-        let node = service_node(&handle, "postgres", postgres::postgres_address(), move || {
-            postgres::run(state.clone())
-        });
+        let node = service_node(
+            &handle,
+            "postgres",
+            postgres::postgres_address(),
+            move || postgres::run(state.clone()),
+        );
         nodes.push((ServiceNode::Postgres, node.id()));
         let world = World {
             inner: Arc::new(Inner {
@@ -257,7 +267,8 @@ impl World {
             let tables = lock(&self.inner.controller).partitions.clone();
             let ready = tables.iter().all(|table| {
                 table.leader.is_some_and(|leader| {
-                    lock(&self.inner.brokers[leader]).leads(table.partition) == Some(table.leader_epoch)
+                    lock(&self.inner.brokers[leader]).leads(table.partition)
+                        == Some(table.leader_epoch)
                 })
             });
             if ready {
@@ -321,17 +332,26 @@ impl World {
 
     /// A committed-offsets reader for the current (client) node's task.
     pub async fn group_offsets(&self) -> SimGroupOffsets {
-        SimGroupOffsets::new(self.client_endpoint().await, self.inner.config.request_timeout)
+        SimGroupOffsets::new(
+            self.client_endpoint().await,
+            self.inner.config.request_timeout,
+        )
     }
 
     /// A Redis client for the current (client) node's task.
     pub async fn cache(&self) -> SimCache {
-        SimCache::new(self.client_endpoint().await, self.inner.config.request_timeout)
+        SimCache::new(
+            self.client_endpoint().await,
+            self.inner.config.request_timeout,
+        )
     }
 
     /// A PostgreSQL client for the current (client) node's task.
     pub async fn store(&self) -> SimStore {
-        SimStore::new(self.client_endpoint().await, self.inner.config.request_timeout)
+        SimStore::new(
+            self.client_endpoint().await,
+            self.inner.config.request_timeout,
+        )
     }
 
     /// Every service node and its madsim id.
@@ -340,7 +360,12 @@ impl World {
     }
 
     fn node_id(&self, node: ServiceNode) -> NodeId {
-        match self.inner.nodes.iter().find(|(service, _)| *service == node) {
+        match self
+            .inner
+            .nodes
+            .iter()
+            .find(|(service, _)| *service == node)
+        {
             Some((_, id)) => *id,
             None => panic!("no such service node: {node:?}"),
         }
@@ -395,7 +420,10 @@ impl World {
         } else {
             net.unclog_link(source, target);
         }
-        self.note(format!("{} link {source} -> {target}", if on { "clog" } else { "unclog" }));
+        self.note(format!(
+            "{} link {source} -> {target}",
+            if on { "clog" } else { "unclog" }
+        ));
     }
 
     /// The madsim id of a service node.

@@ -13,12 +13,12 @@ use holdfast::planted::PlantedBug;
 use holdfast::ports::{ApplyOutcome, OrderStore, PortError};
 use holdfast::widetable::OrderRow;
 use madsim::net::Endpoint;
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use local::StoreCore;
+/// The store's logic: the core's own state machine, the same one the in-memory store runs.
+pub use holdfast::idempotency::memory::StoreState as StoreCore;
 
 /// The PostgreSQL node's address.
 pub fn postgres_address() -> SocketAddr {
@@ -44,7 +44,7 @@ pub enum StoreRequest {
 pub enum StoreAnswer {
     Applied(Vec<ApplyOutcome>),
     Contains(Vec<bool>),
-    Row(Option<OrderRow>),
+    Row(Option<Box<OrderRow>>),
 }
 
 /// The database's disk: created outside the node, so it survives every crash.
@@ -95,7 +95,9 @@ async fn handle(disk: &Mutex<StoreDisk>, request: StoreRequest) -> StoreAnswer {
             let disk = lock(disk);
             StoreAnswer::Contains(keys.iter().map(|key| disk.core.contains(key)).collect())
         }
-        StoreRequest::LoadRow(order_id) => StoreAnswer::Row(lock(disk).core.row(&order_id).cloned()),
+        StoreRequest::LoadRow(order_id) => {
+            StoreAnswer::Row(lock(disk).core.row(&order_id).cloned().map(Box::new))
+        }
     }
 }
 
@@ -115,7 +117,11 @@ impl SimStore {
         }
     }
 
-    async fn call(&self, request: StoreRequest, timeout: Duration) -> Result<StoreAnswer, PortError> {
+    async fn call(
+        &self,
+        request: StoreRequest,
+        timeout: Duration,
+    ) -> Result<StoreAnswer, PortError> {
         rpc::call(&self.endpoint, postgres_address(), request, timeout)
             .await
             .ok_or_else(|| PortError::Unavailable {
@@ -143,79 +149,25 @@ impl OrderStore for SimStore {
     }
 
     async fn contains_batch(&self, keys: &[IdempotencyKey]) -> Result<Vec<bool>, PortError> {
-        match self.call(StoreRequest::Contains(keys.to_vec()), self.request_timeout).await? {
+        match self
+            .call(StoreRequest::Contains(keys.to_vec()), self.request_timeout)
+            .await?
+        {
             StoreAnswer::Contains(found) if found.len() == keys.len() => Ok(found),
             other => Err(unexpected(other)),
         }
     }
 
     async fn load_row(&self, order_id: &str) -> Result<Option<OrderRow>, PortError> {
-        match self.call(StoreRequest::LoadRow(order_id.to_string()), self.request_timeout).await? {
-            StoreAnswer::Row(row) => Ok(row),
+        match self
+            .call(
+                StoreRequest::LoadRow(order_id.to_string()),
+                self.request_timeout,
+            )
+            .await?
+        {
+            StoreAnswer::Row(row) => Ok(row.map(|row| *row)),
             other => Err(unexpected(other)),
-        }
-    }
-}
-
-/// Temporary stand-in for `holdfast::idempotency::memory::StoreState`, with the same
-/// interface, until the core's store lands; then this module goes and `StoreCore` becomes an
-/// alias of the core's type.
-mod local {
-    use super::*;
-
-    /// The store's tables: key applications and wide rows.
-    #[derive(Clone, Debug, Default)]
-    pub struct StoreCore {
-        applications: BTreeMap<IdempotencyKey, u32>,
-        rows: BTreeMap<String, OrderRow>,
-    }
-
-    impl StoreCore {
-        /// An empty store.
-        pub fn new() -> StoreCore {
-            StoreCore::default()
-        }
-
-        /// One transaction's effects (see the core's `StoreState::apply_batch`).
-        pub fn apply_batch(
-            &mut self,
-            events: &[OrderEvent],
-            planted: Option<PlantedBug>,
-        ) -> Vec<ApplyOutcome> {
-            let unique_key = planted != Some(PlantedBug::NoUniqueKey);
-            events
-                .iter()
-                .map(|event| {
-                    let count = self.applications.entry(IdempotencyKey::of(event)).or_insert(0);
-                    if unique_key && *count > 0 {
-                        return ApplyOutcome::Duplicate;
-                    }
-                    *count += 1;
-                    let row = self.rows.entry(event.order_id.clone()).or_default();
-                    row.order_id.clone_from(&event.order_id);
-                    ApplyOutcome::Applied
-                })
-                .collect()
-        }
-
-        /// Whether the store holds `key`.
-        pub fn contains(&self, key: &IdempotencyKey) -> bool {
-            self.applications.contains_key(key)
-        }
-
-        /// The wide row of one order.
-        pub fn row(&self, order_id: &str) -> Option<&OrderRow> {
-            self.rows.get(order_id)
-        }
-
-        /// How many times each key was applied.
-        pub fn applications(&self) -> &BTreeMap<IdempotencyKey, u32> {
-            &self.applications
-        }
-
-        /// Every wide row, by order id.
-        pub fn rows(&self) -> &BTreeMap<String, OrderRow> {
-            &self.rows
         }
     }
 }

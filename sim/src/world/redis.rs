@@ -105,7 +105,9 @@ impl RedisState {
             }
         }
         self.keys.insert(key, now + ttl);
-        debug_assert!(self.keys_max.is_none_or(|max| self.keys.len() <= max.max(1)));
+        debug_assert!(self
+            .keys_max
+            .is_none_or(|max| self.keys.len() <= max.max(1)));
     }
 
     fn handle(&mut self, request: RedisRequest, now: Instant) -> RedisAnswer {
@@ -155,12 +157,17 @@ impl SimCache {
     }
 
     async fn call(&self, request: RedisRequest) -> Result<RedisAnswer, PortError> {
-        rpc::call(&self.endpoint, redis_address(), request, self.request_timeout)
-            .await
-            .ok_or_else(|| PortError::Unavailable {
-                service: SERVICE,
-                detail: "no answer".to_string(),
-            })
+        rpc::call(
+            &self.endpoint,
+            redis_address(),
+            request,
+            self.request_timeout,
+        )
+        .await
+        .ok_or_else(|| PortError::Unavailable {
+            service: SERVICE,
+            detail: "no answer".to_string(),
+        })
     }
 
     /// `FLUSHALL`: drops every key.
@@ -181,8 +188,13 @@ impl DedupCache for SimCache {
         }
     }
 
-    async fn remember_batch(&self, keys: &[IdempotencyKey], ttl: Duration) -> Result<(), PortError> {
-        let request = RedisRequest::SetWithTtl(keys.iter().map(IdempotencyKey::to_bytes).collect(), ttl);
+    async fn remember_batch(
+        &self,
+        keys: &[IdempotencyKey],
+        ttl: Duration,
+    ) -> Result<(), PortError> {
+        let request =
+            RedisRequest::SetWithTtl(keys.iter().map(IdempotencyKey::to_bytes).collect(), ttl);
         self.call(request).await.map(|_| ())
     }
 }

@@ -71,7 +71,9 @@ where
         madsim::task::spawn(async move {
             if let Some(answer) = answer.await {
                 if reply_tag != 0 {
-                    let _ = endpoint.send_to_raw(from, reply_tag, Box::new(answer)).await;
+                    let _ = endpoint
+                        .send_to_raw(from, reply_tag, Box::new(answer))
+                        .await;
                 }
             }
         });

@@ -119,7 +119,10 @@ impl BrokerState {
     pub fn new(id: usize, hosted: Vec<PartitionId>, config: KafkaConfig) -> BrokerState {
         BrokerState {
             id,
-            replicas: hosted.into_iter().map(|p| (p, Replica::default())).collect(),
+            replicas: hosted
+                .into_iter()
+                .map(|p| (p, Replica::default()))
+                .collect(),
             view: BTreeMap::new(),
             leading: BTreeMap::new(),
             incarnation: 0,
@@ -148,9 +151,10 @@ impl BrokerState {
 
     /// Moves the leader's high watermark to the smallest log end in the ISR (never back).
     fn advance_high_watermark(&mut self, partition: PartitionId) {
-        let (Some(leadership), Some(replica)) =
-            (self.leading.get(&partition), self.replicas.get_mut(&partition))
-        else {
+        let (Some(leadership), Some(replica)) = (
+            self.leading.get(&partition),
+            self.replicas.get_mut(&partition),
+        ) else {
             return;
         };
         let mut smallest = replica.log_end();
@@ -246,7 +250,8 @@ impl BrokerState {
     }
 
     fn fetch(&self, partition: PartitionId, offset: i64, count_max: usize) -> BrokerAnswer {
-        let (Some(_), Some(replica)) = (self.leading.get(&partition), self.replicas.get(&partition))
+        let (Some(_), Some(replica)) =
+            (self.leading.get(&partition), self.replicas.get(&partition))
         else {
             return BrokerAnswer::NotLeader;
         };
@@ -347,9 +352,10 @@ impl BrokerState {
                 .copied()
                 .filter(|b| {
                     *b == self.id
-                        || leadership.followers.get(b).is_some_and(|p| {
-                            now.saturating_duration_since(p.caught_up_at) <= lag
-                        })
+                        || leadership
+                            .followers
+                            .get(b)
+                            .is_some_and(|p| now.saturating_duration_since(p.caught_up_at) <= lag)
                 })
                 .collect();
             if wanted != leadership.isr {
@@ -387,7 +393,9 @@ impl BrokerState {
 
     /// The epoch this broker leads `partition` in, if it does.
     pub fn leads(&self, partition: PartitionId) -> Option<i32> {
-        self.leading.get(&partition).map(|leadership| leadership.epoch)
+        self.leading
+            .get(&partition)
+            .map(|leadership| leadership.epoch)
     }
 
     /// The leader's committed records, for inspection.
@@ -407,7 +415,11 @@ pub async fn run(state: Arc<Mutex<BrokerState>>) {
         (broker.id, hosted, broker.config.clone())
     };
     let endpoint = crate::world::bind(broker_address(id)).await;
-    madsim::task::spawn(heartbeat_loop(state.clone(), endpoint.clone(), config.clone()));
+    madsim::task::spawn(heartbeat_loop(
+        state.clone(),
+        endpoint.clone(),
+        config.clone(),
+    ));
     madsim::task::spawn(isr_loop(state.clone(), endpoint.clone(), config.clone()));
     if let FlushPolicy::Interval(every) = config.flush {
         let flusher = state.clone();
@@ -444,14 +456,24 @@ async fn handle(
             let (result, epoch, progress) = {
                 let mut broker = lock(&state);
                 let epoch = broker.leading.get(&partition).map_or(-1, |l| l.epoch);
-                (broker.produce(partition, record, acks), epoch, broker.progress.clone())
+                (
+                    broker.produce(partition, record, acks),
+                    epoch,
+                    broker.progress.clone(),
+                )
             };
             match (acks, result) {
                 (Acks::Zero, _) => None,
                 (Acks::All, ProduceResult::Appended(offset) | ProduceResult::Duplicate(offset)) => {
-                    let answer =
-                        wait_replicated(&state, &progress, partition, epoch, offset, request_timeout)
-                            .await;
+                    let answer = wait_replicated(
+                        &state,
+                        &progress,
+                        partition,
+                        epoch,
+                        offset,
+                        request_timeout,
+                    )
+                    .await;
                     Some(BrokerAnswer::Produced(answer.unwrap_or(result)))
                 }
                 _ => Some(BrokerAnswer::Produced(result)),
@@ -536,7 +558,12 @@ async fn heartbeat_loop(state: Arc<Mutex<BrokerState>>, endpoint: Endpoint, conf
             broker,
             incarnation,
         };
-        let answer = rpc::call(&endpoint, controller_address(), request, config.request_timeout);
+        let answer = rpc::call(
+            &endpoint,
+            controller_address(),
+            request,
+            config.request_timeout,
+        );
         if let Some(ControllerAnswer::Metadata(states)) = answer.await {
             lock(&state).apply_view(states, Instant::now());
         }
@@ -558,7 +585,12 @@ async fn isr_loop(state: Arc<Mutex<BrokerState>>, endpoint: Endpoint, config: Ka
                 leader_epoch: epoch,
                 isr,
             };
-            let answer = rpc::call(&endpoint, controller_address(), request, config.request_timeout);
+            let answer = rpc::call(
+                &endpoint,
+                controller_address(),
+                request,
+                config.request_timeout,
+            );
             let altered = match answer.await {
                 Some(ControllerAnswer::AlterIsr(altered)) => altered,
                 _ => None,
@@ -596,7 +628,12 @@ async fn follower_loop(
             log_end,
             last_epoch,
         };
-        let answer = rpc::call(&endpoint, broker_address(leader), request, config.request_timeout);
+        let answer = rpc::call(
+            &endpoint,
+            broker_address(leader),
+            request,
+            config.request_timeout,
+        );
         let answer: Option<BrokerAnswer> = answer.await;
         if !apply_fetched(&state, partition, (leader, leader_epoch), log_end, answer) {
             sleep(FOLLOWER_BACKOFF).await;

@@ -117,7 +117,12 @@ impl SimLog {
 
     async fn coordinator(&self, request: GroupRequest) -> Result<GroupAnswer, PortError> {
         let request = ControllerRequest::Group(request);
-        let answer = rpc::call(&self.endpoint, controller_address(), request, self.config.request_timeout);
+        let answer = rpc::call(
+            &self.endpoint,
+            controller_address(),
+            request,
+            self.config.request_timeout,
+        );
         match answer.await {
             Some(ControllerAnswer::Group(answer)) => Ok(answer),
             _ => Err(unavailable("group coordinator did not answer")),
@@ -195,7 +200,8 @@ impl SimLog {
         for partition in partitions {
             let offset = committed.get(&partition).cloned();
             // auto.offset.reset=earliest: no commit means the start of the log.
-            self.positions.insert(partition, offset.as_ref().map_or(0, |c| c.offset));
+            self.positions
+                .insert(partition, offset.as_ref().map_or(0, |c| c.offset));
             self.owned.insert(partition);
             rebalances.push(Rebalance::Assigned {
                 partition,
@@ -226,7 +232,10 @@ impl SimLog {
             }
             let partition = partitions[(self.rotation + step) % count];
             let timeout = self.config.request_timeout;
-            let Some(leader) = self.metadata.leader_or_refresh(&self.endpoint, partition, timeout).await
+            let Some(leader) = self
+                .metadata
+                .leader_or_refresh(&self.endpoint, partition, timeout)
+                .await
             else {
                 continue;
             };
@@ -239,7 +248,9 @@ impl SimLog {
             let answer = rpc::call(&self.endpoint, broker_address(leader), request, timeout).await;
             match answer {
                 Some(BrokerAnswer::Records { records: batch, .. }) => {
-                    if !self.owned.contains(&partition) || self.positions.get(&partition) != Some(&position) {
+                    if !self.owned.contains(&partition)
+                        || self.positions.get(&partition) != Some(&position)
+                    {
                         continue;
                     }
                     if let Some(last) = batch.last() {
@@ -306,16 +317,26 @@ impl EventLog for SimLog {
             offsets: offsets.to_vec(),
         };
         if !wait {
-            let job = CommitJob { request, reply: None };
-            return self.commits.send(job).map_err(|_| unavailable("commit queue closed"));
+            let job = CommitJob {
+                request,
+                reply: None,
+            };
+            return self
+                .commits
+                .send(job)
+                .map_err(|_| unavailable("commit queue closed"));
         }
         let (reply, answer) = oneshot::channel();
         let job = CommitJob {
             request,
             reply: Some(reply),
         };
-        self.commits.send(job).map_err(|_| unavailable("commit queue closed"))?;
-        answer.await.unwrap_or_else(|_| Err(unavailable("commit queue closed")))
+        self.commits
+            .send(job)
+            .map_err(|_| unavailable("commit queue closed"))?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(unavailable("commit queue closed")))
     }
 
     async fn pause(&mut self, partitions: &[PartitionId], paused: bool) -> Result<(), PortError> {
@@ -351,7 +372,12 @@ async fn heartbeat_loop(
             member,
             generation,
         });
-        let answer = rpc::call(&endpoint, controller_address(), request, config.request_timeout);
+        let answer = rpc::call(
+            &endpoint,
+            controller_address(),
+            request,
+            config.request_timeout,
+        );
         let status = match answer.await {
             Some(ControllerAnswer::Group(GroupAnswer::Rebalance)) => Status::MustRejoin,
             Some(ControllerAnswer::Group(GroupAnswer::UnknownMember)) => Status::Lost,
@@ -413,12 +439,20 @@ impl GroupOffsets for SimGroupOffsets {
             group: group.to_string(),
             partitions: Some(partitions.to_vec()),
         });
-        let answer = rpc::call(&self.endpoint, controller_address(), request, self.request_timeout);
+        let answer = rpc::call(
+            &self.endpoint,
+            controller_address(),
+            request,
+            self.request_timeout,
+        );
         let Some(ControllerAnswer::Group(GroupAnswer::Offsets(offsets))) = answer.await else {
             return Err(unavailable("group coordinator did not answer"));
         };
         let committed: BTreeMap<PartitionId, i64> =
             offsets.into_iter().map(|(p, c)| (p, c.offset)).collect();
-        Ok(partitions.iter().map(|p| committed.get(p).copied()).collect())
+        Ok(partitions
+            .iter()
+            .map(|p| committed.get(p).copied())
+            .collect())
     }
 }

@@ -20,7 +20,10 @@ const TICK: Duration = Duration::from_millis(20);
 #[derive(Clone, Debug)]
 pub enum ControllerRequest {
     /// A broker is alive; `incarnation` changes when it restarts.
-    Heartbeat { broker: usize, incarnation: u64 },
+    Heartbeat {
+        broker: usize,
+        incarnation: u64,
+    },
     /// A leader asks to change a partition's ISR.
     AlterIsr {
         partition: PartitionId,
@@ -136,13 +139,18 @@ impl ControllerState {
         }
         self.faults.note(
             now,
-            format!("controller: broker {broker} {}", if live { "registered" } else { "dead" }),
+            format!(
+                "controller: broker {broker} {}",
+                if live { "registered" } else { "dead" }
+            ),
         );
         self.elect_all(now);
     }
 
     fn is_live(&self, broker: usize) -> bool {
-        self.brokers.get(&broker).is_some_and(|liveness| liveness.live)
+        self.brokers
+            .get(&broker)
+            .is_some_and(|liveness| liveness.live)
     }
 
     /// Drops dead brokers from ISRs (never emptying one) and elects leaders where needed.
@@ -320,5 +328,7 @@ pub async fn run(state: Arc<Mutex<ControllerState>>) {
 /// Locks a model's state. The simulation is single-threaded and never holds a lock across an
 /// await, so a poisoned lock only follows a panic that already failed the run.
 pub fn lock<T>(state: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

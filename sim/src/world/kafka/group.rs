@@ -9,10 +9,7 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Debug)]
 pub enum GroupRequest {
     /// Join (or rejoin) the group; `member` is `None` for a new member.
-    Join {
-        group: String,
-        member: Option<u64>,
-    },
+    Join { group: String, member: Option<u64> },
     Heartbeat {
         group: String,
         member: u64,
@@ -41,7 +38,9 @@ pub enum GroupAnswer {
         partitions: Vec<PartitionId>,
     },
     /// A rebalance is under way: join again shortly.
-    Pending { member: u64 },
+    Pending {
+        member: u64,
+    },
     /// Heartbeat accepted, nothing changed.
     Stable,
     /// A rebalance started: revoke everything and rejoin.
@@ -202,8 +201,10 @@ impl Group {
         self.generation += 1;
         self.assignment = range_assignment(self.members.keys().copied(), partitions);
         self.rebalancing = None;
-        debug_assert!(self.assignment.values().map(Vec::len).sum::<usize>() as i32 == partitions
-            || self.members.is_empty());
+        debug_assert!(
+            self.assignment.values().map(Vec::len).sum::<usize>() as i32 == partitions
+                || self.members.is_empty()
+        );
     }
 }
 

@@ -46,7 +46,12 @@ impl MetadataCache {
         for _ in 0..self.brokers {
             let broker = self.next_broker % self.brokers.max(1);
             self.next_broker += 1;
-            let answer = rpc::call(endpoint, broker_address(broker), BrokerRequest::Metadata, timeout);
+            let answer = rpc::call(
+                endpoint,
+                broker_address(broker),
+                BrokerRequest::Metadata,
+                timeout,
+            );
             if let Some(BrokerAnswer::Metadata(states)) = answer.await {
                 if !states.is_empty() {
                     self.apply(&states);

@@ -6,7 +6,6 @@ pub mod consumer;
 pub mod controller;
 pub mod group;
 pub mod metadata;
-pub mod partitioner;
 pub mod producer;
 pub mod replica;
 
@@ -64,7 +63,10 @@ impl KafkaConfig {
             return Err(format!("brokers must be 1..=5, got {}", self.brokers));
         }
         if !(1..=64).contains(&self.partitions) {
-            return Err(format!("partitions must be 1..=64, got {}", self.partitions));
+            return Err(format!(
+                "partitions must be 1..=64, got {}",
+                self.partitions
+            ));
         }
         if self.replication_factor == 0 || self.replication_factor > self.brokers {
             return Err("replication factor must be 1..=brokers".to_string());

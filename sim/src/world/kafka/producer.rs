@@ -8,10 +8,10 @@
 use super::broker::{BrokerAnswer, BrokerRequest, ProduceResult};
 use super::controller::lock;
 use super::metadata::MetadataCache;
-use super::partitioner::partition_for;
 use super::replica::Produced;
 use super::{broker_address, unavailable, Acks, SERVICE};
 use crate::world::rpc;
+use holdfast::partition::partition_for_key;
 use holdfast::ports::{Delivery, OutboundMessage, PartitionId, PortError, Publisher};
 use madsim::net::Endpoint;
 use std::sync::{Arc, Mutex};
@@ -64,7 +64,9 @@ impl SimPublisher {
                 producer_id: madsim::rand::random::<u64>() | 1,
                 next: vec![0; partitions],
             }),
-            in_flight: (0..partitions).map(|_| tokio::sync::Mutex::new(())).collect(),
+            in_flight: (0..partitions)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             config,
         };
         SimPublisher {
@@ -75,7 +77,11 @@ impl SimPublisher {
     async fn leader(&self, partition: PartitionId) -> Option<usize> {
         let mut cache = lock(&self.inner.metadata).clone();
         let leader = cache
-            .leader_or_refresh(&self.inner.endpoint, partition, self.inner.config.request_timeout)
+            .leader_or_refresh(
+                &self.inner.endpoint,
+                partition,
+                self.inner.config.request_timeout,
+            )
             .await;
         *lock(&self.inner.metadata) = cache;
         leader
@@ -113,7 +119,11 @@ impl SimPublisher {
         sequences.next.iter_mut().for_each(|next| *next = 0);
     }
 
-    async fn send_with_retries(&self, partition: PartitionId, record: Produced) -> Result<Delivery, PortError> {
+    async fn send_with_retries(
+        &self,
+        partition: PartitionId,
+        record: Produced,
+    ) -> Result<Delivery, PortError> {
         let config = &self.inner.config;
         let mut last_problem = String::from("no attempt");
         for attempt in 0..=config.retries {
@@ -129,7 +139,12 @@ impl SimPublisher {
                 record: record.clone(),
                 acks: config.acks,
             };
-            let answer = rpc::call(&self.inner.endpoint, broker_address(leader), request, config.request_timeout);
+            let answer = rpc::call(
+                &self.inner.endpoint,
+                broker_address(leader),
+                request,
+                config.request_timeout,
+            );
             match answer.await {
                 Some(BrokerAnswer::Produced(
                     ProduceResult::Appended(offset) | ProduceResult::Duplicate(offset),
@@ -154,14 +169,22 @@ impl SimPublisher {
         if config.idempotent {
             self.reset_producer();
         }
-        Err(unavailable(format!("partition {partition}: {last_problem}")))
+        Err(unavailable(format!(
+            "partition {partition}: {last_problem}"
+        )))
     }
 }
 
 impl Publisher for SimPublisher {
     async fn publish(&self, message: OutboundMessage) -> Result<Delivery, PortError> {
         let config = &self.inner.config;
-        let partition = partition_for(&message.key, config.partitions);
+        // The Java client's default partitioner, from the core: an order stays on one partition.
+        let partition = partition_for_key(&message.key, config.partitions).map_err(|error| {
+            PortError::Rejected {
+                service: SERVICE,
+                detail: error.to_string(),
+            }
+        })?;
         debug_assert!((0..config.partitions).contains(&partition));
         let record = |producer| Produced {
             key: Some(message.key.clone()),
@@ -172,7 +195,10 @@ impl Publisher for SimPublisher {
         if config.acks == Acks::Zero {
             // Fire and forget: one send to whoever we think leads, no answer, no retry.
             let Some(leader) = self.leader(partition).await else {
-                return Ok(Delivery { partition, offset: -1 });
+                return Ok(Delivery {
+                    partition,
+                    offset: -1,
+                });
             };
             let request = BrokerRequest::Produce {
                 partition,
@@ -180,7 +206,10 @@ impl Publisher for SimPublisher {
                 acks: Acks::Zero,
             };
             rpc::send(&self.inner.endpoint, broker_address(leader), request).await;
-            return Ok(Delivery { partition, offset: -1 });
+            return Ok(Delivery {
+                partition,
+                offset: -1,
+            });
         }
         let slot = usize::try_from(partition).unwrap_or(0);
         let _in_flight = self.inner.in_flight[slot].lock().await;

@@ -119,7 +119,10 @@ impl Replica {
     /// Appends entries fetched from the leader, which must continue this log exactly.
     pub fn append_as_follower(&mut self, entries: Vec<Entry>) {
         for entry in entries {
-            debug_assert!(entry.epoch >= self.last_epoch(), "epochs never go backwards");
+            debug_assert!(
+                entry.epoch >= self.last_epoch(),
+                "epochs never go backwards"
+            );
             self.push(entry);
         }
     }
@@ -201,11 +204,26 @@ mod tests {
     #[test]
     fn idempotent_retry_is_recognised_and_gaps_refused() {
         let mut replica = Replica::default();
-        assert_eq!(replica.append_as_leader(0, produced(Some((7, 0)))), Appended::New(0));
-        assert_eq!(replica.append_as_leader(0, produced(Some((7, 0)))), Appended::Duplicate(0));
-        assert_eq!(replica.append_as_leader(0, produced(Some((7, 2)))), Appended::OutOfOrder);
-        assert_eq!(replica.append_as_leader(0, produced(None)), Appended::New(1));
-        assert_eq!(replica.append_as_leader(0, produced(None)), Appended::New(2));
+        assert_eq!(
+            replica.append_as_leader(0, produced(Some((7, 0)))),
+            Appended::New(0)
+        );
+        assert_eq!(
+            replica.append_as_leader(0, produced(Some((7, 0)))),
+            Appended::Duplicate(0)
+        );
+        assert_eq!(
+            replica.append_as_leader(0, produced(Some((7, 2)))),
+            Appended::OutOfOrder
+        );
+        assert_eq!(
+            replica.append_as_leader(0, produced(None)),
+            Appended::New(1)
+        );
+        assert_eq!(
+            replica.append_as_leader(0, produced(None)),
+            Appended::New(2)
+        );
     }
 
     #[test]
