@@ -392,6 +392,22 @@ impl World {
         self.note(format!("restart {node:?}"));
     }
 
+    /// Freezes (or thaws) a service node without killing it: a stop-the-world pause. Its
+    /// sessions expire meanwhile; when it resumes it acts on stale state (a zombie).
+    pub fn pause(&self, node: ServiceNode, paused: bool) {
+        let handle = Handle::current();
+        let id = self.node_id(node);
+        if paused {
+            handle.pause(id);
+        } else {
+            handle.resume(id);
+        }
+        self.note(format!(
+            "{} {node:?}",
+            if paused { "pause" } else { "resume" }
+        ));
+    }
+
     fn crash_state(&self, node: ServiceNode) {
         match node {
             ServiceNode::Broker(broker) => lock(&self.inner.brokers[broker]).crash(),
