@@ -36,6 +36,21 @@ pub enum Invariant {
     Liveness,
 }
 
+/// Every invariant.
+pub const ALL_INVARIANTS: [Invariant; 11] = [
+    Invariant::LostWrite,
+    Invariant::Duplicate,
+    Invariant::Unexpected,
+    Invariant::RowMismatch,
+    Invariant::Conservation,
+    Invariant::InconsistentOffsets,
+    Invariant::NonmonotonicPoll,
+    Invariant::PollSkip,
+    Invariant::CommitBackwards,
+    Invariant::CommitPastUnfinished,
+    Invariant::Liveness,
+];
+
 impl Invariant {
     /// Jepsen-style name.
     pub fn name(self) -> &'static str {

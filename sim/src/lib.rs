@@ -9,8 +9,17 @@
 //! workspace build, tests and lints keep working.
 
 pub mod checker;
+pub mod cli;
 pub mod history;
+#[cfg(madsim)]
+pub mod observe;
 pub mod params;
+#[cfg(madsim)]
+pub mod report;
+#[cfg(madsim)]
+pub mod runner;
 pub mod scenario;
+#[cfg(madsim)]
+pub mod sweep;
 #[cfg(madsim)]
 pub mod world;

@@ -1,6 +1,164 @@
-//! `cargo sim`: the seeded simulation suite. (Being written.)
+//! `cargo sim`: the seeded simulation suite, holdfast's main job.
+//!
+//! With no options it sweeps 2000 seeds over every scenario on every core and prints the
+//! explorer matrix and a summary; `--seed N` replays one run and prints its trace. See
+//! `cargo sim -- --help` and docs/simulation.md.
 
+#[cfg(madsim)]
 fn main() {
-    eprintln!("holdfast-sim: not implemented yet");
+    std::process::exit(app::main(std::env::args().skip(1).collect()));
+}
+
+#[cfg(not(madsim))]
+fn main() {
+    eprintln!(
+        "holdfast-sim runs inside madsim's simulated runtime: use `cargo sim` (see README.md)"
+    );
     std::process::exit(2);
+}
+
+#[cfg(madsim)]
+mod app {
+    use holdfast_sim::cli::{parse, Options};
+    use holdfast_sim::params::RunParams;
+    use holdfast_sim::report;
+    use holdfast_sim::runner::run;
+    use holdfast_sim::sweep::{execute, plan, run_guarded, shrink};
+    use std::time::Instant;
+
+    pub fn main(args: Vec<String>) -> i32 {
+        let options = match parse(&args) {
+            Ok(options) => options,
+            Err(message) => {
+                eprintln!("{message}");
+                return 2;
+            }
+        };
+        if !options.merge.is_empty() {
+            return merge(&options);
+        }
+        match options.seed {
+            Some(seed) => replay(&options, seed),
+            None => sweep(&options),
+        }
+    }
+
+    fn params_of(options: &Options, seed: u64) -> RunParams {
+        let mut params = RunParams::derive(seed, options.scenarios[0]);
+        params.orders = options.orders.unwrap_or(params.orders);
+        params.faults = options.faults.unwrap_or(params.faults);
+        params
+    }
+
+    fn replay(options: &Options, seed: u64) -> i32 {
+        let params = params_of(options, seed);
+        println!("seed {seed}: {params}");
+        let started = Instant::now();
+        let outcome = run(&params);
+        let wall = started.elapsed();
+        print!("{}", report::single(&outcome, true));
+        println!("wall time {:.3}s", wall.as_secs_f64());
+        if options.check_determinism {
+            let again = run(&params);
+            if again.fingerprint != outcome.fingerprint {
+                println!(
+                    "NONDETERMINISM: trace hash {:016x} then {:016x}",
+                    outcome.fingerprint, again.fingerprint
+                );
+                return 1;
+            }
+            println!("determinism: same trace hash on a second run");
+        }
+        if outcome.verdict.passed() {
+            0
+        } else {
+            1
+        }
+    }
+
+    fn sweep(options: &Options) -> i32 {
+        let runs = plan(
+            &options.scenarios,
+            options.seeds,
+            options.first_seed,
+            options.shard,
+            options.orders,
+            options.faults,
+        );
+        let jobs = options
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        eprintln!(
+            "commit {}: {} seeds over {} scenarios (shard {}/{}), {} threads",
+            report::COMMIT,
+            runs.len(),
+            options.scenarios.len(),
+            options.shard.0,
+            options.shard.1,
+            jobs
+        );
+        let started = Instant::now();
+        let results = execute(runs.clone(), jobs);
+        let wall_s = started.elapsed().as_secs_f64();
+        let (text, all_met) = report::sweep(&results, wall_s);
+        print!("{text}");
+        // Shrink the first failure of a scenario that must be safe: that is a real bug.
+        if let Some(failure) = results.iter().find(|r| {
+            r.failed() && r.scenario.expectation() == holdfast_sim::scenario::Expectation::Safe
+        }) {
+            if let Some(params) = runs
+                .iter()
+                .find(|p| p.seed == failure.seed && p.scenario == failure.scenario)
+            {
+                let smallest = shrink(params, failure);
+                let (result, _) = run_guarded(&smallest);
+                println!(
+                    "shrunk: {smallest}\n  still failing: {}\n  replay: {}",
+                    result.failed(),
+                    smallest.replay_command()
+                );
+            }
+        }
+        if let Some(path) = &options.json {
+            let value = report::to_json(&results, wall_s);
+            if let Err(error) = std::fs::write(path, value.to_string()) {
+                eprintln!("cannot write {path}: {error}");
+                return 2;
+            }
+        }
+        if all_met {
+            0
+        } else {
+            1
+        }
+    }
+
+    fn merge(options: &Options) -> i32 {
+        let mut all = Vec::new();
+        let mut wall = 0.0f64;
+        for path in &options.merge {
+            let parsed = std::fs::read_to_string(path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| serde_json::from_str(&text).map_err(|e| e.to_string()))
+                .and_then(|value| report::from_json(&value));
+            match parsed {
+                Ok((results, wall_s)) => {
+                    all.extend(results);
+                    wall = wall.max(wall_s);
+                }
+                Err(error) => {
+                    eprintln!("cannot read report {path}: {error}");
+                    return 2;
+                }
+            }
+        }
+        all.sort_by_key(|r| (r.scenario, r.seed));
+        let (text, all_met) = report::sweep(&all, wall);
+        print!("{text}");
+        if all_met {
+            0
+        } else {
+            1
+        }
+    }
 }

@@ -336,3 +336,138 @@ impl OrderStore for MemoryStore {
         Ok(shared.state.row(order_id).cloned())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventKind;
+
+    fn event(event_id: &str, kind: EventKind) -> OrderEvent {
+        OrderEvent {
+            event_id: event_id.into(),
+            order_id: "o1".into(),
+            user_id: "u1".into(),
+            kind,
+            amount_minor: kind.carries_amount().then_some(5),
+            event_time_ms: 0,
+            payload: Vec::new(),
+        }
+    }
+
+    /// Goal: the unique key makes a store batch idempotent, also within one batch. Method:
+    /// apply a batch containing a repeated key, then the batch again.
+    #[test]
+    fn store_applies_each_key_once() {
+        let mut state = StoreState::new();
+        let created = event("e1", EventKind::Created);
+        let outcomes = state.apply_batch(&[created.clone(), created.clone()], None);
+        assert_eq!(
+            outcomes,
+            vec![ApplyOutcome::Applied, ApplyOutcome::Duplicate]
+        );
+        assert_eq!(
+            state.apply_batch(std::slice::from_ref(&created), None),
+            vec![ApplyOutcome::Duplicate]
+        );
+        assert_eq!(state.applications()[&IdempotencyKey::of(&created)], 1);
+        assert_eq!(state.applied_events(), std::slice::from_ref(&created));
+        assert!(state.contains(&IdempotencyKey::of(&created)));
+        assert_eq!(state.row("o1").unwrap().status(), Some(EventKind::Created));
+        assert!(state.row("o2").is_none());
+    }
+
+    /// Goal: the NoUniqueKey switch really applies again. Method: apply twice, count.
+    #[test]
+    fn store_without_unique_key_applies_again() {
+        let mut state = StoreState::new();
+        let paid = event("e1", EventKind::Paid);
+        for _ in 0..3 {
+            assert_eq!(
+                state.apply_batch(std::slice::from_ref(&paid), Some(PlantedBug::NoUniqueKey)),
+                vec![ApplyOutcome::Applied]
+            );
+        }
+        assert_eq!(state.applications()[&IdempotencyKey::of(&paid)], 3);
+        assert_eq!(state.applied_events().len(), 3);
+    }
+
+    /// Goal: TTL expiry is driven by the injected clock only. Method: remember, move time.
+    #[test]
+    fn cache_expires_by_injected_clock() {
+        let mut state = CacheState::new();
+        let key = IdempotencyKey::of(&event("e1", EventKind::Created));
+        state.advance_to(100);
+        state.remember(key.clone(), Duration::from_millis(50));
+        assert!(state.contains(&key));
+        state.advance_to(149);
+        assert!(state.contains(&key));
+        assert_eq!(state.len(), 1);
+        state.advance_to(10); // time never goes back
+        assert_eq!(state.now_ms(), 149);
+        state.advance_to(150);
+        assert!(!state.contains(&key));
+        assert!(state.is_empty());
+        state.remember(key.clone(), Duration::MAX);
+        assert!(state.contains(&key));
+        assert!(state.forget(&key));
+        assert!(!state.forget(&key));
+    }
+
+    /// Goal: the failure switches and shared clones. Method: flip each switch, call every port
+    /// method, check the error and that nothing changed.
+    #[test]
+    fn failure_switches_refuse_every_call_and_change_nothing() {
+        let waker = std::task::Waker::noop();
+        let mut context = std::task::Context::from_waker(waker);
+        macro_rules! now {
+            ($future:expr) => {
+                match std::pin::pin!($future).poll(&mut context) {
+                    std::task::Poll::Ready(output) => output,
+                    std::task::Poll::Pending => unreachable!("in-memory ports never wait"),
+                }
+            };
+        }
+        use std::future::Future;
+        let cache = MemoryCache::new();
+        let shared_cache = cache.clone();
+        let key = IdempotencyKey::of(&event("e1", EventKind::Created));
+        cache.set_failing(true);
+        let keys = std::slice::from_ref(&key);
+        assert!(now!(shared_cache.remember_batch(keys, Duration::from_secs(1))).is_err());
+        assert!(now!(shared_cache.contains_batch(keys))
+            .unwrap_err()
+            .is_outage());
+        cache.set_failing(false);
+        assert_eq!(now!(shared_cache.contains_batch(keys)), Ok(vec![false]));
+        now!(shared_cache.remember_batch(keys, Duration::from_secs(1))).unwrap();
+        assert!(cache.contains(&key));
+        cache.set_now_ms(1000);
+        assert!(!cache.contains(&key));
+        now!(shared_cache.remember_batch(keys, Duration::from_secs(1))).unwrap();
+        assert!(cache.forget(&key));
+        now!(shared_cache.remember_batch(keys, Duration::from_secs(1))).unwrap();
+        cache.clear();
+        assert!(cache.is_empty());
+
+        let store = MemoryStore::new();
+        let shared_store = store.clone();
+        let created = event("e1", EventKind::Created);
+        store.set_failing(true);
+        let events = std::slice::from_ref(&created);
+        assert!(now!(shared_store.apply_batch(events))
+            .unwrap_err()
+            .is_outage());
+        assert!(now!(shared_store.contains_batch(keys)).is_err());
+        assert!(now!(shared_store.load_row("o1")).is_err());
+        assert!(store.applied_events().is_empty());
+        store.set_failing(false);
+        assert_eq!(
+            now!(shared_store.apply_batch(events)),
+            Ok(vec![ApplyOutcome::Applied])
+        );
+        assert_eq!(now!(shared_store.contains_batch(keys)), Ok(vec![true]));
+        let row = now!(shared_store.load_row("o1")).unwrap().unwrap();
+        assert_eq!(store.rows()["o1"], row);
+        assert_eq!(store.state().applied_events().len(), 1);
+    }
+}

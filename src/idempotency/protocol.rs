@@ -195,3 +195,285 @@ async fn remember<C: DedupCache>(
         *cache_degraded = true;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventKind;
+    use crate::idempotency::memory::{MemoryCache, MemoryStore};
+    use crate::ports::NoProbe;
+    use std::future::Future;
+    use std::pin::pin;
+    use std::sync::Mutex;
+    use std::task::{Context, Poll, Waker};
+
+    /// Runs a future whose every await is ready (the in-memory ports never wait).
+    fn block_on<F: Future>(future: F) -> F::Output {
+        let mut future = pin!(future);
+        let mut context = Context::from_waker(Waker::noop());
+        match future.as_mut().poll(&mut context) {
+            Poll::Ready(output) => output,
+            Poll::Pending => panic!("in-memory ports never wait"),
+        }
+    }
+
+    /// Records the fault points passed and, at one of them, runs a hook (a "crash" flips a
+    /// failure switch or snapshots state).
+    #[derive(Default)]
+    struct RecordingProbe {
+        passed: Mutex<Vec<FaultPoint>>,
+    }
+
+    impl Probe for RecordingProbe {
+        async fn at(&self, point: FaultPoint) {
+            self.passed.lock().unwrap().push(point);
+        }
+    }
+
+    fn event(event_id: &str, order_id: &str, kind: EventKind) -> OrderEvent {
+        OrderEvent {
+            event_id: event_id.into(),
+            order_id: order_id.into(),
+            user_id: "u".into(),
+            kind,
+            amount_minor: kind.carries_amount().then_some(100),
+            event_time_ms: 1,
+            payload: Vec::new(),
+        }
+    }
+
+    fn batch() -> Vec<OrderEvent> {
+        vec![
+            event("e1", "o1", EventKind::Created),
+            event("e2", "o1", EventKind::Paid),
+            event("e3", "o2", EventKind::Created),
+        ]
+    }
+
+    fn run(
+        cache: &MemoryCache,
+        store: &MemoryStore,
+        events: &[OrderEvent],
+        config: &ProtocolConfig,
+    ) -> Result<BatchReport, PortError> {
+        block_on(apply_batch(cache, store, &NoProbe, events, config))
+    }
+
+    fn assert_applied_once(store: &MemoryStore) {
+        assert!(store.applications().values().all(|&count| count == 1));
+    }
+
+    /// Goal: the happy path and the probe order. Method: one fresh batch, then the same batch
+    /// again (all skipped by the cache, the store not asked).
+    #[test]
+    fn fresh_batch_is_applied_then_skipped_by_cache() {
+        let (cache, store) = (MemoryCache::new(), MemoryStore::new());
+        let probe = RecordingProbe::default();
+        let config = ProtocolConfig::default();
+        let report = block_on(apply_batch(&cache, &store, &probe, &batch(), &config)).unwrap();
+        assert_eq!(report.verdicts, vec![Verdict::Applied; 3]);
+        assert!(!report.cache_degraded);
+        assert_eq!(
+            *probe.passed.lock().unwrap(),
+            vec![
+                FaultPoint::AfterCacheCheck,
+                FaultPoint::AfterStoreCommit,
+                FaultPoint::AfterCacheWrite
+            ]
+        );
+        assert_eq!(cache.len(), 3);
+        let again = run(&cache, &store, &batch(), &config).unwrap();
+        assert_eq!(again.verdicts, vec![Verdict::SkippedByCache; 3]);
+        assert_eq!(store.applied_events().len(), 3);
+        assert_applied_once(&store);
+    }
+
+    /// Goal: in-batch duplicates are dropped, first occurrence wins; repeating kinds with
+    /// different event ids are not duplicates. Method: a batch with a repeated key and two
+    /// refunds.
+    #[test]
+    fn in_batch_duplicates_keep_the_first() {
+        let (cache, store) = (MemoryCache::new(), MemoryStore::new());
+        let mut events = batch();
+        let mut redelivered = events[1].clone();
+        redelivered.event_id = "e2-retry".into();
+        events.push(redelivered);
+        events.push(event("r1", "o1", EventKind::Refunded));
+        events.push(event("r2", "o1", EventKind::Refunded));
+        let report = run(&cache, &store, &events, &ProtocolConfig::default()).unwrap();
+        use Verdict::*;
+        assert_eq!(
+            report.verdicts,
+            vec![
+                Applied,
+                Applied,
+                Applied,
+                DuplicateInBatch,
+                Applied,
+                Applied
+            ]
+        );
+        assert_eq!(report.count(Applied), 5);
+        assert_eq!(store.rows()["o1"].paid.as_ref().unwrap().event_id, "e2");
+        assert_eq!(store.rows()["o1"].refunds.len(), 2);
+    }
+
+    /// Goal: a cache outage degrades to store-only dedup and still never applies twice.
+    /// Method: apply with the cache up, take it down, redeliver plus one new event.
+    #[test]
+    fn cache_down_uses_store_only_dedup() {
+        let (cache, store) = (MemoryCache::new(), MemoryStore::new());
+        let config = ProtocolConfig::default();
+        run(&cache, &store, &batch(), &config).unwrap();
+        cache.set_failing(true);
+        let mut events = batch();
+        events.push(event("e4", "o2", EventKind::Paid));
+        let report = run(&cache, &store, &events, &config).unwrap();
+        assert!(report.cache_degraded);
+        assert_eq!(report.count(Verdict::DuplicateInStore), 3);
+        assert_eq!(report.verdicts[3], Verdict::Applied);
+        assert_applied_once(&store);
+        assert_eq!(store.applied_events().len(), 4);
+        // Remembering failed too: the cache knows only what it knew before the outage.
+        cache.set_failing(false);
+        assert_eq!(cache.len(), 3);
+    }
+
+    /// Goal: a lost cache (FLUSHALL, restart) costs round trips, not correctness. Method:
+    /// clear the cache, redeliver; the store reports duplicates and the cache re-learns them.
+    #[test]
+    fn cleared_cache_relearns_from_store_duplicates() {
+        let (cache, store) = (MemoryCache::new(), MemoryStore::new());
+        let config = ProtocolConfig::default();
+        run(&cache, &store, &batch(), &config).unwrap();
+        cache.clear();
+        let report = run(&cache, &store, &batch(), &config).unwrap();
+        assert_eq!(report.verdicts, vec![Verdict::DuplicateInStore; 3]);
+        assert!(!report.cache_degraded);
+        assert_eq!(cache.len(), 3, "DuplicateInStore keys are remembered");
+        assert_applied_once(&store);
+    }
+
+    /// Goal: a store outage is an error and nothing is applied or remembered. Method: store
+    /// down, apply, check both sides untouched; then recover and retry.
+    #[test]
+    fn store_down_returns_the_error_and_applies_nothing() {
+        let (cache, store) = (MemoryCache::new(), MemoryStore::new());
+        let config = ProtocolConfig::default();
+        store.set_failing(true);
+        let error = run(&cache, &store, &batch(), &config).unwrap_err();
+        assert!(error.is_outage());
+        assert!(store.applied_events().is_empty());
+        assert!(
+            cache.is_empty(),
+            "nothing remembered for an uncommitted batch"
+        );
+        store.set_failing(false);
+        let report = run(&cache, &store, &batch(), &config).unwrap();
+        assert_eq!(report.verdicts, vec![Verdict::Applied; 3]);
+    }
+
+    /// Goal: the crash window between store commit and cache write is safe. Method: a probe
+    /// that takes the cache down at AfterStoreCommit (the crash loses the cache write); the
+    /// redelivered batch is all DuplicateInStore.
+    #[test]
+    fn redelivery_after_store_commit_is_all_duplicate_in_store() {
+        struct CrashAfterCommit(MemoryCache);
+        impl Probe for CrashAfterCommit {
+            async fn at(&self, point: FaultPoint) {
+                if point == FaultPoint::AfterStoreCommit {
+                    self.0.set_failing(true);
+                }
+            }
+        }
+        let (cache, store) = (MemoryCache::new(), MemoryStore::new());
+        let config = ProtocolConfig::default();
+        let probe = CrashAfterCommit(cache.clone());
+        let first = block_on(apply_batch(&cache, &store, &probe, &batch(), &config)).unwrap();
+        assert_eq!(first.verdicts, vec![Verdict::Applied; 3]);
+        assert!(first.cache_degraded);
+        cache.set_failing(false);
+        assert!(cache.is_empty());
+        let redelivered = run(&cache, &store, &batch(), &config).unwrap();
+        assert_eq!(redelivered.verdicts, vec![Verdict::DuplicateInStore; 3]);
+        assert_applied_once(&store);
+    }
+
+    /// Goal: the planted CacheWrittenBeforeStore opens the loss window the real order closes.
+    /// Method: the store fails (a crash before commit); with the bug the redelivery is skipped
+    /// by the cache and never applied, without it the redelivery is applied.
+    #[test]
+    fn planted_cache_before_store_loses_events_on_store_failure() {
+        for planted in [None, Some(PlantedBug::CacheWrittenBeforeStore)] {
+            let (cache, store) = (MemoryCache::new(), MemoryStore::new());
+            let config = ProtocolConfig {
+                planted,
+                ..ProtocolConfig::default()
+            };
+            store.set_failing(true);
+            assert!(run(&cache, &store, &batch(), &config).is_err());
+            store.set_failing(false);
+            let report = run(&cache, &store, &batch(), &config).unwrap();
+            if planted.is_some() {
+                assert_eq!(report.verdicts, vec![Verdict::SkippedByCache; 3]);
+                assert!(store.applied_events().is_empty(), "the bug loses the batch");
+            } else {
+                assert_eq!(report.verdicts, vec![Verdict::Applied; 3]);
+            }
+        }
+    }
+
+    /// Goal: the store's unique key is the guarantee. Method: with NoUniqueKey and no cache, a
+    /// redelivery is applied twice; with the key it is not.
+    #[test]
+    fn planted_no_unique_key_applies_twice_without_the_cache() {
+        let cache = MemoryCache::new();
+        cache.set_failing(true);
+        let store = MemoryStore::with_planted(Some(PlantedBug::NoUniqueKey));
+        let config = ProtocolConfig::default();
+        run(&cache, &store, &batch(), &config).unwrap();
+        run(&cache, &store, &batch(), &config).unwrap();
+        assert!(store.applications().values().all(|&count| count == 2));
+    }
+
+    /// Goal: an expired cache key falls back to the store. Method: remember with a 1 s TTL,
+    /// move the clock past it, redeliver.
+    #[test]
+    fn expired_cache_keys_fall_back_to_the_store() {
+        let (cache, store) = (MemoryCache::new(), MemoryStore::new());
+        let config = ProtocolConfig {
+            cache_ttl: Duration::from_secs(1),
+            planted: None,
+        };
+        run(&cache, &store, &batch(), &config).unwrap();
+        cache.advance_to(999);
+        assert_eq!(
+            run(&cache, &store, &batch(), &config).unwrap().verdicts,
+            vec![Verdict::SkippedByCache; 3]
+        );
+        cache.advance_to(1000);
+        assert_eq!(
+            run(&cache, &store, &batch(), &config).unwrap().verdicts,
+            vec![Verdict::DuplicateInStore; 3]
+        );
+    }
+
+    /// Goal: an empty batch touches nothing. Method: apply no events.
+    #[test]
+    fn empty_batch_is_an_empty_report() {
+        let (cache, store) = (MemoryCache::new(), MemoryStore::new());
+        store.set_failing(true);
+        cache.set_failing(true);
+        let report = run(&cache, &store, &[], &ProtocolConfig::default()).unwrap();
+        assert!(report.verdicts.is_empty());
+        assert!(!report.cache_degraded);
+    }
+
+    #[test]
+    fn default_ttl_is_seven_days() {
+        assert_eq!(
+            ProtocolConfig::default().cache_ttl,
+            Duration::from_secs(604_800)
+        );
+    }
+}

@@ -1,0 +1,106 @@
+//! Property tests of the event decoder: it never panics on arbitrary bytes or on mutations of
+//! valid events, everything it accepts is valid, and encode/decode round-trips.
+
+use holdfast::event::{EventKind, OrderEvent, ID_BYTES_MAX};
+use proptest::collection::vec;
+use proptest::prelude::*;
+use proptest::sample::Index;
+
+fn valid_event() -> impl Strategy<Value = OrderEvent> {
+    (
+        "[a-zA-Z0-9:_-]{1,40}",
+        "\\PC{1,30}",
+        "[a-z0-9]{1,20}",
+        proptest::sample::select(&EventKind::ALL[..]),
+        0..=i64::MAX,
+        any::<i64>(),
+    )
+        .prop_map(
+            |(event_id, order_id, user_id, kind, amount_minor, event_time_ms)| OrderEvent {
+                event_id,
+                order_id,
+                user_id,
+                kind,
+                amount_minor: kind.carries_amount().then_some(amount_minor),
+                event_time_ms,
+                payload: Vec::new(),
+            },
+        )
+}
+
+/// One edit of an encoded event.
+#[derive(Clone, Debug)]
+enum Mutation {
+    Flip(Index, u8),
+    Insert(Index, u8),
+    Remove(Index),
+    Truncate(Index),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        (any::<Index>(), any::<u8>()).prop_map(|(at, byte)| Mutation::Flip(at, byte)),
+        (any::<Index>(), any::<u8>()).prop_map(|(at, byte)| Mutation::Insert(at, byte)),
+        any::<Index>().prop_map(Mutation::Remove),
+        any::<Index>().prop_map(Mutation::Truncate),
+    ]
+}
+
+fn mutate(bytes: &mut Vec<u8>, mutation: &Mutation) {
+    if bytes.is_empty() {
+        return;
+    }
+    match mutation {
+        Mutation::Flip(at, byte) => {
+            let at = at.index(bytes.len());
+            bytes[at] ^= byte;
+        }
+        Mutation::Insert(at, byte) => bytes.insert(at.index(bytes.len() + 1), *byte),
+        Mutation::Remove(at) => {
+            bytes.remove(at.index(bytes.len()));
+        }
+        Mutation::Truncate(at) => bytes.truncate(at.index(bytes.len())),
+    }
+}
+
+/// Whatever the decoder accepts satisfies the domain's rules.
+fn assert_valid(event: &OrderEvent) -> Result<(), TestCaseError> {
+    for id in [&event.event_id, &event.order_id, &event.user_id] {
+        prop_assert!(!id.is_empty());
+        prop_assert!(id.len() <= ID_BYTES_MAX);
+    }
+    prop_assert_eq!(event.amount_minor.is_some(), event.kind.carries_amount());
+    prop_assert!(event.amount_minor.is_none_or(|amount| amount >= 0));
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(2048))]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in vec(any::<u8>(), 0..600)) {
+        if let Ok(event) = OrderEvent::decode(&bytes) {
+            assert_valid(&event)?;
+        }
+    }
+
+    #[test]
+    fn mutated_valid_events_never_panic(event in valid_event(), mutations in vec(mutation(), 1..6)) {
+        let mut bytes = event.encode();
+        for each in &mutations {
+            mutate(&mut bytes, each);
+        }
+        if let Ok(decoded) = OrderEvent::decode(&bytes) {
+            assert_valid(&decoded)?;
+            prop_assert_eq!(decoded.payload, bytes);
+        }
+    }
+
+    #[test]
+    fn encode_decode_round_trips(event in valid_event()) {
+        let bytes = event.encode();
+        let decoded = OrderEvent::decode(&bytes).map_err(|error| TestCaseError::fail(error.to_string()))?;
+        prop_assert_eq!(&decoded.payload, &bytes);
+        prop_assert_eq!(OrderEvent { payload: Vec::new(), ..decoded }, event);
+    }
+}

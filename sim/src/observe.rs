@@ -1,0 +1,256 @@
+//! Decorators that record what the pipeline does into the run's history, without changing it:
+//! a recording [`EventLog`], the dead-letter sink, and the crash probe.
+
+use crate::checker::{Invariant, Violation};
+use crate::history::{digest, History, Step};
+use crate::world::World;
+use holdfast::event::OrderEvent;
+use holdfast::idempotency::IdempotencyKey;
+use holdfast::ports::{
+    Delivery, EventLog, FaultPoint, OffsetCommit, OutboundMessage, PartitionId, Polled, PortError,
+    Probe, Publisher, Rebalance,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Virtual milliseconds since the run started.
+pub fn now_ms(start: madsim::time::Instant) -> u64 {
+    u64::try_from(
+        madsim::time::Instant::now()
+            .saturating_duration_since(start)
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX)
+}
+
+/// What every observer shares.
+#[derive(Clone)]
+pub struct Observers {
+    pub history: History,
+    pub start: madsim::time::Instant,
+    pub world: World,
+    pub dead_letters: DeadLetters,
+    /// Violations found while the run goes on.
+    pub online: Arc<Mutex<Vec<Violation>>>,
+    /// Per partition, the offset below which every record was already checked finished.
+    pub checked: Arc<Mutex<BTreeMap<PartitionId, i64>>>,
+}
+
+impl Observers {
+    pub fn at(&self) -> u64 {
+        now_ms(self.start)
+    }
+
+    /// A commit of `offset` says every record below it is finished: check that now, against
+    /// the store and the dead letters, before anything else can mend it.
+    fn check_commit(&self, member: &str, partition: PartitionId, offset: i64) {
+        let from = self
+            .checked
+            .lock()
+            .map(|c| c.get(&partition).copied().unwrap_or(0))
+            .unwrap_or(0);
+        if offset <= from {
+            return;
+        }
+        let applications = self.world.store_applications();
+        let letters = self.dead_letters.coordinates();
+        let mut unfinished = Vec::new();
+        for (record_offset, record) in self.world.partition_log(partition) {
+            if record_offset < from || record_offset >= offset {
+                continue;
+            }
+            let finished = match OrderEvent::decode(&record.payload) {
+                Ok(event) => applications.contains_key(&IdempotencyKey::of(&event)),
+                Err(_) => letters.contains(&(partition, record_offset)),
+            };
+            if !finished {
+                unfinished.push(record_offset);
+            }
+        }
+        if unfinished.is_empty() {
+            if let Ok(mut checked) = self.checked.lock() {
+                checked.insert(partition, offset);
+            }
+        } else if let Ok(mut online) = self.online.lock() {
+            online.push(Violation {
+                invariant: Invariant::CommitPastUnfinished,
+                detail: format!(
+                    "{member} committed p{partition}={offset} at {}ms with {} unfinished below it, first @{:?}",
+                    self.at(),
+                    unfinished.len(),
+                    unfinished.first()
+                ),
+            });
+        }
+    }
+}
+
+/// An [`EventLog`] that records polls, rebalances and accepted commits.
+pub struct RecordingLog<L> {
+    pub inner: L,
+    pub member: String,
+    pub observers: Observers,
+}
+
+impl<L: EventLog> EventLog for RecordingLog<L> {
+    async fn poll(&mut self, records_max: usize, timeout: Duration) -> Result<Polled, PortError> {
+        let polled = self.inner.poll(records_max, timeout).await?;
+        let at = self.observers.at();
+        for change in &polled.rebalances {
+            let step = match change {
+                Rebalance::Assigned { partition, .. } => Step::Assigned {
+                    member: self.member.clone(),
+                    partition: *partition,
+                },
+                Rebalance::Revoked { partition } => Step::Revoked {
+                    member: self.member.clone(),
+                    partition: *partition,
+                },
+            };
+            self.observers.history.push(at, step);
+        }
+        for record in &polled.records {
+            self.observers.history.push(
+                at,
+                Step::Polled {
+                    member: self.member.clone(),
+                    partition: record.partition,
+                    offset: record.offset,
+                    digest: digest(&record.payload),
+                },
+            );
+        }
+        Ok(polled)
+    }
+
+    async fn commit(&mut self, offsets: &[OffsetCommit], wait: bool) -> Result<(), PortError> {
+        self.inner.commit(offsets, wait).await?;
+        let at = self.observers.at();
+        for commit in offsets {
+            self.observers.history.push(
+                at,
+                Step::Committed {
+                    member: self.member.clone(),
+                    partition: commit.partition,
+                    offset: commit.offset,
+                },
+            );
+            self.observers
+                .check_commit(&self.member, commit.partition, commit.offset);
+        }
+        Ok(())
+    }
+
+    async fn pause(&mut self, partitions: &[PartitionId], paused: bool) -> Result<(), PortError> {
+        self.inner.pause(partitions, paused).await
+    }
+}
+
+/// The dead-letter topic: durable, shared by every consumer incarnation.
+#[derive(Clone, Default)]
+pub struct DeadLetters {
+    letters: Arc<Mutex<Vec<OutboundMessage>>>,
+}
+
+impl DeadLetters {
+    /// (source partition, source offset) of every dead letter.
+    pub fn coordinates(&self) -> BTreeSet<(PartitionId, i64)> {
+        let letters = self.letters.lock().map(|l| l.clone()).unwrap_or_default();
+        letters
+            .iter()
+            .filter_map(|letter| {
+                let header = |name| {
+                    holdfast::pipeline::dead_letter::header(&letter.headers, name)
+                        .and_then(|v| v.parse().ok())
+                };
+                Some((
+                    header(holdfast::pipeline::dead_letter::HEADER_SOURCE_PARTITION)?
+                        as PartitionId,
+                    header(holdfast::pipeline::dead_letter::HEADER_SOURCE_OFFSET)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Keys of the decodable events that were dead-lettered.
+    pub fn keys(&self) -> BTreeSet<IdempotencyKey> {
+        let letters = self.letters.lock().map(|l| l.clone()).unwrap_or_default();
+        letters
+            .iter()
+            .filter_map(|letter| OrderEvent::decode(&letter.payload).ok())
+            .map(|event| IdempotencyKey::of(&event))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.letters.lock().map(|l| l.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Records dead letters and their source coordinates in the history.
+pub struct DeadLetterSink {
+    pub letters: DeadLetters,
+    pub observers: Observers,
+}
+
+impl Publisher for DeadLetterSink {
+    async fn publish(&self, message: OutboundMessage) -> Result<Delivery, PortError> {
+        let header = |name| {
+            holdfast::pipeline::dead_letter::header(&message.headers, name)
+                .and_then(|v| v.parse::<i64>().ok())
+        };
+        let partition = header(holdfast::pipeline::dead_letter::HEADER_SOURCE_PARTITION)
+            .unwrap_or(-1) as PartitionId;
+        let offset = header(holdfast::pipeline::dead_letter::HEADER_SOURCE_OFFSET).unwrap_or(-1);
+        self.observers.history.push(
+            self.observers.at(),
+            Step::DeadLettered { partition, offset },
+        );
+        let mut letters = self
+            .letters
+            .letters
+            .lock()
+            .map_err(|_| PortError::Unavailable {
+                service: "dead letters",
+                detail: "poisoned".into(),
+            })?;
+        letters.push(message);
+        Ok(Delivery {
+            partition: 0,
+            offset: letters.len() as i64 - 1,
+        })
+    }
+}
+
+/// Crashes the consumer at the `hit`-th pass of a fault point: the probe freezes its node and
+/// asks the supervisor to kill and restart it, so the crash lands exactly in that window.
+pub struct CrashProbe {
+    pub plan: Option<(FaultPoint, u32)>,
+    pub hits: Arc<AtomicU32>,
+    pub fired: Arc<AtomicBool>,
+    pub consumer: usize,
+    pub crashes: mpsc::UnboundedSender<(usize, FaultPoint)>,
+}
+
+impl Probe for CrashProbe {
+    async fn at(&self, point: FaultPoint) {
+        let Some((planned, hit)) = self.plan else {
+            return;
+        };
+        if planned != point || self.fired.load(Ordering::SeqCst) {
+            return;
+        }
+        if self.hits.fetch_add(1, Ordering::SeqCst) + 1 == hit {
+            self.fired.store(true, Ordering::SeqCst);
+            let _ = self.crashes.send((self.consumer, point));
+            std::future::pending::<()>().await;
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Printing and JSON for sweeps and single runs.
+
+use crate::checker::Invariant;
+use crate::runner::RunOutcome;
+use crate::scenario::Scenario;
+use crate::sweep::{matrix, meets, SeedResult};
+use serde_json::{json, Value};
+use std::fmt::Write as _;
+
+/// The commit the simulator was built from.
+pub const COMMIT: &str = env!("HOLDFAST_COMMIT");
+
+/// The full report of one run: parameters first, then faults, steps, the verdict, and on
+/// failure the violated invariants with their records and the replay command.
+pub fn single(outcome: &RunOutcome, trace: bool) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "commit {COMMIT}");
+    let _ = writeln!(out, "{}", outcome.params);
+    let _ = writeln!(out, "faults injected ({}):", outcome.faults.len());
+    for fault in &outcome.faults {
+        let _ = writeln!(out, "  {fault}");
+    }
+    let _ = writeln!(
+        out,
+        "steps {}  messages sent {}  redeliveries {}  unseen {}  virtual time {}ms  trace hash {:016x}",
+        outcome.steps, outcome.sent, outcome.redeliveries, outcome.verdict.unseen, outcome.virtual_ms, outcome.fingerprint
+    );
+    let _ = writeln!(out, "{}", outcome.verdict.report);
+    if trace {
+        let _ = writeln!(out, "trace (last 40 steps):\n{}", outcome.trace_tail);
+    }
+    if outcome.verdict.passed() {
+        let _ = writeln!(out, "PASSED");
+    } else {
+        for violation in &outcome.verdict.violations {
+            let _ = writeln!(
+                out,
+                "VIOLATION {}: {}",
+                violation.invariant, violation.detail
+            );
+        }
+        let _ = writeln!(out, "replay: {}", outcome.params.replay_command());
+    }
+    out
+}
+
+/// The explorer matrix and the summary of a sweep. Returns the text and whether every
+/// scenario met its expectation.
+pub fn sweep(results: &[SeedResult], wall_s: f64) -> (String, bool) {
+    let rows = matrix(results);
+    let mut out = String::new();
+    let _ = writeln!(out, "commit {COMMIT}");
+    let _ = writeln!(
+        out,
+        "{:<36} {:<46} {:>6} {:>9} {:>6} {:>8} {:>8}  {:<11} verdict",
+        "scenario", "configuration", "seeds", "w/ loss", "lost", "redeliv", "flagged", "expected"
+    );
+    let mut all_met = true;
+    for (scenario, row) in &rows {
+        let met = meets(*scenario, row);
+        all_met &= met;
+        let expected = match scenario.expectation() {
+            crate::scenario::Expectation::Safe => "no loss",
+            crate::scenario::Expectation::LossShown => "loss shown",
+            crate::scenario::Expectation::Caught => "caught",
+        };
+        let _ = writeln!(
+            out,
+            "{:<36} {:<46} {:>6} {:>9} {:>6} {:>8} {:>8}  {:<11} {}",
+            scenario.name(),
+            scenario.describe(),
+            row.seeds,
+            row.seeds_with_loss,
+            row.lost,
+            row.redeliveries,
+            row.failing_seeds,
+            expected,
+            if met { "ok" } else { "UNMET" }
+        );
+    }
+    let _ = writeln!(out, "\nplanted bugs, seeds to detection:");
+    for (scenario, row) in rows
+        .iter()
+        .filter(|(s, _)| matches!(s, Scenario::Planted(_) | Scenario::AutoCommit))
+    {
+        let invariants: Vec<String> = row
+            .invariants
+            .iter()
+            .map(|(i, n)| format!("{i} x{n}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {:<36} {}  ({})",
+            scenario.name(),
+            row.first_caught
+                .map_or("NOT CAUGHT".to_string(), |n| format!("caught at seed #{n}")),
+            invariants.join(", ")
+        );
+    }
+    let failing: Vec<&SeedResult> = results
+        .iter()
+        .filter(|r| r.failed() && scenario_is_safe(r.scenario))
+        .collect();
+    if !failing.is_empty() {
+        let _ = writeln!(out, "\nviolations in scenarios that must be safe:");
+        for result in failing.iter().take(10) {
+            let what = result
+                .panic
+                .clone()
+                .unwrap_or_else(|| names(&result.invariants));
+            let _ = writeln!(
+                out,
+                "  seed {} {}: {}\n    replay: {}",
+                result.seed, result.scenario, what, result.replay
+            );
+        }
+    }
+    let events: usize = results.iter().map(|r| r.sent).sum();
+    let faults: usize = results.iter().map(|r| r.faults).sum();
+    let violating = results.iter().filter(|r| r.failed()).count();
+    let _ = writeln!(
+        out,
+        "\nsummary: {} seeds, {} simulated events, {} faults injected, {} runs with violations ({} in safe scenarios), wall {:.1}s, {:.0} seeds/min",
+        results.len(),
+        events,
+        faults,
+        violating,
+        failing.len(),
+        wall_s,
+        results.len() as f64 / wall_s.max(1e-9) * 60.0
+    );
+    let _ = writeln!(
+        out,
+        "verdict: {}",
+        if all_met {
+            "every expectation met"
+        } else {
+            "EXPECTATIONS UNMET"
+        }
+    );
+    (out, all_met)
+}
+
+fn scenario_is_safe(scenario: Scenario) -> bool {
+    scenario.expectation() == crate::scenario::Expectation::Safe
+}
+
+fn names(invariants: &[Invariant]) -> String {
+    invariants
+        .iter()
+        .map(|i| i.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A sweep as JSON.
+pub fn to_json(results: &[SeedResult], wall_s: f64) -> Value {
+    json!({
+        "commit": COMMIT,
+        "wall_s": wall_s,
+        "seeds": results.iter().map(|r| json!({
+            "scenario": r.scenario.name(),
+            "seed": r.seed,
+            "invariants": r.invariants.iter().map(|i| i.name()).collect::<Vec<_>>(),
+            "lost": r.lost,
+            "redeliveries": r.redeliveries,
+            "sent": r.sent,
+            "steps": r.steps,
+            "faults": r.faults,
+            "virtual_ms": r.virtual_ms,
+            "panic": r.panic,
+            "replay": r.replay,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Reads a sweep back from JSON (for `--merge`).
+pub fn from_json(value: &Value) -> Result<(Vec<SeedResult>, f64), String> {
+    let seeds = value
+        .get("seeds")
+        .and_then(Value::as_array)
+        .ok_or("report has no `seeds` array")?;
+    let mut results = Vec::with_capacity(seeds.len());
+    for entry in seeds {
+        let text = |field: &str| {
+            entry
+                .get(field)
+                .and_then(Value::as_str)
+                .ok_or(format!("seed entry lacks `{field}`"))
+        };
+        let count = |field: &str| {
+            entry
+                .get(field)
+                .and_then(Value::as_u64)
+                .ok_or(format!("seed entry lacks `{field}`"))
+        };
+        let scenario = Scenario::parse(text("scenario")?).ok_or("unknown scenario in report")?;
+        let invariants = entry
+            .get("invariants")
+            .and_then(Value::as_array)
+            .ok_or("seed entry lacks `invariants`")?
+            .iter()
+            .map(|name| {
+                name.as_str()
+                    .and_then(invariant_named)
+                    .ok_or("unknown invariant in report".to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        results.push(SeedResult {
+            scenario,
+            seed: count("seed")?,
+            invariants,
+            lost: count("lost")? as usize,
+            redeliveries: count("redeliveries")? as usize,
+            sent: count("sent")? as usize,
+            steps: count("steps")? as usize,
+            faults: count("faults")? as usize,
+            virtual_ms: count("virtual_ms")?,
+            panic: entry
+                .get("panic")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            replay: text("replay")?.to_owned(),
+        });
+    }
+    let wall_s = value.get("wall_s").and_then(Value::as_f64).unwrap_or(0.0);
+    Ok((results, wall_s))
+}
+
+fn invariant_named(name: &str) -> Option<Invariant> {
+    crate::checker::ALL_INVARIANTS
+        .into_iter()
+        .find(|i| i.name() == name)
+}

@@ -1,0 +1,498 @@
+//! Runs one seed: builds the world, produces the workload, runs the pipeline's consumers on
+//! their own nodes, injects faults (safety phase), heals everything and waits for convergence
+//! (liveness phase), then hands the history and the final state to the checker.
+
+use crate::checker::{check, Observed, Verdict};
+use crate::history::{History, Step};
+use crate::observe::{CrashProbe, DeadLetterSink, DeadLetters, Observers, RecordingLog};
+use crate::params::RunParams;
+use crate::scenario::Scenario;
+use crate::world::{Acks, FlushPolicy, ServiceNode, World, WorldConfig};
+use holdfast::offsets::Limits;
+use holdfast::pipeline::{Consumer, ConsumerConfig, Metrics, Services, ShutdownTrigger};
+use holdfast::planted::PlantedBug;
+use holdfast::ports::{FaultPoint, OutboundMessage, Publisher};
+use holdfast::rng::SplitMix;
+use holdfast::verify::{GroundTruth, StoreView};
+use holdfast::workload::{Workload, WorkloadConfig};
+use madsim::runtime::Handle;
+use madsim::task::NodeId;
+use madsim::time::{sleep, Instant};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+const GROUP: &str = "holdfast";
+const TOPIC: &str = "orders";
+
+/// Everything one run produced.
+#[derive(Clone, Debug)]
+pub struct RunOutcome {
+    pub params: RunParams,
+    pub verdict: Verdict,
+    /// Hash of the full trace: equal for equal runs.
+    pub fingerprint: u64,
+    /// Faults injected, in order, with virtual time.
+    pub faults: Vec<String>,
+    pub virtual_ms: u64,
+    /// Messages the producer sent (including malformed and repeated ones).
+    pub sent: usize,
+    /// Steps in the history.
+    pub steps: usize,
+    /// Polls of an offset already polled before (redeliveries after crashes and rebalances).
+    pub redeliveries: usize,
+    /// The last lines of the trace.
+    pub trace_tail: String,
+}
+
+impl RunOutcome {
+    /// Acknowledged events lost (neither applied nor dead-lettered).
+    pub fn lost(&self) -> usize {
+        self.verdict.report.missing.len()
+    }
+}
+
+/// Runs one seed to completion in its own madsim runtime.
+pub fn run(params: &RunParams) -> RunOutcome {
+    let runtime =
+        madsim::runtime::Runtime::with_seed_and_config(params.seed, madsim::Config::default());
+    let params = params.clone();
+    runtime.block_on(simulate(params))
+}
+
+/// The world configuration of a scenario.
+pub fn world_config(params: &RunParams) -> WorldConfig {
+    let mut config = WorldConfig {
+        partitions: params.partitions,
+        flush: FlushPolicy::Interval(Duration::from_millis(200)),
+        planted: params.scenario.planted().filter(|bug| store_bug(*bug)),
+        ..WorldConfig::default()
+    };
+    match params.scenario {
+        Scenario::FireAndForget => {
+            config.acks = Acks::Zero;
+            config.producer_retries = 0;
+        }
+        Scenario::AcksOneLeaderCrash => {
+            config.acks = Acks::One;
+            config.min_insync_replicas = 1;
+            config.flush = FlushPolicy::Never;
+        }
+        Scenario::AllReplicasCrashUnflushed => config.flush = FlushPolicy::Never,
+        Scenario::AllReplicasCrashFlushed => config.flush = FlushPolicy::EveryAppend,
+        _ => {}
+    }
+    config
+}
+
+/// Bugs that live in the store (PostgreSQL's schema and SQL), not in the consumer.
+fn store_bug(bug: PlantedBug) -> bool {
+    matches!(bug, PlantedBug::NoUniqueKey | PlantedBug::MergeByArrival)
+}
+
+fn consumer_config(params: &RunParams, index: usize, incarnation: u32) -> ConsumerConfig {
+    let planted = params.scenario.planted().filter(|bug| !store_bug(*bug));
+    ConsumerConfig {
+        batch_size: params.batch_size,
+        concurrency: params.concurrency,
+        limits: Limits {
+            max_in_flight: params.batch_size.max(64) * 4,
+            ..Limits::default()
+        },
+        commit_interval: Duration::from_millis(100),
+        poll_timeout: Duration::from_millis(50),
+        backoff_initial: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(500),
+        stall_after: Duration::from_secs(10),
+        revoke_grace: Duration::from_millis(200),
+        drain_timeout: Duration::from_secs(1),
+        jitter_seed: params.seed ^ ((index as u64) << 32) ^ u64::from(incarnation),
+        planted,
+        ..ConsumerConfig::default()
+    }
+}
+
+async fn simulate(params: RunParams) -> RunOutcome {
+    let start = Instant::now();
+    let world = World::start(world_config(&params)).await;
+    let history = History::new();
+    let observers = Observers {
+        history: history.clone(),
+        start,
+        world: world.clone(),
+        dead_letters: DeadLetters::default(),
+        online: Arc::new(Mutex::new(Vec::new())),
+        checked: Arc::new(Mutex::new(Default::default())),
+    };
+    let truth = Arc::new(Mutex::new(GroundTruth::default()));
+    let producer_done = Arc::new(AtomicBool::new(false));
+    let sent = spawn_producer(&params, &world, &observers, &truth, &producer_done);
+    let (crash_sender, mut crash_requests) = mpsc::unbounded_channel();
+    let consumers: Vec<NodeId> = (0..params.consumers)
+        .map(|index| spawn_consumer(&params, index, &observers, crash_sender.clone()))
+        .collect();
+
+    // Safety phase: faults at random moments.
+    let mut rng = SplitMix::new(params.seed.rotate_left(17));
+    let mut schedule: Vec<u64> = (0..params.faults)
+        .map(|_| rng.between(200, params.safety_ms))
+        .collect();
+    schedule.sort_unstable();
+    let mut next = schedule.into_iter().peekable();
+    while crate::observe::now_ms(start) < params.safety_ms {
+        while let Ok((consumer, point)) = crash_requests.try_recv() {
+            crash_consumer(
+                &world,
+                &observers,
+                consumers[consumer],
+                &format!("consumer-{consumer} crashed at {point:?}"),
+                &mut rng,
+            )
+            .await;
+        }
+        if next
+            .peek()
+            .is_some_and(|due| *due <= crate::observe::now_ms(start))
+        {
+            next.next();
+            inject_fault(&params, &world, &observers, &consumers, &mut rng).await;
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
+
+    // Liveness phase: heal everything, then require convergence.
+    heal(&world, &observers);
+    let deadline = Instant::now() + Duration::from_millis(params.liveness_ms);
+    let mut converged = false;
+    while Instant::now() < deadline {
+        while let Ok((consumer, point)) = crash_requests.try_recv() {
+            crash_consumer(
+                &world,
+                &observers,
+                consumers[consumer],
+                &format!("consumer-{consumer} crashed at {point:?}"),
+                &mut rng,
+            )
+            .await;
+        }
+        if producer_done.load(Ordering::SeqCst) && caught_up(&world, params.partitions) {
+            converged = true;
+            break;
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    let virtual_ms = crate::observe::now_ms(start);
+    let logs = (0..params.partitions)
+        .map(|p| (p, world.partition_log(p)))
+        .collect();
+    let truth = truth.lock().map(|t| t.clone()).unwrap_or_default();
+    let observed = Observed {
+        history: history.steps(),
+        truth,
+        store: StoreView {
+            applications: world.store_applications(),
+            rows: world.store_rows(),
+        },
+        dead_lettered: observers.dead_letters.keys(),
+        logs,
+        online: observers
+            .online
+            .lock()
+            .map(|o| o.clone())
+            .unwrap_or_default(),
+        converged,
+    };
+    let verdict = check(&observed);
+    let redeliveries = {
+        let mut seen = std::collections::HashSet::new();
+        observed
+            .history
+            .iter()
+            .filter(|(_, step)| matches!(step, Step::Polled { partition, offset, .. } if !seen.insert((*partition, *offset))))
+            .count()
+    };
+    let mut faults = world.faults();
+    faults.extend(observed.history.iter().filter_map(|(at, step)| match step {
+        Step::Fault { description } => Some(format!("t={at:>9}ms {description}")),
+        _ => None,
+    }));
+    RunOutcome {
+        fingerprint: history.fingerprint(),
+        steps: history.len(),
+        trace_tail: history.render(40),
+        params,
+        verdict,
+        faults,
+        virtual_ms,
+        sent: sent.load(Ordering::SeqCst) as usize,
+        redeliveries,
+    }
+}
+
+/// Every partition's committed offset reached the end of its log.
+fn caught_up(world: &World, partitions: i32) -> bool {
+    let committed = world.committed(GROUP);
+    (0..partitions).all(|partition| {
+        let end = world
+            .partition_log(partition)
+            .last()
+            .map_or(0, |(offset, _)| offset + 1);
+        end == 0 || committed.get(&partition).is_some_and(|c| c.offset >= end)
+    })
+}
+
+/// The producer: sends the workload with callbacks, retrying failed sends, and records what
+/// it was told.
+fn spawn_producer(
+    params: &RunParams,
+    world: &World,
+    observers: &Observers,
+    truth: &Arc<Mutex<GroundTruth>>,
+    done: &Arc<AtomicBool>,
+) -> Arc<AtomicU32> {
+    let workload = Workload::generate(&WorkloadConfig {
+        seed: params.seed,
+        orders: params.orders,
+        duplicate_ratio: f64::from(params.duplicate_percent) / 100.0,
+        malformed_ratio: 0.01,
+        ..WorkloadConfig::default()
+    })
+    .unwrap_or_else(|error| panic!("derived workload is invalid: {error}"));
+    let sent = Arc::new(AtomicU32::new(0));
+    let node = world.client_node("producer");
+    let (world, observers, truth, done, sent_counter) = (
+        world.clone(),
+        observers.clone(),
+        truth.clone(),
+        done.clone(),
+        sent.clone(),
+    );
+    let pace_ms = (params.safety_ms / 2).max(1) / (workload.messages.len() as u64).max(1);
+    node.spawn(async move {
+        let publisher = world.publisher().await;
+        for message in workload.messages {
+            let outbound = OutboundMessage {
+                topic: TOPIC.into(),
+                key: message.key.clone(),
+                payload: message.payload.clone(),
+                headers: vec![],
+            };
+            let mut acknowledged = false;
+            for _attempt in 0..3 {
+                if publisher.publish(outbound.clone()).await.is_ok() {
+                    acknowledged = true;
+                    break;
+                }
+                sleep(Duration::from_millis(50)).await;
+            }
+            sent_counter.fetch_add(1, Ordering::SeqCst);
+            if let Some(event) = &message.event {
+                if let Ok(mut truth) = truth.lock() {
+                    truth.record(event, acknowledged);
+                }
+                observers.history.push(
+                    observers.at(),
+                    Step::Sent {
+                        event_id: event.event_id.clone(),
+                        acknowledged,
+                    },
+                );
+            }
+            sleep(Duration::from_millis(pace_ms)).await;
+        }
+        done.store(true, Ordering::SeqCst);
+    });
+    sent
+}
+
+/// One consumer node; every restart starts a new incarnation of the same pipeline code.
+fn spawn_consumer(
+    params: &RunParams,
+    index: usize,
+    observers: &Observers,
+    crashes: mpsc::UnboundedSender<(usize, FaultPoint)>,
+) -> NodeId {
+    let incarnations = Arc::new(AtomicU32::new(0));
+    let probe_hits = Arc::new(AtomicU32::new(0));
+    let fired = Arc::new(AtomicBool::new(false));
+    let (params, observers) = (params.clone(), observers.clone());
+    let node = Handle::current()
+        .create_node()
+        .name(format!("consumer-{index}"))
+        .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 8, 1 + index as u8)))
+        .init(move || {
+            let incarnation = incarnations.fetch_add(1, Ordering::SeqCst) + 1;
+            let (params, observers, crashes) = (params.clone(), observers.clone(), crashes.clone());
+            let (probe_hits, fired) = (probe_hits.clone(), fired.clone());
+            async move {
+                let world = observers.world.clone();
+                let log = RecordingLog {
+                    inner: world.log(GROUP).await,
+                    member: format!("c{index}#{incarnation}"),
+                    observers: observers.clone(),
+                };
+                let services = Services {
+                    cache: world.cache().await,
+                    store: world.store().await,
+                    dead_letters: DeadLetterSink {
+                        letters: observers.dead_letters.clone(),
+                        observers: observers.clone(),
+                    },
+                    probe: CrashProbe {
+                        plan: params.crash_at,
+                        hits: probe_hits,
+                        fired,
+                        consumer: index,
+                        crashes,
+                    },
+                };
+                let config = consumer_config(&params, index, incarnation);
+                let consumer = match Consumer::new(config, log, services, Arc::new(Metrics::new()))
+                {
+                    Ok(consumer) => consumer,
+                    Err(error) => panic!("simulated consumer configuration refused: {error}"),
+                };
+                let (_trigger, shutdown) = ShutdownTrigger::new();
+                consumer.run(shutdown).await;
+            }
+        })
+        .build();
+    node.id()
+}
+
+async fn crash_consumer(
+    world: &World,
+    observers: &Observers,
+    node: NodeId,
+    what: &str,
+    rng: &mut SplitMix,
+) {
+    let _ = world;
+    observers.history.push(
+        observers.at(),
+        Step::Fault {
+            description: format!("kill {what}"),
+        },
+    );
+    Handle::current().kill(node);
+    sleep(Duration::from_millis(rng.between(10, 1500))).await;
+    Handle::current().restart(node);
+    observers.history.push(
+        observers.at(),
+        Step::Fault {
+            description: format!("restart {what}"),
+        },
+    );
+}
+
+/// One random fault allowed by the scenario.
+async fn inject_fault(
+    params: &RunParams,
+    world: &World,
+    observers: &Observers,
+    consumers: &[NodeId],
+    rng: &mut SplitMix,
+) {
+    let brokers = world.config().brokers;
+    match params.scenario {
+        Scenario::AllReplicasCrashUnflushed | Scenario::AllReplicasCrashFlushed => {
+            for broker in 0..brokers {
+                world.kill(ServiceNode::Broker(broker));
+            }
+            sleep(Duration::from_millis(rng.between(50, 500))).await;
+            for broker in 0..brokers {
+                world.restart(ServiceNode::Broker(broker));
+            }
+        }
+        Scenario::FireAndForget | Scenario::AcksOneLeaderCrash | Scenario::AcksAllSingleFailure => {
+            let broker = leader_of_busiest(world, params.partitions).unwrap_or(rng.below(brokers));
+            world.kill(ServiceNode::Broker(broker));
+            sleep(Duration::from_millis(rng.between(100, 2000))).await;
+            world.restart(ServiceNode::Broker(broker));
+        }
+        Scenario::AutoCommit | Scenario::Planted(_) => {
+            let consumer = rng.below(consumers.len());
+            crash_consumer(
+                world,
+                observers,
+                consumers[consumer],
+                &format!("consumer-{consumer}"),
+                rng,
+            )
+            .await;
+        }
+        Scenario::Standard => match rng.below(6) {
+            0 | 1 => {
+                let consumer = rng.below(consumers.len());
+                crash_consumer(
+                    world,
+                    observers,
+                    consumers[consumer],
+                    &format!("consumer-{consumer}"),
+                    rng,
+                )
+                .await;
+            }
+            2 => {
+                let broker = rng.below(brokers);
+                world.kill(ServiceNode::Broker(broker));
+                sleep(Duration::from_millis(rng.between(100, 2000))).await;
+                world.restart(ServiceNode::Broker(broker));
+            }
+            3 => {
+                if rng.chance(0.5) {
+                    world.restart(ServiceNode::Redis);
+                } else {
+                    world.redis_flushall();
+                }
+            }
+            4 => {
+                world.kill(ServiceNode::Postgres);
+                sleep(Duration::from_millis(rng.between(50, 1000))).await;
+                world.restart(ServiceNode::Postgres);
+            }
+            _ => {
+                let node = match rng.below(3) {
+                    0 => ServiceNode::Redis,
+                    1 => ServiceNode::Postgres,
+                    _ => ServiceNode::Broker(rng.below(brokers)),
+                };
+                world.clog(node, true);
+                sleep(Duration::from_millis(rng.between(50, 1500))).await;
+                world.clog(node, false);
+            }
+        },
+    }
+}
+
+/// The broker leading the most partitions, the one whose crash hurts most.
+fn leader_of_busiest(world: &World, partitions: i32) -> Option<usize> {
+    let table = world.partition_table();
+    let mut counts = vec![0usize; world.config().brokers];
+    for state in table.iter().take(partitions.max(0) as usize) {
+        if let Some(leader) = state.leader {
+            counts[leader] += 1;
+        }
+    }
+    counts
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, count)| **count)
+        .map(|(broker, _)| broker)
+}
+
+/// Ends every fault: unclog every service node. Killed nodes were already restarted by the
+/// fault that killed them.
+fn heal(world: &World, observers: &Observers) {
+    for (node, _) in world.nodes() {
+        world.clog(node, false);
+    }
+    observers.history.push(
+        observers.at(),
+        Step::Fault {
+            description: "heal: every fault ended".into(),
+        },
+    );
+}

@@ -1,0 +1,286 @@
+//! Sweeps: many seeds over every core, with progress, shrinking of failures, the explorer
+//! matrix, and JSON reports that shards can merge.
+
+use crate::checker::Invariant;
+use crate::params::RunParams;
+use crate::runner::{run, RunOutcome};
+use crate::scenario::{Expectation, Scenario};
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// The result of one seed, reduced to what reports need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeedResult {
+    pub scenario: Scenario,
+    pub seed: u64,
+    pub invariants: Vec<Invariant>,
+    pub lost: usize,
+    pub redeliveries: usize,
+    pub sent: usize,
+    pub steps: usize,
+    pub faults: usize,
+    pub virtual_ms: u64,
+    /// A panic inside the simulation (a model or pipeline bug), if any.
+    pub panic: Option<String>,
+    pub replay: String,
+}
+
+impl SeedResult {
+    pub fn failed(&self) -> bool {
+        !self.invariants.is_empty() || self.panic.is_some()
+    }
+}
+
+/// Runs one seed, turning a panic into a result.
+pub fn run_guarded(params: &RunParams) -> (SeedResult, Option<RunOutcome>) {
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| run(params)));
+    match outcome {
+        Ok(outcome) => (summarize(&outcome), Some(outcome)),
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "unknown panic".into());
+            let result = SeedResult {
+                scenario: params.scenario,
+                seed: params.seed,
+                invariants: Vec::new(),
+                lost: 0,
+                redeliveries: 0,
+                sent: 0,
+                steps: 0,
+                faults: 0,
+                virtual_ms: 0,
+                panic: Some(message),
+                replay: params.replay_command(),
+            };
+            (result, None)
+        }
+    }
+}
+
+fn summarize(outcome: &RunOutcome) -> SeedResult {
+    SeedResult {
+        scenario: outcome.params.scenario,
+        seed: outcome.params.seed,
+        invariants: outcome.verdict.invariants().into_iter().collect(),
+        lost: outcome.lost(),
+        redeliveries: outcome.redeliveries,
+        sent: outcome.sent,
+        steps: outcome.steps,
+        faults: outcome.faults.len(),
+        virtual_ms: outcome.virtual_ms,
+        panic: None,
+        replay: outcome.params.replay_command(),
+    }
+}
+
+/// The runs of a sweep: `seeds` spread over `scenarios` (half to the standard scenario when
+/// it is included, the rest evenly), then sliced by shard.
+pub fn plan(
+    scenarios: &[Scenario],
+    seeds: u64,
+    first_seed: u64,
+    shard: (u64, u64),
+    orders: Option<usize>,
+    faults: Option<usize>,
+) -> Vec<RunParams> {
+    let mut runs = Vec::new();
+    let others = scenarios
+        .iter()
+        .filter(|s| **s != Scenario::Standard)
+        .count() as u64;
+    let standard = scenarios.contains(&Scenario::Standard);
+    let standard_seeds = match (standard, others) {
+        (true, 0) => seeds,
+        (true, _) => seeds / 2,
+        (false, _) => 0,
+    };
+    let per_other = (seeds - standard_seeds).checked_div(others).unwrap_or(0);
+    let mut index = 0u64;
+    for scenario in scenarios {
+        let count = if *scenario == Scenario::Standard {
+            standard_seeds
+        } else {
+            per_other
+        };
+        for offset in 0..count {
+            if index % shard.1 == shard.0 {
+                let mut params = RunParams::derive(first_seed + offset, *scenario);
+                params.orders = orders.unwrap_or(params.orders);
+                params.faults = faults.unwrap_or(params.faults);
+                runs.push(params);
+            }
+            index += 1;
+        }
+    }
+    runs
+}
+
+/// Runs every planned seed on `jobs` threads, printing progress to stderr.
+pub fn execute(runs: Vec<RunParams>, jobs: usize) -> Vec<SeedResult> {
+    let total = runs.len();
+    let runs = Arc::new(runs);
+    let next = Arc::new(AtomicUsize::new(0));
+    let results = Arc::new(Mutex::new(Vec::with_capacity(total)));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let terminal = std::io::stderr().is_terminal();
+    // Panics are reported per seed; the default hook's backtrace noise would bury the report.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1) {
+            let (runs, next, results, failures) = (
+                runs.clone(),
+                next.clone(),
+                results.clone(),
+                failures.clone(),
+            );
+            scope.spawn(move || loop {
+                let index = next.fetch_add(1, Ordering::SeqCst);
+                let Some(params) = runs.get(index) else { break };
+                let (result, _) = run_guarded(params);
+                if result.failed() {
+                    failures.fetch_add(1, Ordering::SeqCst);
+                }
+                let done = {
+                    let mut results = results.lock().unwrap_or_else(|p| p.into_inner());
+                    results.push(result);
+                    results.len()
+                };
+                progress(
+                    done,
+                    total,
+                    failures.load(Ordering::SeqCst),
+                    started,
+                    terminal,
+                );
+            });
+        }
+    });
+    std::panic::set_hook(hook);
+    if terminal {
+        eprintln!();
+    }
+    let mut results = Arc::try_unwrap(results)
+        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+        .unwrap_or_default();
+    results.sort_by_key(|r| (r.scenario, r.seed));
+    results
+}
+
+fn progress(done: usize, total: usize, failing: usize, started: Instant, terminal: bool) {
+    let elapsed = started.elapsed().as_secs_f64();
+    let line = format!("seeds {done}/{total}  runs with violations {failing}  {elapsed:.0}s");
+    if terminal {
+        let width = 30;
+        let filled = done * width / total.max(1);
+        eprint!(
+            "\r[{}{}] {line}",
+            "#".repeat(filled),
+            " ".repeat(width - filled)
+        );
+        let _ = std::io::stderr().flush();
+    } else if total >= 4 && done.is_multiple_of(total / 4) {
+        eprintln!("{line}");
+    }
+}
+
+/// Shrinks a failing run: fewer orders, fewer faults, no named crash, as long as it still
+/// fails with the same invariant (or panics).
+pub fn shrink(params: &RunParams, target: &SeedResult) -> RunParams {
+    let still_fails = |candidate: &RunParams| {
+        let (result, _) = run_guarded(candidate);
+        match (&target.panic, &result.panic) {
+            (Some(_), Some(_)) => true,
+            (None, None) => target
+                .invariants
+                .first()
+                .is_some_and(|i| result.invariants.contains(i)),
+            _ => false,
+        }
+    };
+    let mut best = params.clone();
+    for _ in 0..12 {
+        let mut candidates = Vec::new();
+        if best.orders > 1 {
+            candidates.push(RunParams {
+                orders: (best.orders / 2).max(1),
+                ..best.clone()
+            });
+        }
+        if best.faults > 0 {
+            candidates.push(RunParams {
+                faults: best.faults / 2,
+                ..best.clone()
+            });
+        }
+        match candidates
+            .into_iter()
+            .find(|candidate| still_fails(candidate))
+        {
+            Some(smaller) => best = smaller,
+            None => break,
+        }
+    }
+    best
+}
+
+/// One row of the explorer matrix.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Row {
+    pub seeds: usize,
+    pub failing_seeds: usize,
+    pub seeds_with_loss: usize,
+    pub lost: usize,
+    pub redeliveries: usize,
+    pub events: usize,
+    /// Index (1-based) of the first seed the checker flagged.
+    pub first_caught: Option<usize>,
+    pub invariants: BTreeMap<Invariant, usize>,
+    pub panics: usize,
+}
+
+/// Aggregates results per scenario.
+pub fn matrix(results: &[SeedResult]) -> BTreeMap<Scenario, Row> {
+    let mut rows: BTreeMap<Scenario, Row> = BTreeMap::new();
+    for result in results {
+        let row = rows.entry(result.scenario).or_default();
+        row.seeds += 1;
+        row.lost += result.lost;
+        row.redeliveries += result.redeliveries;
+        row.events += result.sent;
+        if result.lost > 0 {
+            row.seeds_with_loss += 1;
+        }
+        if result.failed() {
+            row.failing_seeds += 1;
+            row.first_caught.get_or_insert(row.seeds);
+        }
+        if result.panic.is_some() {
+            row.panics += 1;
+        }
+        for invariant in &result.invariants {
+            *row.invariants.entry(*invariant).or_default() += 1;
+        }
+    }
+    rows
+}
+
+/// Whether a row meets its scenario's expectation.
+pub fn meets(scenario: Scenario, row: &Row) -> bool {
+    if row.panics > 0 {
+        return false;
+    }
+    match scenario.expectation() {
+        Expectation::Safe => row.failing_seeds == 0,
+        Expectation::LossShown => row.seeds_with_loss > 0,
+        Expectation::Caught => row.failing_seeds > 0,
+    }
+}
