@@ -26,7 +26,7 @@ use postgres::StoreDisk;
 use redis::RedisState;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -170,7 +170,7 @@ struct Inner {
     store: Arc<Mutex<StoreDisk>>,
     nodes: Vec<(ServiceNode, NodeId)>,
     faults: FaultLog,
-    next_client_host: AtomicU8,
+    next_client_host: AtomicU32,
 }
 
 /// The running world. Cheap to clone.
@@ -253,7 +253,7 @@ impl World {
                 store,
                 nodes,
                 faults,
-                next_client_host: AtomicU8::new(1),
+                next_client_host: AtomicU32::new(0),
             }),
         };
         world.wait_ready(STARTUP_LIMIT).await;
@@ -286,11 +286,14 @@ impl World {
 
     /// Creates a client node (for a consumer, producer or the workload) with a fresh address.
     pub fn client_node(&self, name: &str) -> NodeHandle {
-        let host = self.inner.next_client_host.fetch_add(1, Ordering::Relaxed);
+        // 10.0.9.1 upwards, 250 hosts per /24: room for thousands of client nodes per run.
+        let index = self.inner.next_client_host.fetch_add(1, Ordering::Relaxed);
+        let subnet = u8::try_from(9 + index / 250).unwrap_or(u8::MAX);
+        let host = u8::try_from(1 + index % 250).unwrap_or(u8::MAX);
         Handle::current()
             .create_node()
             .name(name)
-            .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 9, host)))
+            .ip(IpAddr::V4(Ipv4Addr::new(10, 0, subnet, host)))
             .build()
     }
 
