@@ -3,6 +3,7 @@
 //! coordinator. One madsim node; its partition table and committed offsets are durable
 //! (ZooKeeper / `__consumer_offsets`), broker liveness and group membership are not.
 
+use super::broker::IsrProposal;
 use super::group::{store_commits, Group, GroupAnswer, GroupRequest};
 use super::{controller_address, KafkaConfig, PartitionState};
 use crate::world::rpc;
@@ -26,10 +27,8 @@ pub enum ControllerRequest {
     },
     /// A leader asks to change a partition's ISR.
     AlterIsr {
-        partition: PartitionId,
         leader: usize,
-        leader_epoch: i32,
-        isr: Vec<usize>,
+        proposal: IsrProposal,
     },
     Group(GroupRequest),
 }
@@ -225,17 +224,30 @@ impl ControllerState {
         }
     }
 
-    fn alter_isr(
-        &mut self,
-        partition: PartitionId,
-        leader: usize,
-        leader_epoch: i32,
-        isr: Vec<usize>,
-    ) -> Option<PartitionState> {
-        let state = self.partitions.get_mut(usize::try_from(partition).ok()?)?;
-        let current = state.leader == Some(leader) && state.leader_epoch == leader_epoch;
-        if current && isr.contains(&leader) && state.isr != isr {
-            state.isr = isr;
+    /// Applies a leader's ISR change if it is the current leader, starts from the current
+    /// ISR version, and every member it adds is alive in the incarnation the leader saw
+    /// (KIP-903: a follower that restarted since cannot be re-added on old progress).
+    fn alter_isr(&mut self, leader: usize, proposal: IsrProposal) -> Option<PartitionState> {
+        let index = usize::try_from(proposal.partition).ok()?;
+        let state = self.partitions.get(index)?;
+        let current = state.leader == Some(leader)
+            && state.leader_epoch == proposal.leader_epoch
+            && state.isr_version == proposal.isr_version;
+        let additions_alive = proposal
+            .isr
+            .iter()
+            .zip(&proposal.incarnations)
+            .filter(|(member, _)| !state.isr.contains(member))
+            .all(|(member, incarnation)| {
+                self.brokers
+                    .get(member)
+                    .is_some_and(|l| l.live && l.incarnation == *incarnation)
+            });
+        let state = self.partitions.get_mut(index)?;
+        if current && additions_alive && proposal.isr.contains(&leader) && state.isr != proposal.isr
+        {
+            debug_assert_eq!(proposal.isr.len(), proposal.incarnations.len());
+            state.isr = proposal.isr;
             state.isr_version += 1;
         }
         Some(state.clone())
@@ -296,12 +308,9 @@ impl ControllerState {
                 self.heartbeat(broker, incarnation, now);
                 ControllerAnswer::Metadata(self.partitions.clone())
             }
-            ControllerRequest::AlterIsr {
-                partition,
-                leader,
-                leader_epoch,
-                isr,
-            } => ControllerAnswer::AlterIsr(self.alter_isr(partition, leader, leader_epoch, isr)),
+            ControllerRequest::AlterIsr { leader, proposal } => {
+                ControllerAnswer::AlterIsr(self.alter_isr(leader, proposal))
+            }
             ControllerRequest::Group(request) => ControllerAnswer::Group(self.group(request, now)),
         }
     }
