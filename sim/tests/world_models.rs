@@ -445,6 +445,7 @@ mod groups {
             "{result:?}"
         );
         assert!(world.committed("g").is_empty());
+        assert!(world.commit_history("g").is_empty());
     }
 
     /// Goal: committed offsets and their metadata survive a coordinator restart, and a new
@@ -473,6 +474,9 @@ mod groups {
             .await
             .unwrap();
         assert_eq!(committed, Ok(()));
+        let history = world.commit_history("g");
+        assert_eq!(history.len(), 1);
+        assert_eq!((history[0].partition, history[0].offset), (2, 5));
         world.restart(ServiceNode::Controller);
         sleep(Duration::from_secs(2)).await;
         let stored = world.committed("g");

@@ -128,6 +128,11 @@ impl FaultLog {
         }
     }
 
+    /// Virtual time from the world's start to `at`.
+    pub fn elapsed(&self, at: Instant) -> Duration {
+        at.saturating_duration_since(self.start)
+    }
+
     /// Records `what` at virtual time `at`.
     pub fn note(&self, at: Instant, what: impl Into<String>) {
         let elapsed = at.saturating_duration_since(self.start);
@@ -460,6 +465,13 @@ impl World {
     pub fn committed(&self, group: &str) -> BTreeMap<PartitionId, CommittedOffset> {
         let controller = lock(&self.inner.controller);
         controller.committed.get(group).cloned().unwrap_or_default()
+    }
+
+    /// Every commit the coordinator accepted for `group`, in order: what really became the
+    /// committed offset, unlike a client's asynchronous commit call, which returns at once.
+    pub fn commit_history(&self, group: &str) -> Vec<kafka::controller::AcceptedCommit> {
+        let controller = lock(&self.inner.controller);
+        controller.accepted.get(group).cloned().unwrap_or_default()
     }
 
     /// The partition table as the controller holds it.

@@ -42,6 +42,18 @@ pub enum ControllerAnswer {
     Group(GroupAnswer),
 }
 
+/// A commit the coordinator accepted: the ground truth of committed offsets over time
+/// (a client's commit call may return before the coordinator answers, or be fenced).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcceptedCommit {
+    /// Virtual time since the world started.
+    pub at: Duration,
+    pub member: u64,
+    pub generation: i32,
+    pub partition: PartitionId,
+    pub offset: i64,
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Liveness {
     incarnation: u64,
@@ -57,6 +69,8 @@ pub struct ControllerState {
     pub partitions: Vec<PartitionState>,
     /// Durable: committed offsets with metadata, per group.
     pub committed: BTreeMap<String, BTreeMap<PartitionId, CommittedOffset>>,
+    /// Every commit the coordinator accepted, in order, per group (inspection only).
+    pub accepted: BTreeMap<String, Vec<AcceptedCommit>>,
     brokers: BTreeMap<usize, Liveness>,
     groups: BTreeMap<String, Group>,
     faults: FaultLog,
@@ -95,6 +109,7 @@ impl ControllerState {
             config,
             partitions,
             committed: BTreeMap::new(),
+            accepted: BTreeMap::new(),
             brokers,
             groups: BTreeMap::new(),
             faults,
@@ -279,6 +294,15 @@ impl ControllerState {
                 let state = self.groups.entry(group.clone()).or_default();
                 match state.check_commit(member, generation, &offsets) {
                     Ok(()) => {
+                        let at = self.faults.elapsed(now);
+                        let accepted = self.accepted.entry(group.clone()).or_default();
+                        accepted.extend(offsets.iter().map(|commit| AcceptedCommit {
+                            at,
+                            member,
+                            generation,
+                            partition: commit.partition,
+                            offset: commit.offset,
+                        }));
                         store_commits(self.committed.entry(group).or_default(), &offsets);
                         GroupAnswer::Committed
                     }
