@@ -24,6 +24,9 @@ pub struct WorkloadConfig {
     pub malformed_ratio: f64,
     pub cancel_ratio: f64,
     pub refund_ratio: f64,
+    /// Share of guest orders bound to an account after creation: their later events carry
+    /// the account's user id, so the row's user id depends on the merge rule, not arrival.
+    pub rebind_ratio: f64,
     /// Event time of the first event, in milliseconds since the Unix epoch.
     pub start_ms: i64,
 }
@@ -39,6 +42,7 @@ impl Default for WorkloadConfig {
             malformed_ratio: 0.01,
             cancel_ratio: 0.1,
             refund_ratio: 0.15,
+            rebind_ratio: 0.05,
             start_ms: 1_767_225_600_000,
         }
     }
@@ -77,6 +81,7 @@ impl WorkloadConfig {
             ("malformed_ratio", self.malformed_ratio),
             ("cancel_ratio", self.cancel_ratio),
             ("refund_ratio", self.refund_ratio),
+            ("rebind_ratio", self.rebind_ratio),
         ] {
             if !(0.0..=1.0).contains(&value) {
                 return Err(WorkloadError::RatioOutOfRange { field, value });
@@ -160,14 +165,20 @@ impl Workload {
 /// One order's events in business order, possibly with two of them swapped.
 fn lifecycle(config: &WorkloadConfig, rng: &mut SplitMix, index: usize) -> VecDeque<OrderEvent> {
     let order_id = format!("o{:x}-{index}", config.seed);
-    let user_id = format!("u{}", index % config.users);
+    let account_id = format!("u{}", index % config.users);
+    let rebound = rng.chance(config.rebind_ratio);
+    let mut user_id = if rebound {
+        format!("guest-{index}")
+    } else {
+        account_id.clone()
+    };
     let mut at_ms = config.start_ms + (index as i64) * 1_000;
     let mut events = Vec::new();
-    let mut push = |kind: EventKind, amount: Option<i64>, at_ms: i64| {
+    let mut push = |kind: EventKind, amount: Option<i64>, at_ms: i64, user_id: &str| {
         let mut event = OrderEvent {
             event_id: format!("{order_id}-{}", events.len()),
             order_id: order_id.clone(),
-            user_id: user_id.clone(),
+            user_id: user_id.to_owned(),
             kind,
             amount_minor: amount,
             event_time_ms: at_ms,
@@ -177,41 +188,42 @@ fn lifecycle(config: &WorkloadConfig, rng: &mut SplitMix, index: usize) -> VecDe
         events.push(event);
     };
     let total = 100 + rng.below(100_000) as i64;
-    push(EventKind::Created, None, at_ms);
+    push(EventKind::Created, None, at_ms, &user_id);
     at_ms += 1 + rng.below(60_000) as i64;
+    user_id = account_id;
     let cancelled_early = rng.chance(config.cancel_ratio / 2.0);
     if cancelled_early {
-        push(EventKind::Cancelled, None, at_ms);
+        push(EventKind::Cancelled, None, at_ms, &user_id);
         return swap_some(config, rng, events);
     }
-    push(EventKind::Paid, Some(total), at_ms);
+    push(EventKind::Paid, Some(total), at_ms, &user_id);
     if rng.chance(0.3) {
         let first = total / 2;
         at_ms += 1 + rng.below(1_000) as i64;
-        push(EventKind::Billed, Some(first), at_ms);
+        push(EventKind::Billed, Some(first), at_ms, &user_id);
         at_ms += 1 + rng.below(1_000) as i64;
-        push(EventKind::Billed, Some(total - first), at_ms);
+        push(EventKind::Billed, Some(total - first), at_ms, &user_id);
     }
     if rng.chance(config.cancel_ratio / 2.0) {
         at_ms += 1 + rng.below(60_000) as i64;
-        push(EventKind::Cancelled, None, at_ms);
+        push(EventKind::Cancelled, None, at_ms, &user_id);
         at_ms += 1 + rng.below(60_000) as i64;
-        push(EventKind::Refunded, Some(total), at_ms);
+        push(EventKind::Refunded, Some(total), at_ms, &user_id);
         return swap_some(config, rng, events);
     }
     for kind in [EventKind::Shipped, EventKind::Received] {
         at_ms += 1 + rng.below(3_600_000) as i64;
-        push(kind, None, at_ms);
+        push(kind, None, at_ms, &user_id);
     }
     if rng.chance(config.refund_ratio) {
         let parts = 1 + rng.below(2);
         for _ in 0..parts {
             at_ms += 1 + rng.below(600_000) as i64;
-            push(EventKind::Refunded, Some(1 + total / 10), at_ms);
+            push(EventKind::Refunded, Some(1 + total / 10), at_ms, &user_id);
         }
     }
     at_ms += 1 + rng.below(600_000) as i64;
-    push(EventKind::Completed, None, at_ms);
+    push(EventKind::Completed, None, at_ms, &user_id);
     swap_some(config, rng, events)
 }
 

@@ -23,6 +23,8 @@ pub struct Options {
     pub jobs: Option<usize>,
     /// Run a seed twice and compare trace fingerprints.
     pub check_determinism: bool,
+    /// Trace lines a replay prints (the last ones).
+    pub trace_lines: usize,
 }
 
 impl Default for Options {
@@ -39,6 +41,7 @@ impl Default for Options {
             merge: Vec::new(),
             jobs: None,
             check_determinism: false,
+            trace_lines: 40,
         }
     }
 }
@@ -57,6 +60,7 @@ usage: cargo sim [options]
   --merge A.json B.json   merge sharded JSON reports and print the summary
   --jobs N                worker threads (default: every core)
   --check-determinism     run the seed twice and compare trace hashes
+  --trace N               trace lines a replay prints (default 40, the last ones)
 scenarios: ";
 
 /// Parses the arguments (without the program name).
@@ -85,6 +89,7 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
             "--jobs" => {
                 options.jobs = Some(number(value(&mut index, flag)?, flag)?.max(1) as usize)
             }
+            "--trace" => options.trace_lines = number(value(&mut index, flag)?, flag)? as usize,
             "--json" => options.json = Some(value(&mut index, flag)?),
             "--check-determinism" => options.check_determinism = true,
             "--scenario" => {

@@ -30,7 +30,13 @@ pub enum Step {
         member: String,
         partition: i32,
     },
-    /// A commit the coordinator accepted.
+    /// A commit a member sent (an asynchronous one may still be refused).
+    CommitSent {
+        member: String,
+        partition: i32,
+        offset: i64,
+    },
+    /// A change of the committed offset as the group coordinator stores it.
     Committed {
         member: String,
         partition: i32,
@@ -81,7 +87,8 @@ impl History {
         self.len() == 0
     }
 
-    /// FNV-1a over the rendered trace: equal for equal histories, and cheap.
+    /// FNV-1a over the rendered trace: equal for equal histories, and cheap. (A run renders
+    /// its trace once and hashes that; this is the same function.)
     pub fn fingerprint(&self) -> u64 {
         digest(self.render(usize::MAX).as_bytes())
     }
@@ -129,11 +136,16 @@ pub fn describe(step: &Step) -> String {
         ),
         Step::Assigned { member, partition } => format!("{member} assigned p{partition}"),
         Step::Revoked { member, partition } => format!("{member} revoked p{partition}"),
-        Step::Committed {
+        Step::CommitSent {
             member,
             partition,
             offset,
         } => format!("{member} commit p{partition}={offset}"),
+        Step::Committed {
+            member,
+            partition,
+            offset,
+        } => format!("{member} stored p{partition}={offset}"),
         Step::Fault { description } => format!("FAULT {description}"),
         Step::DeadLettered { partition, offset } => format!("dead-letter p{partition}@{offset}"),
     }
@@ -175,6 +187,6 @@ mod tests {
         );
         assert_ne!(a.fingerprint(), b.fingerprint());
         assert_eq!(b.render(1).lines().count(), 1);
-        assert!(b.render(10).contains("c1 commit p0=8"));
+        assert!(b.render(10).contains("c1 stored p0=8"));
     }
 }

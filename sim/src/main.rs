@@ -47,6 +47,7 @@ mod app {
         let mut params = RunParams::derive(seed, options.scenarios[0]);
         params.orders = options.orders.unwrap_or(params.orders);
         params.faults = options.faults.unwrap_or(params.faults);
+        params.liveness_ms = params.liveness_bound_ms();
         params
     }
 
@@ -56,7 +57,7 @@ mod app {
         let started = Instant::now();
         let outcome = run(&params);
         let wall = started.elapsed();
-        print!("{}", report::single(&outcome, true));
+        print!("{}", report::single(&outcome, options.trace_lines));
         println!("wall time {:.3}s", wall.as_secs_f64());
         if options.check_determinism {
             let again = run(&params);

@@ -55,15 +55,11 @@ impl Observers {
         if offset <= from {
             return;
         }
-        let applications = self.world.store_applications();
         let letters = self.dead_letters.coordinates();
         let mut unfinished = Vec::new();
-        for (record_offset, record) in self.world.partition_log(partition) {
-            if record_offset < from || record_offset >= offset {
-                continue;
-            }
+        for (record_offset, record) in self.world.partition_range(partition, from, offset) {
             let finished = match OrderEvent::decode(&record.payload) {
-                Ok(event) => applications.contains_key(&IdempotencyKey::of(&event)),
+                Ok(event) => self.world.store_contains(&IdempotencyKey::of(&event)),
                 Err(_) => letters.contains(&(partition, record_offset)),
             };
             if !finished {
@@ -132,7 +128,7 @@ impl<L: EventLog> EventLog for RecordingLog<L> {
         for commit in offsets {
             self.observers.history.push(
                 at,
-                Step::Committed {
+                Step::CommitSent {
                     member: self.member.clone(),
                     partition: commit.partition,
                     offset: commit.offset,
@@ -233,6 +229,9 @@ impl Publisher for DeadLetterSink {
 /// asks the supervisor to kill and restart it, so the crash lands exactly in that window.
 pub struct CrashProbe {
     pub plan: Option<(FaultPoint, u32)>,
+    /// Slow workers: up to this many milliseconds of delay before each store call, so that
+    /// batches finish out of order.
+    pub slow_ms: u64,
     pub hits: Arc<AtomicU32>,
     pub fired: Arc<AtomicBool>,
     pub consumer: usize,
@@ -241,6 +240,16 @@ pub struct CrashProbe {
 
 impl Probe for CrashProbe {
     async fn at(&self, point: FaultPoint) {
+        if point == FaultPoint::AfterCacheCheck && self.slow_ms > 0 {
+            // One batch in three stalls: enough for acks to finish out of order, without
+            // throttling the whole run.
+            use madsim::rand::Rng;
+            let mut rng = madsim::rand::thread_rng();
+            if rng.gen_bool(1.0 / 3.0) {
+                let delay = rng.gen_range(0..=self.slow_ms);
+                madsim::time::sleep(Duration::from_millis(delay)).await;
+            }
+        }
         let Some((planned, hit)) = self.plan else {
             return;
         };

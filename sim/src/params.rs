@@ -21,6 +21,8 @@ pub struct RunParams {
     pub faults: usize,
     /// A consumer crash at this named point, on this hit, if any.
     pub crash_at: Option<(FaultPoint, u32)>,
+    /// Slow workers: up to this many milliseconds before each store call (0: none).
+    pub slow_worker_ms: u64,
     /// Percent of events that the producer sends twice (a retry that duplicates).
     pub duplicate_percent: u32,
     /// Virtual milliseconds of the safety phase.
@@ -48,19 +50,33 @@ impl RunParams {
             faults: rng.between(0, 8) as usize,
             crash_at,
             duplicate_percent: rng.between(0, 10) as u32,
+            slow_worker_ms: if rng.chance(0.3) {
+                0
+            } else {
+                rng.between(1, 400)
+            },
             safety_ms: rng.between(5_000, 20_000),
-            liveness_ms: 120_000,
+            liveness_ms: 0,
         };
+        params.liveness_ms = params.liveness_bound_ms();
         // The explorer's rows pin the dimension they are about.
         match scenario {
             Scenario::AutoCommit | Scenario::Planted(_) => {
                 params.faults = params.faults.max(2);
+                // The commit bugs only bite while work is in flight at commit time.
+                params.slow_worker_ms = params.slow_worker_ms.max(100);
                 params.crash_at = params.crash_at.or(Some((FaultPoint::AfterOffsetCommit, 1)));
             }
             Scenario::Standard => {}
             _ => params.faults = params.faults.max(1),
         }
         params
+    }
+
+    /// How long the healed system may take to converge: a fixed allowance for recovery
+    /// (sessions expiring, leaders elected, retries backing off) plus time per order.
+    pub fn liveness_bound_ms(&self) -> u64 {
+        60_000 + 50 * self.orders as u64
     }
 
     /// The command that replays exactly this run.
@@ -80,7 +96,7 @@ impl fmt::Display for RunParams {
         };
         write!(
             out,
-            "seed={} scenario={} orders={} partitions={} consumers={} batch={} concurrency={} faults={} crash_at={} duplicates={}% safety={}ms liveness<={}ms",
+            "seed={} scenario={} orders={} partitions={} consumers={} batch={} concurrency={} faults={} crash_at={} slow_workers<={}ms duplicates={}% safety={}ms liveness<={}ms",
             self.seed,
             self.scenario,
             self.orders,
@@ -90,6 +106,7 @@ impl fmt::Display for RunParams {
             self.concurrency,
             self.faults,
             crash_at,
+            self.slow_worker_ms,
             self.duplicate_percent,
             self.safety_ms,
             self.liveness_ms

@@ -12,7 +12,7 @@ pub const COMMIT: &str = env!("HOLDFAST_COMMIT");
 
 /// The full report of one run: parameters first, then faults, steps, the verdict, and on
 /// failure the violated invariants with their records and the replay command.
-pub fn single(outcome: &RunOutcome, trace: bool) -> String {
+pub fn single(outcome: &RunOutcome, trace_lines: usize) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "commit {COMMIT}");
     let _ = writeln!(out, "{}", outcome.params);
@@ -26,8 +26,18 @@ pub fn single(outcome: &RunOutcome, trace: bool) -> String {
         outcome.steps, outcome.sent, outcome.redeliveries, outcome.verdict.unseen, outcome.virtual_ms, outcome.fingerprint
     );
     let _ = writeln!(out, "{}", outcome.verdict.report);
-    if trace {
-        let _ = writeln!(out, "trace (last 40 steps):\n{}", outcome.trace_tail);
+    if trace_lines > 0 {
+        let lines: Vec<&str> = outcome.trace.lines().collect();
+        let shown = &lines[lines.len().saturating_sub(trace_lines)..];
+        let _ = writeln!(
+            out,
+            "trace (last {} of {} steps):",
+            shown.len(),
+            lines.len()
+        );
+        for line in shown {
+            let _ = writeln!(out, "{line}");
+        }
     }
     if outcome.verdict.passed() {
         let _ = writeln!(out, "PASSED");

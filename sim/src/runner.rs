@@ -18,6 +18,7 @@ use holdfast::workload::{Workload, WorkloadConfig};
 use madsim::runtime::Handle;
 use madsim::task::NodeId;
 use madsim::time::{sleep, Instant};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -43,8 +44,8 @@ pub struct RunOutcome {
     pub steps: usize,
     /// Polls of an offset already polled before (redeliveries after crashes and rebalances).
     pub redeliveries: usize,
-    /// The last lines of the trace.
-    pub trace_tail: String,
+    /// The whole trace, one line per step.
+    pub trace: String,
 }
 
 impl RunOutcome {
@@ -141,7 +142,9 @@ async fn simulate(params: RunParams) -> RunOutcome {
         .collect();
     schedule.sort_unstable();
     let mut next = schedule.into_iter().peekable();
+    let mut stored = BTreeMap::new();
     while crate::observe::now_ms(start) < params.safety_ms {
+        record_stored_offsets(&world, &observers, &mut stored);
         while let Ok((consumer, point)) = crash_requests.try_recv() {
             crash_consumer(
                 &world,
@@ -167,6 +170,7 @@ async fn simulate(params: RunParams) -> RunOutcome {
     let deadline = Instant::now() + Duration::from_millis(params.liveness_ms);
     let mut converged = false;
     while Instant::now() < deadline {
+        record_stored_offsets(&world, &observers, &mut stored);
         while let Ok((consumer, point)) = crash_requests.try_recv() {
             crash_consumer(
                 &world,
@@ -218,16 +222,34 @@ async fn simulate(params: RunParams) -> RunOutcome {
         Step::Fault { description } => Some(format!("t={at:>9}ms {description}")),
         _ => None,
     }));
+    let trace = history.render(usize::MAX);
     RunOutcome {
-        fingerprint: history.fingerprint(),
+        fingerprint: crate::history::digest(trace.as_bytes()),
         steps: history.len(),
-        trace_tail: history.render(40),
+        trace,
         params,
         verdict,
         faults,
         virtual_ms,
         sent: sent.load(Ordering::SeqCst) as usize,
         redeliveries,
+    }
+}
+
+/// Records every change of the coordinator's committed offsets (what the group really
+/// stored, as opposed to what members sent).
+fn record_stored_offsets(world: &World, observers: &Observers, stored: &mut BTreeMap<i32, i64>) {
+    for (partition, committed) in world.committed(GROUP) {
+        if stored.insert(partition, committed.offset) != Some(committed.offset) {
+            observers.history.push(
+                observers.at(),
+                Step::Committed {
+                    member: "coordinator".into(),
+                    partition,
+                    offset: committed.offset,
+                },
+            );
+        }
     }
 }
 
@@ -269,38 +291,61 @@ fn spawn_producer(
         done.clone(),
         sent.clone(),
     );
-    let pace_ms = (params.safety_ms / 2).max(1) / (workload.messages.len() as u64).max(1);
+    // Traffic comes in bursts (a burst keeps many records of a partition in flight at once),
+    // spread over the first half of the safety phase.
+    let messages = workload.messages.len() as u64;
+    let mut pacing = SplitMix::new(params.seed ^ 0x7072_6f64);
+    let burst_max = pacing.between(1, 64);
+    let bursts = messages.div_ceil(burst_max).max(1);
+    let pause_ms = (params.safety_ms / 2) / bursts;
     node.spawn(async move {
-        let publisher = world.publisher().await;
-        for message in workload.messages {
-            let outbound = OutboundMessage {
-                topic: TOPIC.into(),
-                key: message.key.clone(),
-                payload: message.payload.clone(),
-                headers: vec![],
-            };
-            let mut acknowledged = false;
-            for _attempt in 0..3 {
-                if publisher.publish(outbound.clone()).await.is_ok() {
-                    acknowledged = true;
-                    break;
+        let publisher = Arc::new(world.publisher().await);
+        let mut messages = workload.messages.into_iter().peekable();
+        while messages.peek().is_some() {
+            // One burst is sent concurrently, as a producer's batch is: per-partition order
+            // is kept by the producer client; different partitions proceed in parallel.
+            let burst: Vec<_> = messages
+                .by_ref()
+                .take(pacing.between(1, burst_max) as usize)
+                .collect();
+            let sends: Vec<_> = burst
+                .iter()
+                .map(|message| {
+                    let outbound = OutboundMessage {
+                        topic: TOPIC.into(),
+                        key: message.key.clone(),
+                        payload: message.payload.clone(),
+                        headers: vec![],
+                    };
+                    let publisher = Arc::clone(&publisher);
+                    madsim::task::spawn(async move {
+                        for _attempt in 0..3 {
+                            if publisher.publish(outbound.clone()).await.is_ok() {
+                                return true;
+                            }
+                            sleep(Duration::from_millis(50)).await;
+                        }
+                        false
+                    })
+                })
+                .collect();
+            for (message, send) in burst.iter().zip(sends) {
+                let acknowledged = send.await.unwrap_or(false);
+                sent_counter.fetch_add(1, Ordering::SeqCst);
+                if let Some(event) = &message.event {
+                    if let Ok(mut truth) = truth.lock() {
+                        truth.record(event, acknowledged);
+                    }
+                    observers.history.push(
+                        observers.at(),
+                        Step::Sent {
+                            event_id: event.event_id.clone(),
+                            acknowledged,
+                        },
+                    );
                 }
-                sleep(Duration::from_millis(50)).await;
             }
-            sent_counter.fetch_add(1, Ordering::SeqCst);
-            if let Some(event) = &message.event {
-                if let Ok(mut truth) = truth.lock() {
-                    truth.record(event, acknowledged);
-                }
-                observers.history.push(
-                    observers.at(),
-                    Step::Sent {
-                        event_id: event.event_id.clone(),
-                        acknowledged,
-                    },
-                );
-            }
-            sleep(Duration::from_millis(pace_ms)).await;
+            sleep(Duration::from_millis(pause_ms)).await;
         }
         done.store(true, Ordering::SeqCst);
     });
@@ -342,6 +387,7 @@ fn spawn_consumer(
                     },
                     probe: CrashProbe {
                         plan: params.crash_at,
+                        slow_ms: params.slow_worker_ms,
                         hits: probe_hits,
                         fired,
                         consumer: index,
@@ -406,11 +452,15 @@ async fn inject_fault(
                 world.restart(ServiceNode::Broker(broker));
             }
         }
-        Scenario::FireAndForget | Scenario::AcksOneLeaderCrash | Scenario::AcksAllSingleFailure => {
+        Scenario::FireAndForget | Scenario::AcksOneLeaderCrash => {
             let broker = leader_of_busiest(world, params.partitions).unwrap_or(rng.below(brokers));
             world.kill(ServiceNode::Broker(broker));
             sleep(Duration::from_millis(rng.between(100, 2000))).await;
             world.restart(ServiceNode::Broker(broker));
+        }
+        Scenario::AcksAllSingleFailure => {
+            let broker = leader_of_busiest(world, params.partitions).unwrap_or(rng.below(brokers));
+            single_broker_failure(world, observers, broker, rng).await;
         }
         Scenario::AutoCommit | Scenario::Planted(_) => {
             let consumer = rng.below(consumers.len());
@@ -437,9 +487,7 @@ async fn inject_fault(
             }
             2 => {
                 let broker = rng.below(brokers);
-                world.kill(ServiceNode::Broker(broker));
-                sleep(Duration::from_millis(rng.between(100, 2000))).await;
-                world.restart(ServiceNode::Broker(broker));
+                single_broker_failure(world, observers, broker, rng).await;
             }
             3 => {
                 if rng.chance(0.5) {
@@ -465,6 +513,44 @@ async fn inject_fault(
             }
         },
     }
+}
+
+/// Crashes one broker, but only once the previous failure has fully healed: every partition
+/// has its whole replica set back in sync. A restarted broker lost its page cache, so until
+/// it has caught up it still counts as failed; crashing another broker before that would be a
+/// double failure, which acks=all with min.insync.replicas=2 does not promise to survive.
+async fn single_broker_failure(
+    world: &World,
+    observers: &Observers,
+    broker: usize,
+    rng: &mut SplitMix,
+) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !fully_replicated(world) {
+        if Instant::now() >= deadline {
+            observers.history.push(
+                observers.at(),
+                Step::Fault {
+                    description: format!(
+                        "skip crash of broker {broker}: replicas still catching up"
+                    ),
+                },
+            );
+            return;
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
+    world.kill(ServiceNode::Broker(broker));
+    sleep(Duration::from_millis(rng.between(100, 2000))).await;
+    world.restart(ServiceNode::Broker(broker));
+}
+
+/// Every partition has a leader and its full replica set in sync.
+fn fully_replicated(world: &World) -> bool {
+    world
+        .partition_table()
+        .iter()
+        .all(|state| state.leader.is_some() && state.isr.len() == state.replicas.len())
 }
 
 /// The broker leading the most partitions, the one whose crash hurts most.

@@ -114,6 +114,7 @@ pub fn plan(
                 let mut params = RunParams::derive(first_seed + offset, *scenario);
                 params.orders = orders.unwrap_or(params.orders);
                 params.faults = faults.unwrap_or(params.faults);
+                params.liveness_ms = params.liveness_bound_ms();
                 runs.push(params);
             }
             index += 1;

@@ -13,6 +13,7 @@
 //! Varints are unsigned LEB128. The encoder writes both payloads and keeps the smaller. A
 //! decoder refuses (never panics on) anything else; the caller then ignores the metadata.
 
+use super::Limits;
 use std::fmt::Write as _;
 
 /// The format version written in the first byte.
@@ -225,7 +226,8 @@ pub fn encode(set: &FinishedSet, budget_bytes: usize) -> String {
 }
 
 /// Decodes metadata written for committed offset `expected_base`, keeping at most
-/// `max_len` offsets (more would exceed this tracker's span; dropping them is safe).
+/// `max_len` offsets, and never more than [`Limits::SPAN_MAX`] (more would exceed the
+/// tracker's span; dropping them is safe: those records are redone).
 pub fn decode(text: &str, expected_base: i64, max_len: u64) -> Result<FinishedSet, MetadataError> {
     let body = text.strip_prefix(PREFIX).ok_or(MetadataError::Foreign)?;
     let raw = base64_decode(body).ok_or(MetadataError::Base64)?;
@@ -246,16 +248,20 @@ pub fn decode(text: &str, expected_base: i64, max_len: u64) -> Result<FinishedSe
     }
     let mut rest = &raw[HEADER_BYTES..];
     let len = take_varint(&mut rest).ok_or(MetadataError::Truncated)?;
-    let mut set = FinishedSet::new(base, len.min(max_len));
+    if raw[1] == ENCODING_BITSET {
+        // Check the length before allocating anything for it.
+        let bytes = usize::try_from(len.div_ceil(8)).map_err(|_| MetadataError::Truncated)?;
+        if rest.len() < bytes {
+            return Err(MetadataError::Truncated);
+        }
+        if rest.len() > bytes {
+            return Err(MetadataError::Trailing);
+        }
+    }
+    // Run-length can describe any length in a few bytes: allocate only what is kept.
+    let mut set = FinishedSet::new(base, len.min(max_len).min(Limits::SPAN_MAX));
     match raw[1] {
         ENCODING_BITSET => {
-            let bytes = usize::try_from(len.div_ceil(8)).map_err(|_| MetadataError::Truncated)?;
-            if rest.len() < bytes {
-                return Err(MetadataError::Truncated);
-            }
-            if rest.len() > bytes {
-                return Err(MetadataError::Trailing);
-            }
             for (i, chunk) in rest.chunks(8).take(set.words.len()).enumerate() {
                 let mut word = [0u8; 8];
                 word[..chunk.len()].copy_from_slice(chunk);
@@ -421,6 +427,21 @@ mod tests {
         let set = set_of(0, 100_000, &finished);
         assert_eq!(encode(&set, 4096), "");
         assert!(!encode(&set, 100_000).is_empty());
+    }
+
+    #[test]
+    fn decode_allocates_only_what_it_keeps() {
+        // A hostile run-length header claiming 2^62 offsets in a handful of bytes.
+        let mut raw = vec![VERSION, ENCODING_RUN_LENGTH];
+        raw.extend_from_slice(&0i64.to_le_bytes());
+        put_varint(&mut raw, 1 << 62);
+        put_varint(&mut raw, 1);
+        put_varint(&mut raw, (1 << 62) - 1);
+        let mut text = String::from(PREFIX);
+        base64_encode(&raw, &mut text);
+        let decoded = decode(&text, 0, u64::MAX).unwrap();
+        assert_eq!(decoded.len(), Limits::SPAN_MAX);
+        assert!(!decoded.contains(0) && decoded.contains(1));
     }
 
     #[test]

@@ -87,7 +87,8 @@ pub enum Tracked {
 /// Why an offset could not be tracked.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TrackError {
-    /// Offsets must be tracked in increasing order, above everything tracked before.
+    /// Offsets must be tracked in increasing order, above everything tracked before
+    /// (and below `i64::MAX`, which has no next offset).
     #[error("offset {offset} is not above the highest tracked offset (next expected >= {next})")]
     Backwards { offset: i64, next: i64 },
     /// Back-pressure: too many in flight, or the offset is too far above a stuck record.

@@ -102,8 +102,28 @@ impl PartitionTracker {
     }
 
     /// Registers a polled offset. Offsets must increase; skipped offsets are gaps (finished).
+    #[inline]
     pub fn track(&mut self, offset: i64) -> Result<Tracked, TrackError> {
-        if self.known && offset < self.next {
+        // Fast path: the next consecutive offset, within limits, no restored metadata. Its bit
+        // is already clear (every bit at or above `next` is zero).
+        if offset == self.next
+            && self.in_flight != 0
+            && self.in_flight < self.limits.max_in_flight
+            && ((offset - self.base) as u64) < self.limits.max_span
+            && self.restored.is_none()
+        {
+            self.in_flight += 1;
+            self.next = offset + 1;
+            self.debug_check();
+            return Ok(Tracked::New);
+        }
+        self.track_slow(offset)
+    }
+
+    /// Every other case of [`PartitionTracker::track`].
+    fn track_slow(&mut self, offset: i64) -> Result<Tracked, TrackError> {
+        // i64::MAX has no next offset to commit; Kafka never reaches it.
+        if (self.known && offset < self.next) || offset == i64::MAX {
             return Err(TrackError::Backwards {
                 offset,
                 next: self.next,
@@ -149,24 +169,33 @@ impl PartitionTracker {
     }
 
     /// Marks a tracked offset finished; advances the watermark if it was the lowest.
+    #[inline]
     pub fn ack(&mut self, offset: i64) -> Result<(), AckError> {
+        // One unsigned compare covers both `offset < base` and `offset >= next`.
+        let index = offset.wrapping_sub(self.base) as u64;
+        if index < (self.next - self.base) as u64 {
+            let (word, mask) = self.slot(offset);
+            if self.ring[word] & mask == 0 {
+                self.ring[word] |= mask;
+                self.in_flight -= 1;
+                if index == 0 {
+                    self.advance();
+                }
+                self.debug_check();
+                return Ok(());
+            }
+        }
+        self.ack_refused(offset)
+    }
+
+    /// The error for an ack that the fast path did not accept.
+    #[cold]
+    fn ack_refused(&self, offset: i64) -> Result<(), AckError> {
         if !self.known || offset >= self.next || offset < self.first {
             return Err(AckError::NotTracked { offset });
         }
-        if offset < self.base {
-            return Err(AckError::AlreadyAcked { offset });
-        }
-        let (word, mask) = self.slot(offset);
-        if self.ring[word] & mask != 0 {
-            return Err(AckError::AlreadyAcked { offset });
-        }
-        self.ring[word] |= mask;
-        self.in_flight -= 1;
-        if offset == self.base {
-            self.advance();
-        }
-        self.debug_check();
-        Ok(())
+        // Below the watermark, or a set bit: acked, a gap, or done before a restart.
+        Err(AckError::AlreadyAcked { offset })
     }
 
     /// The offset to commit (the next to read): the lowest unfinished offset, or the highest
@@ -303,6 +332,7 @@ impl PartitionTracker {
         }
     }
 
+    #[cold]
     fn full(&self, offset: i64, span: u64) -> TrackError {
         TrackError::Full {
             offset,
@@ -419,6 +449,10 @@ mod tests {
         t.track(5).unwrap();
         assert!(matches!(t.track(5), Err(TrackError::Backwards { .. })));
         assert!(matches!(t.track(4), Err(TrackError::Backwards { .. })));
+        assert!(matches!(
+            t.track(i64::MAX),
+            Err(TrackError::Backwards { .. })
+        ));
         assert_eq!(t.in_flight(), 1);
     }
 

@@ -482,16 +482,32 @@ impl World {
     /// What a consumer could ever read of `partition`: the current leader's log up to its high
     /// watermark (with no leader, the longest committed prefix any replica holds).
     pub fn partition_log(&self, partition: PartitionId) -> Vec<(i64, Record)> {
-        let leader = usize::try_from(partition)
-            .ok()
-            .and_then(|index| self.partition_table().get(index).and_then(|t| t.leader));
+        self.partition_range(partition, 0, i64::MAX)
+    }
+
+    /// The committed records of a partition with offsets in `[from, until)`, from its leader
+    /// (or, with no leader, from the replica holding the most).
+    pub fn partition_range(
+        &self,
+        partition: PartitionId,
+        from: i64,
+        until: i64,
+    ) -> Vec<(i64, Record)> {
+        let leader = usize::try_from(partition).ok().and_then(|index| {
+            lock(&self.inner.controller)
+                .partitions
+                .get(index)
+                .and_then(|t| t.leader)
+        });
         let entries = match leader {
-            Some(leader) => lock(&self.inner.brokers[leader]).committed_log(partition),
+            Some(leader) => {
+                lock(&self.inner.brokers[leader]).committed_range(partition, from, until)
+            }
             None => self
                 .inner
                 .brokers
                 .iter()
-                .filter_map(|broker| lock(broker).committed_log(partition))
+                .filter_map(|broker| lock(broker).committed_range(partition, from, until))
                 .max_by_key(Vec::len),
         };
         entries
@@ -508,6 +524,34 @@ impl World {
                 (offset, record)
             })
             .collect()
+    }
+
+    /// The end of a partition's committed log (its leader's high watermark; with no leader,
+    /// the highest any replica holds).
+    pub fn log_end(&self, partition: PartitionId) -> i64 {
+        let leader = usize::try_from(partition).ok().and_then(|index| {
+            lock(&self.inner.controller)
+                .partitions
+                .get(index)
+                .and_then(|t| t.leader)
+        });
+        match leader {
+            Some(leader) => lock(&self.inner.brokers[leader])
+                .high_watermark(partition)
+                .unwrap_or(0),
+            None => self
+                .inner
+                .brokers
+                .iter()
+                .filter_map(|broker| lock(broker).high_watermark(partition))
+                .max()
+                .unwrap_or(0),
+        }
+    }
+
+    /// Whether the store holds `key` (read from its disk, no network).
+    pub fn store_contains(&self, key: &IdempotencyKey) -> bool {
+        lock(&self.inner.store).core.contains(key)
     }
 
     /// How many times the store applied each idempotency key.

@@ -460,8 +460,26 @@ impl BrokerState {
 
     /// The leader's committed records, for inspection.
     pub fn committed_log(&self, partition: PartitionId) -> Option<Vec<(i64, Entry)>> {
+        self.committed_range(partition, 0, i64::MAX)
+    }
+
+    /// The committed entries with offsets in `[from, until)`.
+    pub fn committed_range(
+        &self,
+        partition: PartitionId,
+        from: i64,
+        until: i64,
+    ) -> Option<Vec<(i64, Entry)>> {
         let replica = self.replicas.get(&partition)?;
-        Some(replica.read(0, replica.high_watermark(), usize::MAX))
+        let until = until.min(replica.high_watermark());
+        Some(replica.read(from, until, usize::MAX))
+    }
+
+    /// The high watermark of a hosted partition.
+    pub fn high_watermark(&self, partition: PartitionId) -> Option<i64> {
+        self.replicas
+            .get(&partition)
+            .map(|replica| replica.high_watermark())
     }
 }
 
