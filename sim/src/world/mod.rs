@@ -26,7 +26,7 @@ use postgres::StoreDisk;
 use redis::RedisState;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -128,6 +128,11 @@ impl FaultLog {
         }
     }
 
+    /// Virtual time from the world's start to `at`.
+    pub fn elapsed(&self, at: Instant) -> Duration {
+        at.saturating_duration_since(self.start)
+    }
+
     /// Records `what` at virtual time `at`.
     pub fn note(&self, at: Instant, what: impl Into<String>) {
         let elapsed = at.saturating_duration_since(self.start);
@@ -170,7 +175,7 @@ struct Inner {
     store: Arc<Mutex<StoreDisk>>,
     nodes: Vec<(ServiceNode, NodeId)>,
     faults: FaultLog,
-    next_client_host: AtomicU8,
+    next_client_host: AtomicU32,
 }
 
 /// The running world. Cheap to clone.
@@ -253,7 +258,7 @@ impl World {
                 store,
                 nodes,
                 faults,
-                next_client_host: AtomicU8::new(1),
+                next_client_host: AtomicU32::new(0),
             }),
         };
         world.wait_ready(STARTUP_LIMIT).await;
@@ -286,11 +291,14 @@ impl World {
 
     /// Creates a client node (for a consumer, producer or the workload) with a fresh address.
     pub fn client_node(&self, name: &str) -> NodeHandle {
-        let host = self.inner.next_client_host.fetch_add(1, Ordering::Relaxed);
+        // 10.0.9.1 upwards, 250 hosts per /24: room for thousands of client nodes per run.
+        let index = self.inner.next_client_host.fetch_add(1, Ordering::Relaxed);
+        let subnet = u8::try_from(9 + index / 250).unwrap_or(u8::MAX);
+        let host = u8::try_from(1 + index % 250).unwrap_or(u8::MAX);
         Handle::current()
             .create_node()
             .name(name)
-            .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 9, host)))
+            .ip(IpAddr::V4(Ipv4Addr::new(10, 0, subnet, host)))
             .build()
     }
 
@@ -392,6 +400,22 @@ impl World {
         self.note(format!("restart {node:?}"));
     }
 
+    /// Freezes (or thaws) a service node without killing it: a stop-the-world pause. Its
+    /// sessions expire meanwhile; when it resumes it acts on stale state (a zombie).
+    pub fn pause(&self, node: ServiceNode, paused: bool) {
+        let handle = Handle::current();
+        let id = self.node_id(node);
+        if paused {
+            handle.pause(id);
+        } else {
+            handle.resume(id);
+        }
+        self.note(format!(
+            "{} {node:?}",
+            if paused { "pause" } else { "resume" }
+        ));
+    }
+
     fn crash_state(&self, node: ServiceNode) {
         match node {
             ServiceNode::Broker(broker) => lock(&self.inner.brokers[broker]).crash(),
@@ -441,6 +465,13 @@ impl World {
     pub fn committed(&self, group: &str) -> BTreeMap<PartitionId, CommittedOffset> {
         let controller = lock(&self.inner.controller);
         controller.committed.get(group).cloned().unwrap_or_default()
+    }
+
+    /// Every commit the coordinator accepted for `group`, in order: what really became the
+    /// committed offset, unlike a client's asynchronous commit call, which returns at once.
+    pub fn commit_history(&self, group: &str) -> Vec<kafka::controller::AcceptedCommit> {
+        let controller = lock(&self.inner.controller);
+        controller.accepted.get(group).cloned().unwrap_or_default()
     }
 
     /// The partition table as the controller holds it.
@@ -523,6 +554,7 @@ impl World {
         lock(&self.inner.store).core.contains(key)
     }
 
+    /// How many times the store applied each idempotency key.
     pub fn store_applications(&self) -> BTreeMap<IdempotencyKey, u32> {
         lock(&self.inner.store).core.applications().clone()
     }

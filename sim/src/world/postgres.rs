@@ -17,6 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// The store's logic: the core's own state machine, the same one the in-memory store runs.
 pub use holdfast::idempotency::memory::StoreState as StoreCore;
 
 /// The PostgreSQL node's address.

@@ -39,15 +39,22 @@ pub enum BrokerRequest {
         offset: i64,
         count_max: usize,
     },
-    /// A follower's fetch: `log_end` doubles as the acknowledgement of what it has.
-    ReplicaFetch {
-        partition: PartitionId,
-        follower: usize,
-        leader_epoch: i32,
-        log_end: i64,
-        last_epoch: i32,
-    },
+    /// A follower's fetch.
+    ReplicaFetch(FollowerFetch),
     Metadata,
+}
+
+/// A follower's fetch: `log_end` doubles as the acknowledgement of what it has.
+#[derive(Clone, Copy, Debug)]
+pub struct FollowerFetch {
+    pub partition: PartitionId,
+    pub follower: usize,
+    pub leader_epoch: i32,
+    pub log_end: i64,
+    /// The epoch of the follower's last entry (-1 if its log is empty).
+    pub last_epoch: i32,
+    /// The follower's incarnation: a restarted follower is a new replica to the leader.
+    pub incarnation: u64,
 }
 
 /// How a produce request ended.
@@ -88,8 +95,23 @@ pub enum BrokerAnswer {
 #[derive(Clone, Copy, Debug)]
 struct FollowerProgress {
     log_end: i64,
-    caught_up_at: Instant,
+    /// When its fetch last reached the leader's log end (`None`: not since it (re)started).
+    caught_up_at: Option<Instant>,
     leader_log_end_at_last_answer: i64,
+    /// The follower incarnation this progress belongs to (0: not heard from yet).
+    incarnation: u64,
+}
+
+/// A leader's request to change one partition's ISR.
+#[derive(Clone, Debug)]
+pub struct IsrProposal {
+    pub partition: PartitionId,
+    pub leader_epoch: i32,
+    /// The ISR version the proposal starts from.
+    pub isr_version: u64,
+    pub isr: Vec<usize>,
+    /// The incarnation of each proposed member as the leader knows it.
+    pub incarnations: Vec<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -179,6 +201,9 @@ impl BrokerState {
             if state.leader == Some(self.id) {
                 let current = self.leading.get(&partition).map(|l| l.epoch);
                 if current != Some(state.leader_epoch) {
+                    let log_end = self.replicas.get(&partition).map_or(0, Replica::log_end);
+                    // ISR members get one lag time to catch up with the new leader's log;
+                    // the others must catch up before they may join.
                     let followers = state
                         .replicas
                         .iter()
@@ -186,8 +211,9 @@ impl BrokerState {
                         .map(|b| {
                             let progress = FollowerProgress {
                                 log_end: 0,
-                                caught_up_at: now,
-                                leader_log_end_at_last_answer: 0,
+                                caught_up_at: state.isr.contains(b).then_some(now),
+                                leader_log_end_at_last_answer: log_end,
+                                incarnation: 0,
                             };
                             (*b, progress)
                         })
@@ -279,18 +305,22 @@ impl BrokerState {
     }
 
     /// The leader's side of a follower fetch: divergence check, progress, high watermark.
-    fn replica_fetch(
-        &mut self,
-        partition: PartitionId,
-        follower: usize,
-        leader_epoch: i32,
-        log_end: i64,
-        last_epoch: i32,
-        now: Instant,
-    ) -> Option<BrokerAnswer> {
+    fn replica_fetch(&mut self, fetch: FollowerFetch, now: Instant) -> Option<BrokerAnswer> {
+        let FollowerFetch {
+            partition,
+            follower,
+            leader_epoch,
+            log_end,
+            last_epoch,
+            incarnation,
+        } = fetch;
         let leadership = self.leading.get(&partition)?;
         if leadership.epoch != leader_epoch {
             return None;
+        }
+        let known = leadership.followers.get(&follower)?.incarnation;
+        if incarnation < known {
+            return Some(BrokerAnswer::NotLeader); // from a dead incarnation: ignore it
         }
         let replica = self.replicas.get(&partition)?;
         if log_end > 0 && replica.epoch_at(log_end - 1) != Some(last_epoch) {
@@ -303,9 +333,15 @@ impl BrokerState {
         let leader_log_end = replica.log_end();
         let leadership = self.leading.get_mut(&partition)?;
         let progress = leadership.followers.get_mut(&follower)?;
+        if known != 0 && incarnation > known {
+            // The follower restarted: whatever it had acknowledged may be gone.
+            progress.caught_up_at = None;
+            progress.leader_log_end_at_last_answer = leader_log_end;
+        }
+        progress.incarnation = incarnation;
         progress.log_end = log_end.min(leader_log_end);
         if log_end >= progress.leader_log_end_at_last_answer {
-            progress.caught_up_at = now;
+            progress.caught_up_at = Some(now);
         }
         self.advance_high_watermark(partition);
         None
@@ -335,39 +371,56 @@ impl BrokerState {
         }
     }
 
-    /// ISR changes each leader wants: `(partition, epoch, proposed ISR)`.
-    fn isr_proposals(&mut self, now: Instant) -> Vec<(PartitionId, i32, u64, Vec<usize>)> {
+    /// ISR changes each leader wants. A member stays while it caught up within the lag
+    /// time; a non-member joins once it caught up and holds everything below the high
+    /// watermark. Each proposal names the ISR version it starts from and the incarnation of
+    /// every proposed member, so the controller can refuse one built on stale knowledge.
+    fn isr_proposals(&mut self, now: Instant) -> Vec<IsrProposal> {
         let lag = self.config.replica_lag_time;
+        let (me, my_incarnation) = (self.id, self.incarnation);
         let mut proposals = Vec::new();
         for (partition, leadership) in &mut self.leading {
+            let (Some(state), Some(replica)) =
+                (self.view.get(partition), self.replicas.get(partition))
+            else {
+                continue;
+            };
             if leadership.altering_isr {
                 continue;
             }
-            let Some(state) = self.view.get(partition) else {
-                continue;
+            let high_watermark = replica.high_watermark();
+            let in_sync = |broker: &usize| {
+                leadership.followers.get(broker).is_some_and(|progress| {
+                    let recent = progress
+                        .caught_up_at
+                        .is_some_and(|at| now.saturating_duration_since(at) <= lag);
+                    let complete =
+                        leadership.isr.contains(broker) || progress.log_end >= high_watermark;
+                    recent && complete && progress.incarnation != 0
+                })
             };
-            let high_watermark = self
-                .replicas
-                .get(partition)
-                .map_or(0, |replica| replica.high_watermark());
             let wanted: Vec<usize> = state
                 .replicas
                 .iter()
                 .copied()
-                .filter(|b| {
-                    *b == self.id
-                        || leadership.followers.get(b).is_some_and(|p| {
-                            // A member stays while it keeps up; a newcomer (a restarted broker
-                            // that lost its page cache, say) joins only once it holds
-                            // everything committed, or electing it would lose records.
-                            let recent = now.saturating_duration_since(p.caught_up_at) <= lag;
-                            recent && (leadership.isr.contains(b) || p.log_end >= high_watermark)
-                        })
-                })
+                .filter(|b| *b == me || in_sync(b))
                 .collect();
             if wanted != leadership.isr {
+                let incarnations = wanted
+                    .iter()
+                    .map(|b| match leadership.followers.get(b) {
+                        Some(progress) => progress.incarnation,
+                        None => my_incarnation,
+                    })
+                    .collect();
                 leadership.altering_isr = true;
-                proposals.push((*partition, leadership.epoch, leadership.isr_version, wanted));
+                proposals.push(IsrProposal {
+                    partition: *partition,
+                    leader_epoch: leadership.epoch,
+                    isr_version: leadership.isr_version,
+                    isr: wanted,
+                    incarnations,
+                });
             }
         }
         proposals
@@ -435,7 +488,8 @@ pub async fn run(state: Arc<Mutex<BrokerState>>) {
     let (id, hosted, config) = {
         let mut broker = lock(&state);
         broker.crash(); // after a restart only what was flushed is left
-        broker.incarnation = madsim::rand::random::<u64>() | 1;
+                        // Counts up across restarts, so a leader can tell a dead incarnation's late fetch.
+        broker.incarnation += 1;
         let hosted: Vec<PartitionId> = broker.replicas.keys().copied().collect();
         (broker.id, hosted, broker.config.clone())
     };
@@ -509,24 +563,17 @@ async fn handle(
             offset,
             count_max,
         } => Some(lock(&state).fetch(partition, offset, count_max)),
-        BrokerRequest::ReplicaFetch {
-            partition,
-            follower,
-            leader_epoch,
-            log_end,
-            last_epoch,
-        } => {
+        BrokerRequest::ReplicaFetch(fetch) => {
+            let FollowerFetch {
+                partition,
+                follower,
+                leader_epoch,
+                log_end,
+                ..
+            } = fetch;
             let (early, progress, empty) = {
                 let mut broker = lock(&state);
-                let now = Instant::now();
-                let early = broker.replica_fetch(
-                    partition,
-                    follower,
-                    leader_epoch,
-                    log_end,
-                    last_epoch,
-                    now,
-                );
+                let early = broker.replica_fetch(fetch, Instant::now());
                 let leading = broker.leading.get(&partition).map(|l| l.epoch) == Some(leader_epoch);
                 let empty = broker.replicas.get(&partition).map(Replica::log_end) == Some(log_end);
                 if early.is_none() && !leading {
@@ -603,14 +650,9 @@ async fn isr_loop(state: Arc<Mutex<BrokerState>>, endpoint: Endpoint, config: Ka
             let mut broker = lock(&state);
             (broker.id, broker.isr_proposals(Instant::now()))
         };
-        for (partition, epoch, isr_version, isr) in proposals {
-            let request = ControllerRequest::AlterIsr {
-                partition,
-                leader,
-                leader_epoch: epoch,
-                isr_version,
-                isr,
-            };
+        for proposal in proposals {
+            let (partition, epoch) = (proposal.partition, proposal.leader_epoch);
+            let request = ControllerRequest::AlterIsr { leader, proposal };
             let answer = rpc::call(
                 &endpoint,
                 controller_address(),
@@ -633,11 +675,12 @@ async fn follower_loop(
     config: KafkaConfig,
 ) {
     loop {
-        let (id, target, log_end, last_epoch) = {
+        let (id, incarnation, target, log_end, last_epoch) = {
             let broker = lock(&state);
             let replica = broker.replicas.get(&partition);
             (
                 broker.id,
+                broker.incarnation,
                 broker.follow_target(partition),
                 replica.map_or(0, Replica::log_end),
                 replica.map_or(-1, Replica::last_epoch),
@@ -647,13 +690,14 @@ async fn follower_loop(
             sleep(FOLLOWER_BACKOFF).await;
             continue;
         };
-        let request = BrokerRequest::ReplicaFetch {
+        let request = BrokerRequest::ReplicaFetch(FollowerFetch {
             partition,
             follower: id,
             leader_epoch,
             log_end,
             last_epoch,
-        };
+            incarnation,
+        });
         let answer = rpc::call(
             &endpoint,
             broker_address(leader),

@@ -3,6 +3,7 @@
 //! coordinator. One madsim node; its partition table and committed offsets are durable
 //! (ZooKeeper / `__consumer_offsets`), broker liveness and group membership are not.
 
+use super::broker::IsrProposal;
 use super::group::{store_commits, Group, GroupAnswer, GroupRequest};
 use super::{controller_address, KafkaConfig, PartitionState};
 use crate::world::rpc;
@@ -26,14 +27,8 @@ pub enum ControllerRequest {
     },
     /// A leader asks to change a partition's ISR.
     AlterIsr {
-        partition: PartitionId,
         leader: usize,
-        leader_epoch: i32,
-        /// The ISR version the proposal was computed from: a proposal based on a stale ISR
-        /// (say, one that still lists a broker the controller dropped when it restarted)
-        /// is refused, as Kafka's AlterPartition refuses a stale partition epoch.
-        isr_version: u64,
-        isr: Vec<usize>,
+        proposal: IsrProposal,
     },
     Group(GroupRequest),
 }
@@ -45,6 +40,18 @@ pub enum ControllerAnswer {
     /// The partition's state after the request (the ISR changed only if it matches).
     AlterIsr(Option<PartitionState>),
     Group(GroupAnswer),
+}
+
+/// A commit the coordinator accepted: the ground truth of committed offsets over time
+/// (a client's commit call may return before the coordinator answers, or be fenced).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcceptedCommit {
+    /// Virtual time since the world started.
+    pub at: Duration,
+    pub member: u64,
+    pub generation: i32,
+    pub partition: PartitionId,
+    pub offset: i64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -62,6 +69,8 @@ pub struct ControllerState {
     pub partitions: Vec<PartitionState>,
     /// Durable: committed offsets with metadata, per group.
     pub committed: BTreeMap<String, BTreeMap<PartitionId, CommittedOffset>>,
+    /// Every commit the coordinator accepted, in order, per group (inspection only).
+    pub accepted: BTreeMap<String, Vec<AcceptedCommit>>,
     brokers: BTreeMap<usize, Liveness>,
     groups: BTreeMap<String, Group>,
     faults: FaultLog,
@@ -100,6 +109,7 @@ impl ControllerState {
             config,
             partitions,
             committed: BTreeMap::new(),
+            accepted: BTreeMap::new(),
             brokers,
             groups: BTreeMap::new(),
             faults,
@@ -229,20 +239,30 @@ impl ControllerState {
         }
     }
 
-    fn alter_isr(
-        &mut self,
-        partition: PartitionId,
-        leader: usize,
-        leader_epoch: i32,
-        isr_version: u64,
-        isr: Vec<usize>,
-    ) -> Option<PartitionState> {
-        let state = self.partitions.get_mut(usize::try_from(partition).ok()?)?;
+    /// Applies a leader's ISR change if it is the current leader, starts from the current
+    /// ISR version, and every member it adds is alive in the incarnation the leader saw
+    /// (KIP-903: a follower that restarted since cannot be re-added on old progress).
+    fn alter_isr(&mut self, leader: usize, proposal: IsrProposal) -> Option<PartitionState> {
+        let index = usize::try_from(proposal.partition).ok()?;
+        let state = self.partitions.get(index)?;
         let current = state.leader == Some(leader)
-            && state.leader_epoch == leader_epoch
-            && state.isr_version == isr_version;
-        if current && isr.contains(&leader) && state.isr != isr {
-            state.isr = isr;
+            && state.leader_epoch == proposal.leader_epoch
+            && state.isr_version == proposal.isr_version;
+        let additions_alive = proposal
+            .isr
+            .iter()
+            .zip(&proposal.incarnations)
+            .filter(|(member, _)| !state.isr.contains(member))
+            .all(|(member, incarnation)| {
+                self.brokers
+                    .get(member)
+                    .is_some_and(|l| l.live && l.incarnation == *incarnation)
+            });
+        let state = self.partitions.get_mut(index)?;
+        if current && additions_alive && proposal.isr.contains(&leader) && state.isr != proposal.isr
+        {
+            debug_assert_eq!(proposal.isr.len(), proposal.incarnations.len());
+            state.isr = proposal.isr;
             state.isr_version += 1;
         }
         Some(state.clone())
@@ -274,6 +294,15 @@ impl ControllerState {
                 let state = self.groups.entry(group.clone()).or_default();
                 match state.check_commit(member, generation, &offsets) {
                     Ok(()) => {
+                        let at = self.faults.elapsed(now);
+                        let accepted = self.accepted.entry(group.clone()).or_default();
+                        accepted.extend(offsets.iter().map(|commit| AcceptedCommit {
+                            at,
+                            member,
+                            generation,
+                            partition: commit.partition,
+                            offset: commit.offset,
+                        }));
                         store_commits(self.committed.entry(group).or_default(), &offsets);
                         GroupAnswer::Committed
                     }
@@ -303,19 +332,9 @@ impl ControllerState {
                 self.heartbeat(broker, incarnation, now);
                 ControllerAnswer::Metadata(self.partitions.clone())
             }
-            ControllerRequest::AlterIsr {
-                partition,
-                leader,
-                leader_epoch,
-                isr_version,
-                isr,
-            } => ControllerAnswer::AlterIsr(self.alter_isr(
-                partition,
-                leader,
-                leader_epoch,
-                isr_version,
-                isr,
-            )),
+            ControllerRequest::AlterIsr { leader, proposal } => {
+                ControllerAnswer::AlterIsr(self.alter_isr(leader, proposal))
+            }
             ControllerRequest::Group(request) => ControllerAnswer::Group(self.group(request, now)),
         }
     }

@@ -252,6 +252,88 @@ pub fn store_commits(
 mod tests {
     use super::*;
 
+    fn commit(partition: PartitionId) -> Vec<OffsetCommit> {
+        vec![OffsetCommit {
+            partition,
+            offset: 1,
+            metadata: String::new(),
+        }]
+    }
+
+    fn joined(answer: GroupAnswer) -> (u64, i32, Vec<PartitionId>) {
+        match answer {
+            GroupAnswer::Joined {
+                member,
+                generation,
+                partitions,
+            } => (member, generation, partitions),
+            other => panic!("expected Joined, got {other:?}"),
+        }
+    }
+
+    /// Goal: the generation fences commits. Method: a second member joins; the first rejoins;
+    /// the first's commit with the old generation and for a partition it no longer owns are
+    /// both refused, while a commit during the rebalance with the old generation is accepted.
+    #[test]
+    fn stale_generation_and_foreign_partition_are_fenced() {
+        let (now, session) = (Instant::now(), Duration::from_secs(1));
+        let mut group = Group::default();
+        let (first, generation_one, owned) = joined(group.join(None, now, session, 4));
+        assert_eq!(owned, vec![0, 1, 2, 3]);
+        let GroupAnswer::Pending { member: second } = group.join(None, now, session, 4) else {
+            panic!("the second member waits for the first to rejoin");
+        };
+        assert_eq!(
+            group.heartbeat(first, generation_one, now),
+            GroupAnswer::Rebalance
+        );
+        assert_eq!(
+            group.check_commit(first, generation_one, &commit(3)),
+            Ok(())
+        );
+        let (_, generation_two, owned) = joined(group.join(Some(first), now, session, 4));
+        assert_eq!(owned, vec![0, 1]);
+        assert_eq!(generation_two, generation_one + 1);
+        assert!(group
+            .check_commit(first, generation_one, &commit(0))
+            .is_err());
+        assert!(group
+            .check_commit(first, generation_two, &commit(3))
+            .is_err());
+        assert_eq!(
+            group.check_commit(first, generation_two, &commit(1)),
+            Ok(())
+        );
+        let (_, _, owned) = joined(group.join(Some(second), now, session, 4));
+        assert_eq!(owned, vec![2, 3]);
+    }
+
+    /// Goal: a silent member is evicted after the session timeout and the survivor gets all.
+    #[test]
+    fn session_timeout_evicts_and_reassigns() {
+        let (start, session) = (Instant::now(), Duration::from_secs(1));
+        let mut group = Group::default();
+        let (first, _, _) = joined(group.join(None, start, session, 4));
+        let GroupAnswer::Pending { member: second } = group.join(None, start, session, 4) else {
+            panic!("pending");
+        };
+        joined(group.join(Some(first), start, session, 4));
+        joined(group.join(Some(second), start, session, 4));
+        let later = start + Duration::from_millis(1500);
+        let generation = group.generation();
+        assert_eq!(
+            group.heartbeat(first, generation, later - Duration::from_millis(600)),
+            GroupAnswer::Stable
+        );
+        assert_eq!(group.tick(later, session, 4), vec![second]);
+        assert_eq!(
+            group.heartbeat(second, generation, later),
+            GroupAnswer::UnknownMember
+        );
+        let (_, _, owned) = joined(group.join(Some(first), later, session, 4));
+        assert_eq!(owned, vec![0, 1, 2, 3]);
+    }
+
     #[test]
     fn range_assignment_covers_every_partition_once() {
         let assignment = range_assignment([3, 1, 2].into_iter(), 7);

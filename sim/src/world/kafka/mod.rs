@@ -6,7 +6,6 @@ pub mod consumer;
 pub mod controller;
 pub mod group;
 pub mod metadata;
-pub mod partitioner;
 pub mod producer;
 pub mod replica;
 

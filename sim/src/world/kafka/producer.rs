@@ -8,10 +8,10 @@
 use super::broker::{BrokerAnswer, BrokerRequest, ProduceResult};
 use super::controller::lock;
 use super::metadata::MetadataCache;
-use super::partitioner::partition_for;
 use super::replica::Produced;
 use super::{broker_address, unavailable, Acks, SERVICE};
 use crate::world::rpc;
+use holdfast::partition::partition_for_key;
 use holdfast::ports::{Delivery, OutboundMessage, PartitionId, PortError, Publisher};
 use madsim::net::Endpoint;
 use std::sync::{Arc, Mutex};
@@ -178,7 +178,13 @@ impl SimPublisher {
 impl Publisher for SimPublisher {
     async fn publish(&self, message: OutboundMessage) -> Result<Delivery, PortError> {
         let config = &self.inner.config;
-        let partition = partition_for(&message.key, config.partitions);
+        // The Java client's default partitioner, from the core: an order stays on one partition.
+        let partition = partition_for_key(&message.key, config.partitions).map_err(|error| {
+            PortError::Rejected {
+                service: SERVICE,
+                detail: error.to_string(),
+            }
+        })?;
         debug_assert!((0..config.partitions).contains(&partition));
         let record = |producer| Produced {
             key: Some(message.key.clone()),
