@@ -18,7 +18,6 @@ use holdfast::workload::{Workload, WorkloadConfig};
 use madsim::runtime::Handle;
 use madsim::task::NodeId;
 use madsim::time::{sleep, Instant};
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -142,9 +141,7 @@ async fn simulate(params: RunParams) -> RunOutcome {
         .collect();
     schedule.sort_unstable();
     let mut next = schedule.into_iter().peekable();
-    let mut stored = BTreeMap::new();
     while crate::observe::now_ms(start) < params.safety_ms {
-        record_stored_offsets(&world, &observers, &mut stored);
         while let Ok((consumer, point)) = crash_requests.try_recv() {
             crash_consumer(
                 &world,
@@ -170,7 +167,6 @@ async fn simulate(params: RunParams) -> RunOutcome {
     let deadline = Instant::now() + Duration::from_millis(params.liveness_ms);
     let mut converged = false;
     while Instant::now() < deadline {
-        record_stored_offsets(&world, &observers, &mut stored);
         while let Ok((consumer, point)) = crash_requests.try_recv() {
             crash_consumer(
                 &world,
@@ -188,6 +184,22 @@ async fn simulate(params: RunParams) -> RunOutcome {
         sleep(Duration::from_millis(100)).await;
     }
     let virtual_ms = crate::observe::now_ms(start);
+    // What the coordinator really stored, commit by commit (an asynchronous commit that it
+    // refused never counts).
+    for accepted in world.commit_history(GROUP) {
+        let at_ms = u64::try_from(accepted.at.as_millis()).unwrap_or(u64::MAX);
+        history.push(
+            at_ms,
+            Step::Committed {
+                member: format!(
+                    "coordinator(member {} gen {})",
+                    accepted.member, accepted.generation
+                ),
+                partition: accepted.partition,
+                offset: accepted.offset,
+            },
+        );
+    }
     let logs = (0..params.partitions)
         .map(|p| (p, world.partition_log(p)))
         .collect();
@@ -242,23 +254,6 @@ async fn simulate(params: RunParams) -> RunOutcome {
         virtual_ms,
         sent: sent.load(Ordering::SeqCst) as usize,
         redeliveries,
-    }
-}
-
-/// Records every change of the coordinator's committed offsets (what the group really
-/// stored, as opposed to what members sent).
-fn record_stored_offsets(world: &World, observers: &Observers, stored: &mut BTreeMap<i32, i64>) {
-    for (partition, committed) in world.committed(GROUP) {
-        if stored.insert(partition, committed.offset) != Some(committed.offset) {
-            observers.history.push(
-                observers.at(),
-                Step::Committed {
-                    member: "coordinator".into(),
-                    partition,
-                    offset: committed.offset,
-                },
-            );
-        }
     }
 }
 

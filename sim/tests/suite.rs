@@ -121,3 +121,19 @@ fn seed_130_standard_no_inconsistent_offsets() {
 fn seed_5_all_replicas_crash_flushed_no_commit_backwards() {
     assert_passes(5, Scenario::AllReplicasCrashFlushed);
 }
+
+/// A zombie's asynchronous commit was refused by the coordinator but counted as stored by the
+/// harness: a false commit-backwards. The checker now reads the coordinator's commit log.
+#[test]
+fn seed_140_standard_judges_the_coordinators_commit_log() {
+    let mut params = RunParams::derive(140, Scenario::Standard);
+    params.orders = 39;
+    params.faults = 2;
+    params.liveness_ms = params.liveness_bound_ms();
+    let outcome = run(&params);
+    assert!(
+        outcome.verdict.passed(),
+        "{}",
+        holdfast_sim::report::single(&outcome, 60)
+    );
+}
