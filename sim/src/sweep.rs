@@ -102,6 +102,13 @@ pub fn plan(
         (false, _) => 0,
     };
     let per_other = (seeds - standard_seeds).checked_div(others).unwrap_or(0);
+    // What does not divide evenly goes to the standard scenario, so the sweep has exactly
+    // `seeds` runs whenever the standard scenario is part of it.
+    let standard_seeds = if standard {
+        seeds - per_other * others
+    } else {
+        0
+    };
     let mut index = 0u64;
     for scenario in scenarios {
         let count = if *scenario == Scenario::Standard {
@@ -283,5 +290,21 @@ pub fn meets(scenario: Scenario, row: &Row) -> bool {
         Expectation::Safe => row.failing_seeds == 0,
         Expectation::LossShown => row.seeds_with_loss > 0,
         Expectation::Caught => row.failing_seeds > 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_has_exactly_the_requested_seeds_and_shards_partition_it() {
+        let all = Scenario::all();
+        assert_eq!(plan(&all, 2000, 1, (0, 1), None, None).len(), 2000);
+        let shards: usize = (0..3).map(|k| plan(&all, 2000, 1, (k, 3), None, None).len()).sum();
+        assert_eq!(shards, 2000);
+        let only = plan(&[Scenario::AutoCommit], 10, 5, (0, 1), Some(3), Some(1));
+        assert_eq!(only.len(), 10);
+        assert!(only.iter().all(|p| p.orders == 3 && p.faults == 1 && p.seed >= 5));
     }
 }
