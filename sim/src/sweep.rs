@@ -301,10 +301,14 @@ mod tests {
     fn plan_has_exactly_the_requested_seeds_and_shards_partition_it() {
         let all = Scenario::all();
         assert_eq!(plan(&all, 2000, 1, (0, 1), None, None).len(), 2000);
-        let shards: usize = (0..3).map(|k| plan(&all, 2000, 1, (k, 3), None, None).len()).sum();
+        let shards: usize = (0..3)
+            .map(|k| plan(&all, 2000, 1, (k, 3), None, None).len())
+            .sum();
         assert_eq!(shards, 2000);
         let only = plan(&[Scenario::AutoCommit], 10, 5, (0, 1), Some(3), Some(1));
         assert_eq!(only.len(), 10);
-        assert!(only.iter().all(|p| p.orders == 3 && p.faults == 1 && p.seed >= 5));
+        assert!(only
+            .iter()
+            .all(|p| p.orders == 3 && p.faults == 1 && p.seed >= 5));
     }
 }
