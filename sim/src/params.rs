@@ -67,7 +67,7 @@ impl RunParams {
                 params.slow_worker_ms = params.slow_worker_ms.max(100);
                 params.crash_at = params.crash_at.or(Some((FaultPoint::AfterOffsetCommit, 1)));
             }
-            Scenario::Standard => {}
+            Scenario::Standard | Scenario::LiteralCommitRule => {}
             _ => params.faults = params.faults.max(1),
         }
         params

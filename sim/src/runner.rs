@@ -8,7 +8,7 @@ use crate::observe::{CrashProbe, DeadLetterSink, DeadLetters, Observers, Recordi
 use crate::params::RunParams;
 use crate::scenario::Scenario;
 use crate::world::{Acks, FlushPolicy, ServiceNode, World, WorldConfig};
-use holdfast::offsets::Limits;
+use holdfast::offsets::{CommitRule, Limits};
 use holdfast::pipeline::{Consumer, ConsumerConfig, Metrics, Services, ShutdownTrigger};
 use holdfast::planted::PlantedBug;
 use holdfast::ports::{FaultPoint, OutboundMessage, Publisher};
@@ -110,6 +110,11 @@ fn consumer_config(params: &RunParams, index: usize, incarnation: u32) -> Consum
         drain_timeout: Duration::from_secs(1),
         jitter_seed: params.seed ^ ((index as u64) << 32) ^ u64::from(incarnation),
         planted,
+        commit_rule: if params.scenario == Scenario::LiteralCommitRule {
+            CommitRule::Literal
+        } else {
+            CommitRule::Watermark
+        },
         ..ConsumerConfig::default()
     }
 }
@@ -177,7 +182,14 @@ async fn simulate(params: RunParams) -> RunOutcome {
             )
             .await;
         }
-        if producer_done.load(Ordering::SeqCst) && caught_up(&world, params.partitions) {
+        // The literal commit rule commits an acked record's own offset, so its committed
+        // offsets never reach the log end: for it, convergence is judged on effects alone.
+        let offsets_done =
+            params.scenario == Scenario::LiteralCommitRule || caught_up(&world, params.partitions);
+        if producer_done.load(Ordering::SeqCst)
+            && offsets_done
+            && effects_done(&world, &truth, &observers)
+        {
             converged = true;
             break;
         }
@@ -263,6 +275,17 @@ fn fault_time_ms(line: &str) -> f64 {
         .and_then(|rest| rest.split("ms").next())
         .and_then(|number| number.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// Every acknowledged event is applied or dead-lettered.
+fn effects_done(world: &World, truth: &Arc<Mutex<GroundTruth>>, observers: &Observers) -> bool {
+    let dead = observers.dead_letters.keys();
+    truth.lock().is_ok_and(|truth| {
+        truth
+            .acknowledged
+            .iter()
+            .all(|key| world.store_contains(key) || dead.contains(key))
+    })
 }
 
 /// Every partition's committed offset reached the end of its log.
@@ -485,7 +508,7 @@ async fn inject_fault(
             )
             .await;
         }
-        Scenario::Standard => match rng.below(6) {
+        Scenario::Standard | Scenario::LiteralCommitRule => match rng.below(6) {
             0 | 1 => {
                 let consumer = rng.below(consumers.len());
                 crash_consumer(

@@ -36,13 +36,15 @@ pub enum Scenario {
     AllReplicasCrashFlushed,
     /// The consumer commits polled offsets on a timer and crashes.
     AutoCommit,
+    /// The standard run with the seed's literal commit rule (step 6 as written).
+    LiteralCommitRule,
     /// A planted bug that the checker must catch.
     Planted(PlantedBug),
 }
 
 impl Scenario {
     /// The explorer's rows, in the order the table prints them.
-    pub const EXPLORER: [Scenario; 7] = [
+    pub const EXPLORER: [Scenario; 8] = [
         Scenario::Standard,
         Scenario::FireAndForget,
         Scenario::AcksOneLeaderCrash,
@@ -50,6 +52,7 @@ impl Scenario {
         Scenario::AllReplicasCrashUnflushed,
         Scenario::AllReplicasCrashFlushed,
         Scenario::AutoCommit,
+        Scenario::LiteralCommitRule,
     ];
 
     /// Every scenario, explorer rows then planted bugs.
@@ -68,7 +71,8 @@ impl Scenario {
         match self {
             Scenario::Standard
             | Scenario::AcksAllSingleFailure
-            | Scenario::AllReplicasCrashFlushed => Expectation::Safe,
+            | Scenario::AllReplicasCrashFlushed
+            | Scenario::LiteralCommitRule => Expectation::Safe,
             Scenario::FireAndForget
             | Scenario::AcksOneLeaderCrash
             | Scenario::AllReplicasCrashUnflushed
@@ -87,6 +91,7 @@ impl Scenario {
             Scenario::AllReplicasCrashUnflushed => "all-replicas-crash-unflushed".into(),
             Scenario::AllReplicasCrashFlushed => "all-replicas-crash-flushed".into(),
             Scenario::AutoCommit => "auto-commit".into(),
+            Scenario::LiteralCommitRule => "literal-commit-rule".into(),
             Scenario::Planted(bug) => format!("planted-{}", planted_name(bug)),
         }
     }
@@ -108,6 +113,7 @@ impl Scenario {
             Scenario::AllReplicasCrashUnflushed => "all replicas crash, page cache unflushed",
             Scenario::AllReplicasCrashFlushed => "all replicas crash, flush every append",
             Scenario::AutoCommit => "consumer auto-commit, consumer crash",
+            Scenario::LiteralCommitRule => "standard faults, the seed's literal commit rule",
             Scenario::Planted(_) => "planted bug",
         }
     }

@@ -1,5 +1,6 @@
 //! Many partitions, one epoch per assignment.
 
+use super::CommitRule;
 use super::{AckError, Limits, PartitionTracker, RestoreReport, TrackError, Tracked};
 use crate::planted::PlantedBug;
 use crate::ports::{CommittedOffset, PartitionId};
@@ -38,6 +39,8 @@ struct Owned {
     epoch: u64,
     tracker: PartitionTracker,
     acked_last: Option<i64>,
+    /// Under [`CommitRule::Literal`]: the offset the seed's step 6 would commit now.
+    literal_point: Option<i64>,
 }
 
 /// Tracks every partition assigned to this consumer.
@@ -45,6 +48,7 @@ struct Owned {
 pub struct Tracker {
     limits: Limits,
     planted: Option<PlantedBug>,
+    rule: CommitRule,
     epoch_last: u64,
     owned: BTreeMap<PartitionId, Owned>,
     /// Highest epoch ever given to each partition (kept after revoke, to tell stale tickets).
@@ -64,10 +68,20 @@ impl Tracker {
         Tracker {
             limits,
             planted,
+            rule: CommitRule::Watermark,
             epoch_last: 0,
             owned: BTreeMap::new(),
             epoch_highest: BTreeMap::new(),
         }
+    }
+
+    /// Switches the commit rule. [`CommitRule::Literal`] follows the seed's step 6 as written:
+    /// commit an acked offset only when it was the lowest in flight, and commit the acked
+    /// record's own offset (so it is read again). It never loses, but commits less and redoes
+    /// more than the watermark; the simulator's explorer measures how much.
+    pub fn with_rule(mut self, rule: CommitRule) -> Self {
+        self.rule = rule;
+        self
     }
 
     /// Takes ownership of `partition` under a new epoch, restoring from the committed offset
@@ -89,6 +103,7 @@ impl Tracker {
                 epoch,
                 tracker,
                 acked_last: None,
+                literal_point: committed.map(|c| c.offset),
             },
         );
         self.epoch_highest.insert(partition, epoch);
@@ -132,8 +147,12 @@ impl Tracker {
         let partition = ticket.partition;
         match self.owned.get_mut(&partition) {
             Some(owned) if owned.epoch == ticket.epoch => {
+                let lowest = owned.tracker.lowest_unfinished();
                 owned.tracker.ack(ticket.offset)?;
                 owned.acked_last = Some(ticket.offset);
+                if lowest == Some(ticket.offset) {
+                    owned.literal_point = Some(ticket.offset);
+                }
                 Ok(())
             }
             current => {
@@ -160,6 +179,16 @@ impl Tracker {
     pub fn snapshot(&self, partition: PartitionId) -> Option<CommitSnapshot> {
         let owned = self.owned.get(&partition)?;
         let commit_point = owned.tracker.commit_point()?;
+        if self.rule == CommitRule::Literal {
+            debug_assert!(owned
+                .literal_point
+                .is_none_or(|point| point <= commit_point));
+            return owned.literal_point.map(|offset| CommitSnapshot {
+                partition,
+                offset,
+                metadata: String::new(),
+            });
+        }
         if self.planted == Some(PlantedBug::CommitAckedPlusOne) {
             let offset = owned.acked_last.map_or(commit_point, |acked| acked + 1);
             return Some(CommitSnapshot {
@@ -330,6 +359,21 @@ mod tests {
             .filter(|&o| t.track(2, o).unwrap().1 == Tracked::AlreadyDone)
             .collect();
         assert_eq!(done, vec![53, 59]);
+    }
+
+    #[test]
+    fn literal_rule_commits_only_when_the_lowest_finishes_and_never_past_the_watermark() {
+        let mut t = Tracker::new(Limits::default()).with_rule(CommitRule::Literal);
+        t.assign(0, None);
+        let tickets: Vec<Ticket> = (10..14).map(|o| t.track(0, o).unwrap().0).collect();
+        assert_eq!(t.snapshot(0), None);
+        t.ack(tickets[1]).unwrap(); // 11: not the lowest, no commit
+        assert_eq!(t.snapshot(0), None);
+        t.ack(tickets[0]).unwrap(); // 10: the lowest, commits 10 itself
+        assert_eq!(t.snapshot(0).map(|s| s.offset), Some(10));
+        t.ack(tickets[3]).unwrap(); // 13: the lowest left is 12
+        t.ack(tickets[2]).unwrap(); // 12: the lowest, commits 12; the watermark is 14
+        assert_eq!(t.snapshot(0).map(|s| s.offset), Some(12));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use super::retry::Backoff;
 use super::worker::{Job, Services, WorkerContext};
 use crate::event::OrderEvent;
 use crate::idempotency::protocol::ProtocolConfig;
-use crate::offsets::{CommitSnapshot, SharedTracker, TrackError, Tracked};
+use crate::offsets::{CommitSnapshot, SharedTracker, TrackError, Tracked, Tracker};
 use crate::partition::murmur2;
 use crate::planted::PlantedBug;
 use crate::ports::{
@@ -105,7 +105,9 @@ where
         metrics: Arc<Metrics>,
     ) -> Result<Self, ConfigError> {
         config.validate()?;
-        let tracker = SharedTracker::with_planted(config.limits, config.planted);
+        let tracker = SharedTracker::from(
+            Tracker::with_planted(config.limits, config.planted).with_rule(config.commit_rule),
+        );
         let services = Arc::new(services);
         let context = Arc::new(WorkerContext {
             services: Arc::clone(&services),
