@@ -323,7 +323,10 @@ async fn reconnects_after_a_postgres_restart() {
     let _exclusive = SERVICE.write().await;
     let store = fresh_store_with("hf_test_restart", 1).await;
     let first = event("e1", "o1", EventKind::Created, 1);
-    store.apply_batch(&[first.clone()]).await.unwrap();
+    store
+        .apply_batch(std::slice::from_ref(&first))
+        .await
+        .unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services-up");
     let status = Command::new(&script)
         .args(["--restart", "postgres"])

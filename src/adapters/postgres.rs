@@ -544,9 +544,13 @@ async fn apply_in(
 struct OrderColumns<'a> {
     order_ids: Vec<&'a str>,
     user_ids: Vec<&'a str>,
-    /// Per single-valued kind: event ids, times, amounts.
-    stamps: Vec<(Vec<Option<&'a str>>, Vec<Option<i64>>, Vec<Option<i64>>)>,
+    /// One entry per single-valued kind, in [`SINGLE_KINDS`] order.
+    stamps: Vec<StampColumns<'a>>,
 }
+
+/// One single-valued status's column group as arrays: event ids, times, amounts (`None`
+/// where the order's partial row has no such status).
+type StampColumns<'a> = (Vec<Option<&'a str>>, Vec<Option<i64>>, Vec<Option<i64>>);
 
 impl<'a> OrderColumns<'a> {
     fn of(rows: &'a [OrderRow]) -> OrderColumns<'a> {
