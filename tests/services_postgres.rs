@@ -359,3 +359,48 @@ async fn reconnects_after_a_postgres_restart() {
     let row = store.load_row("o1").await.unwrap().unwrap();
     assert_eq!(row, OrderRow::fold([&first, &second])[0]);
 }
+
+/// Goal: the SQL merge itself is the join of `OrderRow`, not "first writer wins": when a key
+/// is removed behind the store's back (a restore, a rebuild by replay) and another event of
+/// the same key arrives, the smaller `(at_ms, event_id)` wins the column whatever the arrival
+/// order, and a bill's entry keeps its smaller stamp. Method: apply, delete the key row with
+/// raw SQL, apply a competitor; compare with the fold of all events, for both arrival orders.
+#[tokio::test]
+async fn the_sql_merge_is_the_row_join_whatever_the_arrival_order() {
+    let _shared = SERVICE.read().await;
+    let late_paid = event("p-late", "o1", EventKind::Paid, 30);
+    let early_paid = event("p-early", "o1", EventKind::Paid, 10);
+    let tie_paid = event("p-a", "o1", EventKind::Paid, 10); // same time, smaller event id
+    let bill = event("b1", "o1", EventKind::Billed, 50);
+    let mut earlier_bill = bill.clone();
+    earlier_bill.event_time_ms = 40;
+    earlier_bill.amount_minor = Some(7);
+    let events = [late_paid, early_paid, tie_paid, bill, earlier_bill];
+    let expected = OrderRow::fold(events.iter()).remove(0);
+    assert_eq!(expected.paid.as_ref().unwrap().event_id, "p-a");
+    assert_eq!(expected.bills["b1"].at_ms, 40);
+
+    let url = postgres_url();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    for (round, order) in [[0, 1, 2, 3, 4], [4, 2, 0, 3, 1], [2, 4, 1, 0, 3]]
+        .iter()
+        .enumerate()
+    {
+        let schema = format!("hf_test_join_{round}");
+        let store = fresh_store(&schema).await;
+        for &index in order {
+            let outcomes = store.apply_batch(&events[index..=index]).await.unwrap();
+            assert_eq!(outcomes, vec![ApplyOutcome::Applied]);
+            // Forget every key, so that the next event of the same key is merged again.
+            client
+                .batch_execute(&format!("DELETE FROM {schema}.holdfast_keys"))
+                .await
+                .unwrap();
+        }
+        let row = store.load_row("o1").await.unwrap().unwrap();
+        assert_eq!(row, expected, "arrival order {order:?}");
+    }
+}
