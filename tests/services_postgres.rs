@@ -404,3 +404,38 @@ async fn the_sql_merge_is_the_row_join_whatever_the_arrival_order() {
         assert_eq!(row, expected, "arrival order {order:?}");
     }
 }
+
+/// Goal: while PostgreSQL is down every call is an outage, never a rejection (an outage must
+/// not dead-letter anything), and the same store works again once it is back. Method:
+/// `scripts/services-up --stop postgres`, call every method, `scripts/services-up`, retry.
+#[tokio::test]
+async fn a_stopped_postgres_is_an_outage_then_recovers() {
+    let _exclusive = SERVICE.write().await;
+    let store = fresh_store("hf_test_stopped").await;
+    let created = event("e1", "o1", EventKind::Created, 1);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services-up");
+    assert!(Command::new(&script)
+        .args(["--stop", "postgres"])
+        .status()
+        .unwrap()
+        .success());
+    let applied = store.apply_batch(std::slice::from_ref(&created)).await;
+    let contained = store.contains_batch(&[IdempotencyKey::of(&created)]).await;
+    let loaded = store.load_row("o1").await;
+    // Start again before asserting, so that a failure leaves the services up.
+    assert!(Command::new(&script).status().unwrap().success());
+    for error in [
+        applied.unwrap_err(),
+        contained.unwrap_err(),
+        loaded.unwrap_err(),
+    ] {
+        assert!(error.is_outage(), "{error}");
+    }
+    assert_eq!(
+        store
+            .apply_batch(std::slice::from_ref(&created))
+            .await
+            .unwrap(),
+        vec![ApplyOutcome::Applied]
+    );
+}

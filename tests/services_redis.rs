@@ -167,3 +167,42 @@ async fn connecting_to_nothing_fails() {
     assert!(RedisCache::connect("redis://127.0.0.1:1/").await.is_err());
     assert!(started.elapsed() < Duration::from_secs(30));
 }
+
+/// Goal: while Redis is down every call is an outage (so the protocol degrades instead of
+/// dead-lettering), and the same `RedisCache` works again once Redis is back. Method:
+/// `scripts/services-up --stop redis`, call both methods, `scripts/services-up`, retry.
+#[tokio::test]
+async fn a_stopped_redis_is_an_outage_then_recovers() {
+    let _exclusive = SERVICE.write().await;
+    let cache = RedisCache::connect(&redis_url()).await.unwrap();
+    let keys = keys("stopped", 3);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services-up");
+    assert!(Command::new(&script)
+        .args(["--stop", "redis"])
+        .status()
+        .unwrap()
+        .success());
+    let lookup = cache.contains_batch(&keys).await;
+    let write = cache.remember_batch(&keys, Duration::from_secs(60)).await;
+    // Start again before asserting, so that a failure leaves the services up.
+    assert!(Command::new(&script).status().unwrap().success());
+    let error = lookup.unwrap_err();
+    assert!(error.is_outage(), "{error}");
+    let error = write.unwrap_err();
+    assert!(error.is_outage(), "{error}");
+    let mut attempts = 0;
+    loop {
+        match cache.remember_batch(&keys, Duration::from_secs(60)).await {
+            Ok(()) => break,
+            Err(error) => {
+                attempts += 1;
+                assert!(
+                    attempts < 100,
+                    "still failing 10 s after the start: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    assert_eq!(cache.contains_batch(&keys).await.unwrap(), vec![true; 3]);
+}

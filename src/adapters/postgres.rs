@@ -149,14 +149,16 @@ impl PostgresStore {
             *guard = None;
         }
         if guard.is_none() {
-            let client = open(&self.shared.config)
+            let reconnect = async {
+                let client = open(&self.shared.config).await?;
+                Session::prepare(client).await
+            };
+            // A server that accepts the connection but never answers is an outage too.
+            let session = tokio::time::timeout(CALL_TIMEOUT, reconnect)
                 .await
+                .map_err(|_| unavailable(STORE, format!("no session within {CALL_TIMEOUT:?}")))?
                 .map_err(|error| port_error(&error))?;
-            *guard = Some(
-                Session::prepare(client)
-                    .await
-                    .map_err(|error| port_error(&error))?,
-            );
+            *guard = Some(session);
         }
         Ok(guard)
     }
