@@ -6,6 +6,8 @@
 //! only through the traits in [`ports`]; the pipeline ([`pipeline`]) is written once, generic
 //! over them, and runs against real Kafka, Redis and PostgreSQL or inside the seeded simulator.
 
+#[cfg(not(any(madsim, loom)))]
+pub mod adapters;
 pub mod event;
 pub mod idempotency;
 pub mod memlog;

@@ -1,0 +1,130 @@
+//! The dedup cache on Redis: one pipelined round trip per batch, keys are
+//! [`IdempotencyKey::to_bytes`], values carry nothing (presence is the answer).
+//!
+//! A [`ConnectionManager`] multiplexes every caller over one connection and reconnects in the
+//! background after Redis restarts, so a restart costs the calls in flight (they fail as
+//! [`PortError::Unavailable`] and the protocol degrades to store-only dedup), not the adapter.
+
+use super::{rejected, unavailable, AdapterError, CACHE};
+use crate::idempotency::IdempotencyKey;
+use crate::ports::{DedupCache, PortError};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::time::Duration;
+
+/// How long one Redis call may take before it counts as an outage. The cache is advisory:
+/// waiting longer than a store round trip for it buys nothing.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A [`DedupCache`] on Redis. Clones share one multiplexed connection.
+#[derive(Clone)]
+pub struct RedisCache {
+    connection: ConnectionManager,
+}
+
+impl std::fmt::Debug for RedisCache {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("RedisCache").finish_non_exhaustive()
+    }
+}
+
+impl RedisCache {
+    /// Connects to `url` (`redis://host:port/db`). Fails if the URL is invalid or Redis does
+    /// not answer now; later outages are reported per call and healed by reconnecting.
+    pub async fn connect(url: &str) -> Result<RedisCache, AdapterError> {
+        let client = redis::Client::open(url).map_err(|error| AdapterError::Config {
+            service: CACHE,
+            detail: error.to_string(),
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1));
+        let connection = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(|error| AdapterError::Connect {
+                service: CACHE,
+                detail: error.to_string(),
+            })?;
+        Ok(RedisCache { connection })
+    }
+}
+
+/// Maps a Redis error: anything about the connection, or a server that is not serving yet
+/// (loading its data, busy, no master), is an outage; any other server answer refused this
+/// request.
+fn port_error(error: &redis::RedisError) -> PortError {
+    let outage = error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_unrecoverable_error()
+        || matches!(
+            error.code(),
+            Some("LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN")
+        );
+    if outage {
+        unavailable(CACHE, error)
+    } else {
+        rejected(CACHE, error)
+    }
+}
+
+impl DedupCache for RedisCache {
+    async fn contains_batch(&self, keys: &[IdempotencyKey]) -> Result<Vec<bool>, PortError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipeline = redis::pipe();
+        for key in keys {
+            pipeline.exists(key.to_bytes());
+        }
+        let mut connection = self.connection.clone();
+        let known: Vec<bool> = pipeline
+            .query_async(&mut connection)
+            .await
+            .map_err(|error| port_error(&error))?;
+        if known.len() != keys.len() {
+            return Err(rejected(
+                CACHE,
+                format!("{} answers for {} keys", known.len(), keys.len()),
+            ));
+        }
+        Ok(known)
+    }
+
+    async fn remember_batch(
+        &self,
+        keys: &[IdempotencyKey],
+        ttl: Duration,
+    ) -> Result<(), PortError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        // Milliseconds, like the in-memory cache. A TTL under 1 ms expires at once there; Redis
+        // refuses `PX 0`, so the same effect is a delete.
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let mut pipeline = redis::pipe();
+        for key in keys {
+            if ttl_ms == 0 {
+                pipeline.del(key.to_bytes()).ignore();
+            } else {
+                pipeline
+                    .cmd("SET")
+                    .arg(key.to_bytes())
+                    .arg(1u8)
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .ignore();
+            }
+        }
+        let mut connection = self.connection.clone();
+        pipeline
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(|error| port_error(&error))
+    }
+}

@@ -1,0 +1,441 @@
+//! The PostgreSQL order store against a real PostgreSQL (started by `scripts/services-up`; the
+//! connection string comes from `HOLDFAST_POSTGRES_URL`). A missing variable is a failure,
+//! never a skip. Each test works in a schema of its own, recreated at its start.
+//!
+//! The reference for every answer is the in-memory store: the adapter must behave exactly like
+//! `MemoryStore`, batch by batch.
+
+use holdfast::adapters::PostgresStore;
+use holdfast::event::{EventKind, OrderEvent};
+use holdfast::idempotency::memory::MemoryStore;
+use holdfast::idempotency::IdempotencyKey;
+use holdfast::ports::{ApplyOutcome, OrderStore, PortError};
+use holdfast::widetable::OrderRow;
+use holdfast::workload::{Workload, WorkloadConfig};
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+use tokio::sync::RwLock;
+
+/// The restart test takes this for writing; the others for reading.
+static SERVICE: RwLock<()> = RwLock::const_new(());
+
+fn postgres_url() -> String {
+    std::env::var("HOLDFAST_POSTGRES_URL").unwrap_or_else(|_| {
+        panic!(
+            "HOLDFAST_POSTGRES_URL is not set: run scripts/services-up, then `source .services/env`"
+        )
+    })
+}
+
+/// A store over a fresh, empty schema named after the test.
+async fn fresh_store(schema: &str) -> PostgresStore {
+    fresh_store_with(schema, holdfast::adapters::postgres::CONNECTIONS_DEFAULT).await
+}
+
+/// [`fresh_store`] with `connections` connections.
+async fn fresh_store_with(schema: &str, connections: usize) -> PostgresStore {
+    let url = postgres_url();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|error| panic!("cannot reach PostgreSQL at {url:?}: {error}"));
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};"
+        ))
+        .await
+        .unwrap();
+    PostgresStore::connect_with(
+        &format!("{url} options='-c search_path={schema}'"),
+        connections,
+    )
+    .await
+    .unwrap()
+}
+
+fn event(event_id: &str, order_id: &str, kind: EventKind, at_ms: i64) -> OrderEvent {
+    OrderEvent {
+        event_id: event_id.into(),
+        order_id: order_id.into(),
+        user_id: format!("u-{event_id}"),
+        kind,
+        amount_minor: kind.carries_amount().then_some(100 + at_ms),
+        event_time_ms: at_ms,
+        payload: Vec::new(),
+    }
+}
+
+/// Every valid event of a workload with duplicates and disorder, as delivered (repeats kept).
+fn workload_events(seed: u64, orders: usize) -> Vec<OrderEvent> {
+    let config = WorkloadConfig {
+        seed,
+        orders,
+        duplicate_ratio: 0.2,
+        reorder_ratio: 0.3,
+        rebind_ratio: 0.2,
+        ..WorkloadConfig::default()
+    };
+    Workload::generate(&config)
+        .unwrap()
+        .messages
+        .into_iter()
+        .filter_map(|message| message.event)
+        .collect()
+}
+
+/// Same keys, different event ids, times and user ids: which one wins depends only on the
+/// merge rule for repeating kinds, and on arrival for single ones (the key admits one).
+fn with_conflicts(mut events: Vec<OrderEvent>, rng: &mut SmallRng) -> Vec<OrderEvent> {
+    let extra: Vec<OrderEvent> = events
+        .iter()
+        .filter(|_| rng.random_bool(0.05))
+        .map(|original| OrderEvent {
+            event_id: format!("{}-again", original.event_id),
+            user_id: format!("{}x", original.user_id),
+            event_time_ms: original.event_time_ms - 5,
+            ..original.clone()
+        })
+        .collect();
+    events.extend(extra);
+    events
+}
+
+/// Splits events into batches of random sizes.
+fn batches(events: &[OrderEvent], rng: &mut SmallRng) -> Vec<Vec<OrderEvent>> {
+    let mut batches = Vec::new();
+    let mut rest = events;
+    while !rest.is_empty() {
+        let size = rng.random_range(1..=60).min(rest.len());
+        batches.push(rest[..size].to_vec());
+        rest = &rest[size..];
+    }
+    batches
+}
+
+/// Goal: the adapter gives exactly the in-memory store's answers, and the stored rows are the
+/// fold of the applied events. Method: a workload with duplicates, disorder and same-key
+/// conflicts, shuffled, cut into random batches, some batches applied twice; both stores get
+/// the same batches; outcomes, keys and rows are compared.
+#[tokio::test]
+async fn shuffled_batches_match_the_in_memory_store_and_the_fold() {
+    let _shared = SERVICE.read().await;
+    let store = fresh_store("hf_test_shuffled").await;
+    let memory = MemoryStore::new();
+    let mut rng = SmallRng::seed_from_u64(7);
+    let mut events = with_conflicts(workload_events(3, 400), &mut rng);
+    events.shuffle(&mut rng);
+    let mut applied_total = 0;
+    for batch in batches(&events, &mut rng) {
+        let repeats = if rng.random_bool(0.1) { 2 } else { 1 };
+        for _ in 0..repeats {
+            let outcomes = store.apply_batch(&batch).await.unwrap();
+            assert_eq!(outcomes, memory.apply_batch(&batch).await.unwrap());
+            applied_total += outcomes
+                .iter()
+                .filter(|outcome| **outcome == ApplyOutcome::Applied)
+                .count();
+        }
+    }
+    let applications = store.applications().await.unwrap();
+    assert_eq!(applications, memory.applications());
+    assert_eq!(applications.len(), applied_total, "each key applied once");
+    assert!(applications.values().all(|&count| count == 1));
+    let rows = store.rows().await.unwrap();
+    assert_eq!(rows, memory.rows());
+    let folded = OrderRow::fold(memory.applied_events().iter());
+    assert_eq!(rows.values().cloned().collect::<Vec<_>>(), folded);
+    for row in folded.iter().step_by(37) {
+        assert_eq!(
+            store.load_row(&row.order_id).await.unwrap().as_ref(),
+            Some(row)
+        );
+    }
+    assert_eq!(store.load_row("no-such-order").await.unwrap(), None);
+}
+
+/// Goal: the wide row does not depend on arrival order when batches commit concurrently.
+/// Method: the same events cut into batches, applied by four tasks at once (outages such as a
+/// deadlock are retried, as the pipeline would); the rows must equal the fold of the events
+/// the store reports applied, and every key must be applied once.
+#[tokio::test]
+async fn concurrent_batches_merge_to_the_fold() {
+    let _shared = SERVICE.read().await;
+    let store = fresh_store("hf_test_concurrent").await;
+    let mut rng = SmallRng::seed_from_u64(11);
+    let mut events = workload_events(5, 300);
+    events.shuffle(&mut rng);
+    let all = batches(&events, &mut rng);
+    let mut tasks = Vec::new();
+    for worker in 0..4 {
+        let store = store.clone();
+        let mine: Vec<Vec<OrderEvent>> = all.iter().skip(worker).step_by(4).cloned().collect();
+        tasks.push(tokio::spawn(async move {
+            let mut applied = Vec::new();
+            for batch in mine {
+                let outcomes = loop {
+                    match store.apply_batch(&batch).await {
+                        Ok(outcomes) => break outcomes,
+                        Err(error) if error.is_outage() => continue,
+                        Err(error) => panic!("{error}"),
+                    }
+                };
+                applied.extend(
+                    batch
+                        .into_iter()
+                        .zip(outcomes)
+                        .filter(|(_, outcome)| *outcome == ApplyOutcome::Applied)
+                        .map(|(event, _)| event),
+                );
+            }
+            applied
+        }));
+    }
+    let mut applied = Vec::new();
+    for task in tasks {
+        applied.extend(task.await.unwrap());
+    }
+    let distinct: std::collections::BTreeSet<IdempotencyKey> =
+        events.iter().map(IdempotencyKey::of).collect();
+    assert_eq!(
+        applied.len(),
+        distinct.len(),
+        "every key applied exactly once"
+    );
+    let rows = store.rows().await.unwrap();
+    assert_eq!(
+        rows.into_values().collect::<Vec<_>>(),
+        OrderRow::fold(applied.iter())
+    );
+}
+
+/// Goal: in-batch duplicates keep the first occurrence, also across different event ids with
+/// one key; repeating kinds with different event ids are not duplicates. Method: one batch,
+/// compared with the in-memory store and checked by hand.
+#[tokio::test]
+async fn in_batch_duplicates_keep_the_first() {
+    let _shared = SERVICE.read().await;
+    let store = fresh_store("hf_test_in_batch").await;
+    let memory = MemoryStore::new();
+    let paid = event("e2", "o1", EventKind::Paid, 20);
+    let mut paid_retry = paid.clone();
+    paid_retry.event_id = "e2-retry".into();
+    paid_retry.event_time_ms = 1;
+    let batch = vec![
+        event("e1", "o1", EventKind::Created, 10),
+        paid.clone(),
+        paid.clone(),
+        paid_retry,
+        event("r1", "o1", EventKind::Refunded, 30),
+        event("r2", "o1", EventKind::Refunded, 31),
+        event("r1", "o1", EventKind::Refunded, 30),
+    ];
+    use ApplyOutcome::*;
+    let expected = vec![
+        Applied, Applied, Duplicate, Duplicate, Applied, Applied, Duplicate,
+    ];
+    assert_eq!(store.apply_batch(&batch).await.unwrap(), expected);
+    assert_eq!(memory.apply_batch(&batch).await.unwrap(), expected);
+    let row = store.load_row("o1").await.unwrap().unwrap();
+    assert_eq!(row.paid.as_ref().unwrap().event_id, "e2");
+    assert_eq!(row.refunds.len(), 2);
+    assert_eq!(row.user_id, "u-e1", "the smallest non-empty user id");
+    assert_eq!(Some(&row), memory.rows().get("o1"));
+}
+
+/// Goal: contains_batch answers per key, in input order, like the in-memory store. Method:
+/// apply some events, ask about applied, unapplied and repeating-kind keys.
+#[tokio::test]
+async fn contains_batch_answers_per_key() {
+    let _shared = SERVICE.read().await;
+    let store = fresh_store("hf_test_contains").await;
+    let memory = MemoryStore::new();
+    let applied = vec![
+        event("e1", "o1", EventKind::Created, 1),
+        event("b1", "o1", EventKind::Billed, 2),
+        event("e3", "o:2", EventKind::Paid, 3),
+    ];
+    store.apply_batch(&applied).await.unwrap();
+    memory.apply_batch(&applied).await.unwrap();
+    let asked: Vec<IdempotencyKey> = [
+        event("e1", "o1", EventKind::Created, 1),
+        event("x", "o1", EventKind::Paid, 1),
+        event("b1", "o1", EventKind::Billed, 2),
+        event("b2", "o1", EventKind::Billed, 2),
+        event("e3", "o:2", EventKind::Paid, 3),
+        event("e3", "o", EventKind::Paid, 3),
+        event("e1", "o1", EventKind::Created, 1),
+    ]
+    .iter()
+    .map(IdempotencyKey::of)
+    .collect();
+    let expected = vec![true, false, true, false, true, false, true];
+    assert_eq!(store.contains_batch(&asked).await.unwrap(), expected);
+    assert_eq!(memory.contains_batch(&asked).await.unwrap(), expected);
+    assert_eq!(store.contains_batch(&[]).await.unwrap(), Vec::<bool>::new());
+}
+
+/// Goal: a batch that fails mid-way commits nothing, is a rejection (not an outage), and
+/// leaves the store usable. Method: a batch whose last event violates a column constraint
+/// (a negative amount, which the wide-row merge writes after the keys were inserted), and one
+/// whose id holds a NUL byte (refused by the server's text type).
+#[tokio::test]
+async fn a_failed_batch_commits_nothing() {
+    let _shared = SERVICE.read().await;
+    let store = fresh_store("hf_test_rollback").await;
+    let good = event("e1", "o1", EventKind::Created, 1);
+    let mut negative = event("e2", "o2", EventKind::Paid, 2);
+    negative.amount_minor = Some(-5);
+    let error = store
+        .apply_batch(&[good.clone(), negative])
+        .await
+        .unwrap_err();
+    assert!(matches!(error, PortError::Rejected { .. }), "{error}");
+    let mut nul = event("e3", "o3\0", EventKind::Created, 3);
+    nul.user_id = "u".into();
+    let error = store.apply_batch(&[good.clone(), nul]).await.unwrap_err();
+    assert!(matches!(error, PortError::Rejected { .. }), "{error}");
+    assert_eq!(
+        store
+            .contains_batch(&[IdempotencyKey::of(&good)])
+            .await
+            .unwrap(),
+        vec![false],
+        "the key of a rolled-back batch is not there"
+    );
+    assert_eq!(store.load_row("o1").await.unwrap(), None);
+    assert!(store.applications().await.unwrap().is_empty());
+    assert_eq!(
+        store.apply_batch(&[good]).await.unwrap(),
+        vec![ApplyOutcome::Applied]
+    );
+}
+
+/// Goal: the store survives a PostgreSQL restart: calls during it fail as outages, later
+/// calls reconnect, committed data is kept. Method: apply, restart with
+/// `scripts/services-up --restart postgres`, apply again until it succeeds. One connection, so
+/// that the call after the restart must replace the very connection the restart broke.
+#[tokio::test]
+async fn reconnects_after_a_postgres_restart() {
+    let _exclusive = SERVICE.write().await;
+    let store = fresh_store_with("hf_test_restart", 1).await;
+    let first = event("e1", "o1", EventKind::Created, 1);
+    store
+        .apply_batch(std::slice::from_ref(&first))
+        .await
+        .unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services-up");
+    let status = Command::new(&script)
+        .args(["--restart", "postgres"])
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "{} --restart postgres failed",
+        script.display()
+    );
+    let second = event("e2", "o1", EventKind::Paid, 2);
+    let mut outages = 0;
+    let outcomes = loop {
+        match store.apply_batch(&[first.clone(), second.clone()]).await {
+            Ok(outcomes) => break outcomes,
+            Err(error) => {
+                assert!(error.is_outage(), "a restart is an outage: {error}");
+                outages += 1;
+                assert!(outages < 100, "no answer 10 s after the restart: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(
+        outcomes,
+        vec![ApplyOutcome::Duplicate, ApplyOutcome::Applied]
+    );
+    // The broken connection is either seen closed before use (no error) or fails one call.
+    assert!(outages <= 1, "{outages} failed calls after the restart");
+    let row = store.load_row("o1").await.unwrap().unwrap();
+    assert_eq!(row, OrderRow::fold([&first, &second])[0]);
+}
+
+/// Goal: the SQL merge itself is the join of `OrderRow`, not "first writer wins": when a key
+/// is removed behind the store's back (a restore, a rebuild by replay) and another event of
+/// the same key arrives, the smaller `(at_ms, event_id)` wins the column whatever the arrival
+/// order, and a bill's entry keeps its smaller stamp. Method: apply, delete the key row with
+/// raw SQL, apply a competitor; compare with the fold of all events, for both arrival orders.
+#[tokio::test]
+async fn the_sql_merge_is_the_row_join_whatever_the_arrival_order() {
+    let _shared = SERVICE.read().await;
+    let late_paid = event("p-late", "o1", EventKind::Paid, 30);
+    let early_paid = event("p-early", "o1", EventKind::Paid, 10);
+    let tie_paid = event("p-a", "o1", EventKind::Paid, 10); // same time, smaller event id
+    let bill = event("b1", "o1", EventKind::Billed, 50);
+    let mut earlier_bill = bill.clone();
+    earlier_bill.event_time_ms = 40;
+    earlier_bill.amount_minor = Some(7);
+    let events = [late_paid, early_paid, tie_paid, bill, earlier_bill];
+    let expected = OrderRow::fold(events.iter()).remove(0);
+    assert_eq!(expected.paid.as_ref().unwrap().event_id, "p-a");
+    assert_eq!(expected.bills["b1"].at_ms, 40);
+
+    let url = postgres_url();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    for (round, order) in [[0, 1, 2, 3, 4], [4, 2, 0, 3, 1], [2, 4, 1, 0, 3]]
+        .iter()
+        .enumerate()
+    {
+        let schema = format!("hf_test_join_{round}");
+        let store = fresh_store(&schema).await;
+        for &index in order {
+            let outcomes = store.apply_batch(&events[index..=index]).await.unwrap();
+            assert_eq!(outcomes, vec![ApplyOutcome::Applied]);
+            // Forget every key, so that the next event of the same key is merged again.
+            client
+                .batch_execute(&format!("DELETE FROM {schema}.holdfast_keys"))
+                .await
+                .unwrap();
+        }
+        let row = store.load_row("o1").await.unwrap().unwrap();
+        assert_eq!(row, expected, "arrival order {order:?}");
+    }
+}
+
+/// Goal: while PostgreSQL is down every call is an outage, never a rejection (an outage must
+/// not dead-letter anything), and the same store works again once it is back. Method:
+/// `scripts/services-up --stop postgres`, call every method, `scripts/services-up`, retry.
+#[tokio::test]
+async fn a_stopped_postgres_is_an_outage_then_recovers() {
+    let _exclusive = SERVICE.write().await;
+    let store = fresh_store("hf_test_stopped").await;
+    let created = event("e1", "o1", EventKind::Created, 1);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services-up");
+    assert!(Command::new(&script)
+        .args(["--stop", "postgres"])
+        .status()
+        .unwrap()
+        .success());
+    let applied = store.apply_batch(std::slice::from_ref(&created)).await;
+    let contained = store.contains_batch(&[IdempotencyKey::of(&created)]).await;
+    let loaded = store.load_row("o1").await;
+    // Start again before asserting, so that a failure leaves the services up.
+    assert!(Command::new(&script).status().unwrap().success());
+    for error in [
+        applied.unwrap_err(),
+        contained.unwrap_err(),
+        loaded.unwrap_err(),
+    ] {
+        assert!(error.is_outage(), "{error}");
+    }
+    assert_eq!(
+        store
+            .apply_batch(std::slice::from_ref(&created))
+            .await
+            .unwrap(),
+        vec![ApplyOutcome::Applied]
+    );
+}
