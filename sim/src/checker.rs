@@ -204,10 +204,37 @@ pub fn check(observed: &Observed) -> Verdict {
         .filter(|key| !polled.contains(*key))
         .count();
     Verdict {
-        violations,
+        violations: collapse(violations),
         report,
         unseen,
     }
+}
+
+/// One violation per invariant: the first few details and how many there were in all, so
+/// that a broken commit discipline does not print a line per commit.
+fn collapse(violations: Vec<Violation>) -> Vec<Violation> {
+    let mut grouped: BTreeMap<Invariant, Vec<String>> = BTreeMap::new();
+    for violation in violations {
+        grouped
+            .entry(violation.invariant)
+            .or_default()
+            .push(violation.detail);
+    }
+    grouped
+        .into_iter()
+        .map(|(invariant, details)| {
+            let total = details.len();
+            let mut detail = details
+                .into_iter()
+                .take(EXAMPLES_MAX)
+                .collect::<Vec<_>>()
+                .join("; ");
+            if total > EXAMPLES_MAX {
+                detail.push_str(&format!(" (and {} more)", total - EXAMPLES_MAX));
+            }
+            Violation { invariant, detail }
+        })
+        .collect()
 }
 
 /// Poll-order checks per member and assignment; returns the keys ever polled.

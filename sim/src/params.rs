@@ -25,6 +25,8 @@ pub struct RunParams {
     pub slow_worker_ms: u64,
     /// Percent of events that the producer sends twice (a retry that duplicates).
     pub duplicate_percent: u32,
+    /// Whether a compensator group runs beside the consumers.
+    pub compensator: bool,
     /// Virtual milliseconds of the safety phase.
     pub safety_ms: u64,
     /// Virtual milliseconds the liveness phase may take to converge.
@@ -55,19 +57,22 @@ impl RunParams {
             } else {
                 rng.between(1, 400)
             },
+            compensator: false,
             safety_ms: rng.between(5_000, 20_000),
             liveness_ms: 0,
         };
         params.liveness_ms = params.liveness_bound_ms();
         // The explorer's rows pin the dimension they are about.
         match scenario {
-            Scenario::AutoCommit | Scenario::Planted(_) => {
+            Scenario::AutoCommit | Scenario::CompensatedAutoCommit | Scenario::Planted(_) => {
                 params.faults = params.faults.max(2);
                 // The commit bugs only bite while work is in flight at commit time.
                 params.slow_worker_ms = params.slow_worker_ms.max(100);
                 params.crash_at = params.crash_at.or(Some((FaultPoint::AfterOffsetCommit, 1)));
+                params.compensator = scenario == Scenario::CompensatedAutoCommit;
             }
-            Scenario::Standard | Scenario::LiteralCommitRule => {}
+            Scenario::Standard => params.compensator = rng.chance(0.5),
+            Scenario::LiteralCommitRule => {}
             _ => params.faults = params.faults.max(1),
         }
         params
@@ -96,7 +101,7 @@ impl fmt::Display for RunParams {
         };
         write!(
             out,
-            "seed={} scenario={} orders={} partitions={} consumers={} batch={} concurrency={} faults={} crash_at={} slow_workers<={}ms duplicates={}% safety={}ms liveness<={}ms",
+            "seed={} scenario={} orders={} partitions={} consumers={} batch={} concurrency={} faults={} crash_at={} slow_workers<={}ms duplicates={}% compensator={} safety={}ms liveness<={}ms",
             self.seed,
             self.scenario,
             self.orders,
@@ -108,6 +113,7 @@ impl fmt::Display for RunParams {
             crash_at,
             self.slow_worker_ms,
             self.duplicate_percent,
+            if self.compensator { "on" } else { "off" },
             self.safety_ms,
             self.liveness_ms
         )

@@ -22,8 +22,14 @@ pub fn single(outcome: &RunOutcome, trace_lines: usize) -> String {
     }
     let _ = writeln!(
         out,
-        "steps {}  messages sent {}  redeliveries {}  unseen {}  virtual time {}ms  trace hash {:016x}",
-        outcome.steps, outcome.sent, outcome.redeliveries, outcome.verdict.unseen, outcome.virtual_ms, outcome.fingerprint
+        "steps {}  messages sent {}  redeliveries {}  compensator re-sends {}  unseen {}  virtual time {}ms  trace hash {:016x}",
+        outcome.steps,
+        outcome.sent,
+        outcome.redeliveries,
+        outcome.resent,
+        outcome.verdict.unseen,
+        outcome.virtual_ms,
+        outcome.fingerprint
     );
     let _ = writeln!(out, "{}", outcome.verdict.report);
     if trace_lines > 0 {
@@ -73,6 +79,7 @@ pub fn sweep(results: &[SeedResult], wall_s: f64) -> (String, bool) {
             crate::scenario::Expectation::Safe => "no loss",
             crate::scenario::Expectation::LossShown => "loss shown",
             crate::scenario::Expectation::Caught => "caught",
+            crate::scenario::Expectation::Repaired => "repaired",
         };
         let _ = writeln!(
             out,

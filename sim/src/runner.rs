@@ -7,11 +7,13 @@ use crate::history::{History, Step};
 use crate::observe::{CrashProbe, DeadLetterSink, DeadLetters, Observers, RecordingLog};
 use crate::params::RunParams;
 use crate::scenario::Scenario;
-use crate::world::{Acks, FlushPolicy, ServiceNode, World, WorldConfig};
+use crate::world::{Acks, FlushPolicy, ServiceNode, SimPublisher, World, WorldConfig};
 use holdfast::offsets::{CommitRule, Limits};
-use holdfast::pipeline::{Consumer, ConsumerConfig, Metrics, Services, ShutdownTrigger};
+use holdfast::pipeline::{
+    Compensator, CompensatorConfig, Consumer, ConsumerConfig, Metrics, Services, ShutdownTrigger,
+};
 use holdfast::planted::PlantedBug;
-use holdfast::ports::{FaultPoint, OutboundMessage, Publisher};
+use holdfast::ports::{Delivery, FaultPoint, OutboundMessage, PortError, Publisher};
 use holdfast::rng::SplitMix;
 use holdfast::verify::{GroundTruth, StoreView};
 use holdfast::workload::{Workload, WorkloadConfig};
@@ -26,6 +28,8 @@ use tokio::sync::mpsc;
 
 const GROUP: &str = "holdfast";
 const TOPIC: &str = "orders";
+const COMPENSATOR_GROUP: &str = "holdfast-compensator";
+const DEAD_LETTER_TOPIC: &str = "orders.dlq";
 
 /// Everything one run produced.
 #[derive(Clone, Debug)]
@@ -43,6 +47,8 @@ pub struct RunOutcome {
     pub steps: usize,
     /// Polls of an offset already polled before (redeliveries after crashes and rebalances).
     pub redeliveries: usize,
+    /// Records the compensator re-published (they carry its attempts header).
+    pub resent: usize,
     /// The whole trace, one line per step.
     pub trace: String,
 }
@@ -135,9 +141,13 @@ async fn simulate(params: RunParams) -> RunOutcome {
     let producer_done = Arc::new(AtomicBool::new(false));
     let sent = spawn_producer(&params, &world, &observers, &truth, &producer_done);
     let (crash_sender, mut crash_requests) = mpsc::unbounded_channel();
-    let consumers: Vec<NodeId> = (0..params.consumers)
+    let mut consumers: Vec<NodeId> = (0..params.consumers)
         .map(|index| spawn_consumer(&params, index, &observers, crash_sender.clone()))
         .collect();
+    if params.compensator {
+        // The compensator crashes like any consumer: it must be crash-safe too.
+        consumers.push(spawn_compensator(&observers));
+    }
 
     // Safety phase: faults at random moments.
     let mut rng = SplitMix::new(params.seed.rotate_left(17));
@@ -182,14 +192,16 @@ async fn simulate(params: RunParams) -> RunOutcome {
             )
             .await;
         }
+        // Converged: the consumers finished the log (and the compensator resolved all of it).
         // The literal commit rule commits an acked record's own offset, so its committed
         // offsets never reach the log end: for it, convergence is judged on effects alone.
-        let offsets_done =
-            params.scenario == Scenario::LiteralCommitRule || caught_up(&world, params.partitions);
-        if producer_done.load(Ordering::SeqCst)
-            && offsets_done
-            && effects_done(&world, &truth, &observers)
-        {
+        let finished = if params.scenario == Scenario::LiteralCommitRule {
+            effects_done(&world, &truth, &observers)
+        } else {
+            caught_up(&world, GROUP, params.partitions)
+                && (!params.compensator || caught_up(&world, COMPENSATOR_GROUP, params.partitions))
+        };
+        if producer_done.load(Ordering::SeqCst) && finished {
             converged = true;
             break;
         }
@@ -255,6 +267,18 @@ async fn simulate(params: RunParams) -> RunOutcome {
     }));
     faults.sort_by(|a, b| a.0.total_cmp(&b.0));
     let faults: Vec<String> = faults.into_iter().map(|(_, line)| line).collect();
+    let resent = observed
+        .logs
+        .values()
+        .flatten()
+        .filter(|(_, record)| {
+            holdfast::pipeline::dead_letter::header(
+                &record.headers,
+                holdfast::pipeline::dead_letter::HEADER_ATTEMPTS,
+            )
+            .is_some()
+        })
+        .count();
     let trace = history.render(usize::MAX);
     RunOutcome {
         fingerprint: crate::history::digest(trace.as_bytes()),
@@ -266,6 +290,7 @@ async fn simulate(params: RunParams) -> RunOutcome {
         virtual_ms,
         sent: sent.load(Ordering::SeqCst) as usize,
         redeliveries,
+        resent,
     }
 }
 
@@ -289,13 +314,10 @@ fn effects_done(world: &World, truth: &Arc<Mutex<GroundTruth>>, observers: &Obse
 }
 
 /// Every partition's committed offset reached the end of its log.
-fn caught_up(world: &World, partitions: i32) -> bool {
-    let committed = world.committed(GROUP);
+fn caught_up(world: &World, group: &str, partitions: i32) -> bool {
+    let committed = world.committed(group);
     (0..partitions).all(|partition| {
-        let end = world
-            .partition_log(partition)
-            .last()
-            .map_or(0, |(offset, _)| offset + 1);
+        let end = world.log_end(partition);
         end == 0 || committed.get(&partition).is_some_and(|c| c.offset >= end)
     })
 }
@@ -385,6 +407,67 @@ fn spawn_producer(
         done.store(true, Ordering::SeqCst);
     });
     sent
+}
+
+/// The compensator node: the pipeline's own `Compensator` in its own group, re-sending to the
+/// topic what the main group committed past without its effect reaching the store.
+fn spawn_compensator(observers: &Observers) -> NodeId {
+    let observers = observers.clone();
+    let node = Handle::current()
+        .create_node()
+        .name("compensator")
+        .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 8, 100)))
+        .init(move || {
+            let observers = observers.clone();
+            async move {
+                let world = observers.world.clone();
+                let publisher = Routed {
+                    topic: world.publisher().await,
+                    dead_letters: DeadLetterSink {
+                        letters: observers.dead_letters.clone(),
+                        observers: observers.clone(),
+                    },
+                };
+                let config = CompensatorConfig {
+                    main_group: GROUP.into(),
+                    topic: TOPIC.into(),
+                    dead_letter_topic: DEAD_LETTER_TOPIC.into(),
+                    delay: Duration::from_secs(2),
+                    check_interval: Duration::from_millis(500),
+                    attempts_max: 3,
+                    batch_size: 100,
+                    poll_timeout: Duration::from_millis(50),
+                    limits: Limits::default(),
+                };
+                let compensator = Compensator::new(
+                    config,
+                    world.log(COMPENSATOR_GROUP).await,
+                    world.group_offsets().await,
+                    world.store().await,
+                    publisher,
+                );
+                let (_trigger, shutdown) = ShutdownTrigger::new();
+                compensator.run(shutdown).await;
+            }
+        })
+        .build();
+    node.id()
+}
+
+/// Sends dead letters to the dead-letter sink and everything else to the topic.
+struct Routed {
+    topic: SimPublisher,
+    dead_letters: DeadLetterSink,
+}
+
+impl Publisher for Routed {
+    async fn publish(&self, message: OutboundMessage) -> Result<Delivery, PortError> {
+        if message.topic == DEAD_LETTER_TOPIC {
+            self.dead_letters.publish(message).await
+        } else {
+            self.topic.publish(message).await
+        }
+    }
 }
 
 /// One consumer node; every restart starts a new incarnation of the same pipeline code.
@@ -497,7 +580,7 @@ async fn inject_fault(
             let broker = leader_of_busiest(world, params.partitions).unwrap_or(rng.below(brokers));
             single_broker_failure(world, observers, broker, rng).await;
         }
-        Scenario::AutoCommit | Scenario::Planted(_) => {
+        Scenario::AutoCommit | Scenario::CompensatedAutoCommit | Scenario::Planted(_) => {
             let consumer = rng.below(consumers.len());
             crash_consumer(
                 world,

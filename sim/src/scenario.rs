@@ -15,6 +15,9 @@ pub enum Expectation {
     LossShown,
     /// Some seed of the sweep must be caught by the checker (a planted bug).
     Caught,
+    /// A planted loss that the compensator must repair: the checker may flag the commit
+    /// discipline, but no seed may lose or double an acknowledged event.
+    Repaired,
 }
 
 /// One kind of run.
@@ -38,13 +41,15 @@ pub enum Scenario {
     AutoCommit,
     /// The standard run with the seed's literal commit rule (step 6 as written).
     LiteralCommitRule,
+    /// Auto-commit and consumer crashes, with the compensator running.
+    CompensatedAutoCommit,
     /// A planted bug that the checker must catch.
     Planted(PlantedBug),
 }
 
 impl Scenario {
     /// The explorer's rows, in the order the table prints them.
-    pub const EXPLORER: [Scenario; 8] = [
+    pub const EXPLORER: [Scenario; 9] = [
         Scenario::Standard,
         Scenario::FireAndForget,
         Scenario::AcksOneLeaderCrash,
@@ -53,6 +58,7 @@ impl Scenario {
         Scenario::AllReplicasCrashFlushed,
         Scenario::AutoCommit,
         Scenario::LiteralCommitRule,
+        Scenario::CompensatedAutoCommit,
     ];
 
     /// Every scenario, explorer rows then planted bugs.
@@ -78,6 +84,7 @@ impl Scenario {
             | Scenario::AllReplicasCrashUnflushed
             | Scenario::AutoCommit => Expectation::LossShown,
             Scenario::Planted(_) => Expectation::Caught,
+            Scenario::CompensatedAutoCommit => Expectation::Repaired,
         }
     }
 
@@ -92,6 +99,7 @@ impl Scenario {
             Scenario::AllReplicasCrashFlushed => "all-replicas-crash-flushed".into(),
             Scenario::AutoCommit => "auto-commit".into(),
             Scenario::LiteralCommitRule => "literal-commit-rule".into(),
+            Scenario::CompensatedAutoCommit => "auto-commit-compensated".into(),
             Scenario::Planted(bug) => format!("planted-{}", planted_name(bug)),
         }
     }
@@ -114,6 +122,7 @@ impl Scenario {
             Scenario::AllReplicasCrashFlushed => "all replicas crash, flush every append",
             Scenario::AutoCommit => "consumer auto-commit, consumer crash",
             Scenario::LiteralCommitRule => "standard faults, the seed's literal commit rule",
+            Scenario::CompensatedAutoCommit => "auto-commit and crashes, compensator on",
             Scenario::Planted(_) => "planted bug",
         }
     }
@@ -121,7 +130,7 @@ impl Scenario {
     /// The planted bug the scenario switches on, if any.
     pub fn planted(self) -> Option<PlantedBug> {
         match self {
-            Scenario::AutoCommit => Some(PlantedBug::AutoCommit),
+            Scenario::AutoCommit | Scenario::CompensatedAutoCommit => Some(PlantedBug::AutoCommit),
             Scenario::Planted(bug) => Some(bug),
             _ => None,
         }

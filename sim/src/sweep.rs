@@ -290,6 +290,9 @@ pub fn meets(scenario: Scenario, row: &Row) -> bool {
         Expectation::Safe => row.failing_seeds == 0,
         Expectation::LossShown => row.seeds_with_loss > 0,
         Expectation::Caught => row.failing_seeds > 0,
+        Expectation::Repaired => {
+            row.seeds_with_loss == 0 && !row.invariants.contains_key(&Invariant::Duplicate)
+        }
     }
 }
 

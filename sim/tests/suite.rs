@@ -109,6 +109,27 @@ fn the_literal_commit_rule_is_safe_but_redelivers_more() {
     );
 }
 
+/// With auto-commit and crashes the consumer loses events; the compensator notices (the main
+/// group committed past them, their keys are not in the store), re-sends them, and they are
+/// applied exactly once.
+#[test]
+fn the_compensator_repairs_what_auto_commit_lost() {
+    let mut resent = 0;
+    for seed in 1..=12 {
+        let outcome = run(&RunParams::derive(seed, Scenario::CompensatedAutoCommit));
+        let invariants = outcome.verdict.invariants();
+        assert!(
+            outcome.lost() == 0,
+            "seed {seed}: {:?}",
+            outcome.verdict.violations
+        );
+        assert!(!invariants.contains(&holdfast_sim::checker::Invariant::Duplicate));
+        assert!(!invariants.contains(&holdfast_sim::checker::Invariant::Liveness));
+        resent += outcome.resent;
+    }
+    assert!(resent > 0, "the compensator never had to re-send anything");
+}
+
 // Regressions: each of these seeds once failed in a scenario that must be safe.
 
 /// A restarted broker that lost its page cache was proposed back into the ISR before it had
