@@ -16,6 +16,7 @@ pub fn single(outcome: &RunOutcome, trace_lines: usize) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "commit {COMMIT}");
     let _ = writeln!(out, "{}", outcome.params);
+    let _ = writeln!(out, "{}", outcome.world);
     let _ = writeln!(out, "faults injected ({}):", outcome.faults.len());
     for fault in &outcome.faults {
         let _ = writeln!(out, "  {fault}");

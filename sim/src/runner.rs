@@ -38,6 +38,8 @@ pub struct RunOutcome {
     pub verdict: Verdict,
     /// Hash of the full trace: equal for equal runs.
     pub fingerprint: u64,
+    /// The simulated cluster's configuration (acks, replication, flush, ...).
+    pub world: String,
     /// Faults injected, in order, with virtual time.
     pub faults: Vec<String>,
     pub virtual_ms: u64,
@@ -74,6 +76,7 @@ pub fn world_config(params: &RunParams) -> WorldConfig {
         partitions: params.partitions,
         flush: FlushPolicy::Interval(Duration::from_millis(200)),
         planted: params.scenario.planted().filter(|bug| store_bug(*bug)),
+        redis_max_keys: params.redis_keys_max,
         ..WorldConfig::default()
     };
     match params.scenario {
@@ -91,6 +94,26 @@ pub fn world_config(params: &RunParams) -> WorldConfig {
         _ => {}
     }
     config
+}
+
+/// One line naming every knob of the simulated cluster.
+pub fn describe_world(config: &WorldConfig) -> String {
+    format!(
+        "world: brokers={} rf={} min_isr={} acks={:?} flush={:?} unclean_election={} idempotent_producer={} producer_retries={} redis_persistent={} redis_keys_max={:?} session_timeout={:?} latency={:?}..{:?}",
+        config.brokers,
+        config.replication_factor,
+        config.min_insync_replicas,
+        config.acks,
+        config.flush,
+        config.unclean_election,
+        config.idempotent_producer,
+        config.producer_retries,
+        config.redis_persistent,
+        config.redis_max_keys,
+        config.session_timeout,
+        config.latency.0,
+        config.latency.1
+    )
 }
 
 /// Bugs that live in the store (PostgreSQL's schema and SQL), not in the consumer.
@@ -279,6 +302,7 @@ async fn simulate(params: RunParams) -> RunOutcome {
             .is_some()
         })
         .count();
+    let params_for_report = params.clone();
     let trace = history.render(usize::MAX);
     RunOutcome {
         fingerprint: crate::history::digest(trace.as_bytes()),
@@ -291,6 +315,7 @@ async fn simulate(params: RunParams) -> RunOutcome {
         sent: sent.load(Ordering::SeqCst) as usize,
         redeliveries,
         resent,
+        world: describe_world(&world_config(&params_for_report)),
     }
 }
 
