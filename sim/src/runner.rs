@@ -164,12 +164,15 @@ async fn simulate(params: RunParams) -> RunOutcome {
     let producer_done = Arc::new(AtomicBool::new(false));
     let sent = spawn_producer(&params, &world, &observers, &truth, &producer_done);
     let (crash_sender, mut crash_requests) = mpsc::unbounded_channel();
-    let mut consumers: Vec<NodeId> = (0..params.consumers)
-        .map(|index| spawn_consumer(&params, index, &observers, crash_sender.clone()))
+    let mut consumers: Vec<(NodeId, String)> = (0..params.consumers)
+        .map(|index| {
+            let node = spawn_consumer(&params, index, &observers, crash_sender.clone());
+            (node, format!("consumer-{index}"))
+        })
         .collect();
     if params.compensator {
         // The compensator crashes like any consumer: it must be crash-safe too.
-        consumers.push(spawn_compensator(&observers));
+        consumers.push((spawn_compensator(&observers), "compensator".into()));
     }
 
     // Safety phase: faults at random moments.
@@ -180,16 +183,7 @@ async fn simulate(params: RunParams) -> RunOutcome {
     schedule.sort_unstable();
     let mut next = schedule.into_iter().peekable();
     while crate::observe::now_ms(start) < params.safety_ms {
-        while let Ok((consumer, point)) = crash_requests.try_recv() {
-            crash_consumer(
-                &world,
-                &observers,
-                consumers[consumer],
-                &format!("consumer-{consumer} crashed at {point:?}"),
-                &mut rng,
-            )
-            .await;
-        }
+        serve_crash_requests(&mut crash_requests, &observers, &consumers, &mut rng).await;
         if next
             .peek()
             .is_some_and(|due| *due <= crate::observe::now_ms(start))
@@ -205,16 +199,7 @@ async fn simulate(params: RunParams) -> RunOutcome {
     let deadline = Instant::now() + Duration::from_millis(params.liveness_ms);
     let mut converged = false;
     while Instant::now() < deadline {
-        while let Ok((consumer, point)) = crash_requests.try_recv() {
-            crash_consumer(
-                &world,
-                &observers,
-                consumers[consumer],
-                &format!("consumer-{consumer} crashed at {point:?}"),
-                &mut rng,
-            )
-            .await;
-        }
+        serve_crash_requests(&mut crash_requests, &observers, &consumers, &mut rng).await;
         // Converged: the consumers finished the log (and the compensator resolved all of it).
         // The literal commit rule commits an acked record's own offset, so its committed
         // offsets never reach the log end: for it, convergence is judged on effects alone.
@@ -551,14 +536,27 @@ fn spawn_consumer(
     node.id()
 }
 
-async fn crash_consumer(
-    world: &World,
+/// Carries out the crashes that probes asked for (a probe freezes its node at its fault point
+/// and asks; the supervisor kills and later restarts it).
+async fn serve_crash_requests(
+    requests: &mut mpsc::UnboundedReceiver<(usize, FaultPoint)>,
     observers: &Observers,
-    node: NodeId,
-    what: &str,
+    consumers: &[(NodeId, String)],
     rng: &mut SplitMix,
 ) {
-    let _ = world;
+    while let Ok((consumer, point)) = requests.try_recv() {
+        let (node, name) = &consumers[consumer];
+        crash_consumer(
+            observers,
+            *node,
+            &format!("{name} crashed at {point:?}"),
+            rng,
+        )
+        .await;
+    }
+}
+
+async fn crash_consumer(observers: &Observers, node: NodeId, what: &str, rng: &mut SplitMix) {
     observers.history.push(
         observers.at(),
         Step::Fault {
@@ -581,7 +579,7 @@ async fn inject_fault(
     params: &RunParams,
     world: &World,
     observers: &Observers,
-    consumers: &[NodeId],
+    consumers: &[(NodeId, String)],
     rng: &mut SplitMix,
 ) {
     let brokers = world.config().brokers;
@@ -607,26 +605,18 @@ async fn inject_fault(
         }
         Scenario::AutoCommit | Scenario::CompensatedAutoCommit | Scenario::Planted(_) => {
             let consumer = rng.below(consumers.len());
-            crash_consumer(
-                world,
-                observers,
-                consumers[consumer],
-                &format!("consumer-{consumer}"),
-                rng,
-            )
-            .await;
+            {
+                let (node, name) = &consumers[consumer];
+                crash_consumer(observers, *node, name, rng).await;
+            }
         }
         Scenario::Standard | Scenario::LiteralCommitRule => match rng.below(6) {
             0 | 1 => {
                 let consumer = rng.below(consumers.len());
-                crash_consumer(
-                    world,
-                    observers,
-                    consumers[consumer],
-                    &format!("consumer-{consumer}"),
-                    rng,
-                )
-                .await;
+                {
+                    let (node, name) = &consumers[consumer];
+                    crash_consumer(observers, *node, name, rng).await;
+                }
             }
             2 => {
                 let broker = rng.below(brokers);

@@ -279,12 +279,7 @@ impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G
             Rebalance::Revoked { partition } => {
                 self.pending.retain(|(p, _), _| *p != partition);
                 if let Some(snapshot) = self.tracker.revoke(partition) {
-                    let commit = OffsetCommit {
-                        partition,
-                        offset: snapshot.offset,
-                        metadata: snapshot.metadata,
-                    };
-                    if let Err(error) = self.log.commit(&[commit], true).await {
+                    if let Err(error) = self.log.commit(&[snapshot.into()], true).await {
                         tracing::info!(%error, "compensator commit on revoke failed");
                     }
                 }
@@ -297,11 +292,7 @@ impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G
             .tracker
             .snapshots()
             .into_iter()
-            .map(|s| OffsetCommit {
-                partition: s.partition,
-                offset: s.offset,
-                metadata: s.metadata,
-            })
+            .map(OffsetCommit::from)
             .collect();
         if offsets.is_empty() {
             return;

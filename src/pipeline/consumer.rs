@@ -370,14 +370,7 @@ where
     }
 
     async fn commit(&mut self, snapshots: Vec<CommitSnapshot>, wait: bool) {
-        let offsets: Vec<OffsetCommit> = snapshots
-            .iter()
-            .map(|snapshot| OffsetCommit {
-                partition: snapshot.partition,
-                offset: snapshot.offset,
-                metadata: snapshot.metadata.clone(),
-            })
-            .collect();
+        let offsets: Vec<OffsetCommit> = snapshots.into_iter().map(OffsetCommit::from).collect();
         self.services.probe.at(FaultPoint::BeforeOffsetCommit).await;
         match self.log.commit(&offsets, wait).await {
             Ok(()) => {
