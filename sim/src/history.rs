@@ -21,6 +21,13 @@ pub enum Step {
         /// FNV-1a of the payload: a changed record at a read offset is an inconsistency.
         digest: u64,
     },
+    /// A member's store transaction committed this event (`applied`) or found its key already
+    /// there (`duplicate`).
+    Stored {
+        member: String,
+        event_id: String,
+        applied: bool,
+    },
     /// A member was assigned or lost a partition.
     Assigned {
         member: String,
@@ -133,6 +140,14 @@ pub fn describe(step: &Step) -> String {
         } => format!(
             "{member} poll p{partition}@{offset} #{:04x}",
             digest & 0xffff
+        ),
+        Step::Stored {
+            member,
+            event_id,
+            applied,
+        } => format!(
+            "{member} {} {event_id}",
+            if *applied { "applied" } else { "duplicate" }
         ),
         Step::Assigned { member, partition } => format!("{member} assigned p{partition}"),
         Step::Revoked { member, partition } => format!("{member} revoked p{partition}"),

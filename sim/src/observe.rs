@@ -7,9 +7,10 @@ use crate::world::World;
 use holdfast::event::OrderEvent;
 use holdfast::idempotency::IdempotencyKey;
 use holdfast::ports::{
-    Delivery, EventLog, FaultPoint, OffsetCommit, OutboundMessage, PartitionId, Polled, PortError,
-    Probe, Publisher, Rebalance,
+    ApplyOutcome, Delivery, EventLog, FaultPoint, OffsetCommit, OrderStore, OutboundMessage,
+    PartitionId, Polled, PortError, Probe, Publisher, Rebalance,
 };
+use holdfast::widetable::OrderRow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -142,6 +143,39 @@ impl<L: EventLog> EventLog for RecordingLog<L> {
 
     async fn pause(&mut self, partitions: &[PartitionId], paused: bool) -> Result<(), PortError> {
         self.inner.pause(partitions, paused).await
+    }
+}
+
+/// An [`OrderStore`] that records what each committed transaction did.
+pub struct RecordingStore<S> {
+    pub inner: S,
+    pub member: String,
+    pub observers: Observers,
+}
+
+impl<S: OrderStore> OrderStore for RecordingStore<S> {
+    async fn apply_batch(&self, events: &[OrderEvent]) -> Result<Vec<ApplyOutcome>, PortError> {
+        let outcomes = self.inner.apply_batch(events).await?;
+        let at = self.observers.at();
+        for (event, outcome) in events.iter().zip(&outcomes) {
+            self.observers.history.push(
+                at,
+                Step::Stored {
+                    member: self.member.clone(),
+                    event_id: event.event_id.clone(),
+                    applied: *outcome == ApplyOutcome::Applied,
+                },
+            );
+        }
+        Ok(outcomes)
+    }
+
+    async fn contains_batch(&self, keys: &[IdempotencyKey]) -> Result<Vec<bool>, PortError> {
+        self.inner.contains_batch(keys).await
+    }
+
+    async fn load_row(&self, order_id: &str) -> Result<Option<OrderRow>, PortError> {
+        self.inner.load_row(order_id).await
     }
 }
 

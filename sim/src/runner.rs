@@ -4,7 +4,9 @@
 
 use crate::checker::{check, Observed, Verdict};
 use crate::history::{History, Step};
-use crate::observe::{CrashProbe, DeadLetterSink, DeadLetters, Observers, RecordingLog};
+use crate::observe::{
+    CrashProbe, DeadLetterSink, DeadLetters, Observers, RecordingLog, RecordingStore,
+};
 use crate::params::RunParams;
 use crate::scenario::Scenario;
 use crate::world::{Acks, FlushPolicy, ServiceNode, SimPublisher, World, WorldConfig};
@@ -508,7 +510,11 @@ fn spawn_consumer(
                 };
                 let services = Services {
                     cache: world.cache().await,
-                    store: world.store().await,
+                    store: RecordingStore {
+                        inner: world.store().await,
+                        member: format!("c{index}#{incarnation}"),
+                        observers: observers.clone(),
+                    },
                     dead_letters: DeadLetterSink {
                         letters: observers.dead_letters.clone(),
                         observers: observers.clone(),
