@@ -24,6 +24,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -103,7 +104,7 @@ impl KafkaSettings {
             };
             if let Some(reason) = refusal {
                 return Err(config_error(format!(
-                    "refusing unsafe setting {name}={value}: {reason} (allow it explicitly to override)"
+                    "refusing unsafe setting {name}={value}: {reason} (override with allow_unsafe, `--allow-unsafe` on the command line)"
                 )));
             }
         }
@@ -217,6 +218,114 @@ pub async fn create_topic(
         }
     }
     Ok(())
+}
+
+/// Reads every record of `topic` present when called, from the beginning, without joining or
+/// committing for any group (dead letters for `holdfast verify`, checks in tests). Fails if
+/// the records cannot be read within `timeout`.
+pub async fn read_topic(
+    settings: &KafkaSettings,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<Record>, AdapterError> {
+    settings.validate()?;
+    let reader: BaseConsumer = settings
+        .consumer_config("holdfast-reader")
+        .create()
+        .map_err(|error| connect_error(&error))?;
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || read_topic_blocking(&reader, &topic, timeout))
+        .await
+        .map_err(|error| AdapterError::Setup {
+            service: LOG,
+            detail: format!("reader thread failed: {error}"),
+        })?
+}
+
+fn read_topic_blocking(
+    reader: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<Record>, AdapterError> {
+    let deadline = std::time::Instant::now() + timeout;
+    let failed = |detail: String| AdapterError::Setup {
+        service: LOG,
+        detail: format!("reading {topic}: {detail}"),
+    };
+    let metadata = reader
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|error| failed(error.to_string()))?;
+    let partitions: Vec<PartitionId> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(failed("no such topic".into()));
+    }
+    // The end of each partition now; records produced later are not waited for.
+    let mut ends: BTreeMap<PartitionId, i64> = BTreeMap::new();
+    let mut list = TopicPartitionList::new();
+    for partition in partitions {
+        let (low, high) = reader
+            .fetch_watermarks(topic, partition, timeout)
+            .map_err(|error| failed(error.to_string()))?;
+        if high > low {
+            ends.insert(partition, high);
+            list.add_partition_offset(topic, partition, Offset::Beginning)
+                .map_err(|error| failed(error.to_string()))?;
+        }
+    }
+    reader
+        .assign(&list)
+        .map_err(|error| failed(error.to_string()))?;
+    let mut records = Vec::new();
+    while !ends.is_empty() {
+        if std::time::Instant::now() >= deadline {
+            return Err(failed(format!(
+                "timed out with partitions {ends:?} unfinished"
+            )));
+        }
+        match reader.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(error)) => tracing::debug!(%error, "reader poll error"),
+            Some(Ok(message)) => {
+                let record = owned_record(&message);
+                if ends
+                    .get(&record.partition)
+                    .is_some_and(|end| record.offset + 1 >= *end)
+                {
+                    ends.remove(&record.partition);
+                }
+                records.push(record);
+            }
+        }
+    }
+    Ok(records)
+}
+
+fn owned_record(message: &impl Message) -> Record {
+    Record {
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().map(<[u8]>::to_vec),
+        payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        headers: message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|header| {
+                        (
+                            header.key.to_owned(),
+                            header.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
 }
 
 /// The consumer's context: turns librdkafka's rebalance callbacks into [`LogRebalance`]
@@ -399,26 +508,7 @@ fn poll_blocking(
                 // we have nothing and time is left.
                 break;
             }
-            Some(Ok(message)) => records.push(Record {
-                partition: message.partition(),
-                offset: message.offset(),
-                key: message.key().map(<[u8]>::to_vec),
-                payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                headers: message
-                    .headers()
-                    .map(|headers| {
-                        headers
-                            .iter()
-                            .map(|header| {
-                                (
-                                    header.key.to_owned(),
-                                    header.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            }),
+            Some(Ok(message)) => records.push(owned_record(&message)),
             Some(Err(error)) => {
                 let failure = port_error(&error);
                 if records.is_empty() && consumer.context().events().is_empty() {
@@ -512,6 +602,33 @@ impl KafkaPublisher {
         Ok(KafkaPublisher { producer })
     }
 
+    /// Queues `message` without waiting and returns the wait for its acknowledgement. Queue
+    /// order is send order within a partition, so a caller can keep many messages in flight
+    /// without reordering them. Fails at once when librdkafka's local queue is full.
+    pub fn enqueue(
+        &self,
+        message: &OutboundMessage,
+    ) -> Result<impl Future<Output = Result<Delivery, PortError>> + Send + 'static, PortError> {
+        let record = FutureRecord::to(&message.topic)
+            .key(message.key.as_slice())
+            .payload(message.payload.as_slice())
+            .headers(owned_headers(&message.headers));
+        let delivery = self
+            .producer
+            .send_result(record)
+            .map_err(|(error, _record)| port_error(&error))?;
+        Ok(async move {
+            match delivery.await {
+                Ok(Ok(delivery)) => Ok(Delivery {
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                }),
+                Ok(Err((error, _message))) => Err(port_error(&error)),
+                Err(_canceled) => Err(unavailable(LOG, "the producer closed before delivery")),
+            }
+        })
+    }
+
     /// Waits up to `timeout` for every queued message to be delivered or to fail.
     pub fn flush(&self, timeout: Duration) -> Result<(), PortError> {
         use rdkafka::producer::Producer;
@@ -523,17 +640,10 @@ impl KafkaPublisher {
 
 impl Publisher for KafkaPublisher {
     async fn publish(&self, message: OutboundMessage) -> Result<Delivery, PortError> {
-        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
-        for (key, value) in &message.headers {
-            headers = headers.insert(Header {
-                key: key.as_str(),
-                value: Some(value.as_slice()),
-            });
-        }
         let record = FutureRecord::to(&message.topic)
             .key(message.key.as_slice())
             .payload(message.payload.as_slice())
-            .headers(headers);
+            .headers(owned_headers(&message.headers));
         // The queue timeout only bounds waiting for room in librdkafka's local queue; the
         // delivery itself is bounded by message.timeout.ms.
         match self.producer.send(record, CALL_TIMEOUT).await {
@@ -544,6 +654,17 @@ impl Publisher for KafkaPublisher {
             Err((error, _message)) => Err(port_error(&error)),
         }
     }
+}
+
+fn owned_headers(headers: &[(String, Vec<u8>)]) -> OwnedHeaders {
+    let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+    for (key, value) in headers {
+        owned = owned.insert(Header {
+            key: key.as_str(),
+            value: Some(value.as_slice()),
+        });
+    }
+    owned
 }
 
 /// Reads the committed offsets of other groups on one topic (the compensator's view of the

@@ -11,7 +11,9 @@ pub mod postgres;
 pub mod redis;
 
 #[cfg(feature = "kafka")]
-pub use self::kafka::{create_topic, KafkaGroupOffsets, KafkaLog, KafkaPublisher, KafkaSettings};
+pub use self::kafka::{
+    create_topic, read_topic, KafkaGroupOffsets, KafkaLog, KafkaPublisher, KafkaSettings,
+};
 pub use self::postgres::PostgresStore;
 pub use self::redis::RedisCache;
 
