@@ -921,6 +921,85 @@ mod tests {
         );
     }
 
+    /// Folds rebalance events into the set of partitions a member owns; a revoke must name
+    /// an owned partition and an assignment a partition not owned.
+    fn apply(owned: &mut BTreeSet<PartitionId>, changes: &[LogRebalance]) {
+        for change in changes {
+            match change {
+                LogRebalance::Assigned { partition, .. } => {
+                    assert!(owned.insert(*partition), "assigned twice: {partition}")
+                }
+                LogRebalance::Revoked { partition } => {
+                    assert!(
+                        owned.remove(partition),
+                        "revoked but not owned: {partition}"
+                    )
+                }
+            }
+        }
+    }
+
+    /// Goal: when a second member joins, the first is told `Revoked` before the new
+    /// assignment, and the two end up owning disjoint partitions that cover the topic; every
+    /// record a member receives is on a partition it owns at that moment. Method: two
+    /// consumers of one group on a 4-partition mock topic, polled in turns.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_joining_member_takes_partitions_after_a_revoke() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("t", 4, 1).unwrap();
+        let settings = settings(&mock);
+        let publisher = KafkaPublisher::connect(&settings).unwrap();
+        for index in 0..40 {
+            publisher.publish(message("t", index)).await.unwrap();
+        }
+        let mut first = KafkaLog::connect(&settings, "g", "t").unwrap();
+        let mut owned_first = BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while owned_first.len() < 4 {
+            assert!(Instant::now() < deadline, "no assignment");
+            let polled = first.poll(100, Duration::from_millis(100)).await.unwrap();
+            apply(&mut owned_first, &polled.rebalances);
+        }
+        let mut second = KafkaLog::connect(&settings, "g", "t").unwrap();
+        let mut owned_second = BTreeSet::new();
+        let mut revoked_seen = false;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while owned_second.is_empty() || owned_first.len() + owned_second.len() < 4 {
+            assert!(
+                Instant::now() < deadline,
+                "the second member never got partitions"
+            );
+            for (log, owned) in [
+                (&mut first, &mut owned_first),
+                (&mut second, &mut owned_second),
+            ] {
+                let polled = log.poll(100, Duration::from_millis(100)).await.unwrap();
+                revoked_seen |= polled
+                    .rebalances
+                    .iter()
+                    .any(|change| matches!(change, LogRebalance::Revoked { .. }));
+                apply(owned, &polled.rebalances);
+                for record in &polled.records {
+                    assert!(
+                        owned.contains(&record.partition),
+                        "record of a partition not owned"
+                    );
+                }
+            }
+        }
+        assert!(
+            revoked_seen,
+            "the first member was never told of the revoke"
+        );
+        assert!(owned_first.is_disjoint(&owned_second));
+        let all: BTreeSet<PartitionId> = owned_first.union(&owned_second).copied().collect();
+        assert_eq!(all, (0..4).collect());
+        let records = read_topic(&settings, "t", Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(records.len(), 40, "read_topic reads every record");
+    }
+
     /// Goal: a broker outage is `Unavailable` (retried without limit), a commit refused for a
     /// stale generation is `Fenced`, and the adapters work again once the broker is back.
     /// Method: mock broker down, publish with a short delivery timeout; broker up, publish;
