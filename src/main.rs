@@ -75,6 +75,7 @@ fn service_command(command: &str, args: &[String]) -> Result<ExitCode, String> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     cli::main(command, args).unwrap_or_else(|| Err(format!("unknown command `{command}`")))
 }

@@ -265,7 +265,7 @@ async fn exactly_once_for_ten_thousand_events_on_the_real_services() {
 
 /// Goal: killing the consumer at arbitrary points loses nothing and applies nothing twice.
 /// Method: 10,000+ events; a consumer is started and its task aborted (its in-flight work is
-/// abandoned, uncommitted) after a random-ish share of progress, 6 times; then one runs until
+/// abandoned, uncommitted) at a point that varies with the cycle, 15 times; then one runs until
 /// the group committed the end of every partition; verify the database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_through_repeated_consumer_kills() {
@@ -279,7 +279,7 @@ async fn exactly_once_through_repeated_consumer_kills() {
     assert!(valid >= 10_000, "only {valid} events");
     let distinct = truth.acknowledged.len() as u64;
     let group = unique("group");
-    let kills = 6u64;
+    let kills = 15u64;
     let mut applied_total = 0;
     for kill in 0..kills {
         let running = start(&topics, &group, &cache, &store, kill);
