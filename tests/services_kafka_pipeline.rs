@@ -406,3 +406,134 @@ async fn exactly_once_through_a_broker_restart_mid_run() {
         running.metrics.commit_failures.get()
     );
 }
+
+/// Runs the `holdfast` binary to completion; returns its stdout, panicking on failure.
+fn holdfast(args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_holdfast"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "holdfast {args:?} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// Goal: the command line end to end, with real process deaths: `produce` writes the truth,
+/// `run` processes killed with SIGKILL lose nothing, a `run` stopped with SIGTERM drains and
+/// commits everything, and `verify` passes. Method: 2,000 orders; three `holdfast run`
+/// processes SIGKILLed 0 to 150 ms after their first key reached PostgreSQL (a short session
+/// timeout so that the dead member's partitions move on quickly), then one run until the
+/// group committed every end, stopped with SIGTERM; `holdfast verify` on the truth file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_through_sigkill_and_sigterm() {
+    let _exclusive = SERVICES.lock().await;
+    let redis_url = env("HOLDFAST_REDIS_URL");
+    flushall(&redis_url).await;
+    let schema = "hf_test_kafka_cli";
+    let store = fresh_store(schema).await;
+    let postgres = format!(
+        "{} options='-c search_path={schema}'",
+        env("HOLDFAST_POSTGRES_URL")
+    );
+    let topics = topics("cli").await;
+    let truth = std::env::temp_dir().join(format!("{}.truth.jsonl", topics.topic));
+    let truth_arg = truth.to_str().unwrap().to_owned();
+    let summary = holdfast(&[
+        "produce",
+        "--topic",
+        &topics.topic,
+        "--orders",
+        "2000",
+        "--seed",
+        "34",
+        "--truth",
+        &truth_arg,
+    ]);
+    assert!(summary.contains("failed 0"), "{summary}");
+    let group = unique("group");
+    let run_args = [
+        "run",
+        "--topic",
+        &topics.topic,
+        "--dlq",
+        &topics.dead_letters,
+        "--group",
+        &group,
+        "--postgres",
+        &postgres,
+        "--commit-ms",
+        "200",
+        "--set",
+        "session.timeout.ms=6000",
+    ];
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_holdfast"))
+            .args(run_args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    for (kill, delay_ms) in [0u64, 50, 150].into_iter().enumerate() {
+        let before = store.applications().await.unwrap().len();
+        let mut child = spawn();
+        // Kill once this process applied something, after a delay that varies per cycle.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while store.applications().await.unwrap().len() == before {
+            assert!(
+                Instant::now() < deadline,
+                "run {kill} never applied anything"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let after = store.applications().await.unwrap().len();
+        eprintln!(
+            "run {kill} SIGKILLed {delay_ms} ms after its first apply; {after} keys applied so far"
+        );
+    }
+    // The ends of the topic (the truth does not list malformed messages, so ask the broker).
+    let records = read_topic(&topics.settings, &topics.topic, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let mut ends = BTreeMap::new();
+    for record in &records {
+        let end = ends.entry(record.partition).or_insert(0);
+        *end = (*end).max(record.offset + 1);
+    }
+    let applied_before = store.applications().await.unwrap().len();
+    let child = spawn();
+    wait_caught_up(&topics, &group, &ends).await;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("stopped:"), "{stdout}");
+    let report = holdfast(&[
+        "verify",
+        "--truth",
+        &truth_arg,
+        "--postgres",
+        &postgres,
+        "--dlq",
+        &topics.dead_letters,
+    ]);
+    assert!(report.contains("PASS"), "{report}");
+    let applied = store.applications().await.unwrap().len();
+    assert!(
+        applied_before > 0 && applied_before < applied,
+        "the killed runs did all or none of the work ({applied_before} of {applied})"
+    );
+    eprintln!("{summary}{stdout}{report}");
+    let _ = std::fs::remove_file(&truth);
+}
