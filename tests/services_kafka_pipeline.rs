@@ -427,7 +427,9 @@ fn holdfast(args: &[&str]) -> String {
 /// commits everything, and `verify` passes. Method: 2,000 orders; three `holdfast run`
 /// processes SIGKILLed 0 to 150 ms after their first key reached PostgreSQL (a short session
 /// timeout so that the dead member's partitions move on quickly), then one run until the
-/// group committed every end, stopped with SIGTERM; `holdfast verify` on the truth file.
+/// group committed every end; five keys deleted from PostgreSQL and Redis flushed, then
+/// `holdfast compensate` must re-send them to the running consumer; SIGTERM; `holdfast
+/// verify` on the truth file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_line_through_sigkill_and_sigterm() {
     let _exclusive = SERVICES.lock().await;
@@ -510,6 +512,50 @@ async fn the_command_line_through_sigkill_and_sigterm() {
     let applied_before = store.applications().await.unwrap().len();
     let child = spawn();
     wait_caught_up(&topics, &group, &ends).await;
+
+    // Lose five effects behind the pipeline's back (their keys, and the cache that remembers
+    // them); the compensator must find them missing and re-send them to the running consumer.
+    let (client, connection) = tokio_postgres::connect(&postgres, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let deleted = client
+        .execute(
+            "DELETE FROM holdfast_keys WHERE (order_id, status, discriminator) IN \
+             (SELECT order_id, status, discriminator FROM holdfast_keys ORDER BY order_id LIMIT 5)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(deleted, 5);
+    flushall(&redis_url).await;
+    let compensated = holdfast(&[
+        "compensate",
+        "--topic",
+        &topics.topic,
+        "--dlq",
+        &topics.dead_letters,
+        "--main-group",
+        &group,
+        "--group",
+        &unique("compensator"),
+        "--postgres",
+        &postgres,
+        "--delay-ms",
+        "500",
+        "--check-ms",
+        "500",
+        "--for-s",
+        "20",
+    ]);
+    let resent: u64 = compensated
+        .split("re-sent ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no re-send count in {compensated}"));
+    assert!(resent >= 5, "{compensated}");
+    assert!(compensated.contains("dead-lettered 0"), "{compensated}");
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -534,6 +580,6 @@ async fn the_command_line_through_sigkill_and_sigterm() {
         applied_before > 0 && applied_before < applied,
         "the killed runs did all or none of the work ({applied_before} of {applied})"
     );
-    eprintln!("{summary}{stdout}{report}");
+    eprintln!("{summary}{compensated}{stdout}{report}");
     let _ = std::fs::remove_file(&truth);
 }
