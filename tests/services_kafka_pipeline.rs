@@ -407,6 +407,18 @@ async fn exactly_once_through_a_broker_restart_mid_run() {
     );
 }
 
+/// One HTTP GET of the metrics endpoint; the whole response.
+fn scrape(address: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: holdfast\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
 /// Runs the `holdfast` binary to completion; returns its stdout, panicking on failure.
 fn holdfast(args: &[&str]) -> String {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_holdfast"))
@@ -427,7 +439,7 @@ fn holdfast(args: &[&str]) -> String {
 /// commits everything, and `verify` passes. Method: 2,000 orders; three `holdfast run`
 /// processes SIGKILLed 0 to 150 ms after their first key reached PostgreSQL (a short session
 /// timeout so that the dead member's partitions move on quickly), then one run until the
-/// group committed every end; five keys deleted from PostgreSQL and Redis flushed, then
+/// group committed every end (its metrics endpoint scraped); five keys deleted from PostgreSQL and Redis flushed, then
 /// `holdfast compensate` must re-send them to the running consumer; SIGTERM; `holdfast
 /// verify` on the truth file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -472,9 +484,10 @@ async fn the_command_line_through_sigkill_and_sigterm() {
         "--set",
         "session.timeout.ms=6000",
     ];
-    let spawn = || {
+    let spawn = |extra: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_holdfast"))
             .args(run_args)
+            .args(extra)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -482,7 +495,7 @@ async fn the_command_line_through_sigkill_and_sigterm() {
     };
     for (kill, delay_ms) in [0u64, 50, 150].into_iter().enumerate() {
         let before = store.applications().await.unwrap().len();
-        let mut child = spawn();
+        let mut child = spawn(&[]);
         // Kill once this process applied something, after a delay that varies per cycle.
         let deadline = Instant::now() + Duration::from_secs(120);
         while store.applications().await.unwrap().len() == before {
@@ -510,8 +523,21 @@ async fn the_command_line_through_sigkill_and_sigterm() {
         *end = (*end).max(record.offset + 1);
     }
     let applied_before = store.applications().await.unwrap().len();
-    let child = spawn();
+    // A free port for the metrics endpoint (bound and released; loopback only).
+    let metrics_address = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let child = spawn(&["--metrics", &metrics_address]);
     wait_caught_up(&topics, &group, &ends).await;
+    let scraped = scrape(&metrics_address);
+    let applied_line = scraped
+        .lines()
+        .find(|line| line.starts_with("holdfast_events_applied_total "))
+        .unwrap_or_else(|| panic!("no applied counter in {scraped}"));
+    assert!(scraped.starts_with("HTTP/1.1 200 OK"), "{scraped}");
+    assert_ne!(applied_line, "holdfast_events_applied_total 0");
 
     // Lose five effects behind the pipeline's back (their keys, and the cache that remembers
     // them); the compensator must find them missing and re-send them to the running consumer.
