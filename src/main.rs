@@ -2,7 +2,12 @@
 //!
 //! `holdfast demo` runs the whole pipeline embedded (in-memory log, cache and store) through
 //! crash cycles and prints the end-to-end verification; `holdfast workload` prints a generated
-//! workload. The simulation suite is `cargo sim`.
+//! workload. With the `kafka` feature, `run`, `produce`, `compensate`, `verify` and
+//! `create-topic` work against Kafka, Redis and PostgreSQL (`cli`). The simulation suite is
+//! `cargo sim`.
+
+#[cfg(all(feature = "kafka", not(any(madsim, loom))))]
+mod cli;
 
 use holdfast::idempotency::memory::{MemoryCache, MemoryStore};
 use holdfast::memlog::MemoryBroker;
@@ -23,7 +28,10 @@ usage: holdfast <command> [options]
   workload   print a generated workload, one JSON object per line (key, payload):
              --orders N (1000) --seed N (1)
   help       this text
-The seeded simulation suite is `cargo sim` (see README.md).";
+Against Kafka, Redis and PostgreSQL (built with `--features kafka`; see docs/services.md):";
+
+/// The service commands, compiled only with the `kafka` feature.
+const SERVICE_COMMANDS: [&str; 5] = ["run", "produce", "compensate", "verify", "create-topic"];
 
 const TOPIC: &str = "orders";
 const GROUP: &str = "holdfast";
@@ -34,10 +42,13 @@ fn main() -> ExitCode {
         Some("demo") => options(&args[1..]).and_then(demo),
         Some("workload") => options(&args[1..]).and_then(print_workload),
         Some("help" | "-h" | "--help") | None => {
-            println!("{USAGE}");
+            println!("{}", usage());
             return ExitCode::SUCCESS;
         }
-        Some(other) => Err(format!("unknown command `{other}`\n{USAGE}")),
+        Some(command) if SERVICE_COMMANDS.contains(&command) => {
+            service_command(command, &args[1..])
+        }
+        Some(other) => Err(format!("unknown command `{other}`\n{}", usage())),
     };
     match result {
         Ok(code) => code,
@@ -46,6 +57,34 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn usage() -> String {
+    #[cfg(all(feature = "kafka", not(any(madsim, loom))))]
+    let services = cli::USAGE;
+    #[cfg(not(all(feature = "kafka", not(any(madsim, loom)))))]
+    let services = "  (not in this build: rebuild with `cargo build --features kafka`)";
+    format!("{USAGE}\n{services}\nThe seeded simulation suite is `cargo sim` (see README.md).")
+}
+
+#[cfg(all(feature = "kafka", not(any(madsim, loom))))]
+fn service_command(command: &str, args: &[String]) -> Result<ExitCode, String> {
+    // Logs go to stderr; RUST_LOG filters them (default: info).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+    cli::main(command, args).unwrap_or_else(|| Err(format!("unknown command `{command}`")))
+}
+
+#[cfg(not(all(feature = "kafka", not(any(madsim, loom)))))]
+fn service_command(command: &str, _args: &[String]) -> Result<ExitCode, String> {
+    Err(format!(
+        "`{command}` needs the kafka feature: cargo build --features kafka"
+    ))
 }
 
 /// Options shared by the commands.

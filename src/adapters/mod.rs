@@ -1,13 +1,19 @@
-//! The real world's dedup cache and order store: Redis and PostgreSQL behind the traits of
-//! [`crate::ports`]. Compiled out of the simulated (`madsim`) and model-checked (`loom`) builds.
+//! The real world's dedup cache and order store (Redis and PostgreSQL) and, with the `kafka`
+//! feature, its log (rdkafka), behind the traits of [`crate::ports`]. Compiled out of the simulated (`madsim`) and model-checked (`loom`) builds.
 //!
 //! The adapters are thin: the dedup and merge rules live in [`crate::idempotency`] and
 //! [`crate::widetable`]; the adapters must give exactly the answers of
 //! [`crate::idempotency::memory::MemoryCache`] and [`crate::idempotency::memory::MemoryStore`].
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod postgres;
 pub mod redis;
 
+#[cfg(feature = "kafka")]
+pub use self::kafka::{
+    create_topic, read_topic, KafkaGroupOffsets, KafkaLog, KafkaPublisher, KafkaSettings,
+};
 pub use self::postgres::PostgresStore;
 pub use self::redis::RedisCache;
 

@@ -1,0 +1,160 @@
+//! `holdfast produce`: publishes a generated workload keyed by order id and writes the ground
+//! truth of what the broker acknowledged.
+//!
+//! Messages are queued in workload order with many in flight (librdkafka keeps queue order
+//! within a partition); every delivery report is awaited. Failed deliveries are re-sent in
+//! further rounds, up to `--retries`; what still fails is reported and written to the truth
+//! as not acknowledged (indeterminate: it may have been stored).
+
+use super::truth::{TruthLine, TruthWriter};
+use super::{block_on, kafka_settings, Flags};
+use holdfast::adapters::KafkaPublisher;
+use holdfast::ports::{Delivery, OutboundMessage, PortError};
+use holdfast::workload::{Workload, WorkloadConfig};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+pub const FLAGS: &[&str] = &["--orders", "--seed", "--truth", "--retries"];
+
+/// Deliveries awaited at most at once.
+const IN_FLIGHT_MAX: usize = 10_000;
+
+type Pending = Pin<Box<dyn Future<Output = Result<Delivery, PortError>> + Send>>;
+
+pub fn main(flags: Flags) -> Result<ExitCode, String> {
+    let settings = kafka_settings(&flags)?;
+    let topic = flags.text("--topic", "orders");
+    let truth_path = PathBuf::from(flags.required("--truth")?);
+    let retries = flags.number("--retries", 5)?;
+    let config = WorkloadConfig {
+        orders: usize::try_from(flags.number("--orders", 1000)?)
+            .map_err(|_| "--orders is too large".to_owned())?,
+        seed: flags.number("--seed", 1)?,
+        ..WorkloadConfig::default()
+    };
+    let workload = Workload::generate(&config).map_err(|error| error.to_string())?;
+    let publisher = KafkaPublisher::connect(&settings).map_err(|error| error.to_string())?;
+    block_on(async move {
+        let started = Instant::now();
+        let messages: Vec<OutboundMessage> = workload
+            .messages
+            .iter()
+            .map(|message| OutboundMessage {
+                topic: topic.clone(),
+                key: message.key.clone(),
+                payload: message.payload.clone(),
+                headers: Vec::new(),
+            })
+            .collect();
+        let mut outcomes: Vec<Option<Delivery>> = vec![None; messages.len()];
+        let mut resent = 0usize;
+        let mut waiting: Vec<usize> = (0..messages.len()).collect();
+        for round in 0..=retries {
+            if round > 0 {
+                resent += waiting.len();
+                eprintln!(
+                    "round {round}: re-sending {} failed messages",
+                    waiting.len()
+                );
+                tokio_real::time::sleep(Duration::from_millis(500 * round)).await;
+            }
+            send_round(&publisher, &messages, &waiting, &mut outcomes).await;
+            waiting.retain(|index| outcomes[*index].is_none());
+            if waiting.is_empty() {
+                break;
+            }
+        }
+        let mut truth = TruthWriter::create(&truth_path)?;
+        let (mut valid, mut malformed, mut acknowledged) = (0usize, 0usize, 0usize);
+        for (message, outcome) in workload.messages.iter().zip(&outcomes) {
+            acknowledged += usize::from(outcome.is_some());
+            let Some(event) = &message.event else {
+                malformed += 1;
+                continue;
+            };
+            valid += 1;
+            let payload = String::from_utf8(event.payload.clone())
+                .map_err(|_| "an event payload is not UTF-8".to_owned())?;
+            truth.write(&TruthLine {
+                acknowledged: outcome.is_some(),
+                partition: outcome.map(|delivery| delivery.partition),
+                offset: outcome.map(|delivery| delivery.offset),
+                payload,
+            })?;
+        }
+        truth.finish()?;
+        let failed = waiting.len();
+        let elapsed = started.elapsed().as_secs_f64();
+        println!(
+            "sent {} messages ({valid} valid events, {malformed} malformed) to {topic}: \
+             acknowledged {acknowledged}, failed {failed}, re-sent {resent}; {elapsed:.2}s, {:.0} messages/s",
+            messages.len(),
+            messages.len() as f64 / elapsed.max(1e-9)
+        );
+        println!("ground truth: {}", truth_path.display());
+        Ok(if failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    })
+}
+
+/// Sends the messages at `indices` in order, keeping up to [`IN_FLIGHT_MAX`] in flight, and
+/// records each acknowledgement in `outcomes`.
+async fn send_round(
+    publisher: &KafkaPublisher,
+    messages: &[OutboundMessage],
+    indices: &[usize],
+    outcomes: &mut [Option<Delivery>],
+) {
+    let mut in_flight: VecDeque<(usize, Pending)> = VecDeque::new();
+    let mut last_error: Option<PortError> = None;
+    for &index in indices {
+        loop {
+            match publisher.enqueue(&messages[index]) {
+                Ok(pending) => {
+                    in_flight.push_back((index, Box::pin(pending)));
+                    break;
+                }
+                Err(error) => {
+                    // The local queue is full (or the producer refuses): make room by waiting
+                    // for the oldest delivery; with nothing in flight, the send failed.
+                    match in_flight.pop_front() {
+                        Some(oldest) => settle(oldest, outcomes, &mut last_error).await,
+                        None => {
+                            last_error = Some(error);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if in_flight.len() >= IN_FLIGHT_MAX {
+            if let Some(oldest) = in_flight.pop_front() {
+                settle(oldest, outcomes, &mut last_error).await;
+            }
+        }
+    }
+    while let Some(oldest) = in_flight.pop_front() {
+        settle(oldest, outcomes, &mut last_error).await;
+    }
+    if let Some(error) = last_error {
+        eprintln!("some deliveries failed; last error: {error}");
+    }
+}
+
+async fn settle(
+    (index, pending): (usize, Pending),
+    outcomes: &mut [Option<Delivery>],
+    last_error: &mut Option<PortError>,
+) {
+    match pending.await {
+        Ok(delivery) => outcomes[index] = Some(delivery),
+        Err(error) => *last_error = Some(error),
+    }
+}

@@ -1,0 +1,97 @@
+//! `holdfast run`: the consumer pipeline on Kafka, Redis and PostgreSQL until SIGINT or
+//! SIGTERM, then drain and commit.
+
+use super::{block_on, kafka_settings, metrics_http, terminated, Flags};
+use holdfast::adapters::{KafkaLog, KafkaPublisher, PostgresStore, RedisCache};
+use holdfast::pipeline::{Consumer, ConsumerConfig, Metrics, Services, ShutdownTrigger};
+use holdfast::ports::NoProbe;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const FLAGS: &[&str] = &[
+    "--group",
+    "--redis",
+    "--postgres",
+    "--dlq",
+    "--batch",
+    "--workers",
+    "--metrics",
+    "--commit-ms",
+];
+
+pub fn main(flags: Flags) -> Result<ExitCode, String> {
+    let settings = kafka_settings(&flags)?;
+    let topic = flags.text("--topic", "orders");
+    let group = flags.text("--group", "holdfast");
+    let redis = flags.address("--redis", "HOLDFAST_REDIS_URL")?;
+    let postgres = flags.address("--postgres", "HOLDFAST_POSTGRES_URL")?;
+    let defaults = ConsumerConfig::default();
+    let config = ConsumerConfig {
+        batch_size: to_usize(
+            "--batch",
+            flags.number("--batch", defaults.batch_size as u64)?,
+        )?,
+        concurrency: to_usize(
+            "--workers",
+            flags.number("--workers", defaults.concurrency as u64)?,
+        )?,
+        commit_interval: Duration::from_millis(
+            flags.number("--commit-ms", defaults.commit_interval.as_millis() as u64)?,
+        ),
+        dead_letter_topic: flags.text("--dlq", &defaults.dead_letter_topic),
+        ..defaults
+    };
+    config
+        .validate()
+        .map_err(|error| format!("bad consumer configuration: {error}"))?;
+    let metrics_address = flags.get("--metrics").map(str::to_owned);
+    block_on(async move {
+        let cache = RedisCache::connect(&redis)
+            .await
+            .map_err(|error| error.to_string())?;
+        let store = PostgresStore::connect(&postgres)
+            .await
+            .map_err(|error| error.to_string())?;
+        let log =
+            KafkaLog::connect(&settings, &group, &topic).map_err(|error| error.to_string())?;
+        let dead_letters = KafkaPublisher::connect(&settings).map_err(|error| error.to_string())?;
+        let metrics = Arc::new(Metrics::new());
+        if let Some(address) = &metrics_address {
+            metrics_http::serve(address, Arc::clone(&metrics)).await?;
+        }
+        let services = Services {
+            cache,
+            store,
+            dead_letters,
+            probe: NoProbe,
+        };
+        let consumer = Consumer::new(config, log, services, Arc::clone(&metrics))
+            .map_err(|error| format!("bad consumer configuration: {error}"))?;
+        let (trigger, shutdown) = ShutdownTrigger::new();
+        tokio_real::spawn(async move {
+            terminated().await;
+            tracing::info!("signal received: draining and committing");
+            trigger.trigger();
+        });
+        tracing::info!(topic, group, "consuming");
+        let summary = consumer.run(shutdown).await;
+        println!(
+            "stopped: polled {}, applied {}, duplicates dropped {} (cache) {} (batch) {} (store), \
+             dead letters {}, commits {}, abandoned in flight {}",
+            summary.polled,
+            metrics.applied.get(),
+            metrics.duplicates_cache.get(),
+            metrics.duplicates_batch.get(),
+            metrics.duplicates_store.get(),
+            metrics.dead_letters.get(),
+            summary.commits,
+            summary.abandoned
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn to_usize(flag: &str, value: u64) -> Result<usize, String> {
+    usize::try_from(value).map_err(|_| format!("{flag} is too large"))
+}

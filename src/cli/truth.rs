@@ -1,0 +1,70 @@
+//! The ground-truth file `holdfast produce` writes and `holdfast verify` reads: one JSON object
+//! per send of a valid event, `{"acknowledged": bool, "partition": i32|null, "offset":
+//! i64|null, "payload": "<the event's JSON>"}`. Malformed messages are not listed: they have
+//! no effect to check (the consumer dead-letters them).
+
+use holdfast::event::OrderEvent;
+use holdfast::verify::GroundTruth;
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, Write};
+use std::path::Path;
+
+/// One line of the file.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TruthLine {
+    pub acknowledged: bool,
+    pub partition: Option<i32>,
+    pub offset: Option<i64>,
+    pub payload: String,
+}
+
+/// Writes lines to a file, buffered.
+pub struct TruthWriter {
+    out: std::io::BufWriter<std::fs::File>,
+}
+
+impl TruthWriter {
+    pub fn create(path: &Path) -> Result<TruthWriter, String> {
+        let file = std::fs::File::create(path)
+            .map_err(|error| format!("cannot create {}: {error}", path.display()))?;
+        Ok(TruthWriter {
+            out: std::io::BufWriter::new(file),
+        })
+    }
+
+    pub fn write(&mut self, line: &TruthLine) -> Result<(), String> {
+        let text = serde_json::to_string(line).map_err(|error| error.to_string())?;
+        writeln!(self.out, "{text}").map_err(|error| format!("cannot write the truth: {error}"))
+    }
+
+    /// Flushes and syncs: the file is the record of what the broker acknowledged.
+    pub fn finish(mut self) -> Result<(), String> {
+        self.out
+            .flush()
+            .map_err(|error| format!("cannot write the truth: {error}"))?;
+        self.out
+            .get_ref()
+            .sync_all()
+            .map_err(|error| format!("cannot sync the truth: {error}"))
+    }
+}
+
+/// Reads a truth file into a [`GroundTruth`].
+pub fn read(path: &Path) -> Result<GroundTruth, String> {
+    let file = std::fs::File::open(path)
+        .map_err(|error| format!("cannot open {}: {error}", path.display()))?;
+    let mut truth = GroundTruth::default();
+    for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let number = index + 1;
+        let line = line.map_err(|error| format!("{}:{number}: {error}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let entry: TruthLine = serde_json::from_str(&line)
+            .map_err(|error| format!("{}:{number}: not a truth line: {error}", path.display()))?;
+        let event = OrderEvent::decode(entry.payload.as_bytes())
+            .map_err(|error| format!("{}:{number}: bad event: {error}", path.display()))?;
+        truth.record(&event, entry.acknowledged);
+    }
+    Ok(truth)
+}
