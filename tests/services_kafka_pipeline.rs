@@ -4,6 +4,9 @@
 //! come from `HOLDFAST_KAFKA_BROKERS`, `HOLDFAST_REDIS_URL` and `HOLDFAST_POSTGRES_URL` (a
 //! missing one is a failure, not a skip). Each test uses its own topics, group and schema.
 
+mod common;
+
+use common::{env, flushall, fresh_store, services_up};
 use holdfast::adapters::kafka::{
     create_topic, read_topic, KafkaGroupOffsets, KafkaLog, KafkaPublisher, KafkaSettings,
 };
@@ -26,47 +29,12 @@ const PARTITIONS: i32 = 8;
 /// The tests of this binary flush Redis: one at a time.
 static SERVICES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run scripts/services-up, then `source .services/env`")
-    })
-}
-
 fn unique(name: &str) -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_nanos();
     format!("hf-{name}-{nanos}")
-}
-
-async fn flushall(url: &str) {
-    let mut connection = redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let _: () = redis::cmd("FLUSHALL")
-        .query_async(&mut connection)
-        .await
-        .unwrap();
-}
-
-async fn fresh_store(schema: &str) -> PostgresStore {
-    let url = env("HOLDFAST_POSTGRES_URL");
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|error| panic!("cannot reach PostgreSQL at {url:?}: {error}"));
-    tokio::spawn(connection);
-    client
-        .batch_execute(&format!(
-            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};"
-        ))
-        .await
-        .unwrap();
-    PostgresStore::connect(&format!("{url} options='-c search_path={schema}'"))
-        .await
-        .unwrap()
 }
 
 /// A fresh topic and dead-letter topic on the broker.
@@ -345,19 +313,6 @@ async fn exactly_once_through_repeated_consumer_kills() {
          (repeats come from redelivery after a kill)",
         letters.len()
     );
-}
-
-/// Runs `scripts/services-up` with `args` on a blocking thread, so that the consumer keeps
-/// running (and meets the outage) meanwhile.
-async fn services_up(args: &'static [&'static str]) {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services-up");
-    let status = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(&script).args(args).status()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(status.success(), "scripts/services-up {args:?} failed");
 }
 
 /// Goal: a broker restart mid-run (sqlite storage: records and offsets survive) is an outage

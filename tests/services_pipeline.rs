@@ -3,6 +3,9 @@
 //! Redis FLUSHALL mid-run. Needs `scripts/services-up`; the addresses come from
 //! `HOLDFAST_REDIS_URL` and `HOLDFAST_POSTGRES_URL` (a missing one is a failure, not a skip).
 
+mod common;
+
+use common::{env, flushall, fresh_store, services_up};
 use holdfast::adapters::{PostgresStore, RedisCache};
 use holdfast::memlog::MemoryBroker;
 use holdfast::pipeline::{
@@ -20,37 +23,6 @@ const TOPIC: &str = "orders";
 /// The tests of this binary flush and restart the shared services: one at a time.
 static SERVICES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run scripts/services-up, then `source .services/env`")
-    })
-}
-
-async fn flushall(url: &str) {
-    let mut connection = redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let _: () = redis::cmd("FLUSHALL")
-        .query_async(&mut connection)
-        .await
-        .unwrap();
-}
-
-/// Runs `scripts/services-up` with `args` on a blocking thread, so that the consumer keeps
-/// running (and meets the outage) meanwhile.
-async fn services_up(args: &'static [&'static str]) {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services-up");
-    let status = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(&script).args(args).status()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(status.success(), "scripts/services-up {args:?} failed");
-}
-
 /// Waits until the consumer applied at least `count` keys.
 async fn wait_applied(metrics: &Metrics, count: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -58,23 +30,6 @@ async fn wait_applied(metrics: &Metrics, count: u64) {
         assert!(Instant::now() < deadline, "{count} keys were never applied");
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-}
-
-async fn fresh_store(schema: &str) -> PostgresStore {
-    let url = env("HOLDFAST_POSTGRES_URL");
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|error| panic!("cannot reach PostgreSQL at {url:?}: {error}"));
-    tokio::spawn(connection);
-    client
-        .batch_execute(&format!(
-            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};"
-        ))
-        .await
-        .unwrap();
-    PostgresStore::connect(&format!("{url} options='-c search_path={schema}'"))
-        .await
-        .unwrap()
 }
 
 /// Publishes a workload; returns the ground truth, the number of valid messages (repeats
