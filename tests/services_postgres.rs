@@ -5,7 +5,9 @@
 //! The reference for every answer is the in-memory store: the adapter must behave exactly like
 //! `MemoryStore`, batch by batch.
 
-use holdfast::adapters::PostgresStore;
+mod common;
+
+use common::{env, fresh_store, fresh_store_with};
 use holdfast::event::{EventKind, OrderEvent};
 use holdfast::idempotency::memory::MemoryStore;
 use holdfast::idempotency::IdempotencyKey;
@@ -22,40 +24,6 @@ use tokio::sync::RwLock;
 
 /// The restart test takes this for writing; the others for reading.
 static SERVICE: RwLock<()> = RwLock::const_new(());
-
-fn postgres_url() -> String {
-    std::env::var("HOLDFAST_POSTGRES_URL").unwrap_or_else(|_| {
-        panic!(
-            "HOLDFAST_POSTGRES_URL is not set: run scripts/services-up, then `source .services/env`"
-        )
-    })
-}
-
-/// A store over a fresh, empty schema named after the test.
-async fn fresh_store(schema: &str) -> PostgresStore {
-    fresh_store_with(schema, holdfast::adapters::postgres::CONNECTIONS_DEFAULT).await
-}
-
-/// [`fresh_store`] with `connections` connections.
-async fn fresh_store_with(schema: &str, connections: usize) -> PostgresStore {
-    let url = postgres_url();
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|error| panic!("cannot reach PostgreSQL at {url:?}: {error}"));
-    tokio::spawn(connection);
-    client
-        .batch_execute(&format!(
-            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};"
-        ))
-        .await
-        .unwrap();
-    PostgresStore::connect_with(
-        &format!("{url} options='-c search_path={schema}'"),
-        connections,
-    )
-    .await
-    .unwrap()
-}
 
 fn event(event_id: &str, order_id: &str, kind: EventKind, at_ms: i64) -> OrderEvent {
     OrderEvent {
@@ -380,7 +348,7 @@ async fn the_sql_merge_is_the_row_join_whatever_the_arrival_order() {
     assert_eq!(expected.paid.as_ref().unwrap().event_id, "p-a");
     assert_eq!(expected.bills["b1"].at_ms, 40);
 
-    let url = postgres_url();
+    let url = env("HOLDFAST_POSTGRES_URL");
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .unwrap();

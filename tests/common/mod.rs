@@ -26,6 +26,11 @@ pub async fn flushall(url: &str) {
 
 /// A store in a fresh PostgreSQL schema of its own, so that tests never see each other's rows.
 pub async fn fresh_store(schema: &str) -> PostgresStore {
+    fresh_store_with(schema, holdfast::adapters::postgres::CONNECTIONS_DEFAULT).await
+}
+
+/// [`fresh_store`] with `connections` connections.
+pub async fn fresh_store_with(schema: &str, connections: usize) -> PostgresStore {
     let url = env("HOLDFAST_POSTGRES_URL");
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
@@ -37,9 +42,12 @@ pub async fn fresh_store(schema: &str) -> PostgresStore {
         ))
         .await
         .unwrap();
-    PostgresStore::connect(&format!("{url} options='-c search_path={schema}'"))
-        .await
-        .unwrap()
+    PostgresStore::connect_with(
+        &format!("{url} options='-c search_path={schema}'"),
+        connections,
+    )
+    .await
+    .unwrap()
 }
 
 /// Runs `scripts/services-up` with `args` on a blocking thread, so that the consumer keeps
