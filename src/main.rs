@@ -12,8 +12,8 @@ mod cli;
 use holdfast::idempotency::memory::{MemoryCache, MemoryStore};
 use holdfast::memlog::MemoryBroker;
 use holdfast::pipeline::{Consumer, ConsumerConfig, Metrics, Services, ShutdownTrigger};
-use holdfast::ports::{NoProbe, OutboundMessage, Publisher};
-use holdfast::verify::{verify, GroundTruth, StoreView};
+use holdfast::ports::NoProbe;
+use holdfast::verify::{verify, StoreView};
 use holdfast::workload::{Workload, WorkloadConfig};
 use std::collections::BTreeSet;
 use std::process::ExitCode;
@@ -163,22 +163,11 @@ async fn run_demo(options: Options) -> Result<ExitCode, String> {
     let started = Instant::now();
     let workload = workload(&options)?;
     let broker = MemoryBroker::new(TOPIC, 8);
-    let mut truth = GroundTruth::default();
-    for message in &workload.messages {
-        let outbound = OutboundMessage {
-            topic: TOPIC.into(),
-            key: message.key.clone(),
-            payload: message.payload.clone(),
-            headers: Vec::new(),
-        };
-        broker
-            .publish(outbound)
-            .await
-            .map_err(|error| format!("publish failed: {error}"))?;
-        if let Some(event) = &message.event {
-            truth.record(event, true);
-        }
-    }
+    let truth = broker
+        .publish_workload(TOPIC, &workload)
+        .await
+        .map_err(|error| format!("publish failed: {error}"))?
+        .truth;
     println!(
         "published {} messages ({} distinct events) to {TOPIC}",
         workload.messages.len(),

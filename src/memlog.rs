@@ -8,6 +8,8 @@ use crate::ports::{
     CommittedOffset, Delivery, EventLog, GroupOffsets, OffsetCommit, OutboundMessage, PartitionId,
     Polled, PortError, Publisher, Rebalance, Record,
 };
+use crate::verify::GroundTruth;
+use crate::workload::Workload;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -17,6 +19,17 @@ struct State {
     topics: BTreeMap<String, Vec<Vec<Record>>>,
     committed: BTreeMap<(String, PartitionId), CommittedOffset>,
     unavailable: bool,
+}
+
+/// What [`MemoryBroker::publish_workload`] put on a topic.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// Every valid event, acknowledged (this log never loses one).
+    pub truth: GroundTruth,
+    /// Valid events published (duplicates included).
+    pub valid: usize,
+    /// Malformed messages published.
+    pub malformed: usize,
 }
 
 /// A shared in-memory broker. Cloning shares it.
@@ -39,6 +52,33 @@ impl MemoryBroker {
             .topics
             .entry(topic.to_owned())
             .or_insert_with(|| vec![Vec::new(); count]);
+    }
+
+    /// Publishes every message of `workload` to `topic`, in order and keyed by order id, and
+    /// returns the ground truth to check a consumer against.
+    pub async fn publish_workload(
+        &self,
+        topic: &str,
+        workload: &Workload,
+    ) -> Result<Published, PortError> {
+        let mut published = Published::default();
+        for message in &workload.messages {
+            self.publish(OutboundMessage {
+                topic: topic.to_owned(),
+                key: message.key.clone(),
+                payload: message.payload.clone(),
+                headers: Vec::new(),
+            })
+            .await?;
+            match &message.event {
+                Some(event) => {
+                    published.truth.record(event, true);
+                    published.valid += 1;
+                }
+                None => published.malformed += 1,
+            }
+        }
+        Ok(published)
     }
 
     /// Makes every call fail with `Unavailable` (an outage), or heals it.

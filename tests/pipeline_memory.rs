@@ -10,7 +10,7 @@ use holdfast::pipeline::{
     Compensator, CompensatorConfig, Consumer, ConsumerConfig, Metrics, Services, ShutdownTrigger,
 };
 use holdfast::planted::PlantedBug;
-use holdfast::ports::{FaultPoint, OutboundMessage, Probe, Publisher};
+use holdfast::ports::{FaultPoint, Probe};
 use holdfast::verify::{verify, GroundTruth, StoreView};
 use holdfast::workload::{Workload, WorkloadConfig};
 use std::collections::BTreeSet;
@@ -25,24 +25,8 @@ const GROUP: &str = "holdfast";
 /// Publishes a workload and returns the ground truth.
 async fn publish(broker: &MemoryBroker, config: &WorkloadConfig) -> (GroundTruth, usize) {
     let workload = Workload::generate(config).unwrap();
-    let mut truth = GroundTruth::default();
-    let mut malformed = 0;
-    for message in workload.messages {
-        broker
-            .publish(OutboundMessage {
-                topic: TOPIC.into(),
-                key: message.key,
-                payload: message.payload,
-                headers: vec![],
-            })
-            .await
-            .unwrap();
-        match &message.event {
-            Some(event) => truth.record(event, true),
-            None => malformed += 1,
-        }
-    }
-    (truth, malformed)
+    let published = broker.publish_workload(TOPIC, &workload).await.unwrap();
+    (published.truth, published.malformed)
 }
 
 /// Freezes the whole pipeline at the `hit`-th pass of `point` (every task stops at its next

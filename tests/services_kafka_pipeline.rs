@@ -6,10 +6,12 @@
 
 mod common;
 
-use common::{env, flushall, fresh_store, services_up};
-use holdfast::adapters::kafka::{
-    create_topic, read_topic, KafkaGroupOffsets, KafkaLog, KafkaPublisher, KafkaSettings,
+use common::kafka::{
+    free_address, holdfast, metric, partition_ends, scrape, spawn_holdfast, terminate, topics,
+    unique, wait_caught_up, Topics,
 };
+use common::{env, flushall, fresh_store, services_up};
+use holdfast::adapters::kafka::{read_topic, KafkaLog, KafkaPublisher};
 use holdfast::adapters::{PostgresStore, RedisCache};
 use holdfast::pipeline::dead_letter::{
     header, HEADER_ERROR, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION,
@@ -17,45 +19,18 @@ use holdfast::pipeline::dead_letter::{
 use holdfast::pipeline::{
     Consumer, ConsumerConfig, Metrics, RunSummary, Services, ShutdownTrigger,
 };
-use holdfast::ports::{Delivery, GroupOffsets, NoProbe, OutboundMessage, PartitionId};
+use holdfast::ports::{Delivery, NoProbe, OutboundMessage, PartitionId};
 use holdfast::verify::{verify, GroundTruth, StoreView, VerifyReport};
 use holdfast::workload::{Workload, WorkloadConfig};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-const PARTITIONS: i32 = 8;
+/// How long a group may take to commit every end.
+const CATCH_UP: Duration = Duration::from_secs(300);
 
 /// The tests of this binary flush Redis: one at a time.
 static SERVICES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn unique(name: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("hf-{name}-{nanos}")
-}
-
-/// A fresh topic and dead-letter topic on the broker.
-struct Topics {
-    settings: KafkaSettings,
-    topic: String,
-    dead_letters: String,
-}
-
-async fn topics(name: &str) -> Topics {
-    let settings = KafkaSettings::new(env("HOLDFAST_KAFKA_BROKERS"));
-    let topic = unique(name);
-    let dead_letters = format!("{topic}.dlq");
-    create_topic(&settings, &topic, PARTITIONS).await.unwrap();
-    create_topic(&settings, &dead_letters, 1).await.unwrap();
-    Topics {
-        settings,
-        topic,
-        dead_letters,
-    }
-}
 
 /// Publishes a workload with many deliveries in flight; returns the ground truth, the end
 /// offset of every partition, and the numbers of valid and malformed messages.
@@ -146,25 +121,6 @@ fn start(
     }
 }
 
-/// Waits until `group` committed the end of every partition.
-async fn wait_caught_up(topics: &Topics, group: &str, ends: &BTreeMap<PartitionId, i64>) {
-    let offsets = KafkaGroupOffsets::connect(&topics.settings, &topics.topic).unwrap();
-    let partitions: Vec<PartitionId> = ends.keys().copied().collect();
-    let wanted: Vec<Option<i64>> = ends.values().map(|end| Some(*end)).collect();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let committed = offsets.committed(group, &partitions).await.unwrap();
-        if committed == wanted {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "group {group} did not catch up: committed {committed:?}, ends {wanted:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn check(truth: &GroundTruth, store: &PostgresStore) -> VerifyReport {
     let view = StoreView {
         applications: store.applications().await.unwrap(),
@@ -204,7 +160,7 @@ async fn exactly_once_for_ten_thousand_events_on_the_real_services() {
     let started = Instant::now();
     let group = unique("group");
     let running = start(&topics, &group, &cache, &store, 1);
-    wait_caught_up(&topics, &group, &ends).await;
+    wait_caught_up(&topics, &group, &ends, CATCH_UP).await;
     let elapsed = started.elapsed();
     running.trigger.trigger();
     let summary = running.task.await.unwrap();
@@ -275,7 +231,7 @@ async fn exactly_once_through_repeated_consumer_kills() {
         "the kills came after all the work: nothing was interrupted"
     );
     let running = start(&topics, &group, &cache, &store, 99);
-    wait_caught_up(&topics, &group, &ends).await;
+    wait_caught_up(&topics, &group, &ends, CATCH_UP).await;
     running.trigger.trigger();
     running.task.await.unwrap();
     let report = check(&truth, &store).await;
@@ -343,7 +299,7 @@ async fn exactly_once_through_a_broker_restart_mid_run() {
     let restart_at = running.metrics.applied.get();
     services_up(&["--restart", "kafka"]).await;
     let back_at = running.metrics.applied.get();
-    wait_caught_up(&topics, &group, &ends).await;
+    wait_caught_up(&topics, &group, &ends, CATCH_UP).await;
     running.trigger.trigger();
     running.task.await.unwrap();
     assert!(restart_at < distinct, "the restart came after the run");
@@ -360,33 +316,6 @@ async fn exactly_once_through_a_broker_restart_mid_run() {
         running.metrics.retries_outage.get(),
         running.metrics.commit_failures.get()
     );
-}
-
-/// One HTTP GET of the metrics endpoint; the whole response.
-fn scrape(address: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: holdfast\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
-
-/// Runs the `holdfast` binary to completion; returns its stdout, panicking on failure.
-fn holdfast(args: &[&str]) -> String {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_holdfast"))
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "holdfast {args:?} failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
 }
 
 /// Goal: the command line end to end, with real process deaths: `produce` writes the truth,
@@ -439,15 +368,7 @@ async fn the_command_line_through_sigkill_and_sigterm() {
         "--set",
         "session.timeout.ms=6000",
     ];
-    let spawn = |extra: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_holdfast"))
-            .args(run_args)
-            .args(extra)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = |extra: &[&str]| spawn_holdfast(&[&run_args[..], extra].concat());
     for (kill, delay_ms) in [0u64, 50, 150].into_iter().enumerate() {
         let before = store.applications().await.unwrap().len();
         let mut child = spawn(&[]);
@@ -468,31 +389,16 @@ async fn the_command_line_through_sigkill_and_sigterm() {
             "run {kill} SIGKILLed {delay_ms} ms after its first apply; {after} keys applied so far"
         );
     }
-    // The ends of the topic (the truth does not list malformed messages, so ask the broker).
-    let records = read_topic(&topics.settings, &topics.topic, Duration::from_secs(60))
-        .await
-        .unwrap();
-    let mut ends = BTreeMap::new();
-    for record in &records {
-        let end = ends.entry(record.partition).or_insert(0);
-        *end = (*end).max(record.offset + 1);
-    }
+    let ends = partition_ends(&topics.topic).await;
     let applied_before = store.applications().await.unwrap().len();
-    // A free port for the metrics endpoint (bound and released; loopback only).
-    let metrics_address = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let metrics_address = free_address();
     let child = spawn(&["--metrics", &metrics_address]);
-    wait_caught_up(&topics, &group, &ends).await;
+    wait_caught_up(&topics, &group, &ends, CATCH_UP).await;
     let scraped = scrape(&metrics_address);
-    let applied_line = scraped
-        .lines()
-        .find(|line| line.starts_with("holdfast_events_applied_total "))
-        .unwrap_or_else(|| panic!("no applied counter in {scraped}"));
     assert!(scraped.starts_with("HTTP/1.1 200 OK"), "{scraped}");
-    assert_ne!(applied_line, "holdfast_events_applied_total 0");
+    let applied = metric(&scraped, "holdfast_events_applied_total")
+        .unwrap_or_else(|| panic!("no applied counter in {scraped}"));
+    assert!(applied > 0, "{scraped}");
 
     // Lose five effects behind the pipeline's back (their keys, and the cache that remembers
     // them); the compensator must find them missing and re-send them to the running consumer.
@@ -537,15 +443,7 @@ async fn the_command_line_through_sigkill_and_sigterm() {
         .unwrap_or_else(|| panic!("no re-send count in {compensated}"));
     assert!(resent >= 5, "{compensated}");
     assert!(compensated.contains("dead-lettered 0"), "{compensated}");
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let output = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}");
-    assert!(stdout.contains("stopped:"), "{stdout}");
+    let stdout = terminate(child);
     let report = holdfast(&[
         "verify",
         "--truth",

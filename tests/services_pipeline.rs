@@ -11,7 +11,7 @@ use holdfast::memlog::MemoryBroker;
 use holdfast::pipeline::{
     Consumer, ConsumerConfig, Metrics, RunSummary, Services, ShutdownTrigger,
 };
-use holdfast::ports::{NoProbe, OutboundMessage, Publisher};
+use holdfast::ports::NoProbe;
 use holdfast::verify::{verify, GroundTruth, StoreView, VerifyReport};
 use holdfast::workload::{Workload, WorkloadConfig};
 use std::collections::BTreeSet;
@@ -36,27 +36,8 @@ async fn wait_applied(metrics: &Metrics, count: u64) {
 /// included) and of malformed ones.
 async fn publish(broker: &MemoryBroker, config: &WorkloadConfig) -> (GroundTruth, usize, usize) {
     let workload = Workload::generate(config).unwrap();
-    let mut truth = GroundTruth::default();
-    let (mut valid, mut malformed) = (0, 0);
-    for message in workload.messages {
-        broker
-            .publish(OutboundMessage {
-                topic: TOPIC.into(),
-                key: message.key,
-                payload: message.payload,
-                headers: vec![],
-            })
-            .await
-            .unwrap();
-        match &message.event {
-            Some(event) => {
-                truth.record(event, true);
-                valid += 1;
-            }
-            None => malformed += 1,
-        }
-    }
-    (truth, valid, malformed)
+    let published = broker.publish_workload(TOPIC, &workload).await.unwrap();
+    (published.truth, published.valid, published.malformed)
 }
 
 fn config() -> ConsumerConfig {

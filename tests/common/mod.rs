@@ -2,6 +2,8 @@
 //! needs them declares `mod common;` and uses what it needs).
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use holdfast::adapters::PostgresStore;
 
 /// A service address from `.services/env`; a missing one is a failure, never a skip.
