@@ -38,6 +38,11 @@ const GROUP: &str = "holdfast";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // `holdfast COMMAND --help` asks for the usage, whatever the command.
+    if args.iter().any(|arg| arg == "-h" || arg == "--help") {
+        println!("{}", usage());
+        return ExitCode::SUCCESS;
+    }
     let result = match args.first().map(String::as_str) {
         Some("demo") => options(&args[1..]).and_then(demo),
         Some("workload") => options(&args[1..]).and_then(print_workload),
@@ -140,15 +145,19 @@ fn print_workload(options: Options) -> Result<ExitCode, String> {
     let workload = workload(&options)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    for message in &workload.messages {
+    let written = workload.messages.iter().try_for_each(|message| {
         let line = serde_json::json!({
             "key": String::from_utf8_lossy(&message.key),
             "payload": String::from_utf8_lossy(&message.payload),
         });
-        writeln!(out, "{line}").map_err(|error| error.to_string())?;
+        writeln!(out, "{line}")
+    });
+    match written.and_then(|()| out.flush()) {
+        // The reader stopped reading (`holdfast workload | head`): not an error.
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(error) => Err(error.to_string()),
+        Ok(()) => Ok(ExitCode::SUCCESS),
     }
-    out.flush().map_err(|error| error.to_string())?;
-    Ok(ExitCode::SUCCESS)
 }
 
 fn demo(options: Options) -> Result<ExitCode, String> {
