@@ -6,6 +6,12 @@
 //! word is reused without clearing and the scan that advances the watermark stops at `next`
 //! by itself. The ring holds `max_span + 128` bits or more (a power of two words), so the
 //! words of `base` and `next` never alias.
+//!
+//! No counter is updated per record: the number in flight is `next - base` minus the set
+//! bits, counted when asked. A counter that every `track` and `ack` reads and writes back is a
+//! chain of store-to-load round trips through memory, which cost more than the rest of both
+//! calls. The in-flight limit is enforced through `track_limit` instead, an offset below which
+//! the next offset is known to fit both limits (see [`PartitionTracker::refresh_track_limit`]).
 
 use super::metadata::{self, FinishedSet};
 use super::{AckError, Limits, TrackError, Tracked};
@@ -34,7 +40,12 @@ pub struct PartitionTracker {
     first: i64,
     /// False until the first offset is tracked (for [`PartitionTracker::new`]).
     known: bool,
-    in_flight: usize,
+    /// Tracking `next` without further checks is allowed while `next < track_limit`: then
+    /// the span stays within `max_span` and fewer than `max_in_flight` are in flight. It stays
+    /// true while acks and tracks go on (acks only lower the count and raise `base`; each
+    /// track consumes one offset of the room). `i64::MIN` (never true) before the first track
+    /// and while restored metadata is pending.
+    track_limit: i64,
     /// Finished offsets from the previous owner's metadata, not yet re-polled.
     restored: Option<FinishedSet>,
 }
@@ -56,7 +67,7 @@ impl PartitionTracker {
             next: 0,
             first: 0,
             known: false,
-            in_flight: 0,
+            track_limit: i64::MIN,
             restored: None,
         }
     }
@@ -68,6 +79,7 @@ impl PartitionTracker {
         tracker.next = start;
         tracker.first = start;
         tracker.known = true;
+        tracker.refresh_track_limit(Some(0));
         tracker
     }
 
@@ -82,6 +94,7 @@ impl PartitionTracker {
                 Ok(set) => {
                     report.already_done = set.count();
                     tracker.restored = (report.already_done > 0).then_some(set);
+                    tracker.refresh_track_limit(Some(0));
                 }
                 Err(error) => {
                     tracing::warn!(
@@ -104,15 +117,9 @@ impl PartitionTracker {
     /// Registers a polled offset. Offsets must increase; skipped offsets are gaps (finished).
     #[inline]
     pub fn track(&mut self, offset: i64) -> Result<Tracked, TrackError> {
-        // Fast path: the next consecutive offset, within limits, no restored metadata. Its bit
-        // is already clear (every bit at or above `next` is zero).
-        if offset == self.next
-            && self.in_flight != 0
-            && self.in_flight < self.limits.max_in_flight
-            && ((offset - self.base) as u64) < self.limits.max_span
-            && self.restored.is_none()
-        {
-            self.in_flight += 1;
+        // Fast path: the next consecutive offset, below `track_limit` (within both limits, no
+        // restored metadata). Its bit is already clear (every bit at or above `next` is zero).
+        if offset == self.next && offset < self.track_limit {
             self.next = offset + 1;
             self.debug_check();
             return Ok(Tracked::New);
@@ -131,18 +138,29 @@ impl PartitionTracker {
         }
         let done = self.restored.is_some() && self.restored_done(offset);
         let base_before = self.base;
-        if !self.known || self.in_flight == 0 {
+        // The count after this track, when it is known without counting.
+        let mut in_flight_after = None;
+        if !self.known || self.base == self.next {
             // Nothing unfinished: the watermark jumps to the new offset; the ring is all zero.
             if !self.known {
                 self.first = offset;
                 self.known = true;
             }
             self.base = if done { offset + 1 } else { offset };
+            in_flight_after = Some(usize::from(!done));
         } else {
             let span = offset.wrapping_sub(self.base) as u64 + 1;
-            if span > self.limits.max_span || (!done && self.in_flight >= self.limits.max_in_flight)
-            {
+            if span > self.limits.max_span {
                 return Err(self.full(offset, span));
+            }
+            // Room is proven without counting if `offset` is below the limit, or if the whole
+            // span is smaller than the in-flight limit.
+            if !done && offset >= self.track_limit && span > self.limits.max_in_flight as u64 {
+                let in_flight = self.count_in_flight();
+                if in_flight >= self.limits.max_in_flight {
+                    return Err(self.full(offset, span));
+                }
+                in_flight_after = Some(in_flight + 1);
             }
             if offset > self.next {
                 self.fill_finished(self.next, offset);
@@ -152,13 +170,11 @@ impl PartitionTracker {
                 self.ring[word] |= mask;
             }
         }
-        if !done {
-            self.in_flight += 1;
-        }
         self.next = offset + 1;
         if done || self.restored.is_some() {
             self.forget_passed_restored();
         }
+        self.refresh_track_limit(in_flight_after);
         debug_assert!(self.base >= base_before, "I2: watermark moved backwards");
         self.debug_check();
         Ok(if done {
@@ -177,7 +193,6 @@ impl PartitionTracker {
             let (word, mask) = self.slot(offset);
             if self.ring[word] & mask == 0 {
                 self.ring[word] |= mask;
-                self.in_flight -= 1;
                 if index == 0 {
                     self.advance();
                 }
@@ -204,14 +219,15 @@ impl PartitionTracker {
         self.known.then_some(self.base)
     }
 
-    /// Records tracked and not yet acked.
+    /// Records tracked and not yet acked. Counted from the ring: O(span / 64).
     pub fn in_flight(&self) -> usize {
-        self.in_flight
+        self.count_in_flight()
     }
 
     /// The lowest tracked offset not yet acked.
     pub fn lowest_unfinished(&self) -> Option<i64> {
-        (self.in_flight > 0).then_some(self.base)
+        // Something is in flight exactly when the watermark is below `next`.
+        (self.base != self.next).then_some(self.base)
     }
 
     /// The highest tracked offset + 1 (`None` before anything is known).
@@ -281,9 +297,66 @@ impl PartitionTracker {
         low | high
     }
 
+    /// The clear bits in `base .. next`: tracked, not finished.
+    fn count_in_flight(&self) -> usize {
+        let span = (self.next - self.base) as u64;
+        let mut finished = 0u64;
+        let mut index = 0;
+        while index < span {
+            let mut word = self.read64(self.base + index as i64);
+            let remaining = span - index;
+            if remaining < 64 {
+                word &= (1u64 << remaining) - 1;
+            }
+            finished += u64::from(word.count_ones());
+            index += 64;
+        }
+        (span - finished) as usize
+    }
+
+    /// Recomputes `track_limit` after a slow-path change. `in_flight` is the current count if
+    /// the caller knows it. Keeps the old limit when it still admits `next` (it stays valid),
+    /// so the ring is counted only once per `max_in_flight - in_flight` tracks, and only when
+    /// the span exceeds the in-flight limit (a stuck record with many finished above it).
+    fn refresh_track_limit(&mut self, in_flight: Option<usize>) {
+        if !self.known || self.restored.is_some() {
+            self.track_limit = i64::MIN;
+            return;
+        }
+        let span_max = self.limits.max_span as i64;
+        let in_flight_max = i64::try_from(self.limits.max_in_flight).unwrap_or(i64::MAX);
+        // Every offset in flight lies in `base .. next`, so a span below the in-flight limit
+        // proves room by itself.
+        let by_span = self.base.saturating_add(span_max.min(in_flight_max));
+        self.track_limit = self.track_limit.max(by_span);
+        if self.track_limit > self.next {
+            return;
+        }
+        // Counted now: `room` more tracks fit, whatever acks do meanwhile (they only help).
+        let in_flight = in_flight.unwrap_or_else(|| self.count_in_flight()) as i64;
+        let room = (in_flight_max - in_flight).max(0);
+        let by_count = self
+            .next
+            .saturating_add(room)
+            .min(self.base.saturating_add(span_max));
+        self.track_limit = self.track_limit.max(by_count);
+    }
+
     /// Moves the watermark over finished bits, zeroing what it leaves behind.
     #[inline]
     fn advance(&mut self) {
+        self.advance_watermark();
+        // A higher watermark leaves more room below the span limit (not while restored
+        // metadata is pending: its offsets must go through the slow path).
+        if self.restored.is_none() {
+            let span_limit = self.limits.max_span.min(self.limits.max_in_flight as u64) as i64;
+            self.track_limit = self.track_limit.max(self.base.saturating_add(span_limit));
+        }
+    }
+
+    /// The scan of [`PartitionTracker::advance`].
+    #[inline]
+    fn advance_watermark(&mut self) {
         loop {
             let (word, _) = self.slot(self.base);
             let bit = (self.base as u64) & 63;
@@ -336,7 +409,7 @@ impl PartitionTracker {
     fn full(&self, offset: i64, span: u64) -> TrackError {
         TrackError::Full {
             offset,
-            in_flight: self.in_flight,
+            in_flight: self.count_in_flight(),
             span,
             max_in_flight: self.limits.max_in_flight,
             max_span: self.limits.max_span,
@@ -345,11 +418,24 @@ impl PartitionTracker {
 
     #[inline]
     fn debug_check(&self) {
+        // The count below is O(span / 64): never in release builds.
+        if !cfg!(debug_assertions) {
+            return;
+        }
         debug_assert!(self.base <= self.next);
         debug_assert!((self.next - self.base) as u64 <= self.limits.max_span);
-        debug_assert!(self.in_flight as u64 <= (self.next - self.base) as u64);
-        debug_assert!(self.in_flight <= self.limits.max_in_flight);
-        if self.in_flight == 0 {
+        let in_flight = self.count_in_flight();
+        debug_assert!(in_flight <= self.limits.max_in_flight);
+        debug_assert!(self.track_limit == i64::MIN || (self.known && self.restored.is_none()));
+        if self.next < self.track_limit {
+            // The fast path may track `next` now: both limits must hold after it.
+            debug_assert!(
+                in_flight < self.limits.max_in_flight,
+                "limit admits too many"
+            );
+            debug_assert!(((self.next - self.base) as u64) < self.limits.max_span);
+        }
+        if in_flight == 0 {
             debug_assert_eq!(self.base, self.next, "nothing in flight: watermark = next");
         } else {
             let (word, mask) = self.slot(self.base);
@@ -487,6 +573,42 @@ mod tests {
         t.ack(0).unwrap();
         assert_eq!(t.commit_point(), Some(100));
         assert_eq!(t.track(100), Ok(Tracked::New));
+    }
+
+    #[test]
+    fn count_limit_holds_when_the_span_exceeds_it() {
+        // Goal: with a stuck record and a span far above `max_in_flight`, the limit is still
+        // exact (the fast path's room is counted, not guessed). Method: fill to the limit
+        // through consecutive offsets and through gaps, check Full at exactly the limit.
+        let mut t = PartitionTracker::new(limits(10, 1000));
+        t.track(0).unwrap(); // stuck
+        for o in 1..500 {
+            t.track(o).unwrap();
+            t.ack(o).unwrap();
+        }
+        for o in 500..509 {
+            assert_eq!(t.track(o), Ok(Tracked::New));
+        }
+        assert_eq!(t.in_flight(), 10);
+        assert!(matches!(
+            t.track(509),
+            Err(TrackError::Full { in_flight: 10, .. })
+        ));
+        assert!(matches!(
+            t.track(600),
+            Err(TrackError::Full { in_flight: 10, .. })
+        ));
+        t.ack(503).unwrap();
+        assert_eq!(t.track(520), Ok(Tracked::New)); // a gap: 509..520 finished
+        assert!(matches!(t.track(521), Err(TrackError::Full { .. })));
+        t.ack(0).unwrap();
+        assert_eq!(t.commit_point(), Some(500));
+        assert_eq!(t.track(521), Ok(Tracked::New));
+        assert!(matches!(
+            t.track(522),
+            Err(TrackError::Full { in_flight: 10, .. })
+        ));
+        assert_eq!(t.in_flight(), 10);
     }
 
     #[test]
