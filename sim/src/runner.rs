@@ -237,9 +237,14 @@ async fn simulate(params: RunParams) -> RunOutcome {
     let logs = (0..params.partitions)
         .map(|p| (p, world.partition_log(p)))
         .collect();
-    let truth = truth.lock().map(|t| t.clone()).unwrap_or_default();
+    // The run is over: nothing records any more, so the checker gets the history and the
+    // ground truth without copies.
+    let truth = truth
+        .lock()
+        .map(|mut t| std::mem::take(&mut *t))
+        .unwrap_or_default();
     let observed = Observed {
-        history: history.steps(),
+        history: history.take(),
         truth,
         store: StoreView {
             applications: world.store_applications(),
@@ -290,10 +295,10 @@ async fn simulate(params: RunParams) -> RunOutcome {
         })
         .count();
     let params_for_report = params.clone();
-    let trace = history.render(usize::MAX);
+    let trace = crate::history::render(&observed.history, usize::MAX);
     RunOutcome {
         fingerprint: crate::history::digest(trace.as_bytes()),
-        steps: history.len(),
+        steps: observed.history.len(),
         trace,
         params,
         verdict,

@@ -555,15 +555,9 @@ async fn handle(
                 (Acks::All, ProduceResult::Appended(offsets)) => {
                     // The batch is acknowledged once its last record is committed.
                     let last = offsets.iter().copied().max().unwrap_or(-1);
-                    let answer = wait_replicated(
-                        &state,
-                        &progress,
-                        partition,
-                        epoch,
-                        last,
-                        request_timeout,
-                    )
-                    .await;
+                    let answer =
+                        wait_replicated(&state, &progress, partition, epoch, last, request_timeout)
+                            .await;
                     Some(BrokerAnswer::Produced(
                         answer.unwrap_or(ProduceResult::Appended(offsets)),
                     ))

@@ -121,9 +121,12 @@ impl Replica {
             None => 0, // not idempotent: every record is new
             Some((producer_id, first_sequence)) => {
                 debug_assert!(
-                    records.iter().zip(first_sequence..).all(|(record, sequence)| {
-                        record.producer == Some((producer_id, sequence))
-                    }),
+                    records
+                        .iter()
+                        .zip(first_sequence..)
+                        .all(|(record, sequence)| {
+                            record.producer == Some((producer_id, sequence))
+                        }),
                     "a batch carries one producer id and consecutive sequences"
                 );
                 let runs = self.producers.get(&producer_id);
@@ -261,8 +264,14 @@ mod tests {
     #[test]
     fn idempotent_retry_is_recognised_and_gaps_refused() {
         let mut replica = Replica::default();
-        assert_eq!(replica.append_batch_as_leader(0, batch(7, 0..1)), Ok(vec![0]));
-        assert_eq!(replica.append_batch_as_leader(0, batch(7, 0..1)), Ok(vec![0]));
+        assert_eq!(
+            replica.append_batch_as_leader(0, batch(7, 0..1)),
+            Ok(vec![0])
+        );
+        assert_eq!(
+            replica.append_batch_as_leader(0, batch(7, 0..1)),
+            Ok(vec![0])
+        );
         assert_eq!(replica.log_end(), 1, "the retry was not appended");
         assert_eq!(
             replica.append_batch_as_leader(0, batch(7, 2..3)),
@@ -291,7 +300,9 @@ mod tests {
             replica.append_batch_as_leader(0, batch(7, 0..3)),
             Ok(vec![0, 1, 2])
         );
-        replica.append_batch_as_leader(0, vec![produced(None)]).unwrap();
+        replica
+            .append_batch_as_leader(0, vec![produced(None)])
+            .unwrap();
         assert_eq!(
             replica.append_batch_as_leader(0, batch(7, 3..5)),
             Ok(vec![4, 5])
@@ -323,8 +334,20 @@ mod tests {
         let mut leader = Replica::default();
         leader.append_batch_as_leader(0, batch(7, 0..4)).unwrap();
         let mut follower = Replica::default();
-        follower.append_as_follower(leader.read(0, 2, usize::MAX).into_iter().map(|(_, e)| e).collect());
-        follower.append_as_follower(leader.read(2, 4, usize::MAX).into_iter().map(|(_, e)| e).collect());
+        follower.append_as_follower(
+            leader
+                .read(0, 2, usize::MAX)
+                .into_iter()
+                .map(|(_, e)| e)
+                .collect(),
+        );
+        follower.append_as_follower(
+            leader
+                .read(2, 4, usize::MAX)
+                .into_iter()
+                .map(|(_, e)| e)
+                .collect(),
+        );
         assert_eq!(
             follower.append_batch_as_leader(1, batch(7, 2..6)),
             Ok(vec![2, 3, 4, 5])
@@ -334,9 +357,13 @@ mod tests {
     #[test]
     fn crash_keeps_only_flushed_entries() {
         let mut replica = Replica::default();
-        replica.append_batch_as_leader(0, vec![produced(None)]).unwrap();
+        replica
+            .append_batch_as_leader(0, vec![produced(None)])
+            .unwrap();
         replica.flush();
-        replica.append_batch_as_leader(0, vec![produced(None)]).unwrap();
+        replica
+            .append_batch_as_leader(0, vec![produced(None)])
+            .unwrap();
         replica.set_high_watermark(2);
         replica.crash();
         assert_eq!(replica.log_end(), 1);
@@ -346,8 +373,12 @@ mod tests {
     #[test]
     fn end_offset_for_epoch_finds_divergence() {
         let mut replica = Replica::default();
-        replica.append_batch_as_leader(1, vec![produced(None)]).unwrap();
-        replica.append_batch_as_leader(3, vec![produced(None)]).unwrap();
+        replica
+            .append_batch_as_leader(1, vec![produced(None)])
+            .unwrap();
+        replica
+            .append_batch_as_leader(3, vec![produced(None)])
+            .unwrap();
         assert_eq!(replica.end_offset_for_epoch(2), 1);
         assert_eq!(replica.end_offset_for_epoch(3), 2);
     }
