@@ -266,12 +266,12 @@ fn check_polls(
         .collect();
     let mut violations = Vec::new();
     let mut inconsistent: BTreeSet<(i32, i64)> = BTreeSet::new();
-    let mut last: HashMap<(String, i32), i64> = HashMap::new();
+    let mut last: HashMap<(&str, i32), i64> = HashMap::new();
     let mut polled = BTreeSet::new();
     for (at_ms, step) in history {
         match step {
             Step::Assigned { member, partition } | Step::Revoked { member, partition } => {
-                last.remove(&(member.clone(), *partition));
+                last.remove(&(member.as_str(), *partition));
             }
             Step::Polled {
                 member,
@@ -288,7 +288,7 @@ fn check_polls(
                     }
                     _ => {}
                 }
-                let slot = (member.clone(), *partition);
+                let slot = (member.as_str(), *partition);
                 if let Some(previous) = last.get(&slot).copied() {
                     if *offset <= previous {
                         violations.push(Violation {

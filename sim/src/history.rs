@@ -86,6 +86,15 @@ impl History {
             .unwrap_or_default()
     }
 
+    /// Every step so far, leaving the history empty (a finished run hands its history to the
+    /// checker without copying it).
+    pub fn take(&self) -> Vec<(u64, Step)> {
+        self.steps
+            .lock()
+            .map(|mut steps| std::mem::take(&mut *steps))
+            .unwrap_or_default()
+    }
+
     pub fn len(&self) -> usize {
         self.steps.lock().map(|steps| steps.len()).unwrap_or(0)
     }
@@ -102,14 +111,23 @@ impl History {
 
     /// The trace, one line per step, at most `limit` lines (the last ones).
     pub fn render(&self, limit: usize) -> String {
-        let steps = self.steps();
-        let skip = steps.len().saturating_sub(limit);
-        let mut out = String::new();
-        for (at_ms, step) in steps.iter().skip(skip) {
-            let _ = writeln!(out, "{at_ms:>9}ms {}", describe(step));
-        }
-        out
+        self.steps
+            .lock()
+            .map(|steps| render(&steps, limit))
+            .unwrap_or_default()
     }
+}
+
+/// Renders steps as trace lines, at most `limit` (the last ones).
+pub fn render(steps: &[(u64, Step)], limit: usize) -> String {
+    let skip = steps.len().saturating_sub(limit);
+    let mut out = String::with_capacity(48 * (steps.len() - skip));
+    for (at_ms, step) in &steps[skip..] {
+        let _ = write!(out, "{at_ms:>9}ms ");
+        write_step(&mut out, step);
+        out.push('\n');
+    }
+    out
 }
 
 /// FNV-1a of some bytes.
@@ -124,11 +142,19 @@ pub fn digest(bytes: &[u8]) -> u64 {
 
 /// One step as a trace line.
 pub fn describe(step: &Step) -> String {
-    match step {
+    let mut out = String::new();
+    write_step(&mut out, step);
+    out
+}
+
+/// Writes one step's trace line (without the time) to `out`.
+fn write_step(out: &mut String, step: &Step) {
+    let _ = match step {
         Step::Sent {
             event_id,
             acknowledged,
-        } => format!(
+        } => write!(
+            out,
             "send {event_id} {}",
             if *acknowledged { "acked" } else { "unacked" }
         ),
@@ -137,7 +163,8 @@ pub fn describe(step: &Step) -> String {
             partition,
             offset,
             digest,
-        } => format!(
+        } => write!(
+            out,
             "{member} poll p{partition}@{offset} #{:04x}",
             digest & 0xffff
         ),
@@ -145,25 +172,28 @@ pub fn describe(step: &Step) -> String {
             member,
             event_id,
             applied,
-        } => format!(
+        } => write!(
+            out,
             "{member} {} {event_id}",
             if *applied { "applied" } else { "duplicate" }
         ),
-        Step::Assigned { member, partition } => format!("{member} assigned p{partition}"),
-        Step::Revoked { member, partition } => format!("{member} revoked p{partition}"),
+        Step::Assigned { member, partition } => write!(out, "{member} assigned p{partition}"),
+        Step::Revoked { member, partition } => write!(out, "{member} revoked p{partition}"),
         Step::CommitSent {
             member,
             partition,
             offset,
-        } => format!("{member} commit p{partition}={offset}"),
+        } => write!(out, "{member} commit p{partition}={offset}"),
         Step::Committed {
             member,
             partition,
             offset,
-        } => format!("{member} stored p{partition}={offset}"),
-        Step::Fault { description } => format!("FAULT {description}"),
-        Step::DeadLettered { partition, offset } => format!("dead-letter p{partition}@{offset}"),
-    }
+        } => write!(out, "{member} stored p{partition}={offset}"),
+        Step::Fault { description } => write!(out, "FAULT {description}"),
+        Step::DeadLettered { partition, offset } => {
+            write!(out, "dead-letter p{partition}@{offset}")
+        }
+    };
 }
 
 #[cfg(test)]

@@ -56,12 +56,11 @@ impl Observers {
         if offset <= from {
             return;
         }
-        let letters = self.dead_letters.coordinates();
         let mut unfinished = Vec::new();
         for (record_offset, record) in self.world.partition_range(partition, from, offset) {
             let finished = match OrderEvent::decode(&record.payload) {
                 Ok(event) => self.world.store_contains(&IdempotencyKey::of(&event)),
-                Err(_) => letters.contains(&(partition, record_offset)),
+                Err(_) => self.dead_letters.contains(partition, record_offset),
             };
             if !finished {
                 unfinished.push(record_offset);
@@ -182,33 +181,44 @@ impl<S: OrderStore> OrderStore for RecordingStore<S> {
 /// The dead-letter topic: durable, shared by every consumer incarnation.
 #[derive(Clone, Default)]
 pub struct DeadLetters {
-    letters: Arc<Mutex<Vec<OutboundMessage>>>,
+    letters: Arc<Mutex<Letters>>,
+}
+
+/// The letters and, kept beside them so that a commit check never re-parses every letter,
+/// their source coordinates.
+#[derive(Default)]
+struct Letters {
+    messages: Vec<OutboundMessage>,
+    coordinates: BTreeSet<(PartitionId, i64)>,
+}
+
+/// (source partition, source offset) a dead letter names in its headers.
+fn source_coordinates(letter: &OutboundMessage) -> Option<(PartitionId, i64)> {
+    let header = |name| {
+        holdfast::pipeline::dead_letter::header(&letter.headers, name)
+            .and_then(|v| v.parse::<i64>().ok())
+    };
+    Some((
+        header(holdfast::pipeline::dead_letter::HEADER_SOURCE_PARTITION)? as PartitionId,
+        header(holdfast::pipeline::dead_letter::HEADER_SOURCE_OFFSET)?,
+    ))
 }
 
 impl DeadLetters {
-    /// (source partition, source offset) of every dead letter.
-    pub fn coordinates(&self) -> BTreeSet<(PartitionId, i64)> {
-        let letters = self.letters.lock().map(|l| l.clone()).unwrap_or_default();
-        letters
-            .iter()
-            .filter_map(|letter| {
-                let header = |name| {
-                    holdfast::pipeline::dead_letter::header(&letter.headers, name)
-                        .and_then(|v| v.parse().ok())
-                };
-                Some((
-                    header(holdfast::pipeline::dead_letter::HEADER_SOURCE_PARTITION)?
-                        as PartitionId,
-                    header(holdfast::pipeline::dead_letter::HEADER_SOURCE_OFFSET)?,
-                ))
-            })
-            .collect()
+    /// Whether a dead letter names this source record.
+    pub fn contains(&self, partition: PartitionId, offset: i64) -> bool {
+        self.letters
+            .lock()
+            .is_ok_and(|l| l.coordinates.contains(&(partition, offset)))
     }
 
     /// Keys of the decodable events that were dead-lettered.
     pub fn keys(&self) -> BTreeSet<IdempotencyKey> {
-        let letters = self.letters.lock().map(|l| l.clone()).unwrap_or_default();
+        let Ok(letters) = self.letters.lock() else {
+            return BTreeSet::new();
+        };
         letters
+            .messages
             .iter()
             .filter_map(|letter| OrderEvent::decode(&letter.payload).ok())
             .map(|event| IdempotencyKey::of(&event))
@@ -216,7 +226,7 @@ impl DeadLetters {
     }
 
     pub fn len(&self) -> usize {
-        self.letters.lock().map(|l| l.len()).unwrap_or(0)
+        self.letters.lock().map(|l| l.messages.len()).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -232,13 +242,8 @@ pub struct DeadLetterSink {
 
 impl Publisher for DeadLetterSink {
     async fn publish(&self, message: OutboundMessage) -> Result<Delivery, PortError> {
-        let header = |name| {
-            holdfast::pipeline::dead_letter::header(&message.headers, name)
-                .and_then(|v| v.parse::<i64>().ok())
-        };
-        let partition = header(holdfast::pipeline::dead_letter::HEADER_SOURCE_PARTITION)
-            .unwrap_or(-1) as PartitionId;
-        let offset = header(holdfast::pipeline::dead_letter::HEADER_SOURCE_OFFSET).unwrap_or(-1);
+        let source = source_coordinates(&message);
+        let (partition, offset) = source.unwrap_or((-1, -1));
         self.observers.history.push(
             self.observers.at(),
             Step::DeadLettered { partition, offset },
@@ -251,10 +256,13 @@ impl Publisher for DeadLetterSink {
                 service: "dead letters",
                 detail: "poisoned".into(),
             })?;
-        letters.push(message);
+        if let Some(source) = source {
+            letters.coordinates.insert(source);
+        }
+        letters.messages.push(message);
         Ok(Delivery {
             partition: 0,
-            offset: letters.len() as i64 - 1,
+            offset: letters.messages.len() as i64 - 1,
         })
     }
 }

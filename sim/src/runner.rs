@@ -237,9 +237,14 @@ async fn simulate(params: RunParams) -> RunOutcome {
     let logs = (0..params.partitions)
         .map(|p| (p, world.partition_log(p)))
         .collect();
-    let truth = truth.lock().map(|t| t.clone()).unwrap_or_default();
+    // The run is over: nothing records any more, so the checker gets the history and the
+    // ground truth without copies.
+    let truth = truth
+        .lock()
+        .map(|mut t| std::mem::take(&mut *t))
+        .unwrap_or_default();
     let observed = Observed {
-        history: history.steps(),
+        history: history.take(),
         truth,
         store: StoreView {
             applications: world.store_applications(),
@@ -290,10 +295,10 @@ async fn simulate(params: RunParams) -> RunOutcome {
         })
         .count();
     let params_for_report = params.clone();
-    let trace = history.render(usize::MAX);
+    let trace = crate::history::render(&observed.history, usize::MAX);
     RunOutcome {
         fingerprint: crate::history::digest(trace.as_bytes()),
-        steps: history.len(),
+        steps: observed.history.len(),
         trace,
         params,
         verdict,
@@ -370,51 +375,54 @@ fn spawn_producer(
     node.spawn(async move {
         let publisher = Arc::new(world.publisher().await);
         let mut messages = workload.messages.into_iter().peekable();
+        let mut sends = Vec::new();
         while messages.peek().is_some() {
-            // One burst is sent concurrently, as a producer's batch is: per-partition order
-            // is kept by the producer client; different partitions proceed in parallel.
+            // One burst is sent concurrently, as an application hands records to its producer
+            // client: per-partition order is kept by the client, which batches what queues up
+            // while a request is in flight. The application does not wait for the callbacks
+            // before its next burst; each callback records what the producer was told.
             let burst: Vec<_> = messages
                 .by_ref()
                 .take(pacing.between(1, burst_max) as usize)
                 .collect();
-            let sends: Vec<_> = burst
-                .iter()
-                .map(|message| {
-                    let outbound = OutboundMessage {
-                        topic: TOPIC.into(),
-                        key: message.key.clone(),
-                        payload: message.payload.clone(),
-                        headers: vec![],
-                    };
-                    let publisher = Arc::clone(&publisher);
-                    madsim::task::spawn(async move {
-                        for _attempt in 0..3 {
-                            if publisher.publish(outbound.clone()).await.is_ok() {
-                                return true;
-                            }
-                            sleep(Duration::from_millis(50)).await;
+            for message in burst {
+                let outbound = OutboundMessage {
+                    topic: TOPIC.into(),
+                    key: message.key.clone(),
+                    payload: message.payload.clone(),
+                    headers: vec![],
+                };
+                let publisher = Arc::clone(&publisher);
+                let (observers, truth, sent_counter) =
+                    (observers.clone(), truth.clone(), sent_counter.clone());
+                sends.push(madsim::task::spawn(async move {
+                    let mut acknowledged = false;
+                    for _attempt in 0..3 {
+                        if publisher.publish(outbound.clone()).await.is_ok() {
+                            acknowledged = true;
+                            break;
                         }
-                        false
-                    })
-                })
-                .collect();
-            for (message, send) in burst.iter().zip(sends) {
-                let acknowledged = send.await.unwrap_or(false);
-                sent_counter.fetch_add(1, Ordering::SeqCst);
-                if let Some(event) = &message.event {
-                    if let Ok(mut truth) = truth.lock() {
-                        truth.record(event, acknowledged);
+                        sleep(Duration::from_millis(50)).await;
                     }
-                    observers.history.push(
-                        observers.at(),
-                        Step::Sent {
-                            event_id: event.event_id.clone(),
-                            acknowledged,
-                        },
-                    );
-                }
+                    sent_counter.fetch_add(1, Ordering::SeqCst);
+                    if let Some(event) = &message.event {
+                        if let Ok(mut truth) = truth.lock() {
+                            truth.record(event, acknowledged);
+                        }
+                        observers.history.push(
+                            observers.at(),
+                            Step::Sent {
+                                event_id: event.event_id.clone(),
+                                acknowledged,
+                            },
+                        );
+                    }
+                }));
             }
             sleep(Duration::from_millis(pause_ms)).await;
+        }
+        for send in sends {
+            let _ = send.await;
         }
         done.store(true, Ordering::SeqCst);
     });

@@ -284,6 +284,99 @@ mod kafka {
         assert_eq!(delivery.offset, 0, "the original offset");
     }
 
+    /// Publishes 30 records at once from one client while the leader's answers to it are
+    /// cut: the first record to reach the producer goes alone and gives up, the other 29
+    /// queue behind it and go as one batch, whose acknowledgement is lost too; the cut heals
+    /// 50 ms after the first record gave up, before that batch's retry. Returns each
+    /// publish's result and the partition's log.
+    async fn batch_retry_after_lost_ack(
+        idempotent: bool,
+    ) -> (Vec<Result<Delivery, PortError>>, Vec<(i64, Record)>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let world = World::start(WorldConfig {
+            partitions: 1,
+            idempotent_producer: idempotent,
+            producer_retries: 2,
+            request_timeout: Duration::from_millis(100),
+            ..WorldConfig::default()
+        })
+        .await;
+        let leader = world.partition_table()[0].leader.unwrap();
+        let leader_node = world.id(ServiceNode::Broker(leader));
+        let client = world.client_node("producer");
+        world.clog_link(leader_node, client.id(), true);
+        let finished = std::sync::Arc::new(AtomicUsize::new(0));
+        let publishing = {
+            let (world, finished) = (world.clone(), finished.clone());
+            client.spawn(async move {
+                let publisher = std::sync::Arc::new(world.publisher().await);
+                let sends: Vec<_> = (0..30)
+                    .map(|index| {
+                        let (publisher, finished) = (publisher.clone(), finished.clone());
+                        madsim::task::spawn(async move {
+                            let result = publisher.publish(message(index)).await;
+                            finished.fetch_add(1, Ordering::SeqCst);
+                            result
+                        })
+                    })
+                    .collect();
+                let mut results = Vec::new();
+                for send in sends {
+                    results.push(send.await.unwrap());
+                }
+                results
+            })
+        };
+        while finished.load(Ordering::SeqCst) == 0 {
+            sleep(Duration::from_millis(1)).await;
+        }
+        sleep(Duration::from_millis(50)).await;
+        world.clog_link(leader_node, client.id(), false);
+        let results = publishing.await.unwrap();
+        sleep(Duration::from_millis(200)).await;
+        (results, world.partition_log(0))
+    }
+
+    /// Goal: a batch is retried as a whole, and each record's caller still gets its own
+    /// answer: with idempotence every acknowledged record is in the log once, at the offset
+    /// its caller was told; without it, the retried batch is appended twice.
+    #[test]
+    fn batches_retry_as_a_whole_and_answer_each_record() {
+        let copies = |log: &[(i64, Record)], index: usize| {
+            log.iter()
+                .filter(|(_, record)| record.payload == message(index).payload)
+                .count()
+        };
+        for seed in 1..=3 {
+            let (results, log) = simulate(seed, batch_retry_after_lost_ack(true));
+            let acknowledged: Vec<usize> = (0..30).filter(|i| results[*i].is_ok()).collect();
+            assert_eq!(
+                acknowledged.len(),
+                29,
+                "seed {seed}: only the record sent alone gave up"
+            );
+            for index in acknowledged {
+                let offset = results[index].as_ref().unwrap().offset;
+                let at = log.iter().find(|(at, _)| *at == offset);
+                assert_eq!(
+                    at.map(|(_, record)| record.payload.clone()),
+                    Some(message(index).payload),
+                    "seed {seed}: record {index} is at the offset its caller was told"
+                );
+                assert_eq!(copies(&log, index), 1, "record {index}");
+            }
+            let (results, log) = simulate(seed, batch_retry_after_lost_ack(false));
+            let acknowledged: Vec<usize> = (0..30).filter(|i| results[*i].is_ok()).collect();
+            assert_eq!(acknowledged.len(), 29, "seed {seed}");
+            for index in acknowledged {
+                assert!(
+                    copies(&log, index) >= 2,
+                    "seed {seed} record {index}: the whole batch was appended again"
+                );
+            }
+        }
+    }
+
     /// Cuts replication until the ISR shrinks to the leader alone, produces ten acks=1
     /// records (flushed), kills the leader; returns (acknowledged, lost acknowledged).
     async fn leader_alone_in_isr_dies(unclean_election: bool) -> (usize, usize) {

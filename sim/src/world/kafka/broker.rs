@@ -3,7 +3,7 @@
 //! (fetches from their leader, truncating where its log diverged).
 
 use super::controller::{lock, ControllerAnswer, ControllerRequest};
-use super::replica::{Appended, Entry, Produced, Replica};
+use super::replica::{Entry, Produced, Refused, Replica};
 use super::{broker_address, controller_address, Acks, FlushPolicy, KafkaConfig, PartitionState};
 use crate::world::rpc;
 use holdfast::ports::{PartitionId, Record};
@@ -28,9 +28,10 @@ const REPLICA_FETCH_ENTRIES_MAX: usize = 1000;
 /// A request to a broker.
 #[derive(Clone, Debug)]
 pub enum BrokerRequest {
+    /// One batch of records for one partition, appended all or nothing.
     Produce {
         partition: PartitionId,
-        record: Produced,
+        records: Vec<Produced>,
         acks: Acks,
     },
     /// A consumer's fetch: committed records only (below the high watermark).
@@ -57,12 +58,12 @@ pub struct FollowerFetch {
     pub incarnation: u64,
 }
 
-/// How a produce request ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How a produce request (one batch) ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProduceResult {
-    Appended(i64),
-    /// An idempotent retry of a record already in the log.
-    Duplicate(i64),
+    /// Every record of the batch is in the log: its offset, in batch order. An idempotent
+    /// retry of a record already there gets its original offset (-1 if too old to tell).
+    Appended(Vec<i64>),
     NotLeader,
     NotEnoughReplicas,
     OutOfOrderSequence,
@@ -243,7 +244,12 @@ impl BrokerState {
         self.progress.notify_waiters();
     }
 
-    fn produce(&mut self, partition: PartitionId, record: Produced, acks: Acks) -> ProduceResult {
+    fn produce(
+        &mut self,
+        partition: PartitionId,
+        records: Vec<Produced>,
+        acks: Acks,
+    ) -> ProduceResult {
         let Some(leadership) = self.leading.get(&partition) else {
             return ProduceResult::NotLeader;
         };
@@ -254,15 +260,18 @@ impl BrokerState {
         let Some(replica) = self.replicas.get_mut(&partition) else {
             return ProduceResult::NotLeader;
         };
-        let result = match replica.append_as_leader(epoch, record) {
-            Appended::New(offset) => ProduceResult::Appended(offset),
-            Appended::Duplicate(offset) => return ProduceResult::Duplicate(offset),
-            Appended::OutOfOrder => return ProduceResult::OutOfOrderSequence,
+        let log_end = replica.log_end();
+        let offsets = match replica.append_batch_as_leader(epoch, records) {
+            Ok(offsets) => offsets,
+            Err(Refused::OutOfOrder) => return ProduceResult::OutOfOrderSequence,
         };
+        if replica.log_end() == log_end {
+            return ProduceResult::Appended(offsets); // only retries: nothing new
+        }
         self.flush_after_append(partition);
         self.advance_high_watermark(partition);
         self.progress.notify_waiters();
-        result
+        ProduceResult::Appended(offsets)
     }
 
     /// For acks=all: `Some(answer)` once `offset` is committed or leadership was lost.
@@ -529,33 +538,31 @@ async fn handle(
     match request {
         BrokerRequest::Produce {
             partition,
-            record,
+            records,
             acks,
         } => {
             let (result, epoch, progress) = {
                 let mut broker = lock(&state);
                 let epoch = broker.leading.get(&partition).map_or(-1, |l| l.epoch);
                 (
-                    broker.produce(partition, record, acks),
+                    broker.produce(partition, records, acks),
                     epoch,
                     broker.progress.clone(),
                 )
             };
             match (acks, result) {
                 (Acks::Zero, _) => None,
-                (Acks::All, ProduceResult::Appended(offset) | ProduceResult::Duplicate(offset)) => {
-                    let answer = wait_replicated(
-                        &state,
-                        &progress,
-                        partition,
-                        epoch,
-                        offset,
-                        request_timeout,
-                    )
-                    .await;
-                    Some(BrokerAnswer::Produced(answer.unwrap_or(result)))
+                (Acks::All, ProduceResult::Appended(offsets)) => {
+                    // The batch is acknowledged once its last record is committed.
+                    let last = offsets.iter().copied().max().unwrap_or(-1);
+                    let answer =
+                        wait_replicated(&state, &progress, partition, epoch, last, request_timeout)
+                            .await;
+                    Some(BrokerAnswer::Produced(
+                        answer.unwrap_or(ProduceResult::Appended(offsets)),
+                    ))
                 }
-                _ => Some(BrokerAnswer::Produced(result)),
+                (_, result) => Some(BrokerAnswer::Produced(result)),
             }
         }
         BrokerRequest::Fetch {

@@ -1,9 +1,13 @@
 //! The producer client: `SimPublisher` implements `holdfast::ports::Publisher`.
 //!
-//! acks=0 sends and returns at once (no guarantee, offset -1). acks=1/all wait for the
-//! broker's answer, retrying on errors and timeouts up to `retries` times. With idempotence,
-//! each record carries (producer id, sequence) and a retry is recognised by the leader;
-//! without it, a retry after a lost answer appends the record again.
+//! acks=0 sends and returns at once (no guarantee, offset -1). acks=1/all batch: records
+//! wait in a per-partition queue while that partition's one request is in flight, and the
+//! next request carries all of them (Kafka's record accumulator with `linger.ms=0` and
+//! `max.in.flight.requests.per.connection=1`). A batch is retried as a whole on errors and
+//! timeouts, up to `retries` times, and every record's caller gets its own answer (its own
+//! offset, or the batch's error). With idempotence, each record carries (producer id,
+//! sequence) and a retried batch is recognised by the leader; without it, a retry after a
+//! lost answer appends the batch again.
 
 use super::broker::{BrokerAnswer, BrokerRequest, ProduceResult};
 use super::controller::lock;
@@ -14,11 +18,15 @@ use crate::world::rpc;
 use holdfast::partition::partition_for_key;
 use holdfast::ports::{Delivery, OutboundMessage, PartitionId, PortError, Publisher};
 use madsim::net::Endpoint;
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::oneshot;
 
 /// Pause between retries (`retry.backoff.ms`).
 const RETRY_BACKOFF: Duration = Duration::from_millis(50);
+/// Most payload bytes in one batch (`batch.size`); a batch always takes at least one record.
+const BATCH_BYTES_MAX: usize = 16 * 1024;
 
 /// The producer's settings.
 #[derive(Clone, Debug)]
@@ -37,14 +45,28 @@ struct Sequences {
     next: Vec<i32>,
 }
 
+/// A record waiting for its partition's next request, with the way back to its caller.
+struct Waiting {
+    message: OutboundMessage,
+    answer: oneshot::Sender<Result<Delivery, PortError>>,
+}
+
+/// One partition's side of the producer.
+#[derive(Default)]
+struct PartitionQueue {
+    /// Records not yet sent, in publish order.
+    waiting: Mutex<VecDeque<Waiting>>,
+    /// Held while this partition's one request is in flight, so idempotent sequences arrive
+    /// in order (`max.in.flight.requests.per.connection=1`).
+    sending: tokio::sync::Mutex<()>,
+}
+
 struct Inner {
     endpoint: Endpoint,
     config: ProducerConfig,
     metadata: Mutex<MetadataCache>,
     sequences: Mutex<Sequences>,
-    /// One request in flight per partition, so idempotent sequences arrive in order
-    /// (`max.in.flight.requests.per.connection=1`).
-    in_flight: Vec<tokio::sync::Mutex<()>>,
+    partitions: Vec<PartitionQueue>,
 }
 
 /// A Kafka producer on the node that created it.
@@ -64,9 +86,7 @@ impl SimPublisher {
                 producer_id: madsim::rand::random::<u64>() | 1,
                 next: vec![0; partitions],
             }),
-            in_flight: (0..partitions)
-                .map(|_| tokio::sync::Mutex::new(()))
-                .collect(),
+            partitions: (0..partitions).map(|_| PartitionQueue::default()).collect(),
             config,
         };
         SimPublisher {
@@ -91,24 +111,19 @@ impl SimPublisher {
         lock(&self.inner.metadata).forget(partition);
     }
 
-    /// The (producer id, sequence) for the next record of `partition`, if idempotent.
-    fn next_sequence(&self, partition: PartitionId) -> Option<(u64, i32)> {
+    /// The producer id and the first of `count` sequences reserved for the next batch of
+    /// `partition`, if idempotent. Reserved before sending: a batch whose fate stays unknown
+    /// never has its sequences handed out again under the same producer id.
+    fn reserve_sequences(&self, partition: PartitionId, count: usize) -> Option<(u64, i32)> {
         if !self.inner.config.idempotent {
             return None;
         }
-        let sequences = lock(&self.inner.sequences);
-        let index = usize::try_from(partition).ok()?;
-        Some((sequences.producer_id, *sequences.next.get(index)?))
-    }
-
-    fn sequence_used(&self, partition: PartitionId) {
         let mut sequences = lock(&self.inner.sequences);
-        if let Some(next) = usize::try_from(partition)
-            .ok()
-            .and_then(|index| sequences.next.get_mut(index))
-        {
-            *next += 1;
-        }
+        let producer_id = sequences.producer_id;
+        let next = sequences.next.get_mut(usize::try_from(partition).ok()?)?;
+        let first = *next;
+        *next += i32::try_from(count).unwrap_or(i32::MAX);
+        Some((producer_id, first))
     }
 
     /// After giving up on a record whose fate is unknown, start over as a new producer
@@ -119,11 +134,13 @@ impl SimPublisher {
         sequences.next.iter_mut().for_each(|next| *next = 0);
     }
 
+    /// Sends one batch until it is appended or the retries run out; the offset of each
+    /// record on success.
     async fn send_with_retries(
         &self,
         partition: PartitionId,
-        record: Produced,
-    ) -> Result<Delivery, PortError> {
+        records: Vec<Produced>,
+    ) -> Result<Vec<i64>, PortError> {
         let config = &self.inner.config;
         let mut last_problem = String::from("no attempt");
         for attempt in 0..=config.retries {
@@ -136,7 +153,7 @@ impl SimPublisher {
             };
             let request = BrokerRequest::Produce {
                 partition,
-                record: record.clone(),
+                records: records.clone(),
                 acks: config.acks,
             };
             let answer = rpc::call(
@@ -146,9 +163,10 @@ impl SimPublisher {
                 config.request_timeout,
             );
             match answer.await {
-                Some(BrokerAnswer::Produced(
-                    ProduceResult::Appended(offset) | ProduceResult::Duplicate(offset),
-                )) => return Ok(Delivery { partition, offset }),
+                Some(BrokerAnswer::Produced(ProduceResult::Appended(offsets))) => {
+                    debug_assert_eq!(offsets.len(), records.len(), "one offset per record");
+                    return Ok(offsets);
+                }
                 Some(BrokerAnswer::Produced(ProduceResult::OutOfOrderSequence)) => {
                     self.reset_producer();
                     return Err(PortError::Rejected {
@@ -173,6 +191,51 @@ impl SimPublisher {
             "partition {partition}: {last_problem}"
         )))
     }
+
+    /// Takes the next batch off `queue`: records in publish order, up to `BATCH_BYTES_MAX`
+    /// of payload (at least one record).
+    fn next_batch(queue: &PartitionQueue) -> Vec<Waiting> {
+        let mut waiting = lock(&queue.waiting);
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while let Some(next) = waiting.front() {
+            let size = next.message.payload.len() + next.message.key.len();
+            if !batch.is_empty() && bytes + size > BATCH_BYTES_MAX {
+                break;
+            }
+            bytes += size;
+            batch.extend(waiting.pop_front());
+        }
+        batch
+    }
+
+    /// Sends one batch and answers each of its callers.
+    async fn send_batch(&self, partition: PartitionId, batch: Vec<Waiting>) {
+        let producer = self.reserve_sequences(partition, batch.len());
+        let records: Vec<Produced> = batch
+            .iter()
+            .zip(0..)
+            .map(|(waiting, index)| Produced {
+                key: Some(waiting.message.key.clone()),
+                payload: waiting.message.payload.clone(),
+                headers: waiting.message.headers.clone(),
+                producer: producer.map(|(id, first)| (id, first + index)),
+            })
+            .collect();
+        match self.send_with_retries(partition, records).await {
+            Ok(offsets) => {
+                for (waiting, offset) in batch.into_iter().zip(offsets) {
+                    // A caller that went away no longer wants its answer.
+                    let _ = waiting.answer.send(Ok(Delivery { partition, offset }));
+                }
+            }
+            Err(error) => {
+                for waiting in batch {
+                    let _ = waiting.answer.send(Err(error.clone()));
+                }
+            }
+        }
+    }
 }
 
 impl Publisher for SimPublisher {
@@ -186,12 +249,6 @@ impl Publisher for SimPublisher {
             }
         })?;
         debug_assert!((0..config.partitions).contains(&partition));
-        let record = |producer| Produced {
-            key: Some(message.key.clone()),
-            payload: message.payload.clone(),
-            headers: message.headers.clone(),
-            producer,
-        };
         if config.acks == Acks::Zero {
             // Fire and forget: one send to whoever we think leads, no answer, no retry.
             let Some(leader) = self.leader(partition).await else {
@@ -202,7 +259,12 @@ impl Publisher for SimPublisher {
             };
             let request = BrokerRequest::Produce {
                 partition,
-                record: record(None),
+                records: vec![Produced {
+                    key: Some(message.key),
+                    payload: message.payload,
+                    headers: message.headers,
+                    producer: None,
+                }],
                 acks: Acks::Zero,
             };
             rpc::send(&self.inner.endpoint, broker_address(leader), request).await;
@@ -211,13 +273,35 @@ impl Publisher for SimPublisher {
                 offset: -1,
             });
         }
-        let slot = usize::try_from(partition).unwrap_or(0);
-        let _in_flight = self.inner.in_flight[slot].lock().await;
-        let producer = self.next_sequence(partition);
-        let result = self.send_with_retries(partition, record(producer)).await;
-        if result.is_ok() && producer.is_some() {
-            self.sequence_used(partition);
+        let Some(queue) = usize::try_from(partition)
+            .ok()
+            .and_then(|slot| self.inner.partitions.get(slot))
+        else {
+            return Err(unavailable(format!("partition {partition} is unknown")));
+        };
+        let (answer, mut delivered) = oneshot::channel();
+        lock(&queue.waiting).push_back(Waiting { message, answer });
+        // Whoever holds the partition's turn sends everything queued by then, so by the time
+        // this caller gets the turn its record may already be answered.
+        let _turn = queue.sending.lock().await;
+        loop {
+            match delivered.try_recv() {
+                Ok(result) => return result,
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    return Err(unavailable(format!(
+                        "partition {partition}: the request carrying this record was abandoned"
+                    )));
+                }
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            let batch = Self::next_batch(queue);
+            debug_assert!(!batch.is_empty(), "this caller's record is still queued");
+            if batch.is_empty() {
+                return Err(unavailable(format!(
+                    "partition {partition}: record vanished from the queue"
+                )));
+            }
+            self.send_batch(partition, batch).await;
         }
-        result
     }
 }

@@ -3,9 +3,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-/// How many recent batches per producer the broker remembers for duplicate detection
-/// (Kafka keeps five).
-const PRODUCER_BATCHES_REMEMBERED: usize = 5;
+/// How many runs of sequences per producer the broker remembers for duplicate detection
+/// (Kafka keeps the last five batches; a run is a stretch of consecutive sequences at
+/// consecutive offsets, so it covers one batch or several back-to-back ones).
+const PRODUCER_RUNS_REMEMBERED: usize = 5;
 
 /// A produced record as sent by a producer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,15 +25,28 @@ pub struct Entry {
     pub record: Produced,
 }
 
-/// What a leader append did.
+/// Why a leader refused a whole batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Appended {
-    /// Appended at this offset.
-    New(i64),
-    /// A retry of an already appended record (idempotence): the original offset.
-    Duplicate(i64),
-    /// The sequence number skips ahead: an earlier record of this producer is missing.
+pub enum Refused {
+    /// The first new sequence skips ahead: an earlier record of this producer is missing.
     OutOfOrder,
+}
+
+/// Consecutive sequences of one producer at consecutive offsets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SequenceRun {
+    first: i32,
+    last: i32,
+    base_offset: i64,
+}
+
+impl SequenceRun {
+    /// The offset of `sequence`, if this run holds it.
+    fn offset_of(&self, sequence: i32) -> Option<i64> {
+        (self.first..=self.last)
+            .contains(&sequence)
+            .then(|| self.base_offset + i64::from(sequence - self.first))
+    }
 }
 
 /// One replica's state. Offsets are indexes into `entries` (the log starts at 0 and is never
@@ -43,8 +57,8 @@ pub struct Replica {
     /// Entries below this index are on disk; the rest are only in the page cache.
     flushed: usize,
     high_watermark: i64,
-    /// Per producer id: the last sequence and the offsets of recent sequences.
-    producers: BTreeMap<u64, VecDeque<(i32, i64)>>,
+    /// Per producer id: the recent runs of its sequences, oldest first.
+    producers: BTreeMap<u64, VecDeque<SequenceRun>>,
 }
 
 impl Replica {
@@ -91,29 +105,57 @@ impl Replica {
             .map_or(self.log_end(), |index| index as i64)
     }
 
-    /// Appends as leader, checking idempotent-producer sequences.
-    pub fn append_as_leader(&mut self, epoch: i32, record: Produced) -> Appended {
-        if let Some((producer_id, sequence)) = record.producer {
-            if let Some(recent) = self.producers.get(&producer_id) {
-                if let Some(&(_, offset)) = recent.iter().find(|(seen, _)| *seen == sequence) {
-                    return Appended::Duplicate(offset);
+    /// Appends a producer's batch as leader, all or nothing, and returns each record's
+    /// offset. An idempotent batch (every record carries the same producer id and consecutive
+    /// sequences) is checked first: records already in the log are not appended again but
+    /// answered with their original offsets (-1 when the sequence is older than anything
+    /// remembered, as Kafka's DUPLICATE_SEQUENCE carries no offset); the rest must continue
+    /// the producer's sequence exactly, or the whole batch is refused.
+    pub fn append_batch_as_leader(
+        &mut self,
+        epoch: i32,
+        records: Vec<Produced>,
+    ) -> Result<Vec<i64>, Refused> {
+        let mut offsets = Vec::with_capacity(records.len());
+        let first_new = match records.first().and_then(|record| record.producer) {
+            None => 0, // not idempotent: every record is new
+            Some((producer_id, first_sequence)) => {
+                debug_assert!(
+                    records
+                        .iter()
+                        .zip(first_sequence..)
+                        .all(|(record, sequence)| {
+                            record.producer == Some((producer_id, sequence))
+                        }),
+                    "a batch carries one producer id and consecutive sequences"
+                );
+                let runs = self.producers.get(&producer_id);
+                let last = runs.and_then(|runs| runs.back()).map(|run| run.last);
+                let expected = last.map_or(0, |last| last + 1);
+                // Sequences up to `last` are retries; the rest must start at `expected`.
+                let retried = last.map_or(0, |last| {
+                    usize::try_from(i64::from(last) - i64::from(first_sequence) + 1)
+                        .unwrap_or(0)
+                        .min(records.len())
+                });
+                if retried < records.len()
+                    && i64::from(first_sequence) + retried as i64 != i64::from(expected)
+                {
+                    return Err(Refused::OutOfOrder);
                 }
-                let last = recent.back().map_or(-1, |(seen, _)| *seen);
-                if sequence > last + 1 {
-                    return Appended::OutOfOrder;
+                for sequence in (first_sequence..).take(retried) {
+                    let original =
+                        runs.and_then(|runs| runs.iter().find_map(|run| run.offset_of(sequence)));
+                    offsets.push(original.unwrap_or(-1));
                 }
-                if sequence <= last {
-                    // Older than anything remembered: Kafka answers DUPLICATE_SEQUENCE
-                    // without an offset; the original is somewhere earlier in the log.
-                    return Appended::Duplicate(-1);
-                }
-            } else if sequence != 0 {
-                return Appended::OutOfOrder;
+                retried
             }
+        };
+        for record in records.into_iter().skip(first_new) {
+            offsets.push(self.log_end());
+            self.push(Entry { epoch, record });
         }
-        let offset = self.log_end();
-        self.push(Entry { epoch, record });
-        Appended::New(offset)
+        Ok(offsets)
     }
 
     /// Appends entries fetched from the leader, which must continue this log exactly.
@@ -130,10 +172,22 @@ impl Replica {
     fn push(&mut self, entry: Entry) {
         let offset = self.log_end();
         if let Some((producer_id, sequence)) = entry.record.producer {
-            let recent = self.producers.entry(producer_id).or_default();
-            recent.push_back((sequence, offset));
-            while recent.len() > PRODUCER_BATCHES_REMEMBERED {
-                recent.pop_front();
+            let runs = self.producers.entry(producer_id).or_default();
+            match runs.back_mut() {
+                Some(run)
+                    if sequence == run.last + 1
+                        && offset == run.base_offset + i64::from(sequence - run.first) =>
+                {
+                    run.last = sequence;
+                }
+                _ => runs.push_back(SequenceRun {
+                    first: sequence,
+                    last: sequence,
+                    base_offset: offset,
+                }),
+            }
+            while runs.len() > PRODUCER_RUNS_REMEMBERED {
+                runs.pop_front();
             }
         }
         self.entries.push(entry);
@@ -201,37 +255,115 @@ mod tests {
         }
     }
 
+    fn batch(producer_id: u64, sequences: std::ops::Range<i32>) -> Vec<Produced> {
+        sequences
+            .map(|sequence| produced(Some((producer_id, sequence))))
+            .collect()
+    }
+
     #[test]
     fn idempotent_retry_is_recognised_and_gaps_refused() {
         let mut replica = Replica::default();
         assert_eq!(
-            replica.append_as_leader(0, produced(Some((7, 0)))),
-            Appended::New(0)
+            replica.append_batch_as_leader(0, batch(7, 0..1)),
+            Ok(vec![0])
         );
         assert_eq!(
-            replica.append_as_leader(0, produced(Some((7, 0)))),
-            Appended::Duplicate(0)
+            replica.append_batch_as_leader(0, batch(7, 0..1)),
+            Ok(vec![0])
+        );
+        assert_eq!(replica.log_end(), 1, "the retry was not appended");
+        assert_eq!(
+            replica.append_batch_as_leader(0, batch(7, 2..3)),
+            Err(Refused::OutOfOrder)
         );
         assert_eq!(
-            replica.append_as_leader(0, produced(Some((7, 2)))),
-            Appended::OutOfOrder
+            replica.append_batch_as_leader(0, batch(8, 1..2)),
+            Err(Refused::OutOfOrder),
+            "an unknown producer starts at sequence 0"
         );
         assert_eq!(
-            replica.append_as_leader(0, produced(None)),
-            Appended::New(1)
+            replica.append_batch_as_leader(0, vec![produced(None), produced(None)]),
+            Ok(vec![1, 2])
         );
         assert_eq!(
-            replica.append_as_leader(0, produced(None)),
-            Appended::New(2)
+            replica.append_batch_as_leader(0, vec![produced(None)]),
+            Ok(vec![3]),
+            "without idempotence every send is appended"
+        );
+    }
+
+    #[test]
+    fn batches_are_all_or_nothing_and_retries_keep_their_offsets() {
+        let mut replica = Replica::default();
+        assert_eq!(
+            replica.append_batch_as_leader(0, batch(7, 0..3)),
+            Ok(vec![0, 1, 2])
+        );
+        replica
+            .append_batch_as_leader(0, vec![produced(None)])
+            .unwrap();
+        assert_eq!(
+            replica.append_batch_as_leader(0, batch(7, 3..5)),
+            Ok(vec![4, 5])
+        );
+        // A retry of the first batch: every record at its original offset, nothing appended.
+        assert_eq!(
+            replica.append_batch_as_leader(0, batch(7, 0..3)),
+            Ok(vec![0, 1, 2])
+        );
+        assert_eq!(replica.log_end(), 6);
+        // A batch cut short by a truncation: the retry appends only the missing records.
+        replica.truncate(5);
+        assert_eq!(
+            replica.append_batch_as_leader(1, batch(7, 3..5)),
+            Ok(vec![4, 5])
+        );
+        assert_eq!(replica.epoch_at(5), Some(1));
+        assert_eq!(replica.log_end(), 6);
+        // A gap refuses the whole batch.
+        assert_eq!(
+            replica.append_batch_as_leader(1, batch(7, 6..9)),
+            Err(Refused::OutOfOrder)
+        );
+        assert_eq!(replica.log_end(), 6);
+    }
+
+    #[test]
+    fn followers_rebuild_the_same_producer_state() {
+        let mut leader = Replica::default();
+        leader.append_batch_as_leader(0, batch(7, 0..4)).unwrap();
+        let mut follower = Replica::default();
+        follower.append_as_follower(
+            leader
+                .read(0, 2, usize::MAX)
+                .into_iter()
+                .map(|(_, e)| e)
+                .collect(),
+        );
+        follower.append_as_follower(
+            leader
+                .read(2, 4, usize::MAX)
+                .into_iter()
+                .map(|(_, e)| e)
+                .collect(),
+        );
+        assert_eq!(
+            follower.append_batch_as_leader(1, batch(7, 2..6)),
+            Ok(vec![2, 3, 4, 5])
         );
     }
 
     #[test]
     fn crash_keeps_only_flushed_entries() {
         let mut replica = Replica::default();
-        replica.append_as_leader(0, produced(None));
+        replica
+            .append_batch_as_leader(0, vec![produced(None)])
+            .unwrap();
         replica.flush();
-        replica.append_as_leader(0, produced(None));
+        replica
+            .append_batch_as_leader(0, vec![produced(None)])
+            .unwrap();
         replica.set_high_watermark(2);
         replica.crash();
         assert_eq!(replica.log_end(), 1);
@@ -241,8 +373,12 @@ mod tests {
     #[test]
     fn end_offset_for_epoch_finds_divergence() {
         let mut replica = Replica::default();
-        replica.append_as_leader(1, produced(None));
-        replica.append_as_leader(3, produced(None));
+        replica
+            .append_batch_as_leader(1, vec![produced(None)])
+            .unwrap();
+        replica
+            .append_batch_as_leader(3, vec![produced(None)])
+            .unwrap();
         assert_eq!(replica.end_offset_for_epoch(2), 1);
         assert_eq!(replica.end_offset_for_epoch(3), 2);
     }
