@@ -9,19 +9,40 @@ use holdfast_sim::runner::run;
 use holdfast_sim::scenario::Scenario;
 use holdfast_sim::sweep::{execute, matrix, meets, plan};
 
-/// Runs one seed and fails with its report unless every invariant held. Knobs added after
-/// the regression seeds were recorded (compensator, Redis eviction) are switched off, so the
-/// seed runs the configuration it failed in.
-fn assert_passes(seed: u64, scenario: Scenario) {
+/// The parameters a regression seed was recorded with: knobs added after the regression
+/// seeds were recorded (compensator, Redis eviction) are switched off, so the seed runs the
+/// configuration it failed in.
+fn as_recorded(seed: u64, scenario: Scenario) -> RunParams {
     let mut params = RunParams::derive(seed, scenario);
     params.compensator = false;
     params.redis_keys_max = None;
-    let outcome = run(&params);
+    params
+}
+
+/// Runs `params` and fails with the run's report unless every invariant held.
+fn assert_run_passes(params: &RunParams) {
+    let outcome = run(params);
     assert!(
         outcome.verdict.passed(),
-        "seed {seed} {scenario} failed:\n{}",
+        "seed {} {} failed:\n{}",
+        params.seed,
+        params.scenario,
         holdfast_sim::report::single(&outcome, 60)
     );
+}
+
+/// Declares one test per regression seed, each running the seed as recorded and failing with
+/// its report unless every invariant held.
+macro_rules! regression_seeds {
+    ($($(#[$doc:meta])* $name:ident: $seed:literal in $scenario:expr;)+) => {
+        $(
+            $(#[$doc])*
+            #[test]
+            fn $name() {
+                assert_run_passes(&as_recorded($seed, $scenario));
+            }
+        )+
+    };
 }
 
 /// The same seed gives the same trace, byte for byte (compared by hash), in every scenario.
@@ -136,56 +157,33 @@ fn the_compensator_repairs_what_auto_commit_lost() {
 
 // Regressions: each of these seeds once failed in a scenario that must be safe.
 
-/// A restarted broker that lost its page cache was proposed back into the ISR before it had
-/// caught up (stale caught-up time, unversioned ISR proposals), then elected: lost writes.
-#[test]
-fn seed_22_acks_all_single_failure_restarted_follower_not_in_isr_early() {
-    assert_passes(22, Scenario::AcksAllSingleFailure);
-}
-
-#[test]
-fn seed_25_acks_all_single_failure_restarted_follower_not_in_isr_early() {
-    assert_passes(25, Scenario::AcksAllSingleFailure);
-}
-
-/// A second broker crashed while the first was still catching up: a double failure that the
-/// scenario must not inject.
-#[test]
-fn seed_48_acks_all_single_failure_waits_for_full_replication() {
-    assert_passes(48, Scenario::AcksAllSingleFailure);
-}
-
-/// An asynchronous commit that the coordinator refused was counted as stored, which looked
-/// like the committed offset moving backwards.
-#[test]
-fn seed_9_acks_all_single_failure_judges_stored_offsets() {
-    assert_passes(9, Scenario::AcksAllSingleFailure);
-}
-
-#[test]
-fn seed_130_standard_no_inconsistent_offsets() {
-    assert_passes(130, Scenario::Standard);
-}
-
-#[test]
-fn seed_5_all_replicas_crash_flushed_no_commit_backwards() {
-    assert_passes(5, Scenario::AllReplicasCrashFlushed);
+regression_seeds! {
+    /// A restarted broker that lost its page cache was proposed back into the ISR before it
+    /// had caught up (stale caught-up time, unversioned ISR proposals), then elected: lost
+    /// writes.
+    seed_22_acks_all_single_failure_restarted_follower_not_in_isr_early:
+        22 in Scenario::AcksAllSingleFailure;
+    seed_25_acks_all_single_failure_restarted_follower_not_in_isr_early:
+        25 in Scenario::AcksAllSingleFailure;
+    /// A second broker crashed while the first was still catching up: a double failure that
+    /// the scenario must not inject.
+    seed_48_acks_all_single_failure_waits_for_full_replication:
+        48 in Scenario::AcksAllSingleFailure;
+    /// An asynchronous commit that the coordinator refused was counted as stored, which
+    /// looked like the committed offset moving backwards.
+    seed_9_acks_all_single_failure_judges_stored_offsets: 9 in Scenario::AcksAllSingleFailure;
+    seed_130_standard_no_inconsistent_offsets: 130 in Scenario::Standard;
+    seed_5_all_replicas_crash_flushed_no_commit_backwards:
+        5 in Scenario::AllReplicasCrashFlushed;
 }
 
 /// A zombie's asynchronous commit was refused by the coordinator but counted as stored by the
 /// harness: a false commit-backwards. The checker now reads the coordinator's commit log.
 #[test]
 fn seed_140_standard_judges_the_coordinators_commit_log() {
-    let mut params = RunParams::derive(140, Scenario::Standard);
-    params.compensator = false;
-    params.redis_keys_max = None;
+    let mut params = as_recorded(140, Scenario::Standard);
     params.orders = 39;
     params.faults = 2;
     params.liveness_ms = params.liveness_bound_ms();
-    let outcome = run(&params);
-    assert!(
-        outcome.verdict.passed(),
-        "{}",
-        holdfast_sim::report::single(&outcome, 60)
-    );
+    assert_run_passes(&params);
 }

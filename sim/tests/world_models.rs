@@ -9,11 +9,17 @@ use holdfast::ports::{
     ApplyOutcome, DedupCache, Delivery, EventLog, OffsetCommit, OrderStore, OutboundMessage,
     PortError, Publisher, Rebalance, Record,
 };
-use holdfast_sim::world::{Acks, FlushPolicy, ServiceNode, World, WorldConfig};
+use holdfast_sim::world::{Acks, FlushPolicy, NodeId, ServiceNode, SimLog, World, WorldConfig};
+use madsim::runtime::NodeHandle;
+use madsim::task::JoinHandle;
 use madsim::time::{sleep, Instant};
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// What one publish answered.
+type Answer = Result<Delivery, PortError>;
 
 fn message(index: usize) -> OutboundMessage {
     OutboundMessage {
@@ -24,32 +30,69 @@ fn message(index: usize) -> OutboundMessage {
     }
 }
 
+/// RF 3 with `acks` and the `min.insync.replicas` that goes with it (2 for acks=all, else 1).
+fn with_acks(acks: Acks) -> WorldConfig {
+    WorldConfig {
+        acks,
+        min_insync_replicas: if acks == Acks::All { 2 } else { 1 },
+        ..WorldConfig::default()
+    }
+}
+
+/// The default (safe) world with a single partition, so every record meets the same leader.
+fn one_partition() -> WorldConfig {
+    WorldConfig {
+        partitions: 1,
+        ..WorldConfig::default()
+    }
+}
+
+/// Runs `task` on `node` (a simulated machine of its own) and waits for its answer.
+async fn on_node<T: Send + 'static>(
+    node: &NodeHandle,
+    task: impl Future<Output = T> + Send + 'static,
+) -> T {
+    node.spawn(task).await.unwrap()
+}
+
+/// Runs `task` on a fresh client node called `name`, giving it its own handle on the world.
+async fn on_client<T, F>(world: &World, name: &str, task: impl FnOnce(World) -> F) -> T
+where
+    T: Send + 'static,
+    F: Future<Output = T> + Send + 'static,
+{
+    on_node(&world.client_node(name), task(world.clone())).await
+}
+
 /// Publishes `count` messages one after another from a fresh client node; returns the result
 /// of each, by index.
-async fn produce(world: &World, name: &str, count: usize) -> Vec<Result<Delivery, PortError>> {
-    let world_client = world.clone();
-    world
-        .client_node(name)
-        .spawn(async move {
-            let publisher = world_client.publisher().await;
-            let mut results = Vec::new();
-            for index in 0..count {
-                results.push(publisher.publish(message(index)).await);
-            }
-            results
-        })
-        .await
-        .unwrap()
+async fn produce(world: &World, name: &str, count: usize) -> Vec<Answer> {
+    on_client(world, name, move |world| async move {
+        let publisher = world.publisher().await;
+        let mut results = Vec::new();
+        for index in 0..count {
+            results.push(publisher.publish(message(index)).await);
+        }
+        results
+    })
+    .await
+}
+
+/// Starts `produce` of `count` messages from a node called "producer" and returns at once, so
+/// the caller can inject faults while it runs.
+fn produce_in_background(world: &World, count: usize) -> JoinHandle<Vec<Answer>> {
+    let world = world.clone();
+    madsim::task::spawn(async move { produce(&world, "producer", count).await })
 }
 
 /// Consumes with a fresh member of `group` until `expected` records arrived or `limit` passed.
 async fn consume(world: &World, group: &str, expected: usize, limit: Duration) -> Vec<Record> {
-    let world_client = world.clone();
     let group = group.to_string();
-    world
-        .client_node(&format!("consumer-{group}"))
-        .spawn(async move {
-            let mut log = world_client.log(&group).await;
+    on_client(
+        world,
+        &format!("consumer-{group}"),
+        move |world| async move {
+            let mut log = world.log(&group).await;
             let deadline = Instant::now() + limit;
             let mut records = Vec::new();
             while records.len() < expected && Instant::now() < deadline {
@@ -58,13 +101,18 @@ async fn consume(world: &World, group: &str, expected: usize, limit: Duration) -
                 }
             }
             records
-        })
-        .await
-        .unwrap()
+        },
+    )
+    .await
+}
+
+/// The indices of the publishes that were acknowledged.
+fn acknowledged_indices(results: &[Answer]) -> Vec<usize> {
+    (0..results.len()).filter(|i| results[*i].is_ok()).collect()
 }
 
 /// Acknowledged deliveries that the partition's committed log does not hold (lost writes).
-fn lost_acknowledged(world: &World, results: &[Result<Delivery, PortError>]) -> Vec<usize> {
+fn lost_acknowledged(world: &World, results: &[Answer]) -> Vec<usize> {
     let mut logs = BTreeMap::new();
     let mut lost = Vec::new();
     for (index, result) in results.iter().enumerate() {
@@ -80,21 +128,54 @@ fn lost_acknowledged(world: &World, results: &[Result<Delivery, PortError>]) -> 
     lost
 }
 
+/// (acknowledged, lost acknowledged) for `results`, judged against the logs as they are now.
+fn tally(world: &World, results: &[Answer]) -> (usize, usize) {
+    (
+        acknowledged_indices(results).len(),
+        lost_acknowledged(world, results).len(),
+    )
+}
+
+/// Waits until every service is back, then a second more so followers catch up, before the
+/// logs are judged.
+async fn settle(world: &World) {
+    assert!(world.wait_ready(Duration::from_secs(5)).await);
+    sleep(Duration::from_secs(1)).await;
+}
+
 /// Runs one scenario in a fresh simulation (each world needs its own network), seeded.
 fn simulate<F: std::future::Future + 'static>(seed: u64, scenario: F) -> F::Output {
     madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default())
         .block_on(scenario)
 }
 
-fn copies(world: &World, partitions: i32, payload: &[u8]) -> usize {
-    (0..partitions)
-        .flat_map(|partition| world.partition_log(partition))
+/// Copies of `payload` in one partition's log.
+fn copies_in(log: &[(i64, Record)], payload: &[u8]) -> usize {
+    log.iter()
         .filter(|(_, record)| record.payload == payload)
         .count()
 }
 
+/// Copies of `payload` across the first `partitions` partitions' logs.
+fn copies(world: &World, partitions: i32, payload: &[u8]) -> usize {
+    (0..partitions)
+        .map(|partition| copies_in(&world.partition_log(partition), payload))
+        .sum()
+}
+
 mod kafka {
     use super::*;
+
+    /// Partition 0's leader: its broker index and its node.
+    fn leader_of_partition_zero(world: &World) -> (usize, NodeId) {
+        let leader = world.partition_table()[0].leader.unwrap();
+        (leader, world.id(ServiceNode::Broker(leader)))
+    }
+
+    /// The brokers other than `leader` (the cluster has three).
+    fn followers_of(leader: usize) -> Vec<usize> {
+        (0..3).filter(|broker| *broker != leader).collect()
+    }
 
     /// Goal: what is produced with acks=all is consumed exactly once, in offset order per
     /// partition, at the offsets the producer was told, and equals the committed log.
@@ -131,18 +212,14 @@ mod kafka {
     #[madsim::test]
     async fn acks_all_survives_one_broker_crash() {
         let world = World::start(WorldConfig::default()).await;
-        let producing = {
-            let world = world.clone();
-            madsim::task::spawn(async move { produce(&world, "producer", 400).await })
-        };
+        let producing = produce_in_background(&world, 400);
         sleep(Duration::from_millis(300)).await;
         world.kill(ServiceNode::Broker(0));
         sleep(Duration::from_millis(800)).await;
         world.restart(ServiceNode::Broker(0));
         let results = producing.await.unwrap();
-        assert!(world.wait_ready(Duration::from_secs(5)).await);
-        sleep(Duration::from_secs(1)).await;
-        let acknowledged = results.iter().filter(|r| r.is_ok()).count();
+        settle(&world).await;
+        let acknowledged = acknowledged_indices(&results).len();
         assert!(
             acknowledged > 300,
             "most writes acknowledged: {acknowledged}"
@@ -158,9 +235,7 @@ mod kafka {
     fn single_partition(acks: Acks) -> WorldConfig {
         WorldConfig {
             partitions: 1,
-            acks,
-            min_insync_replicas: if acks == Acks::All { 2 } else { 1 },
-            ..WorldConfig::default()
+            ..with_acks(acks)
         }
     }
 
@@ -169,16 +244,12 @@ mod kafka {
     /// Returns (acknowledged, lost acknowledged).
     async fn leader_dies_before_replication(acks: Acks) -> (usize, usize) {
         let world = World::start(single_partition(acks)).await;
-        let leader = world.partition_table()[0].leader.unwrap();
-        let leader_node = world.id(ServiceNode::Broker(leader));
-        let followers: Vec<_> = (0..3).filter(|b| *b != leader).collect();
+        let (leader, leader_node) = leader_of_partition_zero(&world);
+        let followers = followers_of(leader);
         for follower in &followers {
             world.clog_link(leader_node, world.id(ServiceNode::Broker(*follower)), true);
         }
-        let producing = {
-            let world = world.clone();
-            madsim::task::spawn(async move { produce(&world, "producer", 10).await })
-        };
+        let producing = produce_in_background(&world, 10);
         sleep(Duration::from_millis(200)).await;
         world.kill(ServiceNode::Broker(leader));
         for follower in &followers {
@@ -186,10 +257,8 @@ mod kafka {
         }
         let results = producing.await.unwrap();
         world.restart(ServiceNode::Broker(leader));
-        assert!(world.wait_ready(Duration::from_secs(5)).await);
-        sleep(Duration::from_secs(1)).await;
-        let acknowledged = results.iter().filter(|r| r.is_ok()).count();
-        (acknowledged, lost_acknowledged(&world, &results).len())
+        settle(&world).await;
+        tally(&world, &results)
     }
 
     /// Goal: acks=1 loses acknowledged records when the leader dies before replicating them;
@@ -214,9 +283,8 @@ mod kafka {
     /// acknowledged records.
     async fn all_replicas_crash(flush: FlushPolicy) -> (usize, usize) {
         let world = World::start(WorldConfig {
-            partitions: 1,
             flush,
-            ..WorldConfig::default()
+            ..one_partition()
         })
         .await;
         let results = produce(&world, "producer", 50).await;
@@ -227,10 +295,8 @@ mod kafka {
         for broker in 0..3 {
             world.restart(ServiceNode::Broker(broker));
         }
-        assert!(world.wait_ready(Duration::from_secs(5)).await);
-        sleep(Duration::from_secs(1)).await;
-        let acknowledged = results.iter().filter(|r| r.is_ok()).count();
-        (acknowledged, lost_acknowledged(&world, &results).len())
+        settle(&world).await;
+        tally(&world, &results)
     }
 
     /// Goal: the page cache is volatile: every replica crashing at once loses acknowledged
@@ -249,14 +315,12 @@ mod kafka {
     /// attempt is appended but its acknowledgement lost; returns copies in the log.
     async fn retry_after_lost_ack(idempotent: bool) -> (Delivery, usize) {
         let world = World::start(WorldConfig {
-            partitions: 1,
             idempotent_producer: idempotent,
             request_timeout: Duration::from_millis(100),
-            ..WorldConfig::default()
+            ..one_partition()
         })
         .await;
-        let leader = world.partition_table()[0].leader.unwrap();
-        let leader_node = world.id(ServiceNode::Broker(leader));
+        let (_, leader_node) = leader_of_partition_zero(&world);
         let client = world.client_node("producer");
         world.clog_link(leader_node, client.id(), true);
         let publishing = {
@@ -289,20 +353,16 @@ mod kafka {
     /// queue behind it and go as one batch, whose acknowledgement is lost too; the cut heals
     /// 50 ms after the first record gave up, before that batch's retry. Returns each
     /// publish's result and the partition's log.
-    async fn batch_retry_after_lost_ack(
-        idempotent: bool,
-    ) -> (Vec<Result<Delivery, PortError>>, Vec<(i64, Record)>) {
+    async fn batch_retry_after_lost_ack(idempotent: bool) -> (Vec<Answer>, Vec<(i64, Record)>) {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let world = World::start(WorldConfig {
-            partitions: 1,
             idempotent_producer: idempotent,
             producer_retries: 2,
             request_timeout: Duration::from_millis(100),
-            ..WorldConfig::default()
+            ..one_partition()
         })
         .await;
-        let leader = world.partition_table()[0].leader.unwrap();
-        let leader_node = world.id(ServiceNode::Broker(leader));
+        let (_, leader_node) = leader_of_partition_zero(&world);
         let client = world.client_node("producer");
         world.clog_link(leader_node, client.id(), true);
         let finished = std::sync::Arc::new(AtomicUsize::new(0));
@@ -342,14 +402,9 @@ mod kafka {
     /// its caller was told; without it, the retried batch is appended twice.
     #[test]
     fn batches_retry_as_a_whole_and_answer_each_record() {
-        let copies = |log: &[(i64, Record)], index: usize| {
-            log.iter()
-                .filter(|(_, record)| record.payload == message(index).payload)
-                .count()
-        };
         for seed in 1..=3 {
             let (results, log) = simulate(seed, batch_retry_after_lost_ack(true));
-            let acknowledged: Vec<usize> = (0..30).filter(|i| results[*i].is_ok()).collect();
+            let acknowledged = acknowledged_indices(&results);
             assert_eq!(
                 acknowledged.len(),
                 29,
@@ -363,14 +418,18 @@ mod kafka {
                     Some(message(index).payload),
                     "seed {seed}: record {index} is at the offset its caller was told"
                 );
-                assert_eq!(copies(&log, index), 1, "record {index}");
+                assert_eq!(
+                    copies_in(&log, &message(index).payload),
+                    1,
+                    "record {index}"
+                );
             }
             let (results, log) = simulate(seed, batch_retry_after_lost_ack(false));
-            let acknowledged: Vec<usize> = (0..30).filter(|i| results[*i].is_ok()).collect();
+            let acknowledged = acknowledged_indices(&results);
             assert_eq!(acknowledged.len(), 29, "seed {seed}");
             for index in acknowledged {
                 assert!(
-                    copies(&log, index) >= 2,
+                    copies_in(&log, &message(index).payload) >= 2,
                     "seed {seed} record {index}: the whole batch was appended again"
                 );
             }
@@ -381,17 +440,13 @@ mod kafka {
     /// records (flushed), kills the leader; returns (acknowledged, lost acknowledged).
     async fn leader_alone_in_isr_dies(unclean_election: bool) -> (usize, usize) {
         let world = World::start(WorldConfig {
-            partitions: 1,
-            acks: Acks::One,
-            min_insync_replicas: 1,
             flush: FlushPolicy::EveryAppend,
             unclean_election,
-            ..WorldConfig::default()
+            ..single_partition(Acks::One)
         })
         .await;
-        let leader = world.partition_table()[0].leader.unwrap();
-        let leader_node = world.id(ServiceNode::Broker(leader));
-        let followers: Vec<usize> = (0..3).filter(|b| *b != leader).collect();
+        let (leader, leader_node) = leader_of_partition_zero(&world);
+        let followers = followers_of(leader);
         let cut = |on: bool| {
             for follower in &followers {
                 let follower_node = world.id(ServiceNode::Broker(*follower));
@@ -416,10 +471,8 @@ mod kafka {
             "clean election waits for the ISR"
         );
         world.restart(ServiceNode::Broker(leader));
-        assert!(world.wait_ready(Duration::from_secs(5)).await);
-        sleep(Duration::from_secs(1)).await;
-        let acknowledged = results.iter().filter(|r| r.is_ok()).count();
-        (acknowledged, lost_acknowledged(&world, &results).len())
+        settle(&world).await;
+        tally(&world, &results)
     }
 
     /// Goal: unclean leader election loses acknowledged records that only the dead leader
@@ -434,13 +487,12 @@ mod kafka {
     #[madsim::test]
     async fn acks_all_refuses_below_min_insync() {
         let world = World::start(WorldConfig {
-            partitions: 1,
             producer_retries: 2,
-            ..WorldConfig::default()
+            ..one_partition()
         })
         .await;
-        let leader = world.partition_table()[0].leader.unwrap();
-        for broker in (0..3).filter(|b| *b != leader) {
+        let (leader, _) = leader_of_partition_zero(&world);
+        for broker in followers_of(leader) {
             world.kill(ServiceNode::Broker(broker));
         }
         sleep(Duration::from_secs(1)).await;
@@ -459,7 +511,7 @@ mod groups {
     type Owned = Arc<Mutex<BTreeSet<i32>>>;
 
     /// A member that polls forever, keeping its current ownership in `owned`.
-    fn member(world: &World, name: &str, owned: Owned) -> madsim::runtime::NodeHandle {
+    fn member(world: &World, name: &str, owned: Owned) -> NodeHandle {
         let node = world.client_node(name);
         let world = world.clone();
         node.spawn(async move {
@@ -477,6 +529,17 @@ mod groups {
             }
         });
         node
+    }
+
+    /// Polls until a poll brings ownership changes, and returns them (every poll must
+    /// succeed: these tests inject no faults while a member joins).
+    async fn next_rebalances(log: &mut SimLog) -> Vec<Rebalance> {
+        loop {
+            let polled = log.poll(10, Duration::from_millis(50)).await.unwrap();
+            if !polled.rebalances.is_empty() {
+                return polled.rebalances;
+            }
+        }
     }
 
     /// Goal: when a member dies, its session expires and the survivor gets every partition.
@@ -510,8 +573,7 @@ mod groups {
             let mut log = zombie_world.log("g").await;
             let mut owned = Vec::new();
             while owned.is_empty() {
-                let polled = log.poll(10, Duration::from_millis(50)).await.unwrap();
-                for change in polled.rebalances {
+                for change in next_rebalances(&mut log).await {
                     if let Rebalance::Assigned { partition, .. } = change {
                         owned.push(partition);
                     }
@@ -546,26 +608,17 @@ mod groups {
     #[madsim::test]
     async fn committed_metadata_survives_coordinator_restart() {
         let world = World::start(WorldConfig::default()).await;
-        let client_world = world.clone();
-        let committed = world
-            .client_node("first")
-            .spawn(async move {
-                let mut log = client_world.log("g").await;
-                loop {
-                    let polled = log.poll(10, Duration::from_millis(50)).await.unwrap();
-                    if !polled.rebalances.is_empty() {
-                        break;
-                    }
-                }
-                let commit = OffsetCommit {
-                    partition: 2,
-                    offset: 5,
-                    metadata: "finished:7,9".to_string(),
-                };
-                log.commit(&[commit], true).await
-            })
-            .await
-            .unwrap();
+        let committed = on_client(&world, "first", |world| async move {
+            let mut log = world.log("g").await;
+            next_rebalances(&mut log).await;
+            let commit = OffsetCommit {
+                partition: 2,
+                offset: 5,
+                metadata: "finished:7,9".to_string(),
+            };
+            log.commit(&[commit], true).await
+        })
+        .await;
         assert_eq!(committed, Ok(()));
         let history = world.commit_history("g");
         assert_eq!(history.len(), 1);
@@ -575,20 +628,10 @@ mod groups {
         let stored = world.committed("g");
         assert_eq!(stored[&2].offset, 5);
         assert_eq!(stored[&2].metadata.as_deref(), Some("finished:7,9"));
-        let client_world = world.clone();
-        let assigned = world
-            .client_node("second")
-            .spawn(async move {
-                let mut log = client_world.log("g").await;
-                loop {
-                    let polled = log.poll(10, Duration::from_millis(50)).await.unwrap();
-                    if !polled.rebalances.is_empty() {
-                        return polled.rebalances;
-                    }
-                }
-            })
-            .await
-            .unwrap();
+        let assigned = on_client(&world, "second", |world| async move {
+            next_rebalances(&mut world.log("g").await).await
+        })
+        .await;
         assert!(assigned.iter().any(|change| matches!(change,
             Rebalance::Assigned { partition: 2, committed: Some(c) }
                 if c.offset == 5 && c.metadata.as_deref() == Some("finished:7,9"))));
@@ -624,13 +667,10 @@ mod stores {
         .await;
         let client_world = world.clone();
         let node = world.client_node("client");
-        let cache = node
-            .spawn(async move { client_world.cache().await })
-            .await
-            .unwrap();
+        let cache = on_node(&node, async move { client_world.cache().await }).await;
         let remembered = {
             let cache = cache.clone();
-            node.spawn(async move {
+            on_node(&node, async move {
                 cache
                     .remember_batch(&keys(3), Duration::from_secs(60))
                     .await
@@ -638,14 +678,14 @@ mod stores {
                 cache.contains_batch(&keys(4)).await.unwrap()
             })
             .await
-            .unwrap()
         };
         assert_eq!(remembered, vec![true, true, true, false]);
         world.restart(ServiceNode::Redis);
         sleep(Duration::from_millis(50)).await;
-        node.spawn(async move { cache.contains_batch(&keys(3)).await.unwrap() })
-            .await
-            .unwrap()
+        on_node(&node, async move {
+            cache.contains_batch(&keys(3)).await.unwrap()
+        })
+        .await
     }
 
     /// Goal: a volatile Redis forgets every key on restart, a persistent one does not.
@@ -663,26 +703,22 @@ mod stores {
             ..WorldConfig::default()
         })
         .await;
-        let client_world = world.clone();
-        let expired = world
-            .client_node("client")
-            .spawn(async move {
-                let cache = client_world.cache().await;
-                cache
-                    .remember_batch(&keys(1), Duration::from_millis(100))
-                    .await
-                    .unwrap();
-                let fresh = cache.contains_batch(&keys(1)).await.unwrap();
-                sleep(Duration::from_millis(150)).await;
-                let stale = cache.contains_batch(&keys(1)).await.unwrap();
-                cache
-                    .remember_batch(&keys(25), Duration::from_secs(60))
-                    .await
-                    .unwrap();
-                (fresh, stale)
-            })
-            .await
-            .unwrap();
+        let expired = on_client(&world, "client", |world| async move {
+            let cache = world.cache().await;
+            cache
+                .remember_batch(&keys(1), Duration::from_millis(100))
+                .await
+                .unwrap();
+            let fresh = cache.contains_batch(&keys(1)).await.unwrap();
+            sleep(Duration::from_millis(150)).await;
+            let stale = cache.contains_batch(&keys(1)).await.unwrap();
+            cache
+                .remember_batch(&keys(25), Duration::from_secs(60))
+                .await
+                .unwrap();
+            (fresh, stale)
+        })
+        .await;
         assert_eq!(expired, (vec![true], vec![false]));
         assert_eq!(world.redis_keys(), 10);
     }
@@ -694,10 +730,7 @@ mod stores {
         let world = World::start(WorldConfig::default()).await;
         let node = world.client_node("client");
         let client_world = world.clone();
-        let store = node
-            .spawn(async move { client_world.store().await })
-            .await
-            .unwrap();
+        let store = on_node(&node, async move { client_world.store().await }).await;
         let batch: Vec<OrderEvent> = (0..2000).map(event).collect();
         let applying = {
             let (store, batch) = (store.clone(), batch.clone());
@@ -718,13 +751,12 @@ mod stores {
         sleep(Duration::from_millis(50)).await; // let it come back up
         let (first, second) = {
             let store = store.clone();
-            node.spawn(async move {
+            on_node(&node, async move {
                 let first = store.apply_batch(&batch).await.unwrap();
                 let second = store.apply_batch(&batch).await.unwrap();
                 (first, second)
             })
             .await
-            .unwrap()
         };
         assert!(first.iter().all(|o| *o == ApplyOutcome::Applied));
         assert!(second.iter().all(|o| *o == ApplyOutcome::Duplicate));
@@ -745,29 +777,22 @@ mod stores {
                 .map(|stamp| stamp.event_id.as_str()),
             Some("e7")
         );
-        let found = node
-            .spawn(async move { store.contains_batch(&keys(2)).await.unwrap() })
-            .await
-            .unwrap();
+        let found = on_node(&node, async move {
+            store.contains_batch(&keys(2)).await.unwrap()
+        })
+        .await;
         assert_eq!(found, vec![true, true]);
     }
 }
 
 /// One seed of single-broker faults (kill/restart, clog/unclog, one broker at a time) under
-/// RF 3 with `acks` (min ISR 2 for acks=all, else 1), idempotent producer. Returns (acknowledged, lost, duplicated,
-/// unread) where unread counts acknowledged records a fresh consumer never saw.
+/// RF 3 with `acks` (min ISR 2 for acks=all, else 1), idempotent producer. Returns
+/// (acknowledged, lost, duplicated, unread) where unread counts acknowledged records a fresh
+/// consumer never saw.
 async fn single_faults_run(acks: Acks) -> (usize, usize, usize, usize) {
     use madsim::rand::Rng;
-    let world = World::start(WorldConfig {
-        acks,
-        min_insync_replicas: if acks == Acks::All { 2 } else { 1 },
-        ..WorldConfig::default()
-    })
-    .await;
-    let producing = {
-        let world = world.clone();
-        madsim::task::spawn(async move { produce(&world, "producer", 400).await })
-    };
+    let world = World::start(with_acks(acks)).await;
+    let producing = produce_in_background(&world, 400);
     for _ in 0..4 {
         let (broker, clog, down_ms) = {
             let mut rng = madsim::rand::thread_rng();
@@ -796,7 +821,7 @@ async fn single_faults_run(acks: Acks) -> (usize, usize, usize, usize) {
     }
     let results = producing.await.unwrap();
     sleep(Duration::from_secs(1)).await;
-    let acknowledged: Vec<usize> = (0..results.len()).filter(|i| results[*i].is_ok()).collect();
+    let acknowledged = acknowledged_indices(&results);
     let lost = lost_acknowledged(&world, &results).len();
     let duplicated = acknowledged
         .iter()
@@ -848,10 +873,7 @@ async fn rolling_restarts_run() -> (usize, usize) {
         ..WorldConfig::default()
     })
     .await;
-    let producing = {
-        let world = world.clone();
-        madsim::task::spawn(async move { produce(&world, "producer", 400).await })
-    };
+    let producing = produce_in_background(&world, 400);
     for round in 0..6 {
         let (down_ms, gap_ms) = {
             let mut rng = madsim::rand::thread_rng();
@@ -864,10 +886,8 @@ async fn rolling_restarts_run() -> (usize, usize) {
         sleep(Duration::from_millis(gap_ms)).await;
     }
     let results = producing.await.unwrap();
-    assert!(world.wait_ready(Duration::from_secs(5)).await);
-    sleep(Duration::from_secs(1)).await;
-    let acknowledged = results.iter().filter(|r| r.is_ok()).count();
-    (acknowledged, lost_acknowledged(&world, &results).len())
+    settle(&world).await;
+    tally(&world, &results)
 }
 
 /// Goal: a restarted follower rejoins the ISR only once it holds everything committed (the
@@ -888,10 +908,7 @@ fn rolling_restarts_lose_nothing_with_acks_all() {
 /// A scenario with crashes, elections and a rebalance, summarised as text.
 async fn eventful_run() -> String {
     let world = World::start(WorldConfig::default()).await;
-    let producing = {
-        let world = world.clone();
-        madsim::task::spawn(async move { produce(&world, "producer", 200).await })
-    };
+    let producing = produce_in_background(&world, 200);
     sleep(Duration::from_millis(150)).await;
     world.restart(ServiceNode::Broker(1));
     world.restart(ServiceNode::Controller);
@@ -924,17 +941,13 @@ async fn planted_no_unique_key_applies_twice() {
         ..WorldConfig::default()
     })
     .await;
-    let client_world = world.clone();
-    let outcomes = world
-        .client_node("client")
-        .spawn(async move {
-            let store = client_world.store().await;
-            let batch: Vec<OrderEvent> = (0..3).map(stores_event).collect();
-            store.apply_batch(&batch).await.unwrap();
-            store.apply_batch(&batch).await.unwrap()
-        })
-        .await
-        .unwrap();
+    let outcomes = on_client(&world, "client", |world| async move {
+        let store = world.store().await;
+        let batch: Vec<OrderEvent> = (0..3).map(stores_event).collect();
+        store.apply_batch(&batch).await.unwrap();
+        store.apply_batch(&batch).await.unwrap()
+    })
+    .await;
     assert!(outcomes.iter().all(|o| *o == ApplyOutcome::Applied));
     assert!(world.store_applications().values().all(|count| *count == 2));
 }
