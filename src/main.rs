@@ -222,14 +222,7 @@ async fn run_demo(options: Options) -> Result<ExitCode, String> {
     let consumer = start(config)?;
     let (trigger, shutdown) = ShutdownTrigger::new();
     let task = tokio::spawn(consumer.run(shutdown));
-    let end: i64 = broker.records(TOPIC).len() as i64;
-    while broker
-        .committed(GROUP)
-        .values()
-        .map(|c| c.offset)
-        .sum::<i64>()
-        < end
-    {
+    while !broker.caught_up(TOPIC, GROUP) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     trigger.trigger();

@@ -95,6 +95,22 @@ impl MemoryBroker {
             .unwrap_or_default()
     }
 
+    /// Whether `group` committed the end of every non-empty partition of `topic`.
+    pub fn caught_up(&self, topic: &str, group: &str) -> bool {
+        let state = self.lock();
+        let Some(parts) = state.topics.get(topic) else {
+            return true;
+        };
+        (0..).zip(parts).all(|(partition, log): (PartitionId, _)| {
+            let end = log.len() as i64;
+            end == 0
+                || state
+                    .committed
+                    .get(&(group.to_owned(), partition))
+                    .is_some_and(|committed| committed.offset == end)
+        })
+    }
+
     /// A group's committed offsets.
     pub fn committed(&self, group: &str) -> BTreeMap<PartitionId, CommittedOffset> {
         self.lock()
@@ -263,5 +279,48 @@ impl GroupOffsets for MemoryBroker {
                     .map(|c| c.offset)
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::WorkloadConfig;
+
+    #[tokio::test]
+    async fn a_group_is_caught_up_once_it_committed_every_partition_end() {
+        let broker = MemoryBroker::new("orders", 4);
+        let config = WorkloadConfig {
+            orders: 20,
+            ..WorkloadConfig::default()
+        };
+        let workload = Workload::generate(&config).unwrap();
+        let published = broker.publish_workload("orders", &workload).await.unwrap();
+        assert_eq!(
+            published.valid + published.malformed,
+            workload.messages.len()
+        );
+        assert!(!broker.caught_up("orders", "group"));
+        let mut ends = BTreeMap::new();
+        for record in broker.records("orders") {
+            ends.insert(record.partition, record.offset + 1);
+        }
+        let mut ends = ends.into_iter();
+        let (first, first_end) = ends.next().unwrap();
+        let commit = |partition, offset| OffsetCommit {
+            partition,
+            offset,
+            metadata: String::new(),
+        };
+        let mut log = broker.consumer("orders", "group");
+        log.commit(&[commit(first, first_end)], true).await.unwrap();
+        assert!(
+            !broker.caught_up("orders", "group"),
+            "one partition is not all"
+        );
+        let rest: Vec<OffsetCommit> = ends.map(|(p, end)| commit(p, end)).collect();
+        log.commit(&rest, true).await.unwrap();
+        assert!(broker.caught_up("orders", "group"));
+        assert!(!broker.caught_up("orders", "other-group"));
     }
 }

@@ -76,6 +76,43 @@ async fn publish(
     (truth, ends, valid, malformed)
 }
 
+/// Empty Redis, a fresh schema, and fresh topics holding 10,000+ events of one workload.
+struct Fixture {
+    cache: RedisCache,
+    store: PostgresStore,
+    topics: Topics,
+    truth: GroundTruth,
+    ends: BTreeMap<PartitionId, i64>,
+    valid: usize,
+    malformed: usize,
+    /// Distinct idempotency keys among the valid events.
+    distinct: u64,
+}
+
+impl Fixture {
+    async fn new(name: &str, seed: u64) -> Fixture {
+        let redis_url = env("HOLDFAST_REDIS_URL");
+        flushall(&redis_url).await;
+        let cache = RedisCache::connect(&redis_url).await.unwrap();
+        let store = fresh_store(&format!("hf_test_kafka_{name}")).await;
+        let topics = topics(name).await;
+        let (truth, ends, valid, malformed) = publish(&topics, &workload(seed)).await;
+        assert!(valid >= 10_000, "only {valid} events");
+        assert!(malformed > 0, "no malformed message");
+        let distinct = truth.acknowledged.len() as u64;
+        Fixture {
+            cache,
+            store,
+            topics,
+            truth,
+            ends,
+            valid,
+            malformed,
+            distinct,
+        }
+    }
+}
+
 fn config(topics: &Topics, seed: u64) -> ConsumerConfig {
     ConsumerConfig {
         batch_size: 500,
@@ -147,15 +184,16 @@ fn workload(seed: u64) -> WorkloadConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_for_ten_thousand_events_on_the_real_services() {
     let _exclusive = SERVICES.lock().await;
-    let redis_url = env("HOLDFAST_REDIS_URL");
-    flushall(&redis_url).await;
-    let cache = RedisCache::connect(&redis_url).await.unwrap();
-    let store = fresh_store("hf_test_kafka_pipeline").await;
-    let topics = topics("pipeline").await;
-    let (truth, ends, valid, malformed) = publish(&topics, &workload(31)).await;
-    assert!(valid >= 10_000, "only {valid} events");
-    assert!(malformed > 0);
-    let distinct = truth.acknowledged.len() as u64;
+    let Fixture {
+        cache,
+        store,
+        topics,
+        truth,
+        ends,
+        valid,
+        malformed,
+        distinct,
+    } = Fixture::new("pipeline", 31).await;
 
     let started = Instant::now();
     let group = unique("group");
@@ -194,14 +232,16 @@ async fn exactly_once_for_ten_thousand_events_on_the_real_services() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_through_repeated_consumer_kills() {
     let _exclusive = SERVICES.lock().await;
-    let redis_url = env("HOLDFAST_REDIS_URL");
-    flushall(&redis_url).await;
-    let cache = RedisCache::connect(&redis_url).await.unwrap();
-    let store = fresh_store("hf_test_kafka_kills").await;
-    let topics = topics("kills").await;
-    let (truth, ends, valid, malformed) = publish(&topics, &workload(32)).await;
-    assert!(valid >= 10_000, "only {valid} events");
-    let distinct = truth.acknowledged.len() as u64;
+    let Fixture {
+        cache,
+        store,
+        topics,
+        truth,
+        ends,
+        valid,
+        malformed,
+        distinct,
+    } = Fixture::new("kills", 32).await;
     let group = unique("group");
     let kills = 15u64;
     let mut applied_total = 0;
@@ -278,14 +318,16 @@ async fn exactly_once_through_repeated_consumer_kills() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_through_a_broker_restart_mid_run() {
     let _exclusive = SERVICES.lock().await;
-    let redis_url = env("HOLDFAST_REDIS_URL");
-    flushall(&redis_url).await;
-    let cache = RedisCache::connect(&redis_url).await.unwrap();
-    let store = fresh_store("hf_test_kafka_restart").await;
-    let topics = topics("restart").await;
-    let (truth, ends, valid, malformed) = publish(&topics, &workload(33)).await;
-    assert!(valid >= 10_000, "only {valid} events");
-    let distinct = truth.acknowledged.len() as u64;
+    let Fixture {
+        cache,
+        store,
+        topics,
+        truth,
+        ends,
+        malformed,
+        distinct,
+        ..
+    } = Fixture::new("restart", 33).await;
     let group = unique("group");
     let running = start(&topics, &group, &cache, &store, 3);
     let deadline = Instant::now() + Duration::from_secs(120);
