@@ -311,18 +311,30 @@ mod kafka {
         assert_eq!(lost, 0);
     }
 
-    /// Publishes one record while the leader's answers are cut for a while, so the first
-    /// attempt is appended but its acknowledgement lost; returns copies in the log.
-    async fn retry_after_lost_ack(idempotent: bool) -> (Delivery, usize) {
-        let world = World::start(WorldConfig {
-            idempotent_producer: idempotent,
-            request_timeout: Duration::from_millis(100),
-            ..one_partition()
-        })
-        .await;
+    /// Starts a world with a client node "producer" that does not hear partition 0's leader:
+    /// every acknowledgement is lost until the caller heals the link. Returns the world, the
+    /// client and the leader's node.
+    async fn answers_cut(config: WorldConfig) -> (World, NodeHandle, NodeId) {
+        let world = World::start(config).await;
         let (_, leader_node) = leader_of_partition_zero(&world);
         let client = world.client_node("producer");
         world.clog_link(leader_node, client.id(), true);
+        (world, client, leader_node)
+    }
+
+    /// One partition, a producer with the given idempotence that gives up after 100 ms.
+    fn impatient_producer(idempotent: bool) -> WorldConfig {
+        WorldConfig {
+            idempotent_producer: idempotent,
+            request_timeout: Duration::from_millis(100),
+            ..one_partition()
+        }
+    }
+
+    /// Publishes one record while the leader's answers are cut for a while, so the first
+    /// attempt is appended but its acknowledgement lost; returns copies in the log.
+    async fn retry_after_lost_ack(idempotent: bool) -> (Delivery, usize) {
+        let (world, client, leader_node) = answers_cut(impatient_producer(idempotent)).await;
         let publishing = {
             let world = world.clone();
             client.spawn(async move { world.publisher().await.publish(message(1)).await })
@@ -355,16 +367,11 @@ mod kafka {
     /// publish's result and the partition's log.
     async fn batch_retry_after_lost_ack(idempotent: bool) -> (Vec<Answer>, Vec<(i64, Record)>) {
         use std::sync::atomic::{AtomicUsize, Ordering};
-        let world = World::start(WorldConfig {
-            idempotent_producer: idempotent,
+        let (world, client, leader_node) = answers_cut(WorldConfig {
             producer_retries: 2,
-            request_timeout: Duration::from_millis(100),
-            ..one_partition()
+            ..impatient_producer(idempotent)
         })
         .await;
-        let (_, leader_node) = leader_of_partition_zero(&world);
-        let client = world.client_node("producer");
-        world.clog_link(leader_node, client.id(), true);
         let finished = std::sync::Arc::new(AtomicUsize::new(0));
         let publishing = {
             let (world, finished) = (world.clone(), finished.clone());
