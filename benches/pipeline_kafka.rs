@@ -1,0 +1,427 @@
+//! End-to-end messages per second over the real Kafka-protocol broker, Redis and PostgreSQL,
+//! in one run, on one topic filled once with one workload (8 partitions):
+//!
+//! - (a) read+commit: a `KafkaLog` consumer that polls batches and commits offsets with the
+//!   pipeline's commit policy (asynchronously, every commit interval) and does nothing else;
+//!   the ceiling for any consumer of this topic on this machine.
+//! - (b) batched: holdfast's `pipeline::Consumer` with `RedisCache` and `PostgresStore` over
+//!   `KafkaLog`; the run fails (non-zero exit) unless the database then holds every event
+//!   exactly once.
+//! - (c) per message: the seed text literally (Redis GET, one transaction, Redis SET, one
+//!   synchronous offset commit, for every record). It is slow, so it processes a prefix of the
+//!   topic (at most a time budget); its rate is messages per second over that prefix, and the
+//!   prefix is verified too.
+//!
+//! Each run is a fresh consumer group starting at the beginning of the topic; (b) and (c) start
+//! from empty tables and an empty cache. A run's clock starts when its consumer gets its first
+//! record (the group join is reported apart) and, for (a) and (b), stops when the broker reports
+//! the group's committed offsets at the end of every partition.
+//!
+//! Run: `scripts/services-up && source .services/env && cargo bench --features services --bench pipeline_kafka`
+
+mod common;
+
+use common::{check, env, per_message, reset, POLL_RECORDS};
+use holdfast::adapters::kafka::{
+    create_topic, read_topic, KafkaGroupOffsets, KafkaLog, KafkaPublisher, KafkaSettings,
+};
+use holdfast::adapters::{PostgresStore, RedisCache};
+use holdfast::pipeline::{Consumer, ConsumerConfig, Metrics, Services, ShutdownTrigger};
+use holdfast::ports::{
+    EventLog, GroupOffsets, NoProbe, OffsetCommit, OutboundMessage, PartitionId,
+};
+use holdfast::verify::GroundTruth;
+use holdfast::workload::{Workload, WorkloadConfig};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const PARTITIONS: i32 = 8;
+/// Order lifecycles in the workload (about six messages each).
+const ORDERS: usize = 6000;
+/// The per-message run stops after this long (counted from its first record).
+const PER_MESSAGE_BUDGET: Duration = Duration::from_secs(15);
+/// How long a run may take before the bench gives up.
+const RUN_DEADLINE: Duration = Duration::from_secs(300);
+
+/// The consumer configuration of (b), and the poll and commit policy of (a): the seed's batch
+/// of 500, the default 8 workers, commits every 100 ms.
+fn consumer_config(dead_letter_topic: &str) -> ConsumerConfig {
+    ConsumerConfig {
+        batch_size: POLL_RECORDS,
+        commit_interval: Duration::from_millis(100),
+        dead_letter_topic: dead_letter_topic.to_owned(),
+        ..ConsumerConfig::default()
+    }
+}
+
+fn unique(name: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
+    format!("hf-bench-{name}-{nanos}")
+}
+
+/// The topic, filled once.
+struct Topic {
+    settings: KafkaSettings,
+    name: String,
+    dead_letters: String,
+    /// End offset of every partition.
+    ends: BTreeMap<PartitionId, i64>,
+    messages: usize,
+    malformed: usize,
+    truth: GroundTruth,
+}
+
+/// Creates the topic and publishes the workload with many deliveries in flight.
+async fn fill(settings: KafkaSettings, workload: &Workload) -> Topic {
+    let name = unique("orders");
+    let dead_letters = format!("{name}.dlq");
+    create_topic(&settings, &name, PARTITIONS)
+        .await
+        .expect("create topic");
+    create_topic(&settings, &dead_letters, 1)
+        .await
+        .expect("create dead-letter topic");
+    let publisher = KafkaPublisher::connect(&settings).expect("publisher");
+    let mut in_flight = VecDeque::new();
+    let mut ends = BTreeMap::new();
+    let mut note = |delivery: holdfast::ports::Delivery| {
+        let end = ends.entry(delivery.partition).or_insert(0);
+        *end = (*end).max(delivery.offset + 1);
+    };
+    for message in &workload.messages {
+        let outbound = OutboundMessage {
+            topic: name.clone(),
+            key: message.key.clone(),
+            payload: message.payload.clone(),
+            headers: vec![],
+        };
+        in_flight.push_back(publisher.enqueue(&outbound).expect("enqueue"));
+        if in_flight.len() >= 5000 {
+            if let Some(pending) = in_flight.pop_front() {
+                note(pending.await.expect("delivery"));
+            }
+        }
+    }
+    while let Some(pending) = in_flight.pop_front() {
+        note(pending.await.expect("delivery"));
+    }
+    let mut truth = GroundTruth::default();
+    let mut malformed = 0;
+    for message in &workload.messages {
+        match &message.event {
+            Some(event) => truth.record(event, true),
+            None => malformed += 1,
+        }
+    }
+    let messages = workload.messages.len();
+    assert_eq!(
+        ends.values().sum::<i64>(),
+        messages as i64,
+        "offsets not dense"
+    );
+    Topic {
+        settings,
+        name,
+        dead_letters,
+        ends,
+        messages,
+        malformed,
+        truth,
+    }
+}
+
+/// How long a run took: from the call to its first record (the group join), and from its first
+/// record to the group's commit of every partition end.
+struct Timing {
+    join: Duration,
+    run: Duration,
+}
+
+/// Waits until `started()` says the consumer got its first record, then until the broker
+/// reports `group`'s committed offsets at every end.
+async fn time_run(topic: &Topic, group: &str, started: impl Fn() -> bool) -> Timing {
+    let called = Instant::now();
+    let offsets = KafkaGroupOffsets::connect(&topic.settings, &topic.name).expect("offsets");
+    let partitions: Vec<PartitionId> = topic.ends.keys().copied().collect();
+    let wanted: Vec<Option<i64>> = topic.ends.values().map(|end| Some(*end)).collect();
+    let mut first: Option<Instant> = None;
+    loop {
+        assert!(
+            called.elapsed() < RUN_DEADLINE,
+            "group {group} did not finish within {RUN_DEADLINE:?}"
+        );
+        if first.is_none() && started() {
+            first = Some(Instant::now());
+        }
+        if let Some(first) = first {
+            let committed = offsets
+                .committed(group, &partitions)
+                .await
+                .expect("committed offsets");
+            if committed == wanted {
+                return Timing {
+                    join: first.duration_since(called),
+                    run: first.elapsed(),
+                };
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// What the read+commit consumer did.
+#[derive(Default)]
+struct ReadStats {
+    polls: u64,
+    records: u64,
+    commits: u64,
+}
+
+/// (a): poll, note the next offset of every partition, commit what moved every commit
+/// interval (asynchronously, as the pipeline does); on `stop`, a final synchronous commit.
+async fn read_and_commit(
+    mut log: KafkaLog,
+    config: ConsumerConfig,
+    read: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> ReadStats {
+    let mut stats = ReadStats::default();
+    let mut next: BTreeMap<PartitionId, i64> = BTreeMap::new();
+    let mut committed: BTreeMap<PartitionId, i64> = BTreeMap::new();
+    let mut next_commit = Instant::now() + config.commit_interval;
+    while !stop.load(Ordering::Relaxed) {
+        if Instant::now() >= next_commit {
+            commit_moved(&mut log, &next, &mut committed, false, &mut stats).await;
+            next_commit = Instant::now() + config.commit_interval;
+        }
+        let polled = log
+            .poll(config.batch_size, config.poll_timeout)
+            .await
+            .expect("poll");
+        stats.polls += 1;
+        for record in &polled.records {
+            let offset = next.entry(record.partition).or_insert(0);
+            *offset = (*offset).max(record.offset + 1);
+        }
+        stats.records += polled.records.len() as u64;
+        read.fetch_add(polled.records.len() as u64, Ordering::Relaxed);
+    }
+    commit_moved(&mut log, &next, &mut committed, true, &mut stats).await;
+    stats
+}
+
+/// Commits the partitions whose next offset moved since their last commit.
+async fn commit_moved(
+    log: &mut KafkaLog,
+    next: &BTreeMap<PartitionId, i64>,
+    committed: &mut BTreeMap<PartitionId, i64>,
+    wait: bool,
+    stats: &mut ReadStats,
+) {
+    let moved: Vec<OffsetCommit> = next
+        .iter()
+        .filter(|(partition, offset)| committed.get(partition) != Some(offset))
+        .map(|(partition, offset)| OffsetCommit {
+            partition: *partition,
+            offset: *offset,
+            metadata: String::new(),
+        })
+        .collect();
+    if !moved.is_empty() {
+        log.commit(&moved, wait).await.expect("commit");
+        stats.commits += 1;
+        committed.extend(moved.iter().map(|commit| (commit.partition, commit.offset)));
+    }
+}
+
+async fn run_read_and_commit(topic: &Topic) -> (Timing, ReadStats) {
+    let group = unique("read");
+    let log = KafkaLog::connect(&topic.settings, &group, &topic.name).expect("consumer");
+    let read = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let task = tokio::spawn(read_and_commit(
+        log,
+        consumer_config(&topic.dead_letters),
+        Arc::clone(&read),
+        Arc::clone(&stop),
+    ));
+    let timing = time_run(topic, &group, || read.load(Ordering::Relaxed) > 0).await;
+    stop.store(true, Ordering::Relaxed);
+    let stats = task.await.expect("read+commit task");
+    (timing, stats)
+}
+
+/// What the batched pipeline reported.
+struct BatchedStats {
+    polled: u64,
+    commits: u64,
+    batches: u64,
+    applied: u64,
+    dead_letters: u64,
+}
+
+async fn run_batched(
+    topic: &Topic,
+    cache: &RedisCache,
+    store: &PostgresStore,
+) -> (Timing, BatchedStats) {
+    let group = unique("batched");
+    let metrics = Arc::new(Metrics::new());
+    let services = Services {
+        cache: cache.clone(),
+        store: store.clone(),
+        dead_letters: KafkaPublisher::connect(&topic.settings).expect("publisher"),
+        probe: NoProbe,
+    };
+    let log = KafkaLog::connect(&topic.settings, &group, &topic.name).expect("consumer");
+    let consumer = Consumer::new(
+        consumer_config(&topic.dead_letters),
+        log,
+        services,
+        Arc::clone(&metrics),
+    )
+    .expect("consumer");
+    let (trigger, shutdown) = ShutdownTrigger::new();
+    let task = tokio::spawn(consumer.run(shutdown));
+    let timing = time_run(topic, &group, || metrics.polled.get() > 0).await;
+    trigger.trigger();
+    let summary = task.await.expect("consumer task");
+    let stats = BatchedStats {
+        polled: summary.polled,
+        commits: summary.commits,
+        batches: metrics.batches.get(),
+        applied: metrics.applied.get(),
+        dead_letters: metrics.dead_letters.get(),
+    };
+    (timing, stats)
+}
+
+fn rate(messages: u64, time: Duration) -> f64 {
+    messages as f64 / time.as_secs_f64()
+}
+
+fn met(condition: bool) -> &'static str {
+    if condition {
+        "met"
+    } else {
+        "NOT met"
+    }
+}
+
+fn main() {
+    let settings = KafkaSettings::new(env("HOLDFAST_KAFKA_BROKERS"));
+    let redis_url = env("HOLDFAST_REDIS_URL");
+    let postgres_url = env("HOLDFAST_POSTGRES_URL");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let workload = Workload::generate(&WorkloadConfig {
+            orders: ORDERS,
+            seed: 0xbe7c,
+            ..WorkloadConfig::default()
+        })
+        .expect("workload");
+        let cache = RedisCache::connect(&redis_url).await.expect("redis");
+        let store = PostgresStore::connect(&postgres_url)
+            .await
+            .expect("postgres");
+        let topic = fill(settings, &workload).await;
+        // Read it all once, so that no run pays for the broker's first read from storage.
+        let warm = read_topic(&topic.settings, &topic.name, RUN_DEADLINE)
+            .await
+            .expect("warm-up read");
+        assert_eq!(warm.len(), topic.messages);
+        let messages = topic.messages as u64;
+        println!(
+            "topic {}: {} messages ({} malformed, {} distinct events) on {PARTITIONS} partitions",
+            topic.name,
+            topic.messages,
+            topic.malformed,
+            topic.truth.acknowledged.len()
+        );
+
+        let (read_timing, read_stats) = run_read_and_commit(&topic).await;
+        assert_eq!(read_stats.records, messages, "read+commit saw every record once");
+
+        reset(&redis_url, &postgres_url).await;
+        let (batched_timing, batched_stats) = run_batched(&topic, &cache, &store).await;
+        check(&store, &topic.truth, "the batched pipeline").await;
+        println!("batched pipeline verified: every event applied exactly once");
+
+        reset(&redis_url, &postgres_url).await;
+        let mut log =
+            KafkaLog::connect(&topic.settings, &unique("per-message"), &topic.name)
+                .expect("consumer");
+        let literal = per_message(&mut log, &cache, &store, topic.messages, PER_MESSAGE_BUDGET)
+            .await;
+        drop(log);
+        check(&store, &literal.truth, "the per-message pipeline").await;
+        println!(
+            "per-message pipeline verified on the {} messages it processed",
+            literal.messages
+        );
+
+        let read_rate = rate(messages, read_timing.run);
+        let batched_rate = rate(messages, batched_timing.run);
+        let literal_rate = rate(literal.messages as u64, literal.elapsed);
+        println!(
+            "{:<26} {:>9} {:>9} {:>11} {:>8}",
+            "run", "messages", "seconds", "messages/s", "join s"
+        );
+        let row = |name: &str, count: u64, run: Duration, join: Duration| {
+            println!(
+                "{name:<26} {count:>9} {:>9.2} {:>11.0} {:>8.2}",
+                run.as_secs_f64(),
+                rate(count, run),
+                join.as_secs_f64()
+            );
+        };
+        row("(a) read+commit", messages, read_timing.run, read_timing.join);
+        row(
+            "(b) batched (holdfast)",
+            messages,
+            batched_timing.run,
+            batched_timing.join,
+        );
+        row(
+            "(c) per message (seed)",
+            literal.messages as u64,
+            literal.elapsed,
+            literal.first_record_after,
+        );
+        println!(
+            "(c) processed the first {} of {} messages ({:?} budget)",
+            literal.messages, topic.messages, PER_MESSAGE_BUDGET
+        );
+        println!(
+            "(a) {} polls ({:.0} records/poll), {} commits",
+            read_stats.polls,
+            read_stats.records as f64 / read_stats.polls.max(1) as f64,
+            read_stats.commits
+        );
+        println!(
+            "(b) polled {}, {} worker batches ({:.0} records/batch), {} commits, applied {}, dead-lettered {}",
+            batched_stats.polled,
+            batched_stats.batches,
+            batched_stats.polled as f64 / batched_stats.batches.max(1) as f64,
+            batched_stats.commits,
+            batched_stats.applied,
+            batched_stats.dead_letters
+        );
+        let speedup = batched_rate / literal_rate;
+        let share = batched_rate / read_rate;
+        println!("b/c = {speedup:.1}x (target >= 10x: {})", met(speedup >= 10.0));
+        println!(
+            "b/a = {:.0}% (target >= 70%: {})",
+            share * 100.0,
+            met(share >= 0.7)
+        );
+    });
+}
