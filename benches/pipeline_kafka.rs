@@ -21,6 +21,7 @@
 
 mod common;
 
+use common::timed::{Ledger, Timed};
 use common::{check, env, per_message, reset, POLL_RECORDS};
 use holdfast::adapters::kafka::{
     create_topic, read_topic, KafkaGroupOffsets, KafkaLog, KafkaPublisher, KafkaSettings,
@@ -45,11 +46,23 @@ const PER_MESSAGE_BUDGET: Duration = Duration::from_secs(15);
 /// How long a run may take before the bench gives up.
 const RUN_DEADLINE: Duration = Duration::from_secs(300);
 
+/// An optional numeric setting from the environment.
+fn knob(name: &str) -> Option<usize> {
+    let value = std::env::var(name).ok()?;
+    Some(
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
+    )
+}
+
 /// The consumer configuration of (b), and the poll and commit policy of (a): the seed's batch
-/// of 500, the default 8 workers, commits every 100 ms.
+/// of 500, the default 8 workers (`HOLDFAST_BENCH_WORKERS` changes it), commits every 100 ms.
 fn consumer_config(dead_letter_topic: &str) -> ConsumerConfig {
     ConsumerConfig {
         batch_size: POLL_RECORDS,
+        concurrency: knob("HOLDFAST_BENCH_WORKERS")
+            .unwrap_or(ConsumerConfig::default().concurrency),
         commit_interval: Duration::from_millis(100),
         dead_letter_topic: dead_letter_topic.to_owned(),
         ..ConsumerConfig::default()
@@ -142,9 +155,10 @@ struct Timing {
     run: Duration,
 }
 
-/// Waits until `started()` says the consumer got its first record, then until the broker
-/// reports `group`'s committed offsets at every end.
-async fn time_run(topic: &Topic, group: &str, started: impl Fn() -> bool) -> Timing {
+/// Waits until `polled()` (records the consumer got so far) is positive, then until the
+/// broker reports `group`'s committed offsets at every end. The broker is asked only once the
+/// consumer got every record, so that the watching does not load it during the run.
+async fn time_run(topic: &Topic, group: &str, polled: impl Fn() -> u64) -> Timing {
     let called = Instant::now();
     let offsets = KafkaGroupOffsets::connect(&topic.settings, &topic.name).expect("offsets");
     let partitions: Vec<PartitionId> = topic.ends.keys().copied().collect();
@@ -155,10 +169,11 @@ async fn time_run(topic: &Topic, group: &str, started: impl Fn() -> bool) -> Tim
             called.elapsed() < RUN_DEADLINE,
             "group {group} did not finish within {RUN_DEADLINE:?}"
         );
-        if first.is_none() && started() {
+        let count = polled();
+        if first.is_none() && count > 0 {
             first = Some(Instant::now());
         }
-        if let Some(first) = first {
+        if let Some(first) = first.filter(|_| count >= topic.messages as u64) {
             let committed = offsets
                 .committed(group, &partitions)
                 .await
@@ -170,7 +185,7 @@ async fn time_run(topic: &Topic, group: &str, started: impl Fn() -> bool) -> Tim
                 };
             }
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -180,12 +195,15 @@ struct ReadStats {
     polls: u64,
     records: u64,
     commits: u64,
+    /// Time spent waiting in polls, and the longest poll.
+    poll_time: Duration,
+    poll_max: Duration,
 }
 
 /// (a): poll, note the next offset of every partition, commit what moved every commit
 /// interval (asynchronously, as the pipeline does); on `stop`, a final synchronous commit.
-async fn read_and_commit(
-    mut log: KafkaLog,
+async fn read_and_commit<L: EventLog>(
+    mut log: L,
     config: ConsumerConfig,
     read: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
@@ -199,11 +217,14 @@ async fn read_and_commit(
             commit_moved(&mut log, &next, &mut committed, false, &mut stats).await;
             next_commit = Instant::now() + config.commit_interval;
         }
+        let poll_started = Instant::now();
         let polled = log
             .poll(config.batch_size, config.poll_timeout)
             .await
             .expect("poll");
         stats.polls += 1;
+        stats.poll_time += poll_started.elapsed();
+        stats.poll_max = stats.poll_max.max(poll_started.elapsed());
         for record in &polled.records {
             let offset = next.entry(record.partition).or_insert(0);
             *offset = (*offset).max(record.offset + 1);
@@ -216,8 +237,8 @@ async fn read_and_commit(
 }
 
 /// Commits the partitions whose next offset moved since their last commit.
-async fn commit_moved(
-    log: &mut KafkaLog,
+async fn commit_moved<L: EventLog>(
+    log: &mut L,
     next: &BTreeMap<PartitionId, i64>,
     committed: &mut BTreeMap<PartitionId, i64>,
     wait: bool,
@@ -239,9 +260,12 @@ async fn commit_moved(
     }
 }
 
-async fn run_read_and_commit(topic: &Topic) -> (Timing, ReadStats) {
+async fn run_read_and_commit(topic: &Topic, ledger: &Arc<Ledger>) -> (Timing, ReadStats) {
     let group = unique("read");
-    let log = KafkaLog::connect(&topic.settings, &group, &topic.name).expect("consumer");
+    let log = Timed::new(
+        KafkaLog::connect(&topic.settings, &group, &topic.name).expect("consumer"),
+        ledger,
+    );
     let read = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let task = tokio::spawn(read_and_commit(
@@ -250,7 +274,7 @@ async fn run_read_and_commit(topic: &Topic) -> (Timing, ReadStats) {
         Arc::clone(&read),
         Arc::clone(&stop),
     ));
-    let timing = time_run(topic, &group, || read.load(Ordering::Relaxed) > 0).await;
+    let timing = time_run(topic, &group, || read.load(Ordering::Relaxed)).await;
     stop.store(true, Ordering::Relaxed);
     let stats = task.await.expect("read+commit task");
     (timing, stats)
@@ -263,22 +287,32 @@ struct BatchedStats {
     batches: u64,
     applied: u64,
     dead_letters: u64,
+    /// Sum and maximum of the workers' batch latencies.
+    batch_time: Duration,
+    batch_max: Duration,
 }
 
 async fn run_batched(
     topic: &Topic,
     cache: &RedisCache,
     store: &PostgresStore,
+    ledger: &Arc<Ledger>,
 ) -> (Timing, BatchedStats) {
     let group = unique("batched");
     let metrics = Arc::new(Metrics::new());
     let services = Services {
-        cache: cache.clone(),
-        store: store.clone(),
-        dead_letters: KafkaPublisher::connect(&topic.settings).expect("publisher"),
+        cache: Timed::new(cache.clone(), ledger),
+        store: Timed::new(store.clone(), ledger),
+        dead_letters: Timed::new(
+            KafkaPublisher::connect(&topic.settings).expect("publisher"),
+            ledger,
+        ),
         probe: NoProbe,
     };
-    let log = KafkaLog::connect(&topic.settings, &group, &topic.name).expect("consumer");
+    let log = Timed::new(
+        KafkaLog::connect(&topic.settings, &group, &topic.name).expect("consumer"),
+        ledger,
+    );
     let consumer = Consumer::new(
         consumer_config(&topic.dead_letters),
         log,
@@ -288,7 +322,7 @@ async fn run_batched(
     .expect("consumer");
     let (trigger, shutdown) = ShutdownTrigger::new();
     let task = tokio::spawn(consumer.run(shutdown));
-    let timing = time_run(topic, &group, || metrics.polled.get() > 0).await;
+    let timing = time_run(topic, &group, || metrics.polled.get()).await;
     trigger.trigger();
     let summary = task.await.expect("consumer task");
     let stats = BatchedStats {
@@ -297,6 +331,12 @@ async fn run_batched(
         batches: metrics.batches.get(),
         applied: metrics.applied.get(),
         dead_letters: metrics.dead_letters.get(),
+        batch_time: Duration::from_micros(metrics.batch_latency_us_sum.get()),
+        batch_max: Duration::from_micros(
+            metrics
+                .batch_latency_us_max
+                .load(std::sync::atomic::Ordering::Relaxed),
+        ),
     };
     (timing, stats)
 }
@@ -329,9 +369,17 @@ fn main() {
         })
         .expect("workload");
         let cache = RedisCache::connect(&redis_url).await.expect("redis");
-        let store = PostgresStore::connect(&postgres_url)
+        // The store's connections: its default unless `HOLDFAST_BENCH_CONNECTIONS` says.
+        let connections = knob("HOLDFAST_BENCH_CONNECTIONS")
+            .unwrap_or(holdfast::adapters::postgres::CONNECTIONS_DEFAULT);
+        let store = PostgresStore::connect_with(&postgres_url, connections)
             .await
             .expect("postgres");
+        let config = consumer_config("-");
+        println!(
+            "consumer: batch {}, {} workers, commit every {:?}, poll timeout {:?}; {connections} PostgreSQL connections",
+            config.batch_size, config.concurrency, config.commit_interval, config.poll_timeout
+        );
         let topic = fill(settings, &workload).await;
         // Read it all once, so that no run pays for the broker's first read from storage.
         let warm = read_topic(&topic.settings, &topic.name, RUN_DEADLINE)
@@ -347,20 +395,31 @@ fn main() {
             topic.truth.acknowledged.len()
         );
 
-        let (read_timing, read_stats) = run_read_and_commit(&topic).await;
+        let read_ledger = Arc::new(Ledger::default());
+        let (read_timing, read_stats) = run_read_and_commit(&topic, &read_ledger).await;
         assert_eq!(read_stats.records, messages, "read+commit saw every record once");
 
         reset(&redis_url, &postgres_url).await;
-        let (batched_timing, batched_stats) = run_batched(&topic, &cache, &store).await;
+        let batched_ledger = Arc::new(Ledger::default());
+        let (batched_timing, batched_stats) =
+            run_batched(&topic, &cache, &store, &batched_ledger).await;
         check(&store, &topic.truth, "the batched pipeline").await;
         println!("batched pipeline verified: every event applied exactly once");
 
         reset(&redis_url, &postgres_url).await;
-        let mut log =
+        let log =
             KafkaLog::connect(&topic.settings, &unique("per-message"), &topic.name)
                 .expect("consumer");
-        let literal = per_message(&mut log, &cache, &store, topic.messages, PER_MESSAGE_BUDGET)
-            .await;
+        let literal_ledger = Arc::new(Ledger::default());
+        let mut log = Timed::new(log, &literal_ledger);
+        let literal = per_message(
+            &mut log,
+            &Timed::new(cache.clone(), &literal_ledger),
+            &Timed::new(store.clone(), &literal_ledger),
+            topic.messages,
+            PER_MESSAGE_BUDGET,
+        )
+        .await;
         drop(log);
         check(&store, &literal.truth, "the per-message pipeline").await;
         println!(
@@ -401,9 +460,11 @@ fn main() {
             literal.messages, topic.messages, PER_MESSAGE_BUDGET
         );
         println!(
-            "(a) {} polls ({:.0} records/poll), {} commits",
+            "(a) {} polls ({:.0} records/poll, {:.2} s in polls, longest {:.0} ms), {} commits",
             read_stats.polls,
             read_stats.records as f64 / read_stats.polls.max(1) as f64,
+            read_stats.poll_time.as_secs_f64(),
+            read_stats.poll_max.as_secs_f64() * 1000.0,
             read_stats.commits
         );
         println!(
@@ -415,6 +476,32 @@ fn main() {
             batched_stats.applied,
             batched_stats.dead_letters
         );
+        println!(
+            "(b) worker batches took {:.2} s in all (mean {:.0} ms, longest {:.0} ms)",
+            batched_stats.batch_time.as_secs_f64(),
+            batched_stats.batch_time.as_secs_f64() * 1000.0 / batched_stats.batches.max(1) as f64,
+            batched_stats.batch_max.as_secs_f64() * 1000.0
+        );
+        println!("time spent in port calls (summed over concurrent callers; polls include the group join):");
+        for (run, ledger) in [
+            ("(a)", &read_ledger),
+            ("(b)", &batched_ledger),
+            ("(c)", &literal_ledger),
+        ] {
+            for (call, spent) in [
+                ("poll", &ledger.poll),
+                ("offset commit", &ledger.commit),
+                ("pause/resume", &ledger.pause),
+                ("cache check", &ledger.cache_check),
+                ("cache remember", &ledger.cache_remember),
+                ("store transaction", &ledger.store_apply),
+                ("dead-letter publish", &ledger.publish),
+            ] {
+                if spent.calls() > 0 {
+                    println!("  {run} {call:<18} {}", spent.describe());
+                }
+            }
+        }
         let speedup = batched_rate / literal_rate;
         let share = batched_rate / read_rate;
         println!("b/c = {speedup:.1}x (target >= 10x: {})", met(speedup >= 10.0));

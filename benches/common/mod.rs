@@ -4,7 +4,9 @@
 //! time, over any [`EventLog`].
 #![allow(dead_code)]
 
-use holdfast::adapters::{PostgresStore, RedisCache};
+pub mod timed;
+
+use holdfast::adapters::PostgresStore;
 use holdfast::event::OrderEvent;
 use holdfast::idempotency::IdempotencyKey;
 use holdfast::ports::{DedupCache, EventLog, OffsetCommit, OrderStore};
@@ -73,10 +75,10 @@ pub struct PerMessageRun {
 /// inserts the key and updates the row; SET the key; commit the record's offset synchronously.
 /// Polls batches of [`POLL_RECORDS`]; stops after `messages_max` records or once `budget`
 /// (counted from the first record) is spent, whichever comes first.
-pub async fn per_message<L: EventLog>(
+pub async fn per_message<L: EventLog, C: DedupCache, S: OrderStore>(
     log: &mut L,
-    cache: &RedisCache,
-    store: &PostgresStore,
+    cache: &C,
+    store: &S,
     messages_max: usize,
     budget: Duration,
 ) -> PerMessageRun {
