@@ -10,7 +10,10 @@ use crate::event::{DecodeError, OrderEvent};
 use crate::idempotency::protocol::{apply_batch, BatchReport, ProtocolConfig, Verdict};
 use crate::offsets::{AckError, SharedTracker, Ticket};
 use crate::ports::{DedupCache, FaultPoint, OrderStore, PortError, Probe, Publisher, Record};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -67,20 +70,23 @@ where
         let (good, bad): (Vec<Job>, Vec<Job>) =
             batch.into_iter().partition(|job| job.decoded.is_ok());
         let mut finished: Vec<Ticket> = Vec::with_capacity(good.len() + bad.len());
-        for job in bad {
-            let error = match &job.decoded {
-                Err(error) => error.to_string(),
-                Ok(_) => continue,
-            };
-            if self.send_dead_letter(&job.record, &error, 1, seed).await {
-                finished.push(job.ticket);
-            }
-        }
         let events: Vec<OrderEvent> = good
             .iter()
             .filter_map(|job| job.decoded.as_ref().ok().cloned())
             .collect();
-        match self.apply_with_retries(&events, seed).await {
+        // Every dead letter waits for the broker's acknowledgement (tens of ms): the batch's
+        // letters go out together, while the batch is applied, not one round trip after another.
+        let letters = join_all(bad.iter().map(|job| async move {
+            let error = match &job.decoded {
+                Err(error) => error.to_string(),
+                Ok(_) => return None,
+            };
+            let sent = self.send_dead_letter(&job.record, &error, 1, seed).await;
+            sent.then_some(job.ticket)
+        }));
+        let (letters, applied) = tokio::join!(letters, self.apply_with_retries(&events, seed));
+        finished.extend(letters.into_iter().flatten());
+        match applied {
             Applied::All(report) => {
                 self.count(&report);
                 finished.extend(good.iter().map(|job| job.ticket));
@@ -225,6 +231,33 @@ where
             }
         }
     }
+}
+
+/// Runs `futures` concurrently on the calling task (so that aborting the task cancels them
+/// all); their outputs in input order.
+async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|context| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            // A finished future must not be polled again.
+            if output.is_none() {
+                match future.as_mut().poll(context) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    debug_assert!(outputs.iter().all(Option::is_some), "every future finished");
+    outputs.into_iter().flatten().collect()
 }
 
 enum Applied {
