@@ -67,6 +67,10 @@ pub struct PerMessageRun {
     pub elapsed: Duration,
     /// From the call to the first record polled (the group join, on a real broker).
     pub first_record_after: Duration,
+    /// Records processed, and time, in the second half of the run: its steady rate, without
+    /// the slow first commits after a group join.
+    pub late_messages: usize,
+    pub late_elapsed: Duration,
     /// The events of the records processed, as a ground truth to verify the store against.
     pub truth: GroundTruth,
 }
@@ -86,6 +90,8 @@ pub async fn per_message<L: EventLog, C: DedupCache, S: OrderStore>(
     let mut started: Option<Instant> = None;
     let mut truth = GroundTruth::default();
     let mut done = 0;
+    // (records done, when) once half the budget or half the messages were reached.
+    let mut half: Option<(usize, Instant)> = None;
     'polling: while done < messages_max {
         let polled = log
             .poll(POLL_RECORDS, Duration::from_millis(5))
@@ -112,16 +118,24 @@ pub async fn per_message<L: EventLog, C: DedupCache, S: OrderStore>(
             };
             log.commit(&[commit], true).await.expect("commit");
             done += 1;
+            let halfway =
+                done >= messages_max / 2 || started.is_some_and(|s| s.elapsed() >= budget / 2);
+            if half.is_none() && halfway {
+                half = Some((done, Instant::now()));
+            }
             if done >= messages_max || started.is_some_and(|s| s.elapsed() >= budget) {
                 break 'polling;
             }
         }
     }
     let started = started.unwrap_or(called);
+    let (half_done, half_at) = half.unwrap_or((0, started));
     PerMessageRun {
         messages: done,
         elapsed: started.elapsed(),
         first_record_after: started.duration_since(called),
+        late_messages: done - half_done,
+        late_elapsed: half_at.elapsed(),
         truth,
     }
 }
