@@ -50,8 +50,15 @@ where
     P: Probe + 'static,
 {
     /// Runs until the channel closes, batching whatever has queued up to `batch_size`.
-    pub async fn run(self: Arc<Self>, index: usize, mut jobs: mpsc::UnboundedReceiver<Job>) {
-        let mut backoff_seed = self.config.jitter_seed ^ (index as u64).wrapping_mul(0x9e37_79b9);
+    /// Malformed records go to `letters` (the companion [`Self::run_letters`] task); dropping
+    /// it when the jobs end lets that task finish too.
+    pub async fn run(
+        self: Arc<Self>,
+        index: usize,
+        mut jobs: mpsc::UnboundedReceiver<Job>,
+        letters: mpsc::UnboundedSender<Job>,
+    ) {
+        let mut backoff_seed = worker_seed(self.config.jitter_seed, index);
         while let Some(first) = jobs.recv().await {
             let mut batch = vec![first];
             while batch.len() < self.config.batch_size {
@@ -61,32 +68,62 @@ where
                 }
             }
             backoff_seed = backoff_seed.wrapping_add(1);
-            self.process(batch, backoff_seed).await;
+            self.process(batch, &letters, backoff_seed).await;
         }
     }
 
-    async fn process(&self, batch: Vec<Job>, seed: u64) {
+    /// Publishes the dead letters of malformed records, all that have queued up at once, and
+    /// acks each record once the broker acknowledged its letter. Runs beside its worker so
+    /// that the broker's round trip (tens to hundreds of ms) never holds up a batch; the
+    /// tracker keeps the commit point below a record until its letter is acknowledged.
+    pub async fn run_letters(
+        self: Arc<Self>,
+        index: usize,
+        mut jobs: mpsc::UnboundedReceiver<Job>,
+    ) {
+        let mut seed = !worker_seed(self.config.jitter_seed, index);
+        while let Some(first) = jobs.recv().await {
+            let mut pending = vec![first];
+            while let Ok(job) = jobs.try_recv() {
+                pending.push(job);
+            }
+            seed = seed.wrapping_add(1);
+            let context: &Self = &self;
+            let sent = join_all(pending.iter().map(|job| async move {
+                let error = match &job.decoded {
+                    Err(error) => error.to_string(),
+                    Ok(_) => return None,
+                };
+                let sent = context.send_dead_letter(&job.record, &error, 1, seed).await;
+                sent.then_some(job.ticket)
+            }))
+            .await;
+            let finished: Vec<Ticket> = sent.into_iter().flatten().collect();
+            self.ack_all(&finished).await;
+        }
+    }
+
+    async fn process(&self, batch: Vec<Job>, letters: &mpsc::UnboundedSender<Job>, seed: u64) {
         let started = Instant::now();
         let (good, bad): (Vec<Job>, Vec<Job>) =
             batch.into_iter().partition(|job| job.decoded.is_ok());
-        let mut finished: Vec<Ticket> = Vec::with_capacity(good.len() + bad.len());
+        for job in bad {
+            debug_assert!(
+                job.decoded.is_err(),
+                "only malformed records are dead letters"
+            );
+            if letters.send(job).is_err() {
+                // The letters task is gone (the consumer is being torn down): the record stays
+                // unacked and is redelivered to the next owner.
+                tracing::error!("the dead-letter task stopped; the record will be redelivered");
+            }
+        }
+        let mut finished: Vec<Ticket> = Vec::with_capacity(good.len());
         let events: Vec<OrderEvent> = good
             .iter()
             .filter_map(|job| job.decoded.as_ref().ok().cloned())
             .collect();
-        // Every dead letter waits for the broker's acknowledgement (tens of ms): the batch's
-        // letters go out together, while the batch is applied, not one round trip after another.
-        let letters = join_all(bad.iter().map(|job| async move {
-            let error = match &job.decoded {
-                Err(error) => error.to_string(),
-                Ok(_) => return None,
-            };
-            let sent = self.send_dead_letter(&job.record, &error, 1, seed).await;
-            sent.then_some(job.ticket)
-        }));
-        let (letters, applied) = tokio::join!(letters, self.apply_with_retries(&events, seed));
-        finished.extend(letters.into_iter().flatten());
-        match applied {
+        match self.apply_with_retries(&events, seed).await {
             Applied::All(report) => {
                 self.count(&report);
                 finished.extend(good.iter().map(|job| job.ticket));
@@ -231,6 +268,11 @@ where
             }
         }
     }
+}
+
+/// The retry-jitter seed of worker `index`.
+fn worker_seed(jitter_seed: u64, index: usize) -> u64 {
+    jitter_seed ^ (index as u64).wrapping_mul(0x9e37_79b9)
 }
 
 /// Runs `futures` concurrently on the calling task (so that aborting the task cancels them
