@@ -26,6 +26,7 @@
 
 mod common;
 
+use common::cpu::{sample, CpuSample};
 use common::timed::{Ledger, Timed};
 use common::{check, env, per_message, reset, POLL_RECORDS};
 use holdfast::adapters::kafka::{
@@ -429,12 +430,21 @@ fn main() {
         let batched_ledger = Arc::new(Ledger::default());
         let mut read_rates = Vec::new();
         let mut batched_rates = Vec::new();
+        let services = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".services");
+        let (mut read_cpu, mut batched_cpu) = (CpuSample::default(), CpuSample::default());
+        let (mut read_wall, mut batched_wall) = (Duration::ZERO, Duration::ZERO);
         for round in 1..=rounds {
+            let (before, started) = (sample(&services), Instant::now());
             let (read_timing, read_stats) = run_read_and_commit(&topic, &read_ledger).await;
+            read_cpu.add(&sample(&services).since(&before));
+            read_wall += started.elapsed();
             assert_eq!(read_stats.records, messages, "read+commit saw every record once");
             reset(&redis_url, &postgres_url).await;
+            let (before, started) = (sample(&services), Instant::now());
             let (batched_timing, batched_stats) =
                 run_batched(&topic, &cache, &store, &batched_ledger).await;
+            batched_cpu.add(&sample(&services).since(&before));
+            batched_wall += started.elapsed();
             check(&store, &topic.truth, "the batched pipeline").await;
             let read_rate = rate(messages, read_timing.run);
             let batched_rate = rate(messages, batched_timing.run);
@@ -526,6 +536,17 @@ fn main() {
             "{:<26} {:>9} {literal_rate:>11.0}",
             "(c) per message, prefix", literal.messages
         );
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for (run, cpu, wall) in [
+            ("(a)", &read_cpu, read_wall),
+            ("(b)", &batched_cpu, batched_wall),
+        ] {
+            println!(
+                "CPU, all rounds of {run} ({:.2} s wall, joins included, {cores} cores): {}",
+                wall.as_secs_f64(),
+                cpu.describe()
+            );
+        }
         println!(
             "time spent in port calls, all rounds (summed over concurrent callers; polls include the group joins):"
         );
