@@ -9,46 +9,20 @@
 //!
 //! Run: `scripts/services-up && source .services/env && cargo bench --features services --bench pipeline_services`
 
+mod common;
+
+use common::{check, env, per_message, reset};
 use holdfast::adapters::{PostgresStore, RedisCache};
-use holdfast::event::OrderEvent;
-use holdfast::idempotency::IdempotencyKey;
 use holdfast::memlog::MemoryBroker;
 use holdfast::pipeline::{Consumer, ConsumerConfig, Metrics, Services, ShutdownTrigger};
-use holdfast::ports::{
-    DedupCache, EventLog, NoProbe, OffsetCommit, OrderStore, OutboundMessage, Publisher,
-};
-use holdfast::verify::{verify, GroundTruth, StoreView};
+use holdfast::ports::{NoProbe, OutboundMessage, Publisher};
+use holdfast::verify::GroundTruth;
 use holdfast::workload::{Workload, WorkloadConfig};
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const TOPIC: &str = "orders";
 const ORDERS: usize = 3000;
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run scripts/services-up, then `source .services/env`")
-    })
-}
-
-/// Empty tables and an empty cache, so that both pipelines do the same work.
-async fn reset(redis_url: &str, postgres_url: &str) {
-    let mut redis = redis::Client::open(redis_url)
-        .and_then(|client| client.get_connection())
-        .expect("redis connection");
-    let _: () = redis::cmd("FLUSHALL").query(&mut redis).expect("FLUSHALL");
-    let (client, connection) = tokio_postgres::connect(postgres_url, tokio_postgres::NoTls)
-        .await
-        .expect("postgres connection");
-    let driver = tokio::spawn(connection);
-    client
-        .batch_execute("TRUNCATE holdfast_keys, holdfast_orders, holdfast_bills, holdfast_refunds")
-        .await
-        .expect("TRUNCATE");
-    drop(client);
-    let _ = driver.await;
-}
 
 /// A topic holding the workload, and its ground truth.
 async fn topic(workload: &Workload) -> (MemoryBroker, GroundTruth) {
@@ -67,18 +41,6 @@ async fn topic(workload: &Workload) -> (MemoryBroker, GroundTruth) {
         }
     }
     (broker, truth)
-}
-
-async fn check(store: &PostgresStore, truth: &GroundTruth, name: &str) {
-    let view = StoreView {
-        applications: store.applications().await.expect("applications"),
-        rows: store.rows().await.expect("rows"),
-    };
-    let report = verify(truth, &view, &BTreeSet::new(), &BTreeSet::new());
-    assert!(
-        report.passed(),
-        "{name} did not apply the workload exactly once:\n{report}"
-    );
 }
 
 /// holdfast: batches of 500, 8 workers, one transaction per batch, pipelined Redis calls.
@@ -120,40 +82,6 @@ async fn batched(broker: &MemoryBroker, cache: RedisCache, store: PostgresStore)
     elapsed
 }
 
-/// The seed literally, one message at a time: GET the key; if absent, one transaction that
-/// inserts the key and updates the row; SET the key; commit the offset.
-async fn per_message(broker: &MemoryBroker, cache: &RedisCache, store: &PostgresStore) -> Duration {
-    let started = Instant::now();
-    let mut log = broker.consumer(TOPIC, "per-message");
-    let ttl = Duration::from_secs(7 * 24 * 3600);
-    let end = broker.records(TOPIC).len();
-    let mut done = 0;
-    while done < end {
-        let polled = log.poll(500, Duration::from_millis(5)).await.expect("poll");
-        for record in polled.records {
-            done += 1;
-            if let Ok(event) = OrderEvent::decode(&record.payload) {
-                let key = [IdempotencyKey::of(&event)];
-                let seen = cache.contains_batch(&key).await.expect("GET");
-                if !seen[0] {
-                    store
-                        .apply_batch(std::slice::from_ref(&event))
-                        .await
-                        .expect("transaction");
-                    cache.remember_batch(&key, ttl).await.expect("SET");
-                }
-            }
-            let commit = OffsetCommit {
-                partition: record.partition,
-                offset: record.offset + 1,
-                metadata: String::new(),
-            };
-            log.commit(&[commit], true).await.expect("commit");
-        }
-    }
-    started.elapsed()
-}
-
 fn main() {
     let redis_url = env("HOLDFAST_REDIS_URL");
     let postgres_url = env("HOLDFAST_POSTGRES_URL");
@@ -181,7 +109,11 @@ fn main() {
 
         reset(&redis_url, &postgres_url).await;
         let (broker, truth) = topic(&workload).await;
-        let literal_time = per_message(&broker, &cache, &store).await;
+        let end = broker.records(TOPIC).len();
+        let mut log = broker.consumer(TOPIC, "per-message");
+        let literal = per_message(&mut log, &cache, &store, end, Duration::MAX).await;
+        assert_eq!(literal.messages, end, "the per-message run stopped early");
+        let literal_time = literal.elapsed;
         check(&store, &truth, "the per-message pipeline").await;
 
         let rate = |time: Duration| messages as f64 / time.as_secs_f64();

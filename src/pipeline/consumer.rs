@@ -123,8 +123,16 @@ where
         let mut handles = Vec::with_capacity(config.concurrency);
         for index in 0..config.concurrency {
             let (sender, receiver) = mpsc::unbounded_channel();
+            // Each worker hands its malformed records to a companion task that publishes them
+            // as dead letters, so that the broker's acknowledgements never hold up a batch.
+            let (letters, letters_receiver) = mpsc::unbounded_channel();
             workers.push(sender);
-            handles.push(tokio::spawn(Arc::clone(&context).run(index, receiver)));
+            handles.push(tokio::spawn(
+                Arc::clone(&context).run(index, receiver, letters),
+            ));
+            handles.push(tokio::spawn(
+                Arc::clone(&context).run_letters(index, letters_receiver),
+            ));
         }
         Ok(Consumer {
             config,

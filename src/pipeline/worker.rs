@@ -10,7 +10,10 @@ use crate::event::{DecodeError, OrderEvent};
 use crate::idempotency::protocol::{apply_batch, BatchReport, ProtocolConfig, Verdict};
 use crate::offsets::{AckError, SharedTracker, Ticket};
 use crate::ports::{DedupCache, FaultPoint, OrderStore, PortError, Probe, Publisher, Record};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -47,8 +50,15 @@ where
     P: Probe + 'static,
 {
     /// Runs until the channel closes, batching whatever has queued up to `batch_size`.
-    pub async fn run(self: Arc<Self>, index: usize, mut jobs: mpsc::UnboundedReceiver<Job>) {
-        let mut backoff_seed = self.config.jitter_seed ^ (index as u64).wrapping_mul(0x9e37_79b9);
+    /// Malformed records go to `letters` (the companion [`Self::run_letters`] task); dropping
+    /// it when the jobs end lets that task finish too.
+    pub async fn run(
+        self: Arc<Self>,
+        index: usize,
+        mut jobs: mpsc::UnboundedReceiver<Job>,
+        letters: mpsc::UnboundedSender<Job>,
+    ) {
+        let mut backoff_seed = worker_seed(self.config.jitter_seed, index);
         while let Some(first) = jobs.recv().await {
             let mut batch = vec![first];
             while batch.len() < self.config.batch_size {
@@ -58,24 +68,57 @@ where
                 }
             }
             backoff_seed = backoff_seed.wrapping_add(1);
-            self.process(batch, backoff_seed).await;
+            self.process(batch, &letters, backoff_seed).await;
         }
     }
 
-    async fn process(&self, batch: Vec<Job>, seed: u64) {
+    /// Publishes the dead letters of malformed records, all that have queued up at once, and
+    /// acks each record once the broker acknowledged its letter. Runs beside its worker so
+    /// that the broker's round trip (tens to hundreds of ms) never holds up a batch; the
+    /// tracker keeps the commit point below a record until its letter is acknowledged.
+    pub async fn run_letters(
+        self: Arc<Self>,
+        index: usize,
+        mut jobs: mpsc::UnboundedReceiver<Job>,
+    ) {
+        let mut seed = !worker_seed(self.config.jitter_seed, index);
+        while let Some(first) = jobs.recv().await {
+            let mut pending = vec![first];
+            while let Ok(job) = jobs.try_recv() {
+                pending.push(job);
+            }
+            seed = seed.wrapping_add(1);
+            let context: &Self = &self;
+            let sent = join_all(pending.iter().map(|job| async move {
+                let error = match &job.decoded {
+                    Err(error) => error.to_string(),
+                    Ok(_) => return None,
+                };
+                let sent = context.send_dead_letter(&job.record, &error, 1, seed).await;
+                sent.then_some(job.ticket)
+            }))
+            .await;
+            let finished: Vec<Ticket> = sent.into_iter().flatten().collect();
+            self.ack_all(&finished).await;
+        }
+    }
+
+    async fn process(&self, batch: Vec<Job>, letters: &mpsc::UnboundedSender<Job>, seed: u64) {
         let started = Instant::now();
         let (good, bad): (Vec<Job>, Vec<Job>) =
             batch.into_iter().partition(|job| job.decoded.is_ok());
-        let mut finished: Vec<Ticket> = Vec::with_capacity(good.len() + bad.len());
         for job in bad {
-            let error = match &job.decoded {
-                Err(error) => error.to_string(),
-                Ok(_) => continue,
-            };
-            if self.send_dead_letter(&job.record, &error, 1, seed).await {
-                finished.push(job.ticket);
+            debug_assert!(
+                job.decoded.is_err(),
+                "only malformed records are dead letters"
+            );
+            if letters.send(job).is_err() {
+                // The letters task is gone (the consumer is being torn down): the record stays
+                // unacked and is redelivered to the next owner.
+                tracing::error!("the dead-letter task stopped; the record will be redelivered");
             }
         }
+        let mut finished: Vec<Ticket> = Vec::with_capacity(good.len());
         let events: Vec<OrderEvent> = good
             .iter()
             .filter_map(|job| job.decoded.as_ref().ok().cloned())
@@ -225,6 +268,38 @@ where
             }
         }
     }
+}
+
+/// The retry-jitter seed of worker `index`.
+fn worker_seed(jitter_seed: u64, index: usize) -> u64 {
+    jitter_seed ^ (index as u64).wrapping_mul(0x9e37_79b9)
+}
+
+/// Runs `futures` concurrently on the calling task (so that aborting the task cancels them
+/// all); their outputs in input order.
+async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|context| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            // A finished future must not be polled again.
+            if output.is_none() {
+                match future.as_mut().poll(context) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    debug_assert!(outputs.iter().all(Option::is_some), "every future finished");
+    outputs.into_iter().flatten().collect()
 }
 
 enum Applied {
