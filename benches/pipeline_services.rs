@@ -15,7 +15,7 @@ use common::{check, env, per_message, reset};
 use holdfast::adapters::{PostgresStore, RedisCache};
 use holdfast::memlog::MemoryBroker;
 use holdfast::pipeline::{Consumer, ConsumerConfig, Metrics, Services, ShutdownTrigger};
-use holdfast::ports::{NoProbe, OutboundMessage, Publisher};
+use holdfast::ports::NoProbe;
 use holdfast::verify::GroundTruth;
 use holdfast::workload::{Workload, WorkloadConfig};
 use std::sync::Arc;
@@ -27,19 +27,11 @@ const ORDERS: usize = 3000;
 /// A topic holding the workload, and its ground truth.
 async fn topic(workload: &Workload) -> (MemoryBroker, GroundTruth) {
     let broker = MemoryBroker::new(TOPIC, 8);
-    let mut truth = GroundTruth::default();
-    for message in &workload.messages {
-        let outbound = OutboundMessage {
-            topic: TOPIC.into(),
-            key: message.key.clone(),
-            payload: message.payload.clone(),
-            headers: Vec::new(),
-        };
-        broker.publish(outbound).await.expect("publish");
-        if let Some(event) = &message.event {
-            truth.record(event, true);
-        }
-    }
+    let truth = broker
+        .publish_workload(TOPIC, workload)
+        .await
+        .expect("publish")
+        .truth;
     (broker, truth)
 }
 
@@ -66,14 +58,7 @@ async fn batched(broker: &MemoryBroker, cache: RedisCache, store: PostgresStore)
     .expect("consumer");
     let (trigger, shutdown) = ShutdownTrigger::new();
     let task = tokio::spawn(consumer.run(shutdown));
-    let end = broker.records(TOPIC).len() as i64;
-    while broker
-        .committed("batched")
-        .values()
-        .map(|c| c.offset)
-        .sum::<i64>()
-        < end
-    {
+    while !broker.caught_up(TOPIC, "batched") {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let elapsed = started.elapsed();
