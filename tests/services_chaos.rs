@@ -58,7 +58,8 @@ impl Setup {
         self.truth.to_str().unwrap()
     }
 
-    fn produce_args(&self, orders: &str, seed: &str) -> Vec<String> {
+    /// The arguments of `holdfast produce` for this test's topic and truth file.
+    fn produce_args<'a>(&'a self, orders: &'a str, seed: &'a str) -> [&'a str; 9] {
         [
             "produce",
             "--topic",
@@ -70,8 +71,6 @@ impl Setup {
             "--truth",
             self.truth_arg(),
         ]
-        .map(str::to_owned)
-        .to_vec()
     }
 
     /// Starts `holdfast run` in the test's group, with `extra` flags.
@@ -217,13 +216,7 @@ fn distinct_keys(truth: &std::path::Path) -> u64 {
 async fn a_hundred_thousand_events_through_twenty_kills_and_every_restart() {
     let _exclusive = SERVICES.lock().await;
     let setup = Setup::new("kills").await;
-    let produced = holdfast(
-        &setup
-            .produce_args("17500", "35")
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let produced = holdfast(&setup.produce_args("17500", "35"));
     assert!(produced.contains("failed 0"), "{produced}");
     let valid = valid_events(&produced);
     assert!(valid >= 100_000, "{produced}");
@@ -312,13 +305,7 @@ async fn three_runs_share_a_group_and_survivors_take_over_a_killed_one() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let produce_args = setup.produce_args("17500", "36");
-    let mut producer = std::process::Command::new(env!("CARGO_BIN_EXE_holdfast"))
-        .args(&produce_args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut producer = spawn_holdfast(&setup.produce_args("17500", "36"));
     let applied = |address: &str| {
         try_scrape(address)
             .ok()
