@@ -22,7 +22,8 @@
 //! Run: `scripts/services-up && source .services/env && cargo bench --features services --bench pipeline_kafka`
 //! Knobs (environment): `HOLDFAST_BENCH_ROUNDS` (3), `HOLDFAST_BENCH_WORKERS` (8),
 //! `HOLDFAST_BENCH_CONNECTIONS` (PostgreSQL connections, the store's default 4),
-//! `HOLDFAST_BENCH_PER_MESSAGE_S` (15), `HOLDFAST_BENCH_MALFORMED_PERMILLE` (10).
+//! `HOLDFAST_BENCH_PER_MESSAGE_S` (15), `HOLDFAST_BENCH_MALFORMED_PERMILLE` (10),
+//! `HOLDFAST_BENCH_ORDERS` (24,000 order lifecycles), `HOLDFAST_BENCH_DLQ_PARTITIONS` (1).
 
 mod common;
 
@@ -45,8 +46,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const PARTITIONS: i32 = 8;
-/// Order lifecycles in the workload (about six messages each).
-const ORDERS: usize = 6000;
+/// Order lifecycles in the workload (about six messages each, so about 142,000 messages):
+/// enough for (a) to run several seconds, so that a round's fixed tail (the last dead
+/// letters' acknowledgement, the last commit) does not decide its rate.
+const ORDERS: usize = 24_000;
 /// The per-message run stops after this long (counted from its first record), unless
 /// `HOLDFAST_BENCH_PER_MESSAGE_S` says otherwise.
 const PER_MESSAGE_BUDGET_S: usize = 15;
@@ -105,7 +108,12 @@ async fn fill(settings: KafkaSettings, workload: &Workload) -> Topic {
     create_topic(&settings, &name, PARTITIONS)
         .await
         .expect("create topic");
-    create_topic(&settings, &dead_letters, 1)
+    // One partition, as `scripts/services-up` creates `orders.dlq`, unless
+    // `HOLDFAST_BENCH_DLQ_PARTITIONS` says otherwise.
+    let dead_letter_partitions = knob("HOLDFAST_BENCH_DLQ_PARTITIONS").map_or(1, |n| {
+        i32::try_from(n).expect("HOLDFAST_BENCH_DLQ_PARTITIONS fits in i32")
+    });
+    create_topic(&settings, &dead_letters, dead_letter_partitions)
         .await
         .expect("create dead-letter topic");
     let publisher = KafkaPublisher::connect(&settings).expect("publisher");
@@ -390,7 +398,7 @@ fn main() {
         let malformed_ratio = knob("HOLDFAST_BENCH_MALFORMED_PERMILLE")
             .map_or(defaults.malformed_ratio, |permille| permille as f64 / 1000.0);
         let workload = Workload::generate(&WorkloadConfig {
-            orders: ORDERS,
+            orders: knob("HOLDFAST_BENCH_ORDERS").unwrap_or(ORDERS),
             seed: 0xbe7c,
             malformed_ratio,
             ..defaults

@@ -121,19 +121,25 @@ where
         });
         let mut workers = Vec::with_capacity(config.concurrency);
         let mut handles = Vec::with_capacity(config.concurrency);
+        // The workers hand malformed records to one companion task that publishes them as
+        // dead letters, so that the broker's acknowledgements never hold up a batch. One task,
+        // not one per worker: it has one group of letters out at a time, so the dead-letter
+        // producer stays under its cap of in-flight requests per partition (librdkafka's
+        // broker thread busy-polls while a partition sits at that cap; docs/services.md).
+        let (letters, letters_receiver) = mpsc::unbounded_channel();
         for index in 0..config.concurrency {
             let (sender, receiver) = mpsc::unbounded_channel();
-            // Each worker hands its malformed records to a companion task that publishes them
-            // as dead letters, so that the broker's acknowledgements never hold up a batch.
-            let (letters, letters_receiver) = mpsc::unbounded_channel();
             workers.push(sender);
-            handles.push(tokio::spawn(
-                Arc::clone(&context).run(index, receiver, letters),
-            ));
-            handles.push(tokio::spawn(
-                Arc::clone(&context).run_letters(index, letters_receiver),
-            ));
+            handles.push(tokio::spawn(Arc::clone(&context).run(
+                index,
+                receiver,
+                letters.clone(),
+            )));
         }
+        drop(letters);
+        handles.push(tokio::spawn(
+            Arc::clone(&context).run_letters(config.concurrency, letters_receiver),
+        ));
         Ok(Consumer {
             config,
             log,

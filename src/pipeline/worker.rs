@@ -51,7 +51,7 @@ where
 {
     /// Runs until the channel closes, batching whatever has queued up to `batch_size`.
     /// Malformed records go to `letters` (the companion [`Self::run_letters`] task); dropping
-    /// it when the jobs end lets that task finish too.
+    /// every worker's sender when the jobs end lets that task finish too.
     pub async fn run(
         self: Arc<Self>,
         index: usize,
@@ -75,7 +75,8 @@ where
     /// Publishes the dead letters of malformed records, all that have queued up at once, and
     /// acks each record once the broker acknowledged its letter. Runs beside its worker so
     /// that the broker's round trip (tens to hundreds of ms) never holds up a batch; the
-    /// tracker keeps the commit point below a record until its letter is acknowledged.
+    /// tracker keeps the commit point below a record until its letter is acknowledged. One
+    /// such task serves all workers, so one group of letters is out at a time.
     pub async fn run_letters(
         self: Arc<Self>,
         index: usize,
