@@ -6,25 +6,55 @@
 //! acks arrive in random order. The tracker state carries over between iterations (offsets
 //! keep increasing, the ring keeps wrapping). Throughput is per record (one track + one ack).
 //!
-//! Two groups run the same code: `track_ack` measures wall time; `track_ack_cpu` measures the
-//! benchmark thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), which leaves out the time the
-//! thread spends descheduled when other jobs share the machine's cores.
+//! That method has `window` records in flight only at the peak: while the acks drain the
+//! window, half as many are in flight on average. The `steady` groups hold the count at
+//! `window`: after filling the window, each step tracks the next offset and acks one record
+//! drawn uniformly from those in flight (so old records linger and the span from the oldest
+//! to the newest grows well past `window`), for `STEADY_STEPS_PER_WINDOW * window` steps;
+//! then the rest are acked in random order. The ack order is computed before timing, as a
+//! list of offsets relative to the iteration's first, so both trackers run the same sequence
+//! and the timed loop does no bookkeeping of its own.
+//!
+//! Each method runs twice: groups named `..._cpu` measure the benchmark thread's CPU time
+//! (`CLOCK_THREAD_CPUTIME_ID`), which leaves out the time the thread spends descheduled when
+//! other jobs share the machine's cores; the others measure wall time.
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use holdfast::offsets::{CommitRule, Limits, PartitionTracker, SortedSetTracker};
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use std::hint::black_box;
 use std::time::Duration;
 
 const WINDOWS: [usize; 3] = [500, 10_000, 100_000];
+/// Steady steps per iteration of the `steady` groups, as a multiple of the window: 16 makes
+/// the fill and the final drain about 6% of the records.
+const STEADY_STEPS_PER_WINDOW: usize = 16;
 
 fn shuffled(window: usize) -> Vec<u32> {
     let mut order: Vec<u32> = (0..window as u32).collect();
     order.shuffle(&mut SmallRng::seed_from_u64(0x5eed));
     order
+}
+
+/// The ack order of one `steady` iteration: `window` offsets tracked first, then per step one
+/// tracked and one in-flight offset acked at random, then the rest acked in random order.
+/// Entry `s` is the offset acked at step `s` (relative to the iteration's first offset).
+fn steady_acks(window: usize) -> Vec<u32> {
+    let steps = STEADY_STEPS_PER_WINDOW * window;
+    let mut rng = SmallRng::seed_from_u64(0x57ead);
+    let mut in_flight: Vec<u32> = (0..window as u32).collect();
+    let mut acks = Vec::with_capacity(window + steps);
+    for step in 0..steps {
+        in_flight.push((window + step) as u32);
+        let pick = rng.random_range(0..in_flight.len());
+        acks.push(in_flight.swap_remove(pick));
+    }
+    in_flight.shuffle(&mut rng);
+    acks.extend(in_flight);
+    acks
 }
 
 fn track_and_ack_wall(c: &mut Criterion) {
@@ -82,6 +112,80 @@ fn track_and_ack<M: Measurement>(c: &mut Criterion<M>, name: &str) {
                     refused += u32::from(!seed.ack(black_box(msg_ids[i as usize])));
                 }
                 base += window as i64;
+                assert!(refused == 0, "a track or ack was refused");
+                black_box(seed.commit_point())
+            })
+        });
+    }
+    group.finish();
+}
+
+fn steady_wall(c: &mut Criterion) {
+    steady(c, "steady");
+}
+
+fn steady_cpu(c: &mut Criterion<ThreadCpuTime>) {
+    steady(c, "steady_cpu");
+}
+
+/// `window` records in flight at every step (see the module comment).
+fn steady<M: Measurement>(c: &mut Criterion<M>, name: &str) {
+    let mut group = c.benchmark_group(name);
+    group.sample_size(10);
+    for window in WINDOWS {
+        let acks = steady_acks(window);
+        let records = acks.len();
+        let steps = records - window;
+        group.throughput(Throughput::Elements(records as u64));
+
+        let limits = Limits {
+            max_in_flight: window + 1,
+            // Old records linger: the span is bounded only by the iteration's length.
+            max_span: records as u64,
+            metadata_budget_bytes: 4096,
+        };
+        let mut ring = PartitionTracker::starting_at(0, limits);
+        let mut base: i64 = 0;
+        group.bench_function(BenchmarkId::new("PartitionTracker", window), |b| {
+            b.iter(|| {
+                // Refusals counted as in `track_and_ack`.
+                let mut refused = 0u32;
+                for i in 0..window as i64 {
+                    refused += u32::from(ring.track(black_box(base + i)).is_err());
+                }
+                for (step, &acked) in acks[..steps].iter().enumerate() {
+                    let offset = base + (window + step) as i64;
+                    refused += u32::from(ring.track(black_box(offset)).is_err());
+                    refused += u32::from(ring.ack(black_box(base + i64::from(acked))).is_err());
+                }
+                for &acked in &acks[steps..] {
+                    refused += u32::from(ring.ack(black_box(base + i64::from(acked))).is_err());
+                }
+                base += records as i64;
+                assert!(refused == 0, "a track or ack was refused");
+                black_box(ring.commit_point())
+            })
+        });
+
+        let mut seed = SortedSetTracker::starting_at(0, CommitRule::Watermark);
+        let mut base: i64 = 0;
+        let mut msg_ids: Vec<u64> = Vec::with_capacity(records);
+        group.bench_function(BenchmarkId::new("SortedSetTracker", window), |b| {
+            b.iter(|| {
+                msg_ids.clear();
+                let mut refused = 0u32;
+                for i in 0..window as i64 {
+                    msg_ids.push(seed.track(black_box(base + i)));
+                }
+                for (step, &acked) in acks[..steps].iter().enumerate() {
+                    let offset = base + (window + step) as i64;
+                    msg_ids.push(seed.track(black_box(offset)));
+                    refused += u32::from(!seed.ack(black_box(msg_ids[acked as usize])));
+                }
+                for &acked in &acks[steps..] {
+                    refused += u32::from(!seed.ack(black_box(msg_ids[acked as usize])));
+                }
+                base += records as i64;
                 assert!(refused == 0, "a track or ack was refused");
                 black_box(seed.commit_point())
             })
@@ -148,10 +252,10 @@ impl Measurement for ThreadCpuTime {
     }
 }
 
-criterion_group!(wall, track_and_ack_wall);
+criterion_group!(wall, track_and_ack_wall, steady_wall);
 criterion_group! {
     name = cpu;
     config = Criterion::default().with_measurement(ThreadCpuTime);
-    targets = track_and_ack_cpu
+    targets = track_and_ack_cpu, steady_cpu
 }
 criterion_main!(wall, cpu);

@@ -7,11 +7,17 @@
 //! by itself. The ring holds `max_span + 128` bits or more (a power of two words), so the
 //! words of `base` and `next` never alias.
 //!
-//! No counter is updated per record: the number in flight is `next - base` minus the set
-//! bits, counted when asked. A counter that every `track` and `ack` reads and writes back
+//! Usually no counter is updated per record: the number in flight is `next - base` minus the
+//! set bits, counted when asked. A counter that every `track` and `ack` reads and writes back
 //! ties each call to the one before through memory; dropping it saved 20-40% per record in
-//! the benchmark (docs/offsets.md). The in-flight limit is enforced through `track_limit` instead, an offset below which
-//! the next offset is known to fit both limits (see [`PartitionTracker::refresh_track_limit`]).
+//! the benchmark (docs/offsets.md). The in-flight limit is enforced through `track_limit`
+//! instead, an offset below which the next offset is known to fit both limits (see
+//! [`PartitionTracker::refresh_track_limit`]). Only when that proof would need a count of
+//! the ring on nearly every track (a span far wider than the room left below the in-flight
+//! limit: records linger while the count sits at the limit) does the tracker count instead,
+//! so that `track` stays O(1) there too: `ack` then adds one to `acks`, and `track` writes
+//! nothing more than `next` (the count is derived from both), so no field is written by
+//! both calls.
 
 use super::metadata::{self, FinishedSet};
 use super::{AckError, Limits, TrackError, Tracked};
@@ -46,9 +52,20 @@ pub struct PartitionTracker {
     /// track consumes one offset of the room). `i64::MIN` (never true) before the first track
     /// and while restored metadata is pending.
     track_limit: i64,
+    /// While counting: acks since the count was taken (`NOT_COUNTING` otherwise). Then
+    /// `track_limit` is `i64::MIN` and the number in flight is
+    /// `next + max_in_flight - room_end - acks`.
+    acks: u64,
+    /// While counting: the offset at which the count taken would reach `max_in_flight`
+    /// without acks (`next` then + `max_in_flight` - in flight then); each ack since moves it
+    /// up by one.
+    room_end: i64,
     /// Finished offsets from the previous owner's metadata, not yet re-polled.
     restored: Option<FinishedSet>,
 }
+
+/// `PartitionTracker::acks` when the tracker is not counting.
+const NOT_COUNTING: u64 = u64::MAX;
 
 impl PartitionTracker {
     /// A tracker that starts at the first offset tracked.
@@ -68,6 +85,8 @@ impl PartitionTracker {
             first: 0,
             known: false,
             track_limit: i64::MIN,
+            acks: NOT_COUNTING,
+            room_end: i64::MIN,
             restored: None,
         }
     }
@@ -124,6 +143,18 @@ impl PartitionTracker {
             self.debug_check();
             return Ok(Tracked::New);
         }
+        // The same while counting: room from the count and the acks since; the span checked
+        // directly (i64::MAX has no next offset).
+        if offset == self.next
+            && self.acks != NOT_COUNTING
+            && offset < self.room_end.saturating_add(self.acks as i64)
+            && offset.wrapping_sub(self.base) < self.limits.max_span as i64
+            && offset != i64::MAX
+        {
+            self.next = offset + 1;
+            self.debug_check();
+            return Ok(Tracked::New);
+        }
         self.track_slow(offset)
     }
 
@@ -139,7 +170,8 @@ impl PartitionTracker {
         let done = self.restored.is_some() && self.restored_done(offset);
         let base_before = self.base;
         // The count after this track, when it is known without counting.
-        let mut in_flight_after = None;
+        let mut in_flight_after =
+            (self.acks != NOT_COUNTING).then(|| self.in_flight() + usize::from(!done));
         if !self.known || self.base == self.next {
             // Nothing unfinished: the watermark jumps to the new offset; the ring is all zero.
             if !self.known {
@@ -156,7 +188,7 @@ impl PartitionTracker {
             // Room is proven without counting if `offset` is below the limit, or if the whole
             // span is smaller than the in-flight limit.
             if !done && offset >= self.track_limit && span > self.limits.max_in_flight as u64 {
-                let in_flight = self.count_in_flight();
+                let in_flight = self.in_flight();
                 if in_flight >= self.limits.max_in_flight {
                     return Err(self.full(offset, span));
                 }
@@ -193,6 +225,9 @@ impl PartitionTracker {
             let (word, mask) = self.slot(offset);
             if self.ring[word] & mask == 0 {
                 self.ring[word] |= mask;
+                if self.acks != NOT_COUNTING {
+                    self.acks += 1;
+                }
                 if index == 0 {
                     self.advance();
                 }
@@ -219,8 +254,13 @@ impl PartitionTracker {
         self.known.then_some(self.base)
     }
 
-    /// Records tracked and not yet acked. Counted from the ring: O(span / 64).
+    /// Records tracked and not yet acked: O(1) while the tracker keeps a count, otherwise
+    /// counted from the ring, O(span / 64).
     pub fn in_flight(&self) -> usize {
+        if self.acks != NOT_COUNTING {
+            let max = self.limits.max_in_flight as i64;
+            return (self.next + max - self.room_end - self.acks as i64) as usize;
+        }
         self.count_in_flight()
     }
 
@@ -314,32 +354,52 @@ impl PartitionTracker {
         (span - finished) as usize
     }
 
-    /// Recomputes `track_limit` after a slow-path change. `in_flight` is the current count if
-    /// the caller knows it. Keeps the old limit when it still admits `next` (it stays valid),
-    /// so the ring is counted only once per `max_in_flight - in_flight` tracks, and only when
-    /// the span exceeds the in-flight limit (a stuck record with many finished above it).
+    /// Recomputes `track_limit` (and whether to keep a count) after a slow-path change.
+    /// `in_flight` is the current count if the caller knows it.
+    ///
+    /// Room for the next track is proven, cheapest first: by the span alone (every offset in
+    /// flight lies in `base .. next`); by the old limit, which stays valid (it came from a
+    /// count, and since then each track used one offset of its room and acks only helped); by
+    /// a fresh count of the ring, good for `room = max_in_flight - in_flight` tracks. When
+    /// that count would cost more than a word of the ring per track it admits (the span is
+    /// over 64 times the room), the tracker counts instead (`acks`, `room_end`) until the
+    /// span alone proves room again.
     fn refresh_track_limit(&mut self, in_flight: Option<usize>) {
         if !self.known || self.restored.is_some() {
             self.track_limit = i64::MIN;
+            self.acks = NOT_COUNTING;
             return;
         }
         let span_max = self.limits.max_span as i64;
         let in_flight_max = i64::try_from(self.limits.max_in_flight).unwrap_or(i64::MAX);
-        // Every offset in flight lies in `base .. next`, so a span below the in-flight limit
-        // proves room by itself.
         let by_span = self.base.saturating_add(span_max.min(in_flight_max));
-        self.track_limit = self.track_limit.max(by_span);
-        if self.track_limit > self.next {
+        if self.acks == NOT_COUNTING {
+            self.track_limit = self.track_limit.max(by_span);
+            if self.track_limit > self.next {
+                return;
+            }
+        } else if by_span > self.next {
+            self.acks = NOT_COUNTING;
+            self.track_limit = by_span;
             return;
         }
-        // Counted now: `room` more tracks fit, whatever acks do meanwhile (they only help).
-        let in_flight = in_flight.unwrap_or_else(|| self.count_in_flight()) as i64;
-        let room = (in_flight_max - in_flight).max(0);
-        let by_count = self
-            .next
-            .saturating_add(room)
-            .min(self.base.saturating_add(span_max));
-        self.track_limit = self.track_limit.max(by_count);
+        let in_flight = in_flight.unwrap_or_else(|| self.in_flight());
+        let room = (in_flight_max - in_flight as i64).max(0);
+        let span = self.next - self.base;
+        if room >= span / 64 {
+            // Counting again after `room` tracks costs at most a word per track.
+            self.acks = NOT_COUNTING;
+            let by_count = self
+                .next
+                .saturating_add(room)
+                .min(self.base.saturating_add(span_max));
+            self.track_limit = by_span.max(by_count);
+        } else {
+            // Count from here: a fresh start, so that gaps tracked so far are not counted.
+            self.acks = 0;
+            self.room_end = self.next + room;
+            self.track_limit = i64::MIN;
+        }
     }
 
     /// Moves the watermark over finished bits, zeroing what it leaves behind.
@@ -350,7 +410,14 @@ impl PartitionTracker {
         // metadata is pending: its offsets must go through the slow path).
         if self.restored.is_none() {
             let span_limit = self.limits.max_span.min(self.limits.max_in_flight as u64) as i64;
-            self.track_limit = self.track_limit.max(self.base.saturating_add(span_limit));
+            let by_span = self.base.saturating_add(span_limit);
+            if self.acks == NOT_COUNTING {
+                self.track_limit = self.track_limit.max(by_span);
+            } else if by_span > self.next {
+                // The span alone proves room again: stop counting.
+                self.acks = NOT_COUNTING;
+                self.track_limit = by_span;
+            }
         }
     }
 
@@ -409,7 +476,7 @@ impl PartitionTracker {
     fn full(&self, offset: i64, span: u64) -> TrackError {
         TrackError::Full {
             offset,
-            in_flight: self.count_in_flight(),
+            in_flight: self.in_flight(),
             span,
             max_in_flight: self.limits.max_in_flight,
             max_span: self.limits.max_span,
@@ -427,6 +494,15 @@ impl PartitionTracker {
         let in_flight = self.count_in_flight();
         debug_assert!(in_flight <= self.limits.max_in_flight);
         debug_assert!(self.track_limit == i64::MIN || (self.known && self.restored.is_none()));
+        if self.acks != NOT_COUNTING {
+            debug_assert_eq!(self.in_flight(), in_flight, "the kept count drifted");
+            debug_assert_eq!(
+                self.track_limit,
+                i64::MIN,
+                "counting, yet a fast path is open"
+            );
+            debug_assert!(self.known && self.restored.is_none());
+        }
         if self.next < self.track_limit {
             // The fast path may track `next` now: both limits must hold after it.
             debug_assert!(
@@ -609,6 +685,60 @@ mod tests {
             Err(TrackError::Full { in_flight: 10, .. })
         ));
         assert_eq!(t.in_flight(), 10);
+    }
+
+    #[test]
+    fn at_the_limit_with_records_lingering_the_count_is_kept() {
+        // Goal: with the count at the limit and a span far wider than the room (one record
+        // stuck, the others acked at random among those in flight), the tracker keeps an
+        // exact count instead of counting the ring on every track, refuses exactly at the
+        // limit, and stops counting once the span alone proves room again. Method: a seeded
+        // random walk against the list of offsets in flight, checked at every step (debug
+        // builds also check the kept count against the ring after every call).
+        const LIMIT: usize = 8;
+        let mut t = PartitionTracker::new(limits(LIMIT, 1 << 16));
+        t.track(0).unwrap(); // stuck until the end
+        let mut in_flight: Vec<i64> = Vec::new();
+        let mut rng = crate::rng::SplitMix::new(7);
+        let mut next = 1i64;
+        let mut counted_steps = 0;
+        for step in 0..20_000 {
+            if in_flight.len() + 1 < LIMIT {
+                assert_eq!(t.track(next), Ok(Tracked::New), "step {step}");
+                in_flight.push(next);
+                next += 1;
+            } else {
+                let refused = t.track(next);
+                assert!(
+                    matches!(
+                        refused,
+                        Err(TrackError::Full {
+                            in_flight: LIMIT,
+                            ..
+                        })
+                    ),
+                    "step {step}: {refused:?}"
+                );
+                let pick = (rng.next_u64() % in_flight.len() as u64) as usize;
+                t.ack(in_flight.swap_remove(pick)).unwrap();
+            }
+            assert_eq!(t.in_flight(), in_flight.len() + 1, "step {step}");
+            assert_eq!(t.commit_point(), Some(0));
+            counted_steps += usize::from(t.acks != NOT_COUNTING);
+        }
+        assert!(
+            counted_steps > 10_000,
+            "the count was kept on {counted_steps} steps only"
+        );
+        t.ack(0).unwrap();
+        assert_eq!(t.commit_point(), in_flight.iter().min().copied());
+        for offset in in_flight.drain(..) {
+            t.ack(offset).unwrap();
+        }
+        assert_eq!(t.in_flight(), 0);
+        assert_eq!(t.commit_point(), Some(next));
+        assert_eq!(t.track(next), Ok(Tracked::New));
+        assert_eq!(t.acks, NOT_COUNTING, "the span proves room: no count kept");
     }
 
     #[test]
