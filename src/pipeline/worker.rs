@@ -73,7 +73,7 @@ where
     }
 
     /// Publishes the dead letters of malformed records, all that have queued up at once, and
-    /// acks each record once the broker acknowledged its letter. Runs beside its worker so
+    /// acks each record once the broker acknowledged its letter. Runs beside the workers so
     /// that the broker's round trip (tens to hundreds of ms) never holds up a batch; the
     /// tracker keeps the commit point below a record until its letter is acknowledged. One
     /// such task serves all workers, so one group of letters is out at a time.
