@@ -15,9 +15,9 @@
 //! [`PartitionTracker::refresh_track_limit`]). Only when that proof would need a count of
 //! the ring on nearly every track (a span far wider than the room left below the in-flight
 //! limit: records linger while the count sits at the limit) does the tracker count instead,
-//! so that `track` stays O(1) there too: `ack` then adds one to `acks`, and `track` writes
-//! nothing more than `next` (the count is derived from both), so no field is written by
-//! both calls.
+//! so that `track` stays O(1) there too: `ack` then adds one to `acks` and moves
+//! `track_limit` up with it, and `track` takes the same fast path and writes nothing more
+//! than `next` (the count is derived from both), so no field is written by both calls.
 
 use super::metadata::{self, FinishedSet};
 use super::{AckError, Limits, TrackError, Tracked};
@@ -53,8 +53,8 @@ pub struct PartitionTracker {
     /// and while restored metadata is pending.
     track_limit: i64,
     /// While counting: acks since the count was taken (`NOT_COUNTING` otherwise). Then
-    /// `track_limit` is `i64::MIN` and the number in flight is
-    /// `next + max_in_flight - room_end - acks`.
+    /// the number in flight is `next + max_in_flight - room_end - acks`, and `track_limit`
+    /// is `min(room_end + acks, base + max_span)` (see [`PartitionTracker::counting_limit`]).
     acks: u64,
     /// While counting: the offset at which the count taken would reach `max_in_flight`
     /// without acks (`next` then + `max_in_flight` - in flight then); each ack since moves it
@@ -143,18 +143,6 @@ impl PartitionTracker {
             self.debug_check();
             return Ok(Tracked::New);
         }
-        // The same while counting: room from the count and the acks since; the span checked
-        // directly (i64::MAX has no next offset).
-        if offset == self.next
-            && self.acks != NOT_COUNTING
-            && offset < self.room_end.saturating_add(self.acks as i64)
-            && offset.wrapping_sub(self.base) < self.limits.max_span as i64
-            && offset != i64::MAX
-        {
-            self.next = offset + 1;
-            self.debug_check();
-            return Ok(Tracked::New);
-        }
         self.track_slow(offset)
     }
 
@@ -227,6 +215,7 @@ impl PartitionTracker {
                 self.ring[word] |= mask;
                 if self.acks != NOT_COUNTING {
                     self.acks += 1;
+                    self.track_limit = self.counting_limit();
                 }
                 if index == 0 {
                     self.advance();
@@ -398,7 +387,7 @@ impl PartitionTracker {
             // Count from here: a fresh start, so that gaps tracked so far are not counted.
             self.acks = 0;
             self.room_end = self.next + room;
-            self.track_limit = i64::MIN;
+            self.track_limit = self.counting_limit();
         }
     }
 
@@ -417,8 +406,19 @@ impl PartitionTracker {
                 // The span alone proves room again: stop counting.
                 self.acks = NOT_COUNTING;
                 self.track_limit = by_span;
+            } else {
+                self.track_limit = self.counting_limit();
             }
         }
+    }
+
+    /// While counting, the offset below which `next` may be tracked without further checks:
+    /// the count then stays within `max_in_flight` and the span within `max_span`.
+    #[inline]
+    fn counting_limit(&self) -> i64 {
+        self.room_end
+            .saturating_add(self.acks as i64)
+            .min(self.base.saturating_add(self.limits.max_span as i64))
     }
 
     /// The scan of [`PartitionTracker::advance`].
@@ -496,11 +496,7 @@ impl PartitionTracker {
         debug_assert!(self.track_limit == i64::MIN || (self.known && self.restored.is_none()));
         if self.acks != NOT_COUNTING {
             debug_assert_eq!(self.in_flight(), in_flight, "the kept count drifted");
-            debug_assert_eq!(
-                self.track_limit,
-                i64::MIN,
-                "counting, yet a fast path is open"
-            );
+            debug_assert_eq!(self.track_limit, self.counting_limit());
             debug_assert!(self.known && self.restored.is_none());
         }
         if self.next < self.track_limit {
