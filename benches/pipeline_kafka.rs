@@ -140,14 +140,7 @@ async fn fill(settings: KafkaSettings, workload: &Workload) -> Topic {
     while let Some(pending) = in_flight.pop_front() {
         note(pending.await.expect("delivery"));
     }
-    let mut truth = GroundTruth::default();
-    let mut malformed = 0;
-    for message in &workload.messages {
-        match &message.event {
-            Some(event) => truth.record(event, true),
-            None => malformed += 1,
-        }
-    }
+    let published = workload.published();
     let messages = workload.messages.len();
     assert_eq!(
         ends.values().sum::<i64>(),
@@ -160,8 +153,8 @@ async fn fill(settings: KafkaSettings, workload: &Workload) -> Topic {
         dead_letters,
         ends,
         messages,
-        malformed,
-        truth,
+        malformed: published.malformed,
+        truth: published.truth,
     }
 }
 

@@ -8,6 +8,7 @@
 
 use crate::event::{EventKind, OrderEvent};
 use crate::rng::SplitMix;
+use crate::verify::GroundTruth;
 use std::collections::VecDeque;
 
 /// Shape of a generated workload. Ratios are probabilities in `[0, 1]`.
@@ -150,6 +151,22 @@ impl Workload {
         Ok(Workload { messages })
     }
 
+    /// What publishing every message amounts to when each one is acknowledged: the ground
+    /// truth and the counts of valid and malformed messages.
+    pub fn published(&self) -> Published {
+        let mut published = Published::default();
+        for message in &self.messages {
+            match &message.event {
+                Some(event) => {
+                    published.truth.record(event, true);
+                    published.valid += 1;
+                }
+                None => published.malformed += 1,
+            }
+        }
+        published
+    }
+
     /// The distinct valid events (first occurrence of each event id), in stream order.
     pub fn distinct_events(&self) -> Vec<OrderEvent> {
         let mut seen = std::collections::HashSet::new();
@@ -160,6 +177,17 @@ impl Workload {
             .cloned()
             .collect()
     }
+}
+
+/// A workload once all of it is published and acknowledged ([`Workload::published`]).
+#[derive(Debug, Default)]
+pub struct Published {
+    /// Every valid event, acknowledged.
+    pub truth: GroundTruth,
+    /// Valid events published (duplicates included).
+    pub valid: usize,
+    /// Malformed messages published.
+    pub malformed: usize,
 }
 
 /// One order's events in business order, possibly with two of them swapped.

@@ -62,18 +62,8 @@ async fn publish(
         let end = ends.entry(delivery.partition).or_insert(0);
         *end = (*end).max(delivery.offset + 1);
     }
-    let mut truth = GroundTruth::default();
-    let (mut valid, mut malformed) = (0, 0);
-    for message in &workload.messages {
-        match &message.event {
-            Some(event) => {
-                truth.record(event, true);
-                valid += 1;
-            }
-            None => malformed += 1,
-        }
-    }
-    (truth, ends, valid, malformed)
+    let published = workload.published();
+    (published.truth, ends, published.valid, published.malformed)
 }
 
 /// Empty Redis, a fresh schema, and fresh topics holding 10,000+ events of one workload.
