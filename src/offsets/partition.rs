@@ -361,7 +361,7 @@ impl PartitionTracker {
         }
         let span_max = self.limits.max_span as i64;
         let in_flight_max = i64::try_from(self.limits.max_in_flight).unwrap_or(i64::MAX);
-        let by_span = self.base.saturating_add(span_max.min(in_flight_max));
+        let by_span = self.limit_by_span();
         if self.acks == NOT_COUNTING {
             self.track_limit = self.track_limit.max(by_span);
             if self.track_limit > self.next {
@@ -398,8 +398,7 @@ impl PartitionTracker {
         // A higher watermark leaves more room below the span limit (not while restored
         // metadata is pending: its offsets must go through the slow path).
         if self.restored.is_none() {
-            let span_limit = self.limits.max_span.min(self.limits.max_in_flight as u64) as i64;
-            let by_span = self.base.saturating_add(span_limit);
+            let by_span = self.limit_by_span();
             if self.acks == NOT_COUNTING {
                 self.track_limit = self.track_limit.max(by_span);
             } else if by_span > self.next {
@@ -410,6 +409,14 @@ impl PartitionTracker {
                 self.track_limit = self.counting_limit();
             }
         }
+    }
+
+    /// The offset below which the span alone proves room for `next`: every offset in flight
+    /// lies in `base .. next`, so a span within both limits admits it.
+    #[inline]
+    fn limit_by_span(&self) -> i64 {
+        let span_limit = self.limits.max_span.min(self.limits.max_in_flight as u64) as i64;
+        self.base.saturating_add(span_limit)
     }
 
     /// While counting, the offset below which `next` may be tracked without further checks:

@@ -120,7 +120,7 @@ where
             config: config.clone(),
         });
         let mut workers = Vec::with_capacity(config.concurrency);
-        let mut handles = Vec::with_capacity(config.concurrency);
+        let mut handles = Vec::with_capacity(config.concurrency + 1);
         // The workers hand malformed records to one companion task that publishes them as
         // dead letters, so that the broker's acknowledgements never hold up a batch. One task,
         // not one per worker: it has one group of letters out at a time, so the dead-letter
