@@ -15,6 +15,12 @@
 //! list of offsets relative to the iteration's first, so both trackers run the same sequence
 //! and the timed loop does no bookkeeping of its own.
 //!
+//! Inputs are opaque to the compiler without `black_box` on every call: the offsets tracked
+//! come from a slice (as a poll's records would), the offsets acked from the precomputed
+//! order. `black_box` on every argument (the method until 2026-11-26) sent each offset
+//! through the stack and, being opaque to the optimizer, forced every field of the tracker to
+//! be reloaded and stored around each call; that traffic cost as much as the ring's own work.
+//!
 //! Each method runs twice: groups named `..._cpu` measure the benchmark thread's CPU time
 //! (`CLOCK_THREAD_CPUTIME_ID`), which leaves out the time the thread spends descheduled when
 //! other jobs share the machine's cores; the others measure wall time.
@@ -74,6 +80,9 @@ fn track_and_ack<M: Measurement, const STEPS: usize>(c: &mut Criterion<M>, name:
         let steps = STEPS * window;
         let acks = ack_order(window, steps);
         let records = acks.len();
+        // The offsets polled in one iteration, relative to its first: read from memory like
+        // a poll's records, so the compiler cannot assume they are consecutive.
+        let polled: Vec<u32> = (0..records as u32).collect();
         group.throughput(Throughput::Elements(records as u64));
 
         let limits = Limits {
@@ -84,51 +93,52 @@ fn track_and_ack<M: Measurement, const STEPS: usize>(c: &mut Criterion<M>, name:
             metadata_budget_bytes: 4096,
         };
         let mut ring = PartitionTracker::starting_at(0, limits);
-        let mut base: i64 = 0;
+        let mut base_next: i64 = 0;
         group.bench_function(BenchmarkId::new("PartitionTracker", window), |b| {
             b.iter(|| {
                 // Results are consumed by counting refusals (there are none); black-boxing
                 // each whole `Result` would measure stack spills of the error type instead.
                 // `assert!` rather than `assert_eq!`: the latter takes the count's address,
                 // and `black_box` must then assume it is read, so the count would be stored
-                // to memory on every call (both trackers' loops alike).
+                // to memory on every call (both trackers' loops alike). `base` is a local for
+                // the same reason: a captured one is reloaded after every store to the ring.
                 let mut refused = 0u32;
-                for i in 0..window as i64 {
-                    refused += u32::from(ring.track(black_box(base + i)).is_err());
+                let base = base_next;
+                for &polled in &polled[..window] {
+                    refused += u32::from(ring.track(base + i64::from(polled)).is_err());
                 }
-                for (step, &acked) in acks[..steps].iter().enumerate() {
-                    let offset = base + (window + step) as i64;
-                    refused += u32::from(ring.track(black_box(offset)).is_err());
-                    refused += u32::from(ring.ack(black_box(base + i64::from(acked))).is_err());
+                for (&polled, &acked) in polled[window..].iter().zip(&acks[..steps]) {
+                    refused += u32::from(ring.track(base + i64::from(polled)).is_err());
+                    refused += u32::from(ring.ack(base + i64::from(acked)).is_err());
                 }
                 for &acked in &acks[steps..] {
-                    refused += u32::from(ring.ack(black_box(base + i64::from(acked))).is_err());
+                    refused += u32::from(ring.ack(base + i64::from(acked)).is_err());
                 }
-                base += records as i64;
+                base_next = base + records as i64;
                 assert!(refused == 0, "a track or ack was refused");
                 black_box(ring.commit_point())
             })
         });
 
         let mut seed = SortedSetTracker::starting_at(0, CommitRule::Watermark);
-        let mut base: i64 = 0;
+        let mut base_next: i64 = 0;
         let mut msg_ids: Vec<u64> = Vec::with_capacity(records);
         group.bench_function(BenchmarkId::new("SortedSetTracker", window), |b| {
             b.iter(|| {
                 msg_ids.clear();
                 let mut refused = 0u32;
-                for i in 0..window as i64 {
-                    msg_ids.push(seed.track(black_box(base + i)));
+                let base = base_next;
+                for &polled in &polled[..window] {
+                    msg_ids.push(seed.track(base + i64::from(polled)));
                 }
-                for (step, &acked) in acks[..steps].iter().enumerate() {
-                    let offset = base + (window + step) as i64;
-                    msg_ids.push(seed.track(black_box(offset)));
-                    refused += u32::from(!seed.ack(black_box(msg_ids[acked as usize])));
+                for (&polled, &acked) in polled[window..].iter().zip(&acks[..steps]) {
+                    msg_ids.push(seed.track(base + i64::from(polled)));
+                    refused += u32::from(!seed.ack(msg_ids[acked as usize]));
                 }
                 for &acked in &acks[steps..] {
-                    refused += u32::from(!seed.ack(black_box(msg_ids[acked as usize])));
+                    refused += u32::from(!seed.ack(msg_ids[acked as usize]));
                 }
-                base += records as i64;
+                base_next = base + records as i64;
                 assert!(refused == 0, "a track or ack was refused");
                 black_box(seed.commit_point())
             })

@@ -15,9 +15,9 @@
 //! [`PartitionTracker::refresh_track_limit`]). Only when that proof would need a count of
 //! the ring on nearly every track (a span far wider than the room left below the in-flight
 //! limit: records linger while the count sits at the limit) does the tracker count instead,
-//! so that `track` stays O(1) there too: `ack` then adds one to `acks` and moves
-//! `track_limit` up with it, and `track` takes the same fast path and writes nothing more
-//! than `next` (the count is derived from both), so no field is written by both calls.
+//! so that `track` stays O(1) there too: `ack` then moves `room_end` and `track_limit` up
+//! by one, and `track` takes the same fast path and writes nothing more than `next` (the
+//! count is derived from both), so no field is written by both calls.
 
 use super::metadata::{self, FinishedSet};
 use super::{AckError, Limits, TrackError, Tracked};
@@ -52,20 +52,21 @@ pub struct PartitionTracker {
     /// track consumes one offset of the room). `i64::MIN` (never true) before the first track
     /// and while restored metadata is pending.
     track_limit: i64,
-    /// While counting: acks since the count was taken (`NOT_COUNTING` otherwise). Then
-    /// the number in flight is `next + max_in_flight - room_end - acks`, and `track_limit`
-    /// is `min(room_end + acks, base + max_span)` (see [`PartitionTracker::counting_limit`]).
-    acks: u64,
-    /// While counting: the offset at which the count taken would reach `max_in_flight`
-    /// without acks (`next` then + `max_in_flight` - in flight then); each ack since moves it
-    /// up by one.
+    /// While counting (`NOT_COUNTING` otherwise): the offset at which the number in flight
+    /// reaches `max_in_flight`, so that it is `next + max_in_flight - room_end`. Set from a
+    /// count (`next` then + `max_in_flight` - in flight then); each ack since moved it up by
+    /// one. Wrapping: within `max_in_flight` of `i64::MAX` it wraps negative, so that every
+    /// track takes the slow path, which checks exactly.
     room_end: i64,
+    /// While counting: `base + max_span` (saturating), the span's bound on `track_limit`,
+    /// which is then `min(room_end, span_end)`.
+    span_end: i64,
     /// Finished offsets from the previous owner's metadata, not yet re-polled.
     restored: Option<FinishedSet>,
 }
 
-/// `PartitionTracker::acks` when the tracker is not counting.
-const NOT_COUNTING: u64 = u64::MAX;
+/// `PartitionTracker::room_end` when the tracker is not counting.
+const NOT_COUNTING: i64 = i64::MIN;
 
 impl PartitionTracker {
     /// A tracker that starts at the first offset tracked.
@@ -85,8 +86,8 @@ impl PartitionTracker {
             first: 0,
             known: false,
             track_limit: i64::MIN,
-            acks: NOT_COUNTING,
-            room_end: i64::MIN,
+            room_end: NOT_COUNTING,
+            span_end: i64::MIN,
             restored: None,
         }
     }
@@ -158,8 +159,9 @@ impl PartitionTracker {
         let done = self.restored.is_some() && self.restored_done(offset);
         let base_before = self.base;
         // The count after this track, when it is known without counting.
-        let mut in_flight_after =
-            (self.acks != NOT_COUNTING).then(|| self.in_flight() + usize::from(!done));
+        let mut in_flight_after = self
+            .counting()
+            .then(|| self.in_flight() + usize::from(!done));
         if !self.known || self.base == self.next {
             // Nothing unfinished: the watermark jumps to the new offset; the ring is all zero.
             if !self.known {
@@ -211,13 +213,18 @@ impl PartitionTracker {
         let index = offset.wrapping_sub(self.base) as u64;
         if index < (self.next - self.base) as u64 {
             let (word, mask) = self.slot(offset);
-            if self.ring[word] & mask == 0 {
-                self.ring[word] |= mask;
-                if self.acks != NOT_COUNTING {
-                    self.acks += 1;
+            let bits = self.ring[word];
+            if bits & mask == 0 {
+                self.ring[word] = bits | mask;
+                if self.counting() {
+                    self.room_end = self.room_end.wrapping_add(1);
                     self.track_limit = self.counting_limit();
                 }
+                // Rare: the watermark's own record (about ln(window) times per window in
+                // random order). Out of line, so that the common ack falls through with no
+                // taken branch.
                 if index == 0 {
+                    std::hint::cold_path();
                     self.advance();
                 }
                 self.debug_check();
@@ -246,9 +253,10 @@ impl PartitionTracker {
     /// Records tracked and not yet acked: O(1) while the tracker keeps a count, otherwise
     /// counted from the ring, O(span / 64).
     pub fn in_flight(&self) -> usize {
-        if self.acks != NOT_COUNTING {
+        if self.counting() {
+            // Counting only while the room is under span / 64, so the limit fits an i64.
             let max = self.limits.max_in_flight as i64;
-            return (self.next + max - self.room_end - self.acks as i64) as usize;
+            return self.next.wrapping_add(max).wrapping_sub(self.room_end) as usize;
         }
         self.count_in_flight()
     }
@@ -351,24 +359,24 @@ impl PartitionTracker {
     /// count, and since then each track used one offset of its room and acks only helped); by
     /// a fresh count of the ring, good for `room = max_in_flight - in_flight` tracks. When
     /// that count would cost more than a word of the ring per track it admits (the span is
-    /// over 64 times the room), the tracker counts instead (`acks`, `room_end`) until the
+    /// over 64 times the room), the tracker counts instead (`room_end`, `span_end`) until the
     /// span alone proves room again.
     fn refresh_track_limit(&mut self, in_flight: Option<usize>) {
         if !self.known || self.restored.is_some() {
             self.track_limit = i64::MIN;
-            self.acks = NOT_COUNTING;
+            self.room_end = NOT_COUNTING;
             return;
         }
         let span_max = self.limits.max_span as i64;
         let in_flight_max = i64::try_from(self.limits.max_in_flight).unwrap_or(i64::MAX);
         let by_span = self.limit_by_span();
-        if self.acks == NOT_COUNTING {
+        if !self.counting() {
             self.track_limit = self.track_limit.max(by_span);
             if self.track_limit > self.next {
                 return;
             }
         } else if by_span > self.next {
-            self.acks = NOT_COUNTING;
+            self.room_end = NOT_COUNTING;
             self.track_limit = by_span;
             return;
         }
@@ -377,7 +385,7 @@ impl PartitionTracker {
         let span = self.next - self.base;
         if room >= span / 64 {
             // Counting again after `room` tracks costs at most a word per track.
-            self.acks = NOT_COUNTING;
+            self.room_end = NOT_COUNTING;
             let by_count = self
                 .next
                 .saturating_add(room)
@@ -385,27 +393,28 @@ impl PartitionTracker {
             self.track_limit = by_span.max(by_count);
         } else {
             // Count from here: a fresh start, so that gaps tracked so far are not counted.
-            self.acks = 0;
-            self.room_end = self.next + room;
+            self.room_end = self.next.wrapping_add(room);
+            self.span_end = self.base.saturating_add(span_max);
             self.track_limit = self.counting_limit();
         }
     }
 
     /// Moves the watermark over finished bits, zeroing what it leaves behind.
-    #[inline]
+    #[inline(never)]
     fn advance(&mut self) {
         self.advance_watermark();
         // A higher watermark leaves more room below the span limit (not while restored
         // metadata is pending: its offsets must go through the slow path).
         if self.restored.is_none() {
             let by_span = self.limit_by_span();
-            if self.acks == NOT_COUNTING {
+            if !self.counting() {
                 self.track_limit = self.track_limit.max(by_span);
             } else if by_span > self.next {
                 // The span alone proves room again: stop counting.
-                self.acks = NOT_COUNTING;
+                self.room_end = NOT_COUNTING;
                 self.track_limit = by_span;
             } else {
+                self.span_end = self.base.saturating_add(self.limits.max_span as i64);
                 self.track_limit = self.counting_limit();
             }
         }
@@ -423,9 +432,13 @@ impl PartitionTracker {
     /// the count then stays within `max_in_flight` and the span within `max_span`.
     #[inline]
     fn counting_limit(&self) -> i64 {
-        self.room_end
-            .saturating_add(self.acks as i64)
-            .min(self.base.saturating_add(self.limits.max_span as i64))
+        self.room_end.min(self.span_end)
+    }
+
+    /// True while the tracker keeps a count (see [`PartitionTracker::room_end`]).
+    #[inline]
+    fn counting(&self) -> bool {
+        self.room_end != NOT_COUNTING
     }
 
     /// The scan of [`PartitionTracker::advance`].
@@ -501,9 +514,14 @@ impl PartitionTracker {
         let in_flight = self.count_in_flight();
         debug_assert!(in_flight <= self.limits.max_in_flight);
         debug_assert!(self.track_limit == i64::MIN || (self.known && self.restored.is_none()));
-        if self.acks != NOT_COUNTING {
+        if self.counting() {
             debug_assert_eq!(self.in_flight(), in_flight, "the kept count drifted");
             debug_assert_eq!(self.track_limit, self.counting_limit());
+            let span_end = self.base.saturating_add(self.limits.max_span as i64);
+            debug_assert_eq!(
+                self.span_end, span_end,
+                "span_end not moved with the watermark"
+            );
             debug_assert!(self.known && self.restored.is_none());
         }
         if self.next < self.track_limit {
@@ -698,14 +716,42 @@ mod tests {
         // limit, and stops counting once the span alone proves room again. Method: a seeded
         // random walk against the list of offsets in flight, checked at every step (debug
         // builds also check the kept count against the ring after every call).
+        let (counted_steps, _) = walk_at_the_limit(0, 20_000);
+        assert!(
+            counted_steps > 10_000,
+            "the count was kept on {counted_steps} steps only"
+        );
+    }
+
+    #[test]
+    fn at_the_limit_near_the_last_offset_stays_exact() {
+        // The kept limit wraps within `max_in_flight` of i64::MAX; tracks there must take the
+        // exact slow path, never admit one too many, and stop at i64::MAX - 1.
+        let start = i64::MAX - 3_000;
+        let (counted_steps, next) = walk_at_the_limit(start, 20_000);
+        assert!(
+            counted_steps > 1_000,
+            "counted on {counted_steps} steps only"
+        );
+        assert_eq!(next, i64::MAX, "the walk should reach the last offset");
+    }
+
+    /// The random walk of the two tests above, from `start`, for `steps` steps or until the
+    /// next offset would be i64::MAX (which has no next offset to commit). Returns the steps
+    /// on which the tracker kept a count, and the next offset at the end.
+    fn walk_at_the_limit(start: i64, steps: usize) -> (usize, i64) {
         const LIMIT: usize = 8;
         let mut t = PartitionTracker::new(limits(LIMIT, 1 << 16));
-        t.track(0).unwrap(); // stuck until the end
+        t.track(start).unwrap(); // stuck until the end
         let mut in_flight: Vec<i64> = Vec::new();
         let mut rng = crate::rng::SplitMix::new(7);
-        let mut next = 1i64;
+        let mut next = start + 1;
         let mut counted_steps = 0;
-        for step in 0..20_000 {
+        for step in 0..steps {
+            if next == i64::MAX {
+                assert!(matches!(t.track(next), Err(TrackError::Backwards { .. })));
+                break;
+            }
             if in_flight.len() + 1 < LIMIT {
                 assert_eq!(t.track(next), Ok(Tracked::New), "step {step}");
                 in_flight.push(next);
@@ -726,22 +772,24 @@ mod tests {
                 t.ack(in_flight.swap_remove(pick)).unwrap();
             }
             assert_eq!(t.in_flight(), in_flight.len() + 1, "step {step}");
-            assert_eq!(t.commit_point(), Some(0));
-            counted_steps += usize::from(t.acks != NOT_COUNTING);
+            assert_eq!(t.commit_point(), Some(start));
+            counted_steps += usize::from(t.counting());
         }
-        assert!(
-            counted_steps > 10_000,
-            "the count was kept on {counted_steps} steps only"
+        t.ack(start).unwrap();
+        assert_eq!(
+            t.commit_point(),
+            in_flight.iter().min().copied().or(Some(next))
         );
-        t.ack(0).unwrap();
-        assert_eq!(t.commit_point(), in_flight.iter().min().copied());
         for offset in in_flight.drain(..) {
             t.ack(offset).unwrap();
         }
         assert_eq!(t.in_flight(), 0);
         assert_eq!(t.commit_point(), Some(next));
-        assert_eq!(t.track(next), Ok(Tracked::New));
-        assert_eq!(t.acks, NOT_COUNTING, "the span proves room: no count kept");
+        if next < i64::MAX {
+            assert_eq!(t.track(next), Ok(Tracked::New));
+            assert!(!t.counting(), "the span proves room: no count kept");
+        }
+        (counted_steps, next)
     }
 
     #[test]
