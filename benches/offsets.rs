@@ -18,8 +18,8 @@
 //! Inputs are opaque to the compiler without `black_box` on every call: the offsets tracked
 //! come from a slice (as a poll's records would), the offsets acked from the precomputed
 //! order. `black_box` on every argument (the method until 2026-11-26) sent each offset
-//! through the stack and, being opaque to the optimizer, forced every field of the tracker to
-//! be reloaded and stored around each call; that traffic cost as much as the ring's own work.
+//! through the stack and made the loop reload its own state around each call: about 10% of
+//! the ring's measured time at 500 in flight (docs/offsets.md).
 //!
 //! Each method runs twice: groups named `..._cpu` measure the benchmark thread's CPU time
 //! (`CLOCK_THREAD_CPUTIME_ID`), which leaves out the time the thread spends descheduled when
