@@ -221,8 +221,8 @@ impl PartitionTracker {
                     self.track_limit = self.counting_limit();
                 }
                 // Rare: the watermark's own record (about ln(window) times per window in
-                // random order). Out of line, so that the common ack falls through with no
-                // taken branch.
+                // random order). Out of line: inlined, its loop sat in the common ack's path
+                // and the common ack jumped over it (docs/offsets.md).
                 if index == 0 {
                     std::hint::cold_path();
                     self.advance();
