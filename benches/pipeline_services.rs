@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 
 const TOPIC: &str = "orders";
 const ORDERS: usize = 3000;
+/// How long a round may take to catch up before the bench fails.
+const CATCH_UP: Duration = Duration::from_secs(600);
 
 /// A topic holding the workload, and its ground truth.
 async fn topic(workload: &Workload) -> (MemoryBroker, GroundTruth) {
@@ -58,9 +60,10 @@ async fn batched(broker: &MemoryBroker, cache: RedisCache, store: PostgresStore)
     .expect("consumer");
     let (trigger, shutdown) = ShutdownTrigger::new();
     let task = tokio::spawn(consumer.run(shutdown));
-    while !broker.caught_up(TOPIC, "batched") {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    broker
+        .wait_caught_up(TOPIC, "batched", Duration::from_millis(1), CATCH_UP)
+        .await
+        .expect("the batched consumer");
     let elapsed = started.elapsed();
     trigger.trigger();
     task.await.expect("consumer task");

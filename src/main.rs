@@ -222,9 +222,12 @@ async fn run_demo(options: Options) -> Result<ExitCode, String> {
     let consumer = start(config)?;
     let (trigger, shutdown) = ShutdownTrigger::new();
     let task = tokio::spawn(consumer.run(shutdown));
-    while !broker.caught_up(TOPIC, GROUP) {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // Generous: the embedded pipeline applies tens of thousands of events a second; a stuck
+    // run ends with an error that says how far the group got instead of hanging.
+    let limit = Duration::from_secs(60) + Duration::from_millis(options.orders as u64);
+    broker
+        .wait_caught_up(TOPIC, GROUP, Duration::from_millis(5), limit)
+        .await?;
     trigger.trigger();
     task.await
         .map_err(|error| format!("consumer task failed: {error}"))?;

@@ -93,6 +93,34 @@ impl MemoryBroker {
         })
     }
 
+    /// Waits until `group` committed the end of every non-empty partition of `topic`, looking
+    /// every `interval`. After `timeout`, an error that says how far the group got.
+    pub async fn wait_caught_up(
+        &self,
+        topic: &str,
+        group: &str,
+        interval: Duration,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.caught_up(topic, group) {
+            if tokio::time::Instant::now() >= deadline {
+                let committed: BTreeMap<PartitionId, i64> = self
+                    .committed(group)
+                    .into_iter()
+                    .map(|(partition, committed)| (partition, committed.offset))
+                    .collect();
+                return Err(format!(
+                    "group {group} did not commit the end of topic {topic} within {timeout:?}: \
+                     committed {committed:?} of {} records",
+                    self.records(topic).len()
+                ));
+            }
+            tokio::time::sleep(interval).await;
+        }
+        Ok(())
+    }
+
     /// A group's committed offsets.
     pub fn committed(&self, group: &str) -> BTreeMap<PartitionId, CommittedOffset> {
         self.lock()
@@ -304,5 +332,17 @@ mod tests {
         log.commit(&rest, true).await.unwrap();
         assert!(broker.caught_up("orders", "group"));
         assert!(!broker.caught_up("orders", "other-group"));
+        let (tick, limit) = (Duration::from_millis(1), Duration::from_millis(20));
+        assert_eq!(
+            broker.wait_caught_up("orders", "group", tick, limit).await,
+            Ok(())
+        );
+        let waited = broker.wait_caught_up("orders", "other-group", tick, limit);
+        let error = waited.await.unwrap_err();
+        assert!(
+            error.contains("group other-group did not commit the end of topic orders")
+                && error.contains(&format!("of {} records", workload.messages.len())),
+            "{error}"
+        );
     }
 }

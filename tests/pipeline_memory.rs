@@ -110,17 +110,9 @@ fn start_probed(
 
 /// Waits until the group committed the end of every partition.
 async fn wait_caught_up(broker: &MemoryBroker) {
-    for _ in 0..4000 {
-        if broker.caught_up(TOPIC, GROUP) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    panic!(
-        "the consumer did not catch up: committed {:?}, {} records",
-        broker.committed(GROUP),
-        broker.records(TOPIC).len()
-    );
+    let (tick, limit) = (Duration::from_millis(2), Duration::from_secs(8));
+    let waited = broker.wait_caught_up(TOPIC, GROUP, tick, limit).await;
+    waited.unwrap_or_else(|error| panic!("{error}"));
 }
 
 fn check(truth: &GroundTruth, store: &MemoryStore) -> holdfast::verify::VerifyReport {

@@ -82,18 +82,9 @@ fn start(
 
 /// Waits until `group` committed the end of every partition.
 async fn wait_caught_up(broker: &MemoryBroker, group: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while Instant::now() < deadline {
-        if broker.caught_up(TOPIC, group) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!(
-        "group {group} did not catch up: committed {:?}, {} records",
-        broker.committed(group),
-        broker.records(TOPIC).len()
-    );
+    let (tick, limit) = (Duration::from_millis(10), Duration::from_secs(120));
+    let waited = broker.wait_caught_up(TOPIC, group, tick, limit).await;
+    waited.unwrap_or_else(|error| panic!("{error}"));
 }
 
 async fn check(truth: &GroundTruth, store: &PostgresStore) -> VerifyReport {
