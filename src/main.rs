@@ -224,7 +224,8 @@ async fn run_demo(options: Options) -> Result<ExitCode, String> {
     let task = tokio::spawn(consumer.run(shutdown));
     // Generous: the embedded pipeline applies tens of thousands of events a second; a stuck
     // run ends with an error that says how far the group got instead of hanging.
-    let limit = Duration::from_secs(60) + Duration::from_millis(options.orders as u64);
+    let limit =
+        Duration::from_secs(60).saturating_add(Duration::from_millis(options.orders as u64));
     broker
         .wait_caught_up(TOPIC, GROUP, Duration::from_millis(5), limit)
         .await?;
