@@ -367,19 +367,11 @@ impl PartitionTracker {
             self.room_end = NOT_COUNTING;
             return;
         }
-        let span_max = self.limits.max_span as i64;
-        let in_flight_max = i64::try_from(self.limits.max_in_flight).unwrap_or(i64::MAX);
-        let by_span = self.limit_by_span();
-        if !self.counting() {
-            self.track_limit = self.track_limit.max(by_span);
-            if self.track_limit > self.next {
-                return;
-            }
-        } else if by_span > self.next {
-            self.room_end = NOT_COUNTING;
-            self.track_limit = by_span;
+        if self.raise_limit_by_span() {
             return;
         }
+        let span_max = self.limits.max_span as i64;
+        let in_flight_max = i64::try_from(self.limits.max_in_flight).unwrap_or(i64::MAX);
         let in_flight = in_flight.unwrap_or_else(|| self.in_flight());
         let room = (in_flight_max - in_flight as i64).max(0);
         let span = self.next - self.base;
@@ -390,7 +382,7 @@ impl PartitionTracker {
                 .next
                 .saturating_add(room)
                 .min(self.base.saturating_add(span_max));
-            self.track_limit = by_span.max(by_count);
+            self.track_limit = self.limit_by_span().max(by_count);
         } else {
             // Count from here: a fresh start, so that gaps tracked so far are not counted.
             self.room_end = self.next.wrapping_add(room);
@@ -405,18 +397,27 @@ impl PartitionTracker {
         self.advance_watermark();
         // A higher watermark leaves more room below the span limit (not while restored
         // metadata is pending: its offsets must go through the slow path).
-        if self.restored.is_none() {
-            let by_span = self.limit_by_span();
-            if !self.counting() {
-                self.track_limit = self.track_limit.max(by_span);
-            } else if by_span > self.next {
-                // The span alone proves room again: stop counting.
-                self.room_end = NOT_COUNTING;
-                self.track_limit = by_span;
-            } else {
-                self.span_end = self.base.saturating_add(self.limits.max_span as i64);
-                self.track_limit = self.counting_limit();
-            }
+        if self.restored.is_none() && !self.raise_limit_by_span() && self.counting() {
+            self.span_end = self.base.saturating_add(self.limits.max_span as i64);
+            self.track_limit = self.counting_limit();
+        }
+    }
+
+    /// Raises `track_limit` to what the span alone proves ([`Self::limit_by_span`]); while
+    /// counting, stops counting once that admits `next`. True if `next` is then admitted
+    /// without a count.
+    #[inline]
+    fn raise_limit_by_span(&mut self) -> bool {
+        let by_span = self.limit_by_span();
+        if !self.counting() {
+            self.track_limit = self.track_limit.max(by_span);
+            self.track_limit > self.next
+        } else if by_span > self.next {
+            self.room_end = NOT_COUNTING;
+            self.track_limit = by_span;
+            true
+        } else {
+            false
         }
     }
 
