@@ -39,6 +39,30 @@ const WINDOWS: [usize; 3] = [500, 10_000, 100_000];
 /// the fill and the final drain about 6% of the records.
 const STEADY_STEPS_PER_WINDOW: usize = 16;
 
+/// Records per poll in the batch forms: the seed's batch of 500.
+const POLL: usize = 500;
+/// Acks per `ack_all` in the batch forms: a worker acks its batch (at most 500, the
+/// pipeline's `batch_size`) in two halves.
+const ACK_BATCH: usize = 250;
+
+/// Tracks offsets `base + first ..` for `count` records the way the poll loop does: one
+/// `track_run` per poll of `POLL` records, `track` for any the run did not take. Returns
+/// the number refused.
+fn track_all(ring: &mut PartitionTracker, base: i64, first: usize, count: usize) -> usize {
+    let mut refused = 0;
+    let mut offset = base + first as i64;
+    let end = offset + count as i64;
+    while offset < end {
+        let poll_end = end.min(offset + POLL as i64);
+        offset += ring.track_run(offset, (poll_end - offset) as usize) as i64;
+        while offset < poll_end {
+            refused += usize::from(ring.track(offset).is_err());
+            offset += 1;
+        }
+    }
+    refused
+}
+
 /// The ack order of one iteration: `window` offsets tracked first, then `steps` steps that
 /// each track one offset and ack one drawn uniformly from those in flight, then the rest acked
 /// in random order. Entry `s` is the offset acked at step `s` (relative to the iteration's
@@ -113,6 +137,39 @@ fn track_and_ack<M: Measurement, const STEPS: usize>(c: &mut Criterion<M>, name:
                 }
                 for &acked in &acks[steps..] {
                     refused += u32::from(ring.ack(base + i64::from(acked)).is_err());
+                }
+                base_next = base + records as i64;
+                assert!(refused == 0, "a track or ack was refused");
+                black_box(ring.commit_point())
+            })
+        });
+
+        // The same sequence through the batch forms the pipeline uses: the poll loop tracks
+        // each poll's run of consecutive offsets with one `track_run`, workers ack with
+        // `ack_all`. Steps go in groups of `ACK_BATCH`: the group's tracks, then its acks (each
+        // ack still draws from records tracked at or before its step), so up to `ACK_BATCH`
+        // more are in flight than in the per-record loop, and the limit is raised by as much.
+        let batch_limits = Limits {
+            max_in_flight: window + if steps > 0 { ACK_BATCH } else { 0 },
+            ..limits
+        };
+        let mut ring = PartitionTracker::starting_at(0, batch_limits);
+        let mut base_next: i64 = 0;
+        group.bench_function(BenchmarkId::new("PartitionTracker_batch", window), |b| {
+            b.iter(|| {
+                let base = base_next;
+                let mut refused = track_all(&mut ring, base, 0, window);
+                for (group, acked) in acks[..steps].chunks(ACK_BATCH).enumerate() {
+                    let first = window + group * ACK_BATCH;
+                    refused += track_all(&mut ring, base, first, acked.len());
+                    refused += ring
+                        .ack_all(acked.iter().map(move |&a| base + i64::from(a)))
+                        .len();
+                }
+                for acked in acks[steps..].chunks(ACK_BATCH) {
+                    refused += ring
+                        .ack_all(acked.iter().map(move |&a| base + i64::from(a)))
+                        .len();
                 }
                 base_next = base + records as i64;
                 assert!(refused == 0, "a track or ack was refused");

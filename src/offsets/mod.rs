@@ -126,3 +126,13 @@ pub enum AckError {
     #[error("partition {partition} was never assigned with epoch {epoch}")]
     NotAssigned { partition: PartitionId, epoch: u64 },
 }
+
+impl AckError {
+    /// The refused offset, for the refusals that name one (those of a partition's tracker).
+    pub fn offset(&self) -> Option<i64> {
+        match *self {
+            AckError::NotTracked { offset } | AckError::AlreadyAcked { offset } => Some(offset),
+            AckError::StaleEpoch { .. } | AckError::NotAssigned { .. } => None,
+        }
+    }
+}

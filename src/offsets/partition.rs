@@ -206,6 +206,81 @@ impl PartitionTracker {
         })
     }
 
+    /// Tracks the consecutive offsets `first .. first + count` (one partition's records of a
+    /// poll) as far as [`PartitionTracker::track`]'s fast path admits them, in O(1). Returns
+    /// how many it tracked, each as [`Tracked::New`]; the caller tracks the next offset with
+    /// `track`, which says why the run stopped (the tracker is full, the offset is not `next`,
+    /// restored metadata is pending).
+    #[inline]
+    pub fn track_run(&mut self, first: i64, count: usize) -> usize {
+        if first != self.next {
+            return 0;
+        }
+        // `track`'s fast path admits `first + i` while it is below `track_limit`, and tracking
+        // moves nothing but `next`, so it admits the run's first `track_limit - first`.
+        let room = self.track_limit.saturating_sub(first).max(0) as u64;
+        let tracked = room.min(count as u64);
+        self.next = first + tracked as i64;
+        self.debug_check();
+        tracked as usize
+    }
+
+    /// Acks each of `offsets` in order, as [`PartitionTracker::ack`] would one by one, and
+    /// returns the refusals in order (empty, and not allocated, when there are none). The
+    /// common ack runs with the tracker's state in registers; the watermark's own record and
+    /// refusals go through `ack`.
+    pub fn ack_all(&mut self, offsets: impl IntoIterator<Item = i64>) -> Vec<AckError> {
+        let mut offsets = offsets.into_iter();
+        let mut refused = Vec::new();
+        loop {
+            let stopped = self.ack_above_watermark(&mut offsets);
+            let Some(offset) = stopped else {
+                return refused;
+            };
+            if let Err(error) = self.ack(offset) {
+                refused.push(error);
+            }
+        }
+    }
+
+    /// `ack`'s common path over `offsets` until one is not a tracked, unfinished offset above
+    /// the watermark; returns that one (not acked) or `None` at the end.
+    #[inline]
+    fn ack_above_watermark(&mut self, offsets: &mut impl Iterator<Item = i64>) -> Option<i64> {
+        let base = self.base;
+        let span = (self.next - base) as u64;
+        if span == 0 {
+            return offsets.next();
+        }
+        let word_mask = self.word_mask;
+        let ring = &mut self.ring[..];
+        let mut acked = 0i64;
+        let mut stopped = None;
+        for offset in offsets.by_ref() {
+            // One unsigned compare: `base < offset < next` (index 0 wraps to the top).
+            let index = offset.wrapping_sub(base) as u64;
+            if index.wrapping_sub(1) >= span - 1 {
+                stopped = Some(offset);
+                break;
+            }
+            let word = ((offset as u64 >> 6) & word_mask) as usize;
+            let mask = 1u64 << (offset as u64 & 63);
+            let bits = ring[word];
+            if bits & mask != 0 {
+                stopped = Some(offset);
+                break;
+            }
+            ring[word] = bits | mask;
+            acked += 1;
+        }
+        if acked > 0 && self.counting() {
+            self.room_end = self.room_end.wrapping_add(acked);
+            self.track_limit = self.counting_limit();
+        }
+        self.debug_check();
+        stopped
+    }
+
     /// Marks a tracked offset finished; advances the watermark if it was the lowest.
     #[inline]
     pub fn ack(&mut self, offset: i64) -> Result<(), AckError> {
@@ -652,6 +727,93 @@ mod tests {
         ));
         t.ack(1).unwrap();
         assert_eq!(t.track(3), Ok(Tracked::New));
+    }
+
+    #[test]
+    fn track_run_takes_what_the_fast_path_admits() {
+        let mut t = PartitionTracker::starting_at(0, limits(10, 1000));
+        assert_eq!(t.track_run(1, 5), 0, "not the next offset");
+        assert_eq!(t.track_run(0, 4), 4);
+        assert_eq!(t.track_run(4, 20), 6, "stops at the in-flight limit");
+        assert_eq!(t.in_flight(), 10);
+        assert!(matches!(t.track(10), Err(TrackError::Full { .. })));
+        assert_eq!(t.ack_all([3, 7]), vec![]);
+        // Room made by acks above the watermark is proven by a count, which `track` makes.
+        assert_eq!(t.track_run(10, 20), 0);
+        assert_eq!(t.track(10), Ok(Tracked::New));
+        assert_eq!(t.track_run(11, 20), 1);
+        assert_eq!(t.next_offset(), Some(12));
+        assert_eq!(t.track_run(12, 0), 0);
+        // Restored metadata pending: every offset must go through `track`.
+        let committed = CommittedOffset {
+            offset: t.commit_point().unwrap_or(0),
+            metadata: Some(t.encode_metadata()),
+        };
+        let (mut r, report) = PartitionTracker::restore(&committed, limits(10, 1000));
+        assert_eq!(report.already_done, 2);
+        assert_eq!(r.track_run(0, 5), 0);
+        assert_eq!(r.track(0), Ok(Tracked::New));
+    }
+
+    #[test]
+    fn ack_all_equals_acks_one_by_one() {
+        // Goal: the batch form changes the state and refuses exactly as single acks do, in
+        // both the count-free and the counting mode. Method: offset 100 stays stuck and gaps
+        // widen the span; each round tracks until full, then acks in one batch (the watermark's
+        // own record, records lingering from earlier rounds, double acks within and across
+        // batches, untracked offsets above and below); states and refusals are compared.
+        for (max_in_flight, max_span) in [(10_000, 100_000), (21, 100_000)] {
+            let mut single = PartitionTracker::starting_at(100, limits(max_in_flight, max_span));
+            let mut batch = single.clone();
+            let (mut next, mut lingering, mut counted) = (100, Vec::new(), false);
+            for round in 0..60 {
+                let first = next;
+                while next < first + 100 {
+                    let tracked = single.track(next);
+                    assert_eq!(batch.track(next), tracked);
+                    if tracked.is_err() {
+                        break;
+                    }
+                    // A gap after every fifth record widens the span (gaps are refused acks).
+                    next += if next % 5 == 0 { 20 } else { 1 };
+                    counted |= single.counting();
+                }
+                // Every third record lingers a round; offset 100 until the last round.
+                let mut acks: Vec<i64> =
+                    (first..next).filter(|o| o % 3 != 0 && *o != 100).collect();
+                acks.reverse();
+                acks.append(&mut lingering);
+                lingering.extend((first..next).filter(|&o| o % 3 == 0));
+                acks.extend([
+                    first + 1,
+                    next - 1,
+                    next,
+                    99,
+                    next + 1000,
+                    i64::MIN,
+                    i64::MAX,
+                ]);
+                if round == 59 {
+                    acks.push(100);
+                }
+                let expected: Vec<AckError> =
+                    acks.iter().filter_map(|&o| single.ack(o).err()).collect();
+                assert!(!expected.is_empty());
+                assert_eq!(
+                    batch.ack_all(acks.iter().copied()),
+                    expected,
+                    "round {round}"
+                );
+                assert_eq!(batch.commit_point(), single.commit_point());
+                assert_eq!(batch.in_flight(), single.in_flight());
+                assert_eq!(batch.encode_metadata(), single.encode_metadata());
+                assert_eq!(batch.track_limit, single.track_limit);
+                assert_eq!(batch.room_end, single.room_end);
+                counted |= single.counting();
+            }
+            assert_eq!(counted, max_in_flight == 21, "counting mode reached");
+            assert!(single.commit_point() > Some(1000));
+        }
     }
 
     #[test]

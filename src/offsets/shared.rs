@@ -53,6 +53,21 @@ impl SharedTracker {
         self.lock().ack(ticket)
     }
 
+    /// See [`Tracker::track_run`].
+    pub fn track_run(
+        &self,
+        partition: PartitionId,
+        first: i64,
+        count: usize,
+    ) -> Result<(u64, usize), TrackError> {
+        self.lock().track_run(partition, first, count)
+    }
+
+    /// See [`Tracker::ack_all`]: one lock for the whole batch.
+    pub fn ack_all(&self, tickets: &[Ticket]) -> Vec<(Ticket, AckError)> {
+        self.lock().ack_all(tickets)
+    }
+
     /// See [`Tracker::snapshot`].
     pub fn snapshot(&self, partition: PartitionId) -> Option<CommitSnapshot> {
         self.lock().snapshot(partition)

@@ -142,6 +142,61 @@ impl Tracker {
         Ok((ticket, tracked))
     }
 
+    /// Tracks the consecutive offsets `first .. first + count` of an assigned partition (its
+    /// records in one poll) as far as [`PartitionTracker::track_run`] admits them. Returns the
+    /// assignment's epoch and how many it tracked, each as [`Tracked::New`]; the caller tracks
+    /// the next offset with [`Tracker::track`].
+    pub fn track_run(
+        &mut self,
+        partition: PartitionId,
+        first: i64,
+        count: usize,
+    ) -> Result<(u64, usize), TrackError> {
+        let owned = self
+            .owned
+            .get_mut(&partition)
+            .ok_or(TrackError::NotAssigned { partition })?;
+        Ok((owned.epoch, owned.tracker.track_run(first, count)))
+    }
+
+    /// Acks each ticket in order, as [`Tracker::ack`] would one by one, and returns the refused
+    /// tickets with their errors, in order (empty, and not allocated, when there are none).
+    /// Each run of tickets of one current assignment goes through
+    /// [`PartitionTracker::ack_all`].
+    pub fn ack_all(&mut self, tickets: &[Ticket]) -> Vec<(Ticket, AckError)> {
+        let mut refused = Vec::new();
+        let mut rest = tickets;
+        while let Some(first) = rest.first().copied() {
+            let run = rest
+                .iter()
+                .take_while(|t| t.partition == first.partition && t.epoch == first.epoch)
+                .count();
+            let (run, tail) = rest.split_at(run);
+            rest = tail;
+            // The literal rule and the planted defect look at every ack: one at a time.
+            let plain = self.rule == CommitRule::Watermark && self.planted.is_none();
+            match self.owned.get_mut(&first.partition) {
+                Some(owned) if plain && owned.epoch == first.epoch => {
+                    let errors = owned.tracker.ack_all(run.iter().map(|t| t.offset));
+                    refused.extend(errors.into_iter().map(|error| {
+                        // A partition tracker's refusals all name their offset.
+                        debug_assert!(error.offset().is_some(), "{error}");
+                        let offset = error.offset().unwrap_or(first.offset);
+                        (Ticket { offset, ..first }, error)
+                    }));
+                }
+                _ => {
+                    for &ticket in run {
+                        if let Err(error) = self.ack(ticket) {
+                            refused.push((ticket, error));
+                        }
+                    }
+                }
+            }
+        }
+        refused
+    }
+
     /// Marks a ticket's offset finished, if its assignment is still current.
     pub fn ack(&mut self, ticket: Ticket) -> Result<(), AckError> {
         let partition = ticket.partition;
@@ -253,6 +308,51 @@ mod tests {
     fn track_on_unassigned_partition_is_refused() {
         let mut t = Tracker::new(Limits::default());
         assert_eq!(t.track(3, 0), Err(TrackError::NotAssigned { partition: 3 }));
+    }
+
+    #[test]
+    fn ack_all_equals_acks_one_by_one() {
+        // Tickets of two partitions, interleaved, with a stale epoch, a double ack and an
+        // unassigned partition in the batch.
+        let batch_for = |t: &mut Tracker| {
+            t.assign(0, None);
+            t.assign(1, None);
+            let mut tickets = Vec::new();
+            for o in 0..6 {
+                tickets.push(t.track(0, o).unwrap().0);
+                tickets.push(t.track(1, o).unwrap().0);
+            }
+            let stale = tickets[0];
+            t.assign(0, None);
+            let fresh: Vec<Ticket> = (0..6).map(|o| t.track(0, o).unwrap().0).collect();
+            let mut batch = vec![stale];
+            batch.extend(fresh.iter().rev().copied());
+            batch.extend(tickets.iter().filter(|k| k.partition == 1).copied());
+            batch.push(tickets[3]);
+            batch.push(Ticket {
+                partition: 7,
+                epoch: 99,
+                offset: 0,
+            });
+            batch
+        };
+        let mut single = Tracker::new(Limits::default());
+        let mut batched = Tracker::new(Limits::default());
+        let tickets = batch_for(&mut single);
+        assert_eq!(batch_for(&mut batched), tickets);
+        let expected: Vec<(Ticket, AckError)> = tickets
+            .iter()
+            .filter_map(|&k| single.ack(k).err().map(|e| (k, e)))
+            .collect();
+        assert_eq!(expected.len(), 3, "{expected:?}");
+        assert_eq!(batched.ack_all(&tickets), expected);
+        assert_eq!(batched.snapshots(), single.snapshots());
+        assert_eq!(batched.snapshot(0).unwrap().offset, 6);
+        assert_eq!(batched.track_run(1, 6, 3), Ok((2, 3)));
+        assert_eq!(
+            batched.track_run(4, 0, 3),
+            Err(TrackError::NotAssigned { partition: 4 })
+        );
     }
 
     #[test]
