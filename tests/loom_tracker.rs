@@ -145,6 +145,40 @@ fn ack_racing_with_revoke_is_fenced() {
     });
 }
 
+/// Goal: a worker's batch of acks (one lock) racing with revoke lands whole before the
+/// revoke, and is then in its final snapshot, or is refused whole as stale; either way the new
+/// owner's watermark does not move.
+#[test]
+fn batch_ack_racing_with_revoke_lands_whole_or_not_at_all() {
+    loom::model(|| {
+        let (shared, tickets) = tracker_with(0..3, None);
+        let worker = {
+            let (shared, batch) = (shared.clone(), vec![tickets[2], tickets[0]]);
+            thread::spawn(move || shared.ack_all(&batch))
+        };
+        let last = shared.revoke(PARTITION).unwrap();
+        let committed = CommittedOffset {
+            offset: last.offset,
+            metadata: Some(last.metadata.clone()),
+        };
+        shared.assign(PARTITION, Some(&committed));
+        let refused = worker.join().unwrap();
+        match refused.len() {
+            0 => assert_eq!(claimed(&last, 0, 3), vec![0, 2], "{last:?}"),
+            2 => {
+                assert_eq!(claimed(&last, 0, 3), Vec::<i64>::new(), "{last:?}");
+                assert!(refused
+                    .iter()
+                    .all(|(_, error)| matches!(error, AckError::StaleEpoch { .. })));
+            }
+            _ => panic!("a batch split by the revoke: {refused:?}"),
+        }
+        // I3: the new owner tracks from the committed offset; nothing of it is finished.
+        assert_eq!(shared.snapshot(PARTITION).unwrap().offset, committed.offset);
+        assert_eq!(shared.in_flight(PARTITION), 0);
+    });
+}
+
 /// Goal: two concurrent ackers lose no ack and end at the right watermark.
 #[test]
 fn two_concurrent_ackers() {

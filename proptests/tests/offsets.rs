@@ -287,6 +287,22 @@ proptest! {
         }
     }
 
+    /// Goal: the batch forms the pipeline uses (`track_run`, `ack_all`) leave the same state
+    /// and give the same answers as `track` and `ack` one record at a time, through polls with
+    /// gaps, back-pressure, acks in random order with double and untracked acks, and restores.
+    #[test]
+    fn batch_forms_match_single_calls(
+        ops in prop::collection::vec(batch_op(), 1..120),
+        max_in_flight in 1usize..40,
+        max_span in 1u64..600,
+    ) {
+        let limits = Limits { max_in_flight, max_span, metadata_budget_bytes: 4096 };
+        let mut pair = BatchPair::new(limits);
+        for op in &ops {
+            pair.apply(op);
+        }
+    }
+
     /// Goal: metadata round-trips any finished set exactly (up to trailing unfinished offsets).
     #[test]
     fn metadata_round_trips(
@@ -381,4 +397,145 @@ fn check_round_trip(set: &FinishedSet) {
         text.len(),
         bitset_text
     );
+}
+
+#[derive(Clone, Debug)]
+enum BatchOp {
+    /// A poll of `count` consecutive offsets after a gap of `gap`.
+    Poll { gap: u8, count: u8 },
+    /// One batch of acks: picks among the in-flight offsets (removed), plus `extra` offsets
+    /// that must be refused (acked already, below the first, above the highest tracked).
+    Acks { picks: Vec<usize>, extra: Vec<i8> },
+    /// Restore both from the committed offset and metadata (a restart).
+    Restore,
+}
+
+fn batch_op() -> impl Strategy<Value = BatchOp> {
+    prop_oneof![
+        4 => (prop_oneof![6 => Just(0u8), 1 => 1u8..40], 1u8..60)
+            .prop_map(|(gap, count)| BatchOp::Poll { gap, count }),
+        4 => (
+            prop::collection::vec(any::<usize>(), 0..40),
+            prop::collection::vec(any::<i8>(), 0..3),
+        )
+            .prop_map(|(picks, extra)| BatchOp::Acks { picks, extra }),
+        1 => Just(BatchOp::Restore),
+    ]
+}
+
+/// Two trackers fed the same records: one a call per record, one through the batch forms.
+struct BatchPair {
+    limits: Limits,
+    single: PartitionTracker,
+    batch: PartitionTracker,
+    /// The next offset to poll, and the offsets of a poll the tracker refused (held back).
+    next: i64,
+    held: Vec<i64>,
+    in_flight: Vec<i64>,
+    acked: Vec<i64>,
+}
+
+impl BatchPair {
+    fn new(limits: Limits) -> Self {
+        BatchPair {
+            limits,
+            single: PartitionTracker::starting_at(0, limits),
+            batch: PartitionTracker::starting_at(0, limits),
+            next: 0,
+            held: Vec::new(),
+            in_flight: Vec::new(),
+            acked: Vec::new(),
+        }
+    }
+
+    fn apply(&mut self, op: &BatchOp) {
+        match op {
+            BatchOp::Poll { gap, count } => {
+                if self.held.is_empty() {
+                    let first = self.next + i64::from(*gap);
+                    self.held.extend(first..first + i64::from(*count));
+                    self.next = first + i64::from(*count);
+                }
+                self.poll();
+            }
+            BatchOp::Acks { picks, extra } => {
+                let mut offsets = Vec::new();
+                for &pick in picks {
+                    if !self.in_flight.is_empty() {
+                        offsets.push(self.in_flight.swap_remove(pick % self.in_flight.len()));
+                    }
+                }
+                let picked = offsets.len();
+                for &e in extra {
+                    offsets.push(match self.acked.len() {
+                        n if n > 0 && e >= 0 => self.acked[e as usize % n],
+                        _ if e >= 0 => self.next + i64::from(e),
+                        _ => i64::from(e), // below the first offset, 0
+                    });
+                }
+                let expected: Vec<AckError> = offsets
+                    .iter()
+                    .filter_map(|&o| self.single.ack(o).err())
+                    .collect();
+                let refused = self.batch.ack_all(offsets.iter().copied());
+                assert_eq!(refused, expected, "refusals of {offsets:?}");
+                assert_eq!(
+                    refused.len(),
+                    offsets.len() - picked,
+                    "only the extras refused"
+                );
+                self.acked.extend(&offsets[..picked]);
+            }
+            BatchOp::Restore => {
+                let committed = CommittedOffset {
+                    offset: self.single.commit_point().unwrap_or(0),
+                    metadata: Some(self.single.encode_metadata()),
+                };
+                self.single = PartitionTracker::restore(&committed, self.limits).0;
+                self.batch = PartitionTracker::restore(&committed, self.limits).0;
+                // Re-read from the committed offset; redone records are polled again.
+                self.next = committed.offset;
+                self.held.clear();
+                self.in_flight.clear();
+            }
+        }
+        assert_eq!(self.batch.commit_point(), self.single.commit_point());
+        assert_eq!(self.batch.next_offset(), self.single.next_offset());
+        assert_eq!(self.batch.in_flight(), self.single.in_flight());
+        assert_eq!(self.batch.in_flight(), self.in_flight.len());
+        assert_eq!(self.batch.encode_metadata(), self.single.encode_metadata());
+    }
+
+    /// Tracks the held poll as the pipeline's poll loop does: `track_run` for the run, then
+    /// `track` for the record it stopped at; stops at back-pressure.
+    fn poll(&mut self) {
+        let mut position = 0;
+        while position < self.held.len() {
+            let offset = self.held[position];
+            let run = self.held.len() - position;
+            let tracked = self.batch.track_run(offset, run);
+            for &offset in &self.held[position..position + tracked] {
+                assert_eq!(
+                    self.single.track(offset),
+                    Ok(Tracked::New),
+                    "run at {offset}"
+                );
+                self.in_flight.push(offset);
+            }
+            position += tracked;
+            let Some(&offset) = self.held.get(position) else {
+                break;
+            };
+            let answer = self.single.track(offset);
+            assert_eq!(self.batch.track(offset), answer, "after a run, at {offset}");
+            match answer {
+                Ok(Tracked::New) => self.in_flight.push(offset),
+                Ok(Tracked::AlreadyDone) => {}
+                Err(TrackError::Full { .. }) => break,
+                Err(other) => panic!("unexpected {other}"),
+            }
+            position += 1;
+        }
+        self.held.drain(..position);
+    }
 }

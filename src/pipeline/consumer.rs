@@ -12,7 +12,7 @@ use super::retry::Backoff;
 use super::worker::{Job, Services, WorkerContext};
 use crate::event::OrderEvent;
 use crate::idempotency::protocol::ProtocolConfig;
-use crate::offsets::{CommitSnapshot, SharedTracker, TrackError, Tracked, Tracker};
+use crate::offsets::{CommitSnapshot, SharedTracker, Ticket, TrackError, Tracked, Tracker};
 use crate::partition::murmur2;
 use crate::planted::PlantedBug;
 use crate::ports::{
@@ -209,12 +209,47 @@ where
             self.commit_polled(&records).await;
         }
         self.services.probe.at(FaultPoint::AfterPoll).await;
-        for record in records {
+        let mut records = records.into_iter();
+        // Records of the current run that `track_run` already tracked, and their epoch.
+        let (mut run_tracked, mut run_epoch) = (0usize, 0u64);
+        while let Some(record) = records.next() {
             let state = self.partitions.entry(record.partition).or_default();
             state.polled = Some(state.polled.map_or(record.offset, |p| p.max(record.offset)));
+            if run_tracked > 0 {
+                run_tracked -= 1;
+                let ticket = Ticket {
+                    partition: record.partition,
+                    epoch: run_epoch,
+                    offset: record.offset,
+                };
+                self.send(ticket, record);
+                continue;
+            }
             if !state.held.is_empty() {
                 // Keep poll order: nothing overtakes a held record of its partition.
                 state.held.push_back(record);
+                continue;
+            }
+            // This record and the consecutive offsets of its partition that follow it in the
+            // poll: tracked with one call (one lock) as far as the tracker admits them.
+            let run = 1 + records
+                .as_slice()
+                .iter()
+                .zip(record.offset.saturating_add(1)..)
+                .take_while(|(next, offset)| {
+                    next.partition == record.partition && next.offset == *offset
+                })
+                .count();
+            if let Ok((epoch, tracked @ 1..)) =
+                self.tracker.track_run(record.partition, record.offset, run)
+            {
+                (run_tracked, run_epoch) = (tracked - 1, epoch);
+                let ticket = Ticket {
+                    partition: record.partition,
+                    epoch,
+                    offset: record.offset,
+                };
+                self.send(ticket, record);
                 continue;
             }
             if let Some(record) = self.track_and_send(record) {
@@ -227,27 +262,7 @@ where
     fn track_and_send(&mut self, record: Record) -> Option<Record> {
         match self.tracker.track(record.partition, record.offset) {
             Ok((ticket, Tracked::New)) => {
-                let decoded = OrderEvent::decode(&record.payload);
-                let route = match &record.key {
-                    Some(key) => murmur2(key) as u32 as usize,
-                    None => record.partition as u32 as usize,
-                };
-                if let Some(state) = self.partitions.get_mut(&record.partition) {
-                    state
-                        .dispatched
-                        .push_back((record.offset, record.key.clone()));
-                }
-                let worker = &self.workers[route % self.workers.len()];
-                if worker
-                    .send(Job {
-                        ticket,
-                        record,
-                        decoded,
-                    })
-                    .is_err()
-                {
-                    tracing::error!("a worker stopped; its records will be redelivered");
-                }
+                self.send(ticket, record);
                 None
             }
             Ok((_, Tracked::AlreadyDone)) => None,
@@ -258,6 +273,31 @@ where
                 tracing::debug!(%error, partition = record.partition, offset = record.offset, "record skipped");
                 None
             }
+        }
+    }
+
+    /// Hands a tracked record to its worker (by key, so one order's events stay in order).
+    fn send(&mut self, ticket: Ticket, record: Record) {
+        let decoded = OrderEvent::decode(&record.payload);
+        let route = match &record.key {
+            Some(key) => murmur2(key) as u32 as usize,
+            None => record.partition as u32 as usize,
+        };
+        if let Some(state) = self.partitions.get_mut(&record.partition) {
+            state
+                .dispatched
+                .push_back((record.offset, record.key.clone()));
+        }
+        let worker = &self.workers[route % self.workers.len()];
+        if worker
+            .send(Job {
+                ticket,
+                record,
+                decoded,
+            })
+            .is_err()
+        {
+            tracing::error!("a worker stopped; its records will be redelivered");
         }
     }
 

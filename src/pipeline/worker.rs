@@ -249,20 +249,25 @@ where
         }
     }
 
-    /// Acks finished offsets. The `MidBatch` fault point sits between the two halves, so the
-    /// simulator can crash a worker with part of a batch acked.
+    /// Acks finished offsets, each half of the batch under one lock. The `MidBatch` fault
+    /// point sits between the two halves, so the simulator can crash a worker with part of a
+    /// batch acked.
     async fn ack_all(&self, finished: &[Ticket]) {
-        let middle = finished.len() / 2;
-        for (position, ticket) in finished.iter().enumerate() {
-            if position == middle && middle > 0 {
-                self.services.probe.at(FaultPoint::MidBatch).await;
-            }
-            match self.tracker.ack(*ticket) {
-                Ok(()) => {}
-                Err(AckError::StaleEpoch { .. }) => {
+        let (first, second) = finished.split_at(finished.len() / 2);
+        self.ack_half(first);
+        if !first.is_empty() {
+            self.services.probe.at(FaultPoint::MidBatch).await;
+        }
+        self.ack_half(second);
+    }
+
+    fn ack_half(&self, finished: &[Ticket]) {
+        for (ticket, error) in self.tracker.ack_all(finished) {
+            match error {
+                AckError::StaleEpoch { .. } => {
                     // Revoked while we worked: the new owner's watermark is not ours to move.
                 }
-                Err(error) => {
+                error => {
                     tracing::error!(%error, ?ticket, "ack refused");
                     debug_assert!(false, "ack of a dispatched ticket refused: {error}");
                 }
