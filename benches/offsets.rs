@@ -45,19 +45,21 @@ const POLL: usize = 500;
 /// pipeline's `batch_size`) in two halves.
 const ACK_BATCH: usize = 250;
 
-/// Tracks offsets `base + first ..` for `count` records the way the poll loop does: one
-/// `track_run` per poll of `POLL` records, `track` for any the run did not take. Returns
-/// the number refused.
+/// Tracks offsets `base + first ..` for `count` records the way the poll loop does: polls
+/// of `POLL` records, each a `track_run`, and where a run stops, `track` for that record
+/// and a new run from the next. Returns the number refused.
 fn track_all(ring: &mut PartitionTracker, base: i64, first: usize, count: usize) -> usize {
     let mut refused = 0;
     let mut offset = base + first as i64;
     let end = offset + count as i64;
     while offset < end {
         let poll_end = end.min(offset + POLL as i64);
-        offset += ring.track_run(offset, (poll_end - offset) as usize) as i64;
         while offset < poll_end {
-            refused += usize::from(ring.track(offset).is_err());
-            offset += 1;
+            offset += ring.track_run(offset, (poll_end - offset) as usize) as i64;
+            if offset < poll_end {
+                refused += usize::from(ring.track(offset).is_err());
+                offset += 1;
+            }
         }
     }
     refused

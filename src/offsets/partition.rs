@@ -273,9 +273,8 @@ impl PartitionTracker {
             ring[word] = bits | mask;
             acked += 1;
         }
-        if acked > 0 && self.counting() {
-            self.room_end = self.room_end.wrapping_add(acked);
-            self.track_limit = self.counting_limit();
+        if acked > 0 {
+            self.raise_limit_by_acks(acked);
         }
         self.debug_check();
         stopped
@@ -478,6 +477,22 @@ impl PartitionTracker {
         }
     }
 
+    /// After `acked` records in flight were acked above the watermark, raises `track_limit`
+    /// by as many: each made room for one more track (`debug_check` states the invariant
+    /// that makes this sound), and only the span's bound, which acks above the watermark do
+    /// not move, still caps it. Once per batch: single acks leave the limit alone unless the
+    /// tracker is counting, because a field written by every ack slows every ack.
+    fn raise_limit_by_acks(&mut self, acked: i64) {
+        if self.counting() {
+            self.room_end = self.room_end.wrapping_add(acked);
+            self.track_limit = self.counting_limit();
+        } else if self.track_limit != i64::MIN && self.track_limit >= self.next {
+            let span_end = self.base.saturating_add(self.limits.max_span as i64);
+            let raised = self.track_limit.saturating_add(acked).min(span_end);
+            self.track_limit = self.track_limit.max(raised);
+        }
+    }
+
     /// Raises `track_limit` to what the span alone proves ([`Self::limit_by_span`]); while
     /// counting, stops counting once that admits `next`. True if `next` is then admitted
     /// without a count.
@@ -599,6 +614,21 @@ impl PartitionTracker {
                 "span_end not moved with the watermark"
             );
             debug_assert!(self.known && self.restored.is_none());
+        }
+        if self.track_limit >= self.next {
+            // Every offset below the limit may be tracked without a check: the count stays
+            // within its limit (tracking up to `track_limit` adds `track_limit - next`) and
+            // the span within its own. Acks keep this true (fewer in flight, `base` higher).
+            let admitted = in_flight as i128 + (self.track_limit as i128 - self.next as i128);
+            debug_assert!(
+                admitted <= self.limits.max_in_flight as i128,
+                "limit admits too many"
+            );
+            let span_end = self.base as i128 + self.limits.max_span as i128;
+            debug_assert!(
+                self.track_limit as i128 <= span_end,
+                "limit passes the span"
+            );
         }
         if self.next < self.track_limit {
             // The fast path may track `next` now: both limits must hold after it.
@@ -738,19 +768,21 @@ mod tests {
         assert_eq!(t.in_flight(), 10);
         assert!(matches!(t.track(10), Err(TrackError::Full { .. })));
         assert_eq!(t.ack_all([3, 7]), vec![]);
-        // Room made by acks above the watermark is proven by a count, which `track` makes.
-        assert_eq!(t.track_run(10, 20), 0);
-        assert_eq!(t.track(10), Ok(Tracked::New));
-        assert_eq!(t.track_run(11, 20), 1);
-        assert_eq!(t.next_offset(), Some(12));
-        assert_eq!(t.track_run(12, 0), 0);
+        // A batch of acks makes room for as many tracks; single acks above the watermark
+        // leave it to a count, which `track` makes.
+        assert_eq!(t.track_run(10, 20), 2);
+        t.ack(5).unwrap();
+        assert_eq!(t.track_run(12, 20), 0);
+        assert_eq!(t.track(12), Ok(Tracked::New));
+        assert_eq!(t.next_offset(), Some(13));
+        assert_eq!(t.track_run(13, 0), 0);
         // Restored metadata pending: every offset must go through `track`.
         let committed = CommittedOffset {
             offset: t.commit_point().unwrap_or(0),
             metadata: Some(t.encode_metadata()),
         };
         let (mut r, report) = PartitionTracker::restore(&committed, limits(10, 1000));
-        assert_eq!(report.already_done, 2);
+        assert_eq!(report.already_done, 3);
         assert_eq!(r.track_run(0, 5), 0);
         assert_eq!(r.track(0), Ok(Tracked::New));
     }
@@ -807,8 +839,13 @@ mod tests {
                 assert_eq!(batch.commit_point(), single.commit_point());
                 assert_eq!(batch.in_flight(), single.in_flight());
                 assert_eq!(batch.encode_metadata(), single.encode_metadata());
-                assert_eq!(batch.track_limit, single.track_limit);
                 assert_eq!(batch.room_end, single.room_end);
+                if single.counting() {
+                    assert_eq!(batch.track_limit, single.track_limit);
+                } else {
+                    // A batch raises the limit by the records it acked; single acks do not.
+                    assert!(batch.track_limit >= single.track_limit);
+                }
                 counted |= single.counting();
             }
             assert_eq!(counted, max_in_flight == 21, "counting mode reached");
