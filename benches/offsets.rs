@@ -15,6 +15,11 @@
 //! list of offsets relative to the iteration's first, so both trackers run the same sequence
 //! and the timed loop does no bookkeeping of its own.
 //!
+//! The ring runs each sequence twice: a `track` and an `ack` call per record, and through the
+//! batch forms the pipeline calls (`track_run` per poll, `ack_all` per half batch; see
+//! `POLL` and `ACK_BATCH`). The sorted set has no cheaper batch form (every record is a tree
+//! node and a map entry), so it runs per record.
+//!
 //! Inputs are opaque to the compiler without `black_box` on every call: the offsets tracked
 //! come from a slice (as a poll's records would), the offsets acked from the precomputed
 //! order. `black_box` on every argument (the method until 2026-11-26) sent each offset
