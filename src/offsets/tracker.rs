@@ -164,6 +164,8 @@ impl Tracker {
     /// Each run of tickets of one current assignment goes through
     /// [`PartitionTracker::ack_all`].
     pub fn ack_all(&mut self, tickets: &[Ticket]) -> Vec<(Ticket, AckError)> {
+        // The literal rule and the planted defect look at every ack: one at a time.
+        let plain = self.rule == CommitRule::Watermark && self.planted.is_none();
         let mut refused = Vec::new();
         let mut rest = tickets;
         while let Some(first) = rest.first().copied() {
@@ -173,8 +175,6 @@ impl Tracker {
                 .count();
             let (run, tail) = rest.split_at(run);
             rest = tail;
-            // The literal rule and the planted defect look at every ack: one at a time.
-            let plain = self.rule == CommitRule::Watermark && self.planted.is_none();
             match self.owned.get_mut(&first.partition) {
                 Some(owned) if plain && owned.epoch == first.epoch => {
                     let errors = owned.tracker.ack_all(run.iter().map(|t| t.offset));
