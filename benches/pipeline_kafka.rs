@@ -34,7 +34,7 @@ use holdfast::adapters::kafka::{
     create_topic, read_topic, KafkaGroupOffsets, KafkaLog, KafkaPublisher, KafkaSettings,
 };
 use holdfast::adapters::{PostgresStore, RedisCache};
-use holdfast::pipeline::{Consumer, ConsumerConfig, Metrics, Services, ShutdownTrigger};
+use holdfast::pipeline::{Consumer, ConsumerConfig, Metrics, Services};
 use holdfast::ports::{
     EventLog, GroupOffsets, NoProbe, OffsetCommit, OutboundMessage, PartitionId,
 };
@@ -330,18 +330,16 @@ async fn run_batched(
         KafkaLog::connect(&topic.settings, &group, &topic.name).expect("consumer"),
         ledger,
     );
-    let consumer = Consumer::new(
+    let running = Consumer::new(
         consumer_config(&topic.dead_letters),
         log,
         services,
         Arc::clone(&metrics),
     )
-    .expect("consumer");
-    let (trigger, shutdown) = ShutdownTrigger::new();
-    let task = tokio::spawn(consumer.run(shutdown));
+    .expect("consumer")
+    .spawn();
     let timing = time_run(topic, &group, || metrics.polled.get()).await;
-    trigger.trigger();
-    let summary = task.await.expect("consumer task");
+    let summary = running.stop().await.expect("consumer task");
     let stats = BatchedStats {
         polled: summary.polled,
         commits: summary.commits,

@@ -14,7 +14,7 @@ mod common;
 use common::{check, env, per_message, reset};
 use holdfast::adapters::{PostgresStore, RedisCache};
 use holdfast::memlog::MemoryBroker;
-use holdfast::pipeline::{Consumer, ConsumerConfig, Metrics, Services, ShutdownTrigger};
+use holdfast::pipeline::{Consumer, ConsumerConfig, Metrics, Services};
 use holdfast::ports::NoProbe;
 use holdfast::verify::GroundTruth;
 use holdfast::workload::{Workload, WorkloadConfig};
@@ -51,22 +51,20 @@ async fn batched(broker: &MemoryBroker, cache: RedisCache, store: PostgresStore)
         poll_timeout: Duration::from_millis(5),
         ..ConsumerConfig::default()
     };
-    let consumer = Consumer::new(
+    let running = Consumer::new(
         config,
         broker.consumer(TOPIC, "batched"),
         services,
         Arc::new(Metrics::new()),
     )
-    .expect("consumer");
-    let (trigger, shutdown) = ShutdownTrigger::new();
-    let task = tokio::spawn(consumer.run(shutdown));
+    .expect("consumer")
+    .spawn();
     broker
         .wait_caught_up(TOPIC, "batched", Duration::from_millis(1), CATCH_UP)
         .await
         .expect("the batched consumer");
     let elapsed = started.elapsed();
-    trigger.trigger();
-    task.await.expect("consumer task");
+    running.stop().await.expect("consumer task");
     elapsed
 }
 

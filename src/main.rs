@@ -11,7 +11,7 @@ mod cli;
 
 use holdfast::idempotency::memory::{MemoryCache, MemoryStore};
 use holdfast::memlog::MemoryBroker;
-use holdfast::pipeline::{Consumer, ConsumerConfig, Metrics, Services, ShutdownTrigger};
+use holdfast::pipeline::{Consumer, ConsumerConfig, Metrics, Services};
 use holdfast::ports::NoProbe;
 use holdfast::verify::{verify, StoreView};
 use holdfast::workload::{Workload, WorkloadConfig};
@@ -209,19 +209,15 @@ async fn run_demo(options: Options) -> Result<ExitCode, String> {
     };
     // Crash cycles: each incarnation is killed after a few milliseconds, mid-flight.
     for cycle in 0..options.crashes {
-        let consumer = start(ConsumerConfig {
+        let running = start(ConsumerConfig {
             jitter_seed: u64::from(cycle),
             ..config.clone()
-        })?;
-        let (_trigger, shutdown) = ShutdownTrigger::new();
-        let task = tokio::spawn(consumer.run(shutdown));
+        })?
+        .spawn();
         tokio::time::sleep(Duration::from_millis(2)).await;
-        task.abort();
-        let _ = task.await;
+        running.abort().await;
     }
-    let consumer = start(config)?;
-    let (trigger, shutdown) = ShutdownTrigger::new();
-    let task = tokio::spawn(consumer.run(shutdown));
+    let running = start(config)?.spawn();
     // Generous: the embedded pipeline applies tens of thousands of events a second; a stuck
     // run ends with an error that says how far the group got instead of hanging.
     let limit =
@@ -229,8 +225,9 @@ async fn run_demo(options: Options) -> Result<ExitCode, String> {
     broker
         .wait_caught_up(TOPIC, GROUP, Duration::from_millis(5), limit)
         .await?;
-    trigger.trigger();
-    task.await
+    running
+        .stop()
+        .await
         .map_err(|error| format!("consumer task failed: {error}"))?;
     let view = StoreView {
         applications: store.applications(),

@@ -7,7 +7,8 @@ use holdfast::idempotency::memory::{MemoryCache, MemoryStore};
 use holdfast::idempotency::IdempotencyKey;
 use holdfast::memlog::MemoryBroker;
 use holdfast::pipeline::{
-    Compensator, CompensatorConfig, Consumer, ConsumerConfig, Metrics, Services, ShutdownTrigger,
+    Compensator, CompensatorConfig, Consumer, ConsumerConfig, Metrics, RunningConsumer, Services,
+    ShutdownTrigger,
 };
 use holdfast::planted::PlantedBug;
 use holdfast::ports::{FaultPoint, Probe};
@@ -65,17 +66,13 @@ fn config() -> ConsumerConfig {
     }
 }
 
-/// Starts a consumer; returns its trigger and task.
+/// Starts a consumer; returns it and its metrics.
 fn start(
     broker: &MemoryBroker,
     cache: &MemoryCache,
     store: &MemoryStore,
     config: ConsumerConfig,
-) -> (
-    ShutdownTrigger,
-    tokio::task::JoinHandle<holdfast::pipeline::RunSummary>,
-    Arc<Metrics>,
-) {
+) -> (RunningConsumer, Arc<Metrics>) {
     start_probed(broker, cache, store, config, CrashProbe::default())
 }
 
@@ -85,11 +82,7 @@ fn start_probed(
     store: &MemoryStore,
     config: ConsumerConfig,
     probe: CrashProbe,
-) -> (
-    ShutdownTrigger,
-    tokio::task::JoinHandle<holdfast::pipeline::RunSummary>,
-    Arc<Metrics>,
-) {
+) -> (RunningConsumer, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());
     let services = Services {
         cache: cache.clone(),
@@ -104,8 +97,7 @@ fn start_probed(
         Arc::clone(&metrics),
     )
     .unwrap();
-    let (trigger, shutdown) = ShutdownTrigger::new();
-    (trigger, tokio::spawn(consumer.run(shutdown)), metrics)
+    (consumer.spawn(), metrics)
 }
 
 /// Waits until the group committed the end of every partition.
@@ -134,10 +126,9 @@ async fn exactly_once_effect_with_duplicates_disorder_and_malformed_input() {
     };
     let (truth, malformed) = publish(&broker, &workload).await;
     let (cache, store) = (MemoryCache::new(), MemoryStore::new());
-    let (trigger, task, metrics) = start(&broker, &cache, &store, config());
+    let (running, metrics) = start(&broker, &cache, &store, config());
     wait_caught_up(&broker).await;
-    trigger.trigger();
-    task.await.unwrap();
+    running.stop().await.unwrap();
     let report = check(&truth, &store);
     assert!(report.passed(), "{report}");
     assert!(malformed > 0);
@@ -179,15 +170,14 @@ async fn crash_cycles(planted: Option<PlantedBug>) -> holdfast::verify::VerifyRe
         };
         config.limits.max_in_flight = 21;
         config.limits.max_span = 64;
-        let (_trigger, task, _) = start_probed(&broker, &cache, &store, config, probe);
+        let (running, _) = start_probed(&broker, &cache, &store, config, probe);
         let reached = tokio::time::timeout(Duration::from_millis(500), crashed.notified())
             .await
             .is_ok();
         if reached {
             crashes += 1;
         }
-        task.abort();
-        let _ = task.await;
+        running.abort().await;
         if round % 5 == 4 {
             cache.clear(); // Redis restarted without persistence.
         }
@@ -196,7 +186,7 @@ async fn crash_cycles(planted: Option<PlantedBug>) -> holdfast::verify::VerifyRe
         crashes >= 15,
         "only {crashes} of 20 rounds reached their fault point"
     );
-    let (trigger, task, _) = start(
+    let (running, _) = start(
         &broker,
         &cache,
         &store,
@@ -206,8 +196,7 @@ async fn crash_cycles(planted: Option<PlantedBug>) -> holdfast::verify::VerifyRe
         },
     );
     wait_caught_up(&broker).await;
-    trigger.trigger();
-    task.await.unwrap();
+    running.stop().await.unwrap();
     check(&truth, &store)
 }
 
@@ -239,7 +228,7 @@ async fn cache_outage_degrades_to_store_dedup_and_store_outage_waits() {
     let (cache, store) = (MemoryCache::new(), MemoryStore::new());
     cache.set_failing(true);
     store.set_failing(true);
-    let (trigger, task, metrics) = start(&broker, &cache, &store, config());
+    let (running, metrics) = start(&broker, &cache, &store, config());
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(metrics.applied.get(), 0);
     assert!(
@@ -248,8 +237,7 @@ async fn cache_outage_degrades_to_store_dedup_and_store_outage_waits() {
     );
     store.set_failing(false);
     wait_caught_up(&broker).await;
-    trigger.trigger();
-    task.await.unwrap();
+    running.stop().await.unwrap();
     assert_eq!(
         metrics.dead_letters.get(),
         0,
@@ -272,10 +260,9 @@ async fn compensator_resends_an_effect_missing_after_the_main_group_passed_it() 
     };
     let (truth, _) = publish(&broker, &workload).await;
     let (cache, store) = (MemoryCache::new(), MemoryStore::new());
-    let (trigger, task, _) = start(&broker, &cache, &store, config());
+    let (running, _) = start(&broker, &cache, &store, config());
     wait_caught_up(&broker).await;
-    trigger.trigger();
-    task.await.unwrap();
+    running.stop().await.unwrap();
     // Lose one applied effect behind the pipeline's back, as a bug or a restore would.
     let victim = OrderEvent::decode(&broker.records(TOPIC)[0].payload).unwrap();
     let lost = IdempotencyKey::of(&victim);
@@ -305,15 +292,14 @@ async fn compensator_resends_an_effect_missing_after_the_main_group_passed_it() 
     let (stop_compensator, compensator_shutdown) = ShutdownTrigger::new();
     let compensator_task = tokio::spawn(compensator.run(compensator_shutdown));
     // The main group picks up the re-send.
-    let (trigger, task, _) = start(&broker, &MemoryCache::new(), &damaged, config());
+    let (running, _) = start(&broker, &MemoryCache::new(), &damaged, config());
     for _ in 0..2000 {
         if check(&truth, &damaged).passed() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    trigger.trigger();
-    task.await.unwrap();
+    running.stop().await.unwrap();
     stop_compensator.trigger();
     let report = compensator_task.await.unwrap();
     assert!(report.resent >= 1, "{report:?}");

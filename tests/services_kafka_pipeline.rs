@@ -16,10 +16,8 @@ use holdfast::adapters::{PostgresStore, RedisCache};
 use holdfast::pipeline::dead_letter::{
     header, HEADER_ERROR, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION,
 };
-use holdfast::pipeline::{
-    Consumer, ConsumerConfig, Metrics, RunSummary, Services, ShutdownTrigger,
-};
-use holdfast::ports::{Delivery, NoProbe, OutboundMessage, PartitionId};
+use holdfast::pipeline::{Consumer, ConsumerConfig, Metrics, RunningConsumer, Services};
+use holdfast::ports::{Delivery, NoProbe, OutboundMessage, PartitionId, Record};
 use holdfast::verify::{verify, GroundTruth, StoreView, VerifyReport};
 use holdfast::workload::{Workload, WorkloadConfig};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -103,6 +101,34 @@ impl Fixture {
     }
 }
 
+impl Fixture {
+    /// Starts a consumer of the fixture's topic in `group` on its Redis and PostgreSQL.
+    fn start(&self, group: &str, seed: u64) -> Running {
+        start(&self.topics, group, &self.cache, &self.store, seed)
+    }
+
+    /// Waits until `group` committed the end of every partition.
+    async fn wait_caught_up(&self, group: &str) {
+        wait_caught_up(&self.topics, group, &self.ends, CATCH_UP).await;
+    }
+
+    /// Verifies the database against the workload's truth.
+    async fn check(&self) -> VerifyReport {
+        check(&self.truth, &self.store).await
+    }
+
+    /// Everything on the dead-letter topic.
+    async fn dead_letters(&self) -> Vec<Record> {
+        read_topic(
+            &self.topics.settings,
+            &self.topics.dead_letters,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap()
+    }
+}
+
 fn config(topics: &Topics, seed: u64) -> ConsumerConfig {
     ConsumerConfig {
         batch_size: 500,
@@ -118,9 +144,20 @@ fn config(topics: &Topics, seed: u64) -> ConsumerConfig {
 }
 
 struct Running {
-    trigger: ShutdownTrigger,
-    task: tokio::task::JoinHandle<RunSummary>,
+    consumer: RunningConsumer,
     metrics: Arc<Metrics>,
+}
+
+impl Running {
+    /// Waits until this consumer applied `at_least` events; fails with `what` after two
+    /// minutes.
+    async fn wait_applied(&self, at_least: u64, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.metrics.applied.get() < at_least {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
 }
 
 fn start(
@@ -140,10 +177,8 @@ fn start(
     let log = KafkaLog::connect(&topics.settings, group, &topics.topic).unwrap();
     let consumer =
         Consumer::new(config(topics, seed), log, services, Arc::clone(&metrics)).unwrap();
-    let (trigger, shutdown) = ShutdownTrigger::new();
     Running {
-        trigger,
-        task: tokio::spawn(consumer.run(shutdown)),
+        consumer: consumer.spawn(),
         metrics,
     }
 }
@@ -174,35 +209,20 @@ fn workload(seed: u64) -> WorkloadConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_for_ten_thousand_events_on_the_real_services() {
     let _exclusive = SERVICES.lock().await;
-    let Fixture {
-        cache,
-        store,
-        topics,
-        truth,
-        ends,
-        valid,
-        malformed,
-        distinct,
-    } = Fixture::new("pipeline", 31).await;
+    let fixture = Fixture::new("pipeline", 31).await;
+    let (valid, malformed, distinct) = (fixture.valid, fixture.malformed, fixture.distinct);
 
     let started = Instant::now();
     let group = unique("group");
-    let running = start(&topics, &group, &cache, &store, 1);
-    wait_caught_up(&topics, &group, &ends, CATCH_UP).await;
+    let running = fixture.start(&group, 1);
+    fixture.wait_caught_up(&group).await;
     let elapsed = started.elapsed();
-    running.trigger.trigger();
-    let summary = running.task.await.unwrap();
-    let report = check(&truth, &store).await;
+    let summary = running.consumer.stop().await.unwrap();
+    let report = fixture.check().await;
     assert!(report.passed(), "{report}");
     assert_eq!(running.metrics.applied.get(), distinct);
     assert_eq!(running.metrics.dead_letters.get(), malformed as u64);
-    let letters = read_topic(
-        &topics.settings,
-        &topics.dead_letters,
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
+    let letters = fixture.dead_letters().await;
     assert_eq!(letters.len(), malformed);
     for letter in &letters {
         assert!(header(&letter.headers, HEADER_ERROR).is_some());
@@ -222,34 +242,20 @@ async fn exactly_once_for_ten_thousand_events_on_the_real_services() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_through_repeated_consumer_kills() {
     let _exclusive = SERVICES.lock().await;
-    let Fixture {
-        cache,
-        store,
-        topics,
-        truth,
-        ends,
-        valid,
-        malformed,
-        distinct,
-    } = Fixture::new("kills", 32).await;
+    let fixture = Fixture::new("kills", 32).await;
+    let (valid, malformed, distinct) = (fixture.valid, fixture.malformed, fixture.distinct);
     let group = unique("group");
     let kills = 15u64;
     let mut applied_total = 0;
     for kill in 0..kills {
-        let running = start(&topics, &group, &cache, &store, kill);
+        let running = fixture.start(&group, kill);
         // Kill once this incarnation applied something (it joined and made progress), after
         // a pause that varies with the cycle so the kill lands at different points.
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while running.metrics.applied.get() == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "incarnation {kill} never applied"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        running
+            .wait_applied(1, &format!("incarnation {kill} never applied"))
+            .await;
         tokio::time::sleep(Duration::from_millis(17 * (kill % 4))).await;
-        running.task.abort();
-        let _ = running.task.await;
+        running.consumer.abort().await;
         applied_total += running.metrics.applied.get();
         eprintln!(
             "kill {kill}: this incarnation applied {}",
@@ -260,22 +266,15 @@ async fn exactly_once_through_repeated_consumer_kills() {
         applied_total < distinct,
         "the kills came after all the work: nothing was interrupted"
     );
-    let running = start(&topics, &group, &cache, &store, 99);
-    wait_caught_up(&topics, &group, &ends, CATCH_UP).await;
-    running.trigger.trigger();
-    running.task.await.unwrap();
-    let report = check(&truth, &store).await;
+    let running = fixture.start(&group, 99);
+    fixture.wait_caught_up(&group).await;
+    running.consumer.stop().await.unwrap();
+    let report = fixture.check().await;
     assert!(report.passed(), "{report}");
     // A killed incarnation's last transaction may commit after its task died, uncounted:
     // the counters can only fall short, and the database (checked above) is the truth.
     assert!(applied_total + running.metrics.applied.get() <= distinct);
-    let letters = read_topic(
-        &topics.settings,
-        &topics.dead_letters,
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
+    let letters = fixture.dead_letters().await;
     let sources: BTreeSet<(String, String)> = letters
         .iter()
         .map(|letter| {
@@ -308,34 +307,20 @@ async fn exactly_once_through_repeated_consumer_kills() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_through_a_broker_restart_mid_run() {
     let _exclusive = SERVICES.lock().await;
-    let Fixture {
-        cache,
-        store,
-        topics,
-        truth,
-        ends,
-        malformed,
-        distinct,
-        ..
-    } = Fixture::new("restart", 33).await;
+    let fixture = Fixture::new("restart", 33).await;
+    let (malformed, distinct) = (fixture.malformed, fixture.distinct);
     let group = unique("group");
-    let running = start(&topics, &group, &cache, &store, 3);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while running.metrics.applied.get() < distinct / 3 {
-        assert!(
-            Instant::now() < deadline,
-            "a third of the keys were never applied"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let running = fixture.start(&group, 3);
+    running
+        .wait_applied(distinct / 3, "a third of the keys were never applied")
+        .await;
     let restart_at = running.metrics.applied.get();
     services_up(&["--restart", "kafka"]).await;
     let back_at = running.metrics.applied.get();
-    wait_caught_up(&topics, &group, &ends, CATCH_UP).await;
-    running.trigger.trigger();
-    running.task.await.unwrap();
+    fixture.wait_caught_up(&group).await;
+    running.consumer.stop().await.unwrap();
     assert!(restart_at < distinct, "the restart came after the run");
-    let report = check(&truth, &store).await;
+    let report = fixture.check().await;
     assert!(report.passed(), "{report}");
     assert_eq!(
         running.metrics.dead_letters.get(),

@@ -8,9 +8,7 @@ mod common;
 use common::{env, flushall, fresh_store, services_up};
 use holdfast::adapters::{PostgresStore, RedisCache};
 use holdfast::memlog::MemoryBroker;
-use holdfast::pipeline::{
-    Consumer, ConsumerConfig, Metrics, RunSummary, Services, ShutdownTrigger,
-};
+use holdfast::pipeline::{Consumer, ConsumerConfig, Metrics, RunningConsumer, Services};
 use holdfast::ports::NoProbe;
 use holdfast::verify::{verify, GroundTruth, StoreView, VerifyReport};
 use holdfast::workload::{Workload, WorkloadConfig};
@@ -57,11 +55,7 @@ fn start(
     group: &str,
     cache: &RedisCache,
     store: &PostgresStore,
-) -> (
-    ShutdownTrigger,
-    tokio::task::JoinHandle<RunSummary>,
-    Arc<Metrics>,
-) {
+) -> (RunningConsumer, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());
     let services = Services {
         cache: cache.clone(),
@@ -76,8 +70,7 @@ fn start(
         Arc::clone(&metrics),
     )
     .unwrap();
-    let (trigger, shutdown) = ShutdownTrigger::new();
-    (trigger, tokio::spawn(consumer.run(shutdown)), metrics)
+    (consumer.spawn(), metrics)
 }
 
 /// Waits until `group` committed the end of every partition.
@@ -123,7 +116,7 @@ async fn exactly_once_on_redis_and_postgres_with_a_flushall_mid_run() {
     let distinct = truth.acknowledged.len() as u64;
 
     let started = Instant::now();
-    let (trigger, task, metrics) = start(&broker, "holdfast", &cache, &store);
+    let (running, metrics) = start(&broker, "holdfast", &cache, &store);
     let deadline = Instant::now() + Duration::from_secs(60);
     while metrics.applied.get() < distinct / 2 {
         assert!(
@@ -136,8 +129,7 @@ async fn exactly_once_on_redis_and_postgres_with_a_flushall_mid_run() {
     let applied_at_flush = metrics.applied.get();
     wait_caught_up(&broker, "holdfast").await;
     let elapsed = started.elapsed();
-    trigger.trigger();
-    task.await.unwrap();
+    running.stop().await.unwrap();
     assert!(applied_at_flush < distinct, "the flush came after the run");
     let report = check(&truth, &store).await;
     assert!(report.passed(), "{report}");
@@ -153,10 +145,9 @@ async fn exactly_once_on_redis_and_postgres_with_a_flushall_mid_run() {
         "{valid} valid + {malformed} malformed messages, {distinct} keys applied in {elapsed:?}"
     );
 
-    let (trigger, task, replay) = start(&broker, "holdfast-replay", &cache, &store);
+    let (running, replay) = start(&broker, "holdfast-replay", &cache, &store);
     wait_caught_up(&broker, "holdfast-replay").await;
-    trigger.trigger();
-    task.await.unwrap();
+    running.stop().await.unwrap();
     assert_eq!(replay.applied.get(), 0, "a replay applied something again");
     assert!(
         replay.duplicates_store.get() > 0,
@@ -191,7 +182,7 @@ async fn exactly_once_through_postgres_and_redis_restarts_mid_run() {
     assert!(valid >= 2000, "only {valid} events");
     let distinct = truth.acknowledged.len() as u64;
 
-    let (trigger, task, metrics) = start(&broker, "holdfast", &cache, &store);
+    let (running, metrics) = start(&broker, "holdfast", &cache, &store);
     wait_applied(&metrics, distinct / 5).await;
     let postgres_at = metrics.applied.get();
     services_up(&["--restart", "postgres"]).await;
@@ -201,8 +192,7 @@ async fn exactly_once_through_postgres_and_redis_restarts_mid_run() {
     services_up(&["--restart", "redis"]).await;
     let redis_back_at = metrics.applied.get();
     wait_caught_up(&broker, "holdfast").await;
-    trigger.trigger();
-    task.await.unwrap();
+    running.stop().await.unwrap();
     // The consumer cannot apply while PostgreSQL is down; Redis stops first thing in its
     // restart, so work was left when it went down.
     assert!(

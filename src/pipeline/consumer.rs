@@ -50,6 +50,30 @@ impl Shutdown {
     }
 }
 
+/// A consumer running on a task of its own (see [`Consumer::spawn`]).
+#[derive(Debug)]
+pub struct RunningConsumer {
+    trigger: ShutdownTrigger,
+    task: tokio::task::JoinHandle<RunSummary>,
+}
+
+impl RunningConsumer {
+    /// Asks the consumer to stop (stop polling, drain, commit) and waits until it has. Fails
+    /// only if the consumer's task panicked.
+    pub async fn stop(self) -> Result<RunSummary, tokio::task::JoinError> {
+        self.trigger.trigger();
+        self.task.await
+    }
+
+    /// Kills the consumer's task, as a crash would: in-flight work is abandoned and nothing
+    /// more is committed, so the next owner redoes it.
+    pub async fn abort(self) {
+        self.task.abort();
+        // The error says it was cancelled (or, if it had already stopped, nothing).
+        let _ = self.task.await;
+    }
+}
+
 /// What a consumer did, returned when it stops.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RunSummary {
@@ -156,6 +180,18 @@ where
     /// The tracker (tests and the simulator inspect it).
     pub fn tracker(&self) -> &SharedTracker {
         &self.tracker
+    }
+
+    /// Runs the consumer on a task of its own until [`RunningConsumer::stop`] (or `abort`).
+    pub fn spawn(self) -> RunningConsumer
+    where
+        L: 'static,
+    {
+        let (trigger, shutdown) = ShutdownTrigger::new();
+        RunningConsumer {
+            trigger,
+            task: tokio::spawn(self.run(shutdown)),
+        }
     }
 
     /// Runs until `shutdown` is requested, then drains and commits.

@@ -14,7 +14,7 @@ mod worker;
 
 pub use compensator::{Compensator, CompensatorConfig, CompensatorReport};
 pub use config::{ConfigError, ConsumerConfig};
-pub use consumer::{Consumer, RunSummary, Shutdown, ShutdownTrigger};
+pub use consumer::{Consumer, RunSummary, RunningConsumer, Shutdown, ShutdownTrigger};
 pub use metrics::{Counter, Metrics, PartitionGauges};
 pub use retry::Backoff;
 pub use worker::{Job, Services};
