@@ -129,10 +129,7 @@ impl Tracker {
         partition: PartitionId,
         offset: i64,
     ) -> Result<(Ticket, Tracked), TrackError> {
-        let owned = self
-            .owned
-            .get_mut(&partition)
-            .ok_or(TrackError::NotAssigned { partition })?;
+        let owned = self.owned_for_tracking(partition)?;
         let tracked = owned.tracker.track(offset)?;
         let ticket = Ticket {
             partition,
@@ -152,11 +149,15 @@ impl Tracker {
         first: i64,
         count: usize,
     ) -> Result<(u64, usize), TrackError> {
-        let owned = self
-            .owned
-            .get_mut(&partition)
-            .ok_or(TrackError::NotAssigned { partition })?;
+        let owned = self.owned_for_tracking(partition)?;
         Ok((owned.epoch, owned.tracker.track_run(first, count)))
+    }
+
+    /// The partition's state, or the refusal to track in a partition not assigned.
+    fn owned_for_tracking(&mut self, partition: PartitionId) -> Result<&mut Owned, TrackError> {
+        self.owned
+            .get_mut(&partition)
+            .ok_or(TrackError::NotAssigned { partition })
     }
 
     /// Acks each ticket in order, as [`Tracker::ack`] would one by one, and returns the refused
