@@ -68,6 +68,14 @@ pub struct PartitionTracker {
 /// `PartitionTracker::room_end` when the tracker is not counting.
 const NOT_COUNTING: i64 = i64::MIN;
 
+/// An offset's word in a ring of `word_mask + 1` words, and its bit in that word. A free
+/// function so that a loop holding the ring borrowed can use it.
+#[inline]
+fn slot_in(word_mask: u64, offset: i64) -> (usize, u64) {
+    let offset = offset as u64;
+    (((offset >> 6) & word_mask) as usize, 1u64 << (offset & 63))
+}
+
 impl PartitionTracker {
     /// A tracker that starts at the first offset tracked.
     pub fn new(limits: Limits) -> Self {
@@ -263,8 +271,7 @@ impl PartitionTracker {
                 stopped = Some(offset);
                 break;
             }
-            let word = ((offset as u64 >> 6) & word_mask) as usize;
-            let mask = 1u64 << (offset as u64 & 63);
+            let (word, mask) = slot_in(word_mask, offset);
             let bits = ring[word];
             if bits & mask != 0 {
                 stopped = Some(offset);
@@ -389,11 +396,7 @@ impl PartitionTracker {
 
     #[inline]
     fn slot(&self, offset: i64) -> (usize, u64) {
-        let offset = offset as u64;
-        (
-            ((offset >> 6) & self.word_mask) as usize,
-            1u64 << (offset & 63),
-        )
+        slot_in(self.word_mask, offset)
     }
 
     /// 64 ring bits starting at `offset`, unaligned.
@@ -444,7 +447,6 @@ impl PartitionTracker {
         if self.raise_limit_by_span() {
             return;
         }
-        let span_max = self.limits.max_span as i64;
         let in_flight_max = i64::try_from(self.limits.max_in_flight).unwrap_or(i64::MAX);
         let in_flight = in_flight.unwrap_or_else(|| self.in_flight());
         let room = (in_flight_max - in_flight as i64).max(0);
@@ -452,15 +454,12 @@ impl PartitionTracker {
         if room >= span / 64 {
             // Counting again after `room` tracks costs at most a word per track.
             self.room_end = NOT_COUNTING;
-            let by_count = self
-                .next
-                .saturating_add(room)
-                .min(self.base.saturating_add(span_max));
+            let by_count = self.next.saturating_add(room).min(self.span_bound());
             self.track_limit = self.limit_by_span().max(by_count);
         } else {
             // Count from here: a fresh start, so that gaps tracked so far are not counted.
             self.room_end = self.next.wrapping_add(room);
-            self.span_end = self.base.saturating_add(span_max);
+            self.span_end = self.span_bound();
             self.track_limit = self.counting_limit();
         }
     }
@@ -472,7 +471,7 @@ impl PartitionTracker {
         // A higher watermark leaves more room below the span limit (not while restored
         // metadata is pending: its offsets must go through the slow path).
         if self.restored.is_none() && !self.raise_limit_by_span() && self.counting() {
-            self.span_end = self.base.saturating_add(self.limits.max_span as i64);
+            self.span_end = self.span_bound();
             self.track_limit = self.counting_limit();
         }
     }
@@ -487,8 +486,10 @@ impl PartitionTracker {
             self.room_end = self.room_end.wrapping_add(acked);
             self.track_limit = self.counting_limit();
         } else if self.track_limit != i64::MIN && self.track_limit >= self.next {
-            let span_end = self.base.saturating_add(self.limits.max_span as i64);
-            let raised = self.track_limit.saturating_add(acked).min(span_end);
+            let raised = self
+                .track_limit
+                .saturating_add(acked)
+                .min(self.span_bound());
             self.track_limit = self.track_limit.max(raised);
         }
     }
@@ -517,6 +518,12 @@ impl PartitionTracker {
     fn limit_by_span(&self) -> i64 {
         let span_limit = self.limits.max_span.min(self.limits.max_in_flight as u64) as i64;
         self.base.saturating_add(span_limit)
+    }
+
+    /// The span's bound: offsets from here on would make the span exceed `max_span`.
+    #[inline]
+    fn span_bound(&self) -> i64 {
+        self.base.saturating_add(self.limits.max_span as i64)
     }
 
     /// While counting, the offset below which `next` may be tracked without further checks:
@@ -608,9 +615,9 @@ impl PartitionTracker {
         if self.counting() {
             debug_assert_eq!(self.in_flight(), in_flight, "the kept count drifted");
             debug_assert_eq!(self.track_limit, self.counting_limit());
-            let span_end = self.base.saturating_add(self.limits.max_span as i64);
             debug_assert_eq!(
-                self.span_end, span_end,
+                self.span_end,
+                self.span_bound(),
                 "span_end not moved with the watermark"
             );
             debug_assert!(self.known && self.restored.is_none());
