@@ -246,11 +246,34 @@ where
         }
         self.services.probe.at(FaultPoint::AfterPoll).await;
         let mut records = records.into_iter();
-        // Records of the current run that `track_run` already tracked, and their epoch.
+        // Records of the current run that `track_run` tracked and that are not sent yet, and
+        // their epoch.
         let (mut run_tracked, mut run_epoch) = (0usize, 0u64);
         while let Some(record) = records.next() {
             let state = self.partitions.entry(record.partition).or_default();
             state.polled = Some(state.polled.map_or(record.offset, |p| p.max(record.offset)));
+            if !state.held.is_empty() {
+                // Keep poll order: nothing overtakes a held record of its partition (and no
+                // run is under way in a partition that holds records).
+                debug_assert_eq!(run_tracked, 0);
+                state.held.push_back(record);
+                continue;
+            }
+            if run_tracked == 0 {
+                // This record and the consecutive offsets of its partition that follow it in
+                // the poll: tracked with one call (one lock) as far as the tracker admits them.
+                let run = 1 + records
+                    .as_slice()
+                    .iter()
+                    .zip(record.offset.saturating_add(1)..)
+                    .take_while(|(next, offset)| {
+                        next.partition == record.partition && next.offset == *offset
+                    })
+                    .count();
+                if let Ok(tracked) = self.tracker.track_run(record.partition, record.offset, run) {
+                    (run_epoch, run_tracked) = tracked;
+                }
+            }
             if run_tracked > 0 {
                 run_tracked -= 1;
                 let ticket = Ticket {
@@ -259,36 +282,7 @@ where
                     offset: record.offset,
                 };
                 self.send(ticket, record);
-                continue;
-            }
-            if !state.held.is_empty() {
-                // Keep poll order: nothing overtakes a held record of its partition.
-                state.held.push_back(record);
-                continue;
-            }
-            // This record and the consecutive offsets of its partition that follow it in the
-            // poll: tracked with one call (one lock) as far as the tracker admits them.
-            let run = 1 + records
-                .as_slice()
-                .iter()
-                .zip(record.offset.saturating_add(1)..)
-                .take_while(|(next, offset)| {
-                    next.partition == record.partition && next.offset == *offset
-                })
-                .count();
-            if let Ok((epoch, tracked @ 1..)) =
-                self.tracker.track_run(record.partition, record.offset, run)
-            {
-                (run_tracked, run_epoch) = (tracked - 1, epoch);
-                let ticket = Ticket {
-                    partition: record.partition,
-                    epoch,
-                    offset: record.offset,
-                };
-                self.send(ticket, record);
-                continue;
-            }
-            if let Some(record) = self.track_and_send(record) {
+            } else if let Some(record) = self.track_and_send(record) {
                 self.hold(record).await;
             }
         }
