@@ -13,7 +13,7 @@ use holdfast::idempotency::memory::{MemoryCache, MemoryStore};
 use holdfast::memlog::MemoryBroker;
 use holdfast::pipeline::{Consumer, ConsumerConfig, Metrics, Services};
 use holdfast::ports::NoProbe;
-use holdfast::verify::{verify, StoreView};
+use holdfast::verify::{verify, Application, StoreView};
 use holdfast::workload::{Workload, WorkloadConfig};
 use std::collections::BTreeSet;
 use std::process::ExitCode;
@@ -230,11 +230,10 @@ async fn run_demo(options: Options) -> Result<ExitCode, String> {
         .await
         .map_err(|error| format!("consumer task failed: {error}"))?;
     let view = StoreView {
-        applications: store.applications(),
+        ledger: store.applied_events().iter().map(Application::of).collect(),
         rows: store.rows(),
     };
-    let dead: BTreeSet<_> = BTreeSet::new();
-    let report = verify(&truth, &view, &dead, &BTreeSet::new());
+    let report = verify(&truth, &view, &[], &BTreeSet::new());
     println!(
         "{} crash cycles, then a clean run; {} dead letters (malformed input), {} duplicate deliveries dropped, {:.2}s",
         options.crashes,

@@ -89,6 +89,14 @@ fn ack_racing_with_snapshot(planted: Option<PlantedBug>) {
     });
 }
 
+/// The model checks run with the tracker's debug assertions compiled in (`cargo loom` builds
+/// with the `sim` profile): every interleaving also checks the tracker's own invariants.
+#[test]
+fn debug_assertions_are_compiled_into_the_model_checked_build() {
+    let on = std::hint::black_box(cfg!(debug_assertions));
+    assert!(on, "build loom checks with `--profile sim`");
+}
+
 #[test]
 fn ack_racing_with_snapshot_never_claims_unfinished() {
     ack_racing_with_snapshot(None);

@@ -185,10 +185,10 @@ fn start(
 
 async fn check(truth: &GroundTruth, store: &PostgresStore) -> VerifyReport {
     let view = StoreView {
-        applications: store.applications().await.unwrap(),
+        ledger: store.ledger().await.unwrap(),
         rows: store.rows().await.unwrap(),
     };
-    verify(truth, &view, &BTreeSet::new(), &BTreeSet::new())
+    verify(truth, &view, &[], &BTreeSet::new())
 }
 
 fn workload(seed: u64) -> WorkloadConfig {

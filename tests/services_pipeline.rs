@@ -82,10 +82,10 @@ async fn wait_caught_up(broker: &MemoryBroker, group: &str) {
 
 async fn check(truth: &GroundTruth, store: &PostgresStore) -> VerifyReport {
     let view = StoreView {
-        applications: store.applications().await.unwrap(),
+        ledger: store.ledger().await.unwrap(),
         rows: store.rows().await.unwrap(),
     };
-    verify(truth, &view, &BTreeSet::new(), &BTreeSet::new())
+    verify(truth, &view, &[], &BTreeSet::new())
 }
 
 /// Goal: exactly-once effect on the real services, and a lost cache costing nothing but round

@@ -1,27 +1,38 @@
 //! The checker: reads a run's history and final state and names every violated invariant, in
 //! the vocabulary of Jepsen's Kafka workload where it applies.
+//!
+//! It judges with `holdfast::verify`'s reference model, written apart from the code under
+//! test: events are identified by their content, payloads are read by the model's own reading
+//! of the wire format, and rows are compared with the conflict rule restated there.
 
 use crate::history::{digest, Step};
-use holdfast::event::OrderEvent;
-use holdfast::idempotency::IdempotencyKey;
 use holdfast::ports::Record;
-use holdfast::verify::{verify, GroundTruth, StoreView, VerifyReport};
+use holdfast::verify::reference::{read_payload, reflected};
+use holdfast::verify::{verify, Fact, GroundTruth, StoreView, VerifyReport};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 /// The invariants the simulator checks on every run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Invariant {
-    /// An event a producer saw acknowledged was never applied nor dead-lettered.
-    LostWrite,
-    /// An event was applied more than once.
+    /// An event a producer saw acknowledged is absent from the final log (judged after
+    /// convergence).
+    BrokerLoss,
+    /// A record of the final log was neither applied nor dead-lettered (judged after
+    /// convergence).
+    ConsumerLoss,
+    /// A business key was applied more than once.
     Duplicate,
-    /// An event was applied that no producer ever sent.
+    /// The store holds an event, or a row claim, that no producer ever sent.
     Unexpected,
-    /// A wide row differs from the merge of the events applied to it.
+    /// A wide row keeps a claim although a sent, acknowledged one precedes it.
     RowMismatch,
-    /// acknowledged != applied + dead-lettered + pending.
+    /// acknowledged != applied + dead-lettered + pending, each counted from its own source.
     Conservation,
+    /// A valid event sent by the producer ended on the dead-letter topic.
+    DeadLetteredValid,
+    /// An event is both in the store's rows and on the dead-letter topic.
+    AppliedAndDeadLettered,
     /// One offset held two different records over the run.
     InconsistentOffsets,
     /// Within one assignment, a member polled an offset at or below one it had polled.
@@ -37,12 +48,15 @@ pub enum Invariant {
 }
 
 /// Every invariant.
-pub const ALL_INVARIANTS: [Invariant; 11] = [
-    Invariant::LostWrite,
+pub const ALL_INVARIANTS: [Invariant; 14] = [
+    Invariant::BrokerLoss,
+    Invariant::ConsumerLoss,
     Invariant::Duplicate,
     Invariant::Unexpected,
     Invariant::RowMismatch,
     Invariant::Conservation,
+    Invariant::DeadLetteredValid,
+    Invariant::AppliedAndDeadLettered,
     Invariant::InconsistentOffsets,
     Invariant::NonmonotonicPoll,
     Invariant::PollSkip,
@@ -55,11 +69,14 @@ impl Invariant {
     /// Jepsen-style name.
     pub fn name(self) -> &'static str {
         match self {
-            Invariant::LostWrite => "lost-write",
+            Invariant::BrokerLoss => "broker-loss",
+            Invariant::ConsumerLoss => "consumer-loss",
             Invariant::Duplicate => "duplicate",
             Invariant::Unexpected => "unexpected",
             Invariant::RowMismatch => "row-mismatch",
             Invariant::Conservation => "conservation",
+            Invariant::DeadLetteredValid => "dead-lettered-valid",
+            Invariant::AppliedAndDeadLettered => "applied-and-dead-lettered",
             Invariant::InconsistentOffsets => "inconsistent-offsets",
             Invariant::NonmonotonicPoll => "nonmonotonic-poll",
             Invariant::PollSkip => "poll-skip",
@@ -67,6 +84,11 @@ impl Invariant {
             Invariant::CommitPastUnfinished => "commit-past-unfinished",
             Invariant::Liveness => "liveness",
         }
+    }
+
+    /// Parses [`Invariant::name`].
+    pub fn parse(name: &str) -> Option<Invariant> {
+        ALL_INVARIANTS.into_iter().find(|i| i.name() == name)
     }
 }
 
@@ -89,8 +111,8 @@ pub struct Observed {
     pub history: Vec<(u64, Step)>,
     pub truth: GroundTruth,
     pub store: StoreView,
-    /// Keys of decodable events that were dead-lettered.
-    pub dead_lettered: BTreeSet<IdempotencyKey>,
+    /// The payload of every dead letter.
+    pub dead_letters: Vec<Vec<u8>>,
     /// The final contents of every partition.
     pub logs: BTreeMap<i32, Vec<(i64, Record)>>,
     /// Violations found online during the run (commit checks).
@@ -106,6 +128,11 @@ pub struct Verdict {
     pub report: VerifyReport,
     /// Acknowledged events that no consumer ever polled (Jepsen's `unseen`), for information.
     pub unseen: usize,
+    /// Acknowledged events absent from the final log (counted whether or not the run
+    /// converged; a violation only when it did).
+    pub broker_lost: usize,
+    /// Records of the final log neither applied nor dead-lettered.
+    pub consumer_lost: usize,
 }
 
 impl Verdict {
@@ -122,69 +149,54 @@ impl Verdict {
 /// Examples shown per invariant.
 const EXAMPLES_MAX: usize = 5;
 
+fn examples(items: impl IntoIterator<Item = String>) -> String {
+    items
+        .into_iter()
+        .take(EXAMPLES_MAX)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Checks one run.
 pub fn check(observed: &Observed) -> Verdict {
     let mut violations = observed.online.clone();
+    let pending = BTreeSet::new();
     let report = verify(
         &observed.truth,
         &observed.store,
-        &observed.dead_lettered,
-        &BTreeSet::new(),
+        &observed.dead_letters,
+        &pending,
     );
     let mut add = |invariant, detail: String| violations.push(Violation { invariant, detail });
-    let keys = |keys: &mut dyn Iterator<Item = String>| {
-        keys.take(EXAMPLES_MAX).collect::<Vec<_>>().join(", ")
-    };
+    let losses = locate_losses(observed, &report);
     // Before convergence an unapplied event may merely be late: that is the liveness
-    // violation below, not a lost write.
-    if !report.missing.is_empty() && observed.converged {
-        add(
-            Invariant::LostWrite,
-            format!(
-                "{} acknowledged events never applied: {}",
-                report.missing.len(),
-                keys(&mut report.missing.iter().map(key_text))
-            ),
-        );
+    // violation below, not a loss.
+    if observed.converged {
+        if !losses.broker.is_empty() {
+            let detail = format!(
+                "{} acknowledged events are not in the final log, or were written where the group had already passed: {}",
+                losses.broker.len(),
+                examples(losses.broker.iter().cloned())
+            );
+            add(Invariant::BrokerLoss, detail);
+        }
+        if !losses.consumer.is_empty() {
+            let detail = format!(
+                "{} records of the final log were neither applied nor dead-lettered: {}",
+                losses.consumer.len(),
+                examples(losses.consumer.iter().cloned())
+            );
+            add(Invariant::ConsumerLoss, detail);
+        }
+        if !report.conservation_holds() {
+            let detail = format!(
+                "acknowledged {} != applied {} + dead-lettered {} + pending {}",
+                report.acknowledged, report.applied, report.dead_lettered, report.pending
+            );
+            add(Invariant::Conservation, detail);
+        }
     }
-    if !report.applied_twice.is_empty() {
-        add(
-            Invariant::Duplicate,
-            format!(
-                "{} events applied more than once: {}",
-                report.applied_twice.len(),
-                keys(
-                    &mut report
-                        .applied_twice
-                        .iter()
-                        .map(|(k, n)| format!("{} x{n}", key_text(k)))
-                )
-            ),
-        );
-    }
-    if !report.unexpected.is_empty() {
-        add(
-            Invariant::Unexpected,
-            format!(
-                "{} applied events never sent: {}",
-                report.unexpected.len(),
-                keys(&mut report.unexpected.iter().map(key_text))
-            ),
-        );
-    }
-    if !report.row_mismatches.is_empty() {
-        add(
-            Invariant::RowMismatch,
-            format!(
-                "{} rows differ from the merge of their events: {}",
-                report.row_mismatches.len(),
-                keys(&mut report.row_mismatches.iter().cloned())
-            ),
-        );
-    }
-    if report.missing.is_empty() && !report.conservation_holds() {
-        add(Invariant::Conservation, format!("{report:?}"));
-    }
+    report_store_faults(&report, &mut add);
     let (poll_violations, polled) = check_polls(&observed.history, &observed.logs);
     violations.extend(poll_violations);
     violations.extend(check_commits(&observed.history));
@@ -201,13 +213,150 @@ pub fn check(observed: &Observed) -> Verdict {
         .truth
         .acknowledged
         .iter()
-        .filter(|key| !polled.contains(*key))
+        .filter(|fact| !polled.contains(*fact))
         .count();
     Verdict {
         violations: collapse(violations),
         report,
         unseen,
+        broker_lost: losses.broker.len(),
+        consumer_lost: losses.consumer.len(),
     }
+}
+
+/// The violations the store comparison found, whatever the convergence.
+fn report_store_faults(report: &VerifyReport, add: &mut impl FnMut(Invariant, String)) {
+    if !report.applied_twice.is_empty() {
+        let twice = report
+            .applied_twice
+            .iter()
+            .map(|(k, n)| format!("{k} x{n}"));
+        let detail = format!(
+            "{} business keys applied more than once: {}",
+            report.applied_twice.len(),
+            examples(twice)
+        );
+        add(Invariant::Duplicate, detail);
+    }
+    if !report.unexpected.is_empty() {
+        let detail = format!(
+            "{} never sent: {}",
+            report.unexpected.len(),
+            examples(report.unexpected.iter().cloned())
+        );
+        add(Invariant::Unexpected, detail);
+    }
+    if !report.row_mismatches.is_empty() {
+        let detail = format!(
+            "{} claims break the conflict rule: {}",
+            report.row_mismatches.len(),
+            examples(report.row_mismatches.iter().cloned())
+        );
+        add(Invariant::RowMismatch, detail);
+    }
+    if !report.dead_lettered_valid.is_empty() {
+        let detail = format!(
+            "{} valid events dead-lettered: {}",
+            report.dead_lettered_valid.len(),
+            examples(report.dead_lettered_valid.iter().map(Fact::text))
+        );
+        add(Invariant::DeadLetteredValid, detail);
+    }
+    if !report.applied_and_dead_lettered.is_empty() {
+        let detail = format!(
+            "{} events applied and dead-lettered: {}",
+            report.applied_and_dead_lettered.len(),
+            examples(report.applied_and_dead_lettered.iter().map(Fact::text))
+        );
+        add(Invariant::AppliedAndDeadLettered, detail);
+    }
+}
+
+/// Where the unfinished work is: acknowledged events the broker no longer has, and records
+/// the broker has that the consumers never finished.
+struct Losses {
+    /// Acknowledged events absent from the final log, then records the broker wrote, after
+    /// losing others, at offsets below what the group had already committed: the group's
+    /// position was past them before they existed.
+    broker: Vec<String>,
+    consumer: Vec<String>,
+}
+
+fn locate_losses(observed: &Observed, report: &VerifyReport) -> Losses {
+    let letters: BTreeSet<&[u8]> = observed.dead_letters.iter().map(Vec::as_slice).collect();
+    let dead_facts: BTreeSet<Fact> = letters.iter().filter_map(|p| read_payload(p)).collect();
+    let (rewound, committed_max) = rewound_partitions(&observed.history, &observed.logs);
+    let mut in_log: BTreeSet<Fact> = BTreeSet::new();
+    let (mut broker, mut consumer) = (Vec::new(), Vec::new());
+    for (partition, records) in &observed.logs {
+        for (offset, record) in records {
+            let finished = match read_payload(&record.payload) {
+                Some(fact) => {
+                    let done = reflected(&observed.store.rows, &fact) || dead_facts.contains(&fact);
+                    in_log.insert(fact);
+                    done
+                }
+                None => letters.contains(record.payload.as_slice()),
+            };
+            if finished {
+                continue;
+            }
+            let passed = committed_max.get(partition).is_some_and(|c| offset < c);
+            if rewound.contains(partition) && passed {
+                broker.push(format!(
+                    "p{partition}@{offset} (written below the group's commit)"
+                ));
+            } else {
+                consumer.push(format!("p{partition}@{offset}"));
+            }
+        }
+    }
+    let absent = report.missing.iter().filter(|fact| !in_log.contains(*fact));
+    let mut located: Vec<String> = absent.map(Fact::text).collect();
+    located.append(&mut broker);
+    Losses {
+        broker: located,
+        consumer,
+    }
+}
+
+/// The partitions whose log went back on what it served (a polled offset now holds another
+/// record, or is past the final end: the broker lost records and reused their offsets), and
+/// the highest offset committed per partition.
+fn rewound_partitions(
+    history: &[(u64, Step)],
+    logs: &BTreeMap<i32, Vec<(i64, Record)>>,
+) -> (BTreeSet<i32>, HashMap<i32, i64>) {
+    let final_digest: HashMap<(i32, i64), u64> = logs
+        .iter()
+        .flat_map(|(p, records)| {
+            records
+                .iter()
+                .map(move |(o, r)| ((*p, *o), digest(&r.payload)))
+        })
+        .collect();
+    let mut rewound = BTreeSet::new();
+    let mut committed_max: HashMap<i32, i64> = HashMap::new();
+    for (_, step) in history {
+        match step {
+            Step::Polled {
+                partition,
+                offset,
+                digest,
+                ..
+            } if final_digest.get(&(*partition, *offset)) != Some(digest) => {
+                rewound.insert(*partition);
+            }
+            Step::Committed {
+                partition, offset, ..
+            } => {
+                let max = committed_max.entry(*partition).or_insert(*offset);
+                *max = (*max).max(*offset);
+            }
+            _ => {}
+        }
+    }
+    (rewound, committed_max)
 }
 
 /// One violation per invariant: the first few details and how many there were in all, so
@@ -241,7 +390,7 @@ fn collapse(violations: Vec<Violation>) -> Vec<Violation> {
 fn check_polls(
     history: &[(u64, Step)],
     logs: &BTreeMap<i32, Vec<(i64, Record)>>,
-) -> (Vec<Violation>, BTreeSet<IdempotencyKey>) {
+) -> (Vec<Violation>, BTreeSet<Fact>) {
     let final_digest: HashMap<(i32, i64), u64> = logs
         .iter()
         .flat_map(|(partition, records)| {
@@ -254,13 +403,11 @@ fn check_polls(
         .iter()
         .map(|(partition, records)| (*partition, records.iter().map(|(o, _)| *o).collect()))
         .collect();
-    let keys: HashMap<(i32, i64), IdempotencyKey> = logs
+    let facts: HashMap<(i32, i64), Fact> = logs
         .iter()
         .flat_map(|(partition, records)| {
             records.iter().filter_map(move |(offset, record)| {
-                OrderEvent::decode(&record.payload)
-                    .ok()
-                    .map(|event| ((*partition, *offset), IdempotencyKey::of(&event)))
+                read_payload(&record.payload).map(|fact| ((*partition, *offset), fact))
             })
         })
         .collect();
@@ -279,8 +426,8 @@ fn check_polls(
                 offset,
                 digest,
             } => {
-                if let Some(key) = keys.get(&(*partition, *offset)) {
-                    polled.insert(key.clone());
+                if let Some(fact) = facts.get(&(*partition, *offset)) {
+                    polled.insert(fact.clone());
                 }
                 match final_digest.get(&(*partition, *offset)) {
                     Some(expected) if expected != digest => {
@@ -353,13 +500,11 @@ fn check_commits(history: &[(u64, Step)]) -> Vec<Violation> {
     violations
 }
 
-fn key_text(key: &IdempotencyKey) -> String {
-    String::from_utf8_lossy(&key.to_bytes()).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use holdfast::event::EventKind;
+    use holdfast::verify::Application;
     use holdfast::widetable::OrderRow;
     use holdfast::workload::{Workload, WorkloadConfig};
 
@@ -377,13 +522,17 @@ mod tests {
             ..Observed::default()
         };
         let mut log = Vec::new();
+        let mut keys = BTreeSet::new();
         for (offset, event) in events.iter().enumerate() {
             let offset = offset as i64;
             observed.truth.record(event, true);
-            observed
-                .store
-                .applications
-                .insert(IdempotencyKey::of(event), 1);
+            if keys.insert(Fact::business_key(
+                &event.order_id,
+                event.kind,
+                &event.event_id,
+            )) {
+                observed.store.ledger.push(Application::of(event));
+            }
             let record = Record {
                 partition: 0,
                 offset,
@@ -426,15 +575,107 @@ mod tests {
     }
 
     #[test]
-    fn names_lost_writes_and_duplicates() {
+    fn names_consumer_loss_and_duplicates() {
         let mut observed = clean_run();
-        let first = observed.store.applications.keys().next().cloned().unwrap();
-        observed.store.applications.remove(&first);
-        let second = observed.store.applications.keys().next().cloned().unwrap();
-        observed.store.applications.insert(second, 2);
+        let created = observed
+            .truth
+            .attempted
+            .iter()
+            .find(|e| e.kind == EventKind::Created)
+            .cloned()
+            .unwrap();
+        observed
+            .store
+            .rows
+            .get_mut(&created.order_id)
+            .unwrap()
+            .created = None;
+        let doubled = observed.store.ledger[1].clone();
+        observed.store.ledger.push(doubled);
         let invariants = check(&observed).invariants();
-        assert!(invariants.contains(&Invariant::LostWrite));
-        assert!(invariants.contains(&Invariant::Duplicate));
+        assert!(
+            invariants.contains(&Invariant::ConsumerLoss),
+            "{invariants:?}"
+        );
+        assert!(
+            invariants.contains(&Invariant::Conservation),
+            "{invariants:?}"
+        );
+        assert!(invariants.contains(&Invariant::Duplicate), "{invariants:?}");
+        assert!(
+            !invariants.contains(&Invariant::BrokerLoss),
+            "{invariants:?}"
+        );
+    }
+
+    #[test]
+    fn an_acknowledged_event_missing_from_the_log_is_broker_loss() {
+        let mut observed = clean_run();
+        let log = observed.logs.get_mut(&0).unwrap();
+        let (_, record) = log.remove(0);
+        let event = holdfast::event::OrderEvent::decode(&record.payload).unwrap();
+        let row = observed.store.rows.get_mut(&event.order_id).unwrap();
+        assert_eq!(
+            event.kind,
+            EventKind::Created,
+            "the first event of the workload"
+        );
+        row.created = None;
+        let verdict = check(&observed);
+        assert_eq!(
+            verdict.invariants(),
+            BTreeSet::from([Invariant::BrokerLoss, Invariant::Conservation])
+        );
+        assert_eq!((verdict.broker_lost, verdict.consumer_lost), (1, 0));
+    }
+
+    #[test]
+    fn losses_before_convergence_are_liveness_only() {
+        let mut observed = clean_run();
+        observed.logs.get_mut(&0).unwrap().clear();
+        observed.store.rows.clear();
+        observed.store.ledger.clear();
+        observed.converged = false;
+        let verdict = check(&observed);
+        assert!(!verdict.invariants().contains(&Invariant::BrokerLoss));
+        assert!(verdict.invariants().contains(&Invariant::Liveness));
+        assert!(
+            verdict.broker_lost > 0,
+            "counted for the report all the same"
+        );
+    }
+
+    #[test]
+    fn a_malformed_record_must_be_dead_lettered_and_a_valid_one_must_not() {
+        let mut observed = clean_run();
+        let malformed = Record {
+            partition: 0,
+            offset: 1000,
+            key: None,
+            payload: br#"[1,"e","o","u","paid",100,1700000000000]"#.to_vec(),
+            headers: vec![],
+        };
+        observed
+            .logs
+            .get_mut(&0)
+            .unwrap()
+            .push((1000, malformed.clone()));
+        assert!(check(&observed)
+            .invariants()
+            .contains(&Invariant::ConsumerLoss));
+        observed.dead_letters.push(malformed.payload);
+        assert!(check(&observed).passed());
+        let valid = observed.truth.attempted[0].payload.clone();
+        observed.dead_letters.push(valid);
+        let invariants = check(&observed).invariants();
+        assert!(
+            invariants.contains(&Invariant::DeadLetteredValid),
+            "{invariants:?}"
+        );
+        assert!(
+            invariants.contains(&Invariant::AppliedAndDeadLettered),
+            "{invariants:?}"
+        );
     }
 
     #[test]

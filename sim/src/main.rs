@@ -23,7 +23,8 @@ mod app {
     use holdfast_sim::params::RunParams;
     use holdfast_sim::report;
     use holdfast_sim::runner::run;
-    use holdfast_sim::sweep::{execute, plan, run_guarded, shrink};
+    use holdfast_sim::scenario::Scenario;
+    use holdfast_sim::sweep::{execute, plan, run_guarded, shrink, with_controls};
     use std::time::Instant;
 
     pub fn main(args: Vec<String>) -> i32 {
@@ -85,8 +86,9 @@ mod app {
     }
 
     fn sweep(options: &Options) -> i32 {
+        let planned = with_controls(&options.scenarios);
         let runs = plan(
-            &options.scenarios,
+            &planned,
             options.seeds,
             options.first_seed,
             options.shard,
@@ -100,7 +102,7 @@ mod app {
             "commit {}: {} seeds over {} scenarios (shard {}/{}), {} threads",
             report::COMMIT,
             runs.len(),
-            options.scenarios.len(),
+            planned.len(),
             options.shard.0,
             options.shard.1,
             jobs
@@ -108,7 +110,7 @@ mod app {
         let started = Instant::now();
         let results = execute(runs.clone(), jobs);
         let wall_s = started.elapsed().as_secs_f64();
-        let (text, all_met) = report::sweep(&results, wall_s);
+        let (text, all_met) = report::sweep(&planned, &results, wall_s);
         print!("{text}");
         // Shrink the first failure of a scenario that must be safe: that is a real bug.
         if let Some(failure) = results.iter().find(|r| {
@@ -128,7 +130,7 @@ mod app {
             }
         }
         if let Some(path) = &options.json {
-            let value = report::to_json(&results, wall_s);
+            let value = report::to_json(&planned, &results, wall_s);
             if let Err(error) = std::fs::write(path, value.to_string()) {
                 eprintln!("cannot write {path}: {error}");
                 return 2;
@@ -143,6 +145,7 @@ mod app {
 
     fn merge(options: &Options) -> i32 {
         let mut all = Vec::new();
+        let mut planned: Vec<Scenario> = Vec::new();
         let mut wall = 0.0f64;
         for path in &options.merge {
             let parsed = std::fs::read_to_string(path)
@@ -150,9 +153,14 @@ mod app {
                 .and_then(|text| serde_json::from_str(&text).map_err(|e| e.to_string()))
                 .and_then(|value| report::from_json(&value));
             match parsed {
-                Ok((results, wall_s)) => {
-                    all.extend(results);
-                    wall = wall.max(wall_s);
+                Ok(file) => {
+                    all.extend(file.results);
+                    for scenario in file.planned {
+                        if !planned.contains(&scenario) {
+                            planned.push(scenario);
+                        }
+                    }
+                    wall = wall.max(file.wall_s);
                 }
                 Err(error) => {
                     eprintln!("cannot read report {path}: {error}");
@@ -161,7 +169,7 @@ mod app {
             }
         }
         all.sort_by_key(|r| (r.scenario, r.seed));
-        let (text, all_met) = report::sweep(&all, wall);
+        let (text, all_met) = report::sweep(&planned, &all, wall);
         print!("{text}");
         if all_met {
             0

@@ -10,6 +10,7 @@ use holdfast::ports::{
     ApplyOutcome, Delivery, EventLog, FaultPoint, OffsetCommit, OrderStore, OutboundMessage,
     PartitionId, Polled, PortError, Probe, Publisher, Rebalance,
 };
+use holdfast::verify::reference;
 use holdfast::widetable::OrderRow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -38,6 +39,9 @@ pub struct Observers {
     pub online: Arc<Mutex<Vec<Violation>>>,
     /// Per partition, the offset below which every record was already checked finished.
     pub checked: Arc<Mutex<BTreeMap<PartitionId, i64>>>,
+    /// Faults the harness injected (crashes, outages, clogs, flushes): not the restarts and
+    /// heals that end them, nor the models' own events.
+    pub injected: Arc<AtomicU32>,
 }
 
 impl Observers {
@@ -58,10 +62,11 @@ impl Observers {
         }
         let mut unfinished = Vec::new();
         for (record_offset, record) in self.world.partition_range(partition, from, offset) {
-            let finished = match OrderEvent::decode(&record.payload) {
-                Ok(event) => self.world.store_contains(&IdempotencyKey::of(&event)),
-                Err(_) => self.dead_letters.contains(partition, record_offset),
-            };
+            // Judged by the checker's own reading of the payload and of the row, so that a
+            // decoder or merge bug cannot excuse itself.
+            let finished = reference::read_payload(&record.payload)
+                .is_some_and(|fact| self.world.store_reflects(&fact))
+                || self.dead_letters.contains(partition, record_offset);
             if !finished {
                 unfinished.push(record_offset);
             }
@@ -212,17 +217,18 @@ impl DeadLetters {
             .is_ok_and(|l| l.coordinates.contains(&(partition, offset)))
     }
 
-    /// Keys of the decodable events that were dead-lettered.
-    pub fn keys(&self) -> BTreeSet<IdempotencyKey> {
-        let Ok(letters) = self.letters.lock() else {
-            return BTreeSet::new();
-        };
-        letters
-            .messages
-            .iter()
-            .filter_map(|letter| OrderEvent::decode(&letter.payload).ok())
-            .map(|event| IdempotencyKey::of(&event))
-            .collect()
+    /// The payload of every dead letter, in publish order.
+    pub fn payloads(&self) -> Vec<Vec<u8>> {
+        self.letters
+            .lock()
+            .map(|letters| {
+                letters
+                    .messages
+                    .iter()
+                    .map(|letter| letter.payload.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn len(&self) -> usize {

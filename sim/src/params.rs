@@ -65,8 +65,9 @@ impl RunParams {
             liveness_ms: 0,
         };
         params.liveness_ms = params.liveness_bound_ms();
-        // The explorer's rows pin the dimension they are about.
-        match scenario {
+        // The explorer's rows pin the dimension they are about (a control run takes its
+        // planted scenario's parameters, so that only the bug differs).
+        match scenario.seeded_as() {
             Scenario::AutoCommit | Scenario::CompensatedAutoCommit | Scenario::Planted(_) => {
                 params.faults = params.faults.max(2);
                 // The commit bugs only bite while work is in flight at commit time.

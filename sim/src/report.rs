@@ -2,7 +2,7 @@
 
 use crate::checker::Invariant;
 use crate::runner::RunOutcome;
-use crate::scenario::Scenario;
+use crate::scenario::{Expectation, LossAt, Scenario};
 use crate::sweep::{matrix, meets, SeedResult};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
@@ -17,7 +17,12 @@ pub fn single(outcome: &RunOutcome, trace_lines: usize) -> String {
     let _ = writeln!(out, "commit {COMMIT}");
     let _ = writeln!(out, "{}", outcome.params);
     let _ = writeln!(out, "{}", outcome.world);
-    let _ = writeln!(out, "faults injected ({}):", outcome.faults.len());
+    let _ = writeln!(
+        out,
+        "faults injected {}; faults and model events ({}):",
+        outcome.faults_injected,
+        outcome.faults.len()
+    );
     for fault in &outcome.faults {
         let _ = writeln!(out, "  {fault}");
     }
@@ -61,10 +66,10 @@ pub fn single(outcome: &RunOutcome, trace_lines: usize) -> String {
     out
 }
 
-/// The explorer matrix and the summary of a sweep. Returns the text and whether every
-/// scenario met its expectation.
-pub fn sweep(results: &[SeedResult], wall_s: f64) -> (String, bool) {
-    let rows = matrix(results);
+/// The explorer matrix and the summary of a sweep of the `planned` scenarios. Returns the
+/// text and whether every scenario met its expectation (one that ran no seed did not).
+pub fn sweep(planned: &[Scenario], results: &[SeedResult], wall_s: f64) -> (String, bool) {
+    let rows = matrix(planned, results);
     let mut out = String::new();
     let _ = writeln!(out, "commit {COMMIT}");
     let _ = writeln!(
@@ -77,10 +82,11 @@ pub fn sweep(results: &[SeedResult], wall_s: f64) -> (String, bool) {
         let met = meets(*scenario, row);
         all_met &= met;
         let expected = match scenario.expectation() {
-            crate::scenario::Expectation::Safe => "no loss",
-            crate::scenario::Expectation::LossShown => "loss shown",
-            crate::scenario::Expectation::Caught => "caught",
-            crate::scenario::Expectation::Repaired => "repaired",
+            Expectation::Safe => "no loss",
+            Expectation::LossShown(LossAt::Broker) => "broker loss",
+            Expectation::LossShown(LossAt::Consumer) => "cons. loss",
+            Expectation::Caught(_) => "caught",
+            Expectation::Repaired => "repaired",
         };
         let _ = writeln!(
             out,
@@ -106,9 +112,13 @@ pub fn sweep(results: &[SeedResult], wall_s: f64) -> (String, bool) {
             .iter()
             .map(|(i, n)| format!("{i} x{n}"))
             .collect();
+        let declared = match scenario.expectation() {
+            Expectation::Caught(declared) => names(declared),
+            _ => "any".into(),
+        };
         let _ = writeln!(
             out,
-            "  {:<36} {}  ({})",
+            "  {:<36} {}  (must break: {declared}; broke: {})",
             scenario.name(),
             row.first_caught
                 .map_or("NOT CAUGHT".to_string(), |n| format!("caught at seed #{n}")),
@@ -172,15 +182,18 @@ fn names(invariants: &[Invariant]) -> String {
 }
 
 /// A sweep as JSON.
-pub fn to_json(results: &[SeedResult], wall_s: f64) -> Value {
+pub fn to_json(planned: &[Scenario], results: &[SeedResult], wall_s: f64) -> Value {
     json!({
         "commit": COMMIT,
         "wall_s": wall_s,
+        "scenarios": planned.iter().map(|s| s.name()).collect::<Vec<_>>(),
         "seeds": results.iter().map(|r| json!({
             "scenario": r.scenario.name(),
             "seed": r.seed,
             "invariants": r.invariants.iter().map(|i| i.name()).collect::<Vec<_>>(),
             "lost": r.lost,
+            "broker_lost": r.broker_lost,
+            "consumer_lost": r.consumer_lost,
             "redeliveries": r.redeliveries,
             "sent": r.sent,
             "steps": r.steps,
@@ -192,8 +205,26 @@ pub fn to_json(results: &[SeedResult], wall_s: f64) -> Value {
     })
 }
 
+/// A sweep read back from JSON.
+pub struct SweepFile {
+    pub planned: Vec<Scenario>,
+    pub results: Vec<SeedResult>,
+    pub wall_s: f64,
+}
+
 /// Reads a sweep back from JSON (for `--merge`).
-pub fn from_json(value: &Value) -> Result<(Vec<SeedResult>, f64), String> {
+pub fn from_json(value: &Value) -> Result<SweepFile, String> {
+    let planned = value
+        .get("scenarios")
+        .and_then(Value::as_array)
+        .ok_or("report has no `scenarios` array")?
+        .iter()
+        .map(|name| {
+            name.as_str()
+                .and_then(Scenario::parse)
+                .ok_or("unknown scenario in report".to_string())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let seeds = value
         .get("seeds")
         .and_then(Value::as_array)
@@ -220,7 +251,7 @@ pub fn from_json(value: &Value) -> Result<(Vec<SeedResult>, f64), String> {
             .iter()
             .map(|name| {
                 name.as_str()
-                    .and_then(invariant_named)
+                    .and_then(Invariant::parse)
                     .ok_or("unknown invariant in report".to_string())
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -229,6 +260,8 @@ pub fn from_json(value: &Value) -> Result<(Vec<SeedResult>, f64), String> {
             seed: count("seed")?,
             invariants,
             lost: count("lost")? as usize,
+            broker_lost: count("broker_lost")? as usize,
+            consumer_lost: count("consumer_lost")? as usize,
             redeliveries: count("redeliveries")? as usize,
             sent: count("sent")? as usize,
             steps: count("steps")? as usize,
@@ -242,11 +275,9 @@ pub fn from_json(value: &Value) -> Result<(Vec<SeedResult>, f64), String> {
         });
     }
     let wall_s = value.get("wall_s").and_then(Value::as_f64).unwrap_or(0.0);
-    Ok((results, wall_s))
-}
-
-fn invariant_named(name: &str) -> Option<Invariant> {
-    crate::checker::ALL_INVARIANTS
-        .into_iter()
-        .find(|i| i.name() == name)
+    Ok(SweepFile {
+        planned,
+        results,
+        wall_s,
+    })
 }

@@ -17,11 +17,12 @@ use holdfast::pipeline::{
 use holdfast::planted::PlantedBug;
 use holdfast::ports::{Delivery, FaultPoint, OutboundMessage, PortError, Publisher};
 use holdfast::rng::SplitMix;
-use holdfast::verify::{GroundTruth, StoreView};
+use holdfast::verify::{reference, Fact, GroundTruth, StoreView};
 use holdfast::workload::{Workload, WorkloadConfig};
 use madsim::runtime::Handle;
 use madsim::task::NodeId;
 use madsim::time::{sleep, Instant};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,8 +43,10 @@ pub struct RunOutcome {
     pub fingerprint: u64,
     /// The simulated cluster's configuration (acks, replication, flush, ...).
     pub world: String,
-    /// Faults injected, in order, with virtual time.
+    /// Faults and model events (elections, restarts, heals), in order, with virtual time.
     pub faults: Vec<String>,
+    /// Faults the harness injected (each counted once, not its restart or heal).
+    pub faults_injected: usize,
     pub virtual_ms: u64,
     /// Messages the producer sent (including malformed and repeated ones).
     pub sent: usize,
@@ -161,6 +164,7 @@ async fn simulate(params: RunParams) -> RunOutcome {
         dead_letters: DeadLetters::default(),
         online: Arc::new(Mutex::new(Vec::new())),
         checked: Arc::new(Mutex::new(Default::default())),
+        injected: Arc::new(AtomicU32::new(0)),
     };
     let truth = Arc::new(Mutex::new(GroundTruth::default()));
     let producer_done = Arc::new(AtomicBool::new(false));
@@ -247,10 +251,10 @@ async fn simulate(params: RunParams) -> RunOutcome {
         history: history.take(),
         truth,
         store: StoreView {
-            applications: world.store_applications(),
+            ledger: world.store_ledger(),
             rows: world.store_rows(),
         },
-        dead_lettered: observers.dead_letters.keys(),
+        dead_letters: observers.dead_letters.payloads(),
         logs,
         online: observers
             .online
@@ -305,6 +309,7 @@ async fn simulate(params: RunParams) -> RunOutcome {
         faults,
         virtual_ms,
         sent: sent.load(Ordering::SeqCst) as usize,
+        faults_injected: observers.injected.load(Ordering::SeqCst) as usize,
         redeliveries,
         resent,
         world: describe_world(&world_config(&params_for_report)),
@@ -319,14 +324,19 @@ fn fault_time_ms(line: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Every acknowledged event is applied or dead-lettered.
+/// Every acknowledged event is applied or dead-lettered (judged by the checker's model).
 fn effects_done(world: &World, truth: &Arc<Mutex<GroundTruth>>, observers: &Observers) -> bool {
-    let dead = observers.dead_letters.keys();
+    let dead: BTreeSet<Fact> = observers
+        .dead_letters
+        .payloads()
+        .iter()
+        .filter_map(|payload| reference::read_payload(payload))
+        .collect();
     truth.lock().is_ok_and(|truth| {
         truth
             .acknowledged
             .iter()
-            .all(|key| world.store_contains(key) || dead.contains(key))
+            .all(|fact| world.store_reflects(fact) || dead.contains(fact))
     })
 }
 
@@ -559,6 +569,7 @@ async fn serve_crash_requests(
     rng: &mut SplitMix,
 ) {
     while let Ok((consumer, point)) = requests.try_recv() {
+        observers.injected.fetch_add(1, Ordering::SeqCst);
         let (node, name) = &consumers[consumer];
         crash_consumer(
             observers,
@@ -597,7 +608,8 @@ async fn inject_fault(
     rng: &mut SplitMix,
 ) {
     let brokers = world.config().brokers;
-    match params.scenario {
+    observers.injected.fetch_add(1, Ordering::SeqCst);
+    match params.scenario.seeded_as() {
         Scenario::AllReplicasCrashUnflushed | Scenario::AllReplicasCrashFlushed => {
             for broker in 0..brokers {
                 world.kill(ServiceNode::Broker(broker));
@@ -617,7 +629,10 @@ async fn inject_fault(
             let broker = leader_of_busiest(world, params.partitions).unwrap_or(rng.below(brokers));
             single_broker_failure(world, observers, broker, rng).await;
         }
-        Scenario::AutoCommit | Scenario::CompensatedAutoCommit | Scenario::Planted(_) => {
+        Scenario::AutoCommit
+        | Scenario::CompensatedAutoCommit
+        | Scenario::Planted(_)
+        | Scenario::Control(_) => {
             let consumer = rng.below(consumers.len());
             {
                 let (node, name) = &consumers[consumer];
@@ -683,6 +698,8 @@ async fn single_broker_failure(
                     ),
                 },
             );
+            // Nothing was injected after all.
+            observers.injected.fetch_sub(1, Ordering::SeqCst);
             return;
         }
         sleep(Duration::from_millis(20)).await;

@@ -3,18 +3,30 @@
 //! Each explorer row reproduces one loss window the seed names, or its remedy, and carries the
 //! expectation the suite asserts over a sweep of seeds.
 
+use crate::checker::Invariant;
 use holdfast::planted::PlantedBug;
 use std::fmt;
+
+/// Where a loss window loses an acknowledged event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossAt {
+    /// The broker: the event is absent from the final log.
+    Broker,
+    /// The consumer: the event is in the log and was never applied.
+    Consumer,
+}
 
 /// What a scenario's sweep must show.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Expectation {
     /// No seed may lose an acknowledged event or violate any invariant.
     Safe,
-    /// Some seed of the sweep must lose acknowledged events (the window is real).
-    LossShown,
-    /// Some seed of the sweep must be caught by the checker (a planted bug).
-    Caught,
+    /// Some seed of the sweep must converge and lose acknowledged events where the window
+    /// says (the window is real); broker windows must show no consumer loss in any seed.
+    LossShown(LossAt),
+    /// Some seed of the sweep must break one of the invariants the planted bug declares, and
+    /// the same seeds with the bug off ([`Scenario::Control`]) must be clean.
+    Caught(&'static [Invariant]),
     /// A planted loss that the compensator must repair: the checker may flag the commit
     /// discipline, but no seed may lose or double an acknowledged event.
     Repaired,
@@ -45,6 +57,9 @@ pub enum Scenario {
     CompensatedAutoCommit,
     /// A planted bug that the checker must catch.
     Planted(PlantedBug),
+    /// The runs of [`Scenario::Planted`] on the same seeds, with the bug off: must be clean,
+    /// so that a catch is the bug's and not the scenario's.
+    Control(PlantedBug),
 }
 
 impl Scenario {
@@ -61,15 +76,16 @@ impl Scenario {
         Scenario::CompensatedAutoCommit,
     ];
 
-    /// Every scenario, explorer rows then planted bugs.
+    /// Every scenario: explorer rows, then each planted bug and its control.
     pub fn all() -> Vec<Scenario> {
         let mut all = Scenario::EXPLORER.to_vec();
-        all.extend(
-            PlantedBug::ALL
-                .into_iter()
-                .filter(|bug| *bug != PlantedBug::AutoCommit)
-                .map(Scenario::Planted),
-        );
+        for bug in PlantedBug::ALL
+            .into_iter()
+            .filter(|bug| *bug != PlantedBug::AutoCommit)
+        {
+            all.push(Scenario::Planted(bug));
+            all.push(Scenario::Control(bug));
+        }
         all
     }
 
@@ -78,13 +94,23 @@ impl Scenario {
             Scenario::Standard
             | Scenario::AcksAllSingleFailure
             | Scenario::AllReplicasCrashFlushed
-            | Scenario::LiteralCommitRule => Expectation::Safe,
+            | Scenario::LiteralCommitRule
+            | Scenario::Control(_) => Expectation::Safe,
             Scenario::FireAndForget
             | Scenario::AcksOneLeaderCrash
-            | Scenario::AllReplicasCrashUnflushed
-            | Scenario::AutoCommit => Expectation::LossShown,
-            Scenario::Planted(_) => Expectation::Caught,
+            | Scenario::AllReplicasCrashUnflushed => Expectation::LossShown(LossAt::Broker),
+            Scenario::AutoCommit => Expectation::LossShown(LossAt::Consumer),
+            Scenario::Planted(bug) => Expectation::Caught(caught_by(bug)),
             Scenario::CompensatedAutoCommit => Expectation::Repaired,
+        }
+    }
+
+    /// The scenario whose seeds drive this one's parameters: a control runs its planted
+    /// scenario's seeds exactly.
+    pub fn seeded_as(self) -> Scenario {
+        match self {
+            Scenario::Control(bug) => Scenario::Planted(bug),
+            scenario => scenario,
         }
     }
 
@@ -101,6 +127,7 @@ impl Scenario {
             Scenario::LiteralCommitRule => "literal-commit-rule".into(),
             Scenario::CompensatedAutoCommit => "auto-commit-compensated".into(),
             Scenario::Planted(bug) => format!("planted-{}", planted_name(bug)),
+            Scenario::Control(bug) => format!("control-{}", planted_name(bug)),
         }
     }
 
@@ -124,6 +151,7 @@ impl Scenario {
             Scenario::LiteralCommitRule => "standard faults, the seed's literal commit rule",
             Scenario::CompensatedAutoCommit => "auto-commit and crashes, compensator on",
             Scenario::Planted(_) => "planted bug",
+            Scenario::Control(_) => "the planted bug's seeds, bug off",
         }
     }
 
@@ -140,6 +168,21 @@ impl Scenario {
 impl fmt::Display for Scenario {
     fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
         out.write_str(&self.name())
+    }
+}
+
+/// The invariants a planted bug must break to count as caught: what the bug really does, so
+/// that a catch through an unrelated failure (a stall, say) is not credited to the checker.
+fn caught_by(bug: PlantedBug) -> &'static [Invariant] {
+    match bug {
+        PlantedBug::CommitBeforeProcessing
+        | PlantedBug::AutoCommit
+        | PlantedBug::CommitAckedPlusOne
+        | PlantedBug::CacheWrittenBeforeStore => {
+            &[Invariant::CommitPastUnfinished, Invariant::ConsumerLoss]
+        }
+        PlantedBug::NoUniqueKey => &[Invariant::Duplicate],
+        PlantedBug::MergeByArrival => &[Invariant::RowMismatch],
     }
 }
 

@@ -4,7 +4,7 @@
 use crate::checker::Invariant;
 use crate::params::RunParams;
 use crate::runner::{run, RunOutcome};
-use crate::scenario::{Expectation, Scenario};
+use crate::scenario::{Expectation, LossAt, Scenario};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::panic::AssertUnwindSafe;
@@ -19,6 +19,10 @@ pub struct SeedResult {
     pub seed: u64,
     pub invariants: Vec<Invariant>,
     pub lost: usize,
+    /// Acknowledged events absent from the final log.
+    pub broker_lost: usize,
+    /// Records of the final log neither applied nor dead-lettered.
+    pub consumer_lost: usize,
     pub redeliveries: usize,
     pub sent: usize,
     pub steps: usize,
@@ -32,6 +36,21 @@ pub struct SeedResult {
 impl SeedResult {
     pub fn failed(&self) -> bool {
         !self.invariants.is_empty() || self.panic.is_some()
+    }
+
+    /// Whether the run converged: only a converged run's losses are losses, not a stall.
+    pub fn converged(&self) -> bool {
+        self.panic.is_none() && !self.invariants.contains(&Invariant::Liveness)
+    }
+
+    /// Whether the run converged and lost where the window says: in the broker (with no
+    /// consumer loss), or in the consumer.
+    pub fn loss_at(&self, at: LossAt) -> bool {
+        self.converged()
+            && match at {
+                LossAt::Broker => self.broker_lost > 0 && self.consumer_lost == 0,
+                LossAt::Consumer => self.consumer_lost > 0,
+            }
     }
 }
 
@@ -51,6 +70,8 @@ pub fn run_guarded(params: &RunParams) -> (SeedResult, Option<RunOutcome>) {
                 seed: params.seed,
                 invariants: Vec::new(),
                 lost: 0,
+                broker_lost: 0,
+                consumer_lost: 0,
                 redeliveries: 0,
                 sent: 0,
                 steps: 0,
@@ -70,14 +91,29 @@ fn summarize(outcome: &RunOutcome) -> SeedResult {
         seed: outcome.params.seed,
         invariants: outcome.verdict.invariants().into_iter().collect(),
         lost: outcome.lost(),
+        broker_lost: outcome.verdict.broker_lost,
+        consumer_lost: outcome.verdict.consumer_lost,
         redeliveries: outcome.redeliveries,
         sent: outcome.sent,
         steps: outcome.steps,
-        faults: outcome.faults.len(),
+        faults: outcome.faults_injected,
         virtual_ms: outcome.virtual_ms,
         panic: None,
         replay: outcome.params.replay_command(),
     }
+}
+
+/// The scenarios a sweep of `requested` runs: each planted bug brings its control.
+pub fn with_controls(requested: &[Scenario]) -> Vec<Scenario> {
+    let mut scenarios = requested.to_vec();
+    for scenario in requested {
+        if let Scenario::Planted(bug) = scenario {
+            if !scenarios.contains(&Scenario::Control(*bug)) {
+                scenarios.push(Scenario::Control(*bug));
+            }
+        }
+    }
+    scenarios
 }
 
 /// The runs of a sweep: `seeds` spread over `scenarios` (half to the standard scenario when
@@ -246,30 +282,48 @@ pub struct Row {
     pub seeds: usize,
     pub failing_seeds: usize,
     pub seeds_with_loss: usize,
+    /// Converged seeds that lost in the broker only.
+    pub seeds_broker_loss: usize,
+    /// Converged seeds that lost in the consumer.
+    pub seeds_consumer_loss: usize,
+    /// Seeds that broke an invariant the scenario's planted bug declares.
+    pub seeds_caught: usize,
     pub lost: usize,
+    /// Acknowledged events absent from the final log.
+    pub broker_lost: usize,
+    /// Records of the final log neither applied nor dead-lettered.
+    pub consumer_lost: usize,
     pub redeliveries: usize,
     pub events: usize,
-    /// Index (1-based) of the first seed the checker flagged.
+    /// Index (1-based) of the first seed that broke a declared invariant (planted bugs), or
+    /// that the checker flagged at all (other scenarios).
     pub first_caught: Option<usize>,
     pub invariants: BTreeMap<Invariant, usize>,
     pub panics: usize,
 }
 
-/// Aggregates results per scenario.
-pub fn matrix(results: &[SeedResult]) -> BTreeMap<Scenario, Row> {
-    let mut rows: BTreeMap<Scenario, Row> = BTreeMap::new();
+/// Aggregates results per scenario; every scenario of `planned` has a row, seeds or not.
+pub fn matrix(planned: &[Scenario], results: &[SeedResult]) -> BTreeMap<Scenario, Row> {
+    let mut rows: BTreeMap<Scenario, Row> = planned.iter().map(|s| (*s, Row::default())).collect();
     for result in results {
         let row = rows.entry(result.scenario).or_default();
         row.seeds += 1;
         row.lost += result.lost;
         row.redeliveries += result.redeliveries;
         row.events += result.sent;
-        if result.lost > 0 {
-            row.seeds_with_loss += 1;
+        row.seeds_with_loss += usize::from(result.lost > 0);
+        row.seeds_broker_loss += usize::from(result.loss_at(LossAt::Broker));
+        row.seeds_consumer_loss += usize::from(result.loss_at(LossAt::Consumer));
+        let caught = match result.scenario.expectation() {
+            Expectation::Caught(declared) => result.invariants.iter().any(|i| declared.contains(i)),
+            _ => result.failed(),
+        };
+        row.seeds_caught += usize::from(caught);
+        if caught {
+            row.first_caught.get_or_insert(row.seeds);
         }
         if result.failed() {
             row.failing_seeds += 1;
-            row.first_caught.get_or_insert(row.seeds);
         }
         if result.panic.is_some() {
             row.panics += 1;
@@ -281,15 +335,18 @@ pub fn matrix(results: &[SeedResult]) -> BTreeMap<Scenario, Row> {
     rows
 }
 
-/// Whether a row meets its scenario's expectation.
+/// Whether a row meets its scenario's expectation. A scenario that ran no seed meets none.
 pub fn meets(scenario: Scenario, row: &Row) -> bool {
-    if row.panics > 0 {
+    if row.panics > 0 || row.seeds == 0 {
         return false;
     }
     match scenario.expectation() {
         Expectation::Safe => row.failing_seeds == 0,
-        Expectation::LossShown => row.seeds_with_loss > 0,
-        Expectation::Caught => row.failing_seeds > 0,
+        Expectation::LossShown(LossAt::Broker) => {
+            row.seeds_broker_loss > 0 && row.seeds_consumer_loss == 0
+        }
+        Expectation::LossShown(LossAt::Consumer) => row.seeds_consumer_loss > 0,
+        Expectation::Caught(_) => row.seeds_caught > 0,
         Expectation::Repaired => {
             row.seeds_with_loss == 0 && !row.invariants.contains_key(&Invariant::Duplicate)
         }
@@ -299,6 +356,74 @@ pub fn meets(scenario: Scenario, row: &Row) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn result(scenario: Scenario, invariants: Vec<Invariant>) -> SeedResult {
+        SeedResult {
+            scenario,
+            seed: 1,
+            invariants,
+            lost: 0,
+            broker_lost: 0,
+            consumer_lost: 0,
+            redeliveries: 0,
+            sent: 10,
+            steps: 10,
+            faults: 1,
+            virtual_ms: 1,
+            panic: None,
+            replay: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_planned_scenario_without_seeds_meets_nothing() {
+        let planned = [Scenario::Standard, Scenario::FireAndForget];
+        let rows = matrix(&planned, &[result(Scenario::Standard, vec![])]);
+        assert!(meets(Scenario::Standard, &rows[&Scenario::Standard]));
+        assert!(!meets(
+            Scenario::FireAndForget,
+            &rows[&Scenario::FireAndForget]
+        ));
+    }
+
+    #[test]
+    fn a_planted_bug_is_caught_only_by_what_it_declares() {
+        let bug = Scenario::Planted(holdfast::planted::PlantedBug::NoUniqueKey);
+        let stalled = [result(bug, vec![Invariant::Liveness])];
+        assert!(!meets(bug, &matrix(&[bug], &stalled)[&bug]));
+        let doubled = [result(bug, vec![Invariant::Duplicate])];
+        assert!(meets(bug, &matrix(&[bug], &doubled)[&bug]));
+    }
+
+    #[test]
+    fn loss_counts_only_where_the_window_is_and_only_once_converged() {
+        let window = Scenario::FireAndForget;
+        let mut stalled = result(window, vec![Invariant::Liveness, Invariant::BrokerLoss]);
+        stalled.broker_lost = 3;
+        assert!(!meets(
+            window,
+            &matrix(&[window], &[stalled.clone()])[&window]
+        ));
+        let mut located = stalled.clone();
+        located.invariants = vec![Invariant::BrokerLoss];
+        assert!(meets(
+            window,
+            &matrix(&[window], &[located.clone()])[&window]
+        ));
+        let mut consumer_too = located;
+        consumer_too.consumer_lost = 1;
+        assert!(!meets(window, &matrix(&[window], &[consumer_too])[&window]));
+    }
+
+    #[test]
+    fn every_planted_bug_brings_its_control() {
+        let bug = holdfast::planted::PlantedBug::MergeByArrival;
+        let planned = with_controls(&[Scenario::Planted(bug)]);
+        assert_eq!(
+            planned,
+            vec![Scenario::Planted(bug), Scenario::Control(bug)]
+        );
+    }
 
     #[test]
     fn plan_has_exactly_the_requested_seeds_and_shards_partition_it() {

@@ -19,6 +19,7 @@ use super::{rejected, unavailable, AdapterError, STORE};
 use crate::event::{EventKind, OrderEvent};
 use crate::idempotency::IdempotencyKey;
 use crate::ports::{ApplyOutcome, OrderStore, PortError};
+use crate::verify::Application;
 use crate::widetable::{OrderRow, Stamp};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -204,6 +205,34 @@ impl PostgresStore {
                     *applications.entry(key_of(&row)?).or_insert(0) += 1;
                 }
                 Ok(applications)
+            })
+        })
+        .await
+    }
+
+    /// Every application the key table records (order, status, the event id that claimed
+    /// it), for the checker in [`crate::verify`].
+    pub async fn ledger(&self) -> Result<Vec<Application>, PortError> {
+        self.with_session(|session| {
+            Box::pin(async move {
+                let rows = session
+                    .client
+                    .query("SELECT order_id, status, event_id FROM holdfast_keys", &[])
+                    .await
+                    .map_err(|error| port_error(&error))?;
+                let mut ledger = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let status: &str = row.try_get(1).map_err(|error| port_error(&error))?;
+                    let kind = EventKind::parse(status).ok_or_else(|| {
+                        rejected(STORE, format!("unknown status {status:?} in holdfast_keys"))
+                    })?;
+                    ledger.push(Application {
+                        order_id: row.try_get(0).map_err(|error| port_error(&error))?,
+                        kind,
+                        event_id: row.try_get(2).map_err(|error| port_error(&error))?,
+                    });
+                }
+                Ok(ledger)
             })
         })
         .await

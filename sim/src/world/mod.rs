@@ -9,9 +9,9 @@ pub mod postgres;
 pub mod redis;
 pub mod rpc;
 
-use holdfast::idempotency::IdempotencyKey;
 use holdfast::planted::PlantedBug;
 use holdfast::ports::{CommittedOffset, PartitionId, Record};
+use holdfast::verify::{reference, Application, Fact};
 use holdfast::widetable::OrderRow;
 use kafka::broker::BrokerState;
 use kafka::consumer::ConsumerConfig;
@@ -549,14 +549,25 @@ impl World {
         }
     }
 
-    /// Whether the store holds `key` (read from its disk, no network).
-    pub fn store_contains(&self, key: &IdempotencyKey) -> bool {
-        lock(&self.inner.store).core.contains(key)
+    /// Whether the store's rows show the fact's effect (read from its disk, no network),
+    /// judged by the checker's own model.
+    pub fn store_reflects(&self, fact: &Fact) -> bool {
+        let store = lock(&self.inner.store);
+        store
+            .core
+            .row(&fact.order_id)
+            .is_some_and(|row| reference::reflected_in(row, fact))
     }
 
-    /// How many times the store applied each idempotency key.
-    pub fn store_applications(&self) -> BTreeMap<IdempotencyKey, u32> {
-        lock(&self.inner.store).core.applications().clone()
+    /// Every application the store recorded, in order.
+    pub fn store_ledger(&self) -> Vec<Application> {
+        let store = lock(&self.inner.store);
+        store
+            .core
+            .applied_events()
+            .iter()
+            .map(Application::of)
+            .collect()
     }
 
     /// The store's wide rows.

@@ -1,0 +1,206 @@
+//! Each check of [`verify`] fails when what it guards is broken: the tests break one thing at a
+//! time in a faithful store and name the finding.
+
+use super::*;
+use crate::widetable::Stamp;
+use crate::workload::{Workload, WorkloadConfig};
+
+/// A ground truth of `orders` orders, every event acknowledged, and the store that applied
+/// them all once.
+fn truth_and_store(orders: usize) -> (GroundTruth, StoreView, Vec<OrderEvent>) {
+    let workload = Workload::generate(&WorkloadConfig {
+        orders,
+        ..WorkloadConfig::default()
+    })
+    .unwrap();
+    let events = workload.distinct_events();
+    let mut truth = GroundTruth::default();
+    for event in &events {
+        truth.record(event, true);
+    }
+    let store = faithful_store(&events);
+    (truth, store, events)
+}
+
+/// The store a correct pipeline leaves: one application per business key, the rows the
+/// production merge gives.
+fn faithful_store(events: &[OrderEvent]) -> StoreView {
+    let mut keys = BTreeSet::new();
+    let ledger = events
+        .iter()
+        .filter(|event| {
+            keys.insert(Fact::business_key(
+                &event.order_id,
+                event.kind,
+                &event.event_id,
+            ))
+        })
+        .map(Application::of)
+        .collect();
+    StoreView {
+        ledger,
+        rows: OrderRow::fold(events)
+            .into_iter()
+            .map(|row| (row.order_id.clone(), row))
+            .collect(),
+    }
+}
+
+fn no_letters() -> Vec<Vec<u8>> {
+    Vec::new()
+}
+
+#[test]
+fn a_faithful_store_passes() {
+    let (truth, store, _) = truth_and_store(50);
+    let report = verify(&truth, &store, &no_letters(), &BTreeSet::new());
+    assert!(report.passed(), "{report}");
+    assert_eq!(report.applied, report.acknowledged);
+}
+
+#[test]
+fn a_lost_event_is_missing_and_breaks_conservation() {
+    let (truth, mut store, events) = truth_and_store(20);
+    let created = events
+        .iter()
+        .find(|e| e.kind == EventKind::Created)
+        .unwrap();
+    store.rows.get_mut(&created.order_id).unwrap().created = None;
+    store.ledger.retain(|a| *a != Application::of(created));
+    let report = verify(&truth, &store, &no_letters(), &BTreeSet::new());
+    assert_eq!(report.missing, vec![Fact::of(created)]);
+    assert!(!report.conservation_holds());
+    assert!(!report.passed());
+}
+
+#[test]
+fn a_doubled_application_is_found_in_the_ledger() {
+    let (truth, mut store, events) = truth_and_store(20);
+    store.ledger.push(Application::of(&events[3]));
+    let report = verify(&truth, &store, &no_letters(), &BTreeSet::new());
+    assert_eq!(report.applied_twice.len(), 1, "{report}");
+    assert!(!report.passed());
+}
+
+#[test]
+fn an_invented_event_is_unexpected_in_the_ledger_and_in_the_rows() {
+    let (truth, mut store, events) = truth_and_store(20);
+    let mut invented = events[2].clone();
+    invented.order_id = "never-sent".to_owned();
+    store.ledger.push(Application::of(&invented));
+    store.rows.insert(
+        "never-sent".to_owned(),
+        OrderRow::fold([&invented]).remove(0),
+    );
+    let report = verify(&truth, &store, &no_letters(), &BTreeSet::new());
+    assert_eq!(report.unexpected.len(), 2, "{report}");
+}
+
+#[test]
+fn a_row_claim_no_producer_sent_is_unexpected() {
+    let (truth, mut store, events) = truth_and_store(20);
+    let paid = events.iter().find(|e| e.kind == EventKind::Paid).unwrap();
+    let row = store.rows.get_mut(&paid.order_id).unwrap();
+    // An earlier time than any sent: the stamp wins the rule, yet nobody sent it.
+    row.paid.as_mut().unwrap().at_ms -= 1;
+    let report = verify(&truth, &store, &no_letters(), &BTreeSet::new());
+    assert_eq!(report.unexpected.len(), 1, "{report}");
+}
+
+/// The shape an independent client found: two different events claim one status; the row
+/// must keep the smaller `(at_ms, event_id)` whatever arrived first.
+#[test]
+fn a_row_keeping_the_later_of_two_conflicting_events_is_a_mismatch() {
+    let (mut truth, mut store, events) = truth_and_store(20);
+    let paid = events.iter().find(|e| e.kind == EventKind::Paid).unwrap();
+    let mut earlier = paid.clone();
+    earlier.event_id = format!("{}-rival", paid.event_id);
+    earlier.event_time_ms -= 1;
+    truth.record(&earlier, true);
+    let report = verify(&truth, &store, &no_letters(), &BTreeSet::new());
+    assert_eq!(report.row_mismatches.len(), 1, "{report}");
+    assert_eq!(report.missing, vec![Fact::of(&earlier)]);
+    // The same store with the rival's claim in the column passes.
+    store.rows.get_mut(&paid.order_id).unwrap().paid = Some(Stamp::of(&earlier));
+    let report = verify(&truth, &store, &no_letters(), &BTreeSet::new());
+    assert!(report.passed(), "{report}");
+}
+
+#[test]
+fn a_dead_lettered_valid_event_fails_even_when_accounted_for() {
+    let (truth, mut store, events) = truth_and_store(20);
+    let shipped = events
+        .iter()
+        .find(|e| e.kind == EventKind::Shipped)
+        .unwrap();
+    store.rows.get_mut(&shipped.order_id).unwrap().shipped = None;
+    store.ledger.retain(|a| *a != Application::of(shipped));
+    let letters = vec![shipped.encode()];
+    let report = verify(&truth, &store, &letters, &BTreeSet::new());
+    assert!(report.missing.is_empty(), "{report}");
+    assert!(report.conservation_holds(), "{report}");
+    assert_eq!(report.dead_lettered_valid, vec![Fact::of(shipped)]);
+    assert!(!report.passed());
+}
+
+#[test]
+fn an_event_applied_and_dead_lettered_breaks_conservation() {
+    let (truth, store, events) = truth_and_store(20);
+    let letters = vec![events[0].encode()];
+    let report = verify(&truth, &store, &letters, &BTreeSet::new());
+    assert_eq!(report.applied_and_dead_lettered, vec![Fact::of(&events[0])]);
+    assert!(!report.conservation_holds(), "{report}");
+}
+
+#[test]
+fn malformed_dead_letters_and_unacknowledged_sends_are_no_fault() {
+    let (mut truth, store, events) = truth_and_store(20);
+    let mut unacked = events[2].clone();
+    unacked.event_id = "late".to_owned();
+    unacked.order_id = "unacked-order".to_owned();
+    truth.record(&unacked, false);
+    let letters = vec![b"not json".to_vec(), br#"[1,"e","o"]"#.to_vec()];
+    let report = verify(&truth, &store, &letters, &BTreeSet::new());
+    assert!(report.passed(), "{report}");
+}
+
+#[test]
+fn pending_events_count_toward_conservation() {
+    let (truth, mut store, events) = truth_and_store(20);
+    let created = events
+        .iter()
+        .find(|e| e.kind == EventKind::Created)
+        .unwrap();
+    store.rows.get_mut(&created.order_id).unwrap().created = None;
+    let report = verify(
+        &truth,
+        &store,
+        &no_letters(),
+        &BTreeSet::from([Fact::of(created)]),
+    );
+    assert!(report.passed(), "{report}");
+    assert_eq!(report.pending, 1);
+}
+
+/// The checker's reading of the wire format agrees with the decoder on everything the
+/// workload sends, valid and malformed.
+#[test]
+fn the_second_reading_agrees_with_the_decoder_on_the_workload() {
+    let workload = Workload::generate(&WorkloadConfig {
+        orders: 300,
+        malformed_ratio: 0.2,
+        ..WorkloadConfig::default()
+    })
+    .unwrap();
+    for message in &workload.messages {
+        let decoded = OrderEvent::decode(&message.payload)
+            .ok()
+            .map(|e| Fact::of(&e));
+        assert_eq!(
+            reference::read_payload(&message.payload),
+            decoded,
+            "{}",
+            String::from_utf8_lossy(&message.payload)
+        );
+    }
+}
