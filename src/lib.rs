@@ -16,6 +16,7 @@ pub mod partition;
 pub mod pipeline;
 pub mod planted;
 pub mod ports;
+pub mod reach;
 pub mod rng;
 pub(crate) mod sync;
 pub mod verify;

@@ -14,6 +14,7 @@ pub mod history;
 #[cfg(madsim)]
 pub mod observe;
 pub mod params;
+pub mod reach;
 #[cfg(madsim)]
 pub mod report;
 #[cfg(madsim)]

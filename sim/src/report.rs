@@ -3,7 +3,7 @@
 use crate::checker::Invariant;
 use crate::runner::RunOutcome;
 use crate::scenario::{Expectation, LossAt, Scenario};
-use crate::sweep::{matrix, meets, SeedResult};
+use crate::sweep::{matrix, meets, must_reach_all, reach_table, SeedResult};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 
@@ -125,6 +125,7 @@ pub fn sweep(planned: &[Scenario], results: &[SeedResult], wall_s: f64) -> (Stri
             invariants.join(", ")
         );
     }
+    all_met &= write_reach(&mut out, planned, results);
     let failing: Vec<&SeedResult> = results
         .iter()
         .filter(|r| r.failed() && scenario_is_safe(r.scenario))
@@ -169,6 +170,35 @@ pub fn sweep(planned: &[Scenario], results: &[SeedResult], wall_s: f64) -> (Stri
     (out, all_met)
 }
 
+/// The reach table: per declared point, how many runs took it. Returns false when the sweep
+/// covers every scenario and some point was never reached.
+fn write_reach(out: &mut String, planned: &[Scenario], results: &[SeedResult]) -> bool {
+    let table = reach_table(results);
+    let required = must_reach_all(planned);
+    let unreached: Vec<&String> = table
+        .iter()
+        .filter(|(_, n)| **n == 0)
+        .map(|(p, _)| p)
+        .collect();
+    let _ = writeln!(
+        out,
+        "\nreach points, runs that took each ({} of {} reached{}):",
+        table.len() - unreached.len(),
+        table.len(),
+        if required { "; every one required" } else { "" }
+    );
+    let declared = crate::reach::declared();
+    for (point, runs) in &table {
+        let meaning = declared
+            .iter()
+            .find(|(name, _)| name == point)
+            .map_or("(not declared)", |(_, meaning)| meaning);
+        let mark = if *runs == 0 { "UNREACHED" } else { "" };
+        let _ = writeln!(out, "  {point:<40} {runs:>6}  {mark:<9} {meaning}");
+    }
+    !required || unreached.is_empty()
+}
+
 fn scenario_is_safe(scenario: Scenario) -> bool {
     scenario.expectation() == crate::scenario::Expectation::Safe
 }
@@ -200,6 +230,7 @@ pub fn to_json(planned: &[Scenario], results: &[SeedResult], wall_s: f64) -> Val
             "faults": r.faults,
             "virtual_ms": r.virtual_ms,
             "panic": r.panic,
+            "reached": r.reached,
             "replay": r.replay,
         })).collect::<Vec<_>>(),
     })
@@ -271,6 +302,13 @@ pub fn from_json(value: &Value) -> Result<SweepFile, String> {
                 .get("panic")
                 .and_then(Value::as_str)
                 .map(str::to_owned),
+            reached: entry
+                .get("reached")
+                .and_then(Value::as_array)
+                .ok_or("seed entry lacks `reached`")?
+                .iter()
+                .filter_map(|point| point.as_str().map(str::to_owned))
+                .collect(),
             replay: text("replay")?.to_owned(),
         });
     }

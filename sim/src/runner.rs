@@ -22,7 +22,7 @@ use holdfast::workload::{Workload, WorkloadConfig};
 use madsim::runtime::Handle;
 use madsim::task::NodeId;
 use madsim::time::{sleep, Instant};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -58,6 +58,8 @@ pub struct RunOutcome {
     pub resent: usize,
     /// The whole trace, one line per step.
     pub trace: String,
+    /// How often the run took each reach point (see `crate::reach`).
+    pub reached: BTreeMap<String, u64>,
 }
 
 impl RunOutcome {
@@ -69,10 +71,15 @@ impl RunOutcome {
 
 /// Runs one seed to completion in its own madsim runtime.
 pub fn run(params: &RunParams) -> RunOutcome {
+    crate::reach::install();
+    // A panicked run on this thread may have left counts behind.
+    crate::reach::take();
     let runtime =
         madsim::runtime::Runtime::with_seed_and_config(params.seed, madsim::Config::default());
     let params = params.clone();
-    runtime.block_on(simulate(params))
+    let mut outcome = runtime.block_on(simulate(params));
+    outcome.reached = crate::reach::take();
+    outcome
 }
 
 /// The world configuration of a scenario.
@@ -313,6 +320,7 @@ async fn simulate(params: RunParams) -> RunOutcome {
         redeliveries,
         resent,
         world: describe_world(&world_config(&params_for_report)),
+        reached: BTreeMap::new(),
     }
 }
 
@@ -570,6 +578,7 @@ async fn serve_crash_requests(
 ) {
     while let Ok((consumer, point)) = requests.try_recv() {
         observers.injected.fetch_add(1, Ordering::SeqCst);
+        holdfast::reach!("fault.crash_at_point");
         let (node, name) = &consumers[consumer];
         crash_consumer(
             observers,
@@ -582,6 +591,7 @@ async fn serve_crash_requests(
 }
 
 async fn crash_consumer(observers: &Observers, node: NodeId, what: &str, rng: &mut SplitMix) {
+    holdfast::reach!("fault.consumer_crash");
     observers.history.push(
         observers.at(),
         Step::Fault {
@@ -611,6 +621,7 @@ async fn inject_fault(
     observers.injected.fetch_add(1, Ordering::SeqCst);
     match params.scenario.seeded_as() {
         Scenario::AllReplicasCrashUnflushed | Scenario::AllReplicasCrashFlushed => {
+            holdfast::reach!("fault.all_brokers_crash");
             for broker in 0..brokers {
                 world.kill(ServiceNode::Broker(broker));
             }
@@ -621,6 +632,7 @@ async fn inject_fault(
         }
         Scenario::FireAndForget | Scenario::AcksOneLeaderCrash => {
             let broker = leader_of_busiest(world, params.partitions).unwrap_or(rng.below(brokers));
+            holdfast::reach!("fault.broker_crash");
             world.kill(ServiceNode::Broker(broker));
             sleep(Duration::from_millis(rng.between(100, 2000))).await;
             world.restart(ServiceNode::Broker(broker));
@@ -653,12 +665,15 @@ async fn inject_fault(
             }
             3 => {
                 if rng.chance(0.5) {
+                    holdfast::reach!("fault.redis_restart");
                     world.restart(ServiceNode::Redis);
                 } else {
+                    holdfast::reach!("fault.redis_flushall");
                     world.redis_flushall();
                 }
             }
             4 => {
+                holdfast::reach!("fault.postgres_crash");
                 world.kill(ServiceNode::Postgres);
                 sleep(Duration::from_millis(rng.between(50, 1000))).await;
                 world.restart(ServiceNode::Postgres);
@@ -669,6 +684,7 @@ async fn inject_fault(
                     1 => ServiceNode::Postgres,
                     _ => ServiceNode::Broker(rng.below(brokers)),
                 };
+                holdfast::reach!("fault.clog");
                 world.clog(node, true);
                 sleep(Duration::from_millis(rng.between(50, 1500))).await;
                 world.clog(node, false);
@@ -704,6 +720,7 @@ async fn single_broker_failure(
         }
         sleep(Duration::from_millis(20)).await;
     }
+    holdfast::reach!("fault.broker_crash");
     world.kill(ServiceNode::Broker(broker));
     sleep(Duration::from_millis(rng.between(100, 2000))).await;
     world.restart(ServiceNode::Broker(broker));

@@ -30,6 +30,8 @@ pub struct SeedResult {
     pub virtual_ms: u64,
     /// A panic inside the simulation (a model or pipeline bug), if any.
     pub panic: Option<String>,
+    /// The reach points the run took.
+    pub reached: Vec<String>,
     pub replay: String,
 }
 
@@ -78,6 +80,7 @@ pub fn run_guarded(params: &RunParams) -> (SeedResult, Option<RunOutcome>) {
                 faults: 0,
                 virtual_ms: 0,
                 panic: Some(message),
+                reached: Vec::new(),
                 replay: params.replay_command(),
             };
             (result, None)
@@ -99,6 +102,7 @@ fn summarize(outcome: &RunOutcome) -> SeedResult {
         faults: outcome.faults_injected,
         virtual_ms: outcome.virtual_ms,
         panic: None,
+        reached: outcome.reached.keys().cloned().collect(),
         replay: outcome.params.replay_command(),
     }
 }
@@ -335,6 +339,28 @@ pub fn matrix(planned: &[Scenario], results: &[SeedResult]) -> BTreeMap<Scenario
     rows
 }
 
+/// For every declared reach point, how many runs took it (zero: never reached); points taken
+/// that no one declared are listed too, so that a typo shows.
+pub fn reach_table(results: &[SeedResult]) -> BTreeMap<String, usize> {
+    let mut table: BTreeMap<String, usize> = crate::reach::declared()
+        .into_iter()
+        .map(|(name, _)| (name.to_owned(), 0))
+        .collect();
+    for result in results {
+        for point in &result.reached {
+            *table.entry(point.clone()).or_default() += 1;
+        }
+    }
+    table
+}
+
+/// Whether a sweep must reach every declared point: it does when it covers every scenario.
+pub fn must_reach_all(planned: &[Scenario]) -> bool {
+    Scenario::all()
+        .iter()
+        .all(|scenario| planned.contains(scenario))
+}
+
 /// Whether a row meets its scenario's expectation. A scenario that ran no seed meets none.
 pub fn meets(scenario: Scenario, row: &Row) -> bool {
     if row.panics > 0 || row.seeds == 0 {
@@ -371,6 +397,7 @@ mod tests {
             faults: 1,
             virtual_ms: 1,
             panic: None,
+            reached: Vec::new(),
             replay: String::new(),
         }
     }

@@ -1,0 +1,61 @@
+//! Reach points: names on the branches that handle a failure, a refusal or a limit, so that
+//! the simulator can say which of them its histories ever took (FoundationDB's `CODE_PROBE`,
+//! Antithesis's "sometimes" assertions).
+//!
+//! A point is a `tracing` event at TRACE level on the target [`TARGET`], with the field
+//! `point`. Nothing branches on it: in production it costs the callsite's cached "not
+//! interested" check, like any disabled log line; the simulator installs a subscriber that
+//! counts the points each history reached and fails a sweep that never reached a declared
+//! one. [`POINTS`] declares them all; a test keeps it equal to the `reach!` calls in `src/`.
+
+/// The `tracing` target of every reach point.
+pub const TARGET: &str = "holdfast::reach";
+
+/// Marks a reach point: `reach!("tracker.full")`. The name must be declared in [`POINTS`].
+#[macro_export]
+macro_rules! reach {
+    ($point:literal) => {
+        ::tracing::trace!(target: "holdfast::reach", point = $point)
+    };
+}
+
+/// Every reach point of the library, with what taking it means.
+pub const POINTS: &[(&str, &str)] = &[];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    /// Every `reach!("name")` call under `dir`, recursively.
+    fn calls(dir: &Path, found: &mut BTreeSet<String>) {
+        let entries = std::fs::read_dir(dir).expect("src is readable");
+        for entry in entries.map(|entry| entry.expect("a directory entry").path()) {
+            if entry.is_dir() {
+                calls(&entry, found);
+            } else if entry.extension().is_some_and(|ext| ext == "rs")
+                && !entry.ends_with("reach.rs")
+            {
+                let text = std::fs::read_to_string(&entry).expect("a source file is UTF-8");
+                for piece in text.split("reach!(\"").skip(1) {
+                    let name = piece.split('"').next().unwrap_or_default();
+                    found.insert(name.to_owned());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_declared_points_are_exactly_the_marked_ones() {
+        let mut marked = BTreeSet::new();
+        calls(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut marked,
+        );
+        let declared: BTreeSet<String> =
+            POINTS.iter().map(|(name, _)| (*name).to_owned()).collect();
+        assert_eq!(declared.len(), POINTS.len(), "a point is declared twice");
+        assert_eq!(marked, declared, "reach! calls and POINTS differ");
+    }
+}
