@@ -1,5 +1,6 @@
 //! Command-line options of `cargo sim`.
 
+use crate::params::Size;
 use crate::scenario::Scenario;
 
 /// What `cargo sim` was asked to do.
@@ -15,6 +16,8 @@ pub struct Options {
     /// Overrides of the derived parameters (shrunk replays use them).
     pub orders: Option<usize>,
     pub faults: Option<usize>,
+    /// The size distribution of the seeds.
+    pub size: Size,
     /// Run only seeds whose index is `shard.0` modulo `shard.1`.
     pub shard: (u64, u64),
     pub json: Option<String>,
@@ -36,6 +39,7 @@ impl Default for Options {
             scenarios: Scenario::all(),
             orders: None,
             faults: None,
+            size: Size::Mixed,
             shard: (0, 1),
             json: None,
             merge: Vec::new(),
@@ -55,6 +59,8 @@ usage: cargo sim [options]
   --scenario NAME         only this scenario (repeatable; `all` for every one)
   --orders N              override the derived number of orders
   --faults N              override the derived number of faults
+  --size NAME             seed sizes: mixed (default: 1 to 600 orders), large (300 to 1,000),
+                          recorded (10 to 60, as the regression seeds were recorded)
   --shard K/N             run only the K-th of N slices of the sweep
   --json PATH             write a machine-readable report
   --merge A.json B.json   merge sharded JSON reports and print the summary
@@ -94,6 +100,12 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
             "--trace" => options.trace_lines = number(value(&mut index, flag)?, flag)? as usize,
             "--json" => options.json = Some(value(&mut index, flag)?),
             "--check-determinism" => options.check_determinism = true,
+            "--size" => {
+                let name = value(&mut index, flag)?;
+                options.size = Size::parse(&name).ok_or_else(|| {
+                    format!("unknown size `{name}`; known: mixed, large, recorded")
+                })?;
+            }
             "--scenario" => {
                 let name = value(&mut index, flag)?;
                 if name == "all" {

@@ -53,7 +53,7 @@ mod app {
     }
 
     fn params_of(options: &Options, seed: u64) -> RunParams {
-        let mut params = RunParams::derive(seed, options.scenarios[0]);
+        let mut params = RunParams::derive_sized(seed, options.scenarios[0], options.size);
         params.orders = options.orders.unwrap_or(params.orders);
         params.faults = options.faults.unwrap_or(params.faults);
         params.liveness_ms = params.liveness_bound_ms();
@@ -94,6 +94,7 @@ mod app {
             options.shard,
             options.orders,
             options.faults,
+            options.size,
         );
         let jobs = options
             .jobs

@@ -11,6 +11,8 @@ use std::fmt;
 pub struct RunParams {
     pub seed: u64,
     pub scenario: Scenario,
+    /// The size distribution the seed was drawn from.
+    pub size: Size,
     /// Orders in the workload (events are about 4 to 9 per order).
     pub orders: usize,
     pub partitions: i32,
@@ -35,9 +37,73 @@ pub struct RunParams {
     pub liveness_ms: u64,
 }
 
+/// How large the seeds of a sweep are, and how late a named crash may fire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Size {
+    /// 10 to 60 orders, a named crash on one of the first four passes of its point: the
+    /// distribution the regression seeds were recorded with.
+    Recorded,
+    /// The default: every size from a single order to several hundred (15% tiny, 55% as
+    /// recorded, 25% medium, 5% large), and three named crashes in ten on a late pass.
+    Mixed,
+    /// 300 to 1,000 orders (about 2,000 to 6,000 messages), late crashes as in `Mixed`.
+    Large,
+}
+
+impl Size {
+    pub const ALL: [Size; 3] = [Size::Recorded, Size::Mixed, Size::Large];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Size::Recorded => "recorded",
+            Size::Mixed => "mixed",
+            Size::Large => "large",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Size> {
+        Size::ALL.into_iter().find(|size| size.name() == name)
+    }
+
+    /// Redraws the orders and the crash's pass from the seed's own stream for sizes, so that
+    /// every other knob keeps the value the seed gives it under `Recorded`.
+    fn apply(self, seed: u64, params: &mut RunParams) {
+        let mut rng = SplitMix::new(seed ^ 0x7369_7a65_7331);
+        let orders = match self {
+            Size::Recorded => return,
+            Size::Large => rng.between(300, 1_000),
+            Size::Mixed => match rng.below(100) {
+                0..=14 => rng.between(1, 5),
+                15..=69 => params.orders as u64,
+                70..=94 => rng.between(60, 200),
+                _ => rng.between(200, 600),
+            },
+        };
+        params.orders = orders as usize;
+        if let Some((point, hit)) = params.crash_at {
+            if rng.chance(0.3) {
+                params.crash_at = Some((point, hit * rng.between(5, 10) as u32));
+            }
+        }
+        params.liveness_ms = params.liveness_bound_ms();
+    }
+}
+
 impl RunParams {
-    /// Derives every parameter of `scenario` from `seed`.
+    /// Derives every parameter of `scenario` from `seed`, in the default size mix.
     pub fn derive(seed: u64, scenario: Scenario) -> RunParams {
+        RunParams::derive_sized(seed, scenario, Size::Mixed)
+    }
+
+    /// Derives every parameter of `scenario` from `seed`, with seeds of `size`.
+    pub fn derive_sized(seed: u64, scenario: Scenario, size: Size) -> RunParams {
+        let mut params = RunParams::derive_recorded(seed, scenario);
+        params.size = size;
+        size.apply(seed, &mut params);
+        params
+    }
+
+    fn derive_recorded(seed: u64, scenario: Scenario) -> RunParams {
         let mut rng = SplitMix::new(seed ^ 0x686f_6c64_6661_7374);
         let crash_at = rng.chance(0.6).then(|| {
             let point = FaultPoint::ALL[rng.below(FaultPoint::ALL.len())];
@@ -46,6 +112,7 @@ impl RunParams {
         let mut params = RunParams {
             seed,
             scenario,
+            size: Size::Recorded,
             orders: rng.between(10, 60) as usize,
             partitions: rng.between(2, 6) as i32,
             consumers: rng.between(1, 3) as usize,
@@ -97,8 +164,12 @@ impl RunParams {
     /// The command that replays exactly this run.
     pub fn replay_command(&self) -> String {
         format!(
-            "cargo sim --seed {} --scenario {} --orders {} --faults {}",
-            self.seed, self.scenario, self.orders, self.faults
+            "cargo sim --seed {} --scenario {} --size {} --orders {} --faults {}",
+            self.seed,
+            self.scenario,
+            self.size.name(),
+            self.orders,
+            self.faults
         )
     }
 }
@@ -151,11 +222,33 @@ mod tests {
     #[test]
     fn parameters_stay_in_their_ranges() {
         for seed in 0..500 {
-            let params = RunParams::derive(seed, Scenario::Standard);
+            let params = RunParams::derive_sized(seed, Scenario::Standard, Size::Recorded);
             assert!((10..=60).contains(&params.orders));
             assert!((1..=3).contains(&params.consumers));
             assert!((1..=64).contains(&params.batch_size));
             assert!(params.safety_ms < params.liveness_ms);
         }
+    }
+
+    #[test]
+    fn sizes_change_only_orders_and_the_crash_pass() {
+        let (mut tiny, mut large, mut late) = (0, 0, 0);
+        for seed in 0..1000 {
+            let recorded = RunParams::derive_sized(seed, Scenario::Standard, Size::Recorded);
+            let mixed = RunParams::derive(seed, Scenario::Standard);
+            assert_eq!(mixed.batch_size, recorded.batch_size);
+            assert_eq!(mixed.faults, recorded.faults);
+            assert!((1..=600).contains(&mixed.orders));
+            tiny += usize::from(mixed.orders <= 5);
+            large += usize::from(mixed.orders >= 200);
+            late += usize::from(mixed.crash_at.is_some_and(|(_, hit)| hit > 4));
+            let big = RunParams::derive_sized(seed, Scenario::Standard, Size::Large);
+            assert!((300..=1_000).contains(&big.orders));
+            assert!(big.safety_ms < big.liveness_ms);
+        }
+        assert!(
+            tiny > 100 && large > 20 && late > 100,
+            "{tiny} {large} {late}"
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! matrix, and JSON reports that shards can merge.
 
 use crate::checker::Invariant;
-use crate::params::RunParams;
+use crate::params::{RunParams, Size};
 use crate::runner::{run, RunOutcome};
 use crate::scenario::{Expectation, LossAt, Scenario};
 use std::collections::BTreeMap;
@@ -129,6 +129,7 @@ pub fn plan(
     shard: (u64, u64),
     orders: Option<usize>,
     faults: Option<usize>,
+    size: Size,
 ) -> Vec<RunParams> {
     let mut runs = Vec::new();
     let others = scenarios
@@ -158,7 +159,7 @@ pub fn plan(
         };
         for offset in 0..count {
             if index % shard.1 == shard.0 {
-                let mut params = RunParams::derive(first_seed + offset, *scenario);
+                let mut params = RunParams::derive_sized(first_seed + offset, *scenario, size);
                 params.orders = orders.unwrap_or(params.orders);
                 params.faults = faults.unwrap_or(params.faults);
                 params.liveness_ms = params.liveness_bound_ms();
@@ -455,12 +456,23 @@ mod tests {
     #[test]
     fn plan_has_exactly_the_requested_seeds_and_shards_partition_it() {
         let all = Scenario::all();
-        assert_eq!(plan(&all, 2000, 1, (0, 1), None, None).len(), 2000);
+        assert_eq!(
+            plan(&all, 2000, 1, (0, 1), None, None, Size::Mixed).len(),
+            2000
+        );
         let shards: usize = (0..3)
-            .map(|k| plan(&all, 2000, 1, (k, 3), None, None).len())
+            .map(|k| plan(&all, 2000, 1, (k, 3), None, None, Size::Mixed).len())
             .sum();
         assert_eq!(shards, 2000);
-        let only = plan(&[Scenario::AutoCommit], 10, 5, (0, 1), Some(3), Some(1));
+        let only = plan(
+            &[Scenario::AutoCommit],
+            10,
+            5,
+            (0, 1),
+            Some(3),
+            Some(1),
+            Size::Mixed,
+        );
         assert_eq!(only.len(), 10);
         assert!(only
             .iter()

@@ -4,7 +4,7 @@
 #![cfg(madsim)]
 
 use holdfast::planted::PlantedBug;
-use holdfast_sim::params::RunParams;
+use holdfast_sim::params::{RunParams, Size};
 use holdfast_sim::runner::run;
 use holdfast_sim::scenario::{Expectation, Scenario};
 use holdfast_sim::sweep::{execute, matrix, meets, plan};
@@ -13,7 +13,7 @@ use holdfast_sim::sweep::{execute, matrix, meets, plan};
 /// seeds were recorded (compensator, Redis eviction) are switched off, so the seed runs the
 /// configuration it failed in.
 fn as_recorded(seed: u64, scenario: Scenario) -> RunParams {
-    let mut params = RunParams::derive(seed, scenario);
+    let mut params = RunParams::derive_sized(seed, scenario, Size::Recorded);
     params.compensator = false;
     params.redis_keys_max = None;
     params
@@ -78,7 +78,7 @@ fn a_seed_replays_to_the_same_trace() {
 #[test]
 fn ci_sweep_meets_every_expectation() {
     let planned = Scenario::all();
-    let runs = plan(&planned, 480, 1, (0, 1), None, None);
+    let runs = plan(&planned, 480, 1, (0, 1), None, None, Size::Mixed);
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let results = execute(runs, jobs);
     let rows = matrix(&planned, &results);
