@@ -187,6 +187,8 @@ impl<S: OrderStore> OrderStore for RecordingStore<S> {
 #[derive(Clone, Default)]
 pub struct DeadLetters {
     letters: Arc<Mutex<Letters>>,
+    /// While set, every publish fails as an outage (a fault).
+    down: Arc<AtomicBool>,
 }
 
 /// The letters and, kept beside them so that a commit check never re-parses every letter,
@@ -235,6 +237,11 @@ impl DeadLetters {
         self.letters.lock().map(|l| l.messages.len()).unwrap_or(0)
     }
 
+    /// Takes the topic down (every publish fails as an outage) or brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -248,6 +255,12 @@ pub struct DeadLetterSink {
 
 impl Publisher for DeadLetterSink {
     async fn publish(&self, message: OutboundMessage) -> Result<Delivery, PortError> {
+        if self.letters.down.load(Ordering::SeqCst) {
+            return Err(PortError::Unavailable {
+                service: "dead letters",
+                detail: "the dead-letter topic is down (injected)".into(),
+            });
+        }
         let source = source_coordinates(&message);
         let (partition, offset) = source.unwrap_or((-1, -1));
         self.observers.history.push(

@@ -13,6 +13,10 @@ pub struct RunParams {
     pub scenario: Scenario,
     /// The size distribution the seed was drawn from.
     pub size: Size,
+    /// Whether the standard faults include those added after the regression seeds were
+    /// recorded (coordinator crashes and cut-offs, zombie members, pauses past the session
+    /// timeout, dead-letter outages), drawn from their own stream.
+    pub extended_faults: bool,
     /// Orders in the workload (events are about 4 to 9 per order).
     pub orders: usize,
     pub partitions: i32,
@@ -69,6 +73,7 @@ impl Size {
     /// every other knob keeps the value the seed gives it under `Recorded`.
     fn apply(self, seed: u64, params: &mut RunParams) {
         let mut rng = SplitMix::new(seed ^ 0x7369_7a65_7331);
+        params.extended_faults = self != Size::Recorded;
         let orders = match self {
             Size::Recorded => return,
             Size::Large => rng.between(300, 1_000),
@@ -113,6 +118,7 @@ impl RunParams {
             seed,
             scenario,
             size: Size::Recorded,
+            extended_faults: false,
             orders: rng.between(10, 60) as usize,
             partitions: rng.between(2, 6) as i32,
             consumers: rng.between(1, 3) as usize,
@@ -182,9 +188,11 @@ impl fmt::Display for RunParams {
         };
         write!(
             out,
-            "seed={} scenario={} orders={} partitions={} consumers={} batch={} concurrency={} faults={} crash_at={} slow_workers<={}ms duplicates={}% compensator={} redis_keys_max={} safety={}ms liveness<={}ms",
+            "seed={} scenario={} size={} extended_faults={} orders={} partitions={} consumers={} batch={} concurrency={} faults={} crash_at={} slow_workers<={}ms duplicates={}% compensator={} redis_keys_max={} safety={}ms liveness<={}ms",
             self.seed,
             self.scenario,
+            self.size.name(),
+            self.extended_faults,
             self.orders,
             self.partitions,
             self.consumers,

@@ -38,6 +38,18 @@ pub const FAULTS: &[(&str, &str)] = &[
         "fault.clog",
         "a service cut off from the network for a while",
     ),
+    (
+        "fault.zombie_member",
+        "a member cut off from the coordinator past its session, still reaching brokers and store",
+    ),
+    (
+        "fault.member_pause",
+        "a member frozen past its session timeout, then resumed",
+    ),
+    (
+        "fault.dead_letters_down",
+        "the dead-letter topic refusing every publish for a while",
+    ),
 ];
 
 thread_local! {
