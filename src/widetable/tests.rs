@@ -263,3 +263,22 @@ fn anomalies_are_flagged_and_data_kept() {
         vec![Anomaly::CompletedAndCancelled]
     );
 }
+
+/// Goal: each anomaly's boundary belongs to the well-behaved side: a full refund, and a
+/// completion or cancellation in the same millisecond as the shipment, are not anomalies.
+#[test]
+fn anomaly_boundaries_are_not_anomalies() {
+    let paid = with_amount(event("p", EventKind::Paid, 1), 10);
+    let full_refund = with_amount(event("r", EventKind::Refunded, 2), 10);
+    assert!(row_of(&[paid, full_refund]).anomalies().is_empty());
+    let same_time = [
+        event("s", EventKind::Shipped, 40),
+        event("c", EventKind::Completed, 40),
+    ];
+    assert!(row_of(&same_time).anomalies().is_empty());
+    let shipped_as_cancelled = [
+        event("s", EventKind::Shipped, 5),
+        event("x", EventKind::Cancelled, 5),
+    ];
+    assert!(row_of(&shipped_as_cancelled).anomalies().is_empty());
+}
