@@ -130,6 +130,8 @@ pub enum DecodeError {
     },
     #[error("payload is not valid JSON for an order event: {detail}")]
     NotJson { detail: String },
+    #[error("payload is not a JSON object (an event is an object with named fields)")]
+    NotAnObject,
     #[error("field `{field}` is missing")]
     MissingField { field: String },
     #[error("wire version {found} is not supported (this build reads version {WIRE_VERSION})")]
@@ -177,6 +179,14 @@ impl OrderEvent {
                 size_bytes: payload.len(),
                 limit_bytes: PAYLOAD_BYTES_MAX,
             });
+        }
+        // serde would also read a struct from its sequence form (`[1, "e", ...]`): only the
+        // object form with named fields is an event.
+        let first = payload
+            .iter()
+            .find(|byte| !matches!(byte, b' ' | b'\t' | b'\n' | b'\r'));
+        if first != Some(&b'{') {
+            return Err(DecodeError::NotAnObject);
         }
         let wire: WireEvent = serde_json::from_slice(payload).map_err(classify_json_error)?;
         if wire.v != WIRE_VERSION {
@@ -270,7 +280,14 @@ mod tests {
         type Case = (&'static [u8], fn(&DecodeError) -> bool);
         let cases: Vec<Case> = vec![
             (b"", |e| matches!(e, DecodeError::Empty)),
-            (b"not json", |e| matches!(e, DecodeError::NotJson { .. })),
+            (b"{not json", |e| matches!(e, DecodeError::NotJson { .. })),
+            (b"not json", |e| matches!(e, DecodeError::NotAnObject)),
+            (
+                br#"[1,"e","o","u","paid",100,1700000000000]"#,
+                |e| matches!(e, DecodeError::NotAnObject),
+            ),
+            (b"  \n[]", |e| matches!(e, DecodeError::NotAnObject)),
+            (b"null", |e| matches!(e, DecodeError::NotAnObject)),
             (br#"{"v":1}"#, |e| matches!(e, DecodeError::MissingField { .. })),
             (
                 br#"{"v":2,"event_id":"e","order_id":"o","user_id":"u","kind":"paid","amount_minor":1,"event_time_ms":0}"#,

@@ -96,6 +96,25 @@ proptest! {
         }
     }
 
+    /// Only the object form is an event: serde's sequence form of the same fields (which
+    /// serde reads into a struct unless told not to), and other JSON values, are refused.
+    #[test]
+    fn only_a_json_object_is_an_event(event in valid_event()) {
+        let sequence = serde_json::json!([
+            1,
+            event.event_id,
+            event.order_id,
+            event.user_id,
+            event.kind.as_str(),
+            event.amount_minor,
+            event.event_time_ms
+        ]);
+        for other in [sequence, serde_json::Value::Null, serde_json::json!("text")] {
+            let bytes = other.to_string().into_bytes();
+            prop_assert!(OrderEvent::decode(&bytes).is_err(), "{}", String::from_utf8_lossy(&bytes));
+        }
+    }
+
     #[test]
     fn encode_decode_round_trips(event in valid_event()) {
         let bytes = event.encode();
