@@ -12,12 +12,12 @@ use super::consumer::Shutdown;
 use super::dead_letter::{dead_letter, header, HEADER_ATTEMPTS};
 use crate::event::OrderEvent;
 use crate::idempotency::IdempotencyKey;
-use crate::offsets::{Limits, SharedTracker, Ticket, Tracked};
+use crate::offsets::{Limits, SharedTracker, Ticket, TrackError, Tracked};
 use crate::ports::{
     EventLog, GroupOffsets, OffsetCommit, OrderStore, OutboundMessage, PartitionId, PortError,
     Publisher, Rebalance, Record,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -87,6 +87,9 @@ pub struct Compensator<L, G, S, P> {
     publisher: P,
     tracker: SharedTracker,
     pending: BTreeMap<(PartitionId, i64), Pending>,
+    /// Per partition, polled records the tracker had no room for, in poll order; the
+    /// partition stays paused until they are all admitted.
+    held: BTreeMap<PartitionId, VecDeque<Record>>,
     report: CompensatorReport,
 }
 
@@ -101,6 +104,7 @@ impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G
             publisher,
             tracker,
             pending: BTreeMap::new(),
+            held: BTreeMap::new(),
             report: CompensatorReport::default(),
         }
     }
@@ -119,7 +123,7 @@ impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G
                         self.rebalance(change).await;
                     }
                     for record in polled.records {
-                        self.admit(record);
+                        self.offer(record).await;
                     }
                 }
                 Err(error) => {
@@ -131,6 +135,7 @@ impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G
                 if let Err(error) = self.check_due().await {
                     tracing::warn!(%error, "compensation check failed; retrying next round");
                 }
+                self.retry_held().await;
                 self.commit(false).await;
                 next_check = Instant::now() + self.config.check_interval;
             }
@@ -140,16 +145,58 @@ impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G
         self.report
     }
 
+    /// Admits a polled record, or holds it (and pauses its partition) while the tracker is
+    /// full or earlier records of its partition wait: a record is never skipped unchecked,
+    /// since the tracker would count a skipped offset finished once a later one is acked.
+    async fn offer(&mut self, record: Record) {
+        let partition = record.partition;
+        if let Some(waiting) = self.held.get_mut(&partition) {
+            waiting.push_back(record);
+            return;
+        }
+        if let Some(record) = self.admit(record) {
+            self.held.entry(partition).or_default().push_back(record);
+            if let Err(error) = self.log.pause(&[partition], true).await {
+                tracing::warn!(%error, partition, "compensator pause failed");
+            }
+        }
+    }
+
+    /// Re-offers held records, oldest first; resumes a partition whose backlog cleared.
+    async fn retry_held(&mut self) {
+        let partitions: Vec<PartitionId> = self.held.keys().copied().collect();
+        for partition in partitions {
+            let mut waiting = self.held.remove(&partition).unwrap_or_default();
+            while let Some(record) = waiting.pop_front() {
+                if let Some(record) = self.admit(record) {
+                    waiting.push_front(record);
+                    break;
+                }
+            }
+            if !waiting.is_empty() {
+                self.held.insert(partition, waiting);
+            } else if let Err(error) = self.log.pause(&[partition], false).await {
+                // Still paused: an empty backlog keeps the entry so the next round resumes it.
+                tracing::warn!(%error, partition, "compensator resume failed");
+                self.held.insert(partition, waiting);
+            }
+        }
+    }
+
     /// Puts a polled record into the pending table, or resolves it at once when there is
     /// nothing to check (undecodable: the main group dead-letters it; a re-send: its
-    /// original is the one being tracked).
-    fn admit(&mut self, record: Record) {
+    /// original is the one being tracked). Gives the record back when the tracker is full.
+    fn admit(&mut self, record: Record) -> Option<Record> {
         let ticket = match self.tracker.track(record.partition, record.offset) {
             Ok((ticket, Tracked::New)) => ticket,
-            Ok((_, Tracked::AlreadyDone)) => return,
-            Err(error) => {
+            Ok((_, Tracked::AlreadyDone)) => return None,
+            Err(TrackError::Full { .. }) => return Some(record),
+            Err(error @ (TrackError::Backwards { .. } | TrackError::NotAssigned { .. })) => {
+                // Below what this assignment already tracks (a redelivery of a record it
+                // holds or resolved), or a partition it no longer owns (the new owner checks
+                // it): skipping loses nothing.
                 tracing::debug!(%error, "compensator skipped a record");
-                return;
+                return None;
             }
         };
         let resend = header(&record.headers, HEADER_ATTEMPTS).is_some();
@@ -171,6 +218,7 @@ impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G
             }
             _ => self.resolve(ticket),
         }
+        None
     }
 
     /// Checks every due event whose offset the main group has committed past.
@@ -278,6 +326,8 @@ impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G
             }
             Rebalance::Revoked { partition } => {
                 self.pending.retain(|(p, _), _| *p != partition);
+                // The next owner polls them again; a revoked partition is no longer paused.
+                self.held.remove(&partition);
                 if let Some(snapshot) = self.tracker.revoke(partition) {
                     if let Err(error) = self.log.commit(&[snapshot.into()], true).await {
                         tracing::info!(%error, "compensator commit on revoke failed");
