@@ -9,7 +9,7 @@
 //! multi-threaded runtime as well as in madsim's single-threaded simulation.
 
 use crate::event::OrderEvent;
-use crate::idempotency::IdempotencyKey;
+use crate::idempotency::{DeliveryKey, IdempotencyKey};
 use crate::widetable::OrderRow;
 use std::future::Future;
 use std::time::Duration;
@@ -171,16 +171,16 @@ pub trait GroupOffsets: Send + Sync {
 /// The idempotency pre-filter (Redis in the real world). Advisory only: a wrong answer may cost
 /// a database round trip, never a lost or doubled effect.
 pub trait DedupCache: Send + Sync {
-    /// For each key, whether the cache remembers it.
+    /// For each delivery, whether the cache remembers it.
     fn contains_batch(
         &self,
-        keys: &[IdempotencyKey],
+        keys: &[DeliveryKey],
     ) -> impl Future<Output = Result<Vec<bool>, PortError>> + Send;
 
-    /// Remembers keys for `ttl`. Called only after the store committed them.
+    /// Remembers deliveries for `ttl`. Called only after the store committed them.
     fn remember_batch(
         &self,
-        keys: &[IdempotencyKey],
+        keys: &[DeliveryKey],
         ttl: Duration,
     ) -> impl Future<Output = Result<(), PortError>> + Send;
 }
@@ -190,15 +190,18 @@ pub trait DedupCache: Send + Sync {
 pub enum ApplyOutcome {
     /// Its key was new: the key row and the wide-table merge committed together.
     Applied,
-    /// Its key was already there: nothing changed. This is success, not an error.
+    /// Its key was already there: not applied again. Its content was still joined into the
+    /// row by the conflict rule (a redelivery changes nothing; a different event under the
+    /// same key wins its column only if the rule says so). This is success, not an error.
     Duplicate,
 }
 
 /// The business database (PostgreSQL in the real world): the idempotency guarantee.
 pub trait OrderStore: Send + Sync {
-    /// Applies a batch in ONE transaction: for each event, insert its idempotency key and, if
-    /// the key was new, merge the event into its order's wide row. Returns one outcome per
-    /// event, in input order. On error nothing of the batch is committed.
+    /// Applies a batch in ONE transaction: for each event, insert its idempotency key (applied
+    /// if it was new) and join the event into its order's wide row by the conflict rule.
+    /// Returns one outcome per event, in input order. On error nothing of the batch is
+    /// committed.
     fn apply_batch(
         &self,
         events: &[OrderEvent],

@@ -291,6 +291,22 @@ impl OrderRow {
         rows
     }
 
+    /// Whether the row shows the event's effect: its column (or entry) holds the event's
+    /// claim or one that wins over it under [`Stamp::precedence`], which the rule keeps.
+    pub fn reflects(&self, event: &OrderEvent) -> bool {
+        let current = match event.kind {
+            EventKind::Billed => self.bills.get(&event.event_id),
+            EventKind::Refunded => self.refunds.get(&event.event_id),
+            EventKind::Created => self.created.as_ref(),
+            EventKind::Paid => self.paid.as_ref(),
+            EventKind::Shipped => self.shipped.as_ref(),
+            EventKind::Received => self.received.as_ref(),
+            EventKind::Completed => self.completed.as_ref(),
+            EventKind::Cancelled => self.cancelled.as_ref(),
+        };
+        current.is_some_and(|stamp| !event_wins(stamp, event))
+    }
+
     /// Whether the row has a column set for `kind`.
     pub fn has(&self, kind: EventKind) -> bool {
         match kind {

@@ -2,8 +2,10 @@
 //!
 //! Lifecycles include bills, partial refunds and cancellations; the stream interleaves orders,
 //! delivers some events of an order out of order, repeats some events verbatim (what a
-//! producer retry or a compensator re-send looks like to the consumer) and mixes in malformed
-//! messages. Every message is keyed by its order id. Used by `holdfast produce`, the
+//! producer retry or a compensator re-send looks like to the consumer), sends rival events
+//! (a second event claiming a status an order already has, with another id and time, or a
+//! bill or refund id reused with another amount: what producers really send) and mixes in
+//! malformed messages. Every message is keyed by its order id. Used by `holdfast produce`, the
 //! simulator and the tests, so that all of them talk about the same kind of traffic.
 
 use crate::event::{EventKind, OrderEvent};
@@ -28,6 +30,11 @@ pub struct WorkloadConfig {
     /// Share of guest orders bound to an account after creation: their later events carry
     /// the account's user id, so the row's user id depends on the merge rule, not arrival.
     pub rebind_ratio: f64,
+    /// Share of orders with a rival event: another event claiming one of its statuses (a new
+    /// event id and another time), or for a bill or refund the same event id with another
+    /// amount and time. The row must keep the claim the conflict rule picks, whatever the
+    /// arrival order.
+    pub conflict_ratio: f64,
     /// Event time of the first event, in milliseconds since the Unix epoch.
     pub start_ms: i64,
 }
@@ -44,6 +51,7 @@ impl Default for WorkloadConfig {
             cancel_ratio: 0.1,
             refund_ratio: 0.15,
             rebind_ratio: 0.05,
+            conflict_ratio: 0.05,
             start_ms: 1_767_225_600_000,
         }
     }
@@ -83,6 +91,7 @@ impl WorkloadConfig {
             ("cancel_ratio", self.cancel_ratio),
             ("refund_ratio", self.refund_ratio),
             ("rebind_ratio", self.rebind_ratio),
+            ("conflict_ratio", self.conflict_ratio),
         ] {
             if !(0.0..=1.0).contains(&value) {
                 return Err(WorkloadError::RatioOutOfRange { field, value });
@@ -167,13 +176,14 @@ impl Workload {
         published
     }
 
-    /// The distinct valid events (first occurrence of each event id), in stream order.
+    /// The distinct valid events (first occurrence of each, by content: a rival that reuses
+    /// an event id is distinct), in stream order.
     pub fn distinct_events(&self) -> Vec<OrderEvent> {
         let mut seen = std::collections::HashSet::new();
         self.messages
             .iter()
             .filter_map(|message| message.event.as_ref())
-            .filter(|event| seen.insert(event.event_id.clone()))
+            .filter(|event| seen.insert(*event))
             .cloned()
             .collect()
     }
@@ -222,7 +232,7 @@ fn lifecycle(config: &WorkloadConfig, rng: &mut SplitMix, index: usize) -> VecDe
     let cancelled_early = rng.chance(config.cancel_ratio / 2.0);
     if cancelled_early {
         push(EventKind::Cancelled, None, at_ms, &user_id);
-        return swap_some(config, rng, events);
+        return finish(config, rng, index, events);
     }
     push(EventKind::Paid, Some(total), at_ms, &user_id);
     if rng.chance(0.3) {
@@ -237,7 +247,7 @@ fn lifecycle(config: &WorkloadConfig, rng: &mut SplitMix, index: usize) -> VecDe
         push(EventKind::Cancelled, None, at_ms, &user_id);
         at_ms += 1 + rng.below(60_000) as i64;
         push(EventKind::Refunded, Some(total), at_ms, &user_id);
-        return swap_some(config, rng, events);
+        return finish(config, rng, index, events);
     }
     for kind in [EventKind::Shipped, EventKind::Received] {
         at_ms += 1 + rng.below(3_600_000) as i64;
@@ -252,14 +262,38 @@ fn lifecycle(config: &WorkloadConfig, rng: &mut SplitMix, index: usize) -> VecDe
     }
     at_ms += 1 + rng.below(600_000) as i64;
     push(EventKind::Completed, None, at_ms, &user_id);
-    swap_some(config, rng, events)
+    finish(config, rng, index, events)
 }
 
-fn swap_some(
+/// With `conflict_ratio`, a rival of one of the order's events, at a random place. It draws
+/// from its own stream, so a workload without rivals is the same as before they existed.
+fn add_rival(config: &WorkloadConfig, index: usize, events: &mut Vec<OrderEvent>) {
+    let mut rng = SplitMix::new(config.seed ^ (index as u64).rotate_left(32) ^ 0x7269_7661_6c73);
+    if events.is_empty() || !rng.chance(config.conflict_ratio) {
+        return;
+    }
+    let mut rival = events[rng.below(events.len())].clone();
+    if !rival.kind.repeats() {
+        rival.event_id = format!("{}-rival", rival.event_id);
+    }
+    // Earlier or later than the original, so either may win the column.
+    rival.event_time_ms += rng.below(120_001) as i64 - 60_000;
+    if let Some(amount) = rival.amount_minor.as_mut() {
+        *amount += 1 + rng.below(100) as i64;
+    }
+    rival.payload = rival.encode();
+    let at = rng.below(events.len() + 1);
+    events.insert(at, rival);
+}
+
+/// The order's events as sent: a rival added (sometimes), two events swapped (sometimes).
+fn finish(
     config: &WorkloadConfig,
     rng: &mut SplitMix,
+    index: usize,
     mut events: Vec<OrderEvent>,
 ) -> VecDeque<OrderEvent> {
+    add_rival(config, index, &mut events);
     if events.len() >= 2 && rng.chance(config.reorder_ratio) {
         let first = rng.below(events.len());
         let second = rng.below(events.len());
@@ -344,11 +378,27 @@ mod tests {
     }
 
     #[test]
-    fn has_duplicates_disorder_and_no_two_events_share_a_key() {
+    fn has_duplicates_disorder_and_rivals_only_where_asked() {
         let config = WorkloadConfig {
             orders: 400,
             ..WorkloadConfig::default()
         };
+        let rivals = |config: &WorkloadConfig| {
+            let distinct = Workload::generate(config).unwrap().distinct_events();
+            let keys: HashSet<_> = distinct
+                .iter()
+                .map(crate::idempotency::IdempotencyKey::of)
+                .collect();
+            distinct.len() - keys.len()
+        };
+        // Rivals share a key with another event; without them no two events do.
+        assert!(rivals(&config) > 5, "{} rivals", rivals(&config));
+        let calm = WorkloadConfig {
+            conflict_ratio: 0.0,
+            ..config.clone()
+        };
+        assert_eq!(rivals(&calm), 0);
+        let config = calm;
         let workload = Workload::generate(&config).unwrap();
         let events: Vec<&OrderEvent> = workload
             .messages

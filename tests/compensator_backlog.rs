@@ -61,6 +61,9 @@ async fn a_full_tracker_holds_records_and_never_skips_them() {
         orders: 60,
         malformed_ratio: 0.0,
         duplicate_ratio: 0.0,
+        // Without rivals every victim's effect is missing, so every one must be re-sent (a lost
+        // rival that the rule ranks below the claim kept is rightly not).
+        conflict_ratio: 0.0,
         seed: 5,
         ..WorkloadConfig::default()
     })

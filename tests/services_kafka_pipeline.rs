@@ -87,7 +87,7 @@ impl Fixture {
         let (truth, ends, valid, malformed) = publish(&topics, &workload(seed)).await;
         assert!(valid >= 10_000, "only {valid} events");
         assert!(malformed > 0, "no malformed message");
-        let distinct = truth.acknowledged.len() as u64;
+        let distinct = truth.acknowledged_keys().len() as u64;
         Fixture {
             cache,
             store,
@@ -417,21 +417,25 @@ async fn the_command_line_through_sigkill_and_sigterm() {
         .unwrap_or_else(|| panic!("no applied counter in {scraped}"));
     assert!(applied > 0, "{scraped}");
 
-    // Lose five effects behind the pipeline's back (their keys, and the cache that remembers
-    // them); the compensator must find them missing and re-send them to the running consumer.
+    // Lose five orders behind the pipeline's back (their rows, their keys, and the cache that
+    // remembers them); the compensator must find their effects missing and re-send the events
+    // to the running consumer.
     let (client, connection) = tokio_postgres::connect(&postgres, tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(connection);
-    let deleted = client
-        .execute(
-            "DELETE FROM holdfast_keys WHERE (order_id, status, discriminator) IN \
-             (SELECT order_id, status, discriminator FROM holdfast_keys ORDER BY order_id LIMIT 5)",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert_eq!(deleted, 5);
+    let lost = "(SELECT order_id FROM holdfast_orders ORDER BY order_id LIMIT 5)";
+    let mut deleted = 0;
+    for table in [
+        "holdfast_keys",
+        "holdfast_bills",
+        "holdfast_refunds",
+        "holdfast_orders",
+    ] {
+        let statement = format!("DELETE FROM {table} WHERE order_id IN {lost}");
+        deleted += client.execute(statement.as_str(), &[]).await.unwrap();
+    }
+    assert!(deleted >= 10, "deleted {deleted} rows");
     flushall(&redis_url).await;
     let compensated = holdfast(&[
         "compensate",

@@ -113,7 +113,7 @@ async fn exactly_once_on_redis_and_postgres_with_a_flushall_mid_run() {
     };
     let (truth, valid, malformed) = publish(&broker, &workload).await;
     assert!(valid >= 2000, "only {valid} events");
-    let distinct = truth.acknowledged.len() as u64;
+    let distinct = truth.acknowledged_keys().len() as u64;
 
     let started = Instant::now();
     let (running, metrics) = start(&broker, "holdfast", &cache, &store);
@@ -180,7 +180,7 @@ async fn exactly_once_through_postgres_and_redis_restarts_mid_run() {
     };
     let (truth, valid, malformed) = publish(&broker, &workload).await;
     assert!(valid >= 2000, "only {valid} events");
-    let distinct = truth.acknowledged.len() as u64;
+    let distinct = truth.acknowledged_keys().len() as u64;
 
     let (running, metrics) = start(&broker, "holdfast", &cache, &store);
     wait_applied(&metrics, distinct / 5).await;

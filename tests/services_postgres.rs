@@ -114,7 +114,8 @@ async fn shuffled_batches_match_the_in_memory_store_and_the_fold() {
     assert!(applications.values().all(|&count| count == 1));
     let rows = store.rows().await.unwrap();
     assert_eq!(rows, memory.rows());
-    let folded = OrderRow::fold(memory.applied_events().iter());
+    // Every event, applied or a rival joined under a held key, is in the rows.
+    let folded = OrderRow::fold(events.iter());
     assert_eq!(rows.values().cloned().collect::<Vec<_>>(), folded);
     for row in folded.iter().step_by(37) {
         assert_eq!(
@@ -126,9 +127,9 @@ async fn shuffled_batches_match_the_in_memory_store_and_the_fold() {
 }
 
 /// Goal: the wide row does not depend on arrival order when batches commit concurrently.
-/// Method: the same events cut into batches, applied by four tasks at once (outages such as a
-/// deadlock are retried, as the pipeline would); the rows must equal the fold of the events
-/// the store reports applied, and every key must be applied once.
+/// Method: the same events (rivals under one key among them) cut into batches, applied by four
+/// tasks at once (outages such as a deadlock are retried, as the pipeline would); the rows
+/// must equal the fold of every event, and every key must be applied once.
 #[tokio::test]
 async fn concurrent_batches_merge_to_the_fold() {
     let _shared = SERVICE.read().await;
@@ -176,15 +177,16 @@ async fn concurrent_batches_merge_to_the_fold() {
     let rows = store.rows().await.unwrap();
     assert_eq!(
         rows.into_values().collect::<Vec<_>>(),
-        OrderRow::fold(applied.iter())
+        OrderRow::fold(events.iter())
     );
 }
 
-/// Goal: in-batch duplicates keep the first occurrence, also across different event ids with
-/// one key; repeating kinds with different event ids are not duplicates. Method: one batch,
-/// compared with the in-memory store and checked by hand.
+/// Goal: an in-batch repeat of a key is applied once, and a rival (another event id under the
+/// same key) still reaches the row by the conflict rule, whatever its place in the batch;
+/// repeating kinds with different event ids are not duplicates. Method: one batch, compared
+/// with the in-memory store and checked by hand.
 #[tokio::test]
-async fn in_batch_duplicates_keep_the_first() {
+async fn in_batch_repeats_apply_once_and_rivals_join_by_the_rule() {
     let _shared = SERVICE.read().await;
     let store = fresh_store("hf_test_in_batch").await;
     let memory = MemoryStore::new();
@@ -208,7 +210,11 @@ async fn in_batch_duplicates_keep_the_first() {
     assert_eq!(store.apply_batch(&batch).await.unwrap(), expected);
     assert_eq!(memory.apply_batch(&batch).await.unwrap(), expected);
     let row = store.load_row("o1").await.unwrap().unwrap();
-    assert_eq!(row.paid.as_ref().unwrap().event_id, "e2");
+    assert_eq!(
+        row.paid.as_ref().unwrap().event_id,
+        "e2-retry",
+        "the earlier rival wins although it came later"
+    );
     assert_eq!(row.refunds.len(), 2);
     assert_eq!(row.user_id, "u-e1", "the smallest non-empty user id");
     assert_eq!(Some(&row), memory.rows().get("o1"));

@@ -3,7 +3,7 @@
 
 use holdfast::adapters::RedisCache;
 use holdfast::event::EventKind;
-use holdfast::idempotency::IdempotencyKey;
+use holdfast::idempotency::{DeliveryKey, IdempotencyKey};
 use holdfast::ports::DedupCache;
 use std::path::Path;
 use std::process::Command;
@@ -22,7 +22,7 @@ fn redis_url() -> String {
 }
 
 /// Keys no other run or test uses.
-fn keys(test: &str, count: usize) -> Vec<IdempotencyKey> {
+fn keys(test: &str, count: usize) -> Vec<DeliveryKey> {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -30,10 +30,16 @@ fn keys(test: &str, count: usize) -> Vec<IdempotencyKey> {
     (0..count)
         .map(|index| {
             let kind = EventKind::ALL[index % EventKind::ALL.len()];
-            IdempotencyKey {
-                order_id: format!("{test}-{}-{nanos}-{index}", std::process::id()),
-                kind,
-                discriminator: kind.repeats().then(|| format!("e{index}")),
+            DeliveryKey {
+                key: IdempotencyKey {
+                    order_id: format!("{test}-{}-{nanos}-{index}", std::process::id()),
+                    kind,
+                    discriminator: kind.repeats().then(|| format!("e{index}")),
+                },
+                event_id: format!("e{index}"),
+                user_id: "u".to_owned(),
+                at_ms: 1_700_000_000_000,
+                amount_minor: None,
             }
         })
         .collect()
@@ -55,7 +61,7 @@ async fn remembered_keys_are_found_in_order() {
     let cache = RedisCache::connect(&redis_url()).await.unwrap();
     let keys = keys("roundtrip", 40);
     assert_eq!(cache.contains_batch(&keys).await.unwrap(), vec![false; 40]);
-    let remembered: Vec<IdempotencyKey> = keys.iter().step_by(2).cloned().collect();
+    let remembered: Vec<DeliveryKey> = keys.iter().step_by(2).cloned().collect();
     cache
         .remember_batch(&remembered, Duration::from_secs(60))
         .await

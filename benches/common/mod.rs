@@ -9,7 +9,7 @@ pub mod timed;
 
 use holdfast::adapters::PostgresStore;
 use holdfast::event::OrderEvent;
-use holdfast::idempotency::IdempotencyKey;
+use holdfast::idempotency::DeliveryKey;
 use holdfast::ports::{DedupCache, EventLog, OffsetCommit, OrderStore};
 use holdfast::verify::{verify, GroundTruth, StoreView};
 use std::collections::BTreeSet;
@@ -101,7 +101,7 @@ pub async fn per_message<L: EventLog, C: DedupCache, S: OrderStore>(
         for record in polled.records {
             started.get_or_insert_with(Instant::now);
             if let Ok(event) = OrderEvent::decode(&record.payload) {
-                let key = [IdempotencyKey::of(&event)];
+                let key = [DeliveryKey::of(&event)];
                 let seen = cache.contains_batch(&key).await.expect("GET");
                 if !seen[0] {
                     store

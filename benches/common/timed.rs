@@ -3,7 +3,7 @@
 //! reads and an atomic add per call.
 
 use holdfast::event::OrderEvent;
-use holdfast::idempotency::IdempotencyKey;
+use holdfast::idempotency::{DeliveryKey, IdempotencyKey};
 use holdfast::ports::{
     ApplyOutcome, DedupCache, Delivery, EventLog, OffsetCommit, OrderStore, OutboundMessage,
     PartitionId, Polled, PortError, Publisher,
@@ -102,18 +102,14 @@ impl<L: EventLog> EventLog for Timed<L> {
 }
 
 impl<C: DedupCache> DedupCache for Timed<C> {
-    async fn contains_batch(&self, keys: &[IdempotencyKey]) -> Result<Vec<bool>, PortError> {
+    async fn contains_batch(&self, keys: &[DeliveryKey]) -> Result<Vec<bool>, PortError> {
         self.ledger
             .cache_check
             .time(self.inner.contains_batch(keys))
             .await
     }
 
-    async fn remember_batch(
-        &self,
-        keys: &[IdempotencyKey],
-        ttl: Duration,
-    ) -> Result<(), PortError> {
+    async fn remember_batch(&self, keys: &[DeliveryKey], ttl: Duration) -> Result<(), PortError> {
         self.ledger
             .cache_remember
             .time(self.inner.remember_batch(keys, ttl))

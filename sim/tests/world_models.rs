@@ -4,7 +4,7 @@
 #![cfg(madsim)]
 
 use holdfast::event::{EventKind, OrderEvent};
-use holdfast::idempotency::IdempotencyKey;
+use holdfast::idempotency::DeliveryKey;
 use holdfast::ports::{
     ApplyOutcome, DedupCache, Delivery, EventLog, OffsetCommit, OrderStore, OutboundMessage,
     PortError, Publisher, Rebalance, Record,
@@ -660,8 +660,8 @@ mod stores {
         }
     }
 
-    fn keys(count: usize) -> Vec<IdempotencyKey> {
-        (0..count).map(|i| IdempotencyKey::of(&event(i))).collect()
+    fn keys(count: usize) -> Vec<DeliveryKey> {
+        (0..count).map(|i| DeliveryKey::of(&event(i))).collect()
     }
 
     /// Goal: a volatile Redis forgets every key on restart, a persistent one does not; TTLs
@@ -793,7 +793,8 @@ mod stores {
             Some("e7")
         );
         let found = on_node(&node, async move {
-            store.contains_batch(&keys(2)).await.unwrap()
+            let store_keys: Vec<_> = keys(2).into_iter().map(|delivery| delivery.key).collect();
+            store.contains_batch(&store_keys).await.unwrap()
         })
         .await;
         assert_eq!(found, vec![true, true]);

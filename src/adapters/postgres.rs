@@ -4,7 +4,9 @@
 //! One batch is one transaction of at most five round trips, whatever its size: `BEGIN`, one
 //! `INSERT ... ON CONFLICT DO NOTHING RETURNING` of every distinct key (arrays through
 //! `UNNEST`), then, pipelined, one upsert each for the wide rows, the bills and the refunds of
-//! the events whose key was new, and `COMMIT`. The events of one batch are first folded per
+//! every event of the batch, and `COMMIT`. Events whose key was already there are joined too:
+//! the join is idempotent, so a redelivery changes nothing, and a different event under the
+//! same key wins its column only when the conflict rule says so, whatever arrived first. The events of one batch are first folded per
 //! order with [`OrderRow::fold`] (a join-semilattice, so folding part of the events first
 //! changes nothing) and the SQL joins that partial row into the stored one with the same
 //! rule as [`OrderRow::merge`]: for each column the smaller `(at_ms, event_id, amount)` wins,
@@ -525,20 +527,17 @@ async fn apply_in(
             }
         })
         .collect();
-    let applied: Vec<&OrderEvent> = events
-        .iter()
-        .zip(&outcomes)
-        .filter(|(_, outcome)| **outcome == ApplyOutcome::Applied)
-        .map(|(event, _)| event)
-        .collect();
     debug_assert_eq!(
-        applied.len(),
+        outcomes
+            .iter()
+            .filter(|o| **o == ApplyOutcome::Applied)
+            .count(),
         new_keys.len(),
         "each new key applies one event"
     );
 
-    if !applied.is_empty() {
-        let partial = OrderRow::fold(applied.iter().copied());
+    if !events.is_empty() {
+        let partial = OrderRow::fold(&events);
         let orders = OrderColumns::of(&partial);
         let bills = EntryColumns::of(&partial, |row| &row.bills);
         let refunds = EntryColumns::of(&partial, |row| &row.refunds);

@@ -1,12 +1,12 @@
 //! The dedup cache on Redis: one pipelined round trip per batch, keys are
-//! [`IdempotencyKey::to_bytes`], values carry nothing (presence is the answer).
+//! [`DeliveryKey::to_bytes`], values carry nothing (presence is the answer).
 //!
 //! A [`ConnectionManager`] multiplexes every caller over one connection and reconnects in the
 //! background after Redis restarts, so a restart costs the calls in flight (they fail as
 //! [`PortError::Unavailable`] and the protocol degrades to store-only dedup), not the adapter.
 
 use super::{rejected, unavailable, AdapterError, CACHE};
-use crate::idempotency::IdempotencyKey;
+use crate::idempotency::DeliveryKey;
 use crate::ports::{DedupCache, PortError};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::time::Duration;
@@ -74,7 +74,7 @@ fn port_error(error: &redis::RedisError) -> PortError {
 }
 
 impl DedupCache for RedisCache {
-    async fn contains_batch(&self, keys: &[IdempotencyKey]) -> Result<Vec<bool>, PortError> {
+    async fn contains_batch(&self, keys: &[DeliveryKey]) -> Result<Vec<bool>, PortError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -96,11 +96,7 @@ impl DedupCache for RedisCache {
         Ok(known)
     }
 
-    async fn remember_batch(
-        &self,
-        keys: &[IdempotencyKey],
-        ttl: Duration,
-    ) -> Result<(), PortError> {
+    async fn remember_batch(&self, keys: &[DeliveryKey], ttl: Duration) -> Result<(), PortError> {
         if keys.is_empty() {
             return Ok(());
         }

@@ -5,7 +5,7 @@
 //! them that add failure switches; the simulator's Redis and PostgreSQL nodes can wrap the same
 //! state machines so that every world runs the same dedup logic.
 
-use super::IdempotencyKey;
+use super::{DeliveryKey, IdempotencyKey};
 use crate::event::OrderEvent;
 use crate::planted::PlantedBug;
 use crate::ports::{ApplyOutcome, DedupCache, OrderStore, PortError};
@@ -31,10 +31,12 @@ impl StoreState {
         StoreState::default()
     }
 
-    /// One transaction: for each event in order, insert its key and, if the key was new, merge
-    /// the event into its row. A key met twice in one batch is applied once. The planted
-    /// [`PlantedBug::NoUniqueKey`] applies every event; [`PlantedBug::MergeByArrival`] is
-    /// handed to the row merge.
+    /// One transaction: for each event in order, insert its key (applied if it was new, so a
+    /// key met twice in one batch is applied once) and join the event into its row, applied or
+    /// not: an exact redelivery changes nothing, and a different event under the same key
+    /// takes its column only if the conflict rule says so, whatever arrived first. The
+    /// planted [`PlantedBug::NoUniqueKey`] applies every event; [`PlantedBug::MergeByArrival`]
+    /// is handed to the row merge.
     pub fn apply_batch(
         &mut self,
         events: &[OrderEvent],
@@ -46,16 +48,18 @@ impl StoreState {
             .map(|event| {
                 let key = IdempotencyKey::of(event);
                 let count = self.applications.entry(key).or_insert(0);
-                if unique_key && *count > 0 {
-                    return ApplyOutcome::Duplicate;
-                }
-                *count += 1;
+                let outcome = if unique_key && *count > 0 {
+                    ApplyOutcome::Duplicate
+                } else {
+                    *count += 1;
+                    self.applied.push(event.clone());
+                    ApplyOutcome::Applied
+                };
                 self.rows
                     .entry(event.order_id.clone())
                     .or_insert_with(|| OrderRow::new(&event.order_id, ""))
                     .apply_with(event, planted);
-                self.applied.push(event.clone());
-                ApplyOutcome::Applied
+                outcome
             })
             .collect();
         debug_assert_eq!(outcomes.len(), events.len());
@@ -91,7 +95,7 @@ impl StoreState {
 /// The dedup cache's state: keys with expiry times, and the current time as last told.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CacheState {
-    expires_at_ms: BTreeMap<IdempotencyKey, u64>,
+    expires_at_ms: BTreeMap<DeliveryKey, u64>,
     now_ms: u64,
 }
 
@@ -116,21 +120,21 @@ impl CacheState {
     }
 
     /// Whether `key` is remembered and not expired.
-    pub fn contains(&self, key: &IdempotencyKey) -> bool {
+    pub fn contains(&self, key: &DeliveryKey) -> bool {
         self.expires_at_ms
             .get(key)
             .is_some_and(|&expires_at_ms| expires_at_ms > self.now_ms)
     }
 
     /// Remembers `key` for `ttl` from now (like Redis `SET ... PX`, a repeat refreshes it).
-    pub fn remember(&mut self, key: IdempotencyKey, ttl: Duration) {
+    pub fn remember(&mut self, key: DeliveryKey, ttl: Duration) {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         self.expires_at_ms
             .insert(key, self.now_ms.saturating_add(ttl_ms));
     }
 
     /// Forgets one key (an eviction).
-    pub fn forget(&mut self, key: &IdempotencyKey) -> bool {
+    pub fn forget(&mut self, key: &DeliveryKey) -> bool {
         self.expires_at_ms.remove(key).is_some()
     }
 
@@ -188,7 +192,7 @@ impl MemoryCache {
     }
 
     /// Forgets one key (an eviction); returns whether it was there.
-    pub fn forget(&self, key: &IdempotencyKey) -> bool {
+    pub fn forget(&self, key: &DeliveryKey) -> bool {
         lock(&self.shared).state.forget(key)
     }
 
@@ -203,7 +207,7 @@ impl MemoryCache {
     }
 
     /// Whether `key` is remembered, bypassing the failure switch (for checkers).
-    pub fn contains(&self, key: &IdempotencyKey) -> bool {
+    pub fn contains(&self, key: &DeliveryKey) -> bool {
         lock(&self.shared).state.contains(key)
     }
 
@@ -226,7 +230,7 @@ impl MemoryCache {
 }
 
 impl DedupCache for MemoryCache {
-    async fn contains_batch(&self, keys: &[IdempotencyKey]) -> Result<Vec<bool>, PortError> {
+    async fn contains_batch(&self, keys: &[DeliveryKey]) -> Result<Vec<bool>, PortError> {
         let shared = lock(&self.shared);
         if shared.failing {
             return Err(MemoryCache::unavailable());
@@ -234,11 +238,7 @@ impl DedupCache for MemoryCache {
         Ok(keys.iter().map(|key| shared.state.contains(key)).collect())
     }
 
-    async fn remember_batch(
-        &self,
-        keys: &[IdempotencyKey],
-        ttl: Duration,
-    ) -> Result<(), PortError> {
+    async fn remember_batch(&self, keys: &[DeliveryKey], ttl: Duration) -> Result<(), PortError> {
         let mut shared = lock(&self.shared);
         if shared.failing {
             return Err(MemoryCache::unavailable());
@@ -395,7 +395,7 @@ mod tests {
     #[test]
     fn cache_expires_by_injected_clock() {
         let mut state = CacheState::new();
-        let key = IdempotencyKey::of(&event("e1", EventKind::Created));
+        let key = DeliveryKey::of(&event("e1", EventKind::Created));
         state.advance_to(100);
         state.remember(key.clone(), Duration::from_millis(50));
         assert!(state.contains(&key));
@@ -430,7 +430,7 @@ mod tests {
         use std::future::Future;
         let cache = MemoryCache::new();
         let shared_cache = cache.clone();
-        let key = IdempotencyKey::of(&event("e1", EventKind::Created));
+        let key = DeliveryKey::of(&event("e1", EventKind::Created));
         cache.set_failing(true);
         let keys = std::slice::from_ref(&key);
         assert!(now!(shared_cache.remember_batch(keys, Duration::from_secs(1))).is_err());
@@ -457,7 +457,8 @@ mod tests {
         assert!(now!(shared_store.apply_batch(events))
             .unwrap_err()
             .is_outage());
-        assert!(now!(shared_store.contains_batch(keys)).is_err());
+        let store_keys = std::slice::from_ref(&key.key);
+        assert!(now!(shared_store.contains_batch(store_keys)).is_err());
         assert!(now!(shared_store.load_row("o1")).is_err());
         assert!(store.applied_events().is_empty());
         store.set_failing(false);
@@ -465,7 +466,10 @@ mod tests {
             now!(shared_store.apply_batch(events)),
             Ok(vec![ApplyOutcome::Applied])
         );
-        assert_eq!(now!(shared_store.contains_batch(keys)), Ok(vec![true]));
+        assert_eq!(
+            now!(shared_store.contains_batch(store_keys)),
+            Ok(vec![true])
+        );
         let row = now!(shared_store.load_row("o1")).unwrap().unwrap();
         assert_eq!(store.rows()["o1"], row);
         assert_eq!(store.state().applied_events().len(), 1);

@@ -6,7 +6,7 @@
 //! store failure is returned to the caller, who retries the whole batch: a retry is safe because
 //! the store reports already-applied keys as duplicates.
 
-use super::IdempotencyKey;
+use super::DeliveryKey;
 use crate::event::OrderEvent;
 use crate::planted::PlantedBug;
 use crate::ports::{ApplyOutcome, DedupCache, FaultPoint, OrderStore, PortError, Probe};
@@ -44,9 +44,10 @@ pub enum Verdict {
     Applied,
     /// The cache remembered its key; the store was not asked.
     SkippedByCache,
-    /// An earlier event of the same batch has the same key.
+    /// An earlier event of the same batch is the same delivery (same key and content).
     DuplicateInBatch,
-    /// The store already had its key (a redelivery whose cache entry was missing).
+    /// The store already had its key (a redelivery whose cache entry was missing, or a
+    /// different event under the same key, which the store joined by the conflict rule).
     DuplicateInStore,
 }
 
@@ -70,7 +71,9 @@ impl BatchReport {
 
 /// Runs the protocol for one batch of events.
 ///
-/// Steps: compute keys; drop in-batch duplicates (the first occurrence wins); ask the cache
+/// Steps: compute delivery keys (the idempotency key and the event's content: the cache may
+/// skip only what the store already holds); drop in-batch repeats of a delivery (the first
+/// occurrence wins); ask the cache
 /// (on failure, treat every key as unknown); [`FaultPoint::AfterCacheCheck`]; apply the rest in
 /// the store in one transaction (its errors are returned: nothing of the batch committed, the
 /// caller retries); [`FaultPoint::AfterStoreCommit`]; remember the keys the store now holds
@@ -82,7 +85,7 @@ pub async fn apply_batch<C: DedupCache, S: OrderStore, P: Probe>(
     events: &[OrderEvent],
     config: &ProtocolConfig,
 ) -> Result<BatchReport, PortError> {
-    let keys: Vec<IdempotencyKey> = events.iter().map(IdempotencyKey::of).collect();
+    let keys: Vec<DeliveryKey> = events.iter().map(DeliveryKey::of).collect();
     let mut verdicts: Vec<Option<Verdict>> = first_occurrences(&keys);
     let unique: Vec<usize> = (0..events.len())
         .filter(|&index| verdicts[index].is_none())
@@ -100,8 +103,7 @@ pub async fn apply_batch<C: DedupCache, S: OrderStore, P: Probe>(
     }
     probe.at(FaultPoint::AfterCacheCheck).await;
 
-    let pending_keys: Vec<IdempotencyKey> =
-        pending.iter().map(|&index| keys[index].clone()).collect();
+    let pending_keys: Vec<DeliveryKey> = pending.iter().map(|&index| keys[index].clone()).collect();
     let planted_early = config.planted == Some(PlantedBug::CacheWrittenBeforeStore);
     if planted_early && !pending_keys.is_empty() {
         // The planted bug: a crash between this write and the store commit loses the events.
@@ -129,7 +131,8 @@ pub async fn apply_batch<C: DedupCache, S: OrderStore, P: Probe>(
     }
     probe.at(FaultPoint::AfterStoreCommit).await;
 
-    // Both Applied and DuplicateInStore keys are now in the store: remembering them is true.
+    // Applied and DuplicateInStore deliveries are now in the store (the latter joined into its
+    // row): remembering them is true.
     if !planted_early && !pending_keys.is_empty() {
         remember(cache, &pending_keys, config.cache_ttl, &mut cache_degraded).await;
     }
@@ -143,9 +146,10 @@ pub async fn apply_batch<C: DedupCache, S: OrderStore, P: Probe>(
     })
 }
 
-/// `Some(DuplicateInBatch)` for every key seen earlier in the batch, `None` for first ones.
-fn first_occurrences(keys: &[IdempotencyKey]) -> Vec<Option<Verdict>> {
-    let mut seen: HashSet<&IdempotencyKey> = HashSet::with_capacity(keys.len());
+/// `Some(DuplicateInBatch)` for every delivery seen earlier in the batch, `None` for first
+/// ones.
+fn first_occurrences(keys: &[DeliveryKey]) -> Vec<Option<Verdict>> {
+    let mut seen: HashSet<&DeliveryKey> = HashSet::with_capacity(keys.len());
     keys.iter()
         .map(|key| (!seen.insert(key)).then_some(Verdict::DuplicateInBatch))
         .collect()
@@ -155,7 +159,7 @@ fn first_occurrences(keys: &[IdempotencyKey]) -> Vec<Option<Verdict>> {
 /// "nothing is known": the store will decide.
 async fn check_cache<C: DedupCache>(
     cache: &C,
-    keys: &[IdempotencyKey],
+    keys: &[DeliveryKey],
     indexes: &[usize],
     cache_degraded: &mut bool,
 ) -> Vec<bool> {
@@ -163,7 +167,7 @@ async fn check_cache<C: DedupCache>(
     if indexes.is_empty() {
         return unknown;
     }
-    let asked: Vec<IdempotencyKey> = indexes.iter().map(|&index| keys[index].clone()).collect();
+    let asked: Vec<DeliveryKey> = indexes.iter().map(|&index| keys[index].clone()).collect();
     match cache.contains_batch(&asked).await {
         Ok(known) if known.len() == asked.len() => known,
         Ok(known) => {
@@ -186,7 +190,7 @@ async fn check_cache<C: DedupCache>(
 /// Remembers keys; a failure costs only future round trips, so it is logged, not returned.
 async fn remember<C: DedupCache>(
     cache: &C,
-    keys: &[IdempotencyKey],
+    keys: &[DeliveryKey],
     ttl: Duration,
     cache_degraded: &mut bool,
 ) {
@@ -288,16 +292,19 @@ mod tests {
         assert_applied_once(&store);
     }
 
-    /// Goal: in-batch duplicates are dropped, first occurrence wins; repeating kinds with
-    /// different event ids are not duplicates. Method: a batch with a repeated key and two
-    /// refunds.
+    /// Goal: an in-batch repeat of a delivery is dropped, first occurrence wins; a rival
+    /// under the same key goes to the store, which joins it by the rule; repeating kinds with
+    /// different event ids are not duplicates. Method: a batch with a verbatim repeat, a
+    /// rival payment, and two refunds.
     #[test]
-    fn in_batch_duplicates_keep_the_first() {
+    fn in_batch_repeats_keep_the_first_and_rivals_reach_the_store() {
         let (cache, store) = (MemoryCache::new(), MemoryStore::new());
         let mut events = batch();
-        let mut redelivered = events[1].clone();
-        redelivered.event_id = "e2-retry".into();
-        events.push(redelivered);
+        events.push(events[1].clone());
+        let mut rival = events[1].clone();
+        rival.event_id = "e2-rival".into();
+        rival.event_time_ms -= 1;
+        events.push(rival);
         events.push(event("r1", "o1", EventKind::Refunded));
         events.push(event("r2", "o1", EventKind::Refunded));
         let report = run(&cache, &store, &events, &ProtocolConfig::default()).unwrap();
@@ -309,13 +316,58 @@ mod tests {
                 Applied,
                 Applied,
                 DuplicateInBatch,
+                DuplicateInStore,
                 Applied,
                 Applied
             ]
         );
         assert_eq!(report.count(Applied), 5);
-        assert_eq!(store.rows()["o1"].paid.as_ref().unwrap().event_id, "e2");
+        // The rival is earlier: the rule gives it the column although it came second.
+        assert_eq!(
+            store.rows()["o1"].paid.as_ref().unwrap().event_id,
+            "e2-rival"
+        );
         assert_eq!(store.rows()["o1"].refunds.len(), 2);
+    }
+
+    /// Goal: rivals converge to the rule whatever the order and batching, cache or no cache.
+    /// Method: two payments and a refund id reused with another amount, delivered in every
+    /// order, one per batch and all in one batch, each permutation twice (the second time the
+    /// cache remembers); the row must equal the fold of the events.
+    #[test]
+    fn rivals_converge_whatever_the_arrival_order() {
+        let paid = event("p1", "o1", EventKind::Paid);
+        let mut rival = paid.clone();
+        rival.event_id = "p0".into();
+        rival.event_time_ms += 5;
+        let refund = event("r1", "o1", EventKind::Refunded);
+        let mut reused = refund.clone();
+        reused.amount_minor = Some(7);
+        let all = [paid, rival, refund, reused];
+        let expected = crate::widetable::OrderRow::fold(&all).remove(0);
+        let orders = [[0, 1, 2, 3], [1, 0, 3, 2], [3, 2, 1, 0], [2, 3, 0, 1]];
+        for order in orders {
+            let sequence: Vec<OrderEvent> = order.iter().map(|&i| all[i].clone()).collect();
+            for one_batch in [false, true] {
+                let (cache, store) = (MemoryCache::new(), MemoryStore::new());
+                let config = ProtocolConfig::default();
+                for _ in 0..2 {
+                    if one_batch {
+                        run(&cache, &store, &sequence, &config).unwrap();
+                    } else {
+                        for each in &sequence {
+                            run(&cache, &store, std::slice::from_ref(each), &config).unwrap();
+                        }
+                    }
+                }
+                assert_eq!(
+                    store.rows()["o1"],
+                    expected,
+                    "{order:?} one batch {one_batch}"
+                );
+                assert_eq!(store.applied_events().len(), 2, "one application per key");
+            }
+        }
     }
 
     /// Goal: a cache outage degrades to store-only dedup and still never applies twice.

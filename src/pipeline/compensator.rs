@@ -3,7 +3,8 @@
 //!
 //! A delay alone misfires when the main group merely lags, so an event is re-published only
 //! when (a) it has waited `delay`, (b) the main group has committed past its offset, and
-//! (c) the store still lacks its idempotency key. After `attempts_max` re-sends it is
+//! (c) its order's row does not reflect it (neither its claim nor one the conflict rule
+//! prefers: a key alone would hide a lost rival of an event already applied). After `attempts_max` re-sends it is
 //! dead-lettered and reported. The pending table is the set of tracked, unresolved records:
 //! the compensator acks a record to its own tracker only once it is resolved, and commits
 //! only the lowest unresolved offset, so a crash rebuilds the table by redelivery.
@@ -17,6 +18,7 @@ use crate::ports::{
     EventLog, GroupOffsets, OffsetCommit, OrderStore, OutboundMessage, PartitionId, PortError,
     Publisher, Rebalance, Record,
 };
+use crate::widetable::OrderRow;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -252,11 +254,26 @@ impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G
         if due.is_empty() {
             return Ok(());
         }
-        let keys: Vec<IdempotencyKey> = due
+        let mut rows: BTreeMap<String, Option<OrderRow>> = BTreeMap::new();
+        for slot in &due {
+            let Some(entry) = self.pending.get(slot) else {
+                continue;
+            };
+            if !rows.contains_key(&entry.event.order_id) {
+                let row = self.store.load_row(&entry.event.order_id).await?;
+                rows.insert(entry.event.order_id.clone(), row);
+            }
+        }
+        let present: Vec<bool> = due
             .iter()
-            .filter_map(|slot| self.pending.get(slot).map(|e| e.key.clone()))
+            .map(|slot| {
+                self.pending.get(slot).is_some_and(|entry| {
+                    rows.get(&entry.event.order_id)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|row| row.reflects(&entry.event))
+                })
+            })
             .collect();
-        let present = self.store.contains_batch(&keys).await?;
         for (slot, applied) in due.into_iter().zip(present) {
             if applied {
                 if let Some(entry) = self.pending.remove(&slot) {

@@ -36,6 +36,15 @@ impl GroundTruth {
         }
         self.attempted.push(event.clone());
     }
+
+    /// The business keys of the acknowledged events (by the checker's own rule): how many
+    /// applications a pipeline that loses nothing makes, rivals under one key counting once.
+    pub fn acknowledged_keys(&self) -> BTreeSet<String> {
+        self.acknowledged
+            .iter()
+            .map(|fact| Fact::business_key(&fact.order_id, fact.kind, &fact.event_id))
+            .collect()
+    }
 }
 
 /// One application the store recorded (PostgreSQL: a row of `holdfast_keys`; the simulated

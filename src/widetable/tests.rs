@@ -282,3 +282,21 @@ fn anomaly_boundaries_are_not_anomalies() {
     ];
     assert!(row_of(&shipped_as_cancelled).anomalies().is_empty());
 }
+
+/// Goal: a row reflects an event when its column holds the event's claim or one the rule
+/// prefers, and not otherwise. Method: a payment and an earlier and a later rival.
+#[test]
+fn reflects_the_claim_kept_and_what_it_beats() {
+    let paid = event("p2", EventKind::Paid, 20);
+    let row = row_of(std::slice::from_ref(&paid));
+    assert!(row.reflects(&paid));
+    assert!(row.reflects(&event("p3", EventKind::Paid, 21)));
+    assert!(!row.reflects(&event("p1", EventKind::Paid, 19)));
+    assert!(!row.reflects(&event("s", EventKind::Shipped, 30)));
+    let refund = with_amount(event("r", EventKind::Refunded, 5), 10);
+    let row = row_of(std::slice::from_ref(&refund));
+    assert!(row.reflects(&refund));
+    assert!(row.reflects(&with_amount(event("r", EventKind::Refunded, 5), 11)));
+    assert!(!row.reflects(&with_amount(event("r", EventKind::Refunded, 4), 10)));
+    assert!(!row.reflects(&with_amount(event("r2", EventKind::Refunded, 5), 10)));
+}

@@ -4,7 +4,7 @@
 
 use crate::world::kafka::controller::lock;
 use crate::world::rpc;
-use holdfast::idempotency::IdempotencyKey;
+use holdfast::idempotency::DeliveryKey;
 use holdfast::ports::{DedupCache, PortError};
 use madsim::net::Endpoint;
 use madsim::rand::Rng;
@@ -177,8 +177,8 @@ impl SimCache {
 }
 
 impl DedupCache for SimCache {
-    async fn contains_batch(&self, keys: &[IdempotencyKey]) -> Result<Vec<bool>, PortError> {
-        let request = RedisRequest::Exists(keys.iter().map(IdempotencyKey::to_bytes).collect());
+    async fn contains_batch(&self, keys: &[DeliveryKey]) -> Result<Vec<bool>, PortError> {
+        let request = RedisRequest::Exists(keys.iter().map(DeliveryKey::to_bytes).collect());
         match self.call(request).await? {
             RedisAnswer::Exists(found) if found.len() == keys.len() => Ok(found),
             other => Err(PortError::Rejected {
@@ -188,13 +188,9 @@ impl DedupCache for SimCache {
         }
     }
 
-    async fn remember_batch(
-        &self,
-        keys: &[IdempotencyKey],
-        ttl: Duration,
-    ) -> Result<(), PortError> {
+    async fn remember_batch(&self, keys: &[DeliveryKey], ttl: Duration) -> Result<(), PortError> {
         let request =
-            RedisRequest::SetWithTtl(keys.iter().map(IdempotencyKey::to_bytes).collect(), ttl);
+            RedisRequest::SetWithTtl(keys.iter().map(DeliveryKey::to_bytes).collect(), ttl);
         self.call(request).await.map(|_| ())
     }
 }
