@@ -124,7 +124,9 @@ pub trait EventLog: Send {
     ) -> impl Future<Output = Result<(), PortError>> + Send;
 
     /// Stops (or restarts) fetching from partitions, for back-pressure. Records already
-    /// returned are unaffected.
+    /// returned are unaffected. Whether a pause outlives the partition's revoke is the
+    /// client's choice (librdkafka keeps it, the simulated client too): callers resume a
+    /// partition when it is assigned.
     fn pause(
         &mut self,
         partitions: &[PartitionId],

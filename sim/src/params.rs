@@ -137,7 +137,6 @@ impl RunParams {
             safety_ms: rng.between(5_000, 20_000),
             liveness_ms: 0,
         };
-        params.liveness_ms = params.liveness_bound_ms();
         // The explorer's rows pin the dimension they are about (a control run takes its
         // planted scenario's parameters, so that only the bug differs).
         match scenario.seeded_as() {
@@ -158,13 +157,19 @@ impl RunParams {
             Scenario::LiteralCommitRule => {}
             _ => params.faults = params.faults.max(1),
         }
+        params.liveness_ms = params.liveness_bound_ms();
         params
     }
 
-    /// How long the healed system may take to converge: a fixed allowance for recovery
-    /// (sessions expiring, leaders elected, retries backing off) plus time per order.
+    /// The cap on how long the healed system may take to converge while it still progresses:
+    /// a fixed allowance for recovery (sessions expiring, leaders elected, retries backing
+    /// off) plus the workload's own work at its slowest (about eight events an order, every
+    /// one through a single member's workers, each as slow as the slowest worker). A run that
+    /// stops progressing fails long before, after `runner::STALL_BOUND_MS`.
     pub fn liveness_bound_ms(&self) -> u64 {
-        60_000 + 50 * self.orders as u64
+        let concurrency = self.concurrency.max(1) as u64;
+        let event_ms = 5 + self.slow_worker_ms.div_ceil(concurrency);
+        60_000 + 8 * event_ms * self.orders as u64
     }
 
     /// The command that replays exactly this run.

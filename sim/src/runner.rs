@@ -2,7 +2,7 @@
 //! their own nodes, injects faults (safety phase), heals everything and waits for convergence
 //! (liveness phase), then hands the history and the final state to the checker.
 
-use crate::checker::{check, Observed, Verdict};
+use crate::checker::{check, Convergence, Observed, Verdict};
 use crate::history::{History, Step};
 use crate::observe::{
     CrashProbe, DeadLetterSink, DeadLetters, Observers, RecordingLog, RecordingStore,
@@ -213,27 +213,33 @@ async fn simulate(params: RunParams) -> RunOutcome {
         sleep(Duration::from_millis(20)).await;
     }
 
-    // Liveness phase: heal everything, then require convergence.
+    // Liveness phase: heal everything, then require convergence. A run that stops
+    // progressing is stuck after STALL_BOUND_MS; one still progressing has until its cap.
     heal(&world, &observers);
-    let deadline = Instant::now() + Duration::from_millis(params.liveness_ms);
-    let mut converged = false;
-    while Instant::now() < deadline {
+    let healed = Instant::now();
+    let mut progress = Progress::of(&world, &truth, &params);
+    let mut progressed_at = healed;
+    let convergence = loop {
         serve_crash_requests(&mut crash_requests, &observers, &consumers, &mut rng).await;
-        // Converged: the consumers finished the log (and the compensator resolved all of it).
-        // The literal commit rule commits an acked record's own offset, so its committed
-        // offsets never reach the log end: for it, convergence is judged on effects alone.
-        let finished = if params.scenario == Scenario::LiteralCommitRule {
-            effects_done(&world, &truth, &observers)
-        } else {
-            caught_up(&world, GROUP, params.partitions)
-                && (!params.compensator || caught_up(&world, COMPENSATOR_GROUP, params.partitions))
-        };
-        if producer_done.load(Ordering::SeqCst) && finished {
-            converged = true;
-            break;
+        if producer_done.load(Ordering::SeqCst) && finished(&world, &truth, &observers, &params) {
+            break Convergence::Converged;
+        }
+        let now = Instant::now();
+        let latest = Progress::of(&world, &truth, &params);
+        if latest != progress {
+            (progress, progressed_at) = (latest, now);
+        } else if now - progressed_at >= Duration::from_millis(STALL_BOUND_MS) {
+            break Convergence::Stuck {
+                quiet_ms: millis(now - progressed_at),
+            };
+        }
+        if now - healed >= Duration::from_millis(params.liveness_ms) {
+            break Convergence::Slow {
+                cap_ms: params.liveness_ms,
+            };
         }
         sleep(Duration::from_millis(100)).await;
-    }
+    };
     let virtual_ms = crate::observe::now_ms(start);
     // What the coordinator really stored, commit by commit (an asynchronous commit that it
     // refused never counts).
@@ -274,7 +280,7 @@ async fn simulate(params: RunParams) -> RunOutcome {
             .lock()
             .map(|o| o.clone())
             .unwrap_or_default(),
-        converged,
+        convergence,
     };
     let verdict = check(&observed);
     let redeliveries = {
@@ -352,6 +358,57 @@ fn effects_done(world: &World, truth: &Arc<Mutex<GroundTruth>>, observers: &Obse
             .iter()
             .all(|fact| world.store_reflects(fact) || dead.contains(fact))
     })
+}
+
+/// How long the healed system may go without progress while work is pending: well past
+/// every session timeout, retry backoff and compensator delay of the simulated configuration.
+pub const STALL_BOUND_MS: u64 = 20_000;
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// What moves while the system makes progress: the committed offsets of both groups and the
+/// count of acknowledged sends.
+#[derive(Debug, PartialEq, Eq)]
+struct Progress {
+    committed: Vec<i64>,
+    acknowledged: usize,
+}
+
+impl Progress {
+    fn of(world: &World, truth: &Arc<Mutex<GroundTruth>>, params: &RunParams) -> Progress {
+        let mut committed = Vec::new();
+        for group in [GROUP, COMPENSATOR_GROUP] {
+            let offsets = world.committed(group);
+            committed.extend(
+                (0..params.partitions)
+                    .map(|partition| offsets.get(&partition).map_or(-1, |commit| commit.offset)),
+            );
+        }
+        let acknowledged = truth.lock().map_or(0, |truth| truth.acknowledged.len());
+        Progress {
+            committed,
+            acknowledged,
+        }
+    }
+}
+
+/// Converged: the consumers finished the log (and the compensator resolved all of it). The
+/// literal commit rule commits an acked record's own offset, so its committed offsets never
+/// reach the log end: for it, convergence is judged on effects alone.
+fn finished(
+    world: &World,
+    truth: &Arc<Mutex<GroundTruth>>,
+    observers: &Observers,
+    params: &RunParams,
+) -> bool {
+    if params.scenario == Scenario::LiteralCommitRule {
+        effects_done(world, truth, observers)
+    } else {
+        caught_up(world, GROUP, params.partitions)
+            && (!params.compensator || caught_up(world, COMPENSATOR_GROUP, params.partitions))
+    }
 }
 
 /// Every partition's committed offset reached the end of its log.

@@ -196,3 +196,40 @@ fn seed_140_standard_judges_the_coordinators_commit_log() {
     params.liveness_ms = params.liveness_bound_ms();
     assert_run_passes(&params);
 }
+
+/// A partition paused for back-pressure (batch 1, one slow worker) was revoked and assigned
+/// back to the same member; the client kept it paused while the consumer's fresh state said
+/// unpaused, so it was never fetched again: 17 acknowledged events never applied, the commit
+/// point stuck at 21. The consumer now resumes every partition it is assigned.
+#[test]
+fn seed_117_standard_a_paused_partition_assigned_back_is_fetched_again() {
+    let mut params = RunParams::derive_sized(117, Scenario::Standard, Size::Recorded);
+    params.orders = 85;
+    params.faults = 8;
+    params.liveness_ms = params.liveness_bound_ms();
+    assert_run_passes(&params);
+}
+
+/// Revoking six partitions one at a time (each with its own grace period and synchronous
+/// commit) outlasted the rebalance timeout: the member was evicted, the other took every
+/// partition, and the group handed them back and forth without end. The consumer now gives
+/// up a poll's partitions together (one grace period, one commit).
+#[test]
+fn seed_341_large_revoking_many_partitions_fits_the_rebalance_timeout() {
+    assert_run_passes(&RunParams::derive_sized(
+        341,
+        Scenario::Standard,
+        Size::Large,
+    ));
+}
+
+/// The same rebalance storm, with a row that still missed its winning claim when the run
+/// stopped: before convergence that is lateness, reported under liveness only.
+#[test]
+fn seed_271_large_revoking_many_partitions_fits_the_rebalance_timeout() {
+    assert_run_passes(&RunParams::derive_sized(
+        271,
+        Scenario::Standard,
+        Size::Large,
+    ));
+}

@@ -121,9 +121,7 @@ impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G
                 .await
             {
                 Ok(polled) => {
-                    for change in polled.rebalances {
-                        self.rebalance(change).await;
-                    }
+                    self.rebalance(polled.rebalances).await;
                     for record in polled.records {
                         self.offer(record).await;
                     }
@@ -333,24 +331,44 @@ impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G
         }
     }
 
-    async fn rebalance(&mut self, change: Rebalance) {
-        match change {
-            Rebalance::Assigned {
-                partition,
-                committed,
-            } => {
-                self.tracker.assign(partition, committed.as_ref());
-            }
-            Rebalance::Revoked { partition } => {
-                self.pending.retain(|(p, _), _| *p != partition);
-                // The next owner polls them again; a revoked partition is no longer paused.
-                self.held.remove(&partition);
-                if let Some(snapshot) = self.tracker.revoke(partition) {
-                    if let Err(error) = self.log.commit(&[snapshot.into()], true).await {
-                        tracing::info!(%error, "compensator commit on revoke failed");
+    /// Applies one poll's rebalance events in order; what finished in the partitions given up
+    /// is committed once per run of revocations, not once per partition.
+    async fn rebalance(&mut self, changes: Vec<Rebalance>) {
+        let mut revoked = Vec::new();
+        for change in changes {
+            match change {
+                Rebalance::Revoked { partition } => {
+                    self.pending.retain(|(p, _), _| *p != partition);
+                    // The next owner polls the held records again.
+                    self.held.remove(&partition);
+                    revoked.extend(self.tracker.revoke(partition).map(OffsetCommit::from));
+                }
+                Rebalance::Assigned {
+                    partition,
+                    committed,
+                } => {
+                    self.commit_revoked(&std::mem::take(&mut revoked)).await;
+                    self.tracker.assign(partition, committed.as_ref());
+                    // The client may keep a partition paused across its revoke (librdkafka
+                    // keeps the pause on the partition object): resume it, or it is never
+                    // fetched again.
+                    if let Err(error) = self.log.pause(&[partition], false).await {
+                        // An empty backlog entry: the next round of `retry_held` resumes it.
+                        tracing::warn!(%error, partition, "compensator resume on assign failed");
+                        self.held.entry(partition).or_default();
                     }
                 }
             }
+        }
+        self.commit_revoked(&revoked).await;
+    }
+
+    async fn commit_revoked(&mut self, offsets: &[OffsetCommit]) {
+        if offsets.is_empty() {
+            return;
+        }
+        if let Err(error) = self.log.commit(offsets, true).await {
+            tracing::info!(%error, "compensator commit on revoke failed");
         }
     }
 

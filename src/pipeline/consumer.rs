@@ -16,8 +16,8 @@ use crate::offsets::{CommitSnapshot, SharedTracker, Ticket, TrackError, Tracked,
 use crate::partition::murmur2;
 use crate::planted::PlantedBug;
 use crate::ports::{
-    DedupCache, EventLog, FaultPoint, OffsetCommit, OrderStore, PartitionId, PortError, Probe,
-    Publisher, Rebalance, Record,
+    CommittedOffset, DedupCache, EventLog, FaultPoint, OffsetCommit, OrderStore, PartitionId,
+    PortError, Probe, Publisher, Rebalance, Record,
 };
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -220,9 +220,7 @@ where
                         self.config.backoff_max,
                         self.config.jitter_seed,
                     );
-                    for change in polled.rebalances {
-                        self.rebalance(change).await;
-                    }
+                    self.rebalance(polled.rebalances).await;
                     self.dispatch(polled.records).await;
                 }
                 Err(error) => {
@@ -383,41 +381,79 @@ where
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 
-    async fn rebalance(&mut self, change: Rebalance) {
-        match change {
-            Rebalance::Assigned {
-                partition,
-                committed,
-            } => {
-                let assignment = self.tracker.assign(partition, committed.as_ref());
-                tracing::info!(
+    /// Applies one poll's rebalance events in order; each run of consecutive revocations is
+    /// handled together (one grace period, one commit), so that giving up many partitions
+    /// costs what giving up one does and the member rejoins within the rebalance timeout.
+    async fn rebalance(&mut self, changes: Vec<Rebalance>) {
+        let mut revoked = Vec::new();
+        for change in changes {
+            match change {
+                Rebalance::Revoked { partition } => revoked.push(partition),
+                Rebalance::Assigned {
                     partition,
-                    epoch = assignment.epoch,
-                    start = ?assignment.start_offset,
-                    already_done = assignment.restore.already_done,
-                    "partition assigned"
-                );
-                self.partitions.insert(
-                    partition,
-                    PartitionState {
-                        committed: committed.map(|c| c.offset),
-                        ..PartitionState::default()
-                    },
-                );
-            }
-            Rebalance::Revoked { partition } => {
-                let deadline = Instant::now() + self.config.revoke_grace;
-                while self.tracker.in_flight(partition) > 0 && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    committed,
+                } => {
+                    self.revoke(&std::mem::take(&mut revoked)).await;
+                    self.assign(partition, committed).await;
                 }
-                let abandoned = self.tracker.in_flight(partition);
-                if let Some(snapshot) = self.tracker.revoke(partition) {
-                    self.commit(vec![snapshot], true).await;
-                }
-                self.partitions.remove(&partition);
-                self.metrics.remove_partition(partition);
-                tracing::info!(partition, abandoned, "partition revoked");
             }
+        }
+        self.revoke(&revoked).await;
+    }
+
+    async fn assign(&mut self, partition: PartitionId, committed: Option<CommittedOffset>) {
+        let assignment = self.tracker.assign(partition, committed.as_ref());
+        tracing::info!(
+            partition,
+            epoch = assignment.epoch,
+            start = ?assignment.start_offset,
+            already_done = assignment.restore.already_done,
+            "partition assigned"
+        );
+        self.partitions.insert(
+            partition,
+            PartitionState {
+                committed: committed.map(|c| c.offset),
+                ..PartitionState::default()
+            },
+        );
+        // A partition paused for back-pressure and then revoked may come back still paused in
+        // the client (librdkafka keeps the pause on the partition object): its new state starts
+        // unpaused, so the client must be too, or it is never fetched again.
+        if let Err(error) = self.log.pause(&[partition], false).await {
+            // Counted paused: the next round of `retry_held` resumes it again.
+            tracing::warn!(%error, partition, "resume of an assigned partition failed");
+            if let Some(state) = self.partitions.get_mut(&partition) {
+                state.paused = true;
+            }
+        }
+    }
+
+    /// Gives partitions up: waits one shared grace period for their records in flight, then
+    /// commits what finished, in one commit.
+    async fn revoke(&mut self, partitions: &[PartitionId]) {
+        if partitions.is_empty() {
+            return;
+        }
+        let deadline = Instant::now() + self.config.revoke_grace;
+        let in_flight = |tracker: &SharedTracker| {
+            partitions
+                .iter()
+                .any(|&partition| tracker.in_flight(partition) > 0)
+        };
+        while in_flight(&self.tracker) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut snapshots = Vec::new();
+        for &partition in partitions {
+            let abandoned = self.tracker.in_flight(partition);
+            snapshots.extend(self.tracker.revoke(partition));
+            self.partitions.remove(&partition);
+            self.metrics.remove_partition(partition);
+            tracing::info!(partition, abandoned, "partition revoked");
+        }
+        if !snapshots.is_empty() {
+            self.commit(snapshots, true).await;
         }
     }
 
