@@ -20,7 +20,10 @@ macro_rules! reach {
 }
 
 /// Every reach point of the library, with what taking it means.
-pub const POINTS: &[(&str, &str)] = &[];
+pub const POINTS: &[(&str, &str)] = &[(
+    "worker.dropped_revoked",
+    "a worker dropped queued records of a partition revoked since their poll",
+)];
 
 #[cfg(test)]
 mod tests {

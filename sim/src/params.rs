@@ -164,11 +164,12 @@ impl RunParams {
     /// The cap on how long the healed system may take to converge while it still progresses:
     /// a fixed allowance for recovery (sessions expiring, leaders elected, retries backing
     /// off) plus the workload's own work at its slowest (about eight events an order, every
-    /// one through a single member's workers, each as slow as the slowest worker). A run that
+    /// one through a single member's workers, each in a batch of its own, about 25 ms of
+    /// round trips to the cache and the store, and as slow as the slowest worker). A run that
     /// stops progressing fails long before, after `runner::STALL_BOUND_MS`.
     pub fn liveness_bound_ms(&self) -> u64 {
         let concurrency = self.concurrency.max(1) as u64;
-        let event_ms = 5 + self.slow_worker_ms.div_ceil(concurrency);
+        let event_ms = 30 + self.slow_worker_ms.div_ceil(concurrency);
         60_000 + 8 * event_ms * self.orders as u64
     }
 

@@ -233,3 +233,36 @@ fn seed_271_large_revoking_many_partitions_fits_the_rebalance_timeout() {
         Size::Large,
     ));
 }
+
+/// After a rebalance the single worker still held hundreds of queued records of the revoked
+/// assignment and applied them all (as duplicates, slowly) before any record of the new one,
+/// so no commit advanced for 20 s. Workers now drop the records of revoked assignments.
+#[test]
+fn seed_555_large_workers_drop_records_of_revoked_partitions() {
+    let mut params = RunParams::derive_sized(555, Scenario::Standard, Size::Large);
+    params.orders = 427;
+    params.faults = 3;
+    params.liveness_ms = params.liveness_bound_ms();
+    assert_run_passes(&params);
+}
+
+/// The same stale backlog with one event a batch: stuck for 20 s after healing.
+#[test]
+fn seed_2678_workers_drop_records_of_revoked_partitions() {
+    let mut params = RunParams::derive(2678, Scenario::Standard);
+    params.orders = 170;
+    params.faults = 7;
+    params.liveness_ms = params.liveness_bound_ms();
+    assert_run_passes(&params);
+}
+
+/// Slow, not stuck: one member applying one event a batch needs about 25 ms an event, and the
+/// cap on the liveness phase scales with that.
+#[test]
+fn seed_867_large_a_slow_run_is_given_time_to_finish() {
+    assert_run_passes(&RunParams::derive_sized(
+        867,
+        Scenario::Standard,
+        Size::Large,
+    ));
+}

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub commits: Counter,
     pub commit_failures: Counter,
     pub stalls: Counter,
+    /// Records dropped unprocessed because their partition was revoked while they waited.
+    pub dropped_revoked: Counter,
     pub batches: Counter,
     /// Sum of batch latencies in microseconds (with `batches`, gives the mean).
     pub batch_latency_us_sum: Counter,
@@ -97,7 +99,7 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render_prometheus(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &Counter); 14] = [
+        let counters: [(&str, &str, &Counter); 15] = [
             (
                 "holdfast_records_polled_total",
                 "Records returned by polls.",
@@ -157,6 +159,11 @@ impl Metrics {
                 "holdfast_stalls_total",
                 "Times a partition's commit point was reported stalled.",
                 &self.stalls,
+            ),
+            (
+                "holdfast_records_dropped_revoked_total",
+                "Records dropped unprocessed because their partition was revoked while they waited (the next owner redoes them).",
+                &self.dropped_revoked,
             ),
             (
                 "holdfast_batches_total",

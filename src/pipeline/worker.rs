@@ -9,7 +9,10 @@ use super::retry::Backoff;
 use crate::event::{DecodeError, OrderEvent};
 use crate::idempotency::protocol::{apply_batch, BatchReport, ProtocolConfig, Verdict};
 use crate::offsets::{AckError, SharedTracker, Ticket};
-use crate::ports::{DedupCache, FaultPoint, OrderStore, PortError, Probe, Publisher, Record};
+use crate::ports::{
+    DedupCache, FaultPoint, OrderStore, PartitionId, PortError, Probe, Publisher, Record,
+};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -104,10 +107,37 @@ where
         }
     }
 
+    /// Drops the jobs of partitions revoked (or assigned anew) since they were polled: their
+    /// records are above the revoke's commit, so the next owner redoes them; applying them
+    /// here would only delay the current assignment's records queued behind them.
+    fn current(&self, batch: Vec<Job>) -> Vec<Job> {
+        let mut epochs: BTreeMap<PartitionId, Option<u64>> = BTreeMap::new();
+        let before = batch.len();
+        let current: Vec<Job> = batch
+            .into_iter()
+            .filter(|job| {
+                let partition = job.ticket.partition;
+                let epoch = *epochs
+                    .entry(partition)
+                    .or_insert_with(|| self.tracker.epoch(partition));
+                epoch == Some(job.ticket.epoch)
+            })
+            .collect();
+        let dropped = before - current.len();
+        if dropped > 0 {
+            crate::reach!("worker.dropped_revoked");
+            self.metrics.dropped_revoked.add(dropped as u64);
+            tracing::debug!(dropped, "records of revoked partitions dropped");
+        }
+        current
+    }
+
     async fn process(&self, batch: Vec<Job>, letters: &mpsc::UnboundedSender<Job>, seed: u64) {
         let started = Instant::now();
-        let (good, bad): (Vec<Job>, Vec<Job>) =
-            batch.into_iter().partition(|job| job.decoded.is_ok());
+        let (good, bad): (Vec<Job>, Vec<Job>) = self
+            .current(batch)
+            .into_iter()
+            .partition(|job| job.decoded.is_ok());
         for job in bad {
             debug_assert!(
                 job.decoded.is_err(),
