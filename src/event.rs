@@ -145,6 +145,8 @@ pub enum DecodeError {
         field: &'static str,
         size_bytes: usize,
     },
+    #[error("field `{field}` contains a NUL character, which PostgreSQL text cannot hold")]
+    NulInId { field: &'static str },
     #[error("amount {amount_minor} is negative")]
     NegativeAmount { amount_minor: i64 },
     #[error("event kind `{kind}` requires an amount")]
@@ -228,6 +230,11 @@ fn check_id(field: &'static str, value: &str) -> Result<(), DecodeError> {
             size_bytes: value.len(),
         });
     }
+    // The store would refuse it on every attempt: refused here, it is dead-lettered at once
+    // as malformed instead of after `record_attempts_max` failed transactions.
+    if value.contains('\0') {
+        return Err(DecodeError::NulInId { field });
+    }
     Ok(())
 }
 
@@ -300,6 +307,10 @@ mod tests {
             (
                 br#"{"v":1,"event_id":"","order_id":"o","user_id":"u","kind":"created","event_time_ms":0}"#,
                 |e| matches!(e, DecodeError::EmptyId { field: "event_id" }),
+            ),
+            (
+                br#"{"v":1,"event_id":"e","order_id":"o\u0000","user_id":"u","kind":"created","event_time_ms":0}"#,
+                |e| matches!(e, DecodeError::NulInId { field: "order_id" }),
             ),
             (
                 br#"{"v":1,"event_id":"e","order_id":"o","user_id":"u","kind":"paid","amount_minor":-5,"event_time_ms":0}"#,

@@ -20,10 +20,62 @@ macro_rules! reach {
 }
 
 /// Every reach point of the library, with what taking it means.
-pub const POINTS: &[(&str, &str)] = &[(
-    "worker.dropped_revoked",
-    "a worker dropped queued records of a partition revoked since their poll",
-)];
+pub const POINTS: &[(&str, &str)] = &[
+    ("consumer.poll_failed", "a poll failed and is retried with backoff"),
+    (
+        "consumer.tracker_full",
+        "the tracker refused a record (full): held, partition paused",
+    ),
+    (
+        "consumer.record_skipped",
+        "a polled record below the assignment's tracking or of a partition no longer owned was skipped",
+    ),
+    (
+        "consumer.revoke_abandoned",
+        "a revoke gave up records still in flight after the grace period",
+    ),
+    (
+        "consumer.commit_fenced",
+        "an offset commit was refused: the partitions moved to another member",
+    ),
+    (
+        "consumer.commit_failed",
+        "an offset commit failed; the next one covers it",
+    ),
+    (
+        "consumer.stalled",
+        "a partition's commit point stood still past stall_after with work in flight",
+    ),
+    (
+        "worker.dropped_revoked",
+        "a worker dropped queued records of a partition revoked since their poll",
+    ),
+    (
+        "worker.store_unavailable",
+        "a store transaction failed for an outage and the batch is retried",
+    ),
+    (
+        "worker.dead_letter_retry",
+        "a dead-letter publish failed and is retried",
+    ),
+    (
+        "protocol.cache_lookup_failed",
+        "the cache lookup failed: the batch is deduplicated by the store alone",
+    ),
+    (
+        "protocol.cache_write_failed",
+        "the cache write after the store commit failed",
+    ),
+    (
+        "compensator.held",
+        "the compensator's tracker was full: the record is held and its partition paused",
+    ),
+    (
+        "compensator.check_failed",
+        "a compensation check (the main group's offsets or the store) failed and is retried",
+    ),
+    ("compensator.resent", "the compensator re-sent an event whose effect is missing"),
+];
 
 #[cfg(test)]
 mod tests {

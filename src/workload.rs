@@ -304,7 +304,7 @@ fn finish(
 
 /// A malformed message of a random kind, keyed like the event it sits next to.
 fn malformed(rng: &mut SplitMix, near: &OrderEvent) -> Message {
-    let payload: Vec<u8> = match rng.below(5) {
+    let payload: Vec<u8> = match rng.below(7) {
         0 => b"{\"v\":1,\"event_id\":".to_vec(),
         1 => format!(
             "{{\"v\":1,\"event_id\":\"bad-{0}\",\"order_id\":\"{1}\",\"user_id\":\"u\",\"kind\":\"teleported\",\"event_time_ms\":0}}",
@@ -319,6 +319,20 @@ fn malformed(rng: &mut SplitMix, near: &OrderEvent) -> Message {
         )
         .into_bytes(),
         3 => format!("{{\"v\":1,\"order_id\":\"{}\"}}", near.order_id).into_bytes(),
+        // A NUL in an id: valid JSON, but no PostgreSQL text column can hold it.
+        4 => format!(
+            "{{\"v\":1,\"event_id\":\"bad-{0}\",\"order_id\":\"{1}\",\"user_id\":\"u\\u0000x\",\"kind\":\"created\",\"event_time_ms\":0}}",
+            rng.next_u64(),
+            near.order_id
+        )
+        .into_bytes(),
+        // serde's sequence form of the event's fields: not an object, not an event.
+        5 => format!(
+            "[1,\"bad-{0}\",\"{1}\",\"u\",\"paid\",100,1700000000000]",
+            rng.next_u64(),
+            near.order_id
+        )
+        .into_bytes(),
         _ => format!(
             "{{\"v\":1,\"event_id\":\"\",\"order_id\":\"{}\",\"user_id\":\"u\",\"kind\":\"created\",\"event_time_ms\":0}}",
             near.order_id

@@ -11,8 +11,9 @@ use holdfast::pipeline::{
     ShutdownTrigger,
 };
 use holdfast::planted::PlantedBug;
-use holdfast::ports::{FaultPoint, Probe};
-use holdfast::verify::{verify, Application, GroundTruth, StoreView};
+use holdfast::ports::{ApplyOutcome, FaultPoint, OrderStore, PortError, Probe};
+use holdfast::verify::{verify, Application, Fact, GroundTruth, StoreView};
+use holdfast::widetable::OrderRow;
 use holdfast::workload::{Workload, WorkloadConfig};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -313,4 +314,158 @@ async fn compensator_resends_an_effect_missing_after_the_main_group_passed_it() 
     assert!(report.dead_lettered.is_empty());
     let verdict = check(&truth, &damaged);
     assert!(verdict.passed(), "{verdict}");
+}
+
+/// Goal: an effect that stays missing is re-sent `attempts_max` times, then dead-lettered
+/// once and reported, and never re-sent again. Method: one effect lost behind the pipeline's
+/// back and no main group running to apply the re-sends.
+#[tokio::test]
+async fn compensator_gives_up_after_attempts_max_and_dead_letters_the_event() {
+    let broker = MemoryBroker::new(TOPIC, 2);
+    let workload = WorkloadConfig {
+        orders: 10,
+        malformed_ratio: 0.0,
+        duplicate_ratio: 0.0,
+        conflict_ratio: 0.0,
+        seed: 4,
+        ..WorkloadConfig::default()
+    };
+    publish(&broker, &workload).await;
+    let (cache, store) = (MemoryCache::new(), MemoryStore::new());
+    let (running, _) = start(&broker, &cache, &store, config());
+    wait_caught_up(&broker).await;
+    running.stop().await.unwrap();
+    let victim = OrderEvent::decode(&broker.records(TOPIC)[0].payload).unwrap();
+    let damaged = MemoryStore::new();
+    let survivors: Vec<OrderEvent> = store
+        .applied_events()
+        .into_iter()
+        .filter(|event| event.event_id != victim.event_id)
+        .collect();
+    damaged.apply_batch(&survivors).await.unwrap();
+
+    let compensator = Compensator::new(
+        CompensatorConfig {
+            delay: Duration::from_millis(5),
+            check_interval: Duration::from_millis(5),
+            poll_timeout: Duration::from_millis(2),
+            attempts_max: 2,
+            ..CompensatorConfig::default()
+        },
+        broker.consumer(TOPIC, "holdfast-compensator"),
+        broker.clone(),
+        damaged.clone(),
+        broker.clone(),
+    );
+    let (stop, shutdown) = ShutdownTrigger::new();
+    let task = tokio::spawn(compensator.run(shutdown));
+    for _ in 0..2000 {
+        if !broker.records("orders.dlq").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Time for any further (wrong) re-send or letter to show.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.trigger();
+    let report = task.await.unwrap();
+    assert_eq!(report.resent, 2, "{report:?}");
+    assert_eq!(report.dead_lettered, vec![IdempotencyKey::of(&victim)]);
+    let letters = broker.records("orders.dlq");
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].payload, victim.payload);
+}
+
+/// A store that refuses every transaction holding one of the `poison` events (as a
+/// constraint the event breaks would), and is the in-memory store otherwise.
+#[derive(Clone)]
+struct PoisonStore {
+    inner: MemoryStore,
+    poison: Arc<BTreeSet<String>>,
+}
+
+impl OrderStore for PoisonStore {
+    async fn apply_batch(&self, events: &[OrderEvent]) -> Result<Vec<ApplyOutcome>, PortError> {
+        if let Some(event) = events.iter().find(|e| self.poison.contains(&e.event_id)) {
+            return Err(PortError::Rejected {
+                service: "test store",
+                detail: format!("event {} breaks a constraint", event.event_id),
+            });
+        }
+        self.inner.apply_batch(events).await
+    }
+
+    async fn contains_batch(&self, keys: &[IdempotencyKey]) -> Result<Vec<bool>, PortError> {
+        self.inner.contains_batch(keys).await
+    }
+
+    async fn load_row(&self, order_id: &str) -> Result<Option<OrderRow>, PortError> {
+        self.inner.load_row(order_id).await
+    }
+}
+
+/// Goal: a batch the store keeps rejecting is split, only the poison events are dead-lettered
+/// (after `record_attempts_max` rejections each), every other event of their batches is
+/// applied, and the commit point passes them. Method: three events the store refuses in a
+/// workload of 120 orders; the verdict's only complaint must be those three, dead-lettered.
+#[tokio::test]
+async fn a_rejected_batch_is_split_and_only_the_poison_is_dead_lettered() {
+    let broker = MemoryBroker::new(TOPIC, 2);
+    let workload = WorkloadConfig {
+        orders: 120,
+        malformed_ratio: 0.0,
+        duplicate_ratio: 0.0,
+        seed: 9,
+        ..WorkloadConfig::default()
+    };
+    let (truth, _) = publish(&broker, &workload).await;
+    let poisoned: Vec<Fact> = truth
+        .acknowledged
+        .iter()
+        .step_by(97)
+        .take(3)
+        .cloned()
+        .collect();
+    let store = PoisonStore {
+        inner: MemoryStore::new(),
+        poison: Arc::new(poisoned.iter().map(|f| f.event_id.clone()).collect()),
+    };
+    let metrics = Arc::new(Metrics::new());
+    let services = Services {
+        cache: MemoryCache::new(),
+        store: store.clone(),
+        dead_letters: broker.clone(),
+        probe: CrashProbe::default(),
+    };
+    let consumer = Consumer::new(
+        config(),
+        broker.consumer(TOPIC, GROUP),
+        services,
+        Arc::clone(&metrics),
+    )
+    .unwrap();
+    let running = consumer.spawn();
+    wait_caught_up(&broker).await;
+    running.stop().await.unwrap();
+    let letters: Vec<Vec<u8>> = broker
+        .records("orders.dlq")
+        .into_iter()
+        .map(|record| record.payload)
+        .collect();
+    let view = StoreView {
+        ledger: store
+            .inner
+            .applied_events()
+            .iter()
+            .map(Application::of)
+            .collect(),
+        rows: store.inner.rows(),
+    };
+    let report = verify(&truth, &view, &letters, &BTreeSet::new());
+    assert!(report.missing.is_empty(), "{report}");
+    assert!(report.applied_and_dead_lettered.is_empty(), "{report}");
+    assert_eq!(report.dead_lettered_valid, poisoned, "{report}");
+    assert_eq!(letters.len(), 3, "only the poison is dead-lettered");
+    assert_eq!(report.applied, report.acknowledged - 3);
+    assert!(metrics.retries_rejected.get() >= 3);
 }

@@ -538,7 +538,12 @@ fn spawn_compensator(observers: &Observers) -> NodeId {
                     attempts_max: 3,
                     batch_size: 100,
                     poll_timeout: Duration::from_millis(50),
-                    limits: Limits::default(),
+                    // Small enough that larger seeds fill it while records wait out the
+                    // delay, so the full-tracker path (hold and pause) is taken.
+                    limits: Limits {
+                        max_in_flight: 256,
+                        ..Limits::default()
+                    },
                 };
                 let compensator = Compensator::new(
                     config,

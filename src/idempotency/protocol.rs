@@ -180,6 +180,7 @@ async fn check_cache<C: DedupCache>(
             unknown
         }
         Err(error) => {
+            crate::reach!("protocol.cache_lookup_failed");
             tracing::warn!(%error, "dedup cache lookup failed; using store-only dedup");
             *cache_degraded = true;
             unknown
@@ -195,6 +196,7 @@ async fn remember<C: DedupCache>(
     cache_degraded: &mut bool,
 ) {
     if let Err(error) = cache.remember_batch(keys, ttl).await {
+        crate::reach!("protocol.cache_write_failed");
         tracing::warn!(%error, keys = keys.len(), "dedup cache write failed; keys stay store-only");
         *cache_degraded = true;
     }

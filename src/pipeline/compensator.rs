@@ -133,6 +133,7 @@ impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G
             }
             if Instant::now() >= next_check {
                 if let Err(error) = self.check_due().await {
+                    crate::reach!("compensator.check_failed");
                     tracing::warn!(%error, "compensation check failed; retrying next round");
                 }
                 self.retry_held().await;
@@ -155,6 +156,7 @@ impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G
             return;
         }
         if let Some(record) = self.admit(record) {
+            crate::reach!("compensator.held");
             self.held.entry(partition).or_default().push_back(record);
             if let Err(error) = self.log.pause(&[partition], true).await {
                 tracing::warn!(%error, partition, "compensator pause failed");
@@ -317,6 +319,7 @@ impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G
         };
         self.publisher.publish(message).await?;
         self.report.resent += 1;
+        crate::reach!("compensator.resent");
         tracing::warn!(key = ?entry.key, attempts, "effect missing; event re-sent");
         if let Some(entry) = self.pending.get_mut(&slot) {
             entry.attempts = attempts;

@@ -224,6 +224,7 @@ where
                     self.dispatch(polled.records).await;
                 }
                 Err(error) => {
+                    crate::reach!("consumer.poll_failed");
                     tracing::warn!(%error, "poll failed; retrying");
                     self.metrics.retries_outage.add(1);
                     tokio::time::sleep(poll_backoff.next_delay()).await;
@@ -298,6 +299,7 @@ where
             Err(error) => {
                 // Redelivered below what this epoch already tracks, or a partition we no
                 // longer own: already handled (or someone else's), so skipping loses nothing.
+                crate::reach!("consumer.record_skipped");
                 tracing::debug!(%error, partition = record.partition, offset = record.offset, "record skipped");
                 None
             }
@@ -330,6 +332,7 @@ where
     }
 
     async fn hold(&mut self, record: Record) {
+        crate::reach!("consumer.tracker_full");
         let partition = record.partition;
         let state = self.partitions.entry(partition).or_default();
         state.held.push_back(record);
@@ -450,6 +453,9 @@ where
             snapshots.extend(self.tracker.revoke(partition));
             self.partitions.remove(&partition);
             self.metrics.remove_partition(partition);
+            if abandoned > 0 {
+                crate::reach!("consumer.revoke_abandoned");
+            }
             tracing::info!(partition, abandoned, "partition revoked");
         }
         if !snapshots.is_empty() {
@@ -517,6 +523,7 @@ where
                 self.services.probe.at(FaultPoint::AfterOffsetCommit).await;
             }
             Err(PortError::Fenced { detail, .. }) => {
+                crate::reach!("consumer.commit_fenced");
                 tracing::info!(
                     detail,
                     "commit fenced: the partitions moved to another member"
@@ -524,6 +531,7 @@ where
             }
             Err(error) => {
                 self.metrics.commit_failures.add(1);
+                crate::reach!("consumer.commit_failed");
                 tracing::warn!(%error, "offset commit failed; the next one covers it");
             }
         }
@@ -560,6 +568,7 @@ where
                 state.stalled = false;
             } else if let Some(moved_at) = state.point_moved_at {
                 if !state.stalled && now.duration_since(moved_at) >= self.config.stall_after {
+                    crate::reach!("consumer.stalled");
                     state.stalled = true;
                     self.metrics.stalls.add(1);
                     let stuck_key = point.and_then(|offset| {

@@ -217,6 +217,7 @@ where
                 Err(PortError::Fenced { .. }) => return Applied::Fenced,
                 Err(error @ PortError::Unavailable { .. }) => {
                     self.metrics.retries_outage.add(1);
+                    crate::reach!("worker.store_unavailable");
                     tracing::warn!(%error, "store unavailable; retrying the batch");
                 }
                 Err(error @ PortError::Rejected { .. }) => {
@@ -258,6 +259,7 @@ where
                 Err(PortError::Fenced { .. }) => return false,
                 Err(failure) => {
                     self.metrics.retries_outage.add(1);
+                    crate::reach!("worker.dead_letter_retry");
                     tracing::warn!(%failure, "dead-letter publish failed; retrying");
                     tokio::time::sleep(backoff.next_delay()).await;
                 }

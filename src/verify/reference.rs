@@ -272,7 +272,7 @@ pub fn row_faults(order_id: &str, row: &OrderRow, expected: Option<&ExpectedRow>
 
 /// The checker's second reading of the wire format (docs/pipeline.md): a JSON object with
 /// exactly the fields `v` (1), `event_id`, `order_id`, `user_id` (non-empty, at most 128
-/// bytes), `kind` (a known status), `amount_minor` (present, and not negative, exactly for
+/// bytes, no NUL: PostgreSQL text cannot hold one), `kind` (a known status), `amount_minor` (present, and not negative, exactly for
 /// paid, billed and refunded) and `event_time_ms`, in at most 64 KiB. `None` for anything
 /// else: such a record must be dead-lettered, never applied.
 pub fn read_payload(payload: &[u8]) -> Option<Fact> {
@@ -298,7 +298,7 @@ pub fn read_payload(payload: &[u8]) -> Option<Fact> {
         object
             .get(field)?
             .as_str()
-            .filter(|id| !id.is_empty() && id.len() <= 128)
+            .filter(|id| !id.is_empty() && id.len() <= 128 && !id.contains('\u{0}'))
             .map(str::to_owned)
     };
     let kind = EventKind::ALL
