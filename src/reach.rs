@@ -39,10 +39,6 @@ pub const POINTS: &[(&str, &str)] = &[
         "an offset commit was refused: the partitions moved to another member",
     ),
     (
-        "consumer.commit_failed",
-        "an offset commit failed; the next one covers it",
-    ),
-    (
         "consumer.stalled",
         "a partition's commit point stood still past stall_after with work in flight",
     ),

@@ -50,6 +50,10 @@ pub const FAULTS: &[(&str, &str)] = &[
         "fault.dead_letters_down",
         "the dead-letter topic refusing every publish for a while",
     ),
+    (
+        "fault.coordinator_failover",
+        "the group coordinator failed over: every member forgotten at once",
+    ),
 ];
 
 thread_local! {

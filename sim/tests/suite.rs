@@ -266,3 +266,17 @@ fn seed_867_large_a_slow_run_is_given_time_to_finish() {
         Size::Large,
     ));
 }
+
+/// A member frozen past its session came back to a revoke of all six partitions with about
+/// 1,400 records still queued at its workers; each dropped record still ran an empty batch
+/// through the protocol (and its slow-worker fault point), so the new assignment's records
+/// waited behind seconds of nothing and no commit advanced for 20 s. A batch left with only
+/// revoked records now returns at once.
+#[test]
+fn seed_3071_large_dropping_revoked_records_costs_nothing() {
+    let mut params = RunParams::derive_sized(3071, Scenario::Standard, Size::Large);
+    params.orders = 511;
+    params.faults = 3;
+    params.liveness_ms = params.liveness_bound_ms();
+    assert_run_passes(&params);
+}

@@ -134,10 +134,13 @@ where
 
     async fn process(&self, batch: Vec<Job>, letters: &mpsc::UnboundedSender<Job>, seed: u64) {
         let started = Instant::now();
-        let (good, bad): (Vec<Job>, Vec<Job>) = self
-            .current(batch)
-            .into_iter()
-            .partition(|job| job.decoded.is_ok());
+        let batch = self.current(batch);
+        if batch.is_empty() {
+            // Only stale records: no transaction, no fault point, nothing to ack.
+            return;
+        }
+        let (good, bad): (Vec<Job>, Vec<Job>) =
+            batch.into_iter().partition(|job| job.decoded.is_ok());
         for job in bad {
             debug_assert!(
                 job.decoded.is_err(),

@@ -461,6 +461,13 @@ impl World {
         self.note("redis flushall".to_string());
     }
 
+    /// Moves the group coordinator (a failover): every group forgets its members, which
+    /// rejoin; generations and committed offsets survive.
+    pub fn coordinator_failover(&self) {
+        lock(&self.inner.controller).coordinator_failover();
+        self.note("coordinator failover: every group's members forgotten".to_string());
+    }
+
     /// The group's committed offsets with metadata, as the coordinator stores them.
     pub fn committed(&self, group: &str) -> BTreeMap<PartitionId, CommittedOffset> {
         let controller = lock(&self.inner.controller);

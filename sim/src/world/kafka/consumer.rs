@@ -358,6 +358,10 @@ async fn heartbeat_loop(
     config: ConsumerConfig,
 ) {
     let interval = (config.session_timeout / 3).max(Duration::from_millis(10));
+    // The last heartbeat the coordinator answered (or the start of the membership). Like
+    // librdkafka, a member that heard nothing for a whole session gives its assignment up
+    // itself: the coordinator has evicted it by then.
+    let mut answered_at = Instant::now();
     loop {
         sleep(interval).await;
         let (member, generation, status) = {
@@ -365,8 +369,16 @@ async fn heartbeat_loop(
             (membership.member, membership.generation, membership.status)
         };
         let (Some(member), Status::Joined) = (member, status) else {
+            answered_at = Instant::now();
             continue;
         };
+        if answered_at.elapsed() > config.session_timeout {
+            let mut membership = lock(&membership);
+            if membership.member == Some(member) && membership.status == Status::Joined {
+                membership.status = Status::Lost;
+            }
+            continue;
+        }
         let request = ControllerRequest::Group(GroupRequest::Heartbeat {
             group: group.clone(),
             member,
@@ -378,7 +390,11 @@ async fn heartbeat_loop(
             request,
             config.request_timeout,
         );
-        let status = match answer.await {
+        let answer = answer.await;
+        if answer.is_some() {
+            answered_at = Instant::now();
+        }
+        let status = match answer {
             Some(ControllerAnswer::Group(GroupAnswer::Rebalance)) => Status::MustRejoin,
             Some(ControllerAnswer::Group(GroupAnswer::UnknownMember)) => Status::Lost,
             _ => continue,

@@ -116,11 +116,20 @@ impl ControllerState {
         }
     }
 
-    /// A controller restart: volatile state is gone; brokers get a fresh session.
+    /// A controller restart: volatile state is gone (group membership, not generations);
+    /// brokers get a fresh session.
     fn restart(&mut self, now: Instant) {
-        self.groups.clear();
+        self.coordinator_failover();
         for liveness in self.brokers.values_mut() {
             liveness.last_seen = now;
+        }
+    }
+
+    /// The group coordinator moves (its broker failed): members are forgotten and rejoin;
+    /// generations and committed offsets are durable.
+    pub fn coordinator_failover(&mut self) {
+        for group in self.groups.values_mut() {
+            group.forget_members();
         }
     }
 

@@ -58,7 +58,9 @@ struct Rebalancing {
     joined: BTreeSet<u64>,
 }
 
-/// One group's volatile state (lost when the coordinator restarts; members rejoin).
+/// One group's state. The generation (and the member-id counter) is durable, as Kafka keeps
+/// it in `__consumer_offsets`; membership is not: a coordinator that restarts or fails over
+/// forgets every member, which must rejoin into a later generation.
 #[derive(Clone, Debug, Default)]
 pub struct Group {
     members: BTreeMap<u64, Instant>,
@@ -77,6 +79,14 @@ impl Group {
     /// Live members and what they own.
     pub fn assignment(&self) -> &BTreeMap<u64, Vec<PartitionId>> {
         &self.assignment
+    }
+
+    /// A coordinator restart or failover: every member is forgotten (their heartbeats and
+    /// commits are refused as unknown, so they rejoin), the generation goes on.
+    pub fn forget_members(&mut self) {
+        self.members.clear();
+        self.assignment.clear();
+        self.rebalancing = None;
     }
 
     /// Handles a join: registers the member, starts a rebalance if it is new, and answers
