@@ -43,6 +43,22 @@ pub const POINTS: &[(&str, &str)] = &[
         "a partition's commit point stood still past stall_after with work in flight",
     ),
     (
+        "tracker.in_flight_full",
+        "a partition tracker refused a record: max_in_flight records unfinished",
+    ),
+    (
+        "tracker.span_full",
+        "a partition tracker refused a record: max_span offsets from the lowest unfinished",
+    ),
+    (
+        "metadata.over_budget",
+        "the finished offsets did not fit the metadata budget: committed without them",
+    ),
+    (
+        "worker.ack_stale",
+        "a worker's ack was refused: the partition was revoked while it worked",
+    ),
+    (
         "worker.dropped_revoked",
         "a worker dropped queued records of a partition revoked since their poll",
     ),

@@ -133,15 +133,28 @@ fn store_bug(bug: PlantedBug) -> bool {
     matches!(bug, PlantedBug::NoUniqueKey | PlantedBug::MergeByArrival)
 }
 
+/// The consumer's tracker limits, small enough to bind: in half of the seeds the span limit
+/// (as wide as the in-flight limit, so a stuck record stops tracking first by span), in the
+/// other half the in-flight limit; and in half of the seeds a metadata budget too small for
+/// most finished sets.
+fn consumer_limits(params: &RunParams) -> Limits {
+    let max_in_flight = params.batch_size.max(16) * 4;
+    let mut rng = SplitMix::new(params.seed ^ 0x6d65_7461_6461_7461);
+    let small_budget = rng.chance(0.5);
+    let span_binds = rng.chance(0.5);
+    Limits {
+        max_in_flight,
+        max_span: max_in_flight as u64 * if span_binds { 1 } else { 4 },
+        metadata_budget_bytes: if small_budget { 16 } else { 4096 },
+    }
+}
+
 fn consumer_config(params: &RunParams, index: usize, incarnation: u32) -> ConsumerConfig {
     let planted = params.scenario.planted().filter(|bug| !store_bug(*bug));
     ConsumerConfig {
         batch_size: params.batch_size,
         concurrency: params.concurrency,
-        limits: Limits {
-            max_in_flight: params.batch_size.max(64) * 4,
-            ..Limits::default()
-        },
+        limits: consumer_limits(params),
         commit_interval: Duration::from_millis(100),
         poll_timeout: Duration::from_millis(50),
         backoff_initial: Duration::from_millis(10),

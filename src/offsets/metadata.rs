@@ -216,6 +216,7 @@ pub fn encode(set: &FinishedSet, budget_bytes: usize) -> String {
         );
     }
     if PREFIX.len() + (raw.len() * 4).div_ceil(3) > budget_bytes {
+        crate::reach!("metadata.over_budget");
         return String::new();
     }
     let mut text = String::with_capacity(PREFIX.len() + (raw.len() * 4).div_ceil(3));

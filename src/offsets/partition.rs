@@ -181,6 +181,7 @@ impl PartitionTracker {
         } else {
             let span = offset.wrapping_sub(self.base) as u64 + 1;
             if span > self.limits.max_span {
+                crate::reach!("tracker.span_full");
                 return Err(self.full(offset, span));
             }
             // Room is proven without counting if `offset` is below the limit, or if the whole
@@ -188,6 +189,7 @@ impl PartitionTracker {
             if !done && offset >= self.track_limit && span > self.limits.max_in_flight as u64 {
                 let in_flight = self.in_flight();
                 if in_flight >= self.limits.max_in_flight {
+                    crate::reach!("tracker.in_flight_full");
                     return Err(self.full(offset, span));
                 }
                 in_flight_after = Some(in_flight + 1);

@@ -301,6 +301,7 @@ where
             match error {
                 AckError::StaleEpoch { .. } => {
                     // Revoked while we worked: the new owner's watermark is not ours to move.
+                    crate::reach!("worker.ack_stale");
                 }
                 error => {
                     tracing::error!(%error, ?ticket, "ack refused");
