@@ -91,3 +91,67 @@ impl DeliveryKey {
         bytes
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventKind;
+
+    fn event(event_id: &str, order_id: &str, kind: EventKind, amount: Option<i64>) -> OrderEvent {
+        OrderEvent {
+            event_id: event_id.into(),
+            order_id: order_id.into(),
+            user_id: "u:1".into(),
+            kind,
+            amount_minor: amount,
+            event_time_ms: 1_700,
+            payload: Vec::new(),
+        }
+    }
+
+    /// Goal: the byte forms are exactly the documented ones (they are the Redis keys, shared
+    /// with every running consumer). Method: a single-valued and a repeating status, spelled
+    /// out.
+    #[test]
+    fn byte_forms_are_the_documented_ones() {
+        let paid = event("e-1", "o-123", EventKind::Paid, Some(500));
+        let refund = event("evt-9", "o-123", EventKind::Refunded, Some(20));
+        let created = event("e:0", "o:1", EventKind::Created, None);
+        let text = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
+        assert_eq!(
+            text(IdempotencyKey::of(&paid).to_bytes()),
+            "hf1:paid:5:o-123"
+        );
+        assert_eq!(
+            text(IdempotencyKey::of(&refund).to_bytes()),
+            "hf1:refunded:5:o-123:evt-9"
+        );
+        assert_eq!(
+            text(DeliveryKey::of(&paid).to_bytes()),
+            "hf1:paid:5:o-123:3:e-1:3:u:1:1700:500"
+        );
+        assert_eq!(
+            text(DeliveryKey::of(&created).to_bytes()),
+            "hf1:created:3:o:1:3:e:0:3:u:1:1700:-"
+        );
+    }
+
+    /// Goal: a rival (another id, time, amount or user under the same key) has another
+    /// delivery key, a verbatim redelivery the same one. Method: vary one field at a time.
+    #[test]
+    fn a_rival_is_another_delivery_and_a_redelivery_is_not() {
+        let paid = event("e-1", "o-1", EventKind::Paid, Some(500));
+        let same = DeliveryKey::of(&paid.clone());
+        assert_eq!(DeliveryKey::of(&paid), same);
+        let mut rivals = vec![paid.clone(), paid.clone(), paid.clone(), paid.clone()];
+        rivals[0].event_id = "e-2".into();
+        rivals[1].event_time_ms += 1;
+        rivals[2].amount_minor = Some(501);
+        rivals[3].user_id = "u:2".into();
+        for rival in &rivals {
+            assert_eq!(IdempotencyKey::of(rival), IdempotencyKey::of(&paid));
+            assert_ne!(DeliveryKey::of(rival), same);
+            assert_ne!(DeliveryKey::of(rival).to_bytes(), same.to_bytes());
+        }
+    }
+}
