@@ -427,6 +427,33 @@ mod tests {
         assert_eq!(report.verdicts, vec![Verdict::Applied; 3]);
     }
 
+    /// Goal: a cache that answers for the wrong number of keys is not believed: the batch is
+    /// deduplicated by the store alone, and nothing is skipped on a misaligned answer.
+    /// Method: a cache that says "known" once, whatever it is asked.
+    #[test]
+    fn a_cache_answering_for_the_wrong_number_of_keys_is_ignored() {
+        struct OneAnswer;
+        impl DedupCache for OneAnswer {
+            async fn contains_batch(&self, _: &[DeliveryKey]) -> Result<Vec<bool>, PortError> {
+                Ok(vec![true])
+            }
+            async fn remember_batch(
+                &self,
+                _: &[DeliveryKey],
+                _: Duration,
+            ) -> Result<(), PortError> {
+                Ok(())
+            }
+        }
+        let store = MemoryStore::new();
+        let config = ProtocolConfig::default();
+        let report = block_on(apply_batch(&OneAnswer, &store, &NoProbe, &batch(), &config));
+        let report = report.unwrap();
+        assert_eq!(report.verdicts, vec![Verdict::Applied; 3]);
+        assert!(report.cache_degraded);
+        assert_eq!(store.applied_events().len(), 3);
+    }
+
     /// Goal: the crash window between store commit and cache write is safe. Method: a probe
     /// that takes the cache down at AfterStoreCommit (the crash loses the cache write); the
     /// redelivered batch is all DuplicateInStore.
