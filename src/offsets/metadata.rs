@@ -422,6 +422,14 @@ mod tests {
         assert_eq!(encode(&FinishedSet::new(5, 100), 4096), "");
     }
 
+    /// Goal: `is_empty` means "covers no offset", whatever is finished. Method: an empty
+    /// range and a covered one with nothing finished.
+    #[test]
+    fn a_set_is_empty_only_when_it_covers_no_offset() {
+        assert!(FinishedSet::new(5, 0).is_empty());
+        assert!(!FinishedSet::new(5, 3).is_empty());
+    }
+
     #[test]
     fn over_budget_encodes_to_empty() {
         let finished: Vec<i64> = (1..100_000).step_by(2).collect();
