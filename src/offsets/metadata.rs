@@ -422,6 +422,20 @@ mod tests {
         assert_eq!(encode(&FinishedSet::new(5, 100), 4096), "");
     }
 
+    /// Goal: bits beyond the covered range never count: a set built from whole words equals
+    /// the same offsets inserted one by one, and so counts the same. Method: a word of all
+    /// ones over a range of three.
+    #[test]
+    fn bits_beyond_the_range_are_cleared() {
+        let mut inserted = FinishedSet::new(7, 3);
+        for offset in 7..10 {
+            inserted.insert(offset);
+        }
+        let built = FinishedSet::from_words(7, 3, vec![u64::MAX]);
+        assert_eq!(built, inserted);
+        assert_eq!(built.count(), 3);
+    }
+
     /// Goal: `is_empty` means "covers no offset", whatever is finished. Method: an empty
     /// range and a covered one with nothing finished.
     #[test]
