@@ -436,6 +436,31 @@ mod tests {
         assert_eq!(built.count(), 3);
     }
 
+    /// Goal: a run that spans whole words is one run, not one per word. Method: 130 finished
+    /// offsets from a word boundary.
+    #[test]
+    fn a_run_across_words_is_one_run() {
+        let mut set = FinishedSet::new(0, 130);
+        for offset in 0..130 {
+            set.insert(offset);
+        }
+        assert_eq!(set.runs(), vec![0, 130]);
+    }
+
+    /// Goal: an encoding exactly as long as the budget fits it. Method: encode once without
+    /// a budget, then with its own length as the budget.
+    #[test]
+    fn an_encoding_exactly_the_budget_fits() {
+        let mut set = FinishedSet::new(100, 40);
+        for offset in [101, 105, 117, 139] {
+            set.insert(offset);
+        }
+        let text = encode(&set, 10_000);
+        assert!(!text.is_empty());
+        assert_eq!(encode(&set, text.len()), text);
+        assert_eq!(encode(&set, text.len() - 1), "");
+    }
+
     /// Goal: `is_empty` means "covers no offset", whatever is finished. Method: an empty
     /// range and a covered one with nothing finished.
     #[test]
