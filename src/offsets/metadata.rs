@@ -461,6 +461,36 @@ mod tests {
         assert_eq!(encode(&set, text.len() - 1), "");
     }
 
+    /// Goal: a bitset one byte short is truncated and one byte long has trailing bytes; the
+    /// exact one decodes. Method: a bitset encoding re-encoded with a byte removed or added.
+    #[test]
+    fn a_bitset_of_the_wrong_length_is_refused() {
+        let mut set = FinishedSet::new(0, 24);
+        for offset in [0, 2, 5, 9, 12, 17, 23] {
+            set.insert(offset);
+        }
+        let text = encode(&set, 10_000);
+        let raw = base64_decode(text.strip_prefix(PREFIX).unwrap()).unwrap();
+        assert_eq!(raw[1], ENCODING_BITSET);
+        let reencode = |raw: &[u8]| {
+            let mut text = PREFIX.to_owned();
+            base64_encode(raw, &mut text);
+            text
+        };
+        assert_eq!(decode(&reencode(&raw), 0, 100), Ok(set));
+        let short = &raw[..raw.len() - 1];
+        assert_eq!(
+            decode(&reencode(short), 0, 100),
+            Err(MetadataError::Truncated)
+        );
+        let mut long = raw.clone();
+        long.push(0);
+        assert_eq!(
+            decode(&reencode(&long), 0, 100),
+            Err(MetadataError::Trailing)
+        );
+    }
+
     /// Goal: `is_empty` means "covers no offset", whatever is finished. Method: an empty
     /// range and a covered one with nothing finished.
     #[test]
