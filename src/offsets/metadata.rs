@@ -491,6 +491,18 @@ mod tests {
         );
     }
 
+    /// Goal: a varint reads back up to u64::MAX, and a tenth byte that would overflow 64 bits
+    /// is refused. Method: u64::MAX written and read; its tenth byte raised to 2.
+    #[test]
+    fn a_varint_past_64_bits_is_refused() {
+        let mut bytes = Vec::new();
+        put_varint(&mut bytes, u64::MAX);
+        assert_eq!(bytes.len(), 10);
+        assert_eq!(take_varint(&mut bytes.as_slice()), Some(u64::MAX));
+        bytes[9] = 2;
+        assert_eq!(take_varint(&mut bytes.as_slice()), None);
+    }
+
     /// Goal: `is_empty` means "covers no offset", whatever is finished. Method: an empty
     /// range and a covered one with nothing finished.
     #[test]
