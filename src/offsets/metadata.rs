@@ -550,6 +550,8 @@ mod tests {
             Err(MetadataError::Foreign)
         );
         assert_eq!(decode("hf:!!!!", 0, 100), Err(MetadataError::Base64));
+        // Four characters and one more: no whole byte can end in a lone sextet.
+        assert_eq!(decode("hf:AAAAA", 0, 100), Err(MetadataError::Base64));
         assert_eq!(decode("hf:AQ", 0, 100), Err(MetadataError::Truncated));
         assert!(matches!(
             decode(&good, 1, 100),
