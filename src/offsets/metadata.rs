@@ -436,15 +436,18 @@ mod tests {
         assert_eq!(built.count(), 3);
     }
 
-    /// Goal: a run that spans whole words is one run, not one per word. Method: 130 finished
-    /// offsets from a word boundary.
+    /// Goal: a run that crosses words is one run, not one per word, whether it starts on a
+    /// word boundary or inside a word. Method: 130 finished offsets from a boundary, and 120
+    /// from offset 10.
     #[test]
     fn a_run_across_words_is_one_run() {
-        let mut set = FinishedSet::new(0, 130);
-        for offset in 0..130 {
-            set.insert(offset);
+        for (first, runs) in [(0, vec![0, 130]), (10, vec![10, 120])] {
+            let mut set = FinishedSet::new(0, 130);
+            for offset in first..130 {
+                set.insert(offset);
+            }
+            assert_eq!(set.runs(), runs);
         }
-        assert_eq!(set.runs(), vec![0, 130]);
     }
 
     /// Goal: an encoding exactly as long as the budget fits it. Method: encode once without
