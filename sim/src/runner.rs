@@ -258,7 +258,7 @@ async fn simulate(params: RunParams) -> RunOutcome {
     // What the coordinator really stored, commit by commit (an asynchronous commit that it
     // refused never counts).
     for accepted in world.commit_history(GROUP) {
-        let at_ms = u64::try_from(accepted.at.as_millis()).unwrap_or(u64::MAX);
+        let at_ms = millis(accepted.at);
         history.push(
             at_ms,
             Step::Committed {

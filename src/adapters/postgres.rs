@@ -6,11 +6,12 @@
 //! `UNNEST`), then, pipelined, one upsert each for the wide rows, the bills and the refunds of
 //! every event of the batch, and `COMMIT`. Events whose key was already there are joined too:
 //! the join is idempotent, so a redelivery changes nothing, and a different event under the
-//! same key wins its column only when the conflict rule says so, whatever arrived first. The events of one batch are first folded per
-//! order with [`OrderRow::fold`] (a join-semilattice, so folding part of the events first
-//! changes nothing) and the SQL joins that partial row into the stored one with the same
-//! rule as [`OrderRow::merge`]: for each column the smaller `(at_ms, event_id, amount)` wins,
-//! the user id is the smallest non-empty one. See docs/services.md.
+//! same key wins its column only when the conflict rule says so, whatever arrived first. The
+//! events of one batch are first folded per order with [`OrderRow::fold`] (a join-semilattice,
+//! so folding part of the events first changes nothing) and the SQL joins that partial row
+//! into the stored one with the same rule as [`OrderRow::merge`]: for each column the smaller
+//! `(at_ms, event_id, amount)` wins, the user id is the smallest non-empty one. See
+//! docs/services.md.
 //!
 //! Connections: a few clients, each behind an async mutex and used by one call at a time.
 //! A client whose connection closed (PostgreSQL restarted) is replaced by the next call;

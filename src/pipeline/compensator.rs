@@ -4,8 +4,8 @@
 //! A delay alone misfires when the main group merely lags, so an event is re-published only
 //! when (a) it has waited `delay`, (b) the main group has committed past its offset, and
 //! (c) its order's row does not reflect it (neither its claim nor one the conflict rule
-//! prefers: a key alone would hide a lost rival of an event already applied). After `attempts_max` re-sends it is
-//! dead-lettered and reported. The pending table is the set of tracked, unresolved records:
+//! prefers: a key alone would hide a lost rival of an event already applied). After
+//! `attempts_max` re-sends it is dead-lettered and reported. The pending table is the set of tracked, unresolved records:
 //! the compensator acks a record to its own tracker only once it is resolved, and commits
 //! only the lowest unresolved offset, so a crash rebuilds the table by redelivery.
 
