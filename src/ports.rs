@@ -9,8 +9,9 @@
 //! multi-threaded runtime as well as in madsim's single-threaded simulation.
 
 use crate::event::OrderEvent;
-use crate::idempotency::{DeliveryKey, IdempotencyKey};
+use crate::idempotency::DeliveryKey;
 use crate::widetable::OrderRow;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -209,17 +210,12 @@ pub trait OrderStore: Send + Sync {
         events: &[OrderEvent],
     ) -> impl Future<Output = Result<Vec<ApplyOutcome>, PortError>> + Send;
 
-    /// For each key, whether the store has applied it (the compensator's comparison).
-    fn contains_batch(
+    /// The wide rows of `order_ids` that have any applied event, read in one round trip and
+    /// one snapshot (the compensator's comparison: is each event reflected in its row?).
+    fn load_rows(
         &self,
-        keys: &[IdempotencyKey],
-    ) -> impl Future<Output = Result<Vec<bool>, PortError>> + Send;
-
-    /// The wide row of one order, if any event of it was applied.
-    fn load_row(
-        &self,
-        order_id: &str,
-    ) -> impl Future<Output = Result<Option<OrderRow>, PortError>> + Send;
+        order_ids: &[String],
+    ) -> impl Future<Output = Result<BTreeMap<String, OrderRow>, PortError>> + Send;
 }
 
 /// Named points inside the pipeline and the idempotency protocol where a crash is most

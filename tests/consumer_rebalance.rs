@@ -6,7 +6,6 @@
 
 use holdfast::event::{EventKind, OrderEvent};
 use holdfast::idempotency::memory::{MemoryCache, MemoryStore};
-use holdfast::idempotency::IdempotencyKey;
 use holdfast::memlog::MemoryBroker;
 use holdfast::pipeline::{Consumer, ConsumerConfig, Metrics, RunningConsumer, Services};
 use holdfast::ports::{
@@ -14,7 +13,7 @@ use holdfast::ports::{
     Probe, Rebalance, Record,
 };
 use holdfast::widetable::OrderRow;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -83,12 +82,11 @@ impl OrderStore for GatedStore {
         self.inner.apply_batch(events).await
     }
 
-    async fn contains_batch(&self, keys: &[IdempotencyKey]) -> Result<Vec<bool>, PortError> {
-        self.inner.contains_batch(keys).await
-    }
-
-    async fn load_row(&self, order_id: &str) -> Result<Option<OrderRow>, PortError> {
-        self.inner.load_row(order_id).await
+    async fn load_rows(
+        &self,
+        order_ids: &[String],
+    ) -> Result<BTreeMap<String, OrderRow>, PortError> {
+        self.inner.load_rows(order_ids).await
     }
 }
 

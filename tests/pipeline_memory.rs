@@ -15,7 +15,7 @@ use holdfast::ports::{ApplyOutcome, FaultPoint, OrderStore, PortError, Probe};
 use holdfast::verify::{verify, Application, Fact, GroundTruth, StoreView};
 use holdfast::widetable::OrderRow;
 use holdfast::workload::{Workload, WorkloadConfig};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -395,12 +395,11 @@ impl OrderStore for PoisonStore {
         self.inner.apply_batch(events).await
     }
 
-    async fn contains_batch(&self, keys: &[IdempotencyKey]) -> Result<Vec<bool>, PortError> {
-        self.inner.contains_batch(keys).await
-    }
-
-    async fn load_row(&self, order_id: &str) -> Result<Option<OrderRow>, PortError> {
-        self.inner.load_row(order_id).await
+    async fn load_rows(
+        &self,
+        order_ids: &[String],
+    ) -> Result<BTreeMap<String, OrderRow>, PortError> {
+        self.inner.load_rows(order_ids).await
     }
 }
 

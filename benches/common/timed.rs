@@ -3,12 +3,13 @@
 //! reads and an atomic add per call.
 
 use holdfast::event::OrderEvent;
-use holdfast::idempotency::{DeliveryKey, IdempotencyKey};
+use holdfast::idempotency::DeliveryKey;
 use holdfast::ports::{
     ApplyOutcome, DedupCache, Delivery, EventLog, OffsetCommit, OrderStore, OutboundMessage,
     PartitionId, Polled, PortError, Publisher,
 };
 use holdfast::widetable::OrderRow;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -125,12 +126,11 @@ impl<S: OrderStore> OrderStore for Timed<S> {
             .await
     }
 
-    async fn contains_batch(&self, keys: &[IdempotencyKey]) -> Result<Vec<bool>, PortError> {
-        self.inner.contains_batch(keys).await
-    }
-
-    async fn load_row(&self, order_id: &str) -> Result<Option<OrderRow>, PortError> {
-        self.inner.load_row(order_id).await
+    async fn load_rows(
+        &self,
+        order_ids: &[String],
+    ) -> Result<BTreeMap<String, OrderRow>, PortError> {
+        self.inner.load_rows(order_ids).await
     }
 }
 

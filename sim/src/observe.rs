@@ -174,12 +174,11 @@ impl<S: OrderStore> OrderStore for RecordingStore<S> {
         Ok(outcomes)
     }
 
-    async fn contains_batch(&self, keys: &[IdempotencyKey]) -> Result<Vec<bool>, PortError> {
-        self.inner.contains_batch(keys).await
-    }
-
-    async fn load_row(&self, order_id: &str) -> Result<Option<OrderRow>, PortError> {
-        self.inner.load_row(order_id).await
+    async fn load_rows(
+        &self,
+        order_ids: &[String],
+    ) -> Result<BTreeMap<String, OrderRow>, PortError> {
+        self.inner.load_rows(order_ids).await
     }
 }
 

@@ -793,11 +793,16 @@ mod stores {
             Some("e7")
         );
         let found = on_node(&node, async move {
-            let store_keys: Vec<_> = keys(2).into_iter().map(|delivery| delivery.key).collect();
-            store.contains_batch(&store_keys).await.unwrap()
+            let asked = vec!["o7".to_string(), "no-such-order".to_string()];
+            store.load_rows(&asked).await.unwrap()
         })
         .await;
-        assert_eq!(found, vec![true, true]);
+        assert_eq!(
+            found.keys().collect::<Vec<_>>(),
+            vec!["o7"],
+            "found orders only"
+        );
+        assert_eq!(found["o7"], rows["o7"], "the row the core merged");
     }
 }
 

@@ -63,7 +63,6 @@ struct Session {
     upsert_orders: Statement,
     upsert_bills: Statement,
     upsert_refunds: Statement,
-    contains: Statement,
 }
 
 /// An [`OrderStore`] on PostgreSQL. Clones share the connections.
@@ -282,14 +281,12 @@ impl Session {
         let upsert_refunds = client
             .prepare(&upsert_entries_sql("holdfast_refunds"))
             .await?;
-        let contains = client.prepare(CONTAINS).await?;
         Ok(Session {
             client,
             insert_keys,
             upsert_orders,
             upsert_bills,
             upsert_refunds,
-            contains,
         })
     }
 }
@@ -299,11 +296,6 @@ INSERT INTO holdfast_keys (order_id, status, discriminator, event_id) \
 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) \
 ON CONFLICT DO NOTHING \
 RETURNING order_id, status, discriminator";
-
-const CONTAINS: &str = "\
-SELECT q.i FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY \
-AS q(order_id, status, discriminator, i) \
-JOIN holdfast_keys k USING (order_id, status, discriminator)";
 
 /// `(at, event, amount)` of `new` sorts before that of `old` under [`Stamp::precedence`].
 /// An absent amount sorts first, as `None` does in Rust; `new_event`/`old_event` NULL means
@@ -434,49 +426,16 @@ impl OrderStore for PostgresStore {
             .await
     }
 
-    async fn contains_batch(&self, keys: &[IdempotencyKey]) -> Result<Vec<bool>, PortError> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
+    async fn load_rows(
+        &self,
+        order_ids: &[String],
+    ) -> Result<BTreeMap<String, OrderRow>, PortError> {
+        if order_ids.is_empty() {
+            return Ok(BTreeMap::new());
         }
-        let keys = keys.to_vec();
+        let order_ids = order_ids.to_vec();
         self.with_session(move |session| {
-            Box::pin(async move {
-                let mut columns = (Vec::new(), Vec::new(), Vec::new());
-                for key in &keys {
-                    let (order_id, status, discriminator) = key_columns(key);
-                    columns.0.push(order_id);
-                    columns.1.push(status);
-                    columns.2.push(discriminator);
-                }
-                let found = session
-                    .client
-                    .query(&session.contains, &[&columns.0, &columns.1, &columns.2])
-                    .await
-                    .map_err(|error| port_error(&error))?;
-                let mut known = vec![false; keys.len()];
-                for row in found {
-                    let ordinal: i64 = row.try_get(0).map_err(|error| port_error(&error))?;
-                    let index = usize::try_from(ordinal - 1)
-                        .ok()
-                        .filter(|&index| index < known.len())
-                        .ok_or_else(|| {
-                            rejected(STORE, format!("ordinal {ordinal} out of range"))
-                        })?;
-                    known[index] = true;
-                }
-                Ok(known)
-            })
-        })
-        .await
-    }
-
-    async fn load_row(&self, order_id: &str) -> Result<Option<OrderRow>, PortError> {
-        let order_id = order_id.to_owned();
-        self.with_session(move |session| {
-            Box::pin(async move {
-                let mut rows = load_rows(&mut session.client, Some(&order_id)).await?;
-                Ok(rows.remove(&order_id))
-            })
+            Box::pin(async move { load_rows(&mut session.client, Some(&order_ids)).await })
         })
         .await
     }
@@ -678,11 +637,11 @@ impl<'a> EntryColumns<'a> {
     }
 }
 
-/// Reads wide rows (all, or one order's) with their bills and refunds, in one read-only
-/// snapshot so that a concurrent commit is seen whole or not at all.
+/// Reads wide rows (all, or those of `order_ids`) with their bills and refunds, in one
+/// read-only snapshot so that a concurrent commit is seen whole or not at all.
 async fn load_rows(
     client: &mut Client,
-    order_id: Option<&str>,
+    order_ids: Option<&[String]>,
 ) -> Result<BTreeMap<String, OrderRow>, PortError> {
     let map = |error: tokio_postgres::Error| port_error(&error);
     let transaction = client
@@ -692,7 +651,7 @@ async fn load_rows(
         .start()
         .await
         .map_err(map)?;
-    let filter = "WHERE $1::text IS NULL OR order_id = $1";
+    let filter = "WHERE $1::text[] IS NULL OR order_id = ANY($1)";
     let mut stamp_columns = Vec::new();
     for kind in SINGLE_KINDS {
         let name = kind.as_str();
@@ -706,7 +665,7 @@ async fn load_rows(
         format!("SELECT order_id, event_id, at_ms, amount FROM holdfast_bills {filter}");
     let refunds_sql =
         format!("SELECT order_id, event_id, at_ms, amount FROM holdfast_refunds {filter}");
-    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&order_id];
+    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&order_ids];
     let (orders, bills, refunds) = tokio::try_join!(
         transaction.query(&orders_sql, &parameters),
         transaction.query(&bills_sql, &parameters),

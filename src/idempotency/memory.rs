@@ -320,20 +320,18 @@ impl OrderStore for MemoryStore {
         Ok(shared.state.apply_batch(events, planted))
     }
 
-    async fn contains_batch(&self, keys: &[IdempotencyKey]) -> Result<Vec<bool>, PortError> {
+    async fn load_rows(
+        &self,
+        order_ids: &[String],
+    ) -> Result<BTreeMap<String, OrderRow>, PortError> {
         let shared = lock(&self.shared);
         if shared.failing {
             return Err(MemoryStore::unavailable());
         }
-        Ok(keys.iter().map(|key| shared.state.contains(key)).collect())
-    }
-
-    async fn load_row(&self, order_id: &str) -> Result<Option<OrderRow>, PortError> {
-        let shared = lock(&self.shared);
-        if shared.failing {
-            return Err(MemoryStore::unavailable());
-        }
-        Ok(shared.state.row(order_id).cloned())
+        Ok(order_ids
+            .iter()
+            .filter_map(|id| shared.state.row(id).map(|row| (id.clone(), row.clone())))
+            .collect())
     }
 }
 
@@ -457,20 +455,18 @@ mod tests {
         assert!(now!(shared_store.apply_batch(events))
             .unwrap_err()
             .is_outage());
-        let store_keys = std::slice::from_ref(&key.key);
-        assert!(now!(shared_store.contains_batch(store_keys)).is_err());
-        assert!(now!(shared_store.load_row("o1")).is_err());
+        let asked = ["o1".to_string(), "o2".to_string()];
+        assert!(now!(shared_store.load_rows(&asked)).is_err());
         assert!(store.applied_events().is_empty());
         store.set_failing(false);
         assert_eq!(
             now!(shared_store.apply_batch(events)),
             Ok(vec![ApplyOutcome::Applied])
         );
-        assert_eq!(
-            now!(shared_store.contains_batch(store_keys)),
-            Ok(vec![true])
-        );
-        let row = now!(shared_store.load_row("o1")).unwrap().unwrap();
+        assert!(store.state().contains(&key.key));
+        let rows = now!(shared_store.load_rows(&asked)).unwrap();
+        assert_eq!(rows.len(), 1, "an order without events has no row");
+        let row = rows["o1"].clone();
         assert_eq!(store.rows()["o1"], row);
         assert_eq!(store.state().applied_events().len(), 1);
     }

@@ -18,8 +18,7 @@ use crate::ports::{
     EventLog, GroupOffsets, OffsetCommit, OrderStore, OutboundMessage, PartitionId, PortError,
     Publisher, Rebalance, Record,
 };
-use crate::widetable::OrderRow;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -254,22 +253,18 @@ impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G
         if due.is_empty() {
             return Ok(());
         }
-        let mut rows: BTreeMap<String, Option<OrderRow>> = BTreeMap::new();
-        for slot in &due {
-            let Some(entry) = self.pending.get(slot) else {
-                continue;
-            };
-            if !rows.contains_key(&entry.event.order_id) {
-                let row = self.store.load_row(&entry.event.order_id).await?;
-                rows.insert(entry.event.order_id.clone(), row);
-            }
-        }
+        let order_ids: BTreeSet<String> = due
+            .iter()
+            .filter_map(|slot| self.pending.get(slot))
+            .map(|entry| entry.event.order_id.clone())
+            .collect();
+        let order_ids: Vec<String> = order_ids.into_iter().collect();
+        let rows = self.store.load_rows(&order_ids).await?;
         let present: Vec<bool> = due
             .iter()
             .map(|slot| {
                 self.pending.get(slot).is_some_and(|entry| {
                     rows.get(&entry.event.order_id)
-                        .and_then(Option::as_ref)
                         .is_some_and(|row| row.reflects(&entry.event))
                 })
             })

@@ -13,6 +13,7 @@ use holdfast::planted::PlantedBug;
 use holdfast::ports::{ApplyOutcome, OrderStore, PortError};
 use holdfast::widetable::OrderRow;
 use madsim::net::Endpoint;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,16 +36,14 @@ const COST_PER_TRANSACTION: Duration = Duration::from_micros(200);
 #[derive(Clone, Debug)]
 pub enum StoreRequest {
     ApplyBatch(Vec<OrderEvent>),
-    Contains(Vec<IdempotencyKey>),
-    LoadRow(String),
+    LoadRows(Vec<String>),
 }
 
 /// The database's answer.
 #[derive(Clone, Debug)]
 pub enum StoreAnswer {
     Applied(Vec<ApplyOutcome>),
-    Contains(Vec<bool>),
-    Row(Option<Box<OrderRow>>),
+    Rows(BTreeMap<String, OrderRow>),
 }
 
 /// The database's disk: created outside the node, so it survives every crash.
@@ -91,12 +90,13 @@ async fn handle(disk: &Mutex<StoreDisk>, request: StoreRequest) -> StoreAnswer {
             debug_assert_eq!(outcomes.len(), events.len());
             StoreAnswer::Applied(outcomes)
         }
-        StoreRequest::Contains(keys) => {
+        StoreRequest::LoadRows(order_ids) => {
             let disk = lock(disk);
-            StoreAnswer::Contains(keys.iter().map(|key| disk.core.contains(key)).collect())
-        }
-        StoreRequest::LoadRow(order_id) => {
-            StoreAnswer::Row(lock(disk).core.row(&order_id).cloned().map(Box::new))
+            let rows = order_ids
+                .into_iter()
+                .filter_map(|id| disk.core.row(&id).cloned().map(|row| (id, row)))
+                .collect();
+            StoreAnswer::Rows(rows)
         }
     }
 }
@@ -148,25 +148,13 @@ impl OrderStore for SimStore {
         }
     }
 
-    async fn contains_batch(&self, keys: &[IdempotencyKey]) -> Result<Vec<bool>, PortError> {
-        match self
-            .call(StoreRequest::Contains(keys.to_vec()), self.request_timeout)
-            .await?
-        {
-            StoreAnswer::Contains(found) if found.len() == keys.len() => Ok(found),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    async fn load_row(&self, order_id: &str) -> Result<Option<OrderRow>, PortError> {
-        match self
-            .call(
-                StoreRequest::LoadRow(order_id.to_string()),
-                self.request_timeout,
-            )
-            .await?
-        {
-            StoreAnswer::Row(row) => Ok(row.map(|row| *row)),
+    async fn load_rows(
+        &self,
+        order_ids: &[String],
+    ) -> Result<BTreeMap<String, OrderRow>, PortError> {
+        let request = StoreRequest::LoadRows(order_ids.to_vec());
+        match self.call(request, self.request_timeout).await? {
+            StoreAnswer::Rows(rows) => Ok(rows),
             other => Err(unexpected(other)),
         }
     }
