@@ -5,7 +5,6 @@ use crate::checker::{Invariant, Violation};
 use crate::history::{digest, History, Step};
 use crate::world::World;
 use holdfast::event::OrderEvent;
-use holdfast::idempotency::IdempotencyKey;
 use holdfast::ports::{
     ApplyOutcome, Delivery, EventLog, FaultPoint, OffsetCommit, OrderStore, OutboundMessage,
     PartitionId, Polled, PortError, Probe, Publisher, Rebalance,

@@ -8,7 +8,6 @@
 use crate::world::kafka::controller::lock;
 use crate::world::rpc;
 use holdfast::event::OrderEvent;
-use holdfast::idempotency::IdempotencyKey;
 use holdfast::planted::PlantedBug;
 use holdfast::ports::{ApplyOutcome, OrderStore, PortError};
 use holdfast::widetable::OrderRow;
