@@ -32,7 +32,8 @@
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use holdfast::offsets::{CommitRule, Limits, PartitionTracker, SortedSetTracker};
+use holdfast::offsets::{Limits, PartitionTracker};
+use holdfast::testkit::{CommitRule, SortedSetTracker};
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};

@@ -14,11 +14,13 @@ pub mod memlog;
 pub mod offsets;
 pub mod partition;
 pub mod pipeline;
-pub mod planted;
 pub mod ports;
 pub mod reach;
 pub mod rng;
 pub(crate) mod sync;
+// Built only for tests, benchmarks and the simulator (the `testkit` feature).
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod verify;
 pub mod widetable;
 pub mod workload;

@@ -16,7 +16,6 @@
 //! [`OrderRow::anomalies`]; their data is kept as it arrived.
 
 use crate::event::{EventKind, OrderEvent};
-use crate::planted::PlantedBug;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 
@@ -166,21 +165,12 @@ impl OrderRow {
     /// assert_eq!(row.status(), Some(EventKind::Paid));
     /// ```
     pub fn apply(&mut self, event: &OrderEvent) -> bool {
-        self.apply_with(event, None)
-    }
-
-    /// [`OrderRow::apply`], with a planted bug: under [`PlantedBug::MergeByArrival`] the
-    /// last-arriving event overwrites its column, which breaks commutativity.
-    pub fn apply_with(&mut self, event: &OrderEvent, planted: Option<PlantedBug>) -> bool {
         debug_assert!(
             self.order_id.is_empty() || self.order_id == event.order_id,
             "event of order {} applied to row {}",
             event.order_id,
             self.order_id
         );
-        if planted == Some(PlantedBug::MergeByArrival) {
-            return self.overwrite(event, Stamp::of(event));
-        }
         #[cfg(debug_assertions)]
         let status_before = self.status();
         let mut changed = join_id(&mut self.order_id, &event.order_id);
@@ -205,27 +195,6 @@ impl OrderRow {
         debug_assert!(self.status() >= status_before, "the status never regresses");
         debug_assert!(self.has(event.kind), "an applied event's column is set");
         changed
-    }
-
-    /// The planted bug: whatever arrives last wins its column.
-    fn overwrite(&mut self, event: &OrderEvent, stamp: Stamp) -> bool {
-        let before = self.clone();
-        if self.order_id.is_empty() {
-            self.order_id.clone_from(&event.order_id);
-        }
-        if !event.user_id.is_empty() {
-            self.user_id.clone_from(&event.user_id);
-        }
-        match event.kind {
-            EventKind::Billed => {
-                self.bills.insert(stamp.event_id.clone(), stamp);
-            }
-            EventKind::Refunded => {
-                self.refunds.insert(stamp.event_id.clone(), stamp);
-            }
-            kind => *self.single_column(kind) = Some(stamp),
-        }
-        *self != before
     }
 
     /// The column of a kind that happens at most once per order.

@@ -7,10 +7,10 @@
 #![cfg(loom)]
 
 use holdfast::offsets::{
-    AckError, CommitSnapshot, Limits, PartitionTracker, SharedTracker, Ticket, Tracked,
+    AckError, CommitSnapshot, Limits, PartitionTracker, SharedTracker, Ticket, Tracked, Tracker,
 };
-use holdfast::planted::PlantedBug;
 use holdfast::ports::CommittedOffset;
+use holdfast::testkit::planted::PlantedBug;
 use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::sync::Arc;
 use loom::thread;
@@ -21,7 +21,8 @@ fn tracker_with(
     offsets: std::ops::Range<i64>,
     planted: Option<PlantedBug>,
 ) -> (SharedTracker, Vec<Ticket>) {
-    let shared = SharedTracker::with_planted(Limits::default(), planted);
+    let policy = PlantedBug::commit_policy(planted);
+    let shared = SharedTracker::from(Tracker::with_policy(Limits::default(), policy));
     shared.assign(
         PARTITION,
         Some(&CommittedOffset {

@@ -10,8 +10,8 @@ use holdfast::pipeline::{
     Compensator, CompensatorConfig, Consumer, ConsumerConfig, Metrics, RunningConsumer, Services,
     ShutdownTrigger,
 };
-use holdfast::planted::PlantedBug;
 use holdfast::ports::{ApplyOutcome, FaultPoint, OrderStore, PortError, Probe};
+use holdfast::testkit::planted::{PlantedBug, PlantedLog};
 use holdfast::verify::{verify, Application, Fact, GroundTruth, StoreView};
 use holdfast::widetable::OrderRow;
 use holdfast::workload::{Workload, WorkloadConfig};
@@ -74,7 +74,7 @@ fn start(
     store: &MemoryStore,
     config: ConsumerConfig,
 ) -> (RunningConsumer, Arc<Metrics>) {
-    start_probed(broker, cache, store, config, CrashProbe::default())
+    start_probed(broker, cache, store, config, CrashProbe::default(), None)
 }
 
 fn start_probed(
@@ -83,6 +83,7 @@ fn start_probed(
     store: &MemoryStore,
     config: ConsumerConfig,
     probe: CrashProbe,
+    planted: Option<PlantedBug>,
 ) -> (RunningConsumer, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());
     let services = Services {
@@ -93,7 +94,7 @@ fn start_probed(
     };
     let consumer = Consumer::new(
         config,
-        broker.consumer(TOPIC, GROUP),
+        PlantedLog::new(broker.consumer(TOPIC, GROUP), planted),
         services,
         Arc::clone(&metrics),
     )
@@ -157,7 +158,8 @@ async fn crash_cycles(planted: Option<PlantedBug>) -> holdfast::verify::VerifyRe
         ..WorkloadConfig::default()
     };
     let (truth, _) = publish(&broker, &workload).await;
-    let (cache, store) = (MemoryCache::new(), MemoryStore::with_planted(planted));
+    let schema = PlantedBug::schema(planted);
+    let (cache, store) = (MemoryCache::new(), MemoryStore::with_schema(schema));
     let mut crashes = 0;
     for round in 0..20u32 {
         let crashed = Arc::new(Notify::new());
@@ -171,12 +173,11 @@ async fn crash_cycles(planted: Option<PlantedBug>) -> holdfast::verify::VerifyRe
         let mut config = ConsumerConfig {
             batch_size: 7,
             jitter_seed: u64::from(round),
-            planted,
             ..config()
         };
         config.limits.max_in_flight = 21;
         config.limits.max_span = 64;
-        let (running, _) = start_probed(&broker, &cache, &store, config, probe);
+        let (running, _) = start_probed(&broker, &cache, &store, config, probe, planted);
         // Generous: under a loaded machine (tests run in parallel) a round can take a while to
         // reach its point; a round that reaches it returns at once.
         let reached = tokio::time::timeout(Duration::from_secs(3), crashed.notified())
@@ -194,14 +195,13 @@ async fn crash_cycles(planted: Option<PlantedBug>) -> holdfast::verify::VerifyRe
         crashes >= 15,
         "only {crashes} of 20 rounds reached their fault point"
     );
-    let (running, _) = start(
+    let (running, _) = start_probed(
         &broker,
         &cache,
         &store,
-        ConsumerConfig {
-            planted,
-            ..config()
-        },
+        config(),
+        CrashProbe::default(),
+        planted,
     );
     wait_caught_up(&broker).await;
     running.stop().await.unwrap();

@@ -7,11 +7,9 @@
 //! finished, in any epoch.
 
 use holdfast::offsets::metadata::{self, FinishedSet};
-use holdfast::offsets::{
-    AckError, CommitRule, Limits, PartitionTracker, SortedSetTracker, Ticket, TrackError, Tracked,
-    Tracker,
-};
+use holdfast::offsets::{AckError, Limits, PartitionTracker, Ticket, TrackError, Tracked, Tracker};
 use holdfast::ports::CommittedOffset;
+use holdfast::testkit::{CommitRule, SortedSetTracker};
 use proptest::prelude::*;
 use std::collections::BTreeSet;
 

@@ -4,7 +4,7 @@
 //! caught by the same permutation property.
 
 use holdfast::event::{EventKind, OrderEvent};
-use holdfast::planted::PlantedBug;
+use holdfast::testkit::planted::PlantedBug;
 use holdfast::widetable::OrderRow;
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -49,9 +49,10 @@ fn events_and_delivery() -> impl Strategy<Value = (Vec<OrderEvent>, Vec<OrderEve
 fn rows_with(events: &[OrderEvent], planted: Option<PlantedBug>) -> Vec<OrderRow> {
     let mut rows = std::collections::BTreeMap::<String, OrderRow>::new();
     for each in events {
-        rows.entry(each.order_id.clone())
-            .or_insert_with(|| OrderRow::new(&each.order_id, ""))
-            .apply_with(each, planted);
+        let row = rows
+            .entry(each.order_id.clone())
+            .or_insert_with(|| OrderRow::new(&each.order_id, ""));
+        (PlantedBug::schema(planted).merge)(row, each);
     }
     rows.into_values().collect()
 }

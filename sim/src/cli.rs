@@ -201,7 +201,7 @@ mod tests {
         assert_eq!(
             options.scenarios,
             vec![Scenario::Planted(
-                holdfast::planted::PlantedBug::NoUniqueKey
+                holdfast::testkit::planted::PlantedBug::NoUniqueKey
             )]
         );
         assert_eq!((options.orders, options.faults), (Some(5), Some(1)));

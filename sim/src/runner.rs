@@ -10,13 +10,14 @@ use crate::observe::{
 use crate::params::RunParams;
 use crate::scenario::Scenario;
 use crate::world::{Acks, FlushPolicy, ServiceNode, SimPublisher, World, WorldConfig};
-use holdfast::offsets::{CommitRule, Limits};
+use holdfast::offsets::{CommitPolicy, Limits};
 use holdfast::pipeline::{
     Compensator, CompensatorConfig, Consumer, ConsumerConfig, Metrics, Services, ShutdownTrigger,
 };
-use holdfast::planted::PlantedBug;
 use holdfast::ports::{Delivery, FaultPoint, OutboundMessage, PortError, Publisher};
 use holdfast::rng::SplitMix;
+use holdfast::testkit::planted::{PlantedBug, PlantedLog, PlantedStore};
+use holdfast::testkit::policies::LiteralStep6;
 use holdfast::verify::{reference, Fact, GroundTruth, StoreView};
 use holdfast::workload::{Workload, WorkloadConfig};
 use madsim::runtime::Handle;
@@ -87,7 +88,7 @@ pub fn world_config(params: &RunParams) -> WorldConfig {
     let mut config = WorldConfig {
         partitions: params.partitions,
         flush: FlushPolicy::Interval(Duration::from_millis(200)),
-        planted: params.scenario.planted().filter(|bug| store_bug(*bug)),
+        schema: PlantedBug::schema(params.scenario.planted()),
         redis_max_keys: params.redis_keys_max,
         ..WorldConfig::default()
     };
@@ -128,11 +129,6 @@ pub fn describe_world(config: &WorldConfig) -> String {
     )
 }
 
-/// Bugs that live in the store (PostgreSQL's schema and SQL), not in the consumer.
-fn store_bug(bug: PlantedBug) -> bool {
-    matches!(bug, PlantedBug::NoUniqueKey | PlantedBug::MergeByArrival)
-}
-
 /// The consumer's tracker limits, small enough to bind: in half of the seeds the span limit
 /// (as wide as the in-flight limit, so a stuck record stops tracking first by span), in the
 /// other half the in-flight limit; and in half of the seeds a metadata budget too small for
@@ -150,7 +146,6 @@ fn consumer_limits(params: &RunParams) -> Limits {
 }
 
 fn consumer_config(params: &RunParams, index: usize, incarnation: u32) -> ConsumerConfig {
-    let planted = params.scenario.planted().filter(|bug| !store_bug(*bug));
     ConsumerConfig {
         batch_size: params.batch_size,
         concurrency: params.concurrency,
@@ -164,13 +159,17 @@ fn consumer_config(params: &RunParams, index: usize, incarnation: u32) -> Consum
         revoke_grace: Duration::from_millis(200),
         drain_timeout: Duration::from_secs(1),
         jitter_seed: params.seed ^ ((index as u64) << 32) ^ u64::from(incarnation),
-        planted,
-        commit_rule: if params.scenario == Scenario::LiteralCommitRule {
-            CommitRule::Literal
-        } else {
-            CommitRule::Watermark
-        },
         ..ConsumerConfig::default()
+    }
+}
+
+/// The consumer's commit policy: the seed's literal step 6 in its scenario, a planted bug's,
+/// or holdfast's watermark.
+fn commit_policy(params: &RunParams) -> Box<dyn CommitPolicy> {
+    if params.scenario == Scenario::LiteralCommitRule {
+        Box::<LiteralStep6>::default()
+    } else {
+        PlantedBug::commit_policy(params.scenario.planted())
     }
 }
 
@@ -611,18 +610,22 @@ fn spawn_consumer(
             let (probe_hits, fired) = (probe_hits.clone(), fired.clone());
             async move {
                 let world = observers.world.clone();
+                let planted = params.scenario.planted();
                 let log = RecordingLog {
                     inner: world.log(GROUP).await,
                     member: format!("c{index}#{incarnation}"),
                     observers: observers.clone(),
                 };
+                let cache = world.cache().await;
+                let config = consumer_config(&params, index, incarnation);
+                let store = RecordingStore {
+                    inner: world.store().await,
+                    member: format!("c{index}#{incarnation}"),
+                    observers: observers.clone(),
+                };
                 let services = Services {
-                    cache: world.cache().await,
-                    store: RecordingStore {
-                        inner: world.store().await,
-                        member: format!("c{index}#{incarnation}"),
-                        observers: observers.clone(),
-                    },
+                    cache: cache.clone(),
+                    store: PlantedStore::new(store, cache, config.cache_ttl, planted),
                     dead_letters: DeadLetterSink {
                         letters: observers.dead_letters.clone(),
                         observers: observers.clone(),
@@ -636,9 +639,10 @@ fn spawn_consumer(
                         crashes,
                     },
                 };
-                let config = consumer_config(&params, index, incarnation);
-                let consumer = match Consumer::new(config, log, services, Arc::new(Metrics::new()))
-                {
+                let log = PlantedLog::new(log, planted);
+                let metrics = Arc::new(Metrics::new());
+                let policy = commit_policy(&params);
+                let consumer = match Consumer::with_policy(config, log, services, metrics, policy) {
                     Ok(consumer) => consumer,
                     Err(error) => panic!("simulated consumer configuration refused: {error}"),
                 };

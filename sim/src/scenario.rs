@@ -4,7 +4,7 @@
 //! expectation the suite asserts over a sweep of seeds.
 
 use crate::checker::Invariant;
-use holdfast::planted::PlantedBug;
+use holdfast::testkit::planted::PlantedBug;
 use std::fmt;
 
 /// Where a loss window loses an acknowledged event.

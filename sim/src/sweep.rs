@@ -416,7 +416,7 @@ mod tests {
 
     #[test]
     fn a_planted_bug_is_caught_only_by_what_it_declares() {
-        let bug = Scenario::Planted(holdfast::planted::PlantedBug::NoUniqueKey);
+        let bug = Scenario::Planted(holdfast::testkit::planted::PlantedBug::NoUniqueKey);
         let stalled = [result(bug, vec![Invariant::Liveness])];
         assert!(!meets(bug, &matrix(&[bug], &stalled)[&bug]));
         let doubled = [result(bug, vec![Invariant::Duplicate])];
@@ -445,7 +445,7 @@ mod tests {
 
     #[test]
     fn every_planted_bug_brings_its_control() {
-        let bug = holdfast::planted::PlantedBug::MergeByArrival;
+        let bug = holdfast::testkit::planted::PlantedBug::MergeByArrival;
         let planned = with_controls(&[Scenario::Planted(bug)]);
         assert_eq!(
             planned,

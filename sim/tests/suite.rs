@@ -3,7 +3,7 @@
 //! and one regression test per seed that once exposed a bug.
 #![cfg(madsim)]
 
-use holdfast::planted::PlantedBug;
+use holdfast::testkit::planted::PlantedBug;
 use holdfast_sim::params::{RunParams, Size};
 use holdfast_sim::runner::run;
 use holdfast_sim::scenario::{Expectation, Scenario};

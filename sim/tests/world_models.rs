@@ -9,6 +9,7 @@ use holdfast::ports::{
     ApplyOutcome, DedupCache, Delivery, EventLog, OffsetCommit, OrderStore, OutboundMessage,
     PortError, Publisher, Rebalance, Record,
 };
+use holdfast::testkit::planted::PlantedBug;
 use holdfast_sim::world::{Acks, FlushPolicy, NodeId, ServiceNode, SimLog, World, WorldConfig};
 use madsim::runtime::NodeHandle;
 use madsim::task::JoinHandle;
@@ -958,7 +959,7 @@ fn same_seed_same_history() {
 #[madsim::test]
 async fn planted_no_unique_key_applies_twice() {
     let world = World::start(WorldConfig {
-        planted: Some(holdfast::planted::PlantedBug::NoUniqueKey),
+        schema: PlantedBug::schema(Some(PlantedBug::NoUniqueKey)),
         ..WorldConfig::default()
     })
     .await;

@@ -7,42 +7,83 @@
 
 use super::{DeliveryKey, IdempotencyKey};
 use crate::event::OrderEvent;
-use crate::planted::PlantedBug;
 use crate::ports::{ApplyOutcome, DedupCache, OrderStore, PortError};
 use crate::widetable::OrderRow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+/// How an event joins its order's row; returns whether the row changed.
+pub type Merge = fn(&mut OrderRow, &OrderEvent) -> bool;
+
+/// The database schema a [`StoreState`] models. holdfast's ([`Schema::HOLDFAST`]) has a unique
+/// key and joins rows by the conflict rule; the test kit models schemas without one or the
+/// other, to show what each part guards.
+#[derive(Clone, Copy, Debug)]
+pub struct Schema {
+    /// Whether the key table refuses a key it holds (PostgreSQL's primary key).
+    pub unique_key: bool,
+    /// How an event joins its row.
+    pub merge: Merge,
+}
+
+impl Schema {
+    /// holdfast's schema: a unique key, and [`OrderRow::apply`].
+    pub const HOLDFAST: Schema = Schema {
+        unique_key: true,
+        merge: OrderRow::apply,
+    };
+}
+
+impl Default for Schema {
+    fn default() -> Schema {
+        Schema::HOLDFAST
+    }
+}
+
 /// The order store's state: the unique-key table, the wide rows, and a log of applications.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct StoreState {
-    /// How many times each key was applied: 1 always, more only under
-    /// [`PlantedBug::NoUniqueKey`].
+    schema: Schema,
+    /// How many times each key was applied: 1 under a unique key, more without one.
     applications: BTreeMap<IdempotencyKey, u32>,
     rows: BTreeMap<String, OrderRow>,
     /// Every application, in order.
     applied: Vec<OrderEvent>,
 }
 
+/// Two states are equal when they hold the same data, whatever their schemas.
+impl PartialEq for StoreState {
+    fn eq(&self, other: &StoreState) -> bool {
+        self.applications == other.applications
+            && self.rows == other.rows
+            && self.applied == other.applied
+    }
+}
+
+impl Eq for StoreState {}
+
 impl StoreState {
-    /// An empty store.
+    /// An empty store with holdfast's schema.
     pub fn new() -> StoreState {
         StoreState::default()
+    }
+
+    /// An empty store with `schema`.
+    pub fn with_schema(schema: Schema) -> StoreState {
+        StoreState {
+            schema,
+            ..StoreState::default()
+        }
     }
 
     /// One transaction: for each event in order, insert its key (applied if it was new, so a
     /// key met twice in one batch is applied once) and join the event into its row, applied or
     /// not: an exact redelivery changes nothing, and a different event under the same key
-    /// takes its column only if the conflict rule says so, whatever arrived first. The
-    /// planted [`PlantedBug::NoUniqueKey`] applies every event; [`PlantedBug::MergeByArrival`]
-    /// is handed to the row merge.
-    pub fn apply_batch(
-        &mut self,
-        events: &[OrderEvent],
-        planted: Option<PlantedBug>,
-    ) -> Vec<ApplyOutcome> {
-        let unique_key = planted != Some(PlantedBug::NoUniqueKey);
+    /// takes its column only if the conflict rule says so, whatever arrived first (under
+    /// holdfast's [`Schema`]; another schema may apply every event or merge otherwise).
+    pub fn apply_batch(&mut self, events: &[OrderEvent]) -> Vec<ApplyOutcome> {
+        let Schema { unique_key, merge } = self.schema;
         let outcomes: Vec<ApplyOutcome> = events
             .iter()
             .map(|event| {
@@ -55,10 +96,11 @@ impl StoreState {
                     self.applied.push(event.clone());
                     ApplyOutcome::Applied
                 };
-                self.rows
+                let row = self
+                    .rows
                     .entry(event.order_id.clone())
-                    .or_insert_with(|| OrderRow::new(&event.order_id, ""))
-                    .apply_with(event, planted);
+                    .or_insert_with(|| OrderRow::new(&event.order_id, ""));
+                merge(row, event);
                 outcome
             })
             .collect();
@@ -254,7 +296,6 @@ impl DedupCache for MemoryCache {
 struct StoreShared {
     state: StoreState,
     failing: bool,
-    planted: Option<PlantedBug>,
 }
 
 /// An in-memory [`OrderStore`] with a failure switch. Clones share one store.
@@ -269,11 +310,10 @@ impl MemoryStore {
         MemoryStore::default()
     }
 
-    /// An empty store with a planted bug ([`PlantedBug::NoUniqueKey`] applies redeliveries
-    /// again; [`PlantedBug::MergeByArrival`] merges rows by arrival).
-    pub fn with_planted(planted: Option<PlantedBug>) -> MemoryStore {
+    /// An empty store with `schema` (see [`Schema`]).
+    pub fn with_schema(schema: Schema) -> MemoryStore {
         let store = MemoryStore::new();
-        lock(&store.shared).planted = planted;
+        lock(&store.shared).state = StoreState::with_schema(schema);
         store
     }
 
@@ -282,7 +322,7 @@ impl MemoryStore {
         lock(&self.shared).failing = failing;
     }
 
-    /// How many times each key was applied (more than 1 only under a planted bug).
+    /// How many times each key was applied (more than 1 only without a unique key).
     pub fn applications(&self) -> BTreeMap<IdempotencyKey, u32> {
         lock(&self.shared).state.applications().clone()
     }
@@ -316,8 +356,7 @@ impl OrderStore for MemoryStore {
         if shared.failing {
             return Err(MemoryStore::unavailable());
         }
-        let planted = shared.planted;
-        Ok(shared.state.apply_batch(events, planted))
+        Ok(shared.state.apply_batch(events))
     }
 
     async fn load_rows(
@@ -358,13 +397,13 @@ mod tests {
     fn store_applies_each_key_once() {
         let mut state = StoreState::new();
         let created = event("e1", EventKind::Created);
-        let outcomes = state.apply_batch(&[created.clone(), created.clone()], None);
+        let outcomes = state.apply_batch(&[created.clone(), created.clone()]);
         assert_eq!(
             outcomes,
             vec![ApplyOutcome::Applied, ApplyOutcome::Duplicate]
         );
         assert_eq!(
-            state.apply_batch(std::slice::from_ref(&created), None),
+            state.apply_batch(std::slice::from_ref(&created)),
             vec![ApplyOutcome::Duplicate]
         );
         assert_eq!(state.applications()[&IdempotencyKey::of(&created)], 1);
@@ -374,14 +413,18 @@ mod tests {
         assert!(state.row("o2").is_none());
     }
 
-    /// Goal: the NoUniqueKey switch really applies again. Method: apply twice, count.
+    /// Goal: a schema without a unique key really applies again. Method: apply three times,
+    /// count.
     #[test]
     fn store_without_unique_key_applies_again() {
-        let mut state = StoreState::new();
+        let mut state = StoreState::with_schema(Schema {
+            unique_key: false,
+            ..Schema::HOLDFAST
+        });
         let paid = event("e1", EventKind::Paid);
         for _ in 0..3 {
             assert_eq!(
-                state.apply_batch(std::slice::from_ref(&paid), Some(PlantedBug::NoUniqueKey)),
+                state.apply_batch(std::slice::from_ref(&paid)),
                 vec![ApplyOutcome::Applied]
             );
         }

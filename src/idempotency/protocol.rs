@@ -8,7 +8,6 @@
 
 use super::DeliveryKey;
 use crate::event::OrderEvent;
-use crate::planted::PlantedBug;
 use crate::ports::{ApplyOutcome, DedupCache, FaultPoint, OrderStore, PortError, Probe};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -22,16 +21,12 @@ pub const CACHE_TTL_DEFAULT: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 pub struct ProtocolConfig {
     /// How long a remembered key stays in the cache.
     pub cache_ttl: Duration,
-    /// A deliberate defect, for tests and model checking only
-    /// ([`PlantedBug::CacheWrittenBeforeStore`] is the one this module honours).
-    pub planted: Option<PlantedBug>,
 }
 
 impl Default for ProtocolConfig {
     fn default() -> ProtocolConfig {
         ProtocolConfig {
             cache_ttl: CACHE_TTL_DEFAULT,
-            planted: None,
         }
     }
 }
@@ -104,11 +99,6 @@ pub async fn apply_batch<C: DedupCache, S: OrderStore, P: Probe>(
     probe.at(FaultPoint::AfterCacheCheck).await;
 
     let pending_keys: Vec<DeliveryKey> = pending.iter().map(|&index| keys[index].clone()).collect();
-    let planted_early = config.planted == Some(PlantedBug::CacheWrittenBeforeStore);
-    if planted_early && !pending_keys.is_empty() {
-        // The planted bug: a crash between this write and the store commit loses the events.
-        remember(cache, &pending_keys, config.cache_ttl, &mut cache_degraded).await;
-    }
     if !pending.is_empty() {
         let batch: Vec<OrderEvent> = pending.iter().map(|&index| events[index].clone()).collect();
         let outcomes = store.apply_batch(&batch).await?;
@@ -133,7 +123,7 @@ pub async fn apply_batch<C: DedupCache, S: OrderStore, P: Probe>(
 
     // Applied and DuplicateInStore deliveries are now in the store (the latter joined into its
     // row): remembering them is true.
-    if !planted_early && !pending_keys.is_empty() {
+    if !pending_keys.is_empty() {
         remember(cache, &pending_keys, config.cache_ttl, &mut cache_degraded).await;
     }
     probe.at(FaultPoint::AfterCacheWrite).await;
@@ -480,43 +470,6 @@ mod tests {
         assert_applied_once(&store);
     }
 
-    /// Goal: the planted CacheWrittenBeforeStore opens the loss window the real order closes.
-    /// Method: the store fails (a crash before commit); with the bug the redelivery is skipped
-    /// by the cache and never applied, without it the redelivery is applied.
-    #[test]
-    fn planted_cache_before_store_loses_events_on_store_failure() {
-        for planted in [None, Some(PlantedBug::CacheWrittenBeforeStore)] {
-            let (cache, store) = (MemoryCache::new(), MemoryStore::new());
-            let config = ProtocolConfig {
-                planted,
-                ..ProtocolConfig::default()
-            };
-            store.set_failing(true);
-            assert!(run(&cache, &store, &batch(), &config).is_err());
-            store.set_failing(false);
-            let report = run(&cache, &store, &batch(), &config).unwrap();
-            if planted.is_some() {
-                assert_eq!(report.verdicts, vec![Verdict::SkippedByCache; 3]);
-                assert!(store.applied_events().is_empty(), "the bug loses the batch");
-            } else {
-                assert_eq!(report.verdicts, vec![Verdict::Applied; 3]);
-            }
-        }
-    }
-
-    /// Goal: the store's unique key is the guarantee. Method: with NoUniqueKey and no cache, a
-    /// redelivery is applied twice; with the key it is not.
-    #[test]
-    fn planted_no_unique_key_applies_twice_without_the_cache() {
-        let cache = MemoryCache::new();
-        cache.set_failing(true);
-        let store = MemoryStore::with_planted(Some(PlantedBug::NoUniqueKey));
-        let config = ProtocolConfig::default();
-        run(&cache, &store, &batch(), &config).unwrap();
-        run(&cache, &store, &batch(), &config).unwrap();
-        assert!(store.applications().values().all(|&count| count == 2));
-    }
-
     /// Goal: an expired cache key falls back to the store. Method: remember with a 1 s TTL,
     /// move the clock past it, redeliver.
     #[test]
@@ -524,7 +477,6 @@ mod tests {
         let (cache, store) = (MemoryCache::new(), MemoryStore::new());
         let config = ProtocolConfig {
             cache_ttl: Duration::from_secs(1),
-            planted: None,
         };
         run(&cache, &store, &batch(), &config).unwrap();
         cache.advance_to(999);

@@ -18,8 +18,7 @@
 //!   and the metadata together ([`CommitSnapshot`]).
 //! - [`SharedTracker`]: the concurrent form (workers ack, the poll loop snapshots), a
 //!   `Mutex<Tracker>` through `crate::sync`, model checked with loom.
-//! - [`SortedSetTracker`]: the seed's design (msgId counter, sorted set, msgId -> offset map),
-//!   the baseline for benchmarks and the reference model for property tests.
+//! - [`CommitPolicy`]: which offset a snapshot commits; holdfast's is [`Watermark`].
 //!
 //! ```
 //! use holdfast::offsets::{Limits, PartitionTracker, Tracked};
@@ -37,13 +36,13 @@
 
 pub mod metadata;
 mod partition;
+mod policy;
 mod shared;
-mod sorted_set;
 mod tracker;
 
 pub use partition::{PartitionTracker, RestoreReport};
+pub use policy::{CommitPolicy, Watermark};
 pub use shared::SharedTracker;
-pub use sorted_set::{CommitRule, SortedSetTracker};
 pub use tracker::{Assignment, CommitSnapshot, Ticket, Tracker};
 
 use crate::ports::PartitionId;

@@ -1,7 +1,6 @@
 //! The concurrent form: workers ack, the poll loop tracks and snapshots.
 
 use super::{AckError, Assignment, CommitSnapshot, Limits, Ticket, TrackError, Tracked, Tracker};
-use crate::planted::PlantedBug;
 use crate::ports::{CommittedOffset, PartitionId};
 use crate::sync::{Arc, Mutex, MutexGuard};
 
@@ -18,11 +17,6 @@ impl SharedTracker {
     /// A shared tracker with no partitions.
     pub fn new(limits: Limits) -> Self {
         SharedTracker::from(Tracker::new(limits))
-    }
-
-    /// See [`Tracker::with_planted`].
-    pub fn with_planted(limits: Limits, planted: Option<PlantedBug>) -> Self {
-        SharedTracker::from(Tracker::with_planted(limits, planted))
     }
 
     /// See [`Tracker::assign`].

@@ -1,8 +1,7 @@
 //! Many partitions, one epoch per assignment.
 
-use super::CommitRule;
 use super::{AckError, Limits, PartitionTracker, RestoreReport, TrackError, Tracked};
-use crate::planted::PlantedBug;
+use super::{CommitPolicy, Watermark};
 use crate::ports::{CommittedOffset, PartitionId};
 use std::collections::BTreeMap;
 
@@ -38,17 +37,13 @@ pub struct Assignment {
 struct Owned {
     epoch: u64,
     tracker: PartitionTracker,
-    acked_last: Option<i64>,
-    /// Under [`CommitRule::Literal`]: the offset the seed's step 6 would commit now.
-    literal_point: Option<i64>,
 }
 
 /// Tracks every partition assigned to this consumer.
 #[derive(Debug)]
 pub struct Tracker {
     limits: Limits,
-    planted: Option<PlantedBug>,
-    rule: CommitRule,
+    policy: Box<dyn CommitPolicy>,
     epoch_last: u64,
     owned: BTreeMap<PartitionId, Owned>,
     /// Highest epoch ever given to each partition (kept after revoke, to tell stale tickets).
@@ -58,30 +53,18 @@ pub struct Tracker {
 impl Tracker {
     /// A tracker with no partitions.
     pub fn new(limits: Limits) -> Self {
-        Tracker::with_planted(limits, None)
+        Tracker::with_policy(limits, Box::new(Watermark))
     }
 
-    /// A tracker with a deliberate defect, for proving that tests catch it.
-    /// [`PlantedBug::CommitAckedPlusOne`] makes snapshots commit the most recently acked
-    /// offset + 1 instead of the watermark.
-    pub fn with_planted(limits: Limits, planted: Option<PlantedBug>) -> Self {
+    /// A tracker whose snapshots `policy` chooses (see [`CommitPolicy`]).
+    pub fn with_policy(limits: Limits, policy: Box<dyn CommitPolicy>) -> Self {
         Tracker {
             limits,
-            planted,
-            rule: CommitRule::Watermark,
+            policy,
             epoch_last: 0,
             owned: BTreeMap::new(),
             epoch_highest: BTreeMap::new(),
         }
-    }
-
-    /// Switches the commit rule. [`CommitRule::Literal`] follows the seed's step 6 as written:
-    /// commit an acked offset only when it was the lowest in flight, and commit the acked
-    /// record's own offset (so it is read again). It never loses, but commits less and redoes
-    /// more than the watermark; the simulator's explorer measures how much.
-    pub fn with_rule(mut self, rule: CommitRule) -> Self {
-        self.rule = rule;
-        self
     }
 
     /// Takes ownership of `partition` under a new epoch, restoring from the committed offset
@@ -97,15 +80,8 @@ impl Tracker {
             Some(committed) => PartitionTracker::restore(committed, self.limits),
             None => (PartitionTracker::new(self.limits), RestoreReport::default()),
         };
-        self.owned.insert(
-            partition,
-            Owned {
-                epoch,
-                tracker,
-                acked_last: None,
-                literal_point: committed.map(|c| c.offset),
-            },
-        );
+        self.owned.insert(partition, Owned { epoch, tracker });
+        self.policy.assigned(partition, committed.map(|c| c.offset));
         self.epoch_highest.insert(partition, epoch);
         Assignment {
             partition,
@@ -165,8 +141,8 @@ impl Tracker {
     /// Each run of tickets of one current assignment goes through
     /// [`PartitionTracker::ack_all`].
     pub fn ack_all(&mut self, tickets: &[Ticket]) -> Vec<(Ticket, AckError)> {
-        // The literal rule and the planted defect look at every ack: one at a time.
-        let plain = self.rule == CommitRule::Watermark && self.planted.is_none();
+        // A policy that watches acks sees them one at a time.
+        let plain = !self.policy.watches_acks();
         let mut refused = Vec::new();
         let mut rest = tickets;
         while let Some(first) = rest.first().copied() {
@@ -203,11 +179,12 @@ impl Tracker {
         let partition = ticket.partition;
         match self.owned.get_mut(&partition) {
             Some(owned) if owned.epoch == ticket.epoch => {
-                let lowest = owned.tracker.lowest_unfinished();
+                let watched = self.policy.watches_acks();
+                let was_lowest =
+                    watched && owned.tracker.lowest_unfinished() == Some(ticket.offset);
                 owned.tracker.ack(ticket.offset)?;
-                owned.acked_last = Some(ticket.offset);
-                if lowest == Some(ticket.offset) {
-                    owned.literal_point = Some(ticket.offset);
+                if watched {
+                    self.policy.acked(partition, ticket.offset, was_lowest);
                 }
                 Ok(())
             }
@@ -234,30 +211,7 @@ impl Tracker {
     /// `None` if the partition is not assigned or nothing is known yet.
     pub fn snapshot(&self, partition: PartitionId) -> Option<CommitSnapshot> {
         let owned = self.owned.get(&partition)?;
-        let commit_point = owned.tracker.commit_point()?;
-        if self.rule == CommitRule::Literal {
-            debug_assert!(owned
-                .literal_point
-                .is_none_or(|point| point <= commit_point));
-            return owned.literal_point.map(|offset| CommitSnapshot {
-                partition,
-                offset,
-                metadata: String::new(),
-            });
-        }
-        if self.planted == Some(PlantedBug::CommitAckedPlusOne) {
-            let offset = owned.acked_last.map_or(commit_point, |acked| acked + 1);
-            return Some(CommitSnapshot {
-                partition,
-                offset,
-                metadata: String::new(),
-            });
-        }
-        Some(CommitSnapshot {
-            partition,
-            offset: commit_point,
-            metadata: owned.tracker.encode_metadata(),
-        })
+        self.policy.snapshot(partition, &owned.tracker)
     }
 
     /// Snapshots of every assigned partition that has something to commit, by partition.
@@ -460,36 +414,5 @@ mod tests {
             .filter(|&o| t.track(2, o).unwrap().1 == Tracked::AlreadyDone)
             .collect();
         assert_eq!(done, vec![53, 59]);
-    }
-
-    #[test]
-    fn literal_rule_commits_only_when_the_lowest_finishes_and_never_past_the_watermark() {
-        let mut t = Tracker::new(Limits::default()).with_rule(CommitRule::Literal);
-        t.assign(0, None);
-        let tickets: Vec<Ticket> = (10..14).map(|o| t.track(0, o).unwrap().0).collect();
-        assert_eq!(t.snapshot(0), None);
-        t.ack(tickets[1]).unwrap(); // 11: not the lowest, no commit
-        assert_eq!(t.snapshot(0), None);
-        t.ack(tickets[0]).unwrap(); // 10: the lowest, commits 10 itself
-        assert_eq!(t.snapshot(0).map(|s| s.offset), Some(10));
-        t.ack(tickets[3]).unwrap(); // 13: the lowest left is 12
-        t.ack(tickets[2]).unwrap(); // 12: the lowest, commits 12; the watermark is 14
-        assert_eq!(t.snapshot(0).map(|s| s.offset), Some(12));
-    }
-
-    #[test]
-    fn planted_bug_commits_past_an_unfinished_record() {
-        let mut t = Tracker::with_planted(Limits::default(), Some(PlantedBug::CommitAckedPlusOne));
-        t.assign(0, None);
-        let (_slow, _) = t.track(0, 0).unwrap();
-        let (fast, _) = t.track(0, 1).unwrap();
-        t.ack(fast).unwrap();
-        assert_eq!(t.snapshot(0).unwrap().offset, 2); // 0 is unfinished: loss
-        let mut honest = Tracker::new(Limits::default());
-        honest.assign(0, None);
-        honest.track(0, 0).unwrap();
-        let (fast, _) = honest.track(0, 1).unwrap();
-        honest.ack(fast).unwrap();
-        assert_eq!(honest.snapshot(0).unwrap().offset, 0);
     }
 }

@@ -1,7 +1,6 @@
 //! Consumer configuration and its validation.
 
-use crate::offsets::{CommitRule, Limits};
-use crate::planted::PlantedBug;
+use crate::offsets::Limits;
 use std::time::Duration;
 
 /// Everything the consumer loop needs to know. [`ConsumerConfig::default`] is the production
@@ -38,11 +37,6 @@ pub struct ConsumerConfig {
     pub dead_letter_topic: String,
     /// Seed of the retry jitter (deterministic, so that simulations replay).
     pub jitter_seed: u64,
-    /// Which offset is committed: the watermark (default), or the seed's literal step 6,
-    /// which never loses but redoes more (kept to measure the difference).
-    pub commit_rule: CommitRule,
-    /// A deliberate defect, for model-checking tests only.
-    pub planted: Option<PlantedBug>,
 }
 
 impl Default for ConsumerConfig {
@@ -62,8 +56,6 @@ impl Default for ConsumerConfig {
             cache_ttl: Duration::from_secs(7 * 24 * 3600),
             dead_letter_topic: "orders.dlq".to_owned(),
             jitter_seed: 0x5eed,
-            commit_rule: CommitRule::Watermark,
-            planted: None,
         }
     }
 }

@@ -12,9 +12,10 @@ use super::retry::Backoff;
 use super::worker::{Job, Services, WorkerContext};
 use crate::event::OrderEvent;
 use crate::idempotency::protocol::ProtocolConfig;
-use crate::offsets::{CommitSnapshot, SharedTracker, Ticket, TrackError, Tracked, Tracker};
+use crate::offsets::{
+    CommitPolicy, CommitSnapshot, SharedTracker, Ticket, TrackError, Tracked, Tracker, Watermark,
+};
 use crate::partition::murmur2;
-use crate::planted::PlantedBug;
 use crate::ports::{
     CommittedOffset, DedupCache, EventLog, FaultPoint, OffsetCommit, OrderStore, PartitionId,
     PortError, Probe, Publisher, Rebalance, Record,
@@ -121,17 +122,27 @@ where
     D: Publisher + 'static,
     P: Probe + 'static,
 {
-    /// Validates the configuration and starts the workers.
+    /// Validates the configuration and starts the workers. Partitions commit their
+    /// watermark ([`crate::offsets::Watermark`]).
     pub fn new(
         config: ConsumerConfig,
         log: L,
         services: Services<C, S, D, P>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ConfigError> {
+        Consumer::with_policy(config, log, services, metrics, Box::new(Watermark))
+    }
+
+    /// [`Consumer::new`], with the partitions' commit points chosen by `policy`.
+    pub fn with_policy(
+        config: ConsumerConfig,
+        log: L,
+        services: Services<C, S, D, P>,
+        metrics: Arc<Metrics>,
+        policy: Box<dyn CommitPolicy>,
+    ) -> Result<Self, ConfigError> {
         config.validate()?;
-        let tracker = SharedTracker::from(
-            Tracker::with_planted(config.limits, config.planted).with_rule(config.commit_rule),
-        );
+        let tracker = SharedTracker::from(Tracker::with_policy(config.limits, policy));
         let services = Arc::new(services);
         let context = Arc::new(WorkerContext {
             services: Arc::clone(&services),
@@ -139,7 +150,6 @@ where
             metrics: Arc::clone(&metrics),
             protocol: ProtocolConfig {
                 cache_ttl: config.cache_ttl,
-                planted: config.planted,
             },
             config: config.clone(),
         });
@@ -240,9 +250,6 @@ where
         }
         self.metrics.polled.add(records.len() as u64);
         self.summary.polled += records.len() as u64;
-        if self.config.planted == Some(PlantedBug::CommitBeforeProcessing) {
-            self.commit_polled(&records).await;
-        }
         self.services.probe.at(FaultPoint::AfterPoll).await;
         let mut records = records.into_iter();
         // Records of the current run that `track_run` tracked and that are not sent yet, and
@@ -465,23 +472,9 @@ where
 
     /// Commits every partition's snapshot that moved since its last commit.
     async fn commit_finished(&mut self, wait: bool) {
-        let snapshots: Vec<CommitSnapshot> = if self.config.planted == Some(PlantedBug::AutoCommit)
-        {
-            // The bug: commit whatever was polled, finished or not.
-            self.partitions
-                .iter()
-                .filter_map(|(partition, state)| {
-                    state.polled.map(|offset| CommitSnapshot {
-                        partition: *partition,
-                        offset: offset + 1,
-                        metadata: String::new(),
-                    })
-                })
-                .collect()
-        } else {
-            self.tracker.snapshots()
-        };
-        let changed: Vec<CommitSnapshot> = snapshots
+        let changed: Vec<CommitSnapshot> = self
+            .tracker
+            .snapshots()
             .into_iter()
             .filter(|snapshot| {
                 self.partitions
@@ -505,8 +498,7 @@ where
                 for commit in &offsets {
                     if let Some(state) = self.partitions.get_mut(&commit.partition) {
                         debug_assert!(
-                            self.config.planted.is_some()
-                                || state.committed.is_none_or(|c| c <= commit.offset),
+                            state.committed.is_none_or(|c| c <= commit.offset),
                             "commit point moved backwards on partition {}",
                             commit.partition
                         );
@@ -534,24 +526,6 @@ where
                 tracing::warn!(%error, "offset commit failed; the next one covers it");
             }
         }
-    }
-
-    /// The planted `CommitBeforeProcessing` bug: commits past records not yet processed.
-    async fn commit_polled(&mut self, records: &[Record]) {
-        let mut highest: BTreeMap<PartitionId, i64> = BTreeMap::new();
-        for record in records {
-            let entry = highest.entry(record.partition).or_insert(record.offset);
-            *entry = (*entry).max(record.offset);
-        }
-        let snapshots = highest
-            .into_iter()
-            .map(|(partition, offset)| CommitSnapshot {
-                partition,
-                offset: offset + 1,
-                metadata: String::new(),
-            })
-            .collect();
-        self.commit(snapshots, true).await;
     }
 
     /// Flags partitions whose commit point has not moved for `stall_after` with work in

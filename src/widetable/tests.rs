@@ -145,35 +145,6 @@ fn merge_is_commutative_associative_idempotent() {
     assert_eq!(into_empty, left_then_right);
 }
 
-/// Goal: the planted bug really breaks order independence. Method: two paid events in both
-/// orders give different rows under MergeByArrival, the same row without it.
-#[test]
-fn merge_by_arrival_depends_on_arrival_order() {
-    let first = event("p1", EventKind::Paid, 10);
-    let second = event("p2", EventKind::Paid, 20);
-    let apply_all = |events: [&OrderEvent; 2], planted| {
-        let mut row = OrderRow::new("o-1", "u-1");
-        for each in events {
-            row.apply_with(each, planted);
-        }
-        row
-    };
-    let planted = Some(PlantedBug::MergeByArrival);
-    assert_ne!(
-        apply_all([&first, &second], planted),
-        apply_all([&second, &first], planted)
-    );
-    assert_eq!(
-        apply_all([&first, &second], None),
-        apply_all([&second, &first], None)
-    );
-    // Other planted bugs do not touch the merge.
-    assert_eq!(
-        apply_all([&second, &first], Some(PlantedBug::NoUniqueKey)),
-        apply_all([&first, &second], None)
-    );
-}
-
 /// Goal: fold groups by order and sorts by order id. Method: interleave two orders.
 #[test]
 fn fold_gives_one_row_per_order_sorted() {

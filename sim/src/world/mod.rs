@@ -9,7 +9,7 @@ pub mod postgres;
 pub mod redis;
 pub mod rpc;
 
-use holdfast::planted::PlantedBug;
+use holdfast::idempotency::memory::Schema;
 use holdfast::ports::{CommittedOffset, PartitionId, Record};
 use holdfast::verify::{reference, Application, Fact};
 use holdfast::widetable::OrderRow;
@@ -50,8 +50,8 @@ pub struct WorldConfig {
     pub redis_max_keys: Option<usize>,
     /// Consumer-group session timeout (and rebalance timeout).
     pub session_timeout: Duration,
-    /// `PlantedBug::NoUniqueKey` removes the store's unique key; others are ignored here.
-    pub planted: Option<PlantedBug>,
+    /// The database's schema: holdfast's, or one of the test kit's broken ones.
+    pub schema: Schema,
     /// One-way network latency range (uniform).
     pub latency: (Duration, Duration),
     /// `replica.lag.time.max.ms`.
@@ -77,7 +77,7 @@ impl Default for WorldConfig {
             redis_persistent: false,
             redis_max_keys: None,
             session_timeout: Duration::from_millis(1000),
-            planted: None,
+            schema: Schema::HOLDFAST,
             latency: (Duration::from_millis(1), Duration::from_millis(3)),
             replica_lag_time: Duration::from_millis(500),
             request_timeout: Duration::from_millis(500),
@@ -240,7 +240,7 @@ impl World {
             redis::run(state.clone())
         });
         nodes.push((ServiceNode::Redis, node.id()));
-        let store = Arc::new(Mutex::new(StoreDisk::new(config.planted)));
+        let store = Arc::new(Mutex::new(StoreDisk::new(config.schema)));
         let state = store.clone();
         let node = service_node(
             &handle,

@@ -8,7 +8,7 @@
 use crate::world::kafka::controller::lock;
 use crate::world::rpc;
 use holdfast::event::OrderEvent;
-use holdfast::planted::PlantedBug;
+use holdfast::idempotency::memory::Schema;
 use holdfast::ports::{ApplyOutcome, OrderStore, PortError};
 use holdfast::widetable::OrderRow;
 use madsim::net::Endpoint;
@@ -49,17 +49,15 @@ pub enum StoreAnswer {
 #[derive(Debug)]
 pub struct StoreDisk {
     pub core: StoreCore,
-    pub planted: Option<PlantedBug>,
     /// Transactions committed, for the report.
     pub transactions: u64,
 }
 
 impl StoreDisk {
-    /// An empty database; `planted` may remove the unique key.
-    pub fn new(planted: Option<PlantedBug>) -> StoreDisk {
+    /// An empty database with `schema`.
+    pub fn new(schema: Schema) -> StoreDisk {
         StoreDisk {
-            core: StoreCore::new(),
-            planted,
+            core: StoreCore::with_schema(schema),
             transactions: 0,
         }
     }
@@ -83,8 +81,7 @@ async fn handle(disk: &Mutex<StoreDisk>, request: StoreRequest) -> StoreAnswer {
             let work = COST_PER_TRANSACTION + COST_PER_EVENT * events.len() as u32;
             madsim::time::sleep(work).await;
             let mut disk = lock(disk);
-            let planted = disk.planted;
-            let outcomes = disk.core.apply_batch(&events, planted);
+            let outcomes = disk.core.apply_batch(&events);
             disk.transactions += 1;
             debug_assert_eq!(outcomes.len(), events.len());
             StoreAnswer::Applied(outcomes)
