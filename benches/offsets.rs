@@ -119,9 +119,9 @@ fn track_and_ack<M: Measurement, const STEPS: usize>(c: &mut Criterion<M>, name:
 
         let limits = Limits {
             // Steady: one over the window, so the tracker runs at its limit throughout.
-            max_in_flight: window + usize::from(steps > 0),
+            in_flight_max: window + usize::from(steps > 0),
             // Steady: old records linger, so the span is bounded by the iteration only.
-            max_span: records as u64,
+            span_max: records as u64,
             metadata_budget_bytes: 4096,
         };
         let mut ring = PartitionTracker::starting_at(0, limits);
@@ -158,7 +158,7 @@ fn track_and_ack<M: Measurement, const STEPS: usize>(c: &mut Criterion<M>, name:
         // ack still draws from records tracked at or before its step), so up to `ACK_BATCH`
         // more are in flight than in the per-record loop, and the limit is raised by as much.
         let batch_limits = Limits {
-            max_in_flight: window + if steps > 0 { ACK_BATCH } else { 0 },
+            in_flight_max: window + if steps > 0 { ACK_BATCH } else { 0 },
             ..limits
         };
         let mut ring = PartitionTracker::starting_at(0, batch_limits);

@@ -44,11 +44,11 @@ pub const POINTS: &[(&str, &str)] = &[
     ),
     (
         "tracker.in_flight_full",
-        "a partition tracker refused a record: max_in_flight records unfinished",
+        "a partition tracker refused a record: in_flight_max records unfinished",
     ),
     (
         "tracker.span_full",
-        "a partition tracker refused a record: max_span offsets from the lowest unfinished",
+        "a partition tracker refused a record: span_max offsets from the lowest unfinished",
     ),
     (
         "metadata.over_budget",

@@ -104,8 +104,8 @@ async fn a_full_tracker_holds_records_and_never_skips_them() {
         check_interval: Duration::from_millis(5),
         poll_timeout: Duration::from_millis(2),
         limits: Limits {
-            max_in_flight: 4,
-            max_span: 4096,
+            in_flight_max: 4,
+            span_max: 4096,
             ..Limits::default()
         },
         ..CompensatorConfig::default()

@@ -237,8 +237,8 @@ async fn a_paused_partition_assigned_back_is_resumed() {
         },
     ];
     let mut config = config();
-    config.limits.max_in_flight = 2;
-    config.limits.max_span = 2;
+    config.limits.in_flight_max = 2;
+    config.limits.span_max = 2;
     let started = start(config, script, 0);
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(

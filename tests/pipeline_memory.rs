@@ -175,8 +175,8 @@ async fn crash_cycles(planted: Option<PlantedBug>) -> holdfast::verify::VerifyRe
             jitter_seed: u64::from(round),
             ..config()
         };
-        config.limits.max_in_flight = 21;
-        config.limits.max_span = 64;
+        config.limits.in_flight_max = 21;
+        config.limits.span_max = 64;
         let (running, _) = start_probed(&broker, &cache, &store, config, probe, planted);
         // Generous: under a loaded machine (tests run in parallel) a round can take a while to
         // reach its point; a round that reaches it returns at once.

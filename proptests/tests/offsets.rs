@@ -153,7 +153,7 @@ impl Model {
                 in_flight, span, ..
             }) => {
                 assert_eq!(in_flight, self.pending.len(), "refusal reports the count");
-                assert!(in_flight >= self.limits.max_in_flight || span > self.limits.max_span);
+                assert!(in_flight >= self.limits.in_flight_max || span > self.limits.span_max);
                 return; // back-pressure: poll the same offset again later
             }
             Err(other) => panic!("unexpected {other}"),
@@ -214,7 +214,7 @@ impl Model {
         assert_eq!(Some(cp), commit_point);
         // The count (kept exact while the tracker counts, else counted from the ring).
         assert_eq!(partition.in_flight(), self.pending.len(), "in-flight count");
-        assert!(self.pending.len() <= self.limits.max_in_flight);
+        assert!(self.pending.len() <= self.limits.in_flight_max);
         // I1: nothing below the commit point is unfinished.
         for &offset in self.log.iter().take_while(|&&o| o < cp) {
             assert!(
@@ -274,11 +274,11 @@ proptest! {
     #[test]
     fn tracker_matches_sorted_set_and_keeps_invariants(
         ops in prop::collection::vec(op(), 1..300),
-        max_in_flight in 1usize..20,
+        in_flight_max in 1usize..20,
         // Spans past 64 times the room left make the tracker keep an exact count.
-        max_span in 1u64..400,
+        span_max in 1u64..400,
     ) {
-        let limits = Limits { max_in_flight, max_span, metadata_budget_bytes: 4096 };
+        let limits = Limits { in_flight_max, span_max, metadata_budget_bytes: 4096 };
         let mut model = Model::new(limits);
         for op in &ops {
             model.apply(op);
@@ -291,10 +291,10 @@ proptest! {
     #[test]
     fn batch_forms_match_single_calls(
         ops in prop::collection::vec(batch_op(), 1..120),
-        max_in_flight in 1usize..40,
-        max_span in 1u64..600,
+        in_flight_max in 1usize..40,
+        span_max in 1u64..600,
     ) {
-        let limits = Limits { max_in_flight, max_span, metadata_budget_bytes: 4096 };
+        let limits = Limits { in_flight_max, span_max, metadata_budget_bytes: 4096 };
         let mut pair = BatchPair::new(limits);
         for op in &ops {
             pair.apply(op);

@@ -143,7 +143,7 @@ impl Convergence {
 
 /// The checker's verdict on one run.
 #[derive(Clone, Debug, Default)]
-pub struct Verdict {
+pub struct RunVerdict {
     pub violations: Vec<Violation>,
     pub report: VerifyReport,
     /// Acknowledged events that no consumer ever polled (Jepsen's `unseen`), for information.
@@ -155,7 +155,7 @@ pub struct Verdict {
     pub consumer_lost: usize,
 }
 
-impl Verdict {
+impl RunVerdict {
     pub fn passed(&self) -> bool {
         self.violations.is_empty()
     }
@@ -178,7 +178,7 @@ fn examples(items: impl IntoIterator<Item = String>) -> String {
 }
 
 /// Checks one run.
-pub fn check(observed: &Observed) -> Verdict {
+pub fn check(observed: &Observed) -> RunVerdict {
     let mut violations = observed.online.clone();
     let pending = BTreeSet::new();
     let report = verify(
@@ -253,7 +253,7 @@ pub fn check(observed: &Observed) -> Verdict {
         .iter()
         .filter(|fact| !polled.contains(*fact))
         .count();
-    Verdict {
+    RunVerdict {
         violations: collapse(violations),
         report,
         unseen,

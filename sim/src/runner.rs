@@ -2,7 +2,7 @@
 //! their own nodes, injects faults (safety phase), heals everything and waits for convergence
 //! (liveness phase), then hands the history and the final state to the checker.
 
-use crate::checker::{check, Convergence, Observed, Verdict};
+use crate::checker::{check, Convergence, Observed, RunVerdict};
 use crate::history::{History, Step};
 use crate::observe::{
     CrashProbe, DeadLetterSink, DeadLetters, Observers, RecordingLog, RecordingStore,
@@ -39,7 +39,7 @@ const DEAD_LETTER_TOPIC: &str = "orders.dlq";
 #[derive(Clone, Debug)]
 pub struct RunOutcome {
     pub params: RunParams,
-    pub verdict: Verdict,
+    pub verdict: RunVerdict,
     /// Hash of the full trace: equal for equal runs.
     pub fingerprint: u64,
     /// The simulated cluster's configuration (acks, replication, flush, ...).
@@ -134,13 +134,13 @@ pub fn describe_world(config: &WorldConfig) -> String {
 /// other half the in-flight limit; and in half of the seeds a metadata budget too small for
 /// most finished sets.
 fn consumer_limits(params: &RunParams) -> Limits {
-    let max_in_flight = params.batch_size.max(16) * 4;
+    let in_flight_max = params.batch_size.max(16) * 4;
     let mut rng = SplitMix::new(params.seed ^ 0x6d65_7461_6461_7461);
     let small_budget = rng.chance(0.5);
     let span_binds = rng.chance(0.5);
     Limits {
-        max_in_flight,
-        max_span: max_in_flight as u64 * if span_binds { 1 } else { 4 },
+        in_flight_max,
+        span_max: in_flight_max as u64 * if span_binds { 1 } else { 4 },
         metadata_budget_bytes: if small_budget { 16 } else { 4096 },
     }
 }
@@ -554,7 +554,7 @@ fn spawn_compensator(observers: &Observers) -> NodeId {
                     // Small enough that larger seeds fill it while records wait out the
                     // delay, so the full-tracker path (hold and pause) is taken.
                     limits: Limits {
-                        max_in_flight: 256,
+                        in_flight_max: 256,
                         ..Limits::default()
                     },
                 };

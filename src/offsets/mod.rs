@@ -6,7 +6,7 @@
 //!
 //! - [`PartitionTracker`]: one partition. A ring of bits above the watermark, one bit per
 //!   offset (set = finished or a gap), so `track` and `ack` are O(1) amortized and allocate
-//!   nothing. Bounded by count ([`Limits::max_in_flight`]) and by span ([`Limits::max_span`],
+//!   nothing. Bounded by count ([`Limits::in_flight_max`]) and by span ([`Limits::span_max`],
 //!   lowest unfinished to highest tracked), so one stuck record cannot grow memory without
 //!   limit; both report [`TrackError::Full`] for back-pressure.
 //! - [`metadata`]: finished offsets above the watermark, encoded into commit metadata (bitset
@@ -51,10 +51,10 @@ use crate::ports::PartitionId;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Most records tracked and not yet acked.
-    pub max_in_flight: usize,
+    pub in_flight_max: usize,
     /// Most offsets from the lowest unfinished to the highest tracked, inclusive. Sizes the
     /// ring (one bit per offset), so it bounds memory even when one record is stuck.
-    pub max_span: u64,
+    pub span_max: u64,
     /// Most bytes of commit metadata (Kafka's default `offset.metadata.max.bytes` is 4096).
     pub metadata_budget_bytes: usize,
 }
@@ -67,8 +67,8 @@ impl Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_in_flight: 10_000,
-            max_span: 100_000,
+            in_flight_max: 10_000,
+            span_max: 100_000,
             metadata_budget_bytes: 4096,
         }
     }
@@ -92,13 +92,13 @@ pub enum TrackError {
     Backwards { offset: i64, next: i64 },
     /// Back-pressure: too many in flight, or the offset is too far above a stuck record.
     /// Nothing changed; pause the partition and retry after some acks.
-    #[error("tracker full at offset {offset}: {in_flight} in flight, span {span} (limits {max_in_flight}, {max_span})")]
+    #[error("tracker full at offset {offset}: {in_flight} in flight, span {span} (limits {in_flight_max}, {span_max})")]
     Full {
         offset: i64,
         in_flight: usize,
         span: u64,
-        max_in_flight: usize,
-        max_span: u64,
+        in_flight_max: usize,
+        span_max: u64,
     },
     /// The partition is not assigned to this tracker.
     #[error("partition {partition} is not assigned")]

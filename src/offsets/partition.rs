@@ -4,7 +4,7 @@
 //! done before a restart), clear = in flight. `base` is the watermark: the lowest unfinished
 //! offset, or `next` when nothing is in flight. Every bit outside `base .. next` is zero, so a
 //! word is reused without clearing and the scan that advances the watermark stops at `next`
-//! by itself. The ring holds `max_span + 128` bits or more (a power of two words), so the
+//! by itself. The ring holds `span_max + 128` bits or more (a power of two words), so the
 //! words of `base` and `next` never alias.
 //!
 //! Usually no counter is updated per record: the number in flight is `next - base` minus the
@@ -47,18 +47,18 @@ pub struct PartitionTracker {
     /// False until the first offset is tracked (for [`PartitionTracker::new`]).
     known: bool,
     /// Tracking `next` without further checks is allowed while `next < track_limit`: then
-    /// the span stays within `max_span` and fewer than `max_in_flight` are in flight. It stays
+    /// the span stays within `span_max` and fewer than `in_flight_max` are in flight. It stays
     /// true while acks and tracks go on (acks only lower the count and raise `base`; each
     /// track consumes one offset of the room). `i64::MIN` (never true) before the first track
     /// and while restored metadata is pending.
     track_limit: i64,
     /// While counting (`NOT_COUNTING` otherwise): the offset at which the number in flight
-    /// reaches `max_in_flight`, so that it is `next + max_in_flight - room_end`. Set from a
-    /// count (`next` then + `max_in_flight` - in flight then); each ack since moved it up by
-    /// one. Wrapping: within `max_in_flight` of `i64::MAX` it wraps negative, so that every
+    /// reaches `in_flight_max`, so that it is `next + in_flight_max - room_end`. Set from a
+    /// count (`next` then + `in_flight_max` - in flight then); each ack since moved it up by
+    /// one. Wrapping: within `in_flight_max` of `i64::MAX` it wraps negative, so that every
     /// track takes the slow path, which checks exactly.
     room_end: i64,
-    /// While counting: `base + max_span` (saturating), the span's bound on `track_limit`,
+    /// While counting: `base + span_max` (saturating), the span's bound on `track_limit`,
     /// which is then `min(room_end, span_end)`.
     span_end: i64,
     /// Finished offsets from the previous owner's metadata, not yet re-polled.
@@ -80,11 +80,11 @@ impl PartitionTracker {
     /// A tracker that starts at the first offset tracked.
     pub fn new(limits: Limits) -> Self {
         let limits = Limits {
-            max_in_flight: limits.max_in_flight.max(1),
-            max_span: limits.max_span.clamp(1, Limits::SPAN_MAX),
+            in_flight_max: limits.in_flight_max.max(1),
+            span_max: limits.span_max.clamp(1, Limits::SPAN_MAX),
             ..limits
         };
-        let words = (limits.max_span + 128).div_ceil(64).next_power_of_two();
+        let words = (limits.span_max + 128).div_ceil(64).next_power_of_two();
         PartitionTracker {
             limits,
             ring: vec![0u64; words as usize].into_boxed_slice(),
@@ -118,7 +118,7 @@ impl PartitionTracker {
         let mut report = RestoreReport::default();
         match committed.metadata.as_deref() {
             None | Some("") => {}
-            Some(text) => match metadata::decode(text, committed.offset, tracker.limits.max_span) {
+            Some(text) => match metadata::decode(text, committed.offset, tracker.limits.span_max) {
                 Ok(set) => {
                     report.already_done = set.count();
                     tracker.restored = (report.already_done > 0).then_some(set);
@@ -180,15 +180,15 @@ impl PartitionTracker {
             in_flight_after = Some(usize::from(!done));
         } else {
             let span = offset.wrapping_sub(self.base) as u64 + 1;
-            if span > self.limits.max_span {
+            if span > self.limits.span_max {
                 crate::reach!("tracker.span_full");
                 return Err(self.full(offset, span));
             }
             // Room is proven without counting if `offset` is below the limit, or if the whole
             // span is smaller than the in-flight limit.
-            if !done && offset >= self.track_limit && span > self.limits.max_in_flight as u64 {
+            if !done && offset >= self.track_limit && span > self.limits.in_flight_max as u64 {
                 let in_flight = self.in_flight();
-                if in_flight >= self.limits.max_in_flight {
+                if in_flight >= self.limits.in_flight_max {
                     crate::reach!("tracker.in_flight_full");
                     return Err(self.full(offset, span));
                 }
@@ -338,7 +338,7 @@ impl PartitionTracker {
     pub fn in_flight(&self) -> usize {
         if self.counting() {
             // Counting only while the room is under span / 64, so the limit fits an i64.
-            let max = self.limits.max_in_flight as i64;
+            let max = self.limits.in_flight_max as i64;
             return self.next.wrapping_add(max).wrapping_sub(self.room_end) as usize;
         }
         self.count_in_flight()
@@ -436,7 +436,7 @@ impl PartitionTracker {
     /// Room for the next track is proven, cheapest first: by the span alone (every offset in
     /// flight lies in `base .. next`); by the old limit, which stays valid (it came from a
     /// count, and since then each track used one offset of its room and acks only helped); by
-    /// a fresh count of the ring, good for `room = max_in_flight - in_flight` tracks. When
+    /// a fresh count of the ring, good for `room = in_flight_max - in_flight` tracks. When
     /// that count would cost more than a word of the ring per track it admits (the span is
     /// over 64 times the room), the tracker counts instead (`room_end`, `span_end`) until the
     /// span alone proves room again.
@@ -449,7 +449,7 @@ impl PartitionTracker {
         if self.raise_limit_by_span() {
             return;
         }
-        let in_flight_max = i64::try_from(self.limits.max_in_flight).unwrap_or(i64::MAX);
+        let in_flight_max = i64::try_from(self.limits.in_flight_max).unwrap_or(i64::MAX);
         let in_flight = in_flight.unwrap_or_else(|| self.in_flight());
         let room = (in_flight_max - in_flight as i64).max(0);
         let span = self.next - self.base;
@@ -518,18 +518,18 @@ impl PartitionTracker {
     /// lies in `base .. next`, so a span within both limits admits it.
     #[inline]
     fn limit_by_span(&self) -> i64 {
-        let span_limit = self.limits.max_span.min(self.limits.max_in_flight as u64) as i64;
+        let span_limit = self.limits.span_max.min(self.limits.in_flight_max as u64) as i64;
         self.base.saturating_add(span_limit)
     }
 
-    /// The span's bound: offsets from here on would make the span exceed `max_span`.
+    /// The span's bound: offsets from here on would make the span exceed `span_max`.
     #[inline]
     fn span_bound(&self) -> i64 {
-        self.base.saturating_add(self.limits.max_span as i64)
+        self.base.saturating_add(self.limits.span_max as i64)
     }
 
     /// While counting, the offset below which `next` may be tracked without further checks:
-    /// the count then stays within `max_in_flight` and the span within `max_span`.
+    /// the count then stays within `in_flight_max` and the span within `span_max`.
     #[inline]
     fn counting_limit(&self) -> i64 {
         self.room_end.min(self.span_end)
@@ -598,8 +598,8 @@ impl PartitionTracker {
             offset,
             in_flight: self.in_flight(),
             span,
-            max_in_flight: self.limits.max_in_flight,
-            max_span: self.limits.max_span,
+            in_flight_max: self.limits.in_flight_max,
+            span_max: self.limits.span_max,
         }
     }
 
@@ -610,9 +610,9 @@ impl PartitionTracker {
             return;
         }
         debug_assert!(self.base <= self.next);
-        debug_assert!((self.next - self.base) as u64 <= self.limits.max_span);
+        debug_assert!((self.next - self.base) as u64 <= self.limits.span_max);
         let in_flight = self.count_in_flight();
-        debug_assert!(in_flight <= self.limits.max_in_flight);
+        debug_assert!(in_flight <= self.limits.in_flight_max);
         debug_assert!(self.track_limit == i64::MIN || (self.known && self.restored.is_none()));
         if self.counting() {
             debug_assert_eq!(self.in_flight(), in_flight, "the kept count drifted");
@@ -630,10 +630,10 @@ impl PartitionTracker {
             // the span within its own. Acks keep this true (fewer in flight, `base` higher).
             let admitted = in_flight as i128 + (self.track_limit as i128 - self.next as i128);
             debug_assert!(
-                admitted <= self.limits.max_in_flight as i128,
+                admitted <= self.limits.in_flight_max as i128,
                 "limit admits too many"
             );
-            let span_end = self.base as i128 + self.limits.max_span as i128;
+            let span_end = self.base as i128 + self.limits.span_max as i128;
             debug_assert!(
                 self.track_limit as i128 <= span_end,
                 "limit passes the span"
@@ -642,10 +642,10 @@ impl PartitionTracker {
         if self.next < self.track_limit {
             // The fast path may track `next` now: both limits must hold after it.
             debug_assert!(
-                in_flight < self.limits.max_in_flight,
+                in_flight < self.limits.in_flight_max,
                 "limit admits too many"
             );
-            debug_assert!(((self.next - self.base) as u64) < self.limits.max_span);
+            debug_assert!(((self.next - self.base) as u64) < self.limits.span_max);
         }
         if in_flight == 0 {
             debug_assert_eq!(self.base, self.next, "nothing in flight: watermark = next");
@@ -661,10 +661,10 @@ impl PartitionTracker {
 mod tests {
     use super::*;
 
-    fn limits(max_in_flight: usize, max_span: u64) -> Limits {
+    fn limits(in_flight_max: usize, span_max: u64) -> Limits {
         Limits {
-            max_in_flight,
-            max_span,
+            in_flight_max,
+            span_max,
             metadata_budget_bytes: 4096,
         }
     }
@@ -803,8 +803,8 @@ mod tests {
         // widen the span; each round tracks until full, then acks in one batch (the watermark's
         // own record, records lingering from earlier rounds, double acks within and across
         // batches, untracked offsets above and below); states and refusals are compared.
-        for (max_in_flight, max_span) in [(10_000, 100_000), (21, 100_000)] {
-            let mut single = PartitionTracker::starting_at(100, limits(max_in_flight, max_span));
+        for (in_flight_max, span_max) in [(10_000, 100_000), (21, 100_000)] {
+            let mut single = PartitionTracker::starting_at(100, limits(in_flight_max, span_max));
             let mut batch = single.clone();
             let (mut next, mut lingering, mut counted) = (100, Vec::new(), false);
             for round in 0..60 {
@@ -857,7 +857,7 @@ mod tests {
                 }
                 counted |= single.counting();
             }
-            assert_eq!(counted, max_in_flight == 21, "counting mode reached");
+            assert_eq!(counted, in_flight_max == 21, "counting mode reached");
             assert!(single.commit_point() > Some(1000));
         }
     }
@@ -883,7 +883,7 @@ mod tests {
 
     #[test]
     fn count_limit_holds_when_the_span_exceeds_it() {
-        // Goal: with a stuck record and a span far above `max_in_flight`, the limit is still
+        // Goal: with a stuck record and a span far above `in_flight_max`, the limit is still
         // exact (the fast path's room is counted, not guessed). Method: fill to the limit
         // through consecutive offsets and through gaps, check Full at exactly the limit.
         let mut t = PartitionTracker::new(limits(10, 1000));
@@ -934,7 +934,7 @@ mod tests {
 
     #[test]
     fn at_the_limit_near_the_last_offset_stays_exact() {
-        // The kept limit wraps within `max_in_flight` of i64::MAX; tracks there must take the
+        // The kept limit wraps within `in_flight_max` of i64::MAX; tracks there must take the
         // exact slow path, never admit one too many, and stop at i64::MAX - 1.
         let start = i64::MAX - 3_000;
         let (counted_steps, next) = walk_at_the_limit(start, 20_000);

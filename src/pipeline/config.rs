@@ -69,10 +69,10 @@ pub enum ConfigError {
         min: u64,
         value: u64,
     },
-    #[error("`batch_size` ({batch_size}) exceeds the tracker's `max_in_flight` ({max_in_flight}): a full batch could never be tracked")]
+    #[error("`batch_size` ({batch_size}) exceeds the tracker's `in_flight_max` ({in_flight_max}): a full batch could never be tracked")]
     BatchOverWindow {
         batch_size: usize,
-        max_in_flight: usize,
+        in_flight_max: usize,
     },
     #[error("`backoff_initial` ({initial:?}) exceeds `backoff_max` ({max:?})")]
     BackoffInverted { initial: Duration, max: Duration },
@@ -98,11 +98,11 @@ impl ConsumerConfig {
             1,
         )?;
         at_least("commit_interval_ms", millis(self.commit_interval), 1)?;
-        at_least("limits.max_in_flight", self.limits.max_in_flight as u64, 1)?;
-        if self.batch_size > self.limits.max_in_flight {
+        at_least("limits.in_flight_max", self.limits.in_flight_max as u64, 1)?;
+        if self.batch_size > self.limits.in_flight_max {
             return Err(ConfigError::BatchOverWindow {
                 batch_size: self.batch_size,
-                max_in_flight: self.limits.max_in_flight,
+                in_flight_max: self.limits.in_flight_max,
             });
         }
         if self.backoff_initial > self.backoff_max {
@@ -160,12 +160,12 @@ mod tests {
     #[test]
     fn refuses_a_batch_larger_than_the_window() {
         let mut config = ConsumerConfig::default();
-        config.limits.max_in_flight = 100;
+        config.limits.in_flight_max = 100;
         assert_eq!(
             config.validate(),
             Err(ConfigError::BatchOverWindow {
                 batch_size: 500,
-                max_in_flight: 100
+                in_flight_max: 100
             })
         );
     }

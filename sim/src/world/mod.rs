@@ -14,10 +14,10 @@ use holdfast::ports::{CommittedOffset, PartitionId, Record};
 use holdfast::verify::{reference, Application, Fact};
 use holdfast::widetable::OrderRow;
 use kafka::broker::BrokerState;
-use kafka::consumer::ConsumerConfig;
+use kafka::consumer::SimConsumerConfig;
 use kafka::controller::{lock, ControllerState};
 use kafka::producer::ProducerConfig;
-use kafka::{KafkaConfig, PartitionState};
+use kafka::{KafkaConfig, PartitionLeadership};
 use madsim::net::{Endpoint, NetSim};
 use madsim::runtime::{Handle, NodeHandle};
 pub use madsim::task::NodeId;
@@ -215,7 +215,7 @@ impl World {
             move || kafka::controller::run(state.clone()),
         );
         nodes.push((ServiceNode::Controller, node.id()));
-        let tables: Vec<PartitionState> = lock(&controller).partitions.clone();
+        let tables: Vec<PartitionLeadership> = lock(&controller).partitions.clone();
         let mut brokers = Vec::new();
         for broker in 0..config.brokers {
             let hosted = tables
@@ -309,9 +309,9 @@ impl World {
         }
     }
 
-    fn consumer_config(&self) -> ConsumerConfig {
+    fn consumer_config(&self) -> SimConsumerConfig {
         let config = &self.inner.config;
-        ConsumerConfig {
+        SimConsumerConfig {
             brokers: config.brokers,
             partitions: config.partitions,
             request_timeout: config.request_timeout,
@@ -482,7 +482,7 @@ impl World {
     }
 
     /// The partition table as the controller holds it.
-    pub fn partition_table(&self) -> Vec<PartitionState> {
+    pub fn partition_table(&self) -> Vec<PartitionLeadership> {
         lock(&self.inner.controller).partitions.clone()
     }
 

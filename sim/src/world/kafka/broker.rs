@@ -4,7 +4,9 @@
 
 use super::controller::{lock, ControllerAnswer, ControllerRequest};
 use super::replica::{Entry, Produced, Refused, Replica};
-use super::{broker_address, controller_address, Acks, FlushPolicy, KafkaConfig, PartitionState};
+use super::{
+    broker_address, controller_address, Acks, FlushPolicy, KafkaConfig, PartitionLeadership,
+};
 use crate::world::rpc;
 use holdfast::ports::{PartitionId, Record};
 use madsim::net::Endpoint;
@@ -90,7 +92,7 @@ pub enum BrokerAnswer {
     Diverged {
         truncate_to: i64,
     },
-    Metadata(Vec<PartitionState>),
+    Metadata(Vec<PartitionLeadership>),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -130,7 +132,7 @@ struct Leadership {
 pub struct BrokerState {
     pub id: usize,
     pub replicas: BTreeMap<PartitionId, Replica>,
-    view: BTreeMap<PartitionId, PartitionState>,
+    view: BTreeMap<PartitionId, PartitionLeadership>,
     leading: BTreeMap<PartitionId, Leadership>,
     incarnation: u64,
     progress: Arc<Notify>,
@@ -193,7 +195,7 @@ impl BrokerState {
     }
 
     /// Adopts the controller's partition table: become leader or follower where it says.
-    fn apply_view(&mut self, states: Vec<PartitionState>, now: Instant) {
+    fn apply_view(&mut self, states: Vec<PartitionLeadership>, now: Instant) {
         for state in states {
             let partition = state.partition;
             if !self.replicas.contains_key(&partition) {
@@ -435,7 +437,12 @@ impl BrokerState {
         proposals
     }
 
-    fn isr_altered(&mut self, partition: PartitionId, epoch: i32, state: Option<PartitionState>) {
+    fn isr_altered(
+        &mut self,
+        partition: PartitionId,
+        epoch: i32,
+        state: Option<PartitionLeadership>,
+    ) {
         if let Some(leadership) = self.leading.get_mut(&partition) {
             if leadership.epoch == epoch {
                 leadership.altering_isr = false;

@@ -26,7 +26,7 @@ const JOIN_RETRY: Duration = Duration::from_millis(20);
 
 /// The consumer's settings.
 #[derive(Clone, Debug)]
-pub struct ConsumerConfig {
+pub struct SimConsumerConfig {
     pub brokers: usize,
     pub partitions: i32,
     pub request_timeout: Duration,
@@ -59,7 +59,7 @@ struct CommitJob {
 pub struct SimLog {
     endpoint: Endpoint,
     group: String,
-    config: ConsumerConfig,
+    config: SimConsumerConfig,
     metadata: MetadataCache,
     membership: Arc<Mutex<Membership>>,
     owned: BTreeSet<PartitionId>,
@@ -81,7 +81,7 @@ impl Drop for SimLog {
 
 impl SimLog {
     /// A member of `group` using `endpoint`; it joins on its first poll.
-    pub fn new(endpoint: Endpoint, group: &str, config: ConsumerConfig) -> SimLog {
+    pub fn new(endpoint: Endpoint, group: &str, config: SimConsumerConfig) -> SimLog {
         let membership = Arc::new(Mutex::new(Membership {
             member: None,
             generation: -1,
@@ -355,7 +355,7 @@ async fn heartbeat_loop(
     endpoint: Endpoint,
     group: String,
     membership: Arc<Mutex<Membership>>,
-    config: ConsumerConfig,
+    config: SimConsumerConfig,
 ) {
     let interval = (config.session_timeout / 3).max(Duration::from_millis(10));
     // The last heartbeat the coordinator answered (or the start of the membership). Like

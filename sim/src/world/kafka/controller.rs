@@ -5,7 +5,7 @@
 
 use super::broker::IsrProposal;
 use super::group::{store_commits, Group, GroupAnswer, GroupRequest};
-use super::{controller_address, KafkaConfig, PartitionState};
+use super::{controller_address, KafkaConfig, PartitionLeadership};
 use crate::world::rpc;
 use crate::world::FaultLog;
 use holdfast::ports::{CommittedOffset, PartitionId};
@@ -36,9 +36,9 @@ pub enum ControllerRequest {
 /// The controller's answer.
 #[derive(Clone, Debug)]
 pub enum ControllerAnswer {
-    Metadata(Vec<PartitionState>),
+    Metadata(Vec<PartitionLeadership>),
     /// The partition's state after the request (the ISR changed only if it matches).
-    AlterIsr(Option<PartitionState>),
+    AlterIsr(Option<PartitionLeadership>),
     Group(GroupAnswer),
 }
 
@@ -66,7 +66,7 @@ struct Liveness {
 pub struct ControllerState {
     config: KafkaConfig,
     /// Durable: the partition table.
-    pub partitions: Vec<PartitionState>,
+    pub partitions: Vec<PartitionLeadership>,
     /// Durable: committed offsets with metadata, per group.
     pub committed: BTreeMap<String, BTreeMap<PartitionId, CommittedOffset>>,
     /// Every commit the coordinator accepted, in order, per group (inspection only).
@@ -84,7 +84,7 @@ impl ControllerState {
                 let replicas: Vec<usize> = (0..config.replication_factor)
                     .map(|offset| (partition as usize + offset) % config.brokers)
                     .collect();
-                PartitionState {
+                PartitionLeadership {
                     partition,
                     leader: Some(replicas[0]),
                     leader_epoch: 0,
@@ -251,7 +251,7 @@ impl ControllerState {
     /// Applies a leader's ISR change if it is the current leader, starts from the current
     /// ISR version, and every member it adds is alive in the incarnation the leader saw
     /// (KIP-903: a follower that restarted since cannot be re-added on old progress).
-    fn alter_isr(&mut self, leader: usize, proposal: IsrProposal) -> Option<PartitionState> {
+    fn alter_isr(&mut self, leader: usize, proposal: IsrProposal) -> Option<PartitionLeadership> {
         let index = usize::try_from(proposal.partition).ok()?;
         let state = self.partitions.get(index)?;
         let current = state.leader == Some(leader)

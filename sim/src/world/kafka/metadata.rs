@@ -1,7 +1,7 @@
 //! A client's cache of partition leaders, refreshed from any broker that answers.
 
 use super::broker::{BrokerAnswer, BrokerRequest};
-use super::{broker_address, PartitionState};
+use super::{broker_address, PartitionLeadership};
 use crate::world::rpc;
 use holdfast::ports::PartitionId;
 use madsim::net::Endpoint;
@@ -62,7 +62,7 @@ impl MetadataCache {
         false
     }
 
-    fn apply(&mut self, states: &[PartitionState]) {
+    fn apply(&mut self, states: &[PartitionLeadership]) {
         for state in states {
             if let Some(slot) = usize::try_from(state.partition)
                 .ok()

@@ -80,7 +80,7 @@ impl KafkaConfig {
 
 /// The controller's view of one partition.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PartitionState {
+pub struct PartitionLeadership {
     pub partition: i32,
     /// Brokers holding a replica, preferred leader first.
     pub replicas: Vec<usize>,
