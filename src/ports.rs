@@ -96,17 +96,6 @@ pub struct OffsetCommit {
     pub metadata: String,
 }
 
-impl From<crate::offsets::CommitSnapshot> for OffsetCommit {
-    /// A tracker snapshot is exactly what to commit: the commit point and its metadata.
-    fn from(snapshot: crate::offsets::CommitSnapshot) -> OffsetCommit {
-        OffsetCommit {
-            partition: snapshot.partition,
-            offset: snapshot.offset,
-            metadata: snapshot.metadata,
-        }
-    }
-}
-
 /// The consuming side of the log, one consumer-group member.
 pub trait EventLog: Send {
     /// Returns up to `records_max` records, waiting at most `timeout` for the first one.

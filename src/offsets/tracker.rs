@@ -2,7 +2,7 @@
 
 use super::{AckError, Limits, PartitionTracker, RestoreReport, TrackError, Tracked};
 use super::{CommitPolicy, Watermark};
-use crate::ports::{CommittedOffset, PartitionId};
+use crate::ports::{CommittedOffset, OffsetCommit, PartitionId};
 use std::collections::BTreeMap;
 
 /// Proof that an offset was tracked under one assignment; the worker hands it back to ack.
@@ -21,6 +21,17 @@ pub struct CommitSnapshot {
     pub offset: i64,
     /// Finished offsets above `offset` (see [`super::metadata`]); may be empty.
     pub metadata: String,
+}
+
+impl From<CommitSnapshot> for OffsetCommit {
+    /// A tracker snapshot is exactly what to commit: the commit point and its metadata.
+    fn from(snapshot: CommitSnapshot) -> OffsetCommit {
+        OffsetCommit {
+            partition: snapshot.partition,
+            offset: snapshot.offset,
+            metadata: snapshot.metadata,
+        }
+    }
 }
 
 /// The result of [`Tracker::assign`].

@@ -5,6 +5,7 @@
 //! for client nodes, injects faults and lets the checker read the models' state directly.
 
 pub mod kafka;
+pub mod lock;
 pub mod postgres;
 pub mod redis;
 pub mod rpc;
@@ -15,9 +16,10 @@ use holdfast::verify::{reference, Application, Fact};
 use holdfast::widetable::OrderRow;
 use kafka::broker::BrokerState;
 use kafka::consumer::SimConsumerConfig;
-use kafka::controller::{lock, ControllerState};
+use kafka::controller::ControllerState;
 use kafka::producer::ProducerConfig;
 use kafka::{KafkaConfig, PartitionLeadership};
+use lock::lock;
 use madsim::net::{Endpoint, NetSim};
 use madsim::runtime::{Handle, NodeHandle};
 pub use madsim::task::NodeId;

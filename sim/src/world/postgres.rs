@@ -5,7 +5,7 @@
 //!
 //! The store's logic is the core's own (`StoreCore`), not a re-implementation.
 
-use crate::world::kafka::controller::lock;
+use crate::world::lock::lock;
 use crate::world::rpc;
 use holdfast::event::OrderEvent;
 use holdfast::idempotency::memory::Schema;

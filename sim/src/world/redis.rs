@@ -2,7 +2,7 @@
 //! (`allkeys-random`), volatile by default (a restart loses every key) or persistent.
 //! `SimCache` implements `holdfast::ports::DedupCache`.
 
-use crate::world::kafka::controller::lock;
+use crate::world::lock::lock;
 use crate::world::rpc;
 use holdfast::idempotency::DeliveryKey;
 use holdfast::ports::{DedupCache, PortError};

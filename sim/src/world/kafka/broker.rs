@@ -2,11 +2,12 @@
 //! tracks followers, proposes ISR changes, advances the high watermark) and follows others
 //! (fetches from their leader, truncating where its log diverged).
 
-use super::controller::{lock, ControllerAnswer, ControllerRequest};
+use super::controller::{ControllerAnswer, ControllerRequest, IsrProposal};
 use super::replica::{Entry, Produced, Refused, Replica};
 use super::{
     broker_address, controller_address, Acks, FlushPolicy, KafkaConfig, PartitionLeadership,
 };
+use crate::world::lock::lock;
 use crate::world::rpc;
 use holdfast::ports::{PartitionId, Record};
 use madsim::net::Endpoint;
@@ -103,18 +104,6 @@ struct FollowerProgress {
     leader_log_end_at_last_answer: i64,
     /// The follower incarnation this progress belongs to (0: not heard from yet).
     incarnation: u64,
-}
-
-/// A leader's request to change one partition's ISR.
-#[derive(Clone, Debug)]
-pub struct IsrProposal {
-    pub partition: PartitionId,
-    pub leader_epoch: i32,
-    /// The ISR version the proposal starts from.
-    pub isr_version: u64,
-    pub isr: Vec<usize>,
-    /// The incarnation of each proposed member as the leader knows it.
-    pub incarnations: Vec<u64>,
 }
 
 #[derive(Clone, Debug)]

@@ -3,10 +3,11 @@
 //! with the committed offsets); `SimGroupOffsets` reads any group's commits.
 
 use super::broker::{BrokerAnswer, BrokerRequest};
-use super::controller::{lock, ControllerAnswer, ControllerRequest};
+use super::controller::{ControllerAnswer, ControllerRequest};
 use super::group::{GroupAnswer, GroupRequest};
 use super::metadata::MetadataCache;
 use super::{broker_address, controller_address, unavailable, SERVICE};
+use crate::world::lock::lock;
 use crate::world::rpc;
 use holdfast::ports::{
     EventLog, GroupOffsets, OffsetCommit, PartitionId, Polled, PortError, Rebalance, Record,

@@ -3,9 +3,9 @@
 //! coordinator. One madsim node; its partition table and committed offsets are durable
 //! (ZooKeeper / `__consumer_offsets`), broker liveness and group membership are not.
 
-use super::broker::IsrProposal;
 use super::group::{store_commits, Group, GroupAnswer, GroupRequest};
 use super::{controller_address, KafkaConfig, PartitionLeadership};
+use crate::world::lock::lock;
 use crate::world::rpc;
 use crate::world::FaultLog;
 use holdfast::ports::{CommittedOffset, PartitionId};
@@ -16,6 +16,18 @@ use std::time::Duration;
 
 /// How often the controller checks sessions.
 const TICK: Duration = Duration::from_millis(20);
+
+/// A leader's request to change one partition's ISR.
+#[derive(Clone, Debug)]
+pub struct IsrProposal {
+    pub partition: PartitionId,
+    pub leader_epoch: i32,
+    /// The ISR version the proposal starts from.
+    pub isr_version: u64,
+    pub isr: Vec<usize>,
+    /// The incarnation of each proposed member as the leader knows it.
+    pub incarnations: Vec<u64>,
+}
 
 /// A request to the controller.
 #[derive(Clone, Debug)]
@@ -365,12 +377,4 @@ pub async fn run(state: Arc<Mutex<ControllerState>>) {
         async move { Some(answer) }
     })
     .await;
-}
-
-/// Locks a model's state. The simulation is single-threaded and never holds a lock across an
-/// await, so a poisoned lock only follows a panic that already failed the run.
-pub fn lock<T>(state: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    state
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

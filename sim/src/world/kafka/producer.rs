@@ -10,10 +10,10 @@
 //! lost answer appends the batch again.
 
 use super::broker::{BrokerAnswer, BrokerRequest, ProduceResult};
-use super::controller::lock;
 use super::metadata::MetadataCache;
 use super::replica::Produced;
 use super::{broker_address, unavailable, Acks, SERVICE};
+use crate::world::lock::lock;
 use crate::world::rpc;
 use holdfast::partition::partition_for_key;
 use holdfast::ports::{Delivery, OutboundMessage, PartitionId, PortError, Publisher};
