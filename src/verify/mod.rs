@@ -1,7 +1,7 @@
 //! The end-to-end check: compare what the store holds with what producers sent.
 //!
 //! Used by `holdfast verify`, the tests and the simulator's checker. It judges by the model in
-//! [`reference`], written apart from the code it checks: events are identified by their
+//! [`reference`](mod@reference), written apart from the code it checks: events are identified by their
 //! content, never by the production idempotency key, and the expected rows come from the
 //! conflict rule restated there, never from the production merge.
 //!

@@ -1,0 +1,288 @@
+//! The [`EventLog`]: one consumer-group member on a `BaseConsumer`.
+
+use super::errors::port_error;
+use super::settings::{config_error, connect_error, KafkaSettings};
+use super::{COMMITTED_TIMEOUT, LOG};
+use crate::adapters::{rejected, AdapterError};
+use crate::ports::{
+    CommittedOffset, EventLog, OffsetCommit, PartitionId, Polled, PortError,
+    Rebalance as LogRebalance, Record,
+};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+pub(super) fn owned_record(message: &impl Message) -> Record {
+    Record {
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().map(<[u8]>::to_vec),
+        payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        headers: message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|header| {
+                        (
+                            header.key.to_owned(),
+                            header.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// The consumer's context: turns librdkafka's rebalance callbacks into [`LogRebalance`]
+/// events for the next poll, and logs failed asynchronous commits.
+struct LogContext {
+    topic: String,
+    events: Mutex<VecDeque<LogRebalance>>,
+}
+
+impl LogContext {
+    fn events(&self) -> MutexGuard<'_, VecDeque<LogRebalance>> {
+        self.events
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// What the group had committed for `assigned`; on failure every partition reports
+    /// `None` (the tracker then starts at the first offset it sees: redeliveries, no loss).
+    fn committed(
+        &self,
+        consumer: &BaseConsumer<LogContext>,
+        assigned: &TopicPartitionList,
+    ) -> BTreeMap<PartitionId, CommittedOffset> {
+        let mut committed = BTreeMap::new();
+        match consumer.committed_offsets(assigned.clone(), COMMITTED_TIMEOUT) {
+            Ok(list) => {
+                for element in list.elements_for_topic(&self.topic) {
+                    if let Offset::Offset(offset) = element.offset() {
+                        let metadata = element.metadata();
+                        committed.insert(
+                            element.partition(),
+                            CommittedOffset {
+                                offset,
+                                metadata: (!metadata.is_empty()).then(|| metadata.to_owned()),
+                            },
+                        );
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "reading committed offsets on assignment failed; starting without them");
+            }
+        }
+        committed
+    }
+}
+
+impl ClientContext for LogContext {}
+
+impl ConsumerContext for LogContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                let committed = self.committed(consumer, list);
+                let mut events = self.events();
+                for element in list.elements_for_topic(&self.topic) {
+                    let partition = element.partition();
+                    events.push_back(LogRebalance::Assigned {
+                        partition,
+                        committed: committed.get(&partition).cloned(),
+                    });
+                }
+            }
+            Rebalance::Revoke(list) => {
+                let mut events = self.events();
+                for element in list.elements_for_topic(&self.topic) {
+                    events.push_back(LogRebalance::Revoked {
+                        partition: element.partition(),
+                    });
+                }
+            }
+            Rebalance::Error(error) => {
+                tracing::warn!(%error, "rebalance failed");
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => {
+                tracing::warn!(%error, "asynchronous offset commit failed; the next one covers it")
+            }
+        }
+    }
+}
+
+/// One consumer-group member reading one topic.
+pub struct KafkaLog {
+    consumer: Arc<BaseConsumer<LogContext>>,
+    topic: String,
+}
+
+impl std::fmt::Debug for KafkaLog {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("KafkaLog")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaLog {
+    /// Joins `group` and subscribes to `topic`. Partitions arrive with the first polls.
+    pub fn connect(
+        settings: &KafkaSettings,
+        group: &str,
+        topic: &str,
+    ) -> Result<KafkaLog, AdapterError> {
+        settings.validate()?;
+        if group.is_empty() || topic.is_empty() {
+            return Err(config_error("the group and the topic must not be empty"));
+        }
+        let context = LogContext {
+            topic: topic.to_owned(),
+            events: Mutex::new(VecDeque::new()),
+        };
+        let consumer: BaseConsumer<LogContext> = settings
+            .consumer_config(group)
+            .create_with_context(context)
+            .map_err(|error| connect_error(&error))?;
+        consumer
+            .subscribe(&[topic])
+            .map_err(|error| connect_error(&error))?;
+        Ok(KafkaLog {
+            consumer: Arc::new(consumer),
+            topic: topic.to_owned(),
+        })
+    }
+
+    fn partition_list(&self, offsets: &[OffsetCommit]) -> Result<TopicPartitionList, PortError> {
+        let mut list = TopicPartitionList::with_capacity(offsets.len());
+        for commit in offsets {
+            debug_assert!(
+                commit.offset >= 0,
+                "negative commit offset {}",
+                commit.offset
+            );
+            let mut element = list.add_partition(&self.topic, commit.partition);
+            element
+                .set_offset(Offset::Offset(commit.offset))
+                .map_err(|error| rejected(LOG, error))?;
+            element.set_metadata(commit.metadata.as_str());
+        }
+        Ok(list)
+    }
+}
+
+/// One blocking poll: waits up to `timeout` for the first event, then drains what is ready.
+fn poll_blocking(
+    consumer: &BaseConsumer<LogContext>,
+    records_max: usize,
+    timeout: Duration,
+) -> Result<Polled, PortError> {
+    let mut records: Vec<Record> = Vec::new();
+    let mut first = true;
+    while records.len() < records_max {
+        let wait = if first { timeout } else { Duration::ZERO };
+        first = false;
+        let before = consumer.context().events().len();
+        let polled = consumer.poll(wait);
+        if consumer.context().events().len() != before {
+            // A rebalance ran inside this poll: what was fetched before it for the partitions
+            // it moved is the old assignment's.
+            let moved: BTreeSet<PartitionId> = consumer
+                .context()
+                .events()
+                .iter()
+                .skip(before)
+                .map(|event| match event {
+                    LogRebalance::Assigned { partition, .. }
+                    | LogRebalance::Revoked { partition } => *partition,
+                })
+                .collect();
+            records.retain(|record| !moved.contains(&record.partition));
+        }
+        match polled {
+            None => {
+                // Nothing ready now (or a rebalance was served): return what we have, unless
+                // we have nothing and time is left.
+                break;
+            }
+            Some(Ok(message)) => records.push(owned_record(&message)),
+            Some(Err(error)) => {
+                let failure = port_error(&error);
+                if records.is_empty() && consumer.context().events().is_empty() {
+                    return Err(failure);
+                }
+                // Deliver what we have; the error recurs on the next poll if it persists.
+                tracing::debug!(%error, "consumer error after a partial poll");
+                break;
+            }
+        }
+    }
+    let rebalances = consumer.context().events().drain(..).collect();
+    Ok(Polled {
+        rebalances,
+        records,
+    })
+}
+
+impl EventLog for KafkaLog {
+    async fn poll(&mut self, records_max: usize, timeout: Duration) -> Result<Polled, PortError> {
+        let consumer = Arc::clone(&self.consumer);
+        let polled = tokio::task::spawn_blocking(move || {
+            poll_blocking(&consumer, records_max.max(1), timeout)
+        })
+        .await
+        .map_err(|error| rejected(LOG, format!("poll thread failed: {error}")))??;
+        debug_assert!(polled.records.len() <= records_max.max(1));
+        Ok(polled)
+    }
+
+    async fn commit(&mut self, offsets: &[OffsetCommit], wait: bool) -> Result<(), PortError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let list = self.partition_list(offsets)?;
+        let consumer = Arc::clone(&self.consumer);
+        let result = if wait {
+            tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
+                .await
+                .map_err(|error| rejected(LOG, format!("commit thread failed: {error}")))?
+        } else {
+            consumer.commit(&list, CommitMode::Async)
+        };
+        match result {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+            Err(error) => Err(port_error(&error)),
+        }
+    }
+
+    async fn pause(&mut self, partitions: &[PartitionId], paused: bool) -> Result<(), PortError> {
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        let mut list = TopicPartitionList::with_capacity(partitions.len());
+        for partition in partitions {
+            list.add_partition(&self.topic, *partition);
+        }
+        let result = if paused {
+            self.consumer.pause(&list)
+        } else {
+            self.consumer.resume(&list)
+        };
+        result.map_err(|error| port_error(&error))
+    }
+}

@@ -1,0 +1,295 @@
+//! Against librdkafka's in-process mock cluster: no broker process needed. The mock's
+//! group coordinator waits 3 s before the first assignment, so each test that joins a
+//! group takes that long.
+
+use super::*;
+use crate::partition::partition_for_key;
+use crate::ports::{
+    EventLog, GroupOffsets, OffsetCommit, OutboundMessage, PartitionId, Polled, PortError,
+    Publisher, Rebalance as LogRebalance,
+};
+use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use std::time::Instant;
+
+fn settings(mock: &MockCluster<'_, impl rdkafka::producer::ProducerContext>) -> KafkaSettings {
+    KafkaSettings::new(mock.bootstrap_servers())
+}
+
+/// Polls until `count` records arrived or 30 s passed; returns rebalances and records.
+async fn poll_until(log: &mut KafkaLog, count: usize) -> Polled {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut all = Polled::default();
+    while all.records.len() < count && Instant::now() < deadline {
+        let polled = log.poll(100, Duration::from_millis(200)).await.unwrap();
+        all.rebalances.extend(polled.rebalances);
+        all.records.extend(polled.records);
+    }
+    all
+}
+
+fn message(topic: &str, index: usize) -> OutboundMessage {
+    OutboundMessage {
+        topic: topic.into(),
+        key: format!("order-{index}").into_bytes(),
+        payload: format!("payload-{index}").into_bytes(),
+        headers: vec![("n".into(), index.to_string().into_bytes())],
+    }
+}
+
+/// Goal: settings that can lose or double events are refused with a reason, and accepted
+/// only when explicitly allowed. Method: each unsafe override alone, then the safe values.
+#[test]
+fn unsafe_settings_are_refused_unless_allowed() {
+    for (name, value) in [
+        ("enable.auto.commit", "true"),
+        ("acks", "1"),
+        ("acks", "0"),
+        ("request.required.acks", "1"),
+        ("enable.idempotence", "false"),
+    ] {
+        let mut settings = KafkaSettings::new("127.0.0.1:1");
+        settings.overrides = vec![(name.into(), value.into())];
+        let error = settings.validate().unwrap_err().to_string();
+        assert!(error.contains("refusing unsafe setting"), "{error}");
+        assert!(error.contains(name), "{error}");
+        assert!(KafkaPublisher::connect(&settings).is_err());
+        settings.allow_unsafe = true;
+        assert!(settings.validate().is_ok());
+    }
+    let mut settings = KafkaSettings::new("127.0.0.1:1");
+    settings.overrides = vec![
+        ("enable.auto.commit".into(), "false".into()),
+        ("acks".into(), "-1".into()),
+        ("enable.idempotence".into(), "true".into()),
+    ];
+    assert!(settings.validate().is_ok());
+    assert!(KafkaSettings::new(" ").validate().is_err());
+}
+
+/// Goal: what is published comes back with its key, payload and headers, on the
+/// partition the Java client would pick, after the assignment that owns it. Method: 40
+/// keyed messages to a 4-partition mock topic, one consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_keeps_keys_headers_and_java_partitions() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("t", 4, 1).unwrap();
+    let settings = settings(&mock);
+    let publisher = KafkaPublisher::connect(&settings).unwrap();
+    let mut sent = BTreeMap::new();
+    for index in 0..40 {
+        let message = message("t", index);
+        let delivery = publisher.publish(message.clone()).await.unwrap();
+        assert_eq!(
+            delivery.partition,
+            partition_for_key(&message.key, 4).unwrap(),
+            "not the Java client's partition"
+        );
+        sent.insert((delivery.partition, delivery.offset), message);
+    }
+    let mut log = KafkaLog::connect(&settings, "g", "t").unwrap();
+    let polled = poll_until(&mut log, 40).await;
+    assert_eq!(polled.records.len(), 40);
+    let assigned: BTreeSet<PartitionId> = polled
+        .rebalances
+        .iter()
+        .filter_map(|change| match change {
+            LogRebalance::Assigned {
+                partition,
+                committed,
+            } => {
+                assert_eq!(committed, &None, "a new group has nothing committed");
+                Some(*partition)
+            }
+            LogRebalance::Revoked { .. } => None,
+        })
+        .collect();
+    assert_eq!(assigned, (0..4).collect());
+    for record in &polled.records {
+        let message = &sent[&(record.partition, record.offset)];
+        assert_eq!(record.key.as_deref(), Some(message.key.as_slice()));
+        assert_eq!(record.payload, message.payload);
+        assert_eq!(record.headers, message.headers);
+    }
+}
+
+/// Goal: a new member resumes exactly at the committed offsets and sees the commit
+/// metadata. Method: consume 30 records, commit offset 3 with metadata on every partition
+/// (synchronously), close, rejoin: the assignment carries what was committed and the
+/// records start there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_and_resume_from_committed() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("t", 3, 1).unwrap();
+    let settings = settings(&mock);
+    let publisher = KafkaPublisher::connect(&settings).unwrap();
+    for index in 0..30 {
+        publisher.publish(message("t", index)).await.unwrap();
+    }
+    let mut log = KafkaLog::connect(&settings, "g", "t").unwrap();
+    let polled = poll_until(&mut log, 30).await;
+    assert_eq!(polled.records.len(), 30);
+    let mut ends: BTreeMap<PartitionId, i64> = BTreeMap::new();
+    for record in &polled.records {
+        let end = ends.entry(record.partition).or_default();
+        *end = (*end).max(record.offset + 1);
+    }
+    let commits: Vec<OffsetCommit> = ends
+        .keys()
+        .map(|partition| OffsetCommit {
+            partition: *partition,
+            offset: 3,
+            metadata: format!("m{partition}"),
+        })
+        .collect();
+    log.commit(&commits, true).await.unwrap();
+    drop(log);
+
+    let mut log = KafkaLog::connect(&settings, "g", "t").unwrap();
+    let expected: usize = ends.values().map(|end| (*end - 3) as usize).sum();
+    let polled = poll_until(&mut log, expected).await;
+    assert_eq!(polled.records.len(), expected);
+    for change in &polled.rebalances {
+        if let LogRebalance::Assigned {
+            partition,
+            committed,
+        } = change
+        {
+            let committed = committed.clone().expect("committed offset missing");
+            assert_eq!(committed.offset, 3);
+            assert_eq!(committed.metadata, Some(format!("m{partition}")));
+        }
+    }
+    assert!(polled.records.iter().all(|record| record.offset >= 3));
+    let offsets = KafkaGroupOffsets::connect(&settings, "t").unwrap();
+    let partitions: Vec<PartitionId> = ends.keys().copied().collect();
+    let committed = offsets.committed("g", &partitions).await.unwrap();
+    assert_eq!(committed, vec![Some(3); partitions.len()]);
+    assert_eq!(
+        offsets.committed("other", &partitions).await.unwrap(),
+        vec![None; partitions.len()]
+    );
+}
+
+/// Folds rebalance events into the set of partitions a member owns; a revoke must name
+/// an owned partition and an assignment a partition not owned.
+fn apply(owned: &mut BTreeSet<PartitionId>, changes: &[LogRebalance]) {
+    for change in changes {
+        match change {
+            LogRebalance::Assigned { partition, .. } => {
+                assert!(owned.insert(*partition), "assigned twice: {partition}")
+            }
+            LogRebalance::Revoked { partition } => {
+                assert!(
+                    owned.remove(partition),
+                    "revoked but not owned: {partition}"
+                )
+            }
+        }
+    }
+}
+
+/// Goal: when a second member joins, the first is told `Revoked` before the new
+/// assignment, and the two end up owning disjoint partitions that cover the topic; every
+/// record a member receives is on a partition it owns at that moment. Method: two
+/// consumers of one group on a 4-partition mock topic, polled in turns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_member_takes_partitions_after_a_revoke() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("t", 4, 1).unwrap();
+    let settings = settings(&mock);
+    let publisher = KafkaPublisher::connect(&settings).unwrap();
+    for index in 0..40 {
+        publisher.publish(message("t", index)).await.unwrap();
+    }
+    let mut first = KafkaLog::connect(&settings, "g", "t").unwrap();
+    let mut owned_first = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while owned_first.len() < 4 {
+        assert!(Instant::now() < deadline, "no assignment");
+        let polled = first.poll(100, Duration::from_millis(100)).await.unwrap();
+        apply(&mut owned_first, &polled.rebalances);
+    }
+    let mut second = KafkaLog::connect(&settings, "g", "t").unwrap();
+    let mut owned_second = BTreeSet::new();
+    let mut revoked_seen = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while owned_second.is_empty() || owned_first.len() + owned_second.len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the second member never got partitions"
+        );
+        for (log, owned) in [
+            (&mut first, &mut owned_first),
+            (&mut second, &mut owned_second),
+        ] {
+            let polled = log.poll(100, Duration::from_millis(100)).await.unwrap();
+            revoked_seen |= polled
+                .rebalances
+                .iter()
+                .any(|change| matches!(change, LogRebalance::Revoked { .. }));
+            apply(owned, &polled.rebalances);
+            for record in &polled.records {
+                assert!(
+                    owned.contains(&record.partition),
+                    "record of a partition not owned"
+                );
+            }
+        }
+    }
+    assert!(
+        revoked_seen,
+        "the first member was never told of the revoke"
+    );
+    assert!(owned_first.is_disjoint(&owned_second));
+    let all: BTreeSet<PartitionId> = owned_first.union(&owned_second).copied().collect();
+    assert_eq!(all, (0..4).collect());
+    let records = read_topic(&settings, "t", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 40, "read_topic reads every record");
+}
+
+/// Goal: a broker outage is `Unavailable` (retried without limit), a commit refused for a
+/// stale generation is `Fenced`, and the adapters work again once the broker is back.
+/// Method: mock broker down, publish with a short delivery timeout; broker up, publish;
+/// inject ILLEGAL_GENERATION into OffsetCommit and commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outages_are_unavailable_and_stale_generations_fenced() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("t", 1, 1).unwrap();
+    let mut settings = settings(&mock);
+    settings.overrides = vec![("message.timeout.ms".into(), "1500".into())];
+    let publisher = KafkaPublisher::connect(&settings).unwrap();
+    publisher.publish(message("t", 0)).await.unwrap();
+    mock.broker_down(-1).unwrap();
+    let error = publisher.publish(message("t", 1)).await.unwrap_err();
+    assert!(error.is_outage(), "{error:?}");
+    mock.broker_up(-1).unwrap();
+    // librdkafka reconnects with backoff: the first sends after the outage may still time
+    // out, as outages, never as rejections.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match publisher.publish(message("t", 2)).await {
+            Ok(_) => break,
+            Err(error) => assert!(error.is_outage(), "{error:?}"),
+        }
+        assert!(Instant::now() < deadline, "the publisher never recovered");
+    }
+
+    let mut log = KafkaLog::connect(&settings, "g", "t").unwrap();
+    assert!(poll_until(&mut log, 2).await.records.len() >= 2);
+    mock.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION],
+    );
+    let commit = OffsetCommit {
+        partition: 0,
+        offset: 1,
+        metadata: String::new(),
+    };
+    let error = log.commit(&[commit], true).await.unwrap_err();
+    assert!(matches!(error, PortError::Fenced { .. }), "{error:?}");
+}
