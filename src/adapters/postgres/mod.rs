@@ -1,0 +1,362 @@
+//! The order store on PostgreSQL: the unique key is the idempotency guarantee, and the wide
+//! row is merged by SQL whose result does not depend on arrival order.
+//!
+//! One batch is one transaction of at most five round trips, whatever its size: `BEGIN`, one
+//! `INSERT ... ON CONFLICT DO NOTHING RETURNING` of every distinct key (arrays through
+//! `UNNEST`), then, pipelined, one upsert each for the wide rows, the bills and the refunds of
+//! every event of the batch, and `COMMIT`. Events whose key was already there are joined too:
+//! the join is idempotent, so a redelivery changes nothing, and a different event under the
+//! same key wins its column only when the conflict rule says so, whatever arrived first. The
+//! events of one batch are first folded per order with [`OrderRow::fold`] (a join-semilattice,
+//! so folding part of the events first changes nothing) and the SQL joins that partial row
+//! into the stored one with the same rule as [`OrderRow::merge`]: for each column the smaller
+//! `(at_ms, event_id, amount)` wins, the user id is the smallest non-empty one. See
+//! docs/services.md.
+//!
+//! Connections: a few clients, each behind an async mutex and used by one call at a time.
+//! A client whose connection closed (PostgreSQL restarted) is replaced by the next call;
+//! the call that met the closure fails as [`PortError::Unavailable`] and the pipeline
+//! retries it.
+//!
+//! Here: connections, sessions and the port; `sql` builds the statements, `batch` runs a
+//! batch's transaction, `read` reads rows and keys back.
+
+mod batch;
+mod read;
+mod sql;
+
+use super::{rejected, unavailable, AdapterError, STORE};
+use crate::event::{EventKind, OrderEvent};
+use crate::idempotency::IdempotencyKey;
+use crate::ports::{ApplyOutcome, OrderStore, PortError};
+use crate::verify::Application;
+use crate::widetable::OrderRow;
+use batch::apply_in;
+use read::{key_of, load_rows};
+use sql::{upsert_entries_sql, upsert_orders_sql, INSERT_KEYS};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, MutexGuard};
+use tokio_postgres::{Client, Config, NoTls, Statement};
+
+/// The schema, created when missing. Text columns use the "C" collation so that SQL compares
+/// ids byte by byte, exactly as Rust's `String` ordering does (the merge rule relies on it).
+/// Amounts are never negative (the decoder refuses them); the checks make the database say
+/// so too.
+pub const SCHEMA: &str = include_str!("../schema.sql");
+
+/// The single-valued status columns of the wide table, in [`EventKind`] order.
+const SINGLE_KINDS: [EventKind; 6] = [
+    EventKind::Created,
+    EventKind::Paid,
+    EventKind::Shipped,
+    EventKind::Received,
+    EventKind::Completed,
+    EventKind::Cancelled,
+];
+
+/// How many connections a store opens by default: enough for a few concurrent batches.
+pub const CONNECTIONS_DEFAULT: usize = 4;
+/// How long one call may take before it counts as an outage (its connection is dropped, so
+/// the server rolls the transaction back).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Serializes concurrent schema creation across processes (any constant works).
+const SCHEMA_LOCK: i64 = 0x686f_6c64_6661_7374;
+
+/// A connected client and its prepared statements.
+struct Session {
+    client: Client,
+    insert_keys: Statement,
+    upsert_orders: Statement,
+    upsert_bills: Statement,
+    upsert_refunds: Statement,
+}
+
+/// An [`OrderStore`] on PostgreSQL. Clones share the connections.
+#[derive(Clone)]
+pub struct PostgresStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: Config,
+    slots: Vec<Mutex<Option<Session>>>,
+    next: AtomicUsize,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("PostgresStore")
+            .field("connections", &self.shared.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects with [`CONNECTIONS_DEFAULT`] connections; see [`PostgresStore::connect_with`].
+    pub async fn connect(url: &str) -> Result<PostgresStore, AdapterError> {
+        PostgresStore::connect_with(url, CONNECTIONS_DEFAULT).await
+    }
+
+    /// Connects to `url` (a libpq key-value string such as `host=127.0.0.1 port=5432
+    /// user=postgres dbname=holdfast`, or a `postgresql://` URL), creates the schema if it is
+    /// missing, and keeps up to `connections` (at least 1) connections, opened on demand.
+    pub async fn connect_with(
+        url: &str,
+        connections: usize,
+    ) -> Result<PostgresStore, AdapterError> {
+        let mut config: Config =
+            url.parse()
+                .map_err(|error: tokio_postgres::Error| AdapterError::Config {
+                    service: STORE,
+                    detail: error.to_string(),
+                })?;
+        config.connect_timeout(CONNECT_TIMEOUT);
+        config.keepalives_idle(Duration::from_secs(10));
+        let client = open(&config).await.map_err(|error| AdapterError::Connect {
+            service: STORE,
+            detail: error.to_string(),
+        })?;
+        create_schema(&client)
+            .await
+            .map_err(|error| AdapterError::Setup {
+                service: STORE,
+                detail: error.to_string(),
+            })?;
+        let session = Session::prepare(client)
+            .await
+            .map_err(|error| AdapterError::Setup {
+                service: STORE,
+                detail: error.to_string(),
+            })?;
+        let mut slots: Vec<Mutex<Option<Session>>> =
+            (0..connections.max(1)).map(|_| Mutex::new(None)).collect();
+        slots[0] = Mutex::new(Some(session));
+        Ok(PostgresStore {
+            shared: Arc::new(Shared {
+                config,
+                slots,
+                next: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// A free connection (or the next one in turn, waited for), reconnected if it was closed.
+    async fn session(&self) -> Result<MutexGuard<'_, Option<Session>>, PortError> {
+        let slots = &self.shared.slots;
+        let start = self.shared.next.fetch_add(1, Ordering::Relaxed) % slots.len();
+        let free =
+            (0..slots.len()).find_map(|step| slots[(start + step) % slots.len()].try_lock().ok());
+        let mut guard = match free {
+            Some(guard) => guard,
+            None => slots[start].lock().await,
+        };
+        if guard
+            .as_ref()
+            .is_some_and(|session| session.client.is_closed())
+        {
+            *guard = None;
+        }
+        if guard.is_none() {
+            let reconnect = async {
+                let client = open(&self.shared.config).await?;
+                Session::prepare(client).await
+            };
+            // A server that accepts the connection but never answers is an outage too.
+            let session = tokio::time::timeout(CALL_TIMEOUT, reconnect)
+                .await
+                .map_err(|_| unavailable(STORE, format!("no session within {CALL_TIMEOUT:?}")))?
+                .map_err(|error| port_error(&error))?;
+            *guard = Some(session);
+        }
+        Ok(guard)
+    }
+
+    /// Runs `call` on a session under [`CALL_TIMEOUT`]; after an outage the session is dropped
+    /// so that the next call reconnects.
+    async fn with_session<T, F>(&self, call: F) -> Result<T, PortError>
+    where
+        F: for<'s> FnOnce(&'s mut Session) -> CallFuture<'s, T>,
+    {
+        let mut guard = self.session().await?;
+        let Some(session) = guard.as_mut() else {
+            return Err(unavailable(STORE, "no session after connecting"));
+        };
+        let result = match tokio::time::timeout(CALL_TIMEOUT, call(session)).await {
+            Ok(result) => result,
+            Err(_) => Err(unavailable(
+                STORE,
+                format!("no answer within {CALL_TIMEOUT:?}"),
+            )),
+        };
+        if result.as_ref().is_err_and(PortError::is_outage) {
+            *guard = None;
+        }
+        result
+    }
+
+    /// Every applied key with its application count (always 1: the primary key forbids more),
+    /// for `holdfast verify` and the tests.
+    pub async fn applications(&self) -> Result<BTreeMap<IdempotencyKey, u32>, PortError> {
+        self.with_session(|session| {
+            Box::pin(async move {
+                let rows = session
+                    .client
+                    .query(
+                        "SELECT order_id, status, discriminator FROM holdfast_keys",
+                        &[],
+                    )
+                    .await
+                    .map_err(|error| port_error(&error))?;
+                let mut applications = BTreeMap::new();
+                for row in rows {
+                    *applications.entry(key_of(&row)?).or_insert(0) += 1;
+                }
+                Ok(applications)
+            })
+        })
+        .await
+    }
+
+    /// Every application the key table records (order, status, the event id that claimed
+    /// it), for the checker in [`crate::verify`].
+    pub async fn ledger(&self) -> Result<Vec<Application>, PortError> {
+        self.with_session(|session| {
+            Box::pin(async move {
+                let rows = session
+                    .client
+                    .query("SELECT order_id, status, event_id FROM holdfast_keys", &[])
+                    .await
+                    .map_err(|error| port_error(&error))?;
+                let mut ledger = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let status: &str = row.try_get(1).map_err(|error| port_error(&error))?;
+                    let kind = EventKind::parse(status).ok_or_else(|| {
+                        rejected(STORE, format!("unknown status {status:?} in holdfast_keys"))
+                    })?;
+                    ledger.push(Application {
+                        order_id: row.try_get(0).map_err(|error| port_error(&error))?,
+                        kind,
+                        event_id: row.try_get(2).map_err(|error| port_error(&error))?,
+                    });
+                }
+                Ok(ledger)
+            })
+        })
+        .await
+    }
+
+    /// Every wide row by order id, read in one consistent snapshot.
+    pub async fn rows(&self) -> Result<BTreeMap<String, OrderRow>, PortError> {
+        self.with_session(|session| Box::pin(load_rows(&mut session.client, None)))
+            .await
+    }
+}
+
+/// The boxed future a [`PostgresStore::with_session`] call runs.
+type CallFuture<'s, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, PortError>> + Send + 's>>;
+
+/// Opens one connection and drives it on its own task.
+async fn open(config: &Config) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "postgres connection ended");
+        }
+    });
+    Ok(client)
+}
+
+async fn create_schema(client: &Client) -> Result<(), tokio_postgres::Error> {
+    // CREATE ... IF NOT EXISTS races with itself across connections; the lock serializes it.
+    client
+        .batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {SCHEMA} COMMIT;"
+        ))
+        .await
+}
+
+impl Session {
+    async fn prepare(client: Client) -> Result<Session, tokio_postgres::Error> {
+        let insert_keys = client.prepare(INSERT_KEYS).await?;
+        let upsert_orders = client.prepare(&upsert_orders_sql()).await?;
+        let upsert_bills = client
+            .prepare(&upsert_entries_sql("holdfast_bills"))
+            .await?;
+        let upsert_refunds = client
+            .prepare(&upsert_entries_sql("holdfast_refunds"))
+            .await?;
+        Ok(Session {
+            client,
+            insert_keys,
+            upsert_orders,
+            upsert_bills,
+            upsert_refunds,
+        })
+    }
+}
+
+/// Maps a client error: a closed or broken connection, a server shutting down or not
+/// accepting connections, exhausted resources, or a transient conflict (serialization
+/// failure, deadlock) is an outage, retried without limit; any other server error refused
+/// this one request.
+fn port_error(error: &tokio_postgres::Error) -> PortError {
+    if error.is_closed() {
+        return unavailable(STORE, error);
+    }
+    if let Some(db_error) = error.as_db_error() {
+        let code = db_error.code().code();
+        let outage = code.starts_with("08")
+            || code.starts_with("53")
+            || code.starts_with("57P")
+            || code == "40001"
+            || code == "40P01";
+        let detail = format!("{} ({code})", db_error.message());
+        return if outage {
+            unavailable(STORE, detail)
+        } else {
+            rejected(STORE, detail)
+        };
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if cause.is::<std::io::Error>() {
+            return unavailable(STORE, error);
+        }
+        source = cause.source();
+    }
+    rejected(STORE, error)
+}
+
+impl OrderStore for PostgresStore {
+    async fn apply_batch(&self, events: &[OrderEvent]) -> Result<Vec<ApplyOutcome>, PortError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let events = events.to_vec();
+        self.with_session(move |session| Box::pin(apply_in(session, events)))
+            .await
+    }
+
+    async fn load_rows(
+        &self,
+        order_ids: &[String],
+    ) -> Result<BTreeMap<String, OrderRow>, PortError> {
+        if order_ids.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let order_ids = order_ids.to_vec();
+        self.with_session(move |session| {
+            Box::pin(async move { load_rows(&mut session.client, Some(&order_ids)).await })
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests;

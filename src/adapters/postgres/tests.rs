@@ -1,0 +1,35 @@
+use super::batch::{key_columns, OrderColumns};
+use super::*;
+
+/// Goal: the upsert's placeholders and the arrays bound to them line up (a mismatch would
+/// only show as a server error at run time). Method: count both for a one-row batch.
+#[test]
+fn order_upsert_parameters_match_its_placeholders() {
+    let sql = upsert_orders_sql();
+    let rows = vec![OrderRow::new("o1", "u1")];
+    let count = OrderColumns::of(&rows).parameters().len();
+    assert_eq!(count, 2 + 3 * SINGLE_KINDS.len());
+    assert!(sql.contains(&format!("${count}::")));
+    assert!(!sql.contains(&format!("${}::", count + 1)));
+    for kind in SINGLE_KINDS {
+        assert!(sql.contains(&format!("{}_event = CASE", kind.as_str())));
+    }
+}
+
+/// Goal: the key columns round-trip through the `''` stand-in for "no discriminator".
+/// Method: map keys of a single and a repeating kind to columns.
+#[test]
+fn key_columns_use_empty_for_no_discriminator() {
+    let single = IdempotencyKey {
+        order_id: "o".into(),
+        kind: EventKind::Paid,
+        discriminator: None,
+    };
+    let repeating = IdempotencyKey {
+        order_id: "o".into(),
+        kind: EventKind::Refunded,
+        discriminator: Some("e9".into()),
+    };
+    assert_eq!(key_columns(&single), ("o", "paid", ""));
+    assert_eq!(key_columns(&repeating), ("o", "refunded", "e9"));
+}
