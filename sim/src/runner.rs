@@ -173,93 +173,196 @@ fn commit_policy(params: &RunParams) -> Box<dyn CommitPolicy> {
     }
 }
 
+/// One run's cluster: the world, the nodes the harness runs on it, and what it observes.
+struct Cluster {
+    world: World,
+    observers: Observers,
+    truth: Arc<Mutex<GroundTruth>>,
+    producer_done: Arc<AtomicBool>,
+    sent: Arc<AtomicU32>,
+    /// Every consumer node and the compensator's, with their names.
+    consumers: Vec<(NodeId, String)>,
+    /// Crashes that probes asked for.
+    crash_requests: mpsc::UnboundedReceiver<(usize, FaultPoint)>,
+    /// The harness's fault stream.
+    rng: SplitMix,
+}
+
 async fn simulate(params: RunParams) -> RunOutcome {
     let start = Instant::now();
-    let world = World::start(world_config(&params)).await;
-    let history = History::new();
-    let observers = Observers {
-        history: history.clone(),
-        start,
-        world: world.clone(),
-        dead_letters: DeadLetters::default(),
-        online: Arc::new(Mutex::new(Vec::new())),
-        checked: Arc::new(Mutex::new(Default::default())),
-        injected: Arc::new(AtomicU32::new(0)),
-    };
-    let truth = Arc::new(Mutex::new(GroundTruth::default()));
-    let producer_done = Arc::new(AtomicBool::new(false));
-    let sent = spawn_producer(&params, &world, &observers, &truth, &producer_done);
-    let (crash_sender, mut crash_requests) = mpsc::unbounded_channel();
-    let mut consumers: Vec<(NodeId, String)> = (0..params.consumers)
-        .map(|index| {
-            let node = spawn_consumer(&params, index, &observers, crash_sender.clone());
-            (node, format!("consumer-{index}"))
-        })
-        .collect();
-    if params.compensator {
-        // The compensator crashes like any consumer: it must be crash-safe too.
-        consumers.push((spawn_compensator(&observers), "compensator".into()));
-    }
-
-    // Safety phase: faults at random moments.
-    let mut rng = SplitMix::new(params.seed.rotate_left(17));
-    // The faults added later draw from their own stream, so older seeds keep their faults.
-    let mut extended = SplitMix::new(params.seed ^ 0x0066_6175_6c74_7332);
-    let mut schedule: Vec<u64> = (0..params.faults)
-        .map(|_| rng.between(200, params.safety_ms))
-        .collect();
-    schedule.sort_unstable();
-    let mut next = schedule.into_iter().peekable();
-    while crate::observe::now_ms(start) < params.safety_ms {
-        serve_crash_requests(&mut crash_requests, &observers, &consumers, &mut rng).await;
-        if next
-            .peek()
-            .is_some_and(|due| *due <= crate::observe::now_ms(start))
-        {
-            next.next();
-            if params.extended_faults && extended.chance(0.3) && standard_faults(&params) {
-                inject_extended_fault(&world, &observers, &consumers, &mut extended).await;
-            } else {
-                inject_fault(&params, &world, &observers, &consumers, &mut rng).await;
-            }
-        }
-        sleep(Duration::from_millis(20)).await;
-    }
-
-    // Liveness phase: heal everything, then require convergence. A run that stops
-    // progressing is stuck after STALL_BOUND_MS; one still progressing has until its cap.
-    heal(&world, &observers);
-    let healed = Instant::now();
-    let mut progress = Progress::of(&world, &truth, &params);
-    let mut progressed_at = healed;
-    let convergence = loop {
-        serve_crash_requests(&mut crash_requests, &observers, &consumers, &mut rng).await;
-        if producer_done.load(Ordering::SeqCst) && finished(&world, &truth, &observers, &params) {
-            break Convergence::Converged;
-        }
-        let now = Instant::now();
-        let latest = Progress::of(&world, &truth, &params);
-        if latest != progress {
-            (progress, progressed_at) = (latest, now);
-        } else if now - progressed_at >= Duration::from_millis(STALL_BOUND_MS) {
-            break Convergence::Stuck {
-                quiet_ms: millis(now - progressed_at),
-            };
-        }
-        if now - healed >= Duration::from_millis(params.liveness_ms) {
-            break Convergence::Slow {
-                cap_ms: params.liveness_ms,
-            };
-        }
-        sleep(Duration::from_millis(100)).await;
-    };
+    let mut cluster = Cluster::start(&params, start).await;
+    cluster.safety_phase(&params, start).await;
+    let convergence = cluster.liveness_phase(&params).await;
     let virtual_ms = crate::observe::now_ms(start);
-    // What the coordinator really stored, commit by commit (an asynchronous commit that it
-    // refused never counts).
+    cluster.harvest(params, convergence, virtual_ms)
+}
+
+impl Cluster {
+    /// Starts the world, the producer, the consumers and (if the scenario has one) the
+    /// compensator.
+    async fn start(params: &RunParams, start: Instant) -> Cluster {
+        let world = World::start(world_config(params)).await;
+        let observers = Observers {
+            history: History::new(),
+            start,
+            world: world.clone(),
+            dead_letters: DeadLetters::default(),
+            online: Arc::new(Mutex::new(Vec::new())),
+            checked: Arc::new(Mutex::new(Default::default())),
+            injected: Arc::new(AtomicU32::new(0)),
+        };
+        let truth = Arc::new(Mutex::new(GroundTruth::default()));
+        let producer_done = Arc::new(AtomicBool::new(false));
+        let sent = spawn_producer(params, &world, &observers, &truth, &producer_done);
+        let (crash_sender, crash_requests) = mpsc::unbounded_channel();
+        let mut consumers: Vec<(NodeId, String)> = (0..params.consumers)
+            .map(|index| {
+                let node = spawn_consumer(params, index, &observers, crash_sender.clone());
+                (node, format!("consumer-{index}"))
+            })
+            .collect();
+        if params.compensator {
+            // The compensator crashes like any consumer: it must be crash-safe too.
+            consumers.push((spawn_compensator(&observers), "compensator".into()));
+        }
+        Cluster {
+            world,
+            observers,
+            truth,
+            producer_done,
+            sent,
+            consumers,
+            crash_requests,
+            rng: SplitMix::new(params.seed.rotate_left(17)),
+        }
+    }
+
+    /// Faults at random moments until `safety_ms`, and the crashes probes ask for.
+    async fn safety_phase(&mut self, params: &RunParams, start: Instant) {
+        // The faults added later draw from their own stream, so older seeds keep their faults.
+        let mut extended = SplitMix::new(params.seed ^ 0x0066_6175_6c74_7332);
+        let mut schedule: Vec<u64> = (0..params.faults)
+            .map(|_| self.rng.between(200, params.safety_ms))
+            .collect();
+        schedule.sort_unstable();
+        let mut next = schedule.into_iter().peekable();
+        while crate::observe::now_ms(start) < params.safety_ms {
+            self.serve_crash_requests().await;
+            if next
+                .peek()
+                .is_some_and(|due| *due <= crate::observe::now_ms(start))
+            {
+                next.next();
+                let (world, observers) = (&self.world, &self.observers);
+                if params.extended_faults && extended.chance(0.3) && standard_faults(params) {
+                    inject_extended_fault(world, observers, &self.consumers, &mut extended).await;
+                } else {
+                    inject_fault(params, world, observers, &self.consumers, &mut self.rng).await;
+                }
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Heals everything, then waits for convergence. A run that stops progressing is stuck
+    /// after STALL_BOUND_MS; one still progressing has until its cap.
+    async fn liveness_phase(&mut self, params: &RunParams) -> Convergence {
+        heal(&self.world, &self.observers);
+        let healed = Instant::now();
+        let mut progress = Progress::of(&self.world, &self.truth, params);
+        let mut progressed_at = healed;
+        loop {
+            self.serve_crash_requests().await;
+            if self.producer_done.load(Ordering::SeqCst)
+                && finished(&self.world, &self.truth, &self.observers, params)
+            {
+                return Convergence::Converged;
+            }
+            let now = Instant::now();
+            let latest = Progress::of(&self.world, &self.truth, params);
+            if latest != progress {
+                (progress, progressed_at) = (latest, now);
+            } else if now - progressed_at >= Duration::from_millis(STALL_BOUND_MS) {
+                return Convergence::Stuck {
+                    quiet_ms: millis(now - progressed_at),
+                };
+            }
+            if now - healed >= Duration::from_millis(params.liveness_ms) {
+                return Convergence::Slow {
+                    cap_ms: params.liveness_ms,
+                };
+            }
+            sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn serve_crash_requests(&mut self) {
+        serve_crash_requests(
+            &mut self.crash_requests,
+            &self.observers,
+            &self.consumers,
+            &mut self.rng,
+        )
+        .await;
+    }
+
+    /// The run is over: hands the history, the ground truth and the final state to the
+    /// checker, and counts what the report shows.
+    fn harvest(self, params: RunParams, convergence: Convergence, virtual_ms: u64) -> RunOutcome {
+        let world = &self.world;
+        record_accepted_commits(world, &self.observers.history);
+        // Nothing records any more, so the checker gets the history and the ground truth
+        // without copies.
+        let truth = self
+            .truth
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        let observed = Observed {
+            history: self.observers.history.take(),
+            truth,
+            store: StoreView {
+                ledger: world.store_ledger(),
+                rows: world.store_rows(),
+            },
+            dead_letters: self.observers.dead_letters.payloads(),
+            logs: (0..params.partitions)
+                .map(|p| (p, world.partition_log(p)))
+                .collect(),
+            online: self
+                .observers
+                .online
+                .lock()
+                .map(|o| o.clone())
+                .unwrap_or_default(),
+            convergence,
+        };
+        let verdict = check(&observed);
+        let trace = crate::history::render(&observed.history, usize::MAX);
+        RunOutcome {
+            fingerprint: crate::history::digest(trace.as_bytes()),
+            steps: observed.history.len(),
+            trace,
+            verdict,
+            faults: merged_faults(world, &observed),
+            virtual_ms,
+            sent: self.sent.load(Ordering::SeqCst) as usize,
+            faults_injected: self.observers.injected.load(Ordering::SeqCst) as usize,
+            redeliveries: redeliveries(&observed),
+            resent: resent(&observed),
+            world: describe_world(&world_config(&params)),
+            params,
+            reached: BTreeMap::new(),
+        }
+    }
+}
+
+/// What the coordinator really stored, commit by commit (an asynchronous commit that it
+/// refused never counts), into the history.
+fn record_accepted_commits(world: &World, history: &History) {
     for accepted in world.commit_history(GROUP) {
-        let at_ms = millis(accepted.at);
         history.push(
-            at_ms,
+            millis(accepted.at),
             Step::Committed {
                 member: format!(
                     "coordinator(member {} gen {})",
@@ -270,55 +373,23 @@ async fn simulate(params: RunParams) -> RunOutcome {
             },
         );
     }
-    let logs = (0..params.partitions)
-        .map(|p| (p, world.partition_log(p)))
-        .collect();
-    // The run is over: nothing records any more, so the checker gets the history and the
-    // ground truth without copies.
-    let truth = truth
-        .lock()
-        .map(|mut t| std::mem::take(&mut *t))
-        .unwrap_or_default();
-    let observed = Observed {
-        history: history.take(),
-        truth,
-        store: StoreView {
-            ledger: world.store_ledger(),
-            rows: world.store_rows(),
-        },
-        dead_letters: observers.dead_letters.payloads(),
-        logs,
-        online: observers
-            .online
-            .lock()
-            .map(|o| o.clone())
-            .unwrap_or_default(),
-        convergence,
-    };
-    let verdict = check(&observed);
-    let redeliveries = {
-        let mut seen = std::collections::HashSet::new();
-        observed
-            .history
-            .iter()
-            .filter(|(_, step)| matches!(step, Step::Polled { partition, offset, .. } if !seen.insert((*partition, *offset))))
-            .count()
-    };
-    // The world's own fault log and the harness's faults, merged in time order.
-    let mut faults: Vec<(f64, String)> = world
-        .faults()
-        .into_iter()
-        .map(|line| (fault_time_ms(&line), line))
-        .collect();
-    faults.extend(observed.history.iter().filter_map(|(at, step)| match step {
-        Step::Fault { description } => {
-            Some((*at as f64, format!("t={:>9.3}ms {description}", *at as f64)))
-        }
-        _ => None,
-    }));
-    faults.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let faults: Vec<String> = faults.into_iter().map(|(_, line)| line).collect();
-    let resent = observed
+}
+
+/// Polls of an offset already polled before.
+fn redeliveries(observed: &Observed) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    observed
+        .history
+        .iter()
+        .filter(|(_, step)| {
+            matches!(step, Step::Polled { partition, offset, .. } if !seen.insert((*partition, *offset)))
+        })
+        .count()
+}
+
+/// Records the compensator re-published (they carry its attempts header).
+fn resent(observed: &Observed) -> usize {
+    observed
         .logs
         .values()
         .flatten()
@@ -329,32 +400,20 @@ async fn simulate(params: RunParams) -> RunOutcome {
             )
             .is_some()
         })
-        .count();
-    let params_for_report = params.clone();
-    let trace = crate::history::render(&observed.history, usize::MAX);
-    RunOutcome {
-        fingerprint: crate::history::digest(trace.as_bytes()),
-        steps: observed.history.len(),
-        trace,
-        params,
-        verdict,
-        faults,
-        virtual_ms,
-        sent: sent.load(Ordering::SeqCst) as usize,
-        faults_injected: observers.injected.load(Ordering::SeqCst) as usize,
-        redeliveries,
-        resent,
-        world: describe_world(&world_config(&params_for_report)),
-        reached: BTreeMap::new(),
-    }
+        .count()
 }
 
-/// The virtual time of a fault log line (`t=  123.456ms ...`).
-fn fault_time_ms(line: &str) -> f64 {
-    line.strip_prefix("t=")
-        .and_then(|rest| rest.split("ms").next())
-        .and_then(|number| number.trim().parse().ok())
-        .unwrap_or(0.0)
+/// The world's own fault log and the harness's faults, merged in time order.
+fn merged_faults(world: &World, observed: &Observed) -> Vec<String> {
+    let mut faults: Vec<(f64, String)> = world.timed_faults();
+    faults.extend(observed.history.iter().filter_map(|(at, step)| match step {
+        Step::Fault { description } => {
+            Some((*at as f64, format!("t={:>9.3}ms {description}", *at as f64)))
+        }
+        _ => None,
+    }));
+    faults.sort_by(|a, b| a.0.total_cmp(&b.0));
+    faults.into_iter().map(|(_, line)| line).collect()
 }
 
 /// Every acknowledged event is applied or dead-lettered (judged by the checker's model).

@@ -118,7 +118,8 @@ pub enum ServiceNode {
 #[derive(Clone, Debug)]
 pub struct FaultLog {
     start: Instant,
-    entries: Arc<Mutex<Vec<String>>>,
+    /// Each entry's virtual time in milliseconds, and its line (which starts with that time).
+    entries: Arc<Mutex<Vec<(f64, String)>>>,
 }
 
 impl FaultLog {
@@ -137,17 +138,13 @@ impl FaultLog {
 
     /// Records `what` at virtual time `at`.
     pub fn note(&self, at: Instant, what: impl Into<String>) {
-        let elapsed = at.saturating_duration_since(self.start);
-        let line = format!(
-            "t={:>9.3}ms {}",
-            elapsed.as_secs_f64() * 1000.0,
-            what.into()
-        );
-        lock(&self.entries).push(line);
+        let at_ms = at.saturating_duration_since(self.start).as_secs_f64() * 1000.0;
+        let line = format!("t={at_ms:>9.3}ms {}", what.into());
+        lock(&self.entries).push((at_ms, line));
     }
 
-    /// Everything recorded so far.
-    pub fn entries(&self) -> Vec<String> {
+    /// Everything recorded so far, with its virtual time in milliseconds.
+    pub fn entries(&self) -> Vec<(f64, String)> {
         lock(&self.entries).clone()
     }
 }
@@ -591,6 +588,14 @@ impl World {
 
     /// Faults injected and model events (elections, evictions), with virtual times.
     pub fn faults(&self) -> Vec<String> {
+        self.timed_faults()
+            .into_iter()
+            .map(|(_, line)| line)
+            .collect()
+    }
+
+    /// [`World::faults`], each with its virtual time in milliseconds.
+    pub fn timed_faults(&self) -> Vec<(f64, String)> {
         self.inner.faults.entries()
     }
 }
