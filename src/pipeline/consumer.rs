@@ -10,7 +10,6 @@ use super::config::{ConfigError, ConsumerConfig};
 use super::metrics::{Metrics, PartitionGauges};
 use super::retry::Backoff;
 use super::worker::{Job, Services, WorkerContext};
-use crate::event::OrderEvent;
 use crate::idempotency::protocol::ProtocolConfig;
 use crate::offsets::{
     CommitPolicy, CommitSnapshot, SharedTracker, Ticket, TrackError, Tracked, Tracker, Watermark,
@@ -313,9 +312,9 @@ where
         }
     }
 
-    /// Hands a tracked record to its worker (by key, so one order's events stay in order).
+    /// Hands a tracked record to its worker (by key, so one order's events stay in order; the
+    /// worker decodes it, off this serial poll task).
     fn send(&mut self, ticket: Ticket, record: Record) {
-        let decoded = OrderEvent::decode(&record.payload);
         let route = match &record.key {
             Some(key) => murmur2(key) as u32 as usize,
             None => record.partition as u32 as usize,
@@ -326,14 +325,7 @@ where
                 .push_back((record.offset, record.key.clone()));
         }
         let worker = &self.workers[route % self.workers.len()];
-        if worker
-            .send(Job {
-                ticket,
-                record,
-                decoded,
-            })
-            .is_err()
-        {
+        if worker.send(Job { ticket, record }).is_err() {
             tracing::error!("a worker stopped; its records will be redelivered");
         }
     }

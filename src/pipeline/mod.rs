@@ -17,4 +17,4 @@ pub use config::{ConfigError, ConsumerConfig};
 pub use consumer::{Consumer, RunSummary, RunningConsumer, Shutdown, ShutdownTrigger};
 pub use metrics::{Counter, Metrics, PartitionGauges};
 pub use retry::Backoff;
-pub use worker::{Job, Services};
+pub use worker::Services;

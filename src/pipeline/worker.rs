@@ -22,10 +22,16 @@ use tokio::time::Instant;
 
 /// One polled record on its way to a worker.
 #[derive(Debug)]
-pub struct Job {
+pub(crate) struct Job {
     pub ticket: Ticket,
     pub record: Record,
-    pub decoded: Result<OrderEvent, DecodeError>,
+}
+
+/// A record that does not decode, on its way to the dead-letter task.
+#[derive(Debug)]
+pub(crate) struct Letter {
+    job: Job,
+    error: DecodeError,
 }
 
 /// What every worker shares: the services and the tracker to ack to.
@@ -59,7 +65,7 @@ where
         self: Arc<Self>,
         index: usize,
         mut jobs: mpsc::UnboundedReceiver<Job>,
-        letters: mpsc::UnboundedSender<Job>,
+        letters: mpsc::UnboundedSender<Letter>,
     ) {
         let mut backoff_seed = worker_seed(self.config.jitter_seed, index);
         while let Some(first) = jobs.recv().await {
@@ -83,23 +89,22 @@ where
     pub async fn run_letters(
         self: Arc<Self>,
         index: usize,
-        mut jobs: mpsc::UnboundedReceiver<Job>,
+        mut letters: mpsc::UnboundedReceiver<Letter>,
     ) {
         let mut seed = !worker_seed(self.config.jitter_seed, index);
-        while let Some(first) = jobs.recv().await {
+        while let Some(first) = letters.recv().await {
             let mut pending = vec![first];
-            while let Ok(job) = jobs.try_recv() {
-                pending.push(job);
+            while let Ok(letter) = letters.try_recv() {
+                pending.push(letter);
             }
             seed = seed.wrapping_add(1);
             let context: &Self = &self;
-            let sent = join_all(pending.iter().map(|job| async move {
-                let error = match &job.decoded {
-                    Err(error) => error.to_string(),
-                    Ok(_) => return None,
-                };
-                let sent = context.send_dead_letter(&job.record, &error, 1, seed).await;
-                sent.then_some(job.ticket)
+            let sent = join_all(pending.iter().map(|letter| async move {
+                let error = letter.error.to_string();
+                let sent = context
+                    .send_dead_letter(&letter.job.record, &error, 1, seed)
+                    .await;
+                sent.then_some(letter.job.ticket)
             }))
             .await;
             let finished: Vec<Ticket> = sent.into_iter().flatten().collect();
@@ -132,31 +137,15 @@ where
         current
     }
 
-    async fn process(&self, batch: Vec<Job>, letters: &mpsc::UnboundedSender<Job>, seed: u64) {
+    async fn process(&self, batch: Vec<Job>, letters: &mpsc::UnboundedSender<Letter>, seed: u64) {
         let started = Instant::now();
         let batch = self.current(batch);
         if batch.is_empty() {
             // Only stale records: no transaction, no fault point, nothing to ack.
             return;
         }
-        let (good, bad): (Vec<Job>, Vec<Job>) =
-            batch.into_iter().partition(|job| job.decoded.is_ok());
-        for job in bad {
-            debug_assert!(
-                job.decoded.is_err(),
-                "only malformed records are dead letters"
-            );
-            if letters.send(job).is_err() {
-                // The letters task is gone (the consumer is being torn down): the record stays
-                // unacked and is redelivered to the next owner.
-                tracing::error!("the dead-letter task stopped; the record will be redelivered");
-            }
-        }
+        let (good, events) = decode(batch, letters);
         let mut finished: Vec<Ticket> = Vec::with_capacity(good.len());
-        let events: Vec<OrderEvent> = good
-            .iter()
-            .filter_map(|job| job.decoded.as_ref().ok().cloned())
-            .collect();
         match self.apply_with_retries(&events, seed).await {
             Applied::All(report) => {
                 self.count(&report);
@@ -310,6 +299,29 @@ where
             }
         }
     }
+}
+
+/// Decodes a batch: the records that decode and their events, in order; the others go to
+/// the dead-letter task.
+fn decode(batch: Vec<Job>, letters: &mpsc::UnboundedSender<Letter>) -> (Vec<Job>, Vec<OrderEvent>) {
+    let mut good = Vec::with_capacity(batch.len());
+    let mut events = Vec::with_capacity(batch.len());
+    for job in batch {
+        match OrderEvent::decode(&job.record.payload) {
+            Ok(event) => {
+                good.push(job);
+                events.push(event);
+            }
+            Err(error) => {
+                if letters.send(Letter { job, error }).is_err() {
+                    // The letters task is gone (the consumer is being torn down): the record
+                    // stays unacked and is redelivered to the next owner.
+                    tracing::error!("the dead-letter task stopped; the record will be redelivered");
+                }
+            }
+        }
+    }
+    (good, events)
 }
 
 /// The retry-jitter seed of worker `index`.
