@@ -36,7 +36,7 @@ use holdfast::adapters::kafka::{
 use holdfast::adapters::{PostgresStore, RedisCache};
 use holdfast::pipeline::{Consumer, ConsumerConfig, Metrics, Services};
 use holdfast::ports::{
-    EventLog, GroupOffsets, NoProbe, OffsetCommit, OutboundMessage, PartitionId,
+    CommitMode, EventLog, GroupOffsets, NoProbe, OffsetCommit, OutboundMessage, PartitionId,
 };
 use holdfast::verify::GroundTruth;
 use holdfast::workload::{Workload, WorkloadConfig};
@@ -231,7 +231,7 @@ async fn read_and_commit<L: EventLog>(
     let mut next_commit = Instant::now() + config.commit_interval;
     while !stop.load(Ordering::Relaxed) {
         if Instant::now() >= next_commit {
-            commit_moved(&mut log, &next, &mut committed, false, &mut stats).await;
+            commit_moved(&mut log, &next, &mut committed, CommitMode::Async, &mut stats).await;
             next_commit = Instant::now() + config.commit_interval;
         }
         let poll_started = Instant::now();
@@ -249,7 +249,7 @@ async fn read_and_commit<L: EventLog>(
         stats.records += polled.records.len() as u64;
         read.fetch_add(polled.records.len() as u64, Ordering::Relaxed);
     }
-    commit_moved(&mut log, &next, &mut committed, true, &mut stats).await;
+    commit_moved(&mut log, &next, &mut committed, CommitMode::Sync, &mut stats).await;
     stats
 }
 
@@ -258,7 +258,7 @@ async fn commit_moved<L: EventLog>(
     log: &mut L,
     next: &BTreeMap<PartitionId, i64>,
     committed: &mut BTreeMap<PartitionId, i64>,
-    wait: bool,
+    mode: CommitMode,
     stats: &mut ReadStats,
 ) {
     let moved: Vec<OffsetCommit> = next
@@ -271,7 +271,7 @@ async fn commit_moved<L: EventLog>(
         })
         .collect();
     if !moved.is_empty() {
-        log.commit(&moved, wait).await.expect("commit");
+        log.commit(&moved, mode).await.expect("commit");
         stats.commits += 1;
         committed.extend(moved.iter().map(|commit| (commit.partition, commit.offset)));
     }

@@ -5,8 +5,8 @@
 
 use crate::partition::partition_for_key;
 use crate::ports::{
-    CommittedOffset, Delivery, EventLog, GroupOffsets, OffsetCommit, OutboundMessage, PartitionId,
-    Polled, PortError, Publisher, Rebalance, Record,
+    CommitMode, CommittedOffset, Delivery, EventLog, GroupOffsets, OffsetCommit, OutboundMessage,
+    PartitionId, Polled, PortError, Publisher, Rebalance, Record,
 };
 pub use crate::workload::Published;
 use crate::workload::Workload;
@@ -218,7 +218,11 @@ impl EventLog for MemoryLog {
         Ok(polled)
     }
 
-    async fn commit(&mut self, offsets: &[OffsetCommit], _wait: bool) -> Result<(), PortError> {
+    async fn commit(
+        &mut self,
+        offsets: &[OffsetCommit],
+        _mode: CommitMode,
+    ) -> Result<(), PortError> {
         let mut state = self.broker.lock();
         MemoryBroker::check_up(&state)?;
         for commit in offsets {
@@ -233,13 +237,14 @@ impl EventLog for MemoryLog {
         Ok(())
     }
 
-    async fn pause(&mut self, partitions: &[PartitionId], paused: bool) -> Result<(), PortError> {
+    async fn pause(&mut self, partitions: &[PartitionId]) -> Result<(), PortError> {
+        self.paused.extend(partitions);
+        Ok(())
+    }
+
+    async fn resume(&mut self, partitions: &[PartitionId]) -> Result<(), PortError> {
         for partition in partitions {
-            if paused {
-                self.paused.insert(*partition);
-            } else {
-                self.paused.remove(partition);
-            }
+            self.paused.remove(partition);
         }
         Ok(())
     }
@@ -323,13 +328,15 @@ mod tests {
             metadata: String::new(),
         };
         let mut log = broker.consumer("orders", "group");
-        log.commit(&[commit(first, first_end)], true).await.unwrap();
+        log.commit(&[commit(first, first_end)], CommitMode::Sync)
+            .await
+            .unwrap();
         assert!(
             !broker.caught_up("orders", "group"),
             "one partition is not all"
         );
         let rest: Vec<OffsetCommit> = ends.map(|(p, end)| commit(p, end)).collect();
-        log.commit(&rest, true).await.unwrap();
+        log.commit(&rest, CommitMode::Sync).await.unwrap();
         assert!(broker.caught_up("orders", "group"));
         assert!(!broker.caught_up("orders", "other-group"));
         let (tick, limit) = (Duration::from_millis(1), Duration::from_millis(20));

@@ -105,23 +105,38 @@ pub trait EventLog: Send {
         timeout: Duration,
     ) -> impl Future<Output = Result<Polled, PortError>> + Send;
 
-    /// Commits offsets for partitions this member owns. `wait` asks for a synchronous commit
-    /// (used on revoke and shutdown); otherwise the call may return before the broker answers.
+    /// Commits offsets for partitions this member owns. [`CommitMode::Sync`] waits for the
+    /// coordinator's answer (used on revoke and shutdown); [`CommitMode::Async`] may return
+    /// before the broker answers.
     fn commit(
         &mut self,
         offsets: &[OffsetCommit],
-        wait: bool,
+        mode: CommitMode,
     ) -> impl Future<Output = Result<(), PortError>> + Send;
 
-    /// Stops (or restarts) fetching from partitions, for back-pressure. Records already
-    /// returned are unaffected. Whether a pause outlives the partition's revoke is the
-    /// client's choice (librdkafka keeps it, the simulated client too): callers resume a
-    /// partition when it is assigned.
+    /// Stops fetching from partitions, for back-pressure. Records already returned are
+    /// unaffected. Whether a pause outlives the partition's revoke is the client's choice
+    /// (librdkafka keeps it, the simulated client too): callers resume a partition when it is
+    /// assigned.
     fn pause(
         &mut self,
         partitions: &[PartitionId],
-        paused: bool,
     ) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// Fetches from paused partitions again.
+    fn resume(
+        &mut self,
+        partitions: &[PartitionId],
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+}
+
+/// Whether [`EventLog::commit`] waits for the group coordinator's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitMode {
+    /// Wait: the call returns the coordinator's verdict.
+    Sync,
+    /// Send and return; a failure shows in the log and the next commit covers it.
+    Async,
 }
 
 /// A message to publish (dead letters, compensation re-sends, the workload generator).

@@ -9,8 +9,8 @@ use holdfast::idempotency::memory::{MemoryCache, MemoryStore};
 use holdfast::memlog::MemoryBroker;
 use holdfast::pipeline::{Consumer, ConsumerConfig, Metrics, RunningConsumer, Services};
 use holdfast::ports::{
-    ApplyOutcome, EventLog, FaultPoint, OffsetCommit, OrderStore, PartitionId, Polled, PortError,
-    Probe, Rebalance, Record,
+    ApplyOutcome, CommitMode, EventLog, FaultPoint, OffsetCommit, OrderStore, PartitionId, Polled,
+    PortError, Probe, Rebalance, Record,
 };
 use holdfast::widetable::OrderRow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -46,22 +46,27 @@ impl EventLog for ScriptedLog {
         }
     }
 
-    async fn commit(&mut self, offsets: &[OffsetCommit], wait: bool) -> Result<(), PortError> {
-        if wait {
+    async fn commit(
+        &mut self,
+        offsets: &[OffsetCommit],
+        mode: CommitMode,
+    ) -> Result<(), PortError> {
+        if mode == CommitMode::Sync {
             let mut calls = self.calls.lock().unwrap();
             calls.sync_commits.push((Instant::now(), offsets.to_vec()));
         }
         Ok(())
     }
 
-    async fn pause(&mut self, partitions: &[PartitionId], paused: bool) -> Result<(), PortError> {
+    async fn pause(&mut self, partitions: &[PartitionId]) -> Result<(), PortError> {
+        self.calls.lock().unwrap().paused.extend(partitions);
+        Ok(())
+    }
+
+    async fn resume(&mut self, partitions: &[PartitionId]) -> Result<(), PortError> {
         let mut calls = self.calls.lock().unwrap();
         for partition in partitions {
-            if paused {
-                calls.paused.insert(*partition);
-            } else {
-                calls.paused.remove(partition);
-            }
+            calls.paused.remove(partition);
         }
         Ok(())
     }

@@ -12,8 +12,8 @@ use holdfast::pipeline::dead_letter::{
     dead_letter, header, HEADER_ERROR, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION,
 };
 use holdfast::ports::{
-    EventLog, GroupOffsets, OffsetCommit, OutboundMessage, PartitionId, Polled, Publisher,
-    Rebalance, Record,
+    CommitMode, EventLog, GroupOffsets, OffsetCommit, OutboundMessage, PartitionId, Polled,
+    Publisher, Rebalance, Record,
 };
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -129,7 +129,7 @@ async fn commit_resume_and_metadata() {
             metadata: format!("v1:{partition}:12,15"),
         })
         .collect();
-    log.commit(&commits, true).await.unwrap();
+    log.commit(&commits, CommitMode::Sync).await.unwrap();
     drop(log);
 
     let mut log = KafkaLog::connect(&settings, &group, &topic).unwrap();

@@ -10,7 +10,7 @@ pub mod timed;
 use holdfast::adapters::PostgresStore;
 use holdfast::event::OrderEvent;
 use holdfast::idempotency::DeliveryKey;
-use holdfast::ports::{DedupCache, EventLog, OffsetCommit, OrderStore};
+use holdfast::ports::{CommitMode, DedupCache, EventLog, OffsetCommit, OrderStore};
 use holdfast::verify::{verify, GroundTruth, StoreView};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -117,7 +117,9 @@ pub async fn per_message<L: EventLog, C: DedupCache, S: OrderStore>(
                 offset: record.offset + 1,
                 metadata: String::new(),
             };
-            log.commit(&[commit], true).await.expect("commit");
+            log.commit(&[commit], CommitMode::Sync)
+                .await
+                .expect("commit");
             done += 1;
             let halfway =
                 done >= messages_max / 2 || started.is_some_and(|s| s.elapsed() >= budget / 2);

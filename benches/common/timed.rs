@@ -5,8 +5,8 @@
 use holdfast::event::OrderEvent;
 use holdfast::idempotency::DeliveryKey;
 use holdfast::ports::{
-    ApplyOutcome, DedupCache, Delivery, EventLog, OffsetCommit, OrderStore, OutboundMessage,
-    PartitionId, Polled, PortError, Publisher,
+    ApplyOutcome, CommitMode, DedupCache, Delivery, EventLog, OffsetCommit, OrderStore,
+    OutboundMessage, PartitionId, Polled, PortError, Publisher,
 };
 use holdfast::widetable::OrderRow;
 use std::collections::BTreeMap;
@@ -87,18 +87,23 @@ impl<L: EventLog> EventLog for Timed<L> {
             .await
     }
 
-    async fn commit(&mut self, offsets: &[OffsetCommit], wait: bool) -> Result<(), PortError> {
+    async fn commit(
+        &mut self,
+        offsets: &[OffsetCommit],
+        mode: CommitMode,
+    ) -> Result<(), PortError> {
         self.ledger
             .commit
-            .time(self.inner.commit(offsets, wait))
+            .time(self.inner.commit(offsets, mode))
             .await
     }
 
-    async fn pause(&mut self, partitions: &[PartitionId], paused: bool) -> Result<(), PortError> {
-        self.ledger
-            .pause
-            .time(self.inner.pause(partitions, paused))
-            .await
+    async fn pause(&mut self, partitions: &[PartitionId]) -> Result<(), PortError> {
+        self.ledger.pause.time(self.inner.pause(partitions)).await
+    }
+
+    async fn resume(&mut self, partitions: &[PartitionId]) -> Result<(), PortError> {
+        self.ledger.pause.time(self.inner.resume(partitions)).await
     }
 }
 

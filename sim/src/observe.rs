@@ -6,8 +6,8 @@ use crate::history::{digest, History, Step};
 use crate::world::World;
 use holdfast::event::OrderEvent;
 use holdfast::ports::{
-    ApplyOutcome, Delivery, EventLog, FaultPoint, OffsetCommit, OrderStore, OutboundMessage,
-    PartitionId, Polled, PortError, Probe, Publisher, Rebalance,
+    ApplyOutcome, CommitMode, Delivery, EventLog, FaultPoint, OffsetCommit, OrderStore,
+    OutboundMessage, PartitionId, Polled, PortError, Probe, Publisher, Rebalance,
 };
 use holdfast::verify::reference;
 use holdfast::widetable::OrderRow;
@@ -126,8 +126,12 @@ impl<L: EventLog> EventLog for RecordingLog<L> {
         Ok(polled)
     }
 
-    async fn commit(&mut self, offsets: &[OffsetCommit], wait: bool) -> Result<(), PortError> {
-        self.inner.commit(offsets, wait).await?;
+    async fn commit(
+        &mut self,
+        offsets: &[OffsetCommit],
+        mode: CommitMode,
+    ) -> Result<(), PortError> {
+        self.inner.commit(offsets, mode).await?;
         let at = self.observers.at();
         for commit in offsets {
             self.observers.history.push(
@@ -144,8 +148,12 @@ impl<L: EventLog> EventLog for RecordingLog<L> {
         Ok(())
     }
 
-    async fn pause(&mut self, partitions: &[PartitionId], paused: bool) -> Result<(), PortError> {
-        self.inner.pause(partitions, paused).await
+    async fn pause(&mut self, partitions: &[PartitionId]) -> Result<(), PortError> {
+        self.inner.pause(partitions).await
+    }
+
+    async fn resume(&mut self, partitions: &[PartitionId]) -> Result<(), PortError> {
+        self.inner.resume(partitions).await
     }
 }
 

@@ -6,8 +6,8 @@
 use holdfast::event::{EventKind, OrderEvent};
 use holdfast::idempotency::DeliveryKey;
 use holdfast::ports::{
-    ApplyOutcome, DedupCache, Delivery, EventLog, OffsetCommit, OrderStore, OutboundMessage,
-    PortError, Publisher, Rebalance, Record,
+    ApplyOutcome, CommitMode, DedupCache, Delivery, EventLog, OffsetCommit, OrderStore,
+    OutboundMessage, PortError, Publisher, Rebalance, Record,
 };
 use holdfast::testkit::planted::PlantedBug;
 use holdfast_sim::world::{Acks, FlushPolicy, NodeId, ServiceNode, SimLog, World, WorldConfig};
@@ -594,7 +594,7 @@ mod groups {
                 offset: 7,
                 metadata: "zombie".to_string(),
             };
-            log.commit(&[commit], true).await
+            log.commit(&[commit], CommitMode::Sync).await
         });
         receiver.await.unwrap();
         world.clog(ServiceNode::Controller, true);
@@ -624,7 +624,7 @@ mod groups {
                 offset: 5,
                 metadata: "finished:7,9".to_string(),
             };
-            log.commit(&[commit], true).await
+            log.commit(&[commit], CommitMode::Sync).await
         })
         .await;
         assert_eq!(committed, Ok(()));

@@ -15,8 +15,8 @@ use crate::event::OrderEvent;
 use crate::idempotency::IdempotencyKey;
 use crate::offsets::{Limits, SharedTracker, Ticket, TrackError, Tracked};
 use crate::ports::{
-    EventLog, GroupOffsets, OffsetCommit, OrderStore, OutboundMessage, PartitionId, PortError,
-    Publisher, Rebalance, Record,
+    CommitMode, EventLog, GroupOffsets, OffsetCommit, OrderStore, OutboundMessage, PartitionId,
+    PortError, Publisher, Rebalance, Record,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -136,11 +136,11 @@ impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G
                     tracing::warn!(%error, "compensation check failed; retrying next round");
                 }
                 self.retry_held().await;
-                self.commit(false).await;
+                self.commit(CommitMode::Async).await;
                 next_check = Instant::now() + self.config.check_interval;
             }
         }
-        self.commit(true).await;
+        self.commit(CommitMode::Sync).await;
         self.report.pending = self.pending.len();
         self.report
     }
@@ -157,7 +157,7 @@ impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G
         if let Some(record) = self.admit(record) {
             crate::reach!("compensator.held");
             self.held.entry(partition).or_default().push_back(record);
-            if let Err(error) = self.log.pause(&[partition], true).await {
+            if let Err(error) = self.log.pause(&[partition]).await {
                 tracing::warn!(%error, partition, "compensator pause failed");
             }
         }
@@ -176,7 +176,7 @@ impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G
             }
             if !waiting.is_empty() {
                 self.held.insert(partition, waiting);
-            } else if let Err(error) = self.log.pause(&[partition], false).await {
+            } else if let Err(error) = self.log.resume(&[partition]).await {
                 // Still paused: an empty backlog keeps the entry so the next round resumes it.
                 tracing::warn!(%error, partition, "compensator resume failed");
                 self.held.insert(partition, waiting);
@@ -350,7 +350,7 @@ impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G
                     // The client may keep a partition paused across its revoke (librdkafka
                     // keeps the pause on the partition object): resume it, or it is never
                     // fetched again.
-                    if let Err(error) = self.log.pause(&[partition], false).await {
+                    if let Err(error) = self.log.resume(&[partition]).await {
                         // An empty backlog entry: the next round of `retry_held` resumes it.
                         tracing::warn!(%error, partition, "compensator resume on assign failed");
                         self.held.entry(partition).or_default();
@@ -365,12 +365,12 @@ impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G
         if offsets.is_empty() {
             return;
         }
-        if let Err(error) = self.log.commit(offsets, true).await {
+        if let Err(error) = self.log.commit(offsets, CommitMode::Sync).await {
             tracing::info!(%error, "compensator commit on revoke failed");
         }
     }
 
-    async fn commit(&mut self, wait: bool) {
+    async fn commit(&mut self, mode: CommitMode) {
         let offsets: Vec<OffsetCommit> = self
             .tracker
             .snapshots()
@@ -380,7 +380,7 @@ impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G
         if offsets.is_empty() {
             return;
         }
-        if let Err(error) = self.log.commit(&offsets, wait).await {
+        if let Err(error) = self.log.commit(&offsets, mode).await {
             tracing::warn!(%error, "compensator commit failed; the next one covers it");
         }
     }

@@ -16,8 +16,8 @@ use crate::offsets::{
 };
 use crate::partition::murmur2;
 use crate::ports::{
-    CommittedOffset, DedupCache, EventLog, FaultPoint, OffsetCommit, OrderStore, PartitionId,
-    PortError, Probe, Publisher, Rebalance, Record,
+    CommitMode, CommittedOffset, DedupCache, EventLog, FaultPoint, OffsetCommit, OrderStore,
+    PartitionId, PortError, Probe, Publisher, Rebalance, Record,
 };
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -213,7 +213,7 @@ where
         );
         while !shutdown.requested() {
             if Instant::now() >= next_commit {
-                self.commit_finished(false).await;
+                self.commit_finished(CommitMode::Async).await;
                 self.detect_stalls();
                 next_commit = Instant::now() + self.config.commit_interval;
             }
@@ -337,7 +337,7 @@ where
         state.held.push_back(record);
         if !state.paused {
             state.paused = true;
-            if let Err(error) = self.log.pause(&[partition], true).await {
+            if let Err(error) = self.log.pause(&[partition]).await {
                 tracing::warn!(%error, partition, "pause failed");
             }
         }
@@ -372,7 +372,7 @@ where
                 .get(&partition)
                 .is_some_and(|state| state.held.is_empty() && state.paused);
             if resume {
-                if let Err(error) = self.log.pause(&[partition], false).await {
+                if let Err(error) = self.log.resume(&[partition]).await {
                     tracing::warn!(%error, partition, "resume failed");
                 } else if let Some(state) = self.partitions.get_mut(&partition) {
                     state.paused = false;
@@ -422,7 +422,7 @@ where
         // A partition paused for back-pressure and then revoked may come back still paused in
         // the client (librdkafka keeps the pause on the partition object): its new state starts
         // unpaused, so the client must be too, or it is never fetched again.
-        if let Err(error) = self.log.pause(&[partition], false).await {
+        if let Err(error) = self.log.resume(&[partition]).await {
             // Counted paused: the next round of `retry_held` resumes it again.
             tracing::warn!(%error, partition, "resume of an assigned partition failed");
             if let Some(state) = self.partitions.get_mut(&partition) {
@@ -458,12 +458,12 @@ where
             tracing::info!(partition, abandoned, "partition revoked");
         }
         if !snapshots.is_empty() {
-            self.commit(snapshots, true).await;
+            self.commit(snapshots, CommitMode::Sync).await;
         }
     }
 
     /// Commits every partition's snapshot that moved since its last commit.
-    async fn commit_finished(&mut self, wait: bool) {
+    async fn commit_finished(&mut self, mode: CommitMode) {
         let changed: Vec<CommitSnapshot> = self
             .tracker
             .snapshots()
@@ -476,14 +476,14 @@ where
             })
             .collect();
         if !changed.is_empty() {
-            self.commit(changed, wait).await;
+            self.commit(changed, mode).await;
         }
     }
 
-    async fn commit(&mut self, snapshots: Vec<CommitSnapshot>, wait: bool) {
+    async fn commit(&mut self, snapshots: Vec<CommitSnapshot>, mode: CommitMode) {
         let offsets: Vec<OffsetCommit> = snapshots.into_iter().map(OffsetCommit::from).collect();
         self.services.probe.at(FaultPoint::BeforeOffsetCommit).await;
-        match self.log.commit(&offsets, wait).await {
+        match self.log.commit(&offsets, mode).await {
             Ok(()) => {
                 self.metrics.commits.add(1);
                 self.summary.commits += 1;
@@ -580,7 +580,7 @@ where
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         self.summary.abandoned = in_flight(&self.tracker);
-        self.commit_finished(true).await;
+        self.commit_finished(CommitMode::Sync).await;
         self.workers.clear();
         for handle in std::mem::take(&mut self.handles) {
             let _ = handle.await;

@@ -10,8 +10,8 @@ use crate::idempotency::memory::Schema;
 use crate::idempotency::DeliveryKey;
 use crate::offsets::{CommitPolicy, Watermark};
 use crate::ports::{
-    ApplyOutcome, DedupCache, EventLog, OffsetCommit, OrderStore, PartitionId, Polled, PortError,
-    Rebalance,
+    ApplyOutcome, CommitMode, DedupCache, EventLog, OffsetCommit, OrderStore, PartitionId, Polled,
+    PortError, Rebalance,
 };
 use crate::testkit::policies::AckedPlusOne;
 use crate::widetable::{OrderRow, Stamp};
@@ -159,14 +159,18 @@ impl<L: EventLog> EventLog for PlantedLog<L> {
         let early = self.observe(&polled);
         if self.bug == Some(PlantedBug::CommitBeforeProcessing) && !early.is_empty() {
             // The bug: the records are not processed yet. A failed commit is the next one's.
-            let _ = self.inner.commit(&early, true).await;
+            let _ = self.inner.commit(&early, CommitMode::Sync).await;
         }
         Ok(polled)
     }
 
-    async fn commit(&mut self, offsets: &[OffsetCommit], wait: bool) -> Result<(), PortError> {
+    async fn commit(
+        &mut self,
+        offsets: &[OffsetCommit],
+        mode: CommitMode,
+    ) -> Result<(), PortError> {
         if self.bug != Some(PlantedBug::AutoCommit) {
-            return self.inner.commit(offsets, wait).await;
+            return self.inner.commit(offsets, mode).await;
         }
         // The bug: commit whatever was polled, finished or not.
         let mut commits: BTreeMap<PartitionId, OffsetCommit> = offsets
@@ -184,11 +188,15 @@ impl<L: EventLog> EventLog for PlantedLog<L> {
             );
         }
         let commits: Vec<OffsetCommit> = commits.into_values().collect();
-        self.inner.commit(&commits, wait).await
+        self.inner.commit(&commits, mode).await
     }
 
-    async fn pause(&mut self, partitions: &[PartitionId], paused: bool) -> Result<(), PortError> {
-        self.inner.pause(partitions, paused).await
+    async fn pause(&mut self, partitions: &[PartitionId]) -> Result<(), PortError> {
+        self.inner.pause(partitions).await
+    }
+
+    async fn resume(&mut self, partitions: &[PartitionId]) -> Result<(), PortError> {
+        self.inner.resume(partitions).await
     }
 }
 

@@ -5,11 +5,13 @@ use super::settings::{config_error, connect_error, KafkaSettings};
 use super::{COMMITTED_TIMEOUT, LOG};
 use crate::adapters::{rejected, AdapterError};
 use crate::ports::{
-    CommittedOffset, EventLog, OffsetCommit, PartitionId, Polled, PortError,
+    CommitMode, CommittedOffset, EventLog, OffsetCommit, PartitionId, Polled, PortError,
     Rebalance as LogRebalance, Record,
 };
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode as KafkaCommitMode, Consumer, ConsumerContext, Rebalance,
+};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -184,6 +186,18 @@ impl KafkaLog {
         }
         Ok(list)
     }
+
+    /// `partitions` of the topic, or `None` when there are none.
+    fn topic_list(&self, partitions: &[PartitionId]) -> Option<TopicPartitionList> {
+        if partitions.is_empty() {
+            return None;
+        }
+        let mut list = TopicPartitionList::with_capacity(partitions.len());
+        for partition in partitions {
+            list.add_partition(&self.topic, *partition);
+        }
+        Some(list)
+    }
 }
 
 /// One blocking poll: waits up to `timeout` for the first event, then drains what is ready.
@@ -251,18 +265,23 @@ impl EventLog for KafkaLog {
         Ok(polled)
     }
 
-    async fn commit(&mut self, offsets: &[OffsetCommit], wait: bool) -> Result<(), PortError> {
+    async fn commit(
+        &mut self,
+        offsets: &[OffsetCommit],
+        mode: CommitMode,
+    ) -> Result<(), PortError> {
         if offsets.is_empty() {
             return Ok(());
         }
         let list = self.partition_list(offsets)?;
         let consumer = Arc::clone(&self.consumer);
-        let result = if wait {
-            tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
-                .await
-                .map_err(|error| rejected(LOG, format!("commit thread failed: {error}")))?
-        } else {
-            consumer.commit(&list, CommitMode::Async)
+        let result = match mode {
+            CommitMode::Sync => {
+                tokio::task::spawn_blocking(move || consumer.commit(&list, KafkaCommitMode::Sync))
+                    .await
+                    .map_err(|error| rejected(LOG, format!("commit thread failed: {error}")))?
+            }
+            CommitMode::Async => consumer.commit(&list, KafkaCommitMode::Async),
         };
         match result {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
@@ -270,19 +289,23 @@ impl EventLog for KafkaLog {
         }
     }
 
-    async fn pause(&mut self, partitions: &[PartitionId], paused: bool) -> Result<(), PortError> {
-        if partitions.is_empty() {
-            return Ok(());
+    async fn pause(&mut self, partitions: &[PartitionId]) -> Result<(), PortError> {
+        match self.topic_list(partitions) {
+            Some(list) => self
+                .consumer
+                .pause(&list)
+                .map_err(|error| port_error(&error)),
+            None => Ok(()),
         }
-        let mut list = TopicPartitionList::with_capacity(partitions.len());
-        for partition in partitions {
-            list.add_partition(&self.topic, *partition);
+    }
+
+    async fn resume(&mut self, partitions: &[PartitionId]) -> Result<(), PortError> {
+        match self.topic_list(partitions) {
+            Some(list) => self
+                .consumer
+                .resume(&list)
+                .map_err(|error| port_error(&error)),
+            None => Ok(()),
         }
-        let result = if paused {
-            self.consumer.pause(&list)
-        } else {
-            self.consumer.resume(&list)
-        };
-        result.map_err(|error| port_error(&error))
     }
 }

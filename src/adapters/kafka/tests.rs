@@ -5,8 +5,8 @@
 use super::*;
 use crate::partition::partition_for_key;
 use crate::ports::{
-    EventLog, GroupOffsets, OffsetCommit, OutboundMessage, PartitionId, Polled, PortError,
-    Publisher, Rebalance as LogRebalance,
+    CommitMode, EventLog, GroupOffsets, OffsetCommit, OutboundMessage, PartitionId, Polled,
+    PortError, Publisher, Rebalance as LogRebalance,
 };
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -144,7 +144,7 @@ async fn commit_and_resume_from_committed() {
             metadata: format!("m{partition}"),
         })
         .collect();
-    log.commit(&commits, true).await.unwrap();
+    log.commit(&commits, CommitMode::Sync).await.unwrap();
     drop(log);
 
     let mut log = KafkaLog::connect(&settings, "g", "t").unwrap();
@@ -290,6 +290,6 @@ async fn outages_are_unavailable_and_stale_generations_fenced() {
         offset: 1,
         metadata: String::new(),
     };
-    let error = log.commit(&[commit], true).await.unwrap_err();
+    let error = log.commit(&[commit], CommitMode::Sync).await.unwrap_err();
     assert!(matches!(error, PortError::Fenced { .. }), "{error:?}");
 }

@@ -4,7 +4,7 @@ use super::*;
 use crate::idempotency::memory::{MemoryCache, MemoryStore};
 use crate::idempotency::protocol::{apply_batch, BatchReport, ProtocolConfig, Verdict};
 use crate::memlog::MemoryBroker;
-use crate::ports::{NoProbe, OutboundMessage, Publisher};
+use crate::ports::{CommitMode, NoProbe, OutboundMessage, Publisher};
 use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
@@ -162,7 +162,7 @@ async fn auto_commit_commits_the_highest_polled_offset() {
             offset: 1,
             metadata: String::new(),
         };
-        log.commit(&[commit], true).await.unwrap();
+        log.commit(&[commit], CommitMode::Sync).await.unwrap();
         assert_eq!(committed(&broker), Some(expected));
     }
 }

@@ -10,7 +10,8 @@ use super::{broker_address, controller_address, unavailable, SERVICE};
 use crate::world::lock::lock;
 use crate::world::rpc;
 use holdfast::ports::{
-    EventLog, GroupOffsets, OffsetCommit, PartitionId, Polled, PortError, Rebalance, Record,
+    CommitMode, EventLog, GroupOffsets, OffsetCommit, PartitionId, Polled, PortError, Rebalance,
+    Record,
 };
 use madsim::net::Endpoint;
 use madsim::task::JoinHandle;
@@ -297,7 +298,11 @@ impl EventLog for SimLog {
         }
     }
 
-    async fn commit(&mut self, offsets: &[OffsetCommit], wait: bool) -> Result<(), PortError> {
+    async fn commit(
+        &mut self,
+        offsets: &[OffsetCommit],
+        mode: CommitMode,
+    ) -> Result<(), PortError> {
         if offsets.is_empty() {
             return Ok(());
         }
@@ -317,7 +322,7 @@ impl EventLog for SimLog {
             generation,
             offsets: offsets.to_vec(),
         };
-        if !wait {
+        if mode == CommitMode::Async {
             let job = CommitJob {
                 request,
                 reply: None,
@@ -340,13 +345,14 @@ impl EventLog for SimLog {
             .unwrap_or_else(|_| Err(unavailable("commit queue closed")))
     }
 
-    async fn pause(&mut self, partitions: &[PartitionId], paused: bool) -> Result<(), PortError> {
+    async fn pause(&mut self, partitions: &[PartitionId]) -> Result<(), PortError> {
+        self.paused.extend(partitions);
+        Ok(())
+    }
+
+    async fn resume(&mut self, partitions: &[PartitionId]) -> Result<(), PortError> {
         for partition in partitions {
-            if paused {
-                self.paused.insert(*partition);
-            } else {
-                self.paused.remove(partition);
-            }
+            self.paused.remove(partition);
         }
         Ok(())
     }
