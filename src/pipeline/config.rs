@@ -186,4 +186,26 @@ mod tests {
         };
         assert_eq!(config.validate(), Err(ConfigError::NoDeadLetterTopic));
     }
+
+    /// Goal: each limit's boundary is on the accepting side: a batch as large as the window,
+    /// equal backoffs and a 1 ms commit interval are fine; a zero interval is not.
+    #[test]
+    fn limits_accept_their_boundary_and_refuse_a_zero_commit_interval() {
+        let mut config = ConsumerConfig {
+            backoff_initial: Duration::from_secs(5),
+            backoff_max: Duration::from_secs(5),
+            commit_interval: Duration::from_millis(1),
+            ..ConsumerConfig::default()
+        };
+        config.limits.in_flight_max = config.batch_size;
+        assert_eq!(config.validate(), Ok(()));
+        config.commit_interval = Duration::ZERO;
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::TooSmall {
+                field: "commit_interval_ms",
+                ..
+            })
+        ));
+    }
 }
