@@ -231,7 +231,14 @@ async fn read_and_commit<L: EventLog>(
     let mut next_commit = Instant::now() + config.commit_interval;
     while !stop.load(Ordering::Relaxed) {
         if Instant::now() >= next_commit {
-            commit_moved(&mut log, &next, &mut committed, CommitMode::Async, &mut stats).await;
+            commit_moved(
+                &mut log,
+                &next,
+                &mut committed,
+                CommitMode::Async,
+                &mut stats,
+            )
+            .await;
             next_commit = Instant::now() + config.commit_interval;
         }
         let poll_started = Instant::now();
@@ -249,7 +256,14 @@ async fn read_and_commit<L: EventLog>(
         stats.records += polled.records.len() as u64;
         read.fetch_add(polled.records.len() as u64, Ordering::Relaxed);
     }
-    commit_moved(&mut log, &next, &mut committed, CommitMode::Sync, &mut stats).await;
+    commit_moved(
+        &mut log,
+        &next,
+        &mut committed,
+        CommitMode::Sync,
+        &mut stats,
+    )
+    .await;
     stats
 }
 
