@@ -34,6 +34,23 @@ async fn publish(broker: &MemoryBroker, config: &WorkloadConfig) -> (GroundTruth
     (published.truth, published.malformed)
 }
 
+/// A workload of `orders` lifecycles whose every message is a valid, distinct event (no
+/// malformed messages, duplicates or rivals), published to a new broker of `partitions`:
+/// what the compensator tests count on.
+async fn clean_topic(partitions: i32, orders: usize, seed: u64) -> (MemoryBroker, GroundTruth) {
+    let broker = MemoryBroker::new(TOPIC, partitions);
+    let workload = WorkloadConfig {
+        orders,
+        malformed_ratio: 0.0,
+        duplicate_ratio: 0.0,
+        conflict_ratio: 0.0,
+        seed,
+        ..WorkloadConfig::default()
+    };
+    let (truth, _) = publish(&broker, &workload).await;
+    (broker, truth)
+}
+
 /// Freezes the whole pipeline at the `hit`-th pass of `point` (every task stops at its next
 /// fault point) and tells the test, which then kills the consumer: a crash exactly inside one
 /// of the protocol's windows.
@@ -261,15 +278,7 @@ async fn cache_outage_degrades_to_store_dedup_and_store_outage_waits() {
 
 #[tokio::test]
 async fn compensator_resends_an_effect_missing_after_the_main_group_passed_it() {
-    let broker = MemoryBroker::new(TOPIC, 2);
-    let workload = WorkloadConfig {
-        orders: 30,
-        malformed_ratio: 0.0,
-        duplicate_ratio: 0.0,
-        seed: 9,
-        ..WorkloadConfig::default()
-    };
-    let (truth, _) = publish(&broker, &workload).await;
+    let (broker, truth) = clean_topic(2, 30, 9).await;
     let (cache, store) = (MemoryCache::new(), MemoryStore::new());
     let (running, _) = start(&broker, &cache, &store, config());
     wait_caught_up(&broker).await;
@@ -332,16 +341,7 @@ async fn compensator_resends_an_effect_missing_after_the_main_group_passed_it() 
 /// back and no main group running to apply the re-sends.
 #[tokio::test]
 async fn compensator_gives_up_after_attempts_max_and_dead_letters_the_event() {
-    let broker = MemoryBroker::new(TOPIC, 2);
-    let workload = WorkloadConfig {
-        orders: 10,
-        malformed_ratio: 0.0,
-        duplicate_ratio: 0.0,
-        conflict_ratio: 0.0,
-        seed: 4,
-        ..WorkloadConfig::default()
-    };
-    publish(&broker, &workload).await;
+    let (broker, _) = clean_topic(2, 10, 4).await;
     let (cache, store) = (MemoryCache::new(), MemoryStore::new());
     let (running, _) = start(&broker, &cache, &store, config());
     wait_caught_up(&broker).await;
@@ -415,15 +415,7 @@ async fn compensate_for(
 /// pass many times; nothing is checked or re-sent, everything stays pending.
 #[tokio::test]
 async fn compensator_waits_for_the_main_group_to_pass_an_event() {
-    let broker = MemoryBroker::new(TOPIC, 2);
-    let workload = WorkloadConfig {
-        orders: 10,
-        malformed_ratio: 0.0,
-        duplicate_ratio: 0.0,
-        seed: 6,
-        ..WorkloadConfig::default()
-    };
-    publish(&broker, &workload).await;
+    let (broker, _) = clean_topic(2, 10, 6).await;
     let records = broker.records(TOPIC).len();
     let config = CompensatorConfig {
         delay: Duration::from_millis(1),
@@ -454,15 +446,7 @@ async fn compensator_waits_for_the_main_group_to_pass_an_event() {
 /// three records of partition 0 are re-sent.
 #[tokio::test]
 async fn compensator_resends_only_below_the_main_group_commit() {
-    let broker = MemoryBroker::new(TOPIC, 2);
-    let workload = WorkloadConfig {
-        orders: 10,
-        malformed_ratio: 0.0,
-        duplicate_ratio: 0.0,
-        seed: 8,
-        ..WorkloadConfig::default()
-    };
-    publish(&broker, &workload).await;
+    let (broker, _) = clean_topic(2, 10, 8).await;
     let originals = broker.records(TOPIC);
     let commit = OffsetCommit {
         partition: 0,
@@ -503,16 +487,7 @@ async fn compensator_resends_only_below_the_main_group_commit() {
 /// group, a delay of 300 ms, a run of 450 ms: one re-send, not more.
 #[tokio::test]
 async fn compensator_waits_one_delay_between_resends() {
-    let broker = MemoryBroker::new(TOPIC, 1);
-    let workload = WorkloadConfig {
-        orders: 1,
-        malformed_ratio: 0.0,
-        duplicate_ratio: 0.0,
-        conflict_ratio: 0.0,
-        seed: 3,
-        ..WorkloadConfig::default()
-    };
-    publish(&broker, &workload).await;
+    let (broker, _) = clean_topic(1, 1, 3).await;
     let end = broker.records(TOPIC).len() as i64;
     let commit = OffsetCommit {
         partition: 0,
@@ -615,15 +590,7 @@ impl OrderStore for PoisonStore {
 /// workload of 120 orders; the verdict's only complaint must be those three, dead-lettered.
 #[tokio::test]
 async fn a_rejected_batch_is_split_and_only_the_poison_is_dead_lettered() {
-    let broker = MemoryBroker::new(TOPIC, 2);
-    let workload = WorkloadConfig {
-        orders: 120,
-        malformed_ratio: 0.0,
-        duplicate_ratio: 0.0,
-        seed: 9,
-        ..WorkloadConfig::default()
-    };
-    let (truth, _) = publish(&broker, &workload).await;
+    let (broker, truth) = clean_topic(2, 120, 9).await;
     let poisoned: Vec<Fact> = truth
         .acknowledged
         .iter()
