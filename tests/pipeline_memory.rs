@@ -137,6 +137,47 @@ fn check(truth: &GroundTruth, store: &MemoryStore) -> holdfast::verify::VerifyRe
     verify(truth, &view, &[], &BTreeSet::new())
 }
 
+/// Goal: `stop` drains, commits and reports what the consumer did. Method: a clean topic
+/// consumed to its end; the summary counts every record polled once, some commits, nothing
+/// abandoned.
+#[tokio::test]
+async fn stop_reports_what_the_consumer_did() {
+    let (broker, _) = clean_topic(2, 20, 12).await;
+    let records = broker.records(TOPIC).len() as u64;
+    let (cache, store) = (MemoryCache::new(), MemoryStore::new());
+    let (running, _) = start(&broker, &cache, &store, config());
+    wait_caught_up(&broker).await;
+    let summary = running.stop().await.unwrap();
+    assert_eq!(summary.polled, records, "{summary:?}");
+    assert!(summary.commits > 0, "{summary:?}");
+    assert_eq!(summary.abandoned, 0, "{summary:?}");
+}
+
+/// Goal: `abort` kills the consumer as a crash would: after it, nothing more is consumed or
+/// committed. Method: consume a topic to its end, abort, publish more; the group's commits
+/// stay where they were.
+#[tokio::test]
+async fn abort_stops_the_consumer_at_once() {
+    let (broker, _) = clean_topic(2, 5, 13).await;
+    let (cache, store) = (MemoryCache::new(), MemoryStore::new());
+    let (running, _) = start(&broker, &cache, &store, config());
+    wait_caught_up(&broker).await;
+    running.abort().await;
+    let committed = broker.committed(GROUP);
+    let more = WorkloadConfig {
+        orders: 5,
+        seed: 14,
+        ..WorkloadConfig::default()
+    };
+    publish(&broker, &more).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        broker.committed(GROUP),
+        committed,
+        "an aborted consumer went on"
+    );
+}
+
 #[tokio::test]
 async fn exactly_once_effect_with_duplicates_disorder_and_malformed_input() {
     let broker = MemoryBroker::new(TOPIC, 4);
