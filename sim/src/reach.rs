@@ -54,6 +54,10 @@ pub const FAULTS: &[(&str, &str)] = &[
         "fault.coordinator_failover",
         "the group coordinator failed over: every member forgotten at once",
     ),
+    (
+        "fault.metadata_dropped",
+        "the coordinator drops commit metadata, as nisshi does: restarts redo what is above a commit",
+    ),
 ];
 
 thread_local! {

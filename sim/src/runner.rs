@@ -90,6 +90,9 @@ pub fn world_config(params: &RunParams) -> WorldConfig {
         flush: FlushPolicy::Interval(Duration::from_millis(200)),
         schema: PlantedBug::schema(params.scenario.planted()),
         redis_max_keys: params.redis_keys_max,
+        // A quarter of the seeds run against a coordinator that keeps no commit metadata
+        // (nisshi's behaviour), from a stream of their own so that older seeds keep the rest.
+        commit_metadata_kept: !SplitMix::new(params.seed ^ 0x6e69_7373_6869_6d64).chance(0.25),
         ..WorldConfig::default()
     };
     match params.scenario {
@@ -112,7 +115,7 @@ pub fn world_config(params: &RunParams) -> WorldConfig {
 /// One line naming every knob of the simulated cluster.
 pub fn describe_world(config: &WorldConfig) -> String {
     format!(
-        "world: brokers={} rf={} min_isr={} acks={:?} flush={:?} unclean_election={} idempotent_producer={} producer_retries={} redis_persistent={} redis_keys_max={:?} session_timeout={:?} latency={:?}..{:?}",
+        "world: brokers={} rf={} min_isr={} acks={:?} flush={:?} unclean_election={} idempotent_producer={} producer_retries={} redis_persistent={} redis_keys_max={:?} session_timeout={:?} latency={:?}..{:?} commit_metadata_kept={}",
         config.brokers,
         config.replication_factor,
         config.min_insync_replicas,
@@ -125,7 +128,8 @@ pub fn describe_world(config: &WorldConfig) -> String {
         config.redis_max_keys,
         config.session_timeout,
         config.latency.0,
-        config.latency.1
+        config.latency.1,
+        config.commit_metadata_kept
     )
 }
 
@@ -201,7 +205,11 @@ impl Cluster {
     /// Starts the world, the producer, the consumers and (if the scenario has one) the
     /// compensator.
     async fn start(params: &RunParams, start: Instant) -> Cluster {
-        let world = World::start(world_config(params)).await;
+        let config = world_config(params);
+        if !config.commit_metadata_kept {
+            holdfast::reach!("fault.metadata_dropped");
+        }
+        let world = World::start(config).await;
         let observers = Observers {
             history: History::new(),
             start,

@@ -644,6 +644,34 @@ mod groups {
             Rebalance::Assigned { partition: 2, committed: Some(c) }
                 if c.offset == 5 && c.metadata.as_deref() == Some("finished:7,9"))));
     }
+
+    /// Goal: a coordinator that keeps no commit metadata (nisshi's behaviour) stores the
+    /// offset alone and assigns with no metadata.
+    #[madsim::test]
+    async fn a_coordinator_without_metadata_keeps_the_offset_alone() {
+        let world = World::start(WorldConfig {
+            commit_metadata_kept: false,
+            ..WorldConfig::default()
+        })
+        .await;
+        let committed = on_client(&world, "first", |world| async move {
+            let mut log = world.log("g").await;
+            next_rebalances(&mut log).await;
+            let commit = OffsetCommit {
+                partition: 2,
+                offset: 5,
+                metadata: "finished:7,9".to_string(),
+            };
+            log.commit(&[commit], CommitMode::Sync).await
+        })
+        .await;
+        assert_eq!(committed, Ok(()));
+        let stored = world.committed("g");
+        assert_eq!(
+            (stored[&2].offset, stored[&2].metadata.as_deref()),
+            (5, None)
+        );
+    }
 }
 
 mod stores {

@@ -60,6 +60,10 @@ pub struct WorldConfig {
     pub replica_lag_time: Duration,
     /// How long any client waits for an answer before calling the service unavailable.
     pub request_timeout: Duration,
+    /// Whether the group coordinator keeps commit metadata. Kafka does; nisshi 0.8.1, the
+    /// broker of the real-service tests, drops it, so a restart redoes everything above the
+    /// committed offset.
+    pub commit_metadata_kept: bool,
 }
 
 impl Default for WorldConfig {
@@ -83,6 +87,7 @@ impl Default for WorldConfig {
             latency: (Duration::from_millis(1), Duration::from_millis(3)),
             replica_lag_time: Duration::from_millis(500),
             request_timeout: Duration::from_millis(500),
+            commit_metadata_kept: true,
         }
     }
 }
@@ -100,6 +105,7 @@ impl WorldConfig {
             replica_lag_time: self.replica_lag_time,
             broker_session_timeout: self.replica_lag_time.min(Duration::from_millis(300)),
             request_timeout: self.request_timeout,
+            commit_metadata_kept: self.commit_metadata_kept,
         }
     }
 }

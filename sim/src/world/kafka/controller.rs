@@ -324,7 +324,8 @@ impl ControllerState {
                             partition: commit.partition,
                             offset: commit.offset,
                         }));
-                        store_commits(self.committed.entry(group).or_default(), &offsets);
+                        let committed = self.committed.entry(group).or_default();
+                        store_commits(committed, &offsets, self.config.commit_metadata_kept);
                         GroupAnswer::Committed
                     }
                     Err(reason) => GroupAnswer::Fenced(reason),

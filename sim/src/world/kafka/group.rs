@@ -242,17 +242,19 @@ pub fn range_assignment(
     assignment
 }
 
-/// Stores commits (the durable part of the coordinator: `__consumer_offsets`).
+/// Stores commits (the durable part of the coordinator: `__consumer_offsets`), with their
+/// metadata if `metadata_kept`.
 pub fn store_commits(
     committed: &mut BTreeMap<PartitionId, CommittedOffset>,
     offsets: &[OffsetCommit],
+    metadata_kept: bool,
 ) {
     for commit in offsets {
         committed.insert(
             commit.partition,
             CommittedOffset {
                 offset: commit.offset,
-                metadata: Some(commit.metadata.clone()),
+                metadata: metadata_kept.then(|| commit.metadata.clone()),
             },
         );
     }

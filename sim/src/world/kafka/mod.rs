@@ -54,6 +54,8 @@ pub struct KafkaConfig {
     pub broker_session_timeout: Duration,
     /// How long a client waits for any one answer (`request.timeout.ms`).
     pub request_timeout: Duration,
+    /// Whether the coordinator keeps commit metadata (see `WorldConfig`).
+    pub commit_metadata_kept: bool,
 }
 
 impl KafkaConfig {
