@@ -153,6 +153,34 @@ async fn stop_reports_what_the_consumer_did() {
     assert_eq!(summary.abandoned, 0, "{summary:?}");
 }
 
+/// Goal: the consumer commits once per commit interval, not once per poll (commits load the
+/// group coordinator). Method: a commit interval far longer than the run; every record is
+/// processed; until the final commit of `stop` nothing was committed.
+#[tokio::test]
+async fn commits_wait_for_the_commit_interval() {
+    let (broker, _) = clean_topic(2, 20, 15).await;
+    let records = broker.records(TOPIC).len() as u64;
+    let (cache, store) = (MemoryCache::new(), MemoryStore::new());
+    let config = ConsumerConfig {
+        commit_interval: Duration::from_secs(60),
+        ..config()
+    };
+    let (running, metrics) = start(&broker, &cache, &store, config);
+    for _ in 0..2000 {
+        if metrics.polled.get() == records && store.applied_events().len() as u64 == records {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        broker.committed(GROUP).is_empty(),
+        "committed before the interval"
+    );
+    let summary = running.stop().await.unwrap();
+    assert_eq!(summary.commits, 1, "only the final commit: {summary:?}");
+}
+
 /// Goal: `abort` kills the consumer as a crash would: after it, nothing more is consumed or
 /// committed. Method: consume a topic to its end, abort, publish more; the group's commits
 /// stay where they were.
