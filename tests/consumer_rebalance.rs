@@ -292,25 +292,32 @@ async fn a_worker_drops_records_of_a_revoked_assignment_at_no_cost() {
 
 /// Goal: a poll's records are tracked in runs of one partition's consecutive offsets, and a
 /// run never takes in another partition's record or an offset after a gap. Method: one poll
-/// whose partitions interleave with offsets that continue across them (p0@5, p1@6) and a gap
-/// (p0@5, then p0@8); every record is applied once and each partition commits past its last.
+/// whose partitions interleave with offsets that continue across them (p0@5, p1@6), with a
+/// gap right after a record (p1@7, p1@10) and one across another partition (p0@5, p0@8);
+/// every record is applied once and each partition commits past its last.
 #[tokio::test]
 async fn runs_of_tracked_records_stop_at_another_partition_and_at_a_gap() {
     let script = vec![Polled {
         rebalances: vec![assigned(0), assigned(1)],
-        records: vec![record(0, 5), record(1, 6), record(1, 7), record(0, 8)],
+        records: vec![
+            record(0, 5),
+            record(1, 6),
+            record(1, 7),
+            record(1, 10),
+            record(0, 8),
+        ],
     }];
     // No periodic commit: the drain's synchronous one shows the final commit points.
     let config = ConsumerConfig {
-        batch_size: 4,
+        batch_size: 5,
         commit_interval: Duration::from_secs(60),
         ..config()
     };
     let started = start(config, script, 100);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let summary = started.running.stop().await.unwrap();
-    assert_eq!(summary.polled, 4);
-    assert_eq!(started.store.inner.applied_events().len(), 4);
+    assert_eq!(summary.polled, 5);
+    assert_eq!(started.store.inner.applied_events().len(), 5);
     let calls = started.calls.lock().unwrap();
     let last: BTreeMap<PartitionId, i64> = calls
         .sync_commits
