@@ -187,6 +187,33 @@ async fn commits_wait_for_the_commit_interval() {
     );
 }
 
+/// Goal: a tracker with room for a few records holds what it has no room for, pauses the
+/// partition, and re-offers the held records as room frees, so the consumer still reaches the
+/// end of the log with every effect applied once. Method: a tracker of 4 records in flight
+/// under a few hundred records.
+#[tokio::test]
+async fn a_full_tracker_holds_records_and_catches_up() {
+    let broker = MemoryBroker::new(TOPIC, 2);
+    let workload = WorkloadConfig {
+        orders: 60,
+        seed: 16,
+        ..WorkloadConfig::default()
+    };
+    let (truth, _) = publish(&broker, &workload).await;
+    let (cache, store) = (MemoryCache::new(), MemoryStore::new());
+    let mut config = ConsumerConfig {
+        batch_size: 4,
+        ..config()
+    };
+    config.limits.in_flight_max = 4;
+    config.limits.span_max = 8;
+    let (running, _) = start(&broker, &cache, &store, config);
+    wait_caught_up(&broker).await;
+    running.stop().await.unwrap();
+    let report = check(&truth, &store);
+    assert!(report.passed(), "{report}");
+}
+
 /// Goal: `abort` kills the consumer as a crash would: after it, nothing more is consumed or
 /// committed. Method: consume a topic to its end, abort, publish more; the group's commits
 /// stay where they were.
