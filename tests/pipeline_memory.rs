@@ -53,7 +53,7 @@ async fn clean_topic(partitions: i32, orders: usize, seed: u64) -> (MemoryBroker
 
 /// Freezes the whole pipeline at the `hit`-th pass of `point` (every task stops at its next
 /// fault point) and tells the test, which then kills the consumer: a crash exactly inside one
-/// of the protocol's windows.
+/// of the protocol's windows. With a `delay`, every batch is slow instead.
 #[derive(Default)]
 struct CrashProbe {
     point: Option<FaultPoint>,
@@ -61,10 +61,15 @@ struct CrashProbe {
     hits: AtomicU32,
     frozen: std::sync::atomic::AtomicBool,
     crashed: Arc<Notify>,
+    /// How long every batch waits after its cache check (a slow store, in effect).
+    delay: Duration,
 }
 
 impl Probe for CrashProbe {
     async fn at(&self, point: FaultPoint) {
+        if point == FaultPoint::AfterCacheCheck && !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
         if self.point == Some(point) && self.hits.fetch_add(1, Ordering::SeqCst) + 1 == self.hit {
             self.frozen.store(true, Ordering::SeqCst);
             self.crashed.notify_one();
@@ -207,7 +212,12 @@ async fn a_full_tracker_holds_records_and_catches_up() {
     };
     config.limits.in_flight_max = 4;
     config.limits.span_max = 8;
-    let (running, _) = start(&broker, &cache, &store, config);
+    // Slow batches keep the tracker full when the next poll comes.
+    let probe = CrashProbe {
+        delay: Duration::from_millis(2),
+        ..CrashProbe::default()
+    };
+    let (running, _) = start_probed(&broker, &cache, &store, config, probe, None);
     wait_caught_up(&broker).await;
     running.stop().await.unwrap();
     let report = check(&truth, &store);
