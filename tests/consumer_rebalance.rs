@@ -340,6 +340,41 @@ async fn runs_of_tracked_records_stop_at_another_partition_and_at_a_gap() {
     );
 }
 
+/// Goal: giving up a partition with nothing in flight costs no grace period: its commit goes
+/// out at once. Method: a partition assigned at committed offset 5 and revoked on the next
+/// poll, with a grace period of 300 ms; the synchronous commit comes well before it ends.
+#[tokio::test]
+async fn revoking_an_idle_partition_commits_at_once() {
+    let script = vec![
+        Polled {
+            rebalances: vec![Rebalance::Assigned {
+                partition: 0,
+                committed: Some(holdfast::ports::CommittedOffset {
+                    offset: 5,
+                    metadata: None,
+                }),
+            }],
+            records: Vec::new(),
+        },
+        Polled {
+            rebalances: vec![Rebalance::Revoked { partition: 0 }],
+            records: Vec::new(),
+        },
+    ];
+    let begun = Instant::now();
+    let started = start(config(), script, 0);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    started.running.abort().await;
+    let calls = started.calls.lock().unwrap();
+    let (at, commits) = calls.sync_commits.first().expect("no commit on revoke");
+    assert_eq!(commits[0].offset, 5);
+    assert!(
+        *at - begun < Duration::from_millis(150),
+        "the revoke waited {:?}",
+        *at - begun
+    );
+}
+
 /// Goal: a compensator that loses a partition drops that partition's pending events, keeps
 /// checking the others, and commits what the lost partition finished, synchronously, before
 /// the next owner starts. Method: both partitions' records missing from the store and passed
