@@ -611,12 +611,9 @@ mod groups {
         assert!(world.commit_history("g").is_empty());
     }
 
-    /// Goal: committed offsets and their metadata survive a coordinator restart, and a new
-    /// member is assigned with them.
-    #[madsim::test]
-    async fn committed_metadata_survives_coordinator_restart() {
-        let world = World::start(WorldConfig::default()).await;
-        let committed = on_client(&world, "first", |world| async move {
+    /// A member of group "g" commits offset 5 of partition 2 with metadata.
+    async fn commit_offset_five_with_metadata(world: &World) {
+        let committed = on_client(world, "first", |world| async move {
             let mut log = world.log("g").await;
             next_rebalances(&mut log).await;
             let commit = OffsetCommit {
@@ -628,6 +625,14 @@ mod groups {
         })
         .await;
         assert_eq!(committed, Ok(()));
+    }
+
+    /// Goal: committed offsets and their metadata survive a coordinator restart, and a new
+    /// member is assigned with them.
+    #[madsim::test]
+    async fn committed_metadata_survives_coordinator_restart() {
+        let world = World::start(WorldConfig::default()).await;
+        commit_offset_five_with_metadata(&world).await;
         let history = world.commit_history("g");
         assert_eq!(history.len(), 1);
         assert_eq!((history[0].partition, history[0].offset), (2, 5));
@@ -654,18 +659,7 @@ mod groups {
             ..WorldConfig::default()
         })
         .await;
-        let committed = on_client(&world, "first", |world| async move {
-            let mut log = world.log("g").await;
-            next_rebalances(&mut log).await;
-            let commit = OffsetCommit {
-                partition: 2,
-                offset: 5,
-                metadata: "finished:7,9".to_string(),
-            };
-            log.commit(&[commit], CommitMode::Sync).await
-        })
-        .await;
-        assert_eq!(committed, Ok(()));
+        commit_offset_five_with_metadata(&world).await;
         let stored = world.committed("g");
         assert_eq!(
             (stored[&2].offset, stored[&2].metadata.as_deref()),
