@@ -17,6 +17,10 @@
 //! so that `track` stays O(1) there too: `ack` then moves `room_end` and `track_limit` up
 //! by one, and `track` takes the same fast path and writes nothing more than `next` (the
 //! count is derived from both), so no field is written by both calls.
+//!
+//! The file is longer than most: it is one state machine whose invariants (above, and checked
+//! by `debug_check`) bind every method, so it is read and changed as a whole. Its tests are in
+//! `partition/tests.rs`.
 
 use super::metadata::{self, FinishedSet};
 use super::{AckError, Limits, TrackError, Tracked};

@@ -3,6 +3,7 @@
 //!
 //! [`World`] is the harness's facade: it starts the services, hands out port implementations
 //! for client nodes, injects faults and lets the checker read the models' state directly.
+//! It is long because it is the whole facade: one method per fault and per view of a model.
 
 pub mod kafka;
 pub mod lock;

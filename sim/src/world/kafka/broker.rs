@@ -1,6 +1,9 @@
 //! A broker node: hosts replicas, leads some partitions (appends, serves consumer fetches,
 //! tracks followers, proposes ISR changes, advances the high watermark) and follows others
 //! (fetches from their leader, truncating where its log diverged).
+//!
+//! One file, although long: leading and following share the replica state and the ISR
+//! protocol with the controller, and a change to one side is a change to the other.
 
 use super::controller::{ControllerAnswer, ControllerRequest, IsrProposal};
 use super::replica::{Entry, Produced, Refused, Replica};
