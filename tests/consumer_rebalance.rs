@@ -375,6 +375,44 @@ async fn revoking_an_idle_partition_commits_at_once() {
     );
 }
 
+/// Goal: a partition whose commit point stands still with work in flight is reported as
+/// stalled once, after `stall_after`, and an idle partition never is. Method: p0's records
+/// wait behind a closed store gate; p1 has nothing; `stall_after` 100 ms.
+#[tokio::test]
+async fn a_stuck_partition_is_reported_stalled_once_and_an_idle_one_never() {
+    let script = vec![Polled {
+        rebalances: vec![assigned(0), assigned(1)],
+        records: vec![record(0, 0), record(0, 1)],
+    }];
+    let config = ConsumerConfig {
+        commit_interval: Duration::from_millis(10),
+        stall_after: Duration::from_millis(100),
+        ..config()
+    };
+    let started = start(config, script, 0);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        started.metrics.stalls.get(),
+        0,
+        "reported before stall_after"
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        started.metrics.stalls.get(),
+        1,
+        "one report, not one per round"
+    );
+    assert!(started.metrics.partition(0).is_some_and(|g| g.stalled));
+    assert!(started.metrics.partition(1).is_some_and(|g| !g.stalled));
+    started.store.gate.add_permits(100);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        started.metrics.partition(0).is_some_and(|g| !g.stalled),
+        "still reported stalled after the commit point moved"
+    );
+    started.running.abort().await;
+}
+
 /// Goal: a compensator that loses a partition drops that partition's pending events, keeps
 /// checking the others, and commits what the lost partition finished, synchronously, before
 /// the next owner starts. Method: both partitions' records missing from the store and passed
