@@ -224,6 +224,68 @@ async fn a_full_tracker_holds_records_and_catches_up() {
     assert!(report.passed(), "{report}");
 }
 
+/// Goal: `stop` with work in flight waits for it (up to `drain_timeout`) before its final
+/// commit, so nothing finished is left uncommitted and nothing is abandoned. Method: slow
+/// batches; stop while records are in flight; the summary abandons nothing and the group's
+/// commit covers everything polled.
+#[tokio::test]
+async fn stop_drains_work_in_flight_before_the_final_commit() {
+    let (broker, _) = clean_topic(2, 40, 17).await;
+    let (cache, store) = (MemoryCache::new(), MemoryStore::new());
+    let config = ConsumerConfig {
+        batch_size: 10,
+        commit_interval: Duration::from_secs(60),
+        ..config()
+    };
+    let probe = CrashProbe {
+        delay: Duration::from_millis(20),
+        ..CrashProbe::default()
+    };
+    let (running, metrics) = start_probed(&broker, &cache, &store, config, probe, None);
+    while metrics.polled.get() == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let summary = running.stop().await.unwrap();
+    assert_eq!(summary.abandoned, 0, "{summary:?}");
+    let applied = store.applied_events().len() as u64;
+    assert_eq!(applied, summary.polled, "every polled record finished");
+    let committed: i64 = broker.committed(GROUP).values().map(|c| c.offset).sum();
+    assert_eq!(
+        committed as u64, summary.polled,
+        "the final commit covers them"
+    );
+}
+
+/// Goal: an aborted consumer abandons its in-flight work: its workers stop with it (a crash
+/// takes every task of the process). Method: slow batches queued at the workers; abort; the
+/// store receives nothing more.
+#[tokio::test]
+async fn abort_abandons_work_in_flight() {
+    let (broker, _) = clean_topic(1, 60, 18).await;
+    let (cache, store) = (MemoryCache::new(), MemoryStore::new());
+    let config = ConsumerConfig {
+        batch_size: 5,
+        concurrency: 1,
+        ..config()
+    };
+    let probe = CrashProbe {
+        delay: Duration::from_millis(10),
+        ..CrashProbe::default()
+    };
+    let (running, metrics) = start_probed(&broker, &cache, &store, config, probe, None);
+    while metrics.polled.get() == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    running.abort().await;
+    let applied = store.applied_events().len();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        store.applied_events().len(),
+        applied,
+        "a worker outlived the abort"
+    );
+}
+
 /// Goal: `abort` kills the consumer as a crash would: after it, nothing more is consumed or
 /// committed. Method: consume a topic to its end, abort, publish more; the group's commits
 /// stay where they were.
