@@ -569,6 +569,18 @@ async fn compensate_for(
     config: CompensatorConfig,
     run_for: Duration,
 ) -> holdfast::pipeline::CompensatorReport {
+    compensate_until(broker, store, config, |_| true, run_for).await
+}
+
+/// Runs a compensator as `compensate_for` does, until `reached` holds of the broker (at most
+/// 10 s, so that a loaded machine only slows the test), then for `then` more.
+async fn compensate_until(
+    broker: &MemoryBroker,
+    store: &MemoryStore,
+    config: CompensatorConfig,
+    reached: impl Fn(&MemoryBroker) -> bool,
+    then: Duration,
+) -> holdfast::pipeline::CompensatorReport {
     let compensator = Compensator::new(
         config,
         broker.consumer(TOPIC, "holdfast-compensator"),
@@ -578,9 +590,22 @@ async fn compensate_for(
     );
     let (stop, shutdown) = ShutdownTrigger::new();
     let task = tokio::spawn(compensator.run(shutdown));
-    tokio::time::sleep(run_for).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !reached(broker) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    tokio::time::sleep(then).await;
     stop.trigger();
     task.await.unwrap()
+}
+
+/// How many records of the topic are re-sends of attempt `attempt`.
+fn resends(broker: &MemoryBroker, attempt: u32) -> usize {
+    broker
+        .records(TOPIC)
+        .iter()
+        .filter(|record| attempts(record) == Some(attempt))
+        .count()
 }
 
 /// Goal: the compensator re-sends only what the main group has committed past: an event
@@ -635,13 +660,10 @@ async fn compensator_resends_only_below_the_main_group_commit() {
         poll_timeout: Duration::from_millis(2),
         ..CompensatorConfig::default()
     };
-    compensate_for(
-        &broker,
-        &MemoryStore::new(),
-        config,
-        Duration::from_millis(100),
-    )
-    .await;
+    let three_resent = |broker: &MemoryBroker| resends(broker, 1) >= 3;
+    let store = MemoryStore::new();
+    let then = Duration::from_millis(50);
+    compensate_until(&broker, &store, config, three_resent, then).await;
     let first_resends: BTreeSet<Vec<u8>> = broker
         .records(TOPIC)
         .into_iter()
@@ -658,7 +680,7 @@ async fn compensator_resends_only_below_the_main_group_commit() {
 
 /// Goal: after a re-send the compensator waits `delay` before it checks that event again
 /// (the re-send needs time to be applied). Method: a missing effect behind a committed main
-/// group, a delay of 300 ms, a run of 450 ms: one re-send, not more.
+/// group, a delay of 1 s; once every record was re-sent, 300 ms more bring no second re-send.
 #[tokio::test]
 async fn compensator_waits_one_delay_between_resends() {
     let (broker, _) = clean_topic(1, 1, 3).await;
@@ -671,19 +693,16 @@ async fn compensator_waits_one_delay_between_resends() {
     let mut main = broker.consumer(TOPIC, GROUP);
     main.commit(&[commit], CommitMode::Sync).await.unwrap();
     let config = CompensatorConfig {
-        delay: Duration::from_millis(300),
+        delay: Duration::from_secs(1),
         check_interval: Duration::from_millis(2),
         poll_timeout: Duration::from_millis(2),
         attempts_max: 10,
         ..CompensatorConfig::default()
     };
-    let report = compensate_for(
-        &broker,
-        &MemoryStore::new(),
-        config,
-        Duration::from_millis(450),
-    )
-    .await;
+    let all_resent = |broker: &MemoryBroker| resends(broker, 1) as i64 >= end;
+    let store = MemoryStore::new();
+    let then = Duration::from_millis(300);
+    let report = compensate_until(&broker, &store, config, all_resent, then).await;
     assert_eq!(
         report.resent, end as u64,
         "one re-send per record: {report:?}"
