@@ -21,13 +21,13 @@ macro_rules! reach {
 
 /// Every reach point of the library, with what taking it means.
 pub const POINTS: &[(&str, &str)] = &[
-    ("consumer.poll_failed", "a poll failed and is retried with backoff"),
+    ("member.poll_failed", "a poll failed and is retried with backoff"),
     (
-        "consumer.tracker_full",
+        "member.tracker_full",
         "the tracker refused a record (full): held, partition paused",
     ),
     (
-        "consumer.record_skipped",
+        "member.record_skipped",
         "a polled record below the assignment's tracking or of a partition no longer owned was skipped",
     ),
     (
@@ -35,11 +35,11 @@ pub const POINTS: &[(&str, &str)] = &[
         "a revoke gave up records still in flight after the grace period",
     ),
     (
-        "consumer.commit_fenced",
+        "member.commit_fenced",
         "an offset commit was refused: the partitions moved to another member",
     ),
     (
-        "consumer.stalled",
+        "member.stalled",
         "a partition's commit point stood still past stall_after with work in flight",
     ),
     (
@@ -77,10 +77,6 @@ pub const POINTS: &[(&str, &str)] = &[
     (
         "protocol.cache_write_failed",
         "the cache write after the store commit failed",
-    ),
-    (
-        "compensator.held",
-        "the compensator's tracker was full: the record is held and its partition paused",
     ),
     (
         "compensator.check_failed",

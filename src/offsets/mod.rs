@@ -43,7 +43,7 @@ mod tracker;
 pub use partition::{PartitionTracker, RestoreReport};
 pub use policy::{CommitPolicy, Watermark};
 pub use shared::SharedTracker;
-pub use tracker::{Assignment, CommitSnapshot, Ticket, Tracker};
+pub use tracker::{Assignment, CommitSnapshot, Progress, Ticket, Tracker};
 
 use crate::ports::PartitionId;
 

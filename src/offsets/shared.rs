@@ -1,6 +1,8 @@
 //! The concurrent form: workers ack, the poll loop tracks and snapshots.
 
-use super::{AckError, Assignment, CommitSnapshot, Limits, Ticket, TrackError, Tracked, Tracker};
+use super::{
+    AckError, Assignment, CommitSnapshot, Limits, Progress, Ticket, TrackError, Tracked, Tracker,
+};
 use crate::ports::{CommittedOffset, PartitionId};
 use crate::sync::{Arc, Mutex, MutexGuard};
 
@@ -70,6 +72,11 @@ impl SharedTracker {
     /// See [`Tracker::snapshots`].
     pub fn snapshots(&self) -> Vec<CommitSnapshot> {
         self.lock().snapshots()
+    }
+
+    /// See [`Tracker::progress`].
+    pub fn progress(&self, partition: PartitionId) -> Option<Progress> {
+        self.lock().progress(partition)
     }
 
     /// See [`Tracker::in_flight`].

@@ -44,6 +44,14 @@ pub struct Assignment {
     pub restore: RestoreReport,
 }
 
+/// The result of [`Tracker::progress`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// The lowest unfinished offset (the next one when nothing is in flight).
+    pub point: Option<i64>,
+    pub in_flight: usize,
+}
+
 #[derive(Debug)]
 struct Owned {
     epoch: u64,
@@ -231,6 +239,16 @@ impl Tracker {
             .keys()
             .filter_map(|&p| self.snapshot(p))
             .collect()
+    }
+
+    /// The watermark of `partition` and its records in flight, read together (stall
+    /// detection needs the point, not the metadata a snapshot encodes). `None` if not assigned.
+    pub fn progress(&self, partition: PartitionId) -> Option<Progress> {
+        let owned = self.owned.get(&partition)?;
+        Some(Progress {
+            point: owned.tracker.commit_point(),
+            in_flight: owned.tracker.in_flight(),
+        })
     }
 
     /// Records of `partition` tracked and not yet acked (0 if not assigned).

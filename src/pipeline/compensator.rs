@@ -9,18 +9,24 @@
 //! the compensator acks a record to its own tracker only once it is resolved, and commits
 //! only the lowest unresolved offset, so a crash rebuilds the table by redelivery.
 
-use super::consumer::Shutdown;
 use super::dead_letter::{dead_letter, header, HEADER_ATTEMPTS};
+use super::member::{Member, MemberConfig};
+use super::metrics::Metrics;
+use super::shutdown::Shutdown;
 use crate::event::OrderEvent;
 use crate::idempotency::IdempotencyKey;
-use crate::offsets::{Limits, SharedTracker, Ticket, TrackError, Tracked};
+use crate::offsets::{Limits, SharedTracker, Ticket};
 use crate::ports::{
-    CommitMode, EventLog, GroupOffsets, OffsetCommit, OrderStore, OutboundMessage, PartitionId,
-    PortError, Publisher, Rebalance, Record,
+    CommitMode, EventLog, GroupOffsets, NoProbe, OrderStore, OutboundMessage, PartitionId,
+    PortError, Publisher, Record,
 };
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// The longest wait between retries of a failed poll.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// How the compensator decides and re-sends.
 #[derive(Clone, Debug)]
@@ -79,133 +85,25 @@ struct Pending {
     attempts: u32,
 }
 
-/// The compensating consumer.
-pub struct Compensator<L, G, S, P> {
-    config: CompensatorConfig,
-    log: L,
-    main_offsets: G,
-    store: S,
-    publisher: P,
+/// The tracked, unresolved records, by partition and offset.
+struct PendingTable {
+    entries: BTreeMap<(PartitionId, i64), Pending>,
+    /// The member's tracker: a record is acked to it once resolved.
     tracker: SharedTracker,
-    pending: BTreeMap<(PartitionId, i64), Pending>,
-    /// Per partition, polled records the tracker had no room for, in poll order; the
-    /// partition stays paused until they are all admitted.
-    held: BTreeMap<PartitionId, VecDeque<Record>>,
-    report: CompensatorReport,
+    delay: Duration,
 }
 
-impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G, S, P> {
-    pub fn new(config: CompensatorConfig, log: L, main_offsets: G, store: S, publisher: P) -> Self {
-        let tracker = SharedTracker::new(config.limits);
-        Compensator {
-            config,
-            log,
-            main_offsets,
-            store,
-            publisher,
-            tracker,
-            pending: BTreeMap::new(),
-            held: BTreeMap::new(),
-            report: CompensatorReport::default(),
-        }
-    }
-
-    /// Runs until shutdown, then commits what is resolved.
-    pub async fn run(mut self, shutdown: Shutdown) -> CompensatorReport {
-        let mut next_check = Instant::now() + self.config.check_interval;
-        while !shutdown.requested() {
-            match self
-                .log
-                .poll(self.config.batch_size, self.config.poll_timeout)
-                .await
-            {
-                Ok(polled) => {
-                    self.rebalance(polled.rebalances).await;
-                    for record in polled.records {
-                        self.offer(record).await;
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "compensator poll failed");
-                    tokio::time::sleep(self.config.poll_timeout).await;
-                }
-            }
-            if Instant::now() >= next_check {
-                if let Err(error) = self.check_due().await {
-                    crate::reach!("compensator.check_failed");
-                    tracing::warn!(%error, "compensation check failed; retrying next round");
-                }
-                self.retry_held().await;
-                self.commit(CommitMode::Async).await;
-                next_check = Instant::now() + self.config.check_interval;
-            }
-        }
-        self.commit(CommitMode::Sync).await;
-        self.report.pending = self.pending.len();
-        self.report
-    }
-
-    /// Admits a polled record, or holds it (and pauses its partition) while the tracker is
-    /// full or earlier records of its partition wait: a record is never skipped unchecked,
-    /// since the tracker would count a skipped offset finished once a later one is acked.
-    async fn offer(&mut self, record: Record) {
-        let partition = record.partition;
-        if let Some(waiting) = self.held.get_mut(&partition) {
-            waiting.push_back(record);
-            return;
-        }
-        if let Some(record) = self.admit(record) {
-            crate::reach!("compensator.held");
-            self.held.entry(partition).or_default().push_back(record);
-            if let Err(error) = self.log.pause(&[partition]).await {
-                tracing::warn!(%error, partition, "compensator pause failed");
-            }
-        }
-    }
-
-    /// Re-offers held records, oldest first; resumes a partition whose backlog cleared.
-    async fn retry_held(&mut self) {
-        let partitions: Vec<PartitionId> = self.held.keys().copied().collect();
-        for partition in partitions {
-            let mut waiting = self.held.remove(&partition).unwrap_or_default();
-            while let Some(record) = waiting.pop_front() {
-                if let Some(record) = self.admit(record) {
-                    waiting.push_front(record);
-                    break;
-                }
-            }
-            if !waiting.is_empty() {
-                self.held.insert(partition, waiting);
-            } else if let Err(error) = self.log.resume(&[partition]).await {
-                // Still paused: an empty backlog keeps the entry so the next round resumes it.
-                tracing::warn!(%error, partition, "compensator resume failed");
-                self.held.insert(partition, waiting);
-            }
-        }
-    }
-
-    /// Puts a polled record into the pending table, or resolves it at once when there is
-    /// nothing to check (undecodable: the main group dead-letters it; a re-send: its
-    /// original is the one being tracked). Gives the record back when the tracker is full.
-    fn admit(&mut self, record: Record) -> Option<Record> {
-        let ticket = match self.tracker.track(record.partition, record.offset) {
-            Ok((ticket, Tracked::New)) => ticket,
-            Ok((_, Tracked::AlreadyDone)) => return None,
-            Err(TrackError::Full { .. }) => return Some(record),
-            Err(error @ (TrackError::Backwards { .. } | TrackError::NotAssigned { .. })) => {
-                // Below what this assignment already tracks (a redelivery of a record it
-                // holds or resolved), or a partition it no longer owns (the new owner checks
-                // it): skipping loses nothing.
-                tracing::debug!(%error, "compensator skipped a record");
-                return None;
-            }
-        };
+impl PendingTable {
+    /// Puts an admitted record into the table, or resolves it at once when there is nothing
+    /// to check (undecodable: the main group dead-letters it; a re-send: its original is the
+    /// one being tracked).
+    fn admit(&mut self, ticket: Ticket, record: Record) {
         let resend = header(&record.headers, HEADER_ATTEMPTS).is_some();
         match OrderEvent::decode(&record.payload) {
             Ok(event) if !resend => {
                 let key = IdempotencyKey::of(&event);
-                let due = Instant::now() + self.config.delay;
-                self.pending.insert(
+                let due = Instant::now() + self.delay;
+                self.entries.insert(
                     (record.partition, record.offset),
                     Pending {
                         ticket,
@@ -219,14 +117,100 @@ impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G
             }
             _ => self.resolve(ticket),
         }
-        None
+    }
+
+    fn resolve(&self, ticket: Ticket) {
+        if let Err(error) = self.tracker.ack(ticket) {
+            tracing::debug!(%error, "compensator ack refused (partition moved)");
+        }
+    }
+
+    /// Forgets a partition given up: its next owner checks its records.
+    fn revoked(&mut self, partition: PartitionId) {
+        self.entries.retain(|(p, _), _| *p != partition);
+    }
+}
+
+/// The compensating consumer.
+pub struct Compensator<L, G, S, P> {
+    config: CompensatorConfig,
+    member: Member<L>,
+    main_offsets: G,
+    store: S,
+    publisher: P,
+    pending: PendingTable,
+    report: CompensatorReport,
+}
+
+impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G, S, P> {
+    pub fn new(config: CompensatorConfig, log: L, main_offsets: G, store: S, publisher: P) -> Self {
+        let tracker = SharedTracker::new(config.limits);
+        // Nothing of a revoked partition finishes by waiting (its records wait for checks, not
+        // for workers), so revokes commit at once.
+        let member = Member::new(
+            MemberConfig {
+                batch_size: config.batch_size,
+                poll_timeout: config.poll_timeout,
+                revoke_grace: Duration::ZERO,
+                backoff_initial: config.poll_timeout,
+                backoff_max: config.poll_timeout.max(BACKOFF_MAX),
+                jitter_seed: 0,
+            },
+            log,
+            tracker.clone(),
+            Arc::new(Metrics::new()),
+        );
+        Compensator {
+            pending: PendingTable {
+                entries: BTreeMap::new(),
+                tracker,
+                delay: config.delay,
+            },
+            config,
+            member,
+            main_offsets,
+            store,
+            publisher,
+            report: CompensatorReport::default(),
+        }
+    }
+
+    /// Runs until shutdown, then commits what is resolved.
+    pub async fn run(mut self, shutdown: Shutdown) -> CompensatorReport {
+        let mut next_check = Instant::now() + self.config.check_interval;
+        while !shutdown.requested() {
+            let polled = self.member.poll(&NoProbe).await;
+            for revoked in polled.revoked {
+                self.pending.revoked(revoked.partition);
+            }
+            let pending = &mut self.pending;
+            self.member
+                .offer(polled.records, |t, r| pending.admit(t, r))
+                .await;
+            if Instant::now() >= next_check {
+                if let Err(error) = self.check_due().await {
+                    crate::reach!("compensator.check_failed");
+                    tracing::warn!(%error, "compensation check failed; retrying next round");
+                }
+                let pending = &mut self.pending;
+                self.member.retry_held(|t, r| pending.admit(t, r)).await;
+                self.member
+                    .commit_changed(CommitMode::Async, &NoProbe)
+                    .await;
+                next_check = Instant::now() + self.config.check_interval;
+            }
+        }
+        self.member.commit_changed(CommitMode::Sync, &NoProbe).await;
+        self.report.pending = self.pending.entries.len();
+        self.report
     }
 
     /// Checks every due event whose offset the main group has committed past.
     async fn check_due(&mut self) -> Result<(), PortError> {
         let now = Instant::now();
         let partitions: Vec<PartitionId> = {
-            let mut partitions: Vec<PartitionId> = self.pending.keys().map(|(p, _)| *p).collect();
+            let mut partitions: Vec<PartitionId> =
+                self.pending.entries.keys().map(|(p, _)| *p).collect();
             partitions.dedup();
             partitions
         };
@@ -244,6 +228,7 @@ impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G
             .collect();
         let due: Vec<(PartitionId, i64)> = self
             .pending
+            .entries
             .iter()
             .filter(|((partition, offset), entry)| {
                 entry.due <= now && passed.get(partition).is_some_and(|c| offset < c)
@@ -255,7 +240,7 @@ impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G
         }
         let order_ids: BTreeSet<String> = due
             .iter()
-            .filter_map(|slot| self.pending.get(slot))
+            .filter_map(|slot| self.pending.entries.get(slot))
             .map(|entry| entry.event.order_id.clone())
             .collect();
         let order_ids: Vec<String> = order_ids.into_iter().collect();
@@ -263,7 +248,7 @@ impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G
         let present: Vec<bool> = due
             .iter()
             .map(|slot| {
-                self.pending.get(slot).is_some_and(|entry| {
+                self.pending.entries.get(slot).is_some_and(|entry| {
                     rows.get(&entry.event.order_id)
                         .is_some_and(|row| row.reflects(&entry.event))
                 })
@@ -271,9 +256,9 @@ impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G
             .collect();
         for (slot, applied) in due.into_iter().zip(present) {
             if applied {
-                if let Some(entry) = self.pending.remove(&slot) {
+                if let Some(entry) = self.pending.entries.remove(&slot) {
                     self.report.confirmed += 1;
-                    self.resolve(entry.ticket);
+                    self.pending.resolve(entry.ticket);
                 }
             } else {
                 self.resend(slot).await?;
@@ -284,7 +269,7 @@ impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G
 
     /// Re-publishes one missing event, or dead-letters it after `attempts_max` re-sends.
     async fn resend(&mut self, slot: (PartitionId, i64)) -> Result<(), PortError> {
-        let Some(entry) = self.pending.get(&slot) else {
+        let Some(entry) = self.pending.entries.get(&slot) else {
             return Ok(());
         };
         if entry.attempts >= self.config.attempts_max {
@@ -295,10 +280,10 @@ impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G
                 entry.attempts,
             );
             self.publisher.publish(letter).await?;
-            if let Some(entry) = self.pending.remove(&slot) {
+            if let Some(entry) = self.pending.entries.remove(&slot) {
                 tracing::error!(key = ?entry.key, attempts = entry.attempts, "compensation gave up; event dead-lettered");
                 self.report.dead_lettered.push(entry.key);
-                self.resolve(entry.ticket);
+                self.pending.resolve(entry.ticket);
             }
             return Ok(());
         }
@@ -316,72 +301,10 @@ impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G
         self.report.resent += 1;
         crate::reach!("compensator.resent");
         tracing::warn!(key = ?entry.key, attempts, "effect missing; event re-sent");
-        if let Some(entry) = self.pending.get_mut(&slot) {
+        if let Some(entry) = self.pending.entries.get_mut(&slot) {
             entry.attempts = attempts;
             entry.due = Instant::now() + self.config.delay;
         }
         Ok(())
-    }
-
-    fn resolve(&mut self, ticket: Ticket) {
-        if let Err(error) = self.tracker.ack(ticket) {
-            tracing::debug!(%error, "compensator ack refused (partition moved)");
-        }
-    }
-
-    /// Applies one poll's rebalance events in order; what finished in the partitions given up
-    /// is committed once per run of revocations, not once per partition.
-    async fn rebalance(&mut self, changes: Vec<Rebalance>) {
-        let mut revoked = Vec::new();
-        for change in changes {
-            match change {
-                Rebalance::Revoked { partition } => {
-                    self.pending.retain(|(p, _), _| *p != partition);
-                    // The next owner polls the held records again.
-                    self.held.remove(&partition);
-                    revoked.extend(self.tracker.revoke(partition).map(OffsetCommit::from));
-                }
-                Rebalance::Assigned {
-                    partition,
-                    committed,
-                } => {
-                    self.commit_revoked(&std::mem::take(&mut revoked)).await;
-                    self.tracker.assign(partition, committed.as_ref());
-                    // The client may keep a partition paused across its revoke (librdkafka
-                    // keeps the pause on the partition object): resume it, or it is never
-                    // fetched again.
-                    if let Err(error) = self.log.resume(&[partition]).await {
-                        // An empty backlog entry: the next round of `retry_held` resumes it.
-                        tracing::warn!(%error, partition, "compensator resume on assign failed");
-                        self.held.entry(partition).or_default();
-                    }
-                }
-            }
-        }
-        self.commit_revoked(&revoked).await;
-    }
-
-    async fn commit_revoked(&mut self, offsets: &[OffsetCommit]) {
-        if offsets.is_empty() {
-            return;
-        }
-        if let Err(error) = self.log.commit(offsets, CommitMode::Sync).await {
-            tracing::info!(%error, "compensator commit on revoke failed");
-        }
-    }
-
-    async fn commit(&mut self, mode: CommitMode) {
-        let offsets: Vec<OffsetCommit> = self
-            .tracker
-            .snapshots()
-            .into_iter()
-            .map(OffsetCommit::from)
-            .collect();
-        if offsets.is_empty() {
-            return;
-        }
-        if let Err(error) = self.log.commit(&offsets, mode).await {
-            tracing::warn!(%error, "compensator commit failed; the next one covers it");
-        }
     }
 }

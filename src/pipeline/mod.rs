@@ -8,13 +8,17 @@ mod compensator;
 mod config;
 mod consumer;
 pub mod dead_letter;
+mod member;
 mod metrics;
+mod partition;
 mod retry;
+mod shutdown;
 mod worker;
 
 pub use compensator::{Compensator, CompensatorConfig, CompensatorReport};
 pub use config::{ConfigError, ConsumerConfig};
-pub use consumer::{Consumer, RunSummary, RunningConsumer, Shutdown, ShutdownTrigger};
+pub use consumer::{Consumer, RunSummary, RunningConsumer};
 pub use metrics::{Counter, Metrics, PartitionGauges};
 pub use retry::Backoff;
+pub use shutdown::{Shutdown, ShutdownTrigger};
 pub use worker::Services;
