@@ -10,7 +10,7 @@
 mod cli;
 
 use holdfast::idempotency::memory::{MemoryCache, MemoryStore};
-use holdfast::memlog::MemoryBroker;
+use holdfast::memlog::{MemoryBroker, MemoryLog};
 use holdfast::pipeline::{Consumer, ConsumerConfig, Metrics, Services};
 use holdfast::ports::NoProbe;
 use holdfast::verify::{verify, Application, StoreView};
@@ -182,42 +182,23 @@ async fn run_demo(options: Options) -> Result<ExitCode, String> {
         workload.messages.len(),
         truth.acknowledged.len()
     );
-    let cache = MemoryCache::new();
     let store = MemoryStore::new();
     let metrics = Arc::new(Metrics::new());
-    let config = ConsumerConfig {
-        batch_size: options.batch,
-        concurrency: options.workers,
-        commit_interval: Duration::from_millis(5),
-        poll_timeout: Duration::from_millis(5),
-        ..ConsumerConfig::default()
+    let demo = DemoConsumers {
+        broker: &broker,
+        cache: MemoryCache::new(),
+        store: store.clone(),
+        metrics: Arc::clone(&metrics),
+        config: ConsumerConfig {
+            batch_size: options.batch,
+            concurrency: options.workers,
+            commit_interval: Duration::from_millis(5),
+            poll_timeout: Duration::from_millis(5),
+            ..ConsumerConfig::default()
+        },
     };
-    let start = |config: ConsumerConfig| {
-        let services = Services {
-            cache: cache.clone(),
-            store: store.clone(),
-            dead_letters: broker.clone(),
-            probe: NoProbe,
-        };
-        Consumer::new(
-            config,
-            broker.consumer(TOPIC, GROUP),
-            services,
-            Arc::clone(&metrics),
-        )
-        .map_err(|error| format!("bad consumer configuration: {error}"))
-    };
-    // Crash cycles: each incarnation is killed after a few milliseconds, mid-flight.
-    for cycle in 0..options.crashes {
-        let running = start(ConsumerConfig {
-            jitter_seed: u64::from(cycle),
-            ..config.clone()
-        })?
-        .spawn();
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        running.abort().await;
-    }
-    let running = start(config)?.spawn();
+    demo.crash_cycles(options.crashes).await?;
+    let running = demo.start(demo.config.jitter_seed)?.spawn();
     // Generous: the embedded pipeline applies tens of thousands of events a second; a stuck
     // run ends with an error that says how far the group got instead of hanging.
     let limit =
@@ -247,4 +228,48 @@ async fn run_demo(options: Options) -> Result<ExitCode, String> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The demo's consumers: every incarnation shares the broker, the cache, the store and the
+/// metrics, as restarted processes share the real services.
+struct DemoConsumers<'a> {
+    broker: &'a MemoryBroker,
+    cache: MemoryCache,
+    store: MemoryStore,
+    metrics: Arc<Metrics>,
+    config: ConsumerConfig,
+}
+
+type DemoConsumer = Consumer<MemoryLog, MemoryCache, MemoryStore, MemoryBroker, NoProbe>;
+
+impl DemoConsumers<'_> {
+    fn start(&self, jitter_seed: u64) -> Result<DemoConsumer, String> {
+        let services = Services {
+            cache: self.cache.clone(),
+            store: self.store.clone(),
+            dead_letters: self.broker.clone(),
+            probe: NoProbe,
+        };
+        let config = ConsumerConfig {
+            jitter_seed,
+            ..self.config.clone()
+        };
+        Consumer::new(
+            config,
+            self.broker.consumer(TOPIC, GROUP),
+            services,
+            Arc::clone(&self.metrics),
+        )
+        .map_err(|error| format!("bad consumer configuration: {error}"))
+    }
+
+    /// Each incarnation is killed after a few milliseconds, mid-flight.
+    async fn crash_cycles(&self, crashes: u32) -> Result<(), String> {
+        for cycle in 0..crashes {
+            let running = self.start(u64::from(cycle))?.spawn();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            running.abort().await;
+        }
+        Ok(())
+    }
 }

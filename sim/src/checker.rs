@@ -192,60 +192,14 @@ pub fn check(observed: &Observed) -> RunVerdict {
     // Before convergence an unapplied event may merely be late: that is the liveness
     // violation below, not a loss nor a row that misses its claim.
     if observed.convergence.converged() {
-        if !losses.broker.is_empty() {
-            let detail = format!(
-                "{} acknowledged events are not in the final log, or were written where the group had already passed: {}",
-                losses.broker.len(),
-                examples(losses.broker.iter().cloned())
-            );
-            add(Invariant::BrokerLoss, detail);
-        }
-        if !losses.consumer.is_empty() {
-            let detail = format!(
-                "{} records of the final log were neither applied nor dead-lettered: {}",
-                losses.consumer.len(),
-                examples(losses.consumer.iter().cloned())
-            );
-            add(Invariant::ConsumerLoss, detail);
-        }
-        // A row still missing the claim that wins may only be waiting for its event.
-        if !report.row_mismatches.is_empty() {
-            let detail = format!(
-                "{} claims break the conflict rule: {}",
-                report.row_mismatches.len(),
-                examples(report.row_mismatches.iter().cloned())
-            );
-            add(Invariant::RowMismatch, detail);
-        }
-        if !report.conservation_holds() {
-            let detail = format!(
-                "acknowledged {} != applied {} + dead-lettered {} + pending {}",
-                report.acknowledged, report.applied, report.dead_lettered, report.pending
-            );
-            add(Invariant::Conservation, detail);
-        }
+        report_converged_faults(&report, &losses, &mut add);
     }
     report_store_faults(&report, &mut add);
     let (poll_violations, polled) = check_polls(&observed.history, &observed.logs);
     violations.extend(poll_violations);
     violations.extend(check_commits(&observed.history));
-    let stalled = match observed.convergence {
-        Convergence::Converged => None,
-        Convergence::Stuck { quiet_ms } => Some(format!(
-            "stuck: after healing every fault, no commit advanced and nothing was acknowledged for {quiet_ms} ms while work was pending"
-        )),
-        Convergence::Slow { cap_ms } => Some(format!(
-            "slow: after healing every fault, the consumers were still progressing when the {cap_ms} ms cap ran out"
-        )),
-    };
-    if let Some(stalled) = stalled {
-        violations.push(Violation {
-            invariant: Invariant::Liveness,
-            detail: format!(
-                "{stalled} ({} acknowledged events not applied)",
-                report.missing.len()
-            ),
-        });
+    if let Some(violation) = liveness(observed.convergence, report.missing.len()) {
+        violations.push(violation);
     }
     let unseen = observed
         .truth
@@ -260,6 +214,64 @@ pub fn check(observed: &Observed) -> RunVerdict {
         broker_lost: losses.broker.len(),
         consumer_lost: losses.consumer.len(),
     }
+}
+
+/// The violations only a converged run can show: losses, rows that break the conflict rule,
+/// and conservation.
+fn report_converged_faults(
+    report: &VerifyReport,
+    losses: &Losses,
+    add: &mut impl FnMut(Invariant, String),
+) {
+    if !losses.broker.is_empty() {
+        let detail = format!(
+            "{} acknowledged events are not in the final log, or were written where the group had already passed: {}",
+            losses.broker.len(),
+            examples(losses.broker.iter().cloned())
+        );
+        add(Invariant::BrokerLoss, detail);
+    }
+    if !losses.consumer.is_empty() {
+        let detail = format!(
+            "{} records of the final log were neither applied nor dead-lettered: {}",
+            losses.consumer.len(),
+            examples(losses.consumer.iter().cloned())
+        );
+        add(Invariant::ConsumerLoss, detail);
+    }
+    // A row still missing the claim that wins may only be waiting for its event.
+    if !report.row_mismatches.is_empty() {
+        let detail = format!(
+            "{} claims break the conflict rule: {}",
+            report.row_mismatches.len(),
+            examples(report.row_mismatches.iter().cloned())
+        );
+        add(Invariant::RowMismatch, detail);
+    }
+    if !report.conservation_holds() {
+        let detail = format!(
+            "acknowledged {} != applied {} + dead-lettered {} + pending {}",
+            report.acknowledged, report.applied, report.dead_lettered, report.pending
+        );
+        add(Invariant::Conservation, detail);
+    }
+}
+
+/// The liveness violation of a run that did not converge, telling stuck from slow.
+fn liveness(convergence: Convergence, missing: usize) -> Option<Violation> {
+    let stalled = match convergence {
+        Convergence::Converged => return None,
+        Convergence::Stuck { quiet_ms } => format!(
+            "stuck: after healing every fault, no commit advanced and nothing was acknowledged for {quiet_ms} ms while work was pending"
+        ),
+        Convergence::Slow { cap_ms } => format!(
+            "slow: after healing every fault, the consumers were still progressing when the {cap_ms} ms cap ran out"
+        ),
+    };
+    Some(Violation {
+        invariant: Invariant::Liveness,
+        detail: format!("{stalled} ({missing} acknowledged events not applied)"),
+    })
 }
 
 /// The violations the store comparison found, whatever the convergence.
@@ -416,31 +428,46 @@ fn collapse(violations: Vec<Violation>) -> Vec<Violation> {
         .collect()
 }
 
+/// The final log, indexed for the poll checks.
+struct FinalLog {
+    /// Each record's payload digest, by (partition, offset).
+    digests: HashMap<(i32, i64), u64>,
+    /// The offsets each partition holds.
+    offsets: BTreeMap<i32, BTreeSet<i64>>,
+    /// The fact each decodable record states.
+    facts: HashMap<(i32, i64), Fact>,
+}
+
+impl FinalLog {
+    fn of(logs: &BTreeMap<i32, Vec<(i64, Record)>>) -> FinalLog {
+        let records = || {
+            logs.iter().flat_map(|(partition, records)| {
+                records
+                    .iter()
+                    .map(move |(offset, record)| ((*partition, *offset), record))
+            })
+        };
+        FinalLog {
+            digests: records()
+                .map(|(slot, record)| (slot, digest(&record.payload)))
+                .collect(),
+            offsets: logs
+                .iter()
+                .map(|(partition, records)| (*partition, records.iter().map(|(o, _)| *o).collect()))
+                .collect(),
+            facts: records()
+                .filter_map(|(slot, record)| read_payload(&record.payload).map(|fact| (slot, fact)))
+                .collect(),
+        }
+    }
+}
+
 /// Poll-order checks per member and assignment; returns the keys ever polled.
 fn check_polls(
     history: &[(u64, Step)],
     logs: &BTreeMap<i32, Vec<(i64, Record)>>,
 ) -> (Vec<Violation>, BTreeSet<Fact>) {
-    let final_digest: HashMap<(i32, i64), u64> = logs
-        .iter()
-        .flat_map(|(partition, records)| {
-            records
-                .iter()
-                .map(move |(offset, record)| ((*partition, *offset), digest(&record.payload)))
-        })
-        .collect();
-    let offsets: BTreeMap<i32, BTreeSet<i64>> = logs
-        .iter()
-        .map(|(partition, records)| (*partition, records.iter().map(|(o, _)| *o).collect()))
-        .collect();
-    let facts: HashMap<(i32, i64), Fact> = logs
-        .iter()
-        .flat_map(|(partition, records)| {
-            records.iter().filter_map(move |(offset, record)| {
-                read_payload(&record.payload).map(|fact| ((*partition, *offset), fact))
-            })
-        })
-        .collect();
+    let log = FinalLog::of(logs);
     let mut violations = Vec::new();
     let mut inconsistent: BTreeSet<(i32, i64)> = BTreeSet::new();
     let mut last: HashMap<(&str, i32), i64> = HashMap::new();
@@ -456,33 +483,21 @@ fn check_polls(
                 offset,
                 digest,
             } => {
-                if let Some(fact) = facts.get(&(*partition, *offset)) {
+                let slot = (*partition, *offset);
+                if let Some(fact) = log.facts.get(&slot) {
                     polled.insert(fact.clone());
                 }
-                match final_digest.get(&(*partition, *offset)) {
-                    Some(expected) if expected != digest => {
-                        inconsistent.insert((*partition, *offset));
-                    }
-                    _ => {}
+                if log
+                    .digests
+                    .get(&slot)
+                    .is_some_and(|expected| expected != digest)
+                {
+                    inconsistent.insert(slot);
                 }
-                let slot = (member.as_str(), *partition);
-                if let Some(previous) = last.get(&slot).copied() {
-                    if *offset <= previous {
-                        violations.push(Violation {
-                            invariant: Invariant::NonmonotonicPoll,
-                            detail: format!("{member} polled p{partition}@{offset} after @{previous} at {at_ms}ms"),
-                        });
-                    } else if let Some(skipped) = offsets
-                        .get(partition)
-                        .and_then(|set| set.range(previous + 1..*offset).next())
-                    {
-                        violations.push(Violation {
-                            invariant: Invariant::PollSkip,
-                            detail: format!("{member} polled p{partition}@{offset} right after @{previous}, skipping @{skipped} at {at_ms}ms"),
-                        });
-                    }
+                let previous = last.insert((member.as_str(), *partition), *offset);
+                if let Some(previous) = previous {
+                    violations.extend(poll_order(&log, member, slot, previous, *at_ms));
                 }
-                last.insert(slot, *offset);
             }
             _ => {}
         }
@@ -503,6 +518,33 @@ fn check_polls(
         });
     }
     (violations, polled)
+}
+
+/// One member's poll of `partition@offset` right after its poll of `@previous` within one
+/// assignment: offsets only grow, and none of the final log's is skipped.
+fn poll_order(
+    log: &FinalLog,
+    member: &str,
+    (partition, offset): (i32, i64),
+    previous: i64,
+    at_ms: u64,
+) -> Option<Violation> {
+    if offset <= previous {
+        return Some(Violation {
+            invariant: Invariant::NonmonotonicPoll,
+            detail: format!("{member} polled p{partition}@{offset} after @{previous} at {at_ms}ms"),
+        });
+    }
+    let skipped = log
+        .offsets
+        .get(&partition)
+        .and_then(|set| set.range(previous + 1..offset).next())?;
+    Some(Violation {
+        invariant: Invariant::PollSkip,
+        detail: format!(
+            "{member} polled p{partition}@{offset} right after @{previous}, skipping @{skipped} at {at_ms}ms"
+        ),
+    })
 }
 
 /// Committed offsets must never move backwards, across members and generations.

@@ -3,8 +3,9 @@
 use crate::checker::Invariant;
 use crate::runner::RunOutcome;
 use crate::scenario::{Expectation, LossAt, Scenario};
-use crate::sweep::{matrix, meets, must_reach_all, reach_table, SeedResult};
+use crate::sweep::{matrix, meets, must_reach_all, reach_table, Row, SeedResult};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 /// The commit the simulator was built from.
@@ -71,6 +72,39 @@ pub fn single(outcome: &RunOutcome, trace_lines: usize) -> String {
 pub fn sweep(planned: &[Scenario], results: &[SeedResult], wall_s: f64) -> (String, bool) {
     let rows = matrix(planned, results);
     let mut out = String::new();
+    let mut all_met = write_matrix(&mut out, &rows);
+    write_planted(&mut out, &rows);
+    all_met &= write_reach(&mut out, planned, results);
+    let failing = write_failing(&mut out, results);
+    let events: usize = results.iter().map(|r| r.sent).sum();
+    let faults: usize = results.iter().map(|r| r.faults).sum();
+    let violating = results.iter().filter(|r| r.failed()).count();
+    let _ = writeln!(
+        out,
+        "\nsummary: {} seeds, {} simulated events, {} faults injected, {} runs with violations ({} in safe scenarios), wall {:.1}s, {:.0} seeds/min",
+        results.len(),
+        events,
+        faults,
+        violating,
+        failing,
+        wall_s,
+        results.len() as f64 / wall_s.max(1e-9) * 60.0
+    );
+    let _ = writeln!(
+        out,
+        "verdict: {}",
+        if all_met {
+            "every expectation met"
+        } else {
+            "EXPECTATIONS UNMET"
+        }
+    );
+    (out, all_met)
+}
+
+/// One line per scenario with its verdict; returns whether every scenario met its
+/// expectation.
+fn write_matrix(out: &mut String, rows: &BTreeMap<Scenario, Row>) -> bool {
     let _ = writeln!(out, "commit {COMMIT}");
     let _ = writeln!(
         out,
@@ -78,7 +112,7 @@ pub fn sweep(planned: &[Scenario], results: &[SeedResult], wall_s: f64) -> (Stri
         "scenario", "configuration", "seeds", "w/ loss", "lost", "redeliv", "flagged", "expected"
     );
     let mut all_met = true;
-    for (scenario, row) in &rows {
+    for (scenario, row) in rows {
         let met = meets(*scenario, row);
         all_met &= met;
         let expected = match scenario.expectation() {
@@ -102,6 +136,11 @@ pub fn sweep(planned: &[Scenario], results: &[SeedResult], wall_s: f64) -> (Stri
             if met { "ok" } else { "UNMET" }
         );
     }
+    all_met
+}
+
+/// Per planted bug: the first seed that caught it, and what it broke.
+fn write_planted(out: &mut String, rows: &BTreeMap<Scenario, Row>) {
     let _ = writeln!(out, "\nplanted bugs, seeds to detection:");
     for (scenario, row) in rows
         .iter()
@@ -125,7 +164,11 @@ pub fn sweep(planned: &[Scenario], results: &[SeedResult], wall_s: f64) -> (Stri
             invariants.join(", ")
         );
     }
-    all_met &= write_reach(&mut out, planned, results);
+}
+
+/// The first ten violating runs of scenarios that must be safe, each with its replay
+/// command; returns how many there are.
+fn write_failing(out: &mut String, results: &[SeedResult]) -> usize {
     let failing: Vec<&SeedResult> = results
         .iter()
         .filter(|r| r.failed() && scenario_is_safe(r.scenario))
@@ -144,30 +187,7 @@ pub fn sweep(planned: &[Scenario], results: &[SeedResult], wall_s: f64) -> (Stri
             );
         }
     }
-    let events: usize = results.iter().map(|r| r.sent).sum();
-    let faults: usize = results.iter().map(|r| r.faults).sum();
-    let violating = results.iter().filter(|r| r.failed()).count();
-    let _ = writeln!(
-        out,
-        "\nsummary: {} seeds, {} simulated events, {} faults injected, {} runs with violations ({} in safe scenarios), wall {:.1}s, {:.0} seeds/min",
-        results.len(),
-        events,
-        faults,
-        violating,
-        failing.len(),
-        wall_s,
-        results.len() as f64 / wall_s.max(1e-9) * 60.0
-    );
-    let _ = writeln!(
-        out,
-        "verdict: {}",
-        if all_met {
-            "every expectation met"
-        } else {
-            "EXPECTATIONS UNMET"
-        }
-    );
-    (out, all_met)
+    failing.len()
 }
 
 /// The reach table: per declared point, how many runs took it. Returns false when the sweep

@@ -13,7 +13,7 @@ use holdfast::ports::{Delivery, OutboundMessage, PortError};
 use holdfast::workload::{Workload, WorkloadConfig};
 use std::collections::VecDeque;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -50,58 +50,107 @@ pub fn main(flags: Flags) -> Result<ExitCode, String> {
                 headers: Vec::new(),
             })
             .collect();
-        let mut outcomes: Vec<Option<Delivery>> = vec![None; messages.len()];
-        let mut resent = 0usize;
-        let mut waiting: Vec<usize> = (0..messages.len()).collect();
-        for round in 0..=retries {
-            if round > 0 {
-                resent += waiting.len();
-                eprintln!(
-                    "round {round}: re-sending {} failed messages",
-                    waiting.len()
-                );
-                tokio_real::time::sleep(Duration::from_millis(500 * round)).await;
-            }
-            send_round(&publisher, &messages, &waiting, &mut outcomes).await;
-            waiting.retain(|index| outcomes[*index].is_none());
-            if waiting.is_empty() {
-                break;
-            }
-        }
-        let mut truth = TruthWriter::create(&truth_path)?;
-        let (mut valid, mut malformed, mut acknowledged) = (0usize, 0usize, 0usize);
-        for (message, outcome) in workload.messages.iter().zip(&outcomes) {
-            acknowledged += usize::from(outcome.is_some());
-            let Some(event) = &message.event else {
-                malformed += 1;
-                continue;
-            };
-            valid += 1;
-            let payload = String::from_utf8(event.payload.clone())
-                .map_err(|_| "an event payload is not UTF-8".to_owned())?;
-            truth.write(&TruthLine {
-                acknowledged: outcome.is_some(),
-                partition: outcome.map(|delivery| delivery.partition),
-                offset: outcome.map(|delivery| delivery.offset),
-                payload,
-            })?;
-        }
-        truth.finish()?;
-        let failed = waiting.len();
+        let sent = send_with_retries(&publisher, &messages, retries).await;
+        let counts = write_truth(&truth_path, &workload, &sent.outcomes)?;
         let elapsed = started.elapsed().as_secs_f64();
         println!(
-            "sent {} messages ({valid} valid events, {malformed} malformed) to {topic}: \
-             acknowledged {acknowledged}, failed {failed}, re-sent {resent}; {elapsed:.2}s, {:.0} messages/s",
+            "sent {} messages ({} valid events, {} malformed) to {topic}: \
+             acknowledged {}, failed {}, re-sent {}; {elapsed:.2}s, {:.0} messages/s",
             messages.len(),
+            counts.valid,
+            counts.malformed,
+            counts.acknowledged,
+            sent.failed,
+            sent.resent,
             messages.len() as f64 / elapsed.max(1e-9)
         );
         println!("ground truth: {}", truth_path.display());
-        Ok(if failed == 0 {
+        Ok(if sent.failed == 0 {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
         })
     })
+}
+
+/// What the rounds of sending achieved.
+struct Sent {
+    /// Per message, its acknowledgement (`None`: never acknowledged).
+    outcomes: Vec<Option<Delivery>>,
+    failed: usize,
+    resent: usize,
+}
+
+/// Sends every message, then re-sends the ones not acknowledged in up to `retries` further
+/// rounds, each after a longer pause.
+async fn send_with_retries(
+    publisher: &KafkaPublisher,
+    messages: &[OutboundMessage],
+    retries: u64,
+) -> Sent {
+    let mut outcomes: Vec<Option<Delivery>> = vec![None; messages.len()];
+    let mut resent = 0usize;
+    let mut waiting: Vec<usize> = (0..messages.len()).collect();
+    for round in 0..=retries {
+        if round > 0 {
+            resent += waiting.len();
+            eprintln!(
+                "round {round}: re-sending {} failed messages",
+                waiting.len()
+            );
+            tokio_real::time::sleep(Duration::from_millis(500 * round)).await;
+        }
+        send_round(publisher, messages, &waiting, &mut outcomes).await;
+        waiting.retain(|index| outcomes[*index].is_none());
+        if waiting.is_empty() {
+            break;
+        }
+    }
+    Sent {
+        outcomes,
+        failed: waiting.len(),
+        resent,
+    }
+}
+
+/// What the truth file holds.
+struct TruthCounts {
+    valid: usize,
+    malformed: usize,
+    acknowledged: usize,
+}
+
+/// Writes one truth line per valid event: its payload and whether (and where) the broker
+/// acknowledged it. Malformed messages are counted, not written.
+fn write_truth(
+    path: &Path,
+    workload: &Workload,
+    outcomes: &[Option<Delivery>],
+) -> Result<TruthCounts, String> {
+    let mut truth = TruthWriter::create(path)?;
+    let mut counts = TruthCounts {
+        valid: 0,
+        malformed: 0,
+        acknowledged: 0,
+    };
+    for (message, outcome) in workload.messages.iter().zip(outcomes) {
+        counts.acknowledged += usize::from(outcome.is_some());
+        let Some(event) = &message.event else {
+            counts.malformed += 1;
+            continue;
+        };
+        counts.valid += 1;
+        let payload = String::from_utf8(event.payload.clone())
+            .map_err(|_| "an event payload is not UTF-8".to_owned())?;
+        truth.write(&TruthLine {
+            acknowledged: outcome.is_some(),
+            partition: outcome.map(|delivery| delivery.partition),
+            offset: outcome.map(|delivery| delivery.offset),
+            payload,
+        })?;
+    }
+    truth.finish()?;
+    Ok(counts)
 }
 
 /// Sends the messages at `indices` in order, keeping up to [`IN_FLIGHT_MAX`] in flight, and

@@ -3,7 +3,9 @@
 
 use super::{block_on, kafka_settings, metrics_http, terminated, Flags};
 use holdfast::adapters::{KafkaLog, KafkaPublisher, PostgresStore, RedisCache};
-use holdfast::pipeline::{Consumer, ConsumerConfig, Metrics, Services, ShutdownTrigger};
+use holdfast::pipeline::{
+    Consumer, ConsumerConfig, Metrics, RunSummary, Services, ShutdownTrigger,
+};
 use holdfast::ports::NoProbe;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -26,25 +28,7 @@ pub fn main(flags: Flags) -> Result<ExitCode, String> {
     let group = flags.text("--group", "holdfast");
     let redis = flags.address("--redis", "HOLDFAST_REDIS_URL")?;
     let postgres = flags.address("--postgres", "HOLDFAST_POSTGRES_URL")?;
-    let defaults = ConsumerConfig::default();
-    let config = ConsumerConfig {
-        batch_size: to_usize(
-            "--batch",
-            flags.number("--batch", defaults.batch_size as u64)?,
-        )?,
-        concurrency: to_usize(
-            "--workers",
-            flags.number("--workers", defaults.concurrency as u64)?,
-        )?,
-        commit_interval: Duration::from_millis(
-            flags.number("--commit-ms", defaults.commit_interval.as_millis() as u64)?,
-        ),
-        dead_letter_topic: flags.text("--dlq", &defaults.dead_letter_topic),
-        ..defaults
-    };
-    config
-        .validate()
-        .map_err(|error| format!("bad consumer configuration: {error}"))?;
+    let config = consumer_config(&flags)?;
     let metrics_address = flags.get("--metrics").map(str::to_owned);
     block_on(async move {
         let cache = RedisCache::connect(&redis)
@@ -76,20 +60,48 @@ pub fn main(flags: Flags) -> Result<ExitCode, String> {
         });
         tracing::info!(topic, group, "consuming");
         let summary = consumer.run(shutdown).await;
-        println!(
-            "stopped: polled {}, applied {}, duplicates dropped {} (cache) {} (batch) {} (store), \
-             dead letters {}, commits {}, abandoned in flight {}",
-            summary.polled,
-            metrics.applied.get(),
-            metrics.duplicates_cache.get(),
-            metrics.duplicates_batch.get(),
-            metrics.duplicates_store.get(),
-            metrics.dead_letters.get(),
-            summary.commits,
-            summary.abandoned
-        );
+        print_summary(&summary, &metrics);
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The consumer's configuration: the defaults, with the flags given.
+fn consumer_config(flags: &Flags) -> Result<ConsumerConfig, String> {
+    let defaults = ConsumerConfig::default();
+    let config = ConsumerConfig {
+        batch_size: to_usize(
+            "--batch",
+            flags.number("--batch", defaults.batch_size as u64)?,
+        )?,
+        concurrency: to_usize(
+            "--workers",
+            flags.number("--workers", defaults.concurrency as u64)?,
+        )?,
+        commit_interval: Duration::from_millis(
+            flags.number("--commit-ms", defaults.commit_interval.as_millis() as u64)?,
+        ),
+        dead_letter_topic: flags.text("--dlq", &defaults.dead_letter_topic),
+        ..defaults
+    };
+    config
+        .validate()
+        .map_err(|error| format!("bad consumer configuration: {error}"))?;
+    Ok(config)
+}
+
+fn print_summary(summary: &RunSummary, metrics: &Metrics) {
+    println!(
+        "stopped: polled {}, applied {}, duplicates dropped {} (cache) {} (batch) {} (store), \
+         dead letters {}, commits {}, abandoned in flight {}",
+        summary.polled,
+        metrics.applied.get(),
+        metrics.duplicates_cache.get(),
+        metrics.duplicates_batch.get(),
+        metrics.duplicates_store.get(),
+        metrics.dead_letters.get(),
+        summary.commits,
+        summary.abandoned
+    );
 }
 
 fn to_usize(flag: &str, value: u64) -> Result<usize, String> {

@@ -188,45 +188,57 @@ pub(super) async fn inject_fault(
         Scenario::Standard
         | Scenario::LiteralCommitRule
         | Scenario::Planted(_)
-        | Scenario::Control(_) => match rng.below(6) {
-            0 | 1 => {
-                let consumer = rng.below(consumers.len());
-                {
-                    let (node, name) = &consumers[consumer];
-                    crash_consumer(observers, *node, name, rng).await;
-                }
+        | Scenario::Control(_) => standard_fault(world, observers, consumers, rng).await,
+    }
+}
+
+/// One fault of the standard mix: a consumer crash (twice as likely as the others), a single
+/// broker failure, a Redis restart or FLUSHALL, a PostgreSQL crash, or a network cut.
+async fn standard_fault(
+    world: &World,
+    observers: &Observers,
+    consumers: &[(NodeId, String)],
+    rng: &mut SplitMix,
+) {
+    let brokers = world.config().brokers;
+    match rng.below(6) {
+        0 | 1 => {
+            let consumer = rng.below(consumers.len());
+            {
+                let (node, name) = &consumers[consumer];
+                crash_consumer(observers, *node, name, rng).await;
             }
-            2 => {
-                let broker = rng.below(brokers);
-                single_broker_failure(world, observers, broker, rng).await;
+        }
+        2 => {
+            let broker = rng.below(brokers);
+            single_broker_failure(world, observers, broker, rng).await;
+        }
+        3 => {
+            if rng.chance(0.5) {
+                holdfast::reach!("fault.redis_restart");
+                world.restart(ServiceNode::Redis);
+            } else {
+                holdfast::reach!("fault.redis_flushall");
+                world.redis_flushall();
             }
-            3 => {
-                if rng.chance(0.5) {
-                    holdfast::reach!("fault.redis_restart");
-                    world.restart(ServiceNode::Redis);
-                } else {
-                    holdfast::reach!("fault.redis_flushall");
-                    world.redis_flushall();
-                }
-            }
-            4 => {
-                holdfast::reach!("fault.postgres_crash");
-                world.kill(ServiceNode::Postgres);
-                sleep(Duration::from_millis(rng.between(50, 1000))).await;
-                world.restart(ServiceNode::Postgres);
-            }
-            _ => {
-                let node = match rng.below(3) {
-                    0 => ServiceNode::Redis,
-                    1 => ServiceNode::Postgres,
-                    _ => ServiceNode::Broker(rng.below(brokers)),
-                };
-                holdfast::reach!("fault.clog");
-                world.clog(node, true);
-                sleep(Duration::from_millis(rng.between(50, 1500))).await;
-                world.clog(node, false);
-            }
-        },
+        }
+        4 => {
+            holdfast::reach!("fault.postgres_crash");
+            world.kill(ServiceNode::Postgres);
+            sleep(Duration::from_millis(rng.between(50, 1000))).await;
+            world.restart(ServiceNode::Postgres);
+        }
+        _ => {
+            let node = match rng.below(3) {
+                0 => ServiceNode::Redis,
+                1 => ServiceNode::Postgres,
+                _ => ServiceNode::Broker(rng.below(brokers)),
+            };
+            holdfast::reach!("fault.clog");
+            world.clog(node, true);
+            sleep(Duration::from_millis(rng.between(50, 1500))).await;
+            world.clog(node, false);
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use holdfast::rng::SplitMix;
 use holdfast::testkit::planted::{PlantedBug, PlantedLog, PlantedStore};
 use holdfast::testkit::policies::LiteralStep6;
 use holdfast::verify::GroundTruth;
-use holdfast::workload::{Workload, WorkloadConfig};
+use holdfast::workload::{Message, Workload, WorkloadConfig};
 use madsim::runtime::Handle;
 use madsim::task::NodeId;
 use madsim::time::sleep;
@@ -121,38 +121,13 @@ pub(super) fn spawn_producer(
                 .take(pacing.between(1, burst_max) as usize)
                 .collect();
             for message in burst {
-                let outbound = OutboundMessage {
-                    topic: TOPIC.into(),
-                    key: message.key.clone(),
-                    payload: message.payload.clone(),
-                    headers: vec![],
-                };
-                let publisher = Arc::clone(&publisher);
-                let (observers, truth, sent_counter) =
-                    (observers.clone(), truth.clone(), sent_counter.clone());
-                sends.push(madsim::task::spawn(async move {
-                    let mut acknowledged = false;
-                    for _attempt in 0..3 {
-                        if publisher.publish(outbound.clone()).await.is_ok() {
-                            acknowledged = true;
-                            break;
-                        }
-                        sleep(Duration::from_millis(50)).await;
-                    }
-                    sent_counter.fetch_add(1, Ordering::SeqCst);
-                    if let Some(event) = &message.event {
-                        if let Ok(mut truth) = truth.lock() {
-                            truth.record(event, acknowledged);
-                        }
-                        observers.history.push(
-                            observers.at(),
-                            Step::Sent {
-                                event_id: event.event_id.clone(),
-                                acknowledged,
-                            },
-                        );
-                    }
-                }));
+                sends.push(madsim::task::spawn(send_with_callback(
+                    Arc::clone(&publisher),
+                    message,
+                    observers.clone(),
+                    truth.clone(),
+                    sent_counter.clone(),
+                )));
             }
             sleep(Duration::from_millis(pause_ms)).await;
         }
@@ -162,6 +137,44 @@ pub(super) fn spawn_producer(
         done.store(true, Ordering::SeqCst);
     });
     sent
+}
+
+/// Sends one message, retrying a failed send twice, and records what the producer was told
+/// (the callback).
+async fn send_with_callback(
+    publisher: Arc<SimPublisher>,
+    message: Message,
+    observers: Observers,
+    truth: Arc<Mutex<GroundTruth>>,
+    sent_counter: Arc<AtomicU32>,
+) {
+    let outbound = OutboundMessage {
+        topic: TOPIC.into(),
+        key: message.key.clone(),
+        payload: message.payload.clone(),
+        headers: vec![],
+    };
+    let mut acknowledged = false;
+    for _attempt in 0..3 {
+        if publisher.publish(outbound.clone()).await.is_ok() {
+            acknowledged = true;
+            break;
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    sent_counter.fetch_add(1, Ordering::SeqCst);
+    if let Some(event) = &message.event {
+        if let Ok(mut truth) = truth.lock() {
+            truth.record(event, acknowledged);
+        }
+        observers.history.push(
+            observers.at(),
+            Step::Sent {
+                event_id: event.event_id.clone(),
+                acknowledged,
+            },
+        );
+    }
 }
 
 /// The compensator node: the pipeline's own `Compensator` in its own group, re-sending to the

@@ -17,7 +17,8 @@ pub(super) fn key_columns(key: &IdempotencyKey) -> (&str, &'static str, &str) {
     )
 }
 
-/// One batch, one transaction.
+/// One batch, one transaction: the keys first (the unique key decides what is new), then
+/// every event of the batch joined into its order's row.
 pub(super) async fn apply_in(
     session: &mut Session,
     events: Vec<OrderEvent>,
@@ -27,34 +28,85 @@ pub(super) async fn apply_in(
     // the in-memory store; only first occurrences go to the database.
     let mut seen: HashSet<&IdempotencyKey> = HashSet::with_capacity(keys.len());
     let first: Vec<bool> = keys.iter().map(|key| seen.insert(key)).collect();
-    let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (index, key) in keys.iter().enumerate().filter(|(index, _)| first[*index]) {
-        let (order_id, status, discriminator) = key_columns(key);
-        columns.0.push(order_id);
-        columns.1.push(status);
-        columns.2.push(discriminator);
-        columns.3.push(events[index].event_id.as_str());
-    }
+    let columns = KeyColumns::of(&keys, &first, &events);
 
-    let transaction = session
-        .client
+    let Session {
+        client,
+        insert_keys,
+        upsert_orders,
+        upsert_bills,
+        upsert_refunds,
+    } = session;
+    let transaction = client
         .transaction()
         .await
         .map_err(|error| port_error(&error))?;
     let inserted = transaction
-        .query(
-            &session.insert_keys,
-            &[&columns.0, &columns.1, &columns.2, &columns.3],
-        )
+        .query(&*insert_keys, &columns.parameters())
         .await
         .map_err(|error| port_error(&error))?;
     let mut new_keys: HashSet<IdempotencyKey> = HashSet::with_capacity(inserted.len());
     for row in &inserted {
         new_keys.insert(key_of(row)?);
     }
+    let outcomes = outcomes(&keys, &first, &new_keys);
+    if !events.is_empty() {
+        let upserts = [&*upsert_orders, &*upsert_bills, &*upsert_refunds];
+        upsert_rows(&transaction, upserts, &events).await?;
+    }
+    transaction
+        .commit()
+        .await
+        .map_err(|error| port_error(&error))?;
+    Ok(outcomes)
+}
+
+/// The key insert's parameters: the first occurrence of each key of the batch.
+struct KeyColumns<'a> {
+    order_ids: Vec<&'a str>,
+    statuses: Vec<&'static str>,
+    discriminators: Vec<&'a str>,
+    event_ids: Vec<&'a str>,
+}
+
+impl<'a> KeyColumns<'a> {
+    fn of(keys: &'a [IdempotencyKey], first: &[bool], events: &'a [OrderEvent]) -> Self {
+        let mut columns = KeyColumns {
+            order_ids: Vec::new(),
+            statuses: Vec::new(),
+            discriminators: Vec::new(),
+            event_ids: Vec::new(),
+        };
+        for (index, key) in keys.iter().enumerate().filter(|(index, _)| first[*index]) {
+            let (order_id, status, discriminator) = key_columns(key);
+            columns.order_ids.push(order_id);
+            columns.statuses.push(status);
+            columns.discriminators.push(discriminator);
+            columns.event_ids.push(events[index].event_id.as_str());
+        }
+        columns
+    }
+
+    fn parameters(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 4] {
+        [
+            &self.order_ids,
+            &self.statuses,
+            &self.discriminators,
+            &self.event_ids,
+        ]
+    }
+}
+
+/// Applied for the first occurrence of a key the insert reported new; every other event is a
+/// duplicate.
+fn outcomes(
+    keys: &[IdempotencyKey],
+    first: &[bool],
+    new_keys: &HashSet<IdempotencyKey>,
+) -> Vec<ApplyOutcome> {
     let outcomes: Vec<ApplyOutcome> = keys
         .iter()
-        .zip(&first)
+        .zip(first)
         .map(|(key, &first)| {
             if first && new_keys.contains(key) {
                 ApplyOutcome::Applied
@@ -71,39 +123,38 @@ pub(super) async fn apply_in(
         new_keys.len(),
         "each new key applies one event"
     );
+    outcomes
+}
 
-    if !events.is_empty() {
-        let partial = OrderRow::fold(&events);
-        let orders = OrderColumns::of(&partial);
-        let bills = EntryColumns::of(&partial, |row| &row.bills);
-        let refunds = EntryColumns::of(&partial, |row| &row.refunds);
-        // Issued together: the client pipelines them on the connection.
-        let order_parameters = orders.parameters();
-        let orders_done = transaction.execute(&session.upsert_orders, &order_parameters);
-        let bills_done = async {
-            if bills.order_ids.is_empty() {
-                return Ok(0);
-            }
-            transaction
-                .execute(&session.upsert_bills, &bills.parameters())
-                .await
-        };
-        let refunds_done = async {
-            if refunds.order_ids.is_empty() {
-                return Ok(0);
-            }
-            transaction
-                .execute(&session.upsert_refunds, &refunds.parameters())
-                .await
-        };
-        tokio::try_join!(orders_done, bills_done, refunds_done)
-            .map_err(|error| port_error(&error))?;
-    }
-    transaction
-        .commit()
-        .await
-        .map_err(|error| port_error(&error))?;
-    Ok(outcomes)
+/// Joins the batch's events into their rows: the orders, bills and refunds upserts, issued
+/// together so that the client pipelines them on the connection.
+async fn upsert_rows(
+    transaction: &tokio_postgres::Transaction<'_>,
+    [upsert_orders, upsert_bills, upsert_refunds]: [&tokio_postgres::Statement; 3],
+    events: &[OrderEvent],
+) -> Result<(), PortError> {
+    let partial = OrderRow::fold(events);
+    let orders = OrderColumns::of(&partial);
+    let bills = EntryColumns::of(&partial, |row| &row.bills);
+    let refunds = EntryColumns::of(&partial, |row| &row.refunds);
+    let order_parameters = orders.parameters();
+    let orders_done = transaction.execute(upsert_orders, &order_parameters);
+    let bills_done = async {
+        if bills.order_ids.is_empty() {
+            return Ok(0);
+        }
+        transaction.execute(upsert_bills, &bills.parameters()).await
+    };
+    let refunds_done = async {
+        if refunds.order_ids.is_empty() {
+            return Ok(0);
+        }
+        transaction
+            .execute(upsert_refunds, &refunds.parameters())
+            .await
+    };
+    tokio::try_join!(orders_done, bills_done, refunds_done).map_err(|error| port_error(&error))?;
+    Ok(())
 }
 
 /// The wide-row upsert's parameters, one array per column.
