@@ -28,7 +28,7 @@ usage: holdfast <command> [options]
   workload   print a generated workload, one JSON object per line (key, payload):
              --orders N (1000) --seed N (1)
   help       this text
-Against Kafka, Redis and PostgreSQL (built with `--features kafka`; see docs/services.md):";
+Against Kafka, Redis and PostgreSQL (the default build; see docs/services.md):";
 
 /// The service commands, compiled only with the `kafka` feature.
 const SERVICE_COMMANDS: [&str; 5] = ["run", "produce", "compensate", "verify", "create-topic"];
@@ -68,7 +68,8 @@ fn usage() -> String {
     #[cfg(all(feature = "kafka", not(any(madsim, loom))))]
     let services = cli::USAGE;
     #[cfg(not(all(feature = "kafka", not(any(madsim, loom)))))]
-    let services = "  (not in this build: rebuild with `cargo build --features kafka`)";
+    let services =
+        "  (not in this build: it was built with --no-default-features; rebuild without it)";
     format!("{USAGE}\n{services}\nThe seeded simulation suite is `cargo sim` (see README.md).")
 }
 
@@ -88,7 +89,7 @@ fn service_command(command: &str, args: &[String]) -> Result<ExitCode, String> {
 #[cfg(not(all(feature = "kafka", not(any(madsim, loom)))))]
 fn service_command(command: &str, _args: &[String]) -> Result<ExitCode, String> {
     Err(format!(
-        "`{command}` needs the kafka feature: cargo build --features kafka"
+        "`{command}` needs the kafka feature (on by default; this build was made without it)"
     ))
 }
 

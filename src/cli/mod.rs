@@ -22,7 +22,8 @@ use std::process::ExitCode;
 pub const USAGE: &str =
     "  run           consume --topic with the pipeline (Kafka + Redis + PostgreSQL) until SIGINT or
                 SIGTERM: --brokers --topic (orders) --group (holdfast) --redis --postgres
-                --dlq (orders.dlq) --batch (500) --workers (8) --metrics 127.0.0.1:PORT
+                --dlq (orders.dlq) --batch (500) --workers (8) --commit-ms (1000)
+                --metrics 127.0.0.1:PORT
   produce       publish a generated workload and write the ground truth: --orders N (1000)
                 --seed N (1) --truth FILE (required) --retries N (5) --brokers --topic
   compensate    re-send events whose effect is missing: --group (holdfast-compensator)
@@ -109,6 +110,48 @@ async fn terminated() {
         Err(error) => {
             tracing::warn!(%error, "cannot watch SIGTERM; only SIGINT stops");
             let _ = tokio_real::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The usage paragraph of `command`: its line and the indented lines that follow it.
+    fn paragraph(command: &str) -> String {
+        let mut lines = USAGE
+            .lines()
+            .skip_while(|line| !line.starts_with(&format!("  {command} ")));
+        let first = lines.next().unwrap_or_default();
+        let rest = lines.take_while(|line| line.starts_with("                "));
+        std::iter::once(first)
+            .chain(rest)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn the_usage_lists_every_flag_of_every_command() {
+        let commands = [
+            ("run", run::FLAGS),
+            ("produce", produce::FLAGS),
+            ("compensate", compensate::FLAGS),
+            ("verify", verify::FLAGS),
+            ("create-topic", CREATE_TOPIC_FLAGS),
+        ];
+        for (command, flags) in commands {
+            let text = paragraph(command);
+            let words: Vec<&str> = text.split_whitespace().collect();
+            for flag in flags {
+                assert!(
+                    words.contains(flag),
+                    "`holdfast --help` does not list {flag} under {command}:\n{text}"
+                );
+            }
+        }
+        for flag in KAFKA_FLAGS {
+            assert!(USAGE.contains(flag), "{flag} is not in the usage");
         }
     }
 }
