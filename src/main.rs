@@ -2,13 +2,14 @@
 //!
 //! `holdfast demo` runs the whole pipeline embedded (in-memory log, cache and store) through
 //! crash cycles and prints the end-to-end verification; `holdfast workload` prints a generated
-//! workload. With the `kafka` feature, `run`, `produce`, `compensate`, `verify` and
-//! `create-topic` work against Kafka, Redis and PostgreSQL (`cli`). The simulation suite is
-//! `cargo sim`.
+//! workload. With the `kafka` feature (on by default), `run`, `produce`, `compensate`,
+//! `verify` and `create-topic` work against Kafka, Redis and PostgreSQL (`cli`). Flags are
+//! parsed by `clap`. The simulation suite is `cargo sim`.
 
 #[cfg(all(feature = "kafka", not(any(madsim, loom))))]
 mod cli;
 
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use holdfast::idempotency::memory::{MemoryCache, MemoryStore};
 use holdfast::memlog::{MemoryBroker, MemoryLog};
 use holdfast::pipeline::{Consumer, ConsumerConfig, Metrics, Services};
@@ -16,44 +17,80 @@ use holdfast::ports::NoProbe;
 use holdfast::verify::{verify, Application, StoreView};
 use holdfast::workload::{Workload, WorkloadConfig};
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "\
-usage: holdfast <command> [options]
-  demo       run the pipeline embedded (in-memory log, cache, store) through crash cycles
-             and verify the result: --orders N (1000) --seed N (1) --crashes N (10)
-             --batch N (500) --workers N (8)
-  workload   print a generated workload, one JSON object per line (key, payload):
-             --orders N (1000) --seed N (1)
-  help       this text
-Against Kafka, Redis and PostgreSQL (the default build; see docs/services.md):";
-
-/// The service commands, compiled only with the `kafka` feature.
-const SERVICE_COMMANDS: [&str; 5] = ["run", "produce", "compensate", "verify", "create-topic"];
-
 const TOPIC: &str = "orders";
 const GROUP: &str = "holdfast";
 
+/// Loses no order event and applies none twice: the pipeline embedded or against Kafka,
+/// Redis and PostgreSQL. The seeded simulation suite is `cargo sim` (see README.md).
+#[derive(Debug, Parser)]
+#[command(name = "holdfast", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the pipeline embedded (in-memory log, cache, store) through crash cycles and verify
+    /// the result.
+    Demo(DemoArgs),
+    /// Print a generated workload, one JSON object (key, payload) per line.
+    Workload(WorkloadArgs),
+    #[cfg(all(feature = "kafka", not(any(madsim, loom))))]
+    #[command(flatten)]
+    Service(cli::args::ServiceCommand),
+    /// Print a completion script for a shell.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+struct WorkloadArgs {
+    /// Orders in the generated workload.
+    #[arg(long, default_value_t = 1000)]
+    orders: usize,
+    /// The workload's seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    workload: WorkloadArgs,
+    /// Consumer incarnations killed mid-flight before the clean run.
+    #[arg(long, default_value_t = 10)]
+    crashes: u32,
+    /// Records per poll and per worker batch.
+    #[arg(long, default_value_t = ConsumerConfig::default().batch_size)]
+    batch: usize,
+    /// Worker tasks.
+    #[arg(long, default_value_t = ConsumerConfig::default().concurrency)]
+    workers: usize,
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    // `holdfast COMMAND --help` asks for the usage, whatever the command.
-    if args.iter().any(|arg| arg == "-h" || arg == "--help") {
-        println!("{}", usage());
-        return ExitCode::SUCCESS;
-    }
-    let result = match args.first().map(String::as_str) {
-        Some("demo") => options(&args[1..]).and_then(demo),
-        Some("workload") => options(&args[1..]).and_then(print_workload),
-        Some("help" | "-h" | "--help") | None => {
-            println!("{}", usage());
-            return ExitCode::SUCCESS;
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(args) => demo(args),
+        Command::Workload(args) => print_workload(&args),
+        #[cfg(all(feature = "kafka", not(any(madsim, loom))))]
+        Command::Service(command) => {
+            init_logs();
+            cli::main(command)
         }
-        Some(command) if SERVICE_COMMANDS.contains(&command) => {
-            service_command(command, &args[1..])
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "holdfast", &mut script);
+            write_stdout(|out| out.write_all(&script))
         }
-        Some(other) => Err(format!("unknown command `{other}`\n{}", usage())),
     };
     match result {
         Ok(code) => code,
@@ -64,18 +101,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn usage() -> String {
-    #[cfg(all(feature = "kafka", not(any(madsim, loom))))]
-    let services = cli::USAGE;
-    #[cfg(not(all(feature = "kafka", not(any(madsim, loom)))))]
-    let services =
-        "  (not in this build: it was built with --no-default-features; rebuild without it)";
-    format!("{USAGE}\n{services}\nThe seeded simulation suite is `cargo sim` (see README.md).")
-}
-
+/// Logs go to stderr; RUST_LOG filters them (default: info).
 #[cfg(all(feature = "kafka", not(any(madsim, loom))))]
-fn service_command(command: &str, args: &[String]) -> Result<ExitCode, String> {
-    // Logs go to stderr; RUST_LOG filters them (default: info).
+fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -83,85 +111,45 @@ fn service_command(command: &str, args: &[String]) -> Result<ExitCode, String> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
-    cli::main(command, args).unwrap_or_else(|| Err(format!("unknown command `{command}`")))
 }
 
-#[cfg(not(all(feature = "kafka", not(any(madsim, loom)))))]
-fn service_command(command: &str, _args: &[String]) -> Result<ExitCode, String> {
-    Err(format!(
-        "`{command}` needs the kafka feature (on by default; this build was made without it)"
-    ))
-}
-
-/// Options shared by the commands.
-struct Options {
-    orders: usize,
-    seed: u64,
-    crashes: u32,
-    batch: usize,
-    workers: usize,
-}
-
-fn options(args: &[String]) -> Result<Options, String> {
-    let mut options = Options {
-        orders: 1000,
-        seed: 1,
-        crashes: 10,
-        batch: 500,
-        workers: 8,
-    };
-    let mut index = 0;
-    while index < args.len() {
-        let flag = args[index].as_str();
-        let value = args
-            .get(index + 1)
-            .ok_or_else(|| format!("{flag} needs a value"))?;
-        let number = value
-            .parse::<u64>()
-            .map_err(|_| format!("{flag} expects a non-negative integer, got `{value}`"))?;
-        match flag {
-            "--orders" => options.orders = number as usize,
-            "--seed" => options.seed = number,
-            "--crashes" => options.crashes = number as u32,
-            "--batch" => options.batch = number as usize,
-            "--workers" => options.workers = number as usize,
-            _ => return Err(format!("unknown option `{flag}`\n{USAGE}")),
-        }
-        index += 2;
-    }
-    Ok(options)
-}
-
-fn workload(options: &Options) -> Result<Workload, String> {
+fn workload(args: &WorkloadArgs) -> Result<Workload, String> {
     Workload::generate(&WorkloadConfig {
-        seed: options.seed,
-        orders: options.orders,
+        seed: args.seed,
+        orders: args.orders,
         ..WorkloadConfig::default()
     })
     .map_err(|error| error.to_string())
 }
 
-fn print_workload(options: Options) -> Result<ExitCode, String> {
-    use std::io::Write;
-    let workload = workload(&options)?;
+fn print_workload(args: &WorkloadArgs) -> Result<ExitCode, String> {
+    let workload = workload(args)?;
+    write_stdout(|out| {
+        workload.messages.iter().try_for_each(|message| {
+            let line = serde_json::json!({
+                "key": String::from_utf8_lossy(&message.key),
+                "payload": String::from_utf8_lossy(&message.payload),
+            });
+            writeln!(out, "{line}")
+        })
+    })
+}
+
+/// Writes to stdout, buffered; a reader that stopped reading (`holdfast workload | head`) is
+/// not an error.
+fn write_stdout(
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<ExitCode, String> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let written = workload.messages.iter().try_for_each(|message| {
-        let line = serde_json::json!({
-            "key": String::from_utf8_lossy(&message.key),
-            "payload": String::from_utf8_lossy(&message.payload),
-        });
-        writeln!(out, "{line}")
-    });
-    match written.and_then(|()| out.flush()) {
-        // The reader stopped reading (`holdfast workload | head`): not an error.
+    match write(&mut out).and_then(|()| out.flush()) {
         Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
         Err(error) => Err(error.to_string()),
         Ok(()) => Ok(ExitCode::SUCCESS),
     }
 }
 
-fn demo(options: Options) -> Result<ExitCode, String> {
+fn demo(options: DemoArgs) -> Result<ExitCode, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -169,9 +157,9 @@ fn demo(options: Options) -> Result<ExitCode, String> {
     runtime.block_on(run_demo(options))
 }
 
-async fn run_demo(options: Options) -> Result<ExitCode, String> {
+async fn run_demo(options: DemoArgs) -> Result<ExitCode, String> {
     let started = Instant::now();
-    let workload = workload(&options)?;
+    let workload = workload(&options.workload)?;
     let broker = MemoryBroker::new(TOPIC, 8);
     let truth = broker
         .publish_workload(TOPIC, &workload)
@@ -202,8 +190,8 @@ async fn run_demo(options: Options) -> Result<ExitCode, String> {
     let running = demo.start(demo.config.jitter_seed)?.spawn();
     // Generous: the embedded pipeline applies tens of thousands of events a second; a stuck
     // run ends with an error that says how far the group got instead of hanging.
-    let limit =
-        Duration::from_secs(60).saturating_add(Duration::from_millis(options.orders as u64));
+    let limit = Duration::from_secs(60)
+        .saturating_add(Duration::from_millis(options.workload.orders as u64));
     broker
         .wait_caught_up(TOPIC, GROUP, Duration::from_millis(5), limit)
         .await?;
@@ -272,5 +260,27 @@ impl DemoConsumers<'_> {
             running.abort().await;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Goal: the embedded commands take typed flags with the documented defaults.
+    #[test]
+    fn demo_flags_parse_with_defaults() {
+        let cli = Cli::try_parse_from(["holdfast", "demo", "--orders", "7"]).expect("parses");
+        let Command::Demo(args) = cli.command else {
+            panic!("not the demo: {cli:?}");
+        };
+        assert_eq!((args.workload.orders, args.workload.seed), (7, 1));
+        assert_eq!((args.crashes, args.batch, args.workers), (10, 500, 8));
+        assert!(Cli::try_parse_from(["holdfast", "demo", "--orders", "-1"]).is_err());
     }
 }

@@ -1,49 +1,29 @@
 //! `holdfast compensate`: the compensating consumer (its own group) on Kafka and PostgreSQL,
 //! until SIGINT, SIGTERM or `--for-s` seconds; prints its report.
 
-use super::{block_on, kafka_settings, terminated, Flags};
+use super::args::CompensateArgs;
+use super::{block_on, kafka_settings, terminated};
 use holdfast::adapters::{KafkaGroupOffsets, KafkaLog, KafkaPublisher, PostgresStore};
 use holdfast::pipeline::{Compensator, CompensatorConfig, ShutdownTrigger};
 use std::process::ExitCode;
 use std::time::Duration;
 
-pub const FLAGS: &[&str] = &[
-    "--group",
-    "--main-group",
-    "--postgres",
-    "--dlq",
-    "--delay-ms",
-    "--check-ms",
-    "--attempts",
-    "--for-s",
-];
-
-pub fn main(flags: Flags) -> Result<ExitCode, String> {
-    let settings = kafka_settings(&flags)?;
-    let defaults = CompensatorConfig::default();
-    let group = flags.text("--group", "holdfast-compensator");
+pub fn main(args: CompensateArgs) -> Result<ExitCode, String> {
+    let settings = kafka_settings(&args.kafka)?;
     let config = CompensatorConfig {
-        main_group: flags.text("--main-group", &defaults.main_group),
-        topic: flags.text("--topic", &defaults.topic),
-        dead_letter_topic: flags.text("--dlq", &defaults.dead_letter_topic),
-        delay: Duration::from_millis(
-            flags.number("--delay-ms", defaults.delay.as_millis() as u64)?,
-        ),
-        check_interval: Duration::from_millis(
-            flags.number("--check-ms", defaults.check_interval.as_millis() as u64)?,
-        ),
-        attempts_max: u32::try_from(flags.number("--attempts", u64::from(defaults.attempts_max))?)
-            .map_err(|_| "--attempts is too large".to_owned())?,
-        ..defaults
+        main_group: args.main_group,
+        topic: args.kafka.topic,
+        dead_letter_topic: args.dlq,
+        delay: Duration::from_millis(args.delay_ms),
+        check_interval: Duration::from_millis(args.check_ms),
+        attempts_max: args.attempts,
+        ..CompensatorConfig::default()
     };
+    let group = args.group;
     if group == config.main_group {
         return Err("the compensator needs its own --group, not the main group".into());
     }
-    let run_for = flags
-        .get("--for-s")
-        .map(|_| flags.number("--for-s", 0))
-        .transpose()?;
-    let postgres = flags.address("--postgres", "HOLDFAST_POSTGRES_URL")?;
+    let (run_for, postgres) = (args.for_s, args.postgres);
     block_on(async move {
         let store = PostgresStore::connect(&postgres)
             .await

@@ -6,34 +6,37 @@
 //! further rounds, up to `--retries`; what still fails is reported and written to the truth
 //! as not acknowledged (indeterminate: it may have been stored).
 
+use super::args::ProduceArgs;
 use super::truth::{TruthLine, TruthWriter};
-use super::{block_on, kafka_settings, Flags};
+use super::{block_on, kafka_settings};
 use holdfast::adapters::KafkaPublisher;
 use holdfast::ports::{Delivery, OutboundMessage, PortError};
 use holdfast::workload::{Workload, WorkloadConfig};
 use std::collections::VecDeque;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-
-pub const FLAGS: &[&str] = &["--orders", "--seed", "--truth", "--retries"];
 
 /// Deliveries awaited at most at once.
 const IN_FLIGHT_MAX: usize = 10_000;
 
 type Pending = Pin<Box<dyn Future<Output = Result<Delivery, PortError>> + Send>>;
 
-pub fn main(flags: Flags) -> Result<ExitCode, String> {
-    let settings = kafka_settings(&flags)?;
-    let topic = flags.text("--topic", "orders");
-    let truth_path = PathBuf::from(flags.required("--truth")?);
-    let retries = flags.number("--retries", 5)?;
+pub fn main(args: ProduceArgs) -> Result<ExitCode, String> {
+    let settings = kafka_settings(&args.kafka)?;
+    let ProduceArgs {
+        kafka,
+        orders,
+        seed,
+        truth: truth_path,
+        retries,
+    } = args;
+    let topic = kafka.topic;
     let config = WorkloadConfig {
-        orders: usize::try_from(flags.number("--orders", 1000)?)
-            .map_err(|_| "--orders is too large".to_owned())?,
-        seed: flags.number("--seed", 1)?,
+        orders,
+        seed,
         ..WorkloadConfig::default()
     };
     let workload = Workload::generate(&config).map_err(|error| error.to_string())?;

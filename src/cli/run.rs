@@ -1,7 +1,8 @@
 //! `holdfast run`: the consumer pipeline on Kafka, Redis and PostgreSQL until SIGINT or
 //! SIGTERM, then drain and commit.
 
-use super::{block_on, kafka_settings, metrics_http, terminated, Flags};
+use super::args::RunArgs;
+use super::{block_on, kafka_settings, metrics_http, terminated};
 use holdfast::adapters::{KafkaLog, KafkaPublisher, PostgresStore, RedisCache};
 use holdfast::pipeline::{
     Consumer, ConsumerConfig, Metrics, RunSummary, Services, ShutdownTrigger,
@@ -11,25 +12,18 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub const FLAGS: &[&str] = &[
-    "--group",
-    "--redis",
-    "--postgres",
-    "--dlq",
-    "--batch",
-    "--workers",
-    "--metrics",
-    "--commit-ms",
-];
-
-pub fn main(flags: Flags) -> Result<ExitCode, String> {
-    let settings = kafka_settings(&flags)?;
-    let topic = flags.text("--topic", "orders");
-    let group = flags.text("--group", "holdfast");
-    let redis = flags.address("--redis", "HOLDFAST_REDIS_URL")?;
-    let postgres = flags.address("--postgres", "HOLDFAST_POSTGRES_URL")?;
-    let config = consumer_config(&flags)?;
-    let metrics_address = flags.get("--metrics").map(str::to_owned);
+pub fn main(args: RunArgs) -> Result<ExitCode, String> {
+    let settings = kafka_settings(&args.kafka)?;
+    let config = consumer_config(&args)?;
+    let RunArgs {
+        kafka,
+        group,
+        redis,
+        postgres,
+        metrics: metrics_address,
+        ..
+    } = args;
+    let topic = kafka.topic;
     block_on(async move {
         let cache = RedisCache::connect(&redis)
             .await
@@ -66,22 +60,13 @@ pub fn main(flags: Flags) -> Result<ExitCode, String> {
 }
 
 /// The consumer's configuration: the defaults, with the flags given.
-fn consumer_config(flags: &Flags) -> Result<ConsumerConfig, String> {
-    let defaults = ConsumerConfig::default();
+fn consumer_config(args: &RunArgs) -> Result<ConsumerConfig, String> {
     let config = ConsumerConfig {
-        batch_size: to_usize(
-            "--batch",
-            flags.number("--batch", defaults.batch_size as u64)?,
-        )?,
-        concurrency: to_usize(
-            "--workers",
-            flags.number("--workers", defaults.concurrency as u64)?,
-        )?,
-        commit_interval: Duration::from_millis(
-            flags.number("--commit-ms", defaults.commit_interval.as_millis() as u64)?,
-        ),
-        dead_letter_topic: flags.text("--dlq", &defaults.dead_letter_topic),
-        ..defaults
+        batch_size: args.batch,
+        concurrency: args.workers,
+        commit_interval: Duration::from_millis(args.commit_ms),
+        dead_letter_topic: args.dlq.clone(),
+        ..ConsumerConfig::default()
     };
     config
         .validate()
@@ -102,8 +87,4 @@ fn print_summary(summary: &RunSummary, metrics: &Metrics) {
         summary.commits,
         summary.abandoned
     );
-}
-
-fn to_usize(flag: &str, value: u64) -> Result<usize, String> {
-    usize::try_from(value).map_err(|_| format!("{flag} is too large"))
 }

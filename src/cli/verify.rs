@@ -2,21 +2,22 @@
 //! with the dead-letter topic; prints the report and fails when anything is missing, doubled,
 //! invented or a row differs from the fold of its events.
 
-use super::{block_on, kafka_settings, truth, Flags};
+use super::args::VerifyArgs;
+use super::{block_on, kafka_settings, truth};
 use holdfast::adapters::{read_topic, PostgresStore};
 use holdfast::verify::{reference, verify, StoreView};
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-pub const FLAGS: &[&str] = &["--truth", "--postgres", "--dlq"];
-
-pub fn main(flags: Flags) -> Result<ExitCode, String> {
-    let truth_path = PathBuf::from(flags.required("--truth")?);
-    let postgres = flags.address("--postgres", "HOLDFAST_POSTGRES_URL")?;
-    let settings = kafka_settings(&flags)?;
-    let dead_letter_topic = flags.text("--dlq", "orders.dlq");
+pub fn main(args: VerifyArgs) -> Result<ExitCode, String> {
+    let settings = kafka_settings(&args.kafka)?;
+    let VerifyArgs {
+        truth: truth_path,
+        postgres,
+        dlq: dead_letter_topic,
+        ..
+    } = args;
     let truth = truth::read(&truth_path)?;
     block_on(async move {
         let store = PostgresStore::connect(&postgres)
