@@ -2,6 +2,7 @@
 
 use crate::params::Size;
 use crate::scenario::Scenario;
+use clap::{CommandFactory, Parser};
 
 /// What `cargo sim` was asked to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,121 +51,116 @@ impl Default for Options {
     }
 }
 
-pub const USAGE: &str = "\
-usage: cargo sim [options]
-  (no options)            sweep 2000 seeds over every scenario, print the matrix and a summary
-  --seed N                replay one seed (with --scenario) and print its trace
-  --seeds N               seeds in the sweep (default 2000)
-  --first-seed N          first seed of the sweep (default 1)
-  --scenario NAME         only this scenario (repeatable; `all` for every one)
-  --orders N              override the derived number of orders
-  --faults N              override the derived number of faults
-  --size NAME             seed sizes: mixed (default: 1 to 600 orders), large (300 to 1,000),
-                          recorded (10 to 60, as the regression seeds were recorded)
-  --shard K/N             run only the K-th of N slices of the sweep
-  --json PATH             write a machine-readable report
-  --merge A.json B.json   merge sharded JSON reports and print the summary
-  --jobs N                worker threads (default: every core)
-  --check-determinism     run the seed twice and compare trace hashes
-  --trace N               trace lines a replay prints (default 40, the last ones)
-scenarios: ";
-
-/// Parses the arguments (without the program name).
-pub fn parse(args: &[String]) -> Result<Options, String> {
-    let mut options = Options::default();
-    let mut scenarios: Vec<Scenario> = Vec::new();
-    let mut index = 0;
-    let value = |index: &mut usize, flag: &str| -> Result<String, String> {
-        *index += 1;
-        args.get(*index)
-            .cloned()
-            .ok_or_else(|| format!("{flag} needs a value"))
-    };
-    let number = |text: String, flag: &str| -> Result<u64, String> {
-        text.parse::<u64>()
-            .map_err(|_| format!("{flag} expects a non-negative integer, got `{text}`"))
-    };
-    while index < args.len() {
-        let flag = args[index].as_str();
-        match flag {
-            // `cargo sim -- --seed 1` passes the separator through.
-            "--" => {}
-            "--seed" => options.seed = Some(number(value(&mut index, flag)?, flag)?),
-            "--seeds" => options.seeds = number(value(&mut index, flag)?, flag)?,
-            "--first-seed" => options.first_seed = number(value(&mut index, flag)?, flag)?,
-            "--orders" => options.orders = Some(number(value(&mut index, flag)?, flag)? as usize),
-            "--faults" => options.faults = Some(number(value(&mut index, flag)?, flag)? as usize),
-            "--jobs" => {
-                options.jobs = Some(number(value(&mut index, flag)?, flag)?.max(1) as usize)
-            }
-            "--trace" => options.trace_lines = number(value(&mut index, flag)?, flag)? as usize,
-            "--json" => options.json = Some(value(&mut index, flag)?),
-            "--check-determinism" => options.check_determinism = true,
-            "--size" => {
-                let name = value(&mut index, flag)?;
-                options.size = Size::parse(&name).ok_or_else(|| {
-                    format!("unknown size `{name}`; known: mixed, large, recorded")
-                })?;
-            }
-            "--scenario" => {
-                let name = value(&mut index, flag)?;
-                if name == "all" {
-                    scenarios.extend(Scenario::all());
-                } else {
-                    scenarios.push(Scenario::parse(&name).ok_or_else(|| {
-                        format!("unknown scenario `{name}`; known: {}", scenario_names())
-                    })?);
-                }
-            }
-            "--shard" => {
-                let text = value(&mut index, flag)?;
-                let (k, n) = text
-                    .split_once('/')
-                    .ok_or_else(|| format!("--shard expects K/N, got `{text}`"))?;
-                let (k, n) = (number(k.to_owned(), flag)?, number(n.to_owned(), flag)?);
-                if n == 0 || k >= n {
-                    return Err(format!("--shard K/N needs 0 <= K < N, got {k}/{n}"));
-                }
-                options.shard = (k, n);
-            }
-            "--merge" => {
-                while args
-                    .get(index + 1)
-                    .is_some_and(|next| !next.starts_with("--"))
-                {
-                    index += 1;
-                    options.merge.push(args[index].clone());
-                }
-                if options.merge.is_empty() {
-                    return Err("--merge needs at least one JSON report".into());
-                }
-            }
-            "-h" | "--help" => return Err(format!("{USAGE}{}", scenario_names())),
-            other => {
-                return Err(format!(
-                    "unknown option `{other}`\n{USAGE}{}",
-                    scenario_names()
-                ))
-            }
-        }
-        index += 1;
-    }
-    if !scenarios.is_empty() {
-        scenarios.dedup();
-        options.scenarios = scenarios;
-    }
-    if options.seed.is_some() && options.scenarios.len() != 1 {
-        options.scenarios = vec![Scenario::Standard];
-        if scenarios_given(args) {
-            return Err("--seed replays one run: give at most one --scenario".into());
-        }
-    }
-    Ok(options)
+/// The seeded simulation suite: with no options, a sweep of 2000 seeds over every scenario,
+/// printing the explorer matrix, the planted bugs' detection, the reach table and a summary.
+#[derive(Debug, Parser)]
+#[command(name = "cargo sim", after_help = scenarios_help())]
+struct SimArgs {
+    /// Replay one seed (of one --scenario, default standard) and print its trace.
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+    /// Seeds in the sweep.
+    #[arg(long, value_name = "N", default_value_t = 2000)]
+    seeds: u64,
+    /// The sweep's first seed.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    first_seed: u64,
+    /// Only this scenario (repeatable; `all` for every one).
+    #[arg(long = "scenario", value_name = "NAME", value_parser = scenarios)]
+    scenarios: Vec<Vec<Scenario>>,
+    /// Override the derived number of orders.
+    #[arg(long, value_name = "N")]
+    orders: Option<usize>,
+    /// Override the derived number of faults.
+    #[arg(long, value_name = "N")]
+    faults: Option<usize>,
+    /// Seed sizes: mixed (1 to 600 orders), large (300 to 1,000), recorded (10 to 60, as the
+    /// regression seeds were recorded).
+    #[arg(long, value_name = "NAME", default_value = "mixed", value_parser = size)]
+    size: Size,
+    /// Run only the K-th of N slices of the sweep.
+    #[arg(long, value_name = "K/N", default_value = "0/1", value_parser = shard)]
+    shard: (u64, u64),
+    /// Write a machine-readable report.
+    #[arg(long, value_name = "PATH")]
+    json: Option<String>,
+    /// Merge sharded JSON reports and print the summary instead of running.
+    #[arg(long, value_name = "REPORT", num_args = 1..)]
+    merge: Vec<String>,
+    /// Worker threads (default: every core).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    jobs: Option<u64>,
+    /// Run the seed twice and compare trace hashes.
+    #[arg(long)]
+    check_determinism: bool,
+    /// Trace lines a replay prints (the last ones).
+    #[arg(long = "trace", value_name = "N", default_value_t = 40)]
+    trace_lines: usize,
 }
 
-fn scenarios_given(args: &[String]) -> bool {
-    args.iter().filter(|arg| *arg == "--scenario").count() > 1
-        || args.iter().any(|arg| arg == "all")
+fn scenarios_help() -> String {
+    format!("Scenarios: {}", scenario_names())
+}
+
+fn scenarios(name: &str) -> Result<Vec<Scenario>, String> {
+    if name == "all" {
+        return Ok(Scenario::all());
+    }
+    Scenario::parse(name)
+        .map(|scenario| vec![scenario])
+        .ok_or_else(|| format!("unknown scenario `{name}`; known: {}", scenario_names()))
+}
+
+fn size(name: &str) -> Result<Size, String> {
+    Size::parse(name).ok_or_else(|| format!("unknown size `{name}`; known: mixed, large, recorded"))
+}
+
+fn shard(text: &str) -> Result<(u64, u64), String> {
+    let parsed = text
+        .split_once('/')
+        .and_then(|(k, n)| Some((k.parse::<u64>().ok()?, n.parse::<u64>().ok()?)));
+    match parsed {
+        Some((k, n)) if k < n => Ok((k, n)),
+        _ => Err(format!("expected K/N with 0 <= K < N, got `{text}`")),
+    }
+}
+
+/// Parses the arguments (without the program name). `--help` comes back as an error whose
+/// exit code is 0 (`clap::Error::exit` prints it).
+pub fn parse(args: &[String]) -> Result<Options, clap::Error> {
+    // `cargo sim -- --seed 1` passes the separator through.
+    let args = args.strip_prefix(&["--".to_owned()]).unwrap_or(args);
+    let parsed = SimArgs::try_parse_from(
+        std::iter::once("cargo sim").chain(args.iter().map(String::as_str)),
+    )?;
+    let mut scenarios: Vec<Scenario> = parsed.scenarios.into_iter().flatten().collect();
+    scenarios.dedup();
+    if parsed.seed.is_some() && scenarios.len() > 1 {
+        let message = "--seed replays one run: give at most one --scenario";
+        return Err(SimArgs::command().error(clap::error::ErrorKind::ArgumentConflict, message));
+    }
+    if scenarios.is_empty() {
+        scenarios = if parsed.seed.is_some() {
+            vec![Scenario::Standard]
+        } else {
+            Scenario::all()
+        };
+    }
+    Ok(Options {
+        seed: parsed.seed,
+        seeds: parsed.seeds,
+        first_seed: parsed.first_seed,
+        scenarios,
+        orders: parsed.orders,
+        faults: parsed.faults,
+        size: parsed.size,
+        shard: parsed.shard,
+        json: parsed.json,
+        merge: parsed.merge,
+        jobs: parsed.jobs.map(|jobs| jobs as usize),
+        check_determinism: parsed.check_determinism,
+        trace_lines: parsed.trace_lines,
+    })
 }
 
 pub fn scenario_names() -> String {
@@ -223,18 +219,21 @@ mod tests {
     }
 
     #[test]
-    fn refuses_bad_input_with_a_message() {
-        assert!(parse(&args("--seeds"))
-            .unwrap_err()
-            .contains("needs a value"));
-        assert!(parse(&args("--seeds many"))
-            .unwrap_err()
-            .contains("non-negative integer"));
-        assert!(parse(&args("--scenario nope"))
-            .unwrap_err()
-            .contains("unknown scenario"));
-        assert!(parse(&args("--frobnicate"))
-            .unwrap_err()
-            .contains("unknown option"));
+    fn refuses_bad_input_naming_the_flag() {
+        for (line, named) in [
+            ("--seeds", "--seeds"),
+            ("--seeds many", "--seeds"),
+            ("--scenario nope", "unknown scenario"),
+            ("--frobnicate", "--frobnicate"),
+            ("--jobs 0", "--jobs"),
+            ("--seed 1 --scenario all", "at most one --scenario"),
+        ] {
+            let error = parse(&args(line)).unwrap_err().to_string();
+            assert!(error.contains(named), "{line}: {error}");
+        }
+        let help = parse(&args("--help")).unwrap_err();
+        assert_eq!(help.exit_code(), 0);
+        assert!(help.to_string().contains("planted-no-unique-key"), "{help}");
+        assert_eq!(parse(&args("-- --seeds 3")).unwrap().seeds, 3);
     }
 }

@@ -28,19 +28,12 @@ mod app {
     use std::time::Instant;
 
     pub fn main(args: Vec<String>) -> i32 {
-        if args.iter().any(|arg| arg == "-h" || arg == "--help") {
-            println!(
-                "{}{}",
-                holdfast_sim::cli::USAGE,
-                holdfast_sim::cli::scenario_names()
-            );
-            return 0;
-        }
         let options = match parse(&args) {
             Ok(options) => options,
-            Err(message) => {
-                eprintln!("{message}");
-                return 2;
+            Err(error) => {
+                // Help and version go to stdout with 0, errors to stderr with 2.
+                let _ = error.print();
+                return error.exit_code();
             }
         };
         if !options.merge.is_empty() {
