@@ -8,6 +8,7 @@
 mod common;
 
 use common::{env, fresh_store, fresh_store_with};
+use holdfast::adapters::PostgresStore;
 use holdfast::event::{EventKind, OrderEvent};
 use holdfast::idempotency::memory::MemoryStore;
 use holdfast::idempotency::IdempotencyKey;
@@ -385,4 +386,60 @@ async fn a_stopped_postgres_is_an_outage_then_recovers() {
             .unwrap(),
         vec![ApplyOutcome::Applied]
     );
+}
+
+/// Goal: a database that does not exist is refused at once with the server's own message,
+/// not taken for an outage to wait out. Method: connect to the running server, naming a
+/// database it does not have.
+#[tokio::test]
+async fn a_wrong_database_is_refused_with_the_servers_message() {
+    let url = env("HOLDFAST_POSTGRES_URL");
+    let wrong = url.replace("dbname=holdfast", "dbname=hf_no_such_db");
+    assert_ne!(
+        wrong, url,
+        "the test expects a key-value URL naming dbname=holdfast"
+    );
+    let Err(error) = PostgresStore::connect(&wrong).await else {
+        panic!("a missing database is accepted");
+    };
+    assert!(!error.is_unavailable(), "{error}");
+    let text = error.to_string();
+    assert!(
+        text.contains("hf_no_such_db") && text.contains("does not exist"),
+        "{text}"
+    );
+}
+
+/// Goal: `holdfast` started while PostgreSQL is down waits for it (logging its attempts) and
+/// carries on once it is back, instead of failing at once. Method: stop PostgreSQL, start
+/// `holdfast verify`, start PostgreSQL 3 s later; the command must get past start-up (its
+/// verdict on this shared database does not matter here).
+#[tokio::test]
+async fn the_command_line_waits_for_a_postgres_that_comes_back() {
+    let _exclusive = SERVICE.write().await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services-up");
+    assert!(Command::new(&script)
+        .args(["--stop", "postgres"])
+        .status()
+        .unwrap()
+        .success());
+    let child = Command::new(env!("CARGO_BIN_EXE_holdfast"))
+        .args([
+            "verify",
+            "--truth",
+            "/dev/null",
+            "--connect-timeout-s",
+            "60",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(Command::new(&script).status().unwrap().success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not answering yet"), "{stderr}");
+    assert!(stderr.contains("connected"), "{stderr}");
+    assert_ne!(output.status.code(), Some(2), "{stderr}");
 }

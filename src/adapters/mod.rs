@@ -12,7 +12,8 @@ pub mod redis;
 
 #[cfg(feature = "kafka")]
 pub use self::kafka::{
-    create_topic, read_topic, KafkaGroupOffsets, KafkaLog, KafkaPublisher, KafkaSettings,
+    create_topic, probe_brokers, read_topic, KafkaGroupOffsets, KafkaLog, KafkaPublisher,
+    KafkaSettings,
 };
 pub use self::postgres::PostgresStore;
 pub use self::redis::RedisCache;
@@ -28,6 +29,14 @@ pub enum AdapterError {
         service: &'static str,
         detail: String,
     },
+    /// The service did not answer (connection refused, a timeout, still starting): trying
+    /// again later may succeed.
+    #[error("{service} is not answering: {detail}")]
+    Unavailable {
+        service: &'static str,
+        detail: String,
+    },
+    /// The service answered and refused (bad credentials, no such database).
     #[error("could not connect to {service}: {detail}")]
     Connect {
         service: &'static str,
@@ -38,6 +47,29 @@ pub enum AdapterError {
         service: &'static str,
         detail: String,
     },
+}
+
+impl AdapterError {
+    /// True when the service did not answer, so that trying again later may succeed.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, AdapterError::Unavailable { .. })
+    }
+}
+
+/// An error with its chain of causes, each once: client libraries often print only a summary
+/// ("db error", "error connecting to server") and keep the server's own message in a source.
+pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// The service name Redis errors are reported under.

@@ -5,7 +5,7 @@
 //! background after Redis restarts, so a restart costs the calls in flight (they fail as
 //! [`PortError::Unavailable`] and the protocol degrades to store-only dedup), not the adapter.
 
-use super::{rejected, unavailable, AdapterError, CACHE};
+use super::{rejected, unavailable, with_causes, AdapterError, CACHE};
 use crate::idempotency::DeliveryKey;
 use crate::ports::{DedupCache, PortError};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -32,6 +32,14 @@ impl std::fmt::Debug for RedisCache {
 impl RedisCache {
     /// Connects to `url` (`redis://host:port/db`). Fails if the URL is invalid or Redis does
     /// not answer now; later outages are reported per call and healed by reconnecting.
+    /// Where `url` points, without its credentials: host and port (or socket path).
+    pub fn describe_address(url: &str) -> String {
+        match redis::Client::open(url) {
+            Ok(client) => client.get_connection_info().addr().to_string(),
+            Err(_) => "(an unreadable address)".into(),
+        }
+    }
+
     pub async fn connect(url: &str) -> Result<RedisCache, AdapterError> {
         let client = redis::Client::open(url).map_err(|error| AdapterError::Config {
             service: CACHE,
@@ -45,9 +53,18 @@ impl RedisCache {
         let connection = client
             .get_connection_manager_with_config(config)
             .await
-            .map_err(|error| AdapterError::Connect {
-                service: CACHE,
-                detail: error.to_string(),
+            .map_err(|error| {
+                let detail = with_causes(&error);
+                match port_error(&error) {
+                    PortError::Unavailable { .. } => AdapterError::Unavailable {
+                        service: CACHE,
+                        detail,
+                    },
+                    _ => AdapterError::Connect {
+                        service: CACHE,
+                        detail,
+                    },
+                }
             })?;
         Ok(RedisCache { connection })
     }

@@ -49,6 +49,16 @@ pub struct KafkaArgs {
     /// producer idempotence off).
     #[arg(long)]
     pub allow_unsafe: bool,
+    /// Seconds to wait at start for a service that does not answer yet (each one is retried,
+    /// with the attempts logged, before the command gives up naming it).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub connect_timeout_s: u64,
+}
+
+impl KafkaArgs {
+    pub fn connect_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.connect_timeout_s)
+    }
 }
 
 fn key_value(text: &str) -> Result<(String, String), String> {

@@ -2,14 +2,15 @@
 //! until SIGINT, SIGTERM or `--for-s` seconds; prints its report.
 
 use super::args::CompensateArgs;
-use super::{block_on, kafka_settings, terminated};
-use holdfast::adapters::{KafkaGroupOffsets, KafkaLog, KafkaPublisher, PostgresStore};
+use super::{block_on, connect_store, kafka_settings, reach_brokers, terminated};
+use holdfast::adapters::{KafkaGroupOffsets, KafkaLog, KafkaPublisher};
 use holdfast::pipeline::{Compensator, CompensatorConfig, ShutdownTrigger};
 use std::process::ExitCode;
 use std::time::Duration;
 
 pub fn main(args: CompensateArgs) -> Result<ExitCode, String> {
     let settings = kafka_settings(&args.kafka)?;
+    let wait = args.kafka.connect_timeout();
     let config = CompensatorConfig {
         main_group: args.main_group,
         topic: args.kafka.topic,
@@ -25,9 +26,8 @@ pub fn main(args: CompensateArgs) -> Result<ExitCode, String> {
     }
     let (run_for, postgres) = (args.for_s, args.postgres);
     block_on(async move {
-        let store = PostgresStore::connect(&postgres)
-            .await
-            .map_err(|error| error.to_string())?;
+        let store = connect_store(&postgres, wait).await?;
+        reach_brokers(&settings, Some(&config.topic), wait).await?;
         let log = KafkaLog::connect(&settings, &group, &config.topic)
             .map_err(|error| error.to_string())?;
         let offsets = KafkaGroupOffsets::connect(&settings, &config.topic)

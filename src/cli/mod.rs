@@ -10,6 +10,7 @@ mod compensate;
 mod metrics_http;
 mod produce;
 mod run;
+mod startup;
 mod truth;
 mod verify;
 
@@ -31,8 +32,10 @@ pub fn main(command: ServiceCommand) -> Result<ExitCode, String> {
 
 fn create_topic(args: CreateTopicArgs) -> Result<ExitCode, String> {
     let settings = kafka_settings(&args.kafka)?;
+    let wait = args.kafka.connect_timeout();
     let (topic, partitions) = (args.kafka.topic, args.partitions);
     block_on(async {
+        reach_brokers(&settings, None, wait).await?;
         holdfast::adapters::create_topic(&settings, &topic, partitions)
             .await
             .map_err(|error| error.to_string())?;
@@ -51,6 +54,33 @@ fn kafka_settings(args: &KafkaArgs) -> Result<KafkaSettings, String> {
     };
     settings.validate().map_err(|error| error.to_string())?;
     Ok(settings)
+}
+
+/// Waits (see [`startup`]) until the brokers answer and, given a `topic`, hold it.
+async fn reach_brokers(
+    settings: &KafkaSettings,
+    topic: Option<&str>,
+    wait: std::time::Duration,
+) -> Result<(), String> {
+    startup::connect("kafka", &settings.brokers, wait, || {
+        // Each attempt may take its share of the wait, at most 10 s.
+        holdfast::adapters::probe_brokers(
+            settings,
+            topic,
+            wait.min(std::time::Duration::from_secs(10)),
+        )
+    })
+    .await
+}
+
+/// Connects to PostgreSQL under the start-up policy ([`startup`]).
+async fn connect_store(
+    url: &str,
+    wait: std::time::Duration,
+) -> Result<holdfast::adapters::PostgresStore, String> {
+    use holdfast::adapters::PostgresStore;
+    let address = PostgresStore::describe_address(url);
+    startup::connect("postgresql", &address, wait, || PostgresStore::connect(url)).await
 }
 
 /// Runs `future` on a multi-threaded runtime with I/O, timers and signals.

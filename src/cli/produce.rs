@@ -8,7 +8,7 @@
 
 use super::args::ProduceArgs;
 use super::truth::{TruthLine, TruthWriter};
-use super::{block_on, kafka_settings};
+use super::{block_on, kafka_settings, reach_brokers};
 use holdfast::adapters::KafkaPublisher;
 use holdfast::ports::{Delivery, OutboundMessage, PortError};
 use holdfast::workload::{Workload, WorkloadConfig};
@@ -26,6 +26,7 @@ type Pending = Pin<Box<dyn Future<Output = Result<Delivery, PortError>> + Send>>
 
 pub fn main(args: ProduceArgs) -> Result<ExitCode, String> {
     let settings = kafka_settings(&args.kafka)?;
+    let wait = args.kafka.connect_timeout();
     let ProduceArgs {
         kafka,
         orders,
@@ -42,6 +43,7 @@ pub fn main(args: ProduceArgs) -> Result<ExitCode, String> {
     let workload = Workload::generate(&config).map_err(|error| error.to_string())?;
     let publisher = KafkaPublisher::connect(&settings).map_err(|error| error.to_string())?;
     block_on(async move {
+        reach_brokers(&settings, Some(&topic), wait).await?;
         let started = Instant::now();
         let messages: Vec<OutboundMessage> = workload
             .messages

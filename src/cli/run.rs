@@ -2,8 +2,10 @@
 //! SIGTERM, then drain and commit.
 
 use super::args::RunArgs;
-use super::{block_on, kafka_settings, metrics_http, terminated};
-use holdfast::adapters::{KafkaLog, KafkaPublisher, PostgresStore, RedisCache};
+use super::{
+    block_on, connect_store, kafka_settings, metrics_http, reach_brokers, startup, terminated,
+};
+use holdfast::adapters::{KafkaLog, KafkaPublisher, RedisCache};
 use holdfast::pipeline::{
     Consumer, ConsumerConfig, Metrics, RunSummary, Services, ShutdownTrigger,
 };
@@ -15,6 +17,7 @@ use std::time::Duration;
 pub fn main(args: RunArgs) -> Result<ExitCode, String> {
     let settings = kafka_settings(&args.kafka)?;
     let config = consumer_config(&args)?;
+    let wait = args.kafka.connect_timeout();
     let RunArgs {
         kafka,
         group,
@@ -25,12 +28,12 @@ pub fn main(args: RunArgs) -> Result<ExitCode, String> {
     } = args;
     let topic = kafka.topic;
     block_on(async move {
-        let cache = RedisCache::connect(&redis)
-            .await
-            .map_err(|error| error.to_string())?;
-        let store = PostgresStore::connect(&postgres)
-            .await
-            .map_err(|error| error.to_string())?;
+        let cache = startup::connect("redis", &RedisCache::describe_address(&redis), wait, || {
+            RedisCache::connect(&redis)
+        })
+        .await?;
+        let store = connect_store(&postgres, wait).await?;
+        reach_brokers(&settings, Some(&topic), wait).await?;
         let log =
             KafkaLog::connect(&settings, &group, &topic).map_err(|error| error.to_string())?;
         let dead_letters = KafkaPublisher::connect(&settings).map_err(|error| error.to_string())?;

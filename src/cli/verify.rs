@@ -3,8 +3,8 @@
 //! invented or a row differs from the fold of its events.
 
 use super::args::VerifyArgs;
-use super::{block_on, kafka_settings, truth};
-use holdfast::adapters::{read_topic, PostgresStore};
+use super::{block_on, connect_store, kafka_settings, reach_brokers, truth};
+use holdfast::adapters::read_topic;
 use holdfast::verify::{reference, verify, StoreView};
 use std::collections::BTreeSet;
 use std::process::ExitCode;
@@ -12,6 +12,7 @@ use std::time::Duration;
 
 pub fn main(args: VerifyArgs) -> Result<ExitCode, String> {
     let settings = kafka_settings(&args.kafka)?;
+    let wait = args.kafka.connect_timeout();
     let VerifyArgs {
         truth: truth_path,
         postgres,
@@ -20,9 +21,8 @@ pub fn main(args: VerifyArgs) -> Result<ExitCode, String> {
     } = args;
     let truth = truth::read(&truth_path)?;
     block_on(async move {
-        let store = PostgresStore::connect(&postgres)
-            .await
-            .map_err(|error| error.to_string())?;
+        let store = connect_store(&postgres, wait).await?;
+        reach_brokers(&settings, Some(&dead_letter_topic), wait).await?;
         let view = StoreView {
             ledger: store.ledger().await.map_err(|e| e.to_string())?,
             rows: store.rows().await.map_err(|e| e.to_string())?,

@@ -50,6 +50,51 @@ pub async fn create_topic(
     Ok(())
 }
 
+/// Asks the brokers for their metadata (and, given a `topic`, that it exists), waiting up to
+/// `timeout`: librdkafka's clients connect lazily and retry without end, so without this a
+/// wrong broker address would never say so. No answer is [`AdapterError::Unavailable`].
+pub async fn probe_brokers(
+    settings: &KafkaSettings,
+    topic: Option<&str>,
+    timeout: Duration,
+) -> Result<(), AdapterError> {
+    settings.validate()?;
+    let client: BaseConsumer = settings
+        .client_config(&[])
+        .create()
+        .map_err(|error| connect_error(&error))?;
+    let topic = topic.map(str::to_owned);
+    let metadata = tokio::task::spawn_blocking(move || {
+        client
+            .fetch_metadata(topic.as_deref(), timeout)
+            .map(|metadata| (metadata, topic))
+    })
+    .await
+    .map_err(|error| AdapterError::Setup {
+        service: LOG,
+        detail: format!("metadata thread failed: {error}"),
+    })?;
+    let (metadata, topic) = metadata.map_err(|error| AdapterError::Unavailable {
+        service: LOG,
+        detail: error.to_string(),
+    })?;
+    let Some(topic) = topic else {
+        return Ok(());
+    };
+    let known = metadata
+        .topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+    if known {
+        Ok(())
+    } else {
+        Err(AdapterError::Setup {
+            service: LOG,
+            detail: format!("topic {topic} does not exist (holdfast create-topic makes it)"),
+        })
+    }
+}
+
 /// Reads every record of `topic` present when called, from the beginning, without joining or
 /// committing for any group (dead letters for `holdfast verify`, checks in tests). Fails if
 /// the records cannot be read within `timeout`.

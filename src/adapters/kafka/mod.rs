@@ -19,7 +19,7 @@ mod offsets;
 mod publisher;
 mod settings;
 
-pub use admin::{create_topic, read_topic};
+pub use admin::{create_topic, probe_brokers, read_topic};
 pub use log::KafkaLog;
 pub use offsets::KafkaGroupOffsets;
 pub use publisher::KafkaPublisher;

@@ -25,7 +25,7 @@ mod batch;
 mod read;
 mod sql;
 
-use super::{rejected, unavailable, AdapterError, STORE};
+use super::{rejected, unavailable, with_causes, AdapterError, STORE};
 use crate::event::{EventKind, OrderEvent};
 use crate::idempotency::IdempotencyKey;
 use crate::ports::{ApplyOutcome, OrderStore, PortError};
@@ -98,6 +98,28 @@ impl std::fmt::Debug for PostgresStore {
 
 impl PostgresStore {
     /// Connects with [`CONNECTIONS_DEFAULT`] connections; see [`PostgresStore::connect_with`].
+    /// Where `url` points, without its password: hosts, ports, database and user.
+    pub fn describe_address(url: &str) -> String {
+        let Ok(config) = url.parse::<Config>() else {
+            return "(an unreadable address)".into();
+        };
+        let hosts: Vec<String> = config
+            .get_hosts()
+            .iter()
+            .zip(config.get_ports().iter().chain(std::iter::repeat(&5432)))
+            .map(|(host, port)| match host {
+                tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+                tokio_postgres::config::Host::Unix(path) => format!("{}:{port}", path.display()),
+            })
+            .collect();
+        format!(
+            "{}/{} (user {})",
+            hosts.join(","),
+            config.get_dbname().unwrap_or("?"),
+            config.get_user().unwrap_or("?")
+        )
+    }
+
     pub async fn connect(url: &str) -> Result<PostgresStore, AdapterError> {
         PostgresStore::connect_with(url, CONNECTIONS_DEFAULT).await
     }
@@ -117,15 +139,24 @@ impl PostgresStore {
                 })?;
         config.connect_timeout(CONNECT_TIMEOUT);
         config.keepalives_idle(Duration::from_secs(10));
-        let client = open(&config).await.map_err(|error| AdapterError::Connect {
-            service: STORE,
-            detail: error.to_string(),
+        let client = open(&config).await.map_err(|error| {
+            let detail = with_causes(&error);
+            match port_error(&error) {
+                PortError::Unavailable { .. } => AdapterError::Unavailable {
+                    service: STORE,
+                    detail,
+                },
+                _ => AdapterError::Connect {
+                    service: STORE,
+                    detail,
+                },
+            }
         })?;
         create_schema(&client)
             .await
             .map_err(|error| AdapterError::Setup {
                 service: STORE,
-                detail: error.to_string(),
+                detail: with_causes(&error),
             })?;
         let session = Session::prepare(client)
             .await

@@ -1,0 +1,108 @@
+//! The `holdfast` binary without services: start-up failures name the service and its address
+//! and never print a password, whatever the log level.
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "hunter2";
+
+/// Runs `holdfast` with `args` (debug logs on); returns its output and how long it took.
+fn holdfast(args: &[&str]) -> (Output, Duration) {
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_holdfast"))
+        .args(args)
+        .env("RUST_LOG", "debug")
+        .env_remove("HOLDFAST_KAFKA_BROKERS")
+        .env_remove("HOLDFAST_REDIS_URL")
+        .env_remove("HOLDFAST_POSTGRES_URL")
+        .output()
+        .expect("the binary runs");
+    (output, started.elapsed())
+}
+
+/// Asserts a start-up failure: exit 2, within `limit`, stderr holding every one of `named`
+/// and no password.
+fn assert_fails_naming(args: &[&str], named: &[&str], limit: Duration) {
+    let (output, took) = holdfast(args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(took < limit, "{args:?} took {took:?}: {stderr}");
+    for name in named {
+        assert!(stderr.contains(name), "{args:?}: `{name}` not in: {stderr}");
+    }
+    assert!(
+        !stderr.contains(SECRET) && !stdout.contains(SECRET),
+        "{args:?} printed the password: {stderr}{stdout}"
+    );
+}
+
+#[test]
+fn a_redis_that_does_not_answer_is_named_after_the_wait() {
+    assert_fails_naming(
+        &[
+            "run",
+            "--brokers",
+            "127.0.0.1:1",
+            "--redis",
+            "redis://:hunter2@127.0.0.1:1",
+            "--postgres",
+            "postgres://u:hunter2@127.0.0.1:1/db",
+            "--connect-timeout-s",
+            "2",
+        ],
+        &[
+            "redis at 127.0.0.1:1",
+            "did not answer within 2 s",
+            "refused",
+        ],
+        Duration::from_secs(20),
+    );
+}
+
+#[test]
+fn a_postgresql_that_does_not_answer_is_retried_then_named() {
+    assert_fails_naming(
+        &[
+            "verify",
+            "--brokers",
+            "127.0.0.1:1",
+            "--truth",
+            "/dev/null",
+            "--postgres",
+            "postgres://u:hunter2@127.0.0.1:1/orders",
+            "--connect-timeout-s",
+            "2",
+        ],
+        &[
+            "postgresql at 127.0.0.1:1/orders (user u)",
+            "did not answer within 2 s",
+            "not answering yet",
+        ],
+        Duration::from_secs(20),
+    );
+}
+
+#[test]
+fn brokers_that_do_not_answer_are_named_after_the_wait() {
+    assert_fails_naming(
+        &[
+            "create-topic",
+            "--brokers",
+            "127.0.0.1:1",
+            "--connect-timeout-s",
+            "2",
+        ],
+        &["kafka at 127.0.0.1:1", "did not answer within 2 s"],
+        Duration::from_secs(30),
+    );
+}
+
+#[test]
+fn a_bad_flag_is_named_and_exits_2() {
+    assert_fails_naming(
+        &["run", "--batch", "many"],
+        &["--batch"],
+        Duration::from_secs(10),
+    );
+}
