@@ -30,8 +30,19 @@ const GROUP: &str = "holdfast";
 #[derive(Debug, Parser)]
 #[command(name = "holdfast", version)]
 struct Cli {
+    /// How the service commands write their logs to stderr (RUST_LOG filters them).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per event (tracing-subscriber's JSON format).
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,12 +89,16 @@ struct DemoArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let format = cli.log_format;
+    // Only the service commands install a log subscriber.
+    let mut logging = false;
     let result = match cli.command {
         Command::Demo(args) => demo(args),
         Command::Workload(args) => print_workload(&args),
         #[cfg(all(feature = "kafka", not(any(madsim, loom))))]
         Command::Service(command) => {
-            init_logs();
+            init_logs(format);
+            logging = true;
             cli::main(command)
         }
         Command::Completions { shell } => {
@@ -94,6 +109,11 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // With JSON logs the failure is one more JSON event, so that stderr stays parseable.
+        Err(message) if logging && format == LogFormat::Json => {
+            tracing::error!(error = %message, "holdfast failed");
+            ExitCode::from(2)
+        }
         Err(message) => {
             eprintln!("holdfast: {message}");
             ExitCode::from(2)
@@ -103,14 +123,18 @@ fn main() -> ExitCode {
 
 /// Logs go to stderr; RUST_LOG filters them (default: info).
 #[cfg(all(feature = "kafka", not(any(madsim, loom))))]
-fn init_logs() {
+fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => logs.json().try_init(),
+    };
 }
 
 fn workload(args: &WorkloadArgs) -> Result<Workload, String> {

@@ -106,3 +106,38 @@ fn a_bad_flag_is_named_and_exits_2() {
         Duration::from_secs(10),
     );
 }
+
+/// Goal: with `--log-format json` every line on stderr is a JSON object (the attempts and the
+/// failure alike), and still no password.
+#[test]
+fn json_logs_are_json_lines_without_secrets() {
+    let (output, _) = holdfast(&[
+        "verify",
+        "--log-format",
+        "json",
+        "--brokers",
+        "127.0.0.1:1",
+        "--truth",
+        "/dev/null",
+        "--postgres",
+        "postgres://u:hunter2@127.0.0.1:1/orders",
+        "--connect-timeout-s",
+        "1",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(!stderr.contains(SECRET), "{stderr}");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    assert!(lines.len() >= 2, "{stderr}");
+    let last = lines.last().expect("a failure event");
+    assert_eq!(last["level"], "ERROR", "{stderr}");
+    assert!(
+        last["fields"]["error"]
+            .as_str()
+            .is_some_and(|error| error.contains("postgresql at 127.0.0.1:1/orders")),
+        "{stderr}"
+    );
+}
