@@ -7,8 +7,8 @@
 mod common;
 
 use common::kafka::{
-    free_address, holdfast, metric, partition_ends, scrape, spawn_holdfast, terminate, topics,
-    unique, wait_caught_up, Topics,
+    free_address, holdfast, http_get, metric, partition_ends, scrape, spawn_holdfast, terminate,
+    topics, unique, wait_caught_up, Topics,
 };
 use common::{env, flushall, fresh_store, services_up};
 use holdfast::adapters::kafka::{read_topic, KafkaLog, KafkaPublisher};
@@ -416,6 +416,18 @@ async fn the_command_line_through_sigkill_and_sigterm() {
     let applied = metric(&scraped, "holdfast_events_applied_total")
         .unwrap_or_else(|| panic!("no applied counter in {scraped}"));
     assert!(applied > 0, "{scraped}");
+    // Caught up and polling: live and ready; anything else is not found.
+    for (path, status) in [
+        ("/livez", "200 OK"),
+        ("/readyz", "200 OK"),
+        ("/nothing", "404 Not Found"),
+    ] {
+        let response = http_get(&metrics_address, path).unwrap();
+        assert!(
+            response.starts_with(&format!("HTTP/1.1 {status}")),
+            "{path}: {response}"
+        );
+    }
 
     // Lose five orders behind the pipeline's back (their rows, their keys, and the cache that
     // remembers them); the compensator must find their effects missing and re-send the events

@@ -103,9 +103,13 @@ pub struct RunArgs {
     /// Milliseconds between offset commits.
     #[arg(long, default_value_t = ConsumerConfig::default().commit_interval.as_millis() as u64)]
     pub commit_ms: u64,
-    /// Serve Prometheus metrics on this address (host:port).
+    /// Serve the operations endpoint on this address (host:port): /metrics (Prometheus),
+    /// /livez and /readyz.
     #[arg(long, value_name = "ADDRESS")]
     pub metrics: Option<String>,
+    /// /readyz answers 503 while a partition has more polled, uncommitted records than this.
+    #[arg(long, default_value_t = 10_000, value_name = "RECORDS")]
+    pub ready_backlog_max: i64,
 }
 
 #[derive(Debug, Args)]

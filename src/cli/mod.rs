@@ -7,7 +7,7 @@
 
 pub mod args;
 mod compensate;
-mod metrics_http;
+mod ops_http;
 mod produce;
 mod run;
 mod startup;

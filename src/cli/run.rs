@@ -3,7 +3,7 @@
 
 use super::args::RunArgs;
 use super::{
-    block_on, connect_store, kafka_settings, metrics_http, reach_brokers, startup, terminated,
+    block_on, connect_store, kafka_settings, ops_http, reach_brokers, startup, terminated,
 };
 use holdfast::adapters::{KafkaLog, KafkaPublisher, RedisCache};
 use holdfast::pipeline::{
@@ -24,6 +24,7 @@ pub fn main(args: RunArgs) -> Result<ExitCode, String> {
         redis,
         postgres,
         metrics: metrics_address,
+        ready_backlog_max,
         ..
     } = args;
     let topic = kafka.topic;
@@ -39,7 +40,11 @@ pub fn main(args: RunArgs) -> Result<ExitCode, String> {
         let dead_letters = KafkaPublisher::connect(&settings).map_err(|error| error.to_string())?;
         let metrics = Arc::new(Metrics::new());
         if let Some(address) = &metrics_address {
-            metrics_http::serve(address, Arc::clone(&metrics)).await?;
+            let limits = ops_http::ProbeLimits {
+                silence_max: config.stall_after,
+                backlog_max: ready_backlog_max,
+            };
+            ops_http::serve(address, Arc::clone(&metrics), limits).await?;
         }
         let services = Services {
             cache,

@@ -91,6 +91,7 @@ impl<L: EventLog> Member<L> {
     /// Polls one batch and applies its rebalance events; a failed poll is retried after a
     /// backoff (it returns nothing).
     pub async fn poll(&mut self, probe: &impl Probe) -> Polled {
+        self.metrics.polls.add(1);
         match self
             .log
             .poll(self.config.batch_size, self.config.poll_timeout)

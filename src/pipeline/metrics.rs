@@ -34,12 +34,36 @@ pub struct PartitionGauges {
     pub stalled: bool,
 }
 
+/// Records polled and not yet committed in one partition (polled + 1 - committed).
+fn lag(gauges: &PartitionGauges) -> Option<i64> {
+    match (gauges.polled, gauges.committed) {
+        (Some(polled), Some(committed)) => Some((polled + 1 - committed).max(0)),
+        (Some(polled), None) => Some(polled + 1),
+        _ => None,
+    }
+}
+
+/// What [`Metrics::health`] reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    /// [`Metrics::polls`] now.
+    pub polls: u64,
+    /// Partitions owned.
+    pub owned: usize,
+    /// Owned partitions whose commit point is stalled.
+    pub stalled: Vec<PartitionId>,
+    /// The largest lag (records polled and not committed) over the owned partitions.
+    pub lag_max: i64,
+}
+
 /// Reads one gauge's value from a partition's gauges.
 type GaugeReader = fn(&PartitionGauges) -> Option<i64>;
 
 /// All metrics of one consumer (or compensator) process.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// Polls the member loop made, answered or failed: a count that stops means a stuck loop.
+    pub polls: Counter,
     pub polled: Counter,
     pub applied: Counter,
     pub duplicates_cache: Counter,
@@ -96,10 +120,34 @@ impl Metrics {
             .and_then(|partitions| partitions.get(&partition).cloned())
     }
 
+    /// What health probes judge by, read at once.
+    pub fn health(&self) -> Health {
+        let partitions = self
+            .partitions
+            .lock()
+            .map(|partitions| partitions.clone())
+            .unwrap_or_default();
+        Health {
+            polls: self.polls.get(),
+            owned: partitions.len(),
+            stalled: partitions
+                .iter()
+                .filter(|(_, gauges)| gauges.stalled)
+                .map(|(partition, _)| *partition)
+                .collect(),
+            lag_max: partitions.values().filter_map(lag).max().unwrap_or(0),
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render_prometheus(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &Counter); 15] = [
+        let counters: [(&str, &str, &Counter); 16] = [
+            (
+                "holdfast_polls_total",
+                "Polls the member loop made, answered or failed.",
+                &self.polls,
+            ),
             (
                 "holdfast_records_polled_total",
                 "Records returned by polls.",
@@ -210,11 +258,7 @@ impl Metrics {
             (
                 "holdfast_lag_records",
                 "Polled but not committed records (polled + 1 - committed).",
-                |g| match (g.polled, g.committed) {
-                    (Some(polled), Some(committed)) => Some((polled + 1 - committed).max(0)),
-                    (Some(polled), None) => Some(polled + 1),
-                    _ => None,
-                },
+                lag,
             ),
             (
                 "holdfast_stalled",
@@ -261,5 +305,32 @@ mod tests {
         assert!(text.contains("holdfast_stalled{partition=\"2\"} 1\n"));
         metrics.remove_partition(2);
         assert!(!metrics.render_prometheus().contains("partition=\"2\""));
+    }
+
+    #[test]
+    fn health_reads_polls_owned_stalled_and_the_largest_backlog() {
+        let metrics = Metrics::new();
+        assert_eq!(metrics.health(), Health::default());
+        metrics.polls.add(7);
+        let gauges = |committed, polled, stalled| PartitionGauges {
+            in_flight: 0,
+            committed,
+            polled,
+            stalled,
+        };
+        metrics.set_partition(1, gauges(Some(10), Some(19), false));
+        metrics.set_partition(3, gauges(None, Some(4), true));
+        metrics.set_partition(5, gauges(Some(30), Some(20), true));
+        metrics.set_partition(6, gauges(Some(3), None, false));
+        let health = metrics.health();
+        assert_eq!(
+            health,
+            Health {
+                polls: 7,
+                owned: 4,
+                stalled: vec![3, 5],
+                lag_max: 10,
+            }
+        );
     }
 }

@@ -18,7 +18,7 @@ mod worker;
 pub use compensator::{Compensator, CompensatorConfig, CompensatorReport};
 pub use config::{ConfigError, ConsumerConfig};
 pub use consumer::{Consumer, RunSummary, RunningConsumer};
-pub use metrics::{Counter, Metrics, PartitionGauges};
+pub use metrics::{Counter, Health, Metrics, PartitionGauges};
 pub use retry::Backoff;
 pub use shutdown::{Shutdown, ShutdownTrigger};
 pub use worker::Services;

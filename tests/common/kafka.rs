@@ -103,9 +103,15 @@ pub fn scrape(address: &str) -> String {
 
 /// [`scrape`], or the error (the endpoint may not be listening yet).
 pub fn try_scrape(address: &str) -> std::io::Result<String> {
+    http_get(address, "/metrics")
+}
+
+/// One HTTP GET of `path` on the operations endpoint at `address`; the whole response.
+pub fn http_get(address: &str, path: &str) -> std::io::Result<String> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(address)?;
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: holdfast\r\n\r\n")?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: holdfast\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     Ok(response)
