@@ -55,6 +55,14 @@ pub const FAULTS: &[(&str, &str)] = &[
         "the group coordinator failed over: every member forgotten at once",
     ),
     (
+        "fault.controller_crash",
+        "the controller killed and restarted",
+    ),
+    (
+        "fault.controller_cut_off",
+        "the controller cut off from every node past the brokers' session",
+    ),
+    (
         "fault.metadata_dropped",
         "the coordinator drops commit metadata, as nisshi does: restarts redo what is above a commit",
     ),

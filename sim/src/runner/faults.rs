@@ -80,16 +80,20 @@ pub enum ExtendedFault {
     DeadLettersDown,
     /// The group coordinator fails over: every member is forgotten at once and must rejoin.
     CoordinatorFailover,
+    /// The controller killed and restarted: no elections, ISR changes or group answers meanwhile.
+    ControllerCrash,
+    /// The controller cut off from every node: it fences brokers it cannot hear from.
+    ControllerCutOff,
 }
 
-/// The added faults the standard mix injects, each as likely. The controller's crash and
-/// cut-off are not among them: a restarted or isolated controller declares live brokers dead
-/// and shrinks ISRs in ways the partition model does not yet follow faithfully.
-pub const EXTENDED_FAULTS: [ExtendedFault; 4] = [
+/// The added faults the standard mix injects, each as likely.
+pub const EXTENDED_FAULTS: [ExtendedFault; 6] = [
     ExtendedFault::ZombieMember,
     ExtendedFault::MemberPause,
     ExtendedFault::DeadLettersDown,
     ExtendedFault::CoordinatorFailover,
+    ExtendedFault::ControllerCrash,
+    ExtendedFault::ControllerCutOff,
 ];
 
 /// One of the added faults, from their own stream.
@@ -132,6 +136,21 @@ pub(super) async fn inject_extended_fault(
         ExtendedFault::CoordinatorFailover => {
             holdfast::reach!("fault.coordinator_failover");
             world.coordinator_failover();
+        }
+        ExtendedFault::ControllerCrash => {
+            holdfast::reach!("fault.controller_crash");
+            let down = Duration::from_millis(rng.between(100, 3000));
+            fault(format!("controller down for {down:?}"));
+            world.kill(ServiceNode::Controller);
+            sleep(down).await;
+            world.restart(ServiceNode::Controller);
+        }
+        ExtendedFault::ControllerCutOff => {
+            holdfast::reach!("fault.controller_cut_off");
+            fault(format!("controller cut off for {outlast_session:?}"));
+            world.clog(ServiceNode::Controller, true);
+            sleep(outlast_session).await;
+            world.clog(ServiceNode::Controller, false);
         }
         ExtendedFault::DeadLettersDown => {
             holdfast::reach!("fault.dead_letters_down");
