@@ -142,7 +142,37 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render_prometheus(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &Counter); 16] = [
+        for (name, help, counter) in self.counters() {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                counter.get()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP holdfast_batch_latency_microseconds_max Largest batch latency.\n# TYPE holdfast_batch_latency_microseconds_max gauge\nholdfast_batch_latency_microseconds_max {}",
+            self.batch_latency_us_max.load(Ordering::Relaxed)
+        );
+        let partitions = self
+            .partitions
+            .lock()
+            .map(|partitions| partitions.clone())
+            .unwrap_or_default();
+        for (name, help, read) in PARTITION_GAUGES {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for (partition, gauge) in &partitions {
+                if let Some(value) = read(gauge) {
+                    let _ = writeln!(out, "{name}{{partition=\"{partition}\"}} {value}");
+                }
+            }
+        }
+        out
+    }
+
+    /// Every counter with its name and help text.
+    fn counters(&self) -> [(&'static str, &'static str, &Counter); 16] {
+        [
             (
                 "holdfast_polls_total",
                 "Polls the member loop made, answered or failed.",
@@ -223,60 +253,36 @@ impl Metrics {
                 "Sum of batch latencies.",
                 &self.batch_latency_us_sum,
             ),
-        ];
-        for (name, help, counter) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                counter.get()
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP holdfast_batch_latency_microseconds_max Largest batch latency.\n# TYPE holdfast_batch_latency_microseconds_max gauge\nholdfast_batch_latency_microseconds_max {}",
-            self.batch_latency_us_max.load(Ordering::Relaxed)
-        );
-        let partitions = self
-            .partitions
-            .lock()
-            .map(|partitions| partitions.clone())
-            .unwrap_or_default();
-        let gauges: [(&str, &str, GaugeReader); 5] = [
-            (
-                "holdfast_in_flight",
-                "Records tracked and not yet finished.",
-                |g| i64::try_from(g.in_flight).ok(),
-            ),
-            (
-                "holdfast_committed_offset",
-                "Last committed offset (next to read).",
-                |g| g.committed,
-            ),
-            ("holdfast_polled_offset", "Highest offset polled.", |g| {
-                g.polled
-            }),
-            (
-                "holdfast_lag_records",
-                "Polled but not committed records (polled + 1 - committed).",
-                lag,
-            ),
-            (
-                "holdfast_stalled",
-                "1 while the partition's commit point is stalled.",
-                |g| Some(i64::from(g.stalled)),
-            ),
-        ];
-        for (name, help, read) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-            for (partition, gauge) in &partitions {
-                if let Some(value) = read(gauge) {
-                    let _ = writeln!(out, "{name}{{partition=\"{partition}\"}} {value}");
-                }
-            }
-        }
-        out
+        ]
     }
 }
+
+/// The per-partition gauges with their names and help texts.
+const PARTITION_GAUGES: [(&str, &str, GaugeReader); 5] = [
+    (
+        "holdfast_in_flight",
+        "Records tracked and not yet finished.",
+        |g| i64::try_from(g.in_flight).ok(),
+    ),
+    (
+        "holdfast_committed_offset",
+        "Last committed offset (next to read).",
+        |g| g.committed,
+    ),
+    ("holdfast_polled_offset", "Highest offset polled.", |g| {
+        g.polled
+    }),
+    (
+        "holdfast_lag_records",
+        "Polled but not committed records (polled + 1 - committed).",
+        lag,
+    ),
+    (
+        "holdfast_stalled",
+        "1 while the partition's commit point is stalled.",
+        |g| Some(i64::from(g.stalled)),
+    ),
+];
 
 #[cfg(test)]
 mod tests {
