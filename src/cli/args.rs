@@ -68,6 +68,19 @@ fn key_value(text: &str) -> Result<(String, String), String> {
     Ok((name.trim().to_owned(), value.trim().to_owned()))
 }
 
+/// Where the store is.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// The PostgreSQL URL (the store).
+    #[arg(
+        long,
+        env = "HOLDFAST_POSTGRES_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub postgres: String,
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
@@ -83,14 +96,8 @@ pub struct RunArgs {
         value_name = "URL"
     )]
     pub redis: String,
-    /// The PostgreSQL URL (the store).
-    #[arg(
-        long,
-        env = "HOLDFAST_POSTGRES_URL",
-        hide_env_values = true,
-        value_name = "URL"
-    )]
-    pub postgres: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// The dead-letter topic.
     #[arg(long, default_value_t = ConsumerConfig::default().dead_letter_topic)]
     pub dlq: String,
@@ -140,14 +147,8 @@ pub struct CompensateArgs {
     /// The group whose effects are checked.
     #[arg(long, default_value_t = CompensatorConfig::default().main_group)]
     pub main_group: String,
-    /// The PostgreSQL URL (the store).
-    #[arg(
-        long,
-        env = "HOLDFAST_POSTGRES_URL",
-        hide_env_values = true,
-        value_name = "URL"
-    )]
-    pub postgres: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// The dead-letter topic.
     #[arg(long, default_value_t = CompensatorConfig::default().dead_letter_topic)]
     pub dlq: String,
@@ -172,14 +173,8 @@ pub struct VerifyArgs {
     /// The ground truth `holdfast produce` wrote.
     #[arg(long, value_name = "FILE")]
     pub truth: PathBuf,
-    /// The PostgreSQL URL (the store).
-    #[arg(
-        long,
-        env = "HOLDFAST_POSTGRES_URL",
-        hide_env_values = true,
-        value_name = "URL"
-    )]
-    pub postgres: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// The dead-letter topic.
     #[arg(long, default_value_t = ConsumerConfig::default().dead_letter_topic)]
     pub dlq: String,

@@ -24,7 +24,7 @@ pub fn main(args: CompensateArgs) -> Result<ExitCode, String> {
     if group == config.main_group {
         return Err("the compensator needs its own --group, not the main group".into());
     }
-    let (run_for, postgres) = (args.for_s, args.postgres);
+    let (run_for, postgres) = (args.for_s, args.store.postgres);
     block_on(async move {
         let store = connect_store(&postgres, wait).await?;
         reach_brokers(&settings, Some(&config.topic), wait).await?;

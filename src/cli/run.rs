@@ -1,7 +1,7 @@
 //! `holdfast run`: the consumer pipeline on Kafka, Redis and PostgreSQL until SIGINT or
 //! SIGTERM, then drain and commit.
 
-use super::args::RunArgs;
+use super::args::{RunArgs, StoreArgs};
 use super::{
     block_on, connect_store, kafka_settings, ops_http, reach_brokers, startup, terminated,
 };
@@ -22,7 +22,7 @@ pub fn main(args: RunArgs) -> Result<ExitCode, String> {
         kafka,
         group,
         redis,
-        postgres,
+        store: StoreArgs { postgres },
         metrics: metrics_address,
         ready_backlog_max,
         ..

@@ -2,7 +2,7 @@
 //! with the dead-letter topic; prints the report and fails when anything is missing, doubled,
 //! invented or a row differs from the fold of its events.
 
-use super::args::VerifyArgs;
+use super::args::{StoreArgs, VerifyArgs};
 use super::{block_on, connect_store, kafka_settings, reach_brokers, truth};
 use holdfast::adapters::read_topic;
 use holdfast::verify::{reference, verify, StoreView};
@@ -15,7 +15,7 @@ pub fn main(args: VerifyArgs) -> Result<ExitCode, String> {
     let wait = args.kafka.connect_timeout();
     let VerifyArgs {
         truth: truth_path,
-        postgres,
+        store: StoreArgs { postgres },
         dlq: dead_letter_topic,
         ..
     } = args;
