@@ -9,11 +9,13 @@ use crate::history::{digest, Step};
 use holdfast::ports::Record;
 use holdfast::verify::reference::{read_payload, reflected};
 use holdfast::verify::{verify, Fact, GroundTruth, StoreView, VerifyReport};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 /// The invariants the simulator checks on every run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub enum Invariant {
     /// An event a producer saw acknowledged is absent from the final log (judged after
     /// convergence).
@@ -64,6 +66,19 @@ pub const ALL_INVARIANTS: [Invariant; 14] = [
     Invariant::CommitPastUnfinished,
     Invariant::Liveness,
 ];
+
+impl From<Invariant> for String {
+    fn from(invariant: Invariant) -> String {
+        invariant.name().to_string()
+    }
+}
+
+impl TryFrom<String> for Invariant {
+    type Error = String;
+    fn try_from(name: String) -> Result<Invariant, String> {
+        Invariant::parse(&name).ok_or(format!("unknown invariant `{name}`"))
+    }
+}
 
 impl Invariant {
     /// Jepsen-style name.

@@ -124,8 +124,9 @@ mod app {
             }
         }
         if let Some(path) = &options.json {
-            let value = report::to_json(&planned, &results, wall_s);
-            if let Err(error) = std::fs::write(path, value.to_string()) {
+            let written = report::to_json(&planned, &results, wall_s)
+                .and_then(|text| std::fs::write(path, text).map_err(|e| e.to_string()));
+            if let Err(error) = written {
                 eprintln!("cannot write {path}: {error}");
                 return 2;
             }
@@ -144,8 +145,7 @@ mod app {
         for path in &options.merge {
             let parsed = std::fs::read_to_string(path)
                 .map_err(|e| e.to_string())
-                .and_then(|text| serde_json::from_str(&text).map_err(|e| e.to_string()))
-                .and_then(|value| report::from_json(&value));
+                .and_then(|text| report::from_json(&text));
             match parsed {
                 Ok(file) => {
                     all.extend(file.results);

@@ -4,7 +4,7 @@ use crate::checker::Invariant;
 use crate::runner::RunOutcome;
 use crate::scenario::{Expectation, LossAt, Scenario};
 use crate::sweep::{matrix, meets, must_reach_all, reach_table, Row, SeedResult};
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -231,111 +231,90 @@ fn names(invariants: &[Invariant]) -> String {
         .join(", ")
 }
 
-/// A sweep as JSON.
-pub fn to_json(planned: &[Scenario], results: &[SeedResult], wall_s: f64) -> Value {
-    json!({
-        "commit": COMMIT,
-        "wall_s": wall_s,
-        "scenarios": planned.iter().map(|s| s.name()).collect::<Vec<_>>(),
-        "seeds": results.iter().map(|r| json!({
-            "scenario": r.scenario.name(),
-            "seed": r.seed,
-            "invariants": r.invariants.iter().map(|i| i.name()).collect::<Vec<_>>(),
-            "lost": r.lost,
-            "broker_lost": r.broker_lost,
-            "consumer_lost": r.consumer_lost,
-            "redeliveries": r.redeliveries,
-            "sent": r.sent,
-            "steps": r.steps,
-            "faults": r.faults,
-            "virtual_ms": r.virtual_ms,
-            "panic": r.panic,
-            "reached": r.reached,
-            "replay": r.replay,
-        })).collect::<Vec<_>>(),
-    })
+/// A sweep as JSON: the commit, the wall time, the scenarios planned and every seed's result.
+#[derive(Serialize, Deserialize)]
+pub struct SweepFile {
+    #[serde(default)]
+    pub commit: String,
+    #[serde(default)]
+    pub wall_s: f64,
+    #[serde(rename = "scenarios")]
+    pub planned: Vec<Scenario>,
+    #[serde(rename = "seeds")]
+    pub results: Vec<SeedResult>,
 }
 
-/// A sweep read back from JSON.
-pub struct SweepFile {
-    pub planned: Vec<Scenario>,
-    pub results: Vec<SeedResult>,
-    pub wall_s: f64,
+/// A sweep as JSON.
+pub fn to_json(
+    planned: &[Scenario],
+    results: &[SeedResult],
+    wall_s: f64,
+) -> Result<String, String> {
+    #[derive(Serialize)]
+    struct Borrowed<'a> {
+        commit: &'a str,
+        wall_s: f64,
+        scenarios: &'a [Scenario],
+        seeds: &'a [SeedResult],
+    }
+    let file = Borrowed {
+        commit: COMMIT,
+        wall_s,
+        scenarios: planned,
+        seeds: results,
+    };
+    serde_json::to_string_pretty(&file).map_err(|error| error.to_string())
 }
 
 /// Reads a sweep back from JSON (for `--merge`).
-pub fn from_json(value: &Value) -> Result<SweepFile, String> {
-    let planned = value
-        .get("scenarios")
-        .and_then(Value::as_array)
-        .ok_or("report has no `scenarios` array")?
-        .iter()
-        .map(|name| {
-            name.as_str()
-                .and_then(Scenario::parse)
-                .ok_or("unknown scenario in report".to_string())
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let seeds = value
-        .get("seeds")
-        .and_then(Value::as_array)
-        .ok_or("report has no `seeds` array")?;
-    let mut results = Vec::with_capacity(seeds.len());
-    for entry in seeds {
-        let text = |field: &str| {
-            entry
-                .get(field)
-                .and_then(Value::as_str)
-                .ok_or(format!("seed entry lacks `{field}`"))
+pub fn from_json(text: &str) -> Result<SweepFile, String> {
+    serde_json::from_str(text).map_err(|error| error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use holdfast::testkit::planted::PlantedBug;
+
+    #[test]
+    fn a_sweep_reads_back_as_written() {
+        let planned = [
+            Scenario::Standard,
+            Scenario::Control(PlantedBug::NoUniqueKey),
+        ];
+        let result = SeedResult {
+            scenario: planned[1],
+            seed: 7,
+            invariants: vec![Invariant::Duplicate],
+            lost: 1,
+            broker_lost: 2,
+            consumer_lost: 3,
+            redeliveries: 4,
+            sent: 5,
+            steps: 6,
+            faults: 8,
+            virtual_ms: 9,
+            panic: Some("boom".into()),
+            reached: vec!["fault.clog".into()],
+            replay: "cargo sim --seed 7".into(),
         };
-        let count = |field: &str| {
-            entry
-                .get(field)
-                .and_then(Value::as_u64)
-                .ok_or(format!("seed entry lacks `{field}`"))
-        };
-        let scenario = Scenario::parse(text("scenario")?).ok_or("unknown scenario in report")?;
-        let invariants = entry
-            .get("invariants")
-            .and_then(Value::as_array)
-            .ok_or("seed entry lacks `invariants`")?
-            .iter()
-            .map(|name| {
-                name.as_str()
-                    .and_then(Invariant::parse)
-                    .ok_or("unknown invariant in report".to_string())
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        results.push(SeedResult {
-            scenario,
-            seed: count("seed")?,
-            invariants,
-            lost: count("lost")? as usize,
-            broker_lost: count("broker_lost")? as usize,
-            consumer_lost: count("consumer_lost")? as usize,
-            redeliveries: count("redeliveries")? as usize,
-            sent: count("sent")? as usize,
-            steps: count("steps")? as usize,
-            faults: count("faults")? as usize,
-            virtual_ms: count("virtual_ms")?,
-            panic: entry
-                .get("panic")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            reached: entry
-                .get("reached")
-                .and_then(Value::as_array)
-                .ok_or("seed entry lacks `reached`")?
-                .iter()
-                .filter_map(|point| point.as_str().map(str::to_owned))
-                .collect(),
-            replay: text("replay")?.to_owned(),
-        });
+        let text = to_json(&planned, std::slice::from_ref(&result), 1.5).unwrap();
+        let file = from_json(&text).unwrap();
+        assert_eq!(file.planned, planned);
+        assert_eq!(file.wall_s, 1.5);
+        assert_eq!(file.commit, COMMIT);
+        assert_eq!(to_json(&file.planned, &file.results, 1.5).unwrap(), text);
     }
-    let wall_s = value.get("wall_s").and_then(Value::as_f64).unwrap_or(0.0);
-    Ok(SweepFile {
-        planned,
-        results,
-        wall_s,
-    })
+
+    #[test]
+    fn an_unknown_scenario_or_invariant_is_refused_by_name() {
+        let error = from_json(r#"{"scenarios": ["nope"], "seeds": []}"#).err();
+        assert!(error.is_some_and(|e| e.contains("unknown scenario `nope`")));
+        let seed = r#"{"scenario": "standard", "seed": 1, "invariants": ["nope"], "lost": 0,
+            "broker_lost": 0, "consumer_lost": 0, "redeliveries": 0, "sent": 0, "steps": 0,
+            "faults": 0, "virtual_ms": 0, "panic": null, "reached": [], "replay": ""}"#;
+        let text = format!(r#"{{"scenarios": ["standard"], "seeds": [{seed}]}}"#);
+        let error = from_json(&text).err();
+        assert!(error.is_some_and(|e| e.contains("unknown invariant `nope`")));
+    }
 }

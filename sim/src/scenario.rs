@@ -5,6 +5,7 @@
 
 use crate::checker::Invariant;
 use holdfast::testkit::planted::PlantedBug;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Where a loss window loses an acknowledged event.
@@ -33,7 +34,8 @@ pub enum Expectation {
 }
 
 /// One kind of run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub enum Scenario {
     /// Safe configuration (acks=all, RF 3, min ISR 2, idempotent producer, flush on a timer)
     /// under every fault: consumer, broker, Redis and PostgreSQL crashes, crashes at the
@@ -220,5 +222,18 @@ mod tests {
                 "{bug:?}"
             );
         }
+    }
+}
+
+impl From<Scenario> for String {
+    fn from(scenario: Scenario) -> String {
+        scenario.name()
+    }
+}
+
+impl TryFrom<String> for Scenario {
+    type Error = String;
+    fn try_from(name: String) -> Result<Scenario, String> {
+        Scenario::parse(&name).ok_or(format!("unknown scenario `{name}`"))
     }
 }

@@ -5,6 +5,7 @@ use crate::checker::Invariant;
 use crate::params::{RunParams, Size};
 use crate::runner::{run, RunOutcome};
 use crate::scenario::{Expectation, LossAt, Scenario};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::panic::AssertUnwindSafe;
@@ -13,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// The result of one seed, reduced to what reports need.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeedResult {
     pub scenario: Scenario,
     pub seed: u64,
