@@ -199,6 +199,19 @@ fn planted_name(bug: PlantedBug) -> &'static str {
     }
 }
 
+impl From<Scenario> for String {
+    fn from(scenario: Scenario) -> String {
+        scenario.name()
+    }
+}
+
+impl TryFrom<String> for Scenario {
+    type Error = String;
+    fn try_from(name: String) -> Result<Scenario, String> {
+        Scenario::parse(&name).ok_or(format!("unknown scenario `{name}`"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,18 +235,5 @@ mod tests {
                 "{bug:?}"
             );
         }
-    }
-}
-
-impl From<Scenario> for String {
-    fn from(scenario: Scenario) -> String {
-        scenario.name()
-    }
-}
-
-impl TryFrom<String> for Scenario {
-    type Error = String;
-    fn try_from(name: String) -> Result<Scenario, String> {
-        Scenario::parse(&name).ok_or(format!("unknown scenario `{name}`"))
     }
 }
