@@ -13,10 +13,7 @@ use crate::ports::{
     DedupCache, FaultPoint, OrderStore, PartitionId, PortError, Probe, Publisher, Record,
 };
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -99,7 +96,8 @@ where
             }
             seed = seed.wrapping_add(1);
             let context: &Self = &self;
-            let sent = join_all(pending.iter().map(|letter| async move {
+            // Concurrent on this task, so that aborting the task cancels every publish.
+            let sent = futures_util::future::join_all(pending.iter().map(|letter| async move {
                 let error = letter.error.to_string();
                 let sent = context
                     .send_dead_letter(&letter.job.record, &error, 1, seed)
@@ -327,33 +325,6 @@ fn decode(batch: Vec<Job>, letters: &mpsc::UnboundedSender<Letter>) -> (Vec<Job>
 /// The retry-jitter seed of worker `index`.
 fn worker_seed(jitter_seed: u64, index: usize) -> u64 {
     jitter_seed ^ (index as u64).wrapping_mul(0x9e37_79b9)
-}
-
-/// Runs `futures` concurrently on the calling task (so that aborting the task cancels them
-/// all); their outputs in input order.
-async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|context| {
-        let mut pending = false;
-        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
-            // A finished future must not be polled again.
-            if output.is_none() {
-                match future.as_mut().poll(context) {
-                    Poll::Ready(value) => *output = Some(value),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    debug_assert!(outputs.iter().all(Option::is_some), "every future finished");
-    outputs.into_iter().flatten().collect()
 }
 
 enum Applied {
