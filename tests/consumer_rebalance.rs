@@ -417,6 +417,28 @@ async fn a_stuck_partition_is_reported_stalled_once_and_an_idle_one_never() {
     started.running.abort().await;
 }
 
+/// Goal: a record of a partition this member does not own (a fetch that raced a revoke) is
+/// skipped: not applied, and no gauge or probe sees that partition as owned. Method: p0
+/// assigned; the poll also brings a record of p3, never assigned.
+#[tokio::test]
+async fn a_record_of_a_partition_not_owned_is_skipped_without_a_trace() {
+    let script = vec![Polled {
+        rebalances: vec![assigned(0)],
+        records: vec![record(0, 0), record(3, 7)],
+    }];
+    let started = start(config(), script, 100);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while started.metrics.applied.get() < 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Commit rounds (every 50 ms) refresh the gauges.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(started.metrics.applied.get(), 1, "only p0's record is applied");
+    assert!(started.metrics.partition(3).is_none(), "a gauge for p3");
+    assert_eq!(started.metrics.health().owned, 1);
+    started.running.abort().await;
+}
+
 /// Goal: a compensator that loses a partition drops that partition's pending events, keeps
 /// checking the others, and commits what the lost partition finished, synchronously, before
 /// the next owner starts. Method: both partitions' records missing from the store and passed

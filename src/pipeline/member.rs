@@ -132,7 +132,17 @@ impl<L: EventLog> Member<L> {
         // yet, and their epoch.
         let (mut run_tracked, mut run_epoch) = (0usize, 0u64);
         while let Some(record) = records.next() {
-            let state = self.partitions.entry(record.partition).or_default();
+            let Some(state) = self.partitions.get_mut(&record.partition) else {
+                // A record of a partition this member does not own (a fetch that raced a
+                // revoke): the owner handles it; no state, gauge or probe verdict for it here.
+                crate::reach!("member.record_skipped");
+                tracing::debug!(
+                    partition = record.partition,
+                    offset = record.offset,
+                    "record of a partition not owned skipped"
+                );
+                continue;
+            };
             state.note_polled(record.offset);
             if !state.held.is_empty() {
                 // Keep poll order: nothing overtakes a held record of its partition (and no
