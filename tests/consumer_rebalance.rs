@@ -433,7 +433,11 @@ async fn a_record_of_a_partition_not_owned_is_skipped_without_a_trace() {
     }
     // Commit rounds (every 50 ms) refresh the gauges.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(started.metrics.applied.get(), 1, "only p0's record is applied");
+    assert_eq!(
+        started.metrics.applied.get(),
+        1,
+        "only p0's record is applied"
+    );
     assert!(started.metrics.partition(3).is_none(), "a gauge for p3");
     assert_eq!(started.metrics.health().owned, 1);
     started.running.abort().await;
