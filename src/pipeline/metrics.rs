@@ -120,13 +120,17 @@ impl Metrics {
             .and_then(|partitions| partitions.get(&partition).cloned())
     }
 
-    /// What health probes judge by, read at once.
-    pub fn health(&self) -> Health {
-        let partitions = self
-            .partitions
+    /// Every owned partition's gauges, copied out of the lock.
+    fn partitions_now(&self) -> BTreeMap<PartitionId, PartitionGauges> {
+        self.partitions
             .lock()
             .map(|partitions| partitions.clone())
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    /// What health probes judge by, read at once.
+    pub fn health(&self) -> Health {
+        let partitions = self.partitions_now();
         Health {
             polls: self.polls.get(),
             owned: partitions.len(),
@@ -154,11 +158,7 @@ impl Metrics {
             "# HELP holdfast_batch_latency_microseconds_max Largest batch latency.\n# TYPE holdfast_batch_latency_microseconds_max gauge\nholdfast_batch_latency_microseconds_max {}",
             self.batch_latency_us_max.load(Ordering::Relaxed)
         );
-        let partitions = self
-            .partitions
-            .lock()
-            .map(|partitions| partitions.clone())
-            .unwrap_or_default();
+        let partitions = self.partitions_now();
         for (name, help, read) in PARTITION_GAUGES {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
             for (partition, gauge) in &partitions {
