@@ -76,24 +76,51 @@ pub async fn wait_caught_up(
     limit: Duration,
 ) {
     let offsets = KafkaGroupOffsets::connect(&topics.settings, &topics.topic).unwrap();
-    let partitions: Vec<PartitionId> = ends.keys().copied().collect();
-    let wanted: Vec<Option<i64>> = ends.values().map(|end| Some(*end)).collect();
     let deadline = Instant::now() + limit;
     loop {
         // The broker may be restarting: an error is one more reason to wait.
-        if let Ok(committed) = offsets.committed(group, &partitions).await {
-            if committed == wanted {
-                return;
-            }
-            assert!(
+        let committed = committed(&offsets, group, ends).await;
+        match &committed {
+            Ok(committed) if at_ends(committed, ends) => return,
+            Ok(committed) => assert!(
                 Instant::now() < deadline,
-                "group {group} did not catch up: committed {committed:?}, ends {wanted:?}"
-            );
-        } else {
-            assert!(Instant::now() < deadline, "group {group}: no offsets");
+                "group {group} did not catch up: committed {committed:?}, ends {ends:?}"
+            ),
+            Err(error) => assert!(Instant::now() < deadline, "group {group}: {error}"),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Whether `group` has committed the end of every partition now (an error reads as no).
+pub async fn caught_up(
+    offsets: &KafkaGroupOffsets,
+    group: &str,
+    ends: &BTreeMap<PartitionId, i64>,
+) -> bool {
+    committed(offsets, group, ends)
+        .await
+        .is_ok_and(|committed| at_ends(&committed, ends))
+}
+
+async fn committed(
+    offsets: &KafkaGroupOffsets,
+    group: &str,
+    ends: &BTreeMap<PartitionId, i64>,
+) -> Result<Vec<Option<i64>>, String> {
+    let partitions: Vec<PartitionId> = ends.keys().copied().collect();
+    offsets
+        .committed(group, &partitions)
+        .await
+        .map_err(|error| error.to_string())
+}
+
+fn at_ends(committed: &[Option<i64>], ends: &BTreeMap<PartitionId, i64>) -> bool {
+    committed.len() == ends.len()
+        && committed
+            .iter()
+            .zip(ends.values())
+            .all(|(committed, end)| *committed == Some(*end))
 }
 
 /// One HTTP GET of a metrics endpoint; the whole response.
