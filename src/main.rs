@@ -54,7 +54,7 @@ enum Command {
     Workload(WorkloadArgs),
     #[cfg(all(feature = "kafka", not(any(madsim, loom))))]
     #[command(flatten)]
-    Service(cli::args::ServiceCommand),
+    Service(Box<cli::args::ServiceCommand>),
     /// Print a completion script for a shell.
     Completions {
         #[arg(value_enum)]
@@ -99,7 +99,7 @@ fn main() -> ExitCode {
         Command::Service(command) => {
             init_logs(format);
             logging = true;
-            cli::main(command)
+            cli::main(*command)
         }
         Command::Completions { shell } => {
             let mut script = Vec::new();

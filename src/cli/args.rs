@@ -1,63 +1,89 @@
-//! The service commands' flags. Every address and secret falls back to a `HOLDFAST_*`
+//! The service commands' flags. Each command's flags are the top layer of its configuration
+//! ([`super::config`]): a flag wins over the environment, which wins over the config file,
+//! which wins over the defaults. Every address and secret falls back to a `HOLDFAST_*`
 //! environment variable (what `scripts/services-up` writes to `.services/env`); their values
 //! are never printed by `--help`.
 
+use super::config::{CompensatorSection, ConsumerSection, Property, Settings};
 use clap::{Args, Subcommand};
-use holdfast::pipeline::{CompensatorConfig, ConsumerConfig};
 use std::path::PathBuf;
 
-/// Where the addresses come from when no flag gives them.
-const ADDRESSES: &str = "Addresses not given as flags come from HOLDFAST_KAFKA_BROKERS, \
-HOLDFAST_REDIS_URL and HOLDFAST_POSTGRES_URL; scripts/services-up writes them to .services/env \
-(`source .services/env`).";
+/// Where values come from when no flag gives them.
+const SOURCES: &str = "A flag wins over the environment, which wins over the config file \
+(--config or HOLDFAST_CONFIG; the key is named in [brackets]), which wins over the defaults; \
+`holdfast config` prints the result. Addresses not given as flags come from \
+HOLDFAST_KAFKA_BROKERS, HOLDFAST_REDIS_URL and HOLDFAST_POSTGRES_URL; scripts/services-up \
+writes them to .services/env (`source .services/env`).";
 
 /// The commands that run against Kafka, Redis and PostgreSQL.
 #[derive(Debug, Subcommand)]
-#[command(after_help = ADDRESSES)]
+#[command(after_help = SOURCES)]
 pub enum ServiceCommand {
     /// Consume the topic with the pipeline (Kafka, Redis, PostgreSQL) until SIGINT or SIGTERM,
     /// then drain and commit.
-    #[command(after_help = ADDRESSES)]
+    #[command(after_help = SOURCES)]
     Run(RunArgs),
     /// Publish a generated workload keyed by order id and write the ground truth of what the
     /// broker acknowledged.
-    #[command(after_help = ADDRESSES)]
+    #[command(after_help = SOURCES)]
     Produce(ProduceArgs),
     /// Re-send events whose effect is missing (its own consumer group).
-    #[command(after_help = ADDRESSES)]
+    #[command(after_help = SOURCES)]
     Compensate(CompensateArgs),
     /// Compare PostgreSQL and the dead-letter topic with the ground truth; exit 1 on failure.
-    #[command(after_help = ADDRESSES)]
+    #[command(after_help = SOURCES)]
     Verify(VerifyArgs),
     /// Create a topic.
-    #[command(after_help = ADDRESSES)]
+    #[command(after_help = SOURCES)]
     CreateTopic(CreateTopicArgs),
+    /// Print the configuration the service commands would use (the config file, the
+    /// environment and these flags over the defaults), secrets masked, as TOML.
+    #[command(after_help = SOURCES)]
+    Config(ConfigArgs),
 }
 
 /// Flags every Kafka command takes.
 #[derive(Debug, Args)]
 pub struct KafkaArgs {
-    /// Bootstrap brokers, host:port[,host:port...].
+    /// A TOML config file (docs/holdfast.toml is the example with every key).
+    #[arg(long, env = "HOLDFAST_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Bootstrap brokers, host:port[,host:port...] [brokers].
     #[arg(long, env = "HOLDFAST_KAFKA_BROKERS", value_name = "LIST")]
-    pub brokers: String,
-    #[arg(long, default_value = "orders")]
-    pub topic: String,
-    /// A librdkafka property applied to every client (repeatable).
+    pub brokers: Option<String>,
+    /// The topic [topic; default orders].
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// A librdkafka property applied to every client (repeatable) [kafka table].
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = key_value)]
     pub overrides: Vec<(String, String)>,
     /// Accept settings that can lose or double events (auto-commit, acks other than all,
-    /// producer idempotence off).
+    /// producer idempotence off) [allow_unsafe].
     #[arg(long)]
     pub allow_unsafe: bool,
     /// Seconds to wait at start for a service that does not answer yet (each one is retried,
-    /// with the attempts logged, before the command gives up naming it).
-    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
-    pub connect_timeout_s: u64,
+    /// with the attempts logged, before the command gives up naming it) [connect_timeout_s;
+    /// default 30].
+    #[arg(long, value_name = "SECONDS")]
+    pub connect_timeout_s: Option<u64>,
 }
 
 impl KafkaArgs {
-    pub fn connect_timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(self.connect_timeout_s)
+    /// The config file with the flags over it (this layer and `more`, the command's own).
+    pub fn settings(&self, more: Settings) -> Result<Settings, String> {
+        let flags = Settings {
+            brokers: self.brokers.clone(),
+            topic: self.topic.clone(),
+            connect_timeout_s: self.connect_timeout_s,
+            allow_unsafe: self.allow_unsafe.then_some(true),
+            kafka: (self.overrides.iter())
+                .map(|(name, value)| (name.clone(), Property::Text(value.clone())))
+                .collect(),
+            ..Settings::default()
+        };
+        Ok(Settings::load(self.config.as_deref())?
+            .overlay(flags)
+            .overlay(more))
     }
 }
 
@@ -71,52 +97,73 @@ fn key_value(text: &str) -> Result<(String, String), String> {
 /// Where the store is.
 #[derive(Debug, Args)]
 pub struct StoreArgs {
-    /// The PostgreSQL URL (the store).
+    /// The PostgreSQL URL (the store) [postgres].
     #[arg(
         long,
         env = "HOLDFAST_POSTGRES_URL",
         hide_env_values = true,
         value_name = "URL"
     )]
-    pub postgres: String,
+    pub postgres: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
-    /// The consumer group.
-    #[arg(long, default_value = "holdfast")]
-    pub group: String,
-    /// The Redis URL (the deduplication pre-filter).
+    /// The consumer group [consumer.group; default holdfast].
+    #[arg(long)]
+    pub group: Option<String>,
+    /// The Redis URL (the deduplication pre-filter) [redis].
     #[arg(
         long,
         env = "HOLDFAST_REDIS_URL",
         hide_env_values = true,
         value_name = "URL"
     )]
-    pub redis: String,
+    pub redis: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
-    /// The dead-letter topic.
-    #[arg(long, default_value_t = ConsumerConfig::default().dead_letter_topic)]
-    pub dlq: String,
-    /// Records per poll and per worker batch.
-    #[arg(long, default_value_t = ConsumerConfig::default().batch_size)]
-    pub batch: usize,
-    /// Worker tasks.
-    #[arg(long, default_value_t = ConsumerConfig::default().concurrency)]
-    pub workers: usize,
-    /// Milliseconds between offset commits.
-    #[arg(long, default_value_t = ConsumerConfig::default().commit_interval.as_millis() as u64)]
-    pub commit_ms: u64,
+    /// The dead-letter topic [dead_letter_topic; default orders.dlq].
+    #[arg(long)]
+    pub dlq: Option<String>,
+    /// Records per poll and per worker batch [consumer.batch_size; default 500].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Worker tasks [consumer.concurrency; default 8].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Milliseconds between offset commits [consumer.commit_interval_ms; default 1000].
+    #[arg(long)]
+    pub commit_ms: Option<u64>,
     /// Serve the operations endpoint on this address (host:port): /metrics (Prometheus),
-    /// /livez and /readyz.
+    /// /livez and /readyz [consumer.metrics].
     #[arg(long, value_name = "ADDRESS")]
     pub metrics: Option<String>,
-    /// /readyz answers 503 while a partition has more polled, uncommitted records than this.
-    #[arg(long, default_value_t = 10_000, value_name = "RECORDS")]
-    pub ready_backlog_max: i64,
+    /// /readyz answers 503 while a partition has more polled, uncommitted records than this
+    /// [consumer.ready_backlog_max; default 10000].
+    #[arg(long, value_name = "RECORDS")]
+    pub ready_backlog_max: Option<i64>,
+}
+
+impl RunArgs {
+    pub fn settings(&self) -> Result<Settings, String> {
+        self.kafka.settings(Settings {
+            redis: self.redis.clone(),
+            postgres: self.store.postgres.clone(),
+            dead_letter_topic: self.dlq.clone(),
+            consumer: ConsumerSection {
+                group: self.group.clone(),
+                batch_size: self.batch,
+                concurrency: self.workers,
+                commit_interval_ms: self.commit_ms,
+                metrics: self.metrics.clone(),
+                ready_backlog_max: self.ready_backlog_max,
+                ..ConsumerSection::default()
+            },
+            ..Settings::default()
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -141,29 +188,49 @@ pub struct ProduceArgs {
 pub struct CompensateArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
-    /// The compensator's own consumer group.
-    #[arg(long, default_value = "holdfast-compensator")]
-    pub group: String,
-    /// The group whose effects are checked.
-    #[arg(long, default_value_t = CompensatorConfig::default().main_group)]
-    pub main_group: String,
+    /// The compensator's own consumer group [compensator.group; default
+    /// holdfast-compensator].
+    #[arg(long)]
+    pub group: Option<String>,
+    /// The group whose effects are checked [compensator.main_group; default consumer.group].
+    #[arg(long)]
+    pub main_group: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
-    /// The dead-letter topic.
-    #[arg(long, default_value_t = CompensatorConfig::default().dead_letter_topic)]
-    pub dlq: String,
-    /// Milliseconds an event waits before its effect is checked.
-    #[arg(long, default_value_t = CompensatorConfig::default().delay.as_millis() as u64)]
-    pub delay_ms: u64,
-    /// Milliseconds between checks.
-    #[arg(long, default_value_t = CompensatorConfig::default().check_interval.as_millis() as u64)]
-    pub check_ms: u64,
-    /// Re-sends before an event is dead-lettered.
-    #[arg(long, default_value_t = CompensatorConfig::default().attempts_max)]
-    pub attempts: u32,
+    /// The dead-letter topic [dead_letter_topic; default orders.dlq].
+    #[arg(long)]
+    pub dlq: Option<String>,
+    /// Milliseconds an event waits before its effect is checked [compensator.delay_ms;
+    /// default 30000].
+    #[arg(long)]
+    pub delay_ms: Option<u64>,
+    /// Milliseconds between checks [compensator.check_interval_ms; default 5000].
+    #[arg(long)]
+    pub check_ms: Option<u64>,
+    /// Re-sends before an event is dead-lettered [compensator.attempts_max; default 3].
+    #[arg(long)]
+    pub attempts: Option<u32>,
     /// Stop after this many seconds (default: at SIGINT or SIGTERM).
     #[arg(long, value_name = "SECONDS")]
     pub for_s: Option<u64>,
+}
+
+impl CompensateArgs {
+    pub fn settings(&self) -> Result<Settings, String> {
+        self.kafka.settings(Settings {
+            postgres: self.store.postgres.clone(),
+            dead_letter_topic: self.dlq.clone(),
+            compensator: CompensatorSection {
+                group: self.group.clone(),
+                main_group: self.main_group.clone(),
+                delay_ms: self.delay_ms,
+                check_interval_ms: self.check_ms,
+                attempts_max: self.attempts,
+                ..CompensatorSection::default()
+            },
+            ..Settings::default()
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -175,9 +242,19 @@ pub struct VerifyArgs {
     pub truth: PathBuf,
     #[command(flatten)]
     pub store: StoreArgs,
-    /// The dead-letter topic.
-    #[arg(long, default_value_t = ConsumerConfig::default().dead_letter_topic)]
-    pub dlq: String,
+    /// The dead-letter topic [dead_letter_topic; default orders.dlq].
+    #[arg(long)]
+    pub dlq: Option<String>,
+}
+
+impl VerifyArgs {
+    pub fn settings(&self) -> Result<Settings, String> {
+        self.kafka.settings(Settings {
+            postgres: self.store.postgres.clone(),
+            dead_letter_topic: self.dlq.clone(),
+            ..Settings::default()
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -186,6 +263,32 @@ pub struct CreateTopicArgs {
     pub kafka: KafkaArgs,
     #[arg(long, default_value_t = 8)]
     pub partitions: i32,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// The Redis URL [redis].
+    #[arg(
+        long,
+        env = "HOLDFAST_REDIS_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub redis: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+impl ConfigArgs {
+    pub fn settings(&self) -> Result<Settings, String> {
+        self.kafka.settings(Settings {
+            redis: self.redis.clone(),
+            postgres: self.store.postgres.clone(),
+            ..Settings::default()
+        })
+    }
 }
 
 #[cfg(test)]
@@ -222,8 +325,14 @@ mod tests {
             [("a".into(), "1".into()), ("b".into(), "2".into())]
         );
         assert!(run.kafka.allow_unsafe);
-        assert_eq!(run.batch, ConsumerConfig::default().batch_size);
-        assert_eq!(run.commit_ms, 1000);
+        assert_eq!(run.batch, None);
+        let settings = run.settings().unwrap();
+        assert_eq!(settings.consumer_config().unwrap().batch_size, 500);
+        let Ok(ServiceCommand::Run(run)) = parse(&[&base[..], &["--commit-ms", "7"]].concat())
+        else {
+            panic!("--commit-ms is refused");
+        };
+        assert_eq!(run.commit_ms, Some(7));
         for (extra, named) in [
             (&["--bogus", "1"][..], "--bogus"),
             (&["--batch", "x"][..], "--batch"),

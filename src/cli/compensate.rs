@@ -2,37 +2,34 @@
 //! until SIGINT, SIGTERM or `--for-s` seconds; prints its report.
 
 use super::args::CompensateArgs;
-use super::{block_on, connect_store, kafka_settings, reach_brokers, terminated};
+use super::config::Settings;
+use super::{block_on, connect_store, reach_brokers, terminated};
 use holdfast::adapters::{KafkaGroupOffsets, KafkaLog, KafkaPublisher};
-use holdfast::pipeline::{Compensator, CompensatorConfig, ShutdownTrigger};
+use holdfast::pipeline::{Compensator, ShutdownTrigger};
 use std::process::ExitCode;
 use std::time::Duration;
 
 pub fn main(args: CompensateArgs) -> Result<ExitCode, String> {
-    let settings = kafka_settings(&args.kafka)?;
-    let wait = args.kafka.connect_timeout();
-    let config = CompensatorConfig {
-        main_group: args.main_group,
-        topic: args.kafka.topic,
-        dead_letter_topic: args.dlq,
-        delay: Duration::from_millis(args.delay_ms),
-        check_interval: Duration::from_millis(args.check_ms),
-        attempts_max: args.attempts,
-        ..CompensatorConfig::default()
-    };
-    let group = args.group;
-    if group == config.main_group {
-        return Err("the compensator needs its own --group, not the main group".into());
-    }
-    let (run_for, postgres) = (args.for_s, args.store.postgres);
+    let settings = args.settings()?;
+    let kafka = settings.kafka_settings()?;
+    let config = settings.compensator_config()?;
+    let wait = settings.connect_timeout();
+    let group = settings.compensator_group();
+    let postgres = Settings::required(
+        &settings.postgres,
+        "postgres",
+        "--postgres",
+        "HOLDFAST_POSTGRES_URL",
+    )?;
+    let run_for = args.for_s;
     block_on(async move {
         let store = connect_store(&postgres, wait).await?;
-        reach_brokers(&settings, Some(&config.topic), wait).await?;
-        let log = KafkaLog::connect(&settings, &group, &config.topic)
-            .map_err(|error| error.to_string())?;
-        let offsets = KafkaGroupOffsets::connect(&settings, &config.topic)
-            .map_err(|error| error.to_string())?;
-        let publisher = KafkaPublisher::connect(&settings).map_err(|error| error.to_string())?;
+        reach_brokers(&kafka, Some(&config.topic), wait).await?;
+        let log =
+            KafkaLog::connect(&kafka, &group, &config.topic).map_err(|error| error.to_string())?;
+        let offsets =
+            KafkaGroupOffsets::connect(&kafka, &config.topic).map_err(|error| error.to_string())?;
+        let publisher = KafkaPublisher::connect(&kafka).map_err(|error| error.to_string())?;
         let (trigger, shutdown) = ShutdownTrigger::new();
         tokio_real::spawn(async move {
             match run_for {

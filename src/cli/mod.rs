@@ -1,12 +1,13 @@
 //! The commands that run against the real services (`run`, `produce`, `compensate`,
 //! `verify`, `create-topic`), built with the `kafka` feature.
 //!
-//! Each command takes its flags ([`args`]), builds a multi-threaded runtime and calls into the
-//! library: the adapters in `holdfast::adapters` and the pipeline in `holdfast::pipeline`.
+//! Each command takes its flags ([`args`]) over the config file ([`config`]), builds a
+//! multi-threaded runtime and calls into the library: the adapters in `holdfast::adapters` and the pipeline in `holdfast::pipeline`.
 //! Addresses default to the environment `scripts/services-up` writes.
 
 pub mod args;
 mod compensate;
+mod config;
 mod ops_http;
 mod produce;
 mod run;
@@ -14,7 +15,8 @@ mod startup;
 mod truth;
 mod verify;
 
-use args::{CreateTopicArgs, KafkaArgs, ServiceCommand};
+use args::{ConfigArgs, CreateTopicArgs, ServiceCommand};
+use config::Settings;
 use holdfast::adapters::KafkaSettings;
 use std::future::Future;
 use std::process::ExitCode;
@@ -27,13 +29,23 @@ pub fn main(command: ServiceCommand) -> Result<ExitCode, String> {
         ServiceCommand::Compensate(args) => compensate::main(args),
         ServiceCommand::Verify(args) => verify::main(args),
         ServiceCommand::CreateTopic(args) => create_topic(args),
+        ServiceCommand::Config(args) => print_config(args),
     }
 }
 
+/// `holdfast config`: the effective configuration as TOML, secrets masked.
+fn print_config(args: ConfigArgs) -> Result<ExitCode, String> {
+    let effective = args.settings()?.effective()?;
+    let text = toml::to_string(&effective).map_err(|error| error.to_string())?;
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
 fn create_topic(args: CreateTopicArgs) -> Result<ExitCode, String> {
-    let settings = kafka_settings(&args.kafka)?;
-    let wait = args.kafka.connect_timeout();
-    let (topic, partitions) = (args.kafka.topic, args.partitions);
+    let resolved = args.kafka.settings(Settings::default())?;
+    let settings = resolved.kafka_settings()?;
+    let wait = resolved.connect_timeout();
+    let (topic, partitions) = (resolved.topic(), args.partitions);
     block_on(async {
         reach_brokers(&settings, None, wait).await?;
         holdfast::adapters::create_topic(&settings, &topic, partitions)
@@ -42,18 +54,6 @@ fn create_topic(args: CreateTopicArgs) -> Result<ExitCode, String> {
         println!("topic {topic}: {partitions} partitions");
         Ok(ExitCode::SUCCESS)
     })
-}
-
-/// The broker settings from `--brokers`, `--set` and `--allow-unsafe`; refused here, before
-/// anything connects, if unsafe.
-fn kafka_settings(args: &KafkaArgs) -> Result<KafkaSettings, String> {
-    let settings = KafkaSettings {
-        brokers: args.brokers.clone(),
-        overrides: args.overrides.clone(),
-        allow_unsafe: args.allow_unsafe,
-    };
-    settings.validate().map_err(|error| error.to_string())?;
-    Ok(settings)
 }
 
 /// Waits (see [`startup`]) until the brokers answer and, given a `topic`, hold it.

@@ -7,8 +7,9 @@
 //! as not acknowledged (indeterminate: it may have been stored).
 
 use super::args::ProduceArgs;
+use super::config::Settings;
 use super::truth::{TruthLine, TruthWriter};
-use super::{block_on, kafka_settings, reach_brokers};
+use super::{block_on, reach_brokers};
 use holdfast::adapters::KafkaPublisher;
 use holdfast::ports::{Delivery, OutboundMessage, PortError};
 use holdfast::workload::{Workload, WorkloadConfig};
@@ -25,16 +26,17 @@ const IN_FLIGHT_MAX: usize = 10_000;
 type Pending = Pin<Box<dyn Future<Output = Result<Delivery, PortError>> + Send>>;
 
 pub fn main(args: ProduceArgs) -> Result<ExitCode, String> {
-    let settings = kafka_settings(&args.kafka)?;
-    let wait = args.kafka.connect_timeout();
+    let resolved = args.kafka.settings(Settings::default())?;
+    let settings = resolved.kafka_settings()?;
+    let wait = resolved.connect_timeout();
+    let topic = resolved.topic();
     let ProduceArgs {
-        kafka,
         orders,
         seed,
         truth: truth_path,
         retries,
+        ..
     } = args;
-    let topic = kafka.topic;
     let config = WorkloadConfig {
         orders,
         seed,

@@ -1,49 +1,44 @@
 //! `holdfast run`: the consumer pipeline on Kafka, Redis and PostgreSQL until SIGINT or
 //! SIGTERM, then drain and commit.
 
-use super::args::{RunArgs, StoreArgs};
-use super::{
-    block_on, connect_store, kafka_settings, ops_http, reach_brokers, startup, terminated,
-};
+use super::args::RunArgs;
+use super::config::Settings;
+use super::{block_on, connect_store, ops_http, reach_brokers, startup, terminated};
 use holdfast::adapters::{KafkaLog, KafkaPublisher, RedisCache};
-use holdfast::pipeline::{
-    Consumer, ConsumerConfig, Metrics, RunSummary, Services, ShutdownTrigger,
-};
+use holdfast::pipeline::{Consumer, Metrics, RunSummary, Services, ShutdownTrigger};
 use holdfast::ports::NoProbe;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 pub fn main(args: RunArgs) -> Result<ExitCode, String> {
-    let settings = kafka_settings(&args.kafka)?;
-    let config = consumer_config(&args)?;
-    let wait = args.kafka.connect_timeout();
-    let RunArgs {
-        kafka,
-        group,
-        redis,
-        store: StoreArgs { postgres },
-        metrics: metrics_address,
-        ready_backlog_max,
-        ..
-    } = args;
-    let topic = kafka.topic;
+    let settings = args.settings()?;
+    let kafka = settings.kafka_settings()?;
+    let config = settings.consumer_config()?;
+    let wait = settings.connect_timeout();
+    let (topic, group) = (settings.topic(), settings.group());
+    let redis = Settings::required(&settings.redis, "redis", "--redis", "HOLDFAST_REDIS_URL")?;
+    let postgres = Settings::required(
+        &settings.postgres,
+        "postgres",
+        "--postgres",
+        "HOLDFAST_POSTGRES_URL",
+    )?;
+    let limits = ops_http::ProbeLimits {
+        silence_max: config.stall_after,
+        backlog_max: settings.ready_backlog_max(),
+    };
+    let metrics_address = settings.consumer.metrics;
     block_on(async move {
         let cache = startup::connect("redis", &RedisCache::describe_address(&redis), wait, || {
             RedisCache::connect(&redis)
         })
         .await?;
         let store = connect_store(&postgres, wait).await?;
-        reach_brokers(&settings, Some(&topic), wait).await?;
-        let log =
-            KafkaLog::connect(&settings, &group, &topic).map_err(|error| error.to_string())?;
-        let dead_letters = KafkaPublisher::connect(&settings).map_err(|error| error.to_string())?;
+        reach_brokers(&kafka, Some(&topic), wait).await?;
+        let log = KafkaLog::connect(&kafka, &group, &topic).map_err(|error| error.to_string())?;
+        let dead_letters = KafkaPublisher::connect(&kafka).map_err(|error| error.to_string())?;
         let metrics = Arc::new(Metrics::new());
         if let Some(address) = &metrics_address {
-            let limits = ops_http::ProbeLimits {
-                silence_max: config.stall_after,
-                backlog_max: ready_backlog_max,
-            };
             ops_http::serve(address, Arc::clone(&metrics), limits).await?;
         }
         let services = Services {
@@ -65,21 +60,6 @@ pub fn main(args: RunArgs) -> Result<ExitCode, String> {
         print_summary(&summary, &metrics);
         Ok(ExitCode::SUCCESS)
     })
-}
-
-/// The consumer's configuration: the defaults, with the flags given.
-fn consumer_config(args: &RunArgs) -> Result<ConsumerConfig, String> {
-    let config = ConsumerConfig {
-        batch_size: args.batch,
-        concurrency: args.workers,
-        commit_interval: Duration::from_millis(args.commit_ms),
-        dead_letter_topic: args.dlq.clone(),
-        ..ConsumerConfig::default()
-    };
-    config
-        .validate()
-        .map_err(|error| format!("bad consumer configuration: {error}"))?;
-    Ok(config)
 }
 
 fn print_summary(summary: &RunSummary, metrics: &Metrics) {

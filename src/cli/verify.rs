@@ -2,8 +2,9 @@
 //! with the dead-letter topic; prints the report and fails when anything is missing, doubled,
 //! invented or a row differs from the fold of its events.
 
-use super::args::{StoreArgs, VerifyArgs};
-use super::{block_on, connect_store, kafka_settings, reach_brokers, truth};
+use super::args::VerifyArgs;
+use super::config::Settings;
+use super::{block_on, connect_store, reach_brokers, truth};
 use holdfast::adapters::read_topic;
 use holdfast::verify::{reference, verify, StoreView};
 use std::collections::BTreeSet;
@@ -11,15 +12,17 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 pub fn main(args: VerifyArgs) -> Result<ExitCode, String> {
-    let settings = kafka_settings(&args.kafka)?;
-    let wait = args.kafka.connect_timeout();
-    let VerifyArgs {
-        truth: truth_path,
-        store: StoreArgs { postgres },
-        dlq: dead_letter_topic,
-        ..
-    } = args;
-    let truth = truth::read(&truth_path)?;
+    let resolved = args.settings()?;
+    let settings = resolved.kafka_settings()?;
+    let wait = resolved.connect_timeout();
+    let dead_letter_topic = resolved.dead_letter_topic();
+    let postgres = Settings::required(
+        &resolved.postgres,
+        "postgres",
+        "--postgres",
+        "HOLDFAST_POSTGRES_URL",
+    )?;
+    let truth = truth::read(&args.truth)?;
     block_on(async move {
         let store = connect_store(&postgres, wait).await?;
         reach_brokers(&settings, Some(&dead_letter_topic), wait).await?;

@@ -1,0 +1,170 @@
+use super::*;
+
+const EXAMPLE: &str = include_str!("../../docs/holdfast.toml");
+
+fn parse(text: &str) -> Settings {
+    Settings::parse(text).unwrap_or_else(|error| panic!("{error}\n{text}"))
+}
+
+/// Goal: the example file sets every key a config can hold, each at the value a command uses
+/// when nothing is set. Method: the example parsed equals the effective configuration (every
+/// key set) of an empty one with the example's addresses.
+#[test]
+fn the_example_file_is_every_key_at_its_default() {
+    let example = parse(EXAMPLE);
+    let addresses = Settings {
+        brokers: example.brokers.clone(),
+        redis: example.redis.clone(),
+        postgres: example.postgres.clone(),
+        ..Settings::default()
+    };
+    let mut expected = addresses.effective().unwrap();
+    // The endpoint is off by default; the example shows it commented out.
+    assert_eq!(expected.consumer.metrics, None);
+    expected.consumer.metrics = None;
+    assert_eq!(example, expected);
+}
+
+/// Goal: a later layer wins key by key and leaves the others alone, in every section and in
+/// the `[kafka]` table. Method: two layers that overlap in some keys.
+#[test]
+fn a_later_layer_wins_key_by_key() {
+    let file = parse(
+        r#"
+        topic = "from-file"
+        dead_letter_topic = "file.dlq"
+        [consumer]
+        batch_size = 100
+        concurrency = 3
+        [compensator]
+        delay_ms = 7
+        [kafka]
+        "session.timeout.ms" = 10000
+        "enable.auto.offset.store" = false
+        "client.id" = "file"
+        "#,
+    );
+    let flags = Settings {
+        topic: Some("from-flag".into()),
+        consumer: ConsumerSection {
+            batch_size: Some(200),
+            ..ConsumerSection::default()
+        },
+        kafka: BTreeMap::from([("client.id".to_owned(), Property::Text("flag".into()))]),
+        ..Settings::default()
+    };
+    let merged = file.overlay(flags);
+    assert_eq!(merged.topic(), "from-flag");
+    assert_eq!(merged.dead_letter_topic(), "file.dlq");
+    let consumer = merged.consumer_config().unwrap();
+    assert_eq!((consumer.batch_size, consumer.concurrency), (200, 3));
+    assert_eq!(consumer.dead_letter_topic, "file.dlq");
+    assert_eq!(
+        consumer.commit_interval,
+        ConsumerConfig::default().commit_interval
+    );
+    let compensator = merged.compensator_config().unwrap();
+    assert_eq!(compensator.delay, Duration::from_millis(7));
+    assert_eq!(compensator.topic, "from-flag");
+    let merged = Settings {
+        brokers: Some("b:1".into()),
+        ..merged
+    };
+    let kafka = merged.kafka_settings().unwrap();
+    assert_eq!(
+        kafka.overrides,
+        [
+            ("client.id".to_owned(), "flag".to_owned()),
+            ("enable.auto.offset.store".to_owned(), "false".to_owned()),
+            ("session.timeout.ms".to_owned(), "10000".to_owned()),
+        ]
+    );
+}
+
+/// Goal: a typo is an error that names the key, at the top, in a section and as a wrong
+/// type; an unreadable file names the file.
+#[test]
+fn unknown_keys_and_wrong_types_are_errors_naming_them() {
+    for (text, named) in [
+        ("brokerz = \"b\"", "brokerz"),
+        ("[consumer]\nbatch = 5", "batch"),
+        ("[compensator]\ndelay = 5", "delay"),
+        ("[consumers]\nbatch_size = 5", "consumers"),
+        ("[consumer]\nbatch_size = \"many\"", "batch_size"),
+        ("[consumer]\nbatch_size = -1", "batch_size"),
+        ("[kafka]\n\"a.b\" = [1, 2]", "a.b"),
+    ] {
+        let error = Settings::parse(text).unwrap_err();
+        assert!(error.contains(named), "{text}: {error}");
+    }
+    let missing = Path::new("/nonexistent/holdfast.toml");
+    let error = Settings::load(Some(missing)).unwrap_err();
+    assert!(error.contains("/nonexistent/holdfast.toml"), "{error}");
+}
+
+/// Goal: values the consumer refuses are refused from the file too, and a missing address
+/// says where it can come from.
+#[test]
+fn bad_values_and_missing_addresses_are_refused_clearly() {
+    let zero = parse("[consumer]\nconcurrency = 0");
+    let error = zero.consumer_config().unwrap_err();
+    assert!(error.contains("concurrency"), "{error}");
+    let window = parse("[consumer]\nin_flight_max = 10");
+    let error = window.consumer_config().unwrap_err();
+    assert!(error.contains("in_flight_max"), "{error}");
+    let error = Settings::default().kafka_settings().unwrap_err();
+    for part in ["--brokers", "HOLDFAST_KAFKA_BROKERS", "`brokers`"] {
+        assert!(error.contains(part), "{error}");
+    }
+    let unsafe_commit = parse("brokers = \"b:1\"\n[kafka]\n\"enable.auto.commit\" = true");
+    assert!(unsafe_commit.kafka_settings().is_err());
+    let allowed =
+        parse("brokers = \"b:1\"\nallow_unsafe = true\n[kafka]\n\"enable.auto.commit\" = true");
+    assert!(allowed.kafka_settings().is_ok());
+}
+
+/// Goal: the compensator checks the consumer's group unless told otherwise, and never runs
+/// in it.
+#[test]
+fn the_compensator_checks_the_consumer_group_and_refuses_to_join_it() {
+    let settings = parse("[consumer]\ngroup = \"orders-app\"");
+    assert_eq!(
+        settings.compensator_config().unwrap().main_group,
+        "orders-app"
+    );
+    let same = parse("[compensator]\ngroup = \"holdfast\"");
+    let error = same.compensator_config().unwrap_err();
+    assert!(error.contains("own group"), "{error}");
+}
+
+/// Goal: `holdfast config` never prints a secret: the passwords of both URL forms and
+/// librdkafka's secret properties are masked, everything else is printed as given.
+#[test]
+fn the_printed_configuration_masks_every_secret() {
+    let settings = parse(
+        r#"
+        redis = "redis://:hunter2@127.0.0.1:6379/0"
+        postgres = "host=127.0.0.1 user=app password=hunter2 dbname=orders"
+        [kafka]
+        "sasl.password" = "hunter2"
+        "ssl.key.password" = "hunter2"
+        "sasl.username" = "app"
+        "#,
+    );
+    let printed = toml::to_string(&settings.effective().unwrap()).unwrap();
+    assert!(!printed.contains("hunter2"), "{printed}");
+    assert!(
+        printed.contains("redis://:***@127.0.0.1:6379/0"),
+        "{printed}"
+    );
+    assert!(printed.contains("password=***"), "{printed}");
+    assert!(printed.contains("\"sasl.username\" = \"app\""), "{printed}");
+    assert_eq!(
+        mask_url("postgres://app:hunter2@db:5432/orders"),
+        "postgres://app:***@db:5432/orders"
+    );
+    assert_eq!(
+        mask_url("postgres://app@db/orders"),
+        "postgres://app@db/orders"
+    );
+}
