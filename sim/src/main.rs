@@ -102,7 +102,13 @@ mod app {
             jobs
         );
         let started = Instant::now();
-        let results = execute(runs.clone(), jobs);
+        let results = match execute(runs.clone(), jobs) {
+            Ok(results) => results,
+            Err(error) => {
+                eprintln!("{error}");
+                return 2;
+            }
+        };
         let wall_s = started.elapsed().as_secs_f64();
         let (text, all_met) = report::sweep(&planned, &results, wall_s);
         print!("{text}");

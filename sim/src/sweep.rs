@@ -5,13 +5,13 @@ use crate::checker::Invariant;
 use crate::params::{RunParams, Size};
 use crate::runner::{run, RunOutcome};
 use crate::scenario::{Expectation, LossAt, Scenario};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 /// The result of one seed, reduced to what reports need.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,73 +172,81 @@ pub fn plan(
     runs
 }
 
-/// Runs every planned seed on `jobs` threads, printing progress to stderr.
-pub fn execute(runs: Vec<RunParams>, jobs: usize) -> Vec<SeedResult> {
-    let total = runs.len();
-    let runs = Arc::new(runs);
-    let next = Arc::new(AtomicUsize::new(0));
-    let results = Arc::new(Mutex::new(Vec::with_capacity(total)));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let terminal = std::io::stderr().is_terminal();
+/// Runs every planned seed on a pool of `jobs` threads (rayon), with a progress bar on a
+/// terminal (indicatif) and a line per quarter otherwise (a CI log).
+pub fn execute(runs: Vec<RunParams>, jobs: usize) -> Result<Vec<SeedResult>, String> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs.max(1))
+        .build()
+        .map_err(|error| format!("cannot start {jobs} threads: {error}"))?;
+    let progress = Progress::new(runs.len());
     // Panics are reported per seed; the default hook's backtrace noise would bury the report.
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.max(1) {
-            let (runs, next, results, failures) = (
-                runs.clone(),
-                next.clone(),
-                results.clone(),
-                failures.clone(),
-            );
-            scope.spawn(move || loop {
-                let index = next.fetch_add(1, Ordering::SeqCst);
-                let Some(params) = runs.get(index) else { break };
+    let mut results: Vec<SeedResult> = pool.install(|| {
+        runs.par_iter()
+            .map(|params| {
                 let (result, _) = run_guarded(params);
-                if result.failed() {
-                    failures.fetch_add(1, Ordering::SeqCst);
-                }
-                let done = {
-                    let mut results = results.lock().unwrap_or_else(|p| p.into_inner());
-                    results.push(result);
-                    results.len()
-                };
-                progress(
-                    done,
-                    total,
-                    failures.load(Ordering::SeqCst),
-                    started,
-                    terminal,
-                );
-            });
-        }
+                progress.seed_done(result.failed());
+                result
+            })
+            .collect()
     });
     std::panic::set_hook(hook);
-    if terminal {
-        eprintln!();
-    }
-    let mut results = Arc::try_unwrap(results)
-        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
-        .unwrap_or_default();
+    progress.finish();
     results.sort_by_key(|r| (r.scenario, r.seed));
-    results
+    Ok(results)
 }
 
-fn progress(done: usize, total: usize, failing: usize, started: Instant, terminal: bool) {
-    let elapsed = started.elapsed().as_secs_f64();
-    let line = format!("seeds {done}/{total}  runs with violations {failing}  {elapsed:.0}s");
-    if terminal {
-        let width = 30;
-        let filled = done * width / total.max(1);
-        eprint!(
-            "\r[{}{}] {line}",
-            "#".repeat(filled),
-            " ".repeat(width - filled)
+/// The sweep's progress: seeds done and runs with violations so far.
+struct Progress {
+    bar: ProgressBar,
+    failing: AtomicUsize,
+    done: AtomicUsize,
+    total: usize,
+}
+
+impl Progress {
+    fn new(total: usize) -> Progress {
+        let bar = if std::io::stderr().is_terminal() {
+            ProgressBar::new(total as u64)
+        } else {
+            ProgressBar::hidden()
+        };
+        let style = ProgressStyle::with_template(
+            "[{bar:30}] seeds {pos}/{len}  runs with violations {msg}  {elapsed}",
         );
-        let _ = std::io::stderr().flush();
-    } else if total >= 4 && done.is_multiple_of(total / 4) {
-        eprintln!("{line}");
+        if let Ok(style) = style {
+            bar.set_style(style.progress_chars("#>-"));
+        }
+        bar.set_message("0");
+        Progress {
+            bar,
+            failing: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            total,
+        }
+    }
+
+    fn seed_done(&self, failed: bool) {
+        let failing = self
+            .failing
+            .fetch_add(usize::from(failed), Ordering::Relaxed)
+            + usize::from(failed);
+        let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
+        self.bar.set_message(failing.to_string());
+        self.bar.inc(1);
+        if self.bar.is_hidden() && self.total >= 4 && done.is_multiple_of(self.total / 4) {
+            let elapsed = self.bar.elapsed().as_secs_f64();
+            eprintln!(
+                "seeds {done}/{}  runs with violations {failing}  {elapsed:.0}s",
+                self.total
+            );
+        }
+    }
+
+    fn finish(&self) {
+        self.bar.finish();
     }
 }
 

@@ -92,7 +92,7 @@ fn ci_sweep_meets_every_expectation() {
     let runs = plan(&planned, 480, 1, (0, 1), None, None, Size::Mixed);
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let started = std::time::Instant::now();
-    let results = execute(runs, jobs);
+    let results = execute(runs, jobs).expect("the sweep starts its threads");
     let wall_s = started.elapsed().as_secs_f64();
     let rows = matrix(&planned, &results);
     let (report, all_met) = holdfast_sim::report::sweep(&planned, &results, wall_s);
