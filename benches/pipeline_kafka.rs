@@ -360,12 +360,8 @@ async fn run_batched(
         batches: metrics.batches.get(),
         applied: metrics.applied.get(),
         dead_letters: metrics.dead_letters.get(),
-        batch_time: Duration::from_micros(metrics.batch_latency_us_sum.get()),
-        batch_max: Duration::from_micros(
-            metrics
-                .batch_latency_us_max
-                .load(std::sync::atomic::Ordering::Relaxed),
-        ),
+        batch_time: Duration::from_micros(metrics.batch_duration.sum_us()),
+        batch_max: Duration::from_micros(metrics.batch_duration.max_us()),
     };
     (timing, stats)
 }

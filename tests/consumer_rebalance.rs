@@ -507,3 +507,37 @@ async fn a_compensator_revoke_drops_that_partition_only_and_commits_it() {
         calls.sync_commits
     );
 }
+
+/// Goal: redeliveries are counted per partition and every store transaction is timed.
+/// Method: one record in each of two partitions, then a second copy of p1's record at the
+/// next offset (a redelivery the cache recognises); p1 shows one redelivered event, p0 none,
+/// and the store's histogram two transactions (the copy never reaches the store).
+#[tokio::test]
+async fn redeliveries_are_counted_per_partition_and_store_transactions_timed() {
+    let script = vec![
+        Polled {
+            rebalances: vec![assigned(0), assigned(1)],
+            records: vec![record(0, 0), record(1, 0)],
+        },
+        Polled {
+            rebalances: Vec::new(),
+            records: vec![Record {
+                offset: 1,
+                ..record(1, 0)
+            }],
+        },
+    ];
+    let started = start(config(), script, 100);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    started.running.stop().await.unwrap();
+    let metrics = &started.metrics;
+    assert_eq!(metrics.applied.get(), 2);
+    assert_eq!(metrics.duplicates_cache.get(), 1);
+    assert_eq!((metrics.redelivered(0), metrics.redelivered(1)), (0, 1));
+    assert_eq!(metrics.store_duration.count(), 2);
+    let text = metrics.render_prometheus();
+    assert!(
+        text.contains("holdfast_events_redelivered_total{partition=\"1\"} 1\n"),
+        "{text}"
+    );
+}

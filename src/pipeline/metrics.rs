@@ -3,6 +3,7 @@
 //! Counters are atomics bumped from worker tasks; per-partition gauges are written by the
 //! poll loop. Nothing here does I/O: an adapter serves [`Metrics::render_prometheus`].
 
+use super::histogram::Histogram;
 use crate::ports::PartitionId;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -79,11 +80,14 @@ pub struct Metrics {
     /// Records dropped unprocessed because their partition was revoked while they waited.
     pub dropped_revoked: Counter,
     pub batches: Counter,
-    /// Sum of batch latencies in microseconds (with `batches`, gives the mean).
-    pub batch_latency_us_sum: Counter,
-    /// Largest batch latency seen, in microseconds.
-    pub batch_latency_us_max: AtomicU64,
+    /// How long a worker took over a batch, from its start to its acks.
+    pub batch_duration: Histogram,
+    /// How long the store took over one transaction (answered or failed).
+    pub store_duration: Histogram,
     partitions: Mutex<BTreeMap<PartitionId, PartitionGauges>>,
+    /// Per partition, events dropped as already applied (by the cache, within a batch or by
+    /// the store): redeliveries. Kept across revokes, as counters are.
+    redelivered: Mutex<BTreeMap<PartitionId, u64>>,
 }
 
 impl Metrics {
@@ -94,9 +98,20 @@ impl Metrics {
     /// Records one finished batch.
     pub fn observe_batch(&self, latency_us: u64) {
         self.batches.add(1);
-        self.batch_latency_us_sum.add(latency_us);
-        self.batch_latency_us_max
-            .fetch_max(latency_us, Ordering::Relaxed);
+        self.batch_duration.observe(latency_us);
+    }
+
+    /// Counts `events` of `partition` dropped as already applied.
+    pub fn note_redelivered(&self, partition: PartitionId, events: u64) {
+        if let Ok(mut redelivered) = self.redelivered.lock() {
+            *redelivered.entry(partition).or_default() += events;
+        }
+    }
+
+    /// Events of `partition` dropped as already applied so far.
+    pub fn redelivered(&self, partition: PartitionId) -> u64 {
+        let redelivered = self.redelivered.lock();
+        redelivered.map_or(0, |map| map.get(&partition).copied().unwrap_or(0))
     }
 
     /// Replaces the gauges of one partition.
@@ -153,11 +168,17 @@ impl Metrics {
                 counter.get()
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP holdfast_batch_latency_microseconds_max Largest batch latency.\n# TYPE holdfast_batch_latency_microseconds_max gauge\nholdfast_batch_latency_microseconds_max {}",
-            self.batch_latency_us_max.load(Ordering::Relaxed)
+        self.batch_duration.render(
+            &mut out,
+            "holdfast_batch_duration_seconds",
+            "How long a worker took over a batch, from its start to its acks.",
         );
+        self.store_duration.render(
+            &mut out,
+            "holdfast_store_transaction_duration_seconds",
+            "How long the store took over one transaction, answered or failed.",
+        );
+        self.render_redelivered(&mut out);
         let partitions = self.partitions_now();
         for (name, help, read) in PARTITION_GAUGES {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
@@ -170,8 +191,20 @@ impl Metrics {
         out
     }
 
+    fn render_redelivered(&self, out: &mut String) {
+        let name = "holdfast_events_redelivered_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Events dropped as already applied (cache, batch or store), per partition.\n# TYPE {name} counter"
+        );
+        let redelivered = self.redelivered.lock().map(|map| map.clone());
+        for (partition, events) in redelivered.unwrap_or_default() {
+            let _ = writeln!(out, "{name}{{partition=\"{partition}\"}} {events}");
+        }
+    }
+
     /// Every counter with its name and help text.
-    fn counters(&self) -> [(&'static str, &'static str, &Counter); 16] {
+    fn counters(&self) -> [(&'static str, &'static str, &Counter); 15] {
         [
             (
                 "holdfast_polls_total",
@@ -248,11 +281,6 @@ impl Metrics {
                 "Batches processed by workers.",
                 &self.batches,
             ),
-            (
-                "holdfast_batch_latency_microseconds_sum",
-                "Sum of batch latencies.",
-                &self.batch_latency_us_sum,
-            ),
         ]
     }
 }
@@ -305,7 +333,9 @@ mod tests {
         let text = metrics.render_prometheus();
         assert!(text.contains("holdfast_events_applied_total 3\n"));
         assert!(text.contains("holdfast_batches_total 1\n"));
-        assert!(text.contains("holdfast_batch_latency_microseconds_max 250\n"));
+        assert!(text.contains("holdfast_batch_duration_seconds_bucket{le=\"0.00025\"} 1\n"));
+        assert!(text.contains("holdfast_batch_duration_seconds_count 1\n"));
+        assert!(text.contains("holdfast_store_transaction_duration_seconds_count 0\n"));
         assert!(text.contains("holdfast_in_flight{partition=\"2\"} 4\n"));
         assert!(text.contains("holdfast_lag_records{partition=\"2\"} 10\n"));
         assert!(text.contains("holdfast_stalled{partition=\"2\"} 1\n"));

@@ -4,14 +4,17 @@
 
 use super::config::ConsumerConfig;
 use super::dead_letter::dead_letter;
+use super::histogram::Histogram;
 use super::metrics::Metrics;
 use super::retry::Backoff;
 use crate::event::{DecodeError, OrderEvent};
 use crate::idempotency::protocol::{apply_batch, BatchReport, ProtocolConfig, Verdict};
 use crate::offsets::{AckError, SharedTracker, Ticket};
 use crate::ports::{
-    DedupCache, FaultPoint, OrderStore, PartitionId, PortError, Probe, Publisher, Record,
+    ApplyOutcome, DedupCache, FaultPoint, OrderStore, PartitionId, PortError, Probe, Publisher,
+    Record,
 };
+use crate::widetable::OrderRow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -146,7 +149,7 @@ where
         let mut finished: Vec<Ticket> = Vec::with_capacity(good.len());
         match self.apply_with_retries(&events, seed).await {
             Applied::All(report) => {
-                self.count(&report);
+                self.count(&report, &good);
                 finished.extend(good.iter().map(|job| job.ticket));
             }
             Applied::Fenced => {
@@ -165,7 +168,7 @@ where
                         .await
                     {
                         Applied::All(report) => {
-                            self.count(&report);
+                            self.count(&report, std::slice::from_ref(job));
                             finished.push(job.ticket);
                         }
                         Applied::Fenced => {}
@@ -194,9 +197,13 @@ where
         let mut rejections = 0;
         loop {
             let services = &self.services;
+            let store = Timed {
+                store: &services.store,
+                duration: &self.metrics.store_duration,
+            };
             let result = apply_batch(
                 &services.cache,
-                &services.store,
+                &store,
                 &services.probe,
                 events,
                 &self.protocol,
@@ -257,14 +264,25 @@ where
         }
     }
 
-    fn count(&self, report: &BatchReport) {
-        for verdict in &report.verdicts {
-            match verdict {
-                Verdict::Applied => self.metrics.applied.add(1),
-                Verdict::SkippedByCache => self.metrics.duplicates_cache.add(1),
-                Verdict::DuplicateInBatch => self.metrics.duplicates_batch.add(1),
-                Verdict::DuplicateInStore => self.metrics.duplicates_store.add(1),
-            }
+    /// Counts the verdicts of `jobs`' events (one verdict per job, in order).
+    fn count(&self, report: &BatchReport, jobs: &[Job]) {
+        debug_assert_eq!(report.verdicts.len(), jobs.len());
+        let mut redelivered: BTreeMap<PartitionId, u64> = BTreeMap::new();
+        for (verdict, job) in report.verdicts.iter().zip(jobs) {
+            let counter = match verdict {
+                Verdict::Applied => {
+                    self.metrics.applied.add(1);
+                    continue;
+                }
+                Verdict::SkippedByCache => &self.metrics.duplicates_cache,
+                Verdict::DuplicateInBatch => &self.metrics.duplicates_batch,
+                Verdict::DuplicateInStore => &self.metrics.duplicates_store,
+            };
+            counter.add(1);
+            *redelivered.entry(job.ticket.partition).or_default() += 1;
+        }
+        for (partition, events) in redelivered {
+            self.metrics.note_redelivered(partition, events);
         }
         if report.cache_degraded {
             self.metrics.cache_degraded_batches.add(1);
@@ -320,6 +338,29 @@ fn decode(batch: Vec<Job>, letters: &mpsc::UnboundedSender<Letter>) -> (Vec<Job>
         }
     }
     (good, events)
+}
+
+/// The store, timed: every transaction's duration goes to a histogram.
+struct Timed<'a, S> {
+    store: &'a S,
+    duration: &'a Histogram,
+}
+
+impl<S: OrderStore> OrderStore for Timed<'_, S> {
+    async fn apply_batch(&self, events: &[OrderEvent]) -> Result<Vec<ApplyOutcome>, PortError> {
+        let started = Instant::now();
+        let outcomes = self.store.apply_batch(events).await;
+        let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.duration.observe(elapsed_us);
+        outcomes
+    }
+
+    async fn load_rows(
+        &self,
+        order_ids: &[String],
+    ) -> Result<BTreeMap<String, OrderRow>, PortError> {
+        self.store.load_rows(order_ids).await
+    }
 }
 
 /// The retry-jitter seed of worker `index`.
