@@ -193,6 +193,32 @@ pub struct World {
 /// How long `World::start` waits for every partition to have a serving leader.
 const STARTUP_LIMIT: Duration = Duration::from_secs(10);
 
+/// Starts one node per broker, each hosting the partitions `tables` place on it.
+fn start_brokers(
+    handle: &Handle,
+    config: &WorldConfig,
+    tables: &[PartitionLeadership],
+    nodes: &mut Vec<(ServiceNode, NodeId)>,
+) -> Vec<Arc<Mutex<BrokerState>>> {
+    let kafka = config.kafka();
+    let mut brokers = Vec::new();
+    for broker in 0..config.brokers {
+        let hosted = tables
+            .iter()
+            .filter(|t| t.replicas.contains(&broker))
+            .map(|t| t.partition)
+            .collect();
+        let state = Arc::new(Mutex::new(BrokerState::new(broker, hosted, kafka.clone())));
+        brokers.push(state.clone());
+        let name = format!("broker-{broker}");
+        let node = service_node(handle, &name, kafka::broker_address(broker), move || {
+            kafka::broker::run(state.clone())
+        });
+        nodes.push((ServiceNode::Broker(broker), node.id()));
+    }
+    brokers
+}
+
 impl World {
     /// Creates the broker, controller, Redis and PostgreSQL nodes and waits until every
     /// partition has a leader serving it. Panics on an invalid configuration.
@@ -222,21 +248,7 @@ impl World {
         );
         nodes.push((ServiceNode::Controller, node.id()));
         let tables: Vec<PartitionLeadership> = lock(&controller).partitions.clone();
-        let mut brokers = Vec::new();
-        for broker in 0..config.brokers {
-            let hosted = tables
-                .iter()
-                .filter(|t| t.replicas.contains(&broker))
-                .map(|t| t.partition)
-                .collect();
-            let state = Arc::new(Mutex::new(BrokerState::new(broker, hosted, kafka.clone())));
-            brokers.push(state.clone());
-            let name = format!("broker-{broker}");
-            let node = service_node(&handle, &name, kafka::broker_address(broker), move || {
-                kafka::broker::run(state.clone())
-            });
-            nodes.push((ServiceNode::Broker(broker), node.id()));
-        }
+        let brokers = start_brokers(&handle, &config, &tables, &mut nodes);
         let redis = Arc::new(Mutex::new(RedisState::new(
             config.redis_persistent,
             config.redis_max_keys,

@@ -539,67 +539,78 @@ async fn handle(
             partition,
             records,
             acks,
-        } => {
-            let (result, epoch, progress) = {
-                let mut broker = lock(&state);
-                let epoch = broker.leading.get(&partition).map_or(-1, |l| l.epoch);
-                (
-                    broker.produce(partition, records, acks),
-                    epoch,
-                    broker.progress.clone(),
-                )
-            };
-            match (acks, result) {
-                (Acks::Zero, _) => None,
-                (Acks::All, ProduceResult::Appended(offsets)) => {
-                    // The batch is acknowledged once its last record is committed.
-                    let last = offsets.iter().copied().max().unwrap_or(-1);
-                    let answer =
-                        wait_replicated(&state, &progress, partition, epoch, last, request_timeout)
-                            .await;
-                    Some(BrokerAnswer::Produced(
-                        answer.unwrap_or(ProduceResult::Appended(offsets)),
-                    ))
-                }
-                (_, result) => Some(BrokerAnswer::Produced(result)),
-            }
-        }
+        } => produce(&state, partition, records, acks, request_timeout).await,
         BrokerRequest::Fetch {
             partition,
             offset,
             count_max,
         } => Some(lock(&state).fetch(partition, offset, count_max)),
-        BrokerRequest::ReplicaFetch(fetch) => {
-            let FollowerFetch {
-                partition,
-                follower,
-                leader_epoch,
-                log_end,
-                ..
-            } = fetch;
-            let (early, progress, empty) = {
-                let mut broker = lock(&state);
-                let early = broker.replica_fetch(fetch, Instant::now());
-                let leading = broker.leading.get(&partition).map(|l| l.epoch) == Some(leader_epoch);
-                let empty = broker.replicas.get(&partition).map(Replica::log_end) == Some(log_end);
-                if early.is_none() && !leading {
-                    return Some(BrokerAnswer::NotLeader);
-                }
-                (early, broker.progress.clone(), empty)
-            };
-            if let Some(answer) = early {
-                return Some(answer);
-            }
-            if empty {
-                // Long poll: answer as soon as something is appended, or after the wait.
-                let _ = timeout(REPLICA_FETCH_WAIT, progress.notified()).await;
-            }
-            Some(lock(&state).replicate(partition, follower, log_end))
-        }
+        BrokerRequest::ReplicaFetch(fetch) => replica_fetch(&state, fetch).await,
         BrokerRequest::Metadata => Some(BrokerAnswer::Metadata(
             lock(&state).view.values().cloned().collect(),
         )),
     }
+}
+
+/// Appends as leader; with `acks=all` answers once the ISR has the batch's last record.
+async fn produce(
+    state: &Mutex<BrokerState>,
+    partition: PartitionId,
+    records: Vec<Produced>,
+    acks: Acks,
+    request_timeout: Duration,
+) -> Option<BrokerAnswer> {
+    let (result, epoch, progress) = {
+        let mut broker = lock(state);
+        let epoch = broker.leading.get(&partition).map_or(-1, |l| l.epoch);
+        (
+            broker.produce(partition, records, acks),
+            epoch,
+            broker.progress.clone(),
+        )
+    };
+    match (acks, result) {
+        (Acks::Zero, _) => None,
+        (Acks::All, ProduceResult::Appended(offsets)) => {
+            // The batch is acknowledged once its last record is committed.
+            let last = offsets.iter().copied().max().unwrap_or(-1);
+            let answer =
+                wait_replicated(state, &progress, partition, epoch, last, request_timeout).await;
+            Some(BrokerAnswer::Produced(
+                answer.unwrap_or(ProduceResult::Appended(offsets)),
+            ))
+        }
+        (_, result) => Some(BrokerAnswer::Produced(result)),
+    }
+}
+
+/// Serves a follower's fetch as leader, long-polling while the follower is caught up.
+async fn replica_fetch(state: &Mutex<BrokerState>, fetch: FollowerFetch) -> Option<BrokerAnswer> {
+    let FollowerFetch {
+        partition,
+        follower,
+        leader_epoch,
+        log_end,
+        ..
+    } = fetch;
+    let (early, progress, empty) = {
+        let mut broker = lock(state);
+        let early = broker.replica_fetch(fetch, Instant::now());
+        let leading = broker.leading.get(&partition).map(|l| l.epoch) == Some(leader_epoch);
+        let empty = broker.replicas.get(&partition).map(Replica::log_end) == Some(log_end);
+        if early.is_none() && !leading {
+            return Some(BrokerAnswer::NotLeader);
+        }
+        (early, broker.progress.clone(), empty)
+    };
+    if let Some(answer) = early {
+        return Some(answer);
+    }
+    if empty {
+        // Long poll: answer as soon as something is appended, or after the wait.
+        let _ = timeout(REPLICA_FETCH_WAIT, progress.notified()).await;
+    }
+    Some(lock(state).replicate(partition, follower, log_end))
 }
 
 /// Waits until the ISR has `offset`; `None` means it does (answer with the append result).
