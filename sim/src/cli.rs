@@ -29,6 +29,8 @@ pub struct Options {
     pub check_determinism: bool,
     /// Trace lines a replay prints (the last ones).
     pub trace_lines: usize,
+    /// Where a replay writes its timeline page.
+    pub html: Option<String>,
 }
 
 impl Default for Options {
@@ -47,6 +49,7 @@ impl Default for Options {
             jobs: None,
             check_determinism: false,
             trace_lines: 40,
+            html: None,
         }
     }
 }
@@ -96,6 +99,10 @@ struct SimArgs {
     /// Trace lines a replay prints (the last ones).
     #[arg(long = "trace", value_name = "N", default_value_t = 40)]
     trace_lines: usize,
+    /// With --seed: write the run's timeline (one lane per process, violations ringed) as a
+    /// self-contained HTML page.
+    #[arg(long, value_name = "FILE", requires = "seed")]
+    html: Option<String>,
 }
 
 fn scenarios_help() -> String {
@@ -160,6 +167,7 @@ pub fn parse(args: &[String]) -> Result<Options, clap::Error> {
         jobs: parsed.jobs.map(|jobs| jobs as usize),
         check_determinism: parsed.check_determinism,
         trace_lines: parsed.trace_lines,
+        html: parsed.html,
     })
 }
 
@@ -227,6 +235,7 @@ mod tests {
             ("--frobnicate", "--frobnicate"),
             ("--jobs 0", "--jobs"),
             ("--seed 1 --scenario all", "at most one --scenario"),
+            ("--html t.html", "--seed"),
         ] {
             let error = parse(&args(line)).unwrap_err().to_string();
             assert!(error.contains(named), "{line}: {error}");

@@ -22,5 +22,6 @@ pub mod runner;
 pub mod scenario;
 #[cfg(madsim)]
 pub mod sweep;
+pub mod timeline;
 #[cfg(madsim)]
 pub mod world;

@@ -60,6 +60,13 @@ mod app {
         let wall = started.elapsed();
         print!("{}", report::single(&outcome, options.trace_lines));
         println!("wall time {:.3}s", wall.as_secs_f64());
+        if let Some(path) = &options.html {
+            if let Err(error) = std::fs::write(path, report::timeline(&outcome)) {
+                eprintln!("cannot write {path}: {error}");
+                return 2;
+            }
+            println!("timeline: {path}");
+        }
         if options.check_determinism {
             let again = run(&params);
             if again.fingerprint != outcome.fingerprint {

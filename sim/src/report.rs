@@ -11,6 +11,24 @@ use std::fmt::Write as _;
 /// The commit the simulator was built from.
 pub const COMMIT: &str = env!("HOLDFAST_COMMIT");
 
+/// The timeline page of one run (see [`crate::timeline`]).
+pub fn timeline(outcome: &RunOutcome) -> String {
+    let title = format!(
+        "holdfast-sim seed {} ({}) at commit {COMMIT}",
+        outcome.params.seed,
+        outcome.params.scenario.name()
+    );
+    crate::timeline::render(&crate::timeline::Page {
+        title: &title,
+        replay: &outcome.params.replay_command(),
+        world: &format!("{}; {}", outcome.params, outcome.world),
+        virtual_ms: outcome.virtual_ms,
+        steps: &outcome.history,
+        faults: &outcome.faults,
+        violations: &outcome.verdict.violations,
+    })
+}
+
 /// The full report of one run: parameters first, then faults, steps, the verdict, and on
 /// failure the violated invariants with their records and the replay command.
 pub fn single(outcome: &RunOutcome, trace_lines: usize) -> String {

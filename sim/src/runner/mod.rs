@@ -55,6 +55,8 @@ pub struct RunOutcome {
     pub resent: usize,
     /// The whole trace, one line per step.
     pub trace: String,
+    /// The history the checker judged (for the timeline page).
+    pub history: Vec<(u64, Step)>,
     /// How often the run took each reach point (see `crate::reach`).
     pub reached: BTreeMap<String, u64>,
 }
@@ -299,17 +301,19 @@ impl Cluster {
         };
         let verdict = check(&observed);
         let trace = crate::history::render(&observed.history, usize::MAX);
+        let faults = merged_faults(world, &observed);
         RunOutcome {
             fingerprint: crate::history::digest(trace.as_bytes()),
             steps: observed.history.len(),
             trace,
             verdict,
-            faults: merged_faults(world, &observed),
+            faults,
             virtual_ms,
             sent: self.sent.load(Ordering::SeqCst) as usize,
             faults_injected: self.observers.injected.load(Ordering::SeqCst) as usize,
             redeliveries: redeliveries(&observed),
             resent: resent(&observed),
+            history: observed.history,
             world: describe_world(&world_config(&params)),
             params,
             reached: BTreeMap::new(),
