@@ -29,7 +29,7 @@ pub struct Options {
     pub check_determinism: bool,
     /// Trace lines a replay prints (the last ones).
     pub trace_lines: usize,
-    /// Where a replay writes its timeline page.
+    /// Where a replay writes its timeline page, or a sweep its explorer page.
     pub html: Option<String>,
 }
 
@@ -99,9 +99,10 @@ struct SimArgs {
     /// Trace lines a replay prints (the last ones).
     #[arg(long = "trace", value_name = "N", default_value_t = 40)]
     trace_lines: usize,
-    /// With --seed: write the run's timeline (one lane per process, violations ringed) as a
-    /// self-contained HTML page.
-    #[arg(long, value_name = "FILE", requires = "seed")]
+    /// Write a self-contained HTML page: with --seed, the run's timeline (one lane per
+    /// process, the steps a violation names ringed); of a sweep, the explorer matrix and the
+    /// flagged seeds with their replay commands.
+    #[arg(long, value_name = "FILE", conflicts_with = "merge")]
     html: Option<String>,
 }
 
@@ -235,7 +236,7 @@ mod tests {
             ("--frobnicate", "--frobnicate"),
             ("--jobs 0", "--jobs"),
             ("--seed 1 --scenario all", "at most one --scenario"),
-            ("--html t.html", "--seed"),
+            ("--html t.html --merge a.json", "--merge"),
         ] {
             let error = parse(&args(line)).unwrap_err().to_string();
             assert!(error.contains(named), "{line}: {error}");

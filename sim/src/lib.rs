@@ -10,6 +10,8 @@
 
 pub mod checker;
 pub mod cli;
+#[cfg(madsim)]
+pub mod explorer_page;
 pub mod history;
 #[cfg(madsim)]
 pub mod observe;

@@ -136,6 +136,14 @@ mod app {
                 );
             }
         }
+        if let Some(path) = &options.html {
+            let page = holdfast_sim::explorer_page::render(&planned, &results, wall_s);
+            if let Err(error) = std::fs::write(path, page) {
+                eprintln!("cannot write {path}: {error}");
+                return 2;
+            }
+            println!("explorer page: {path}");
+        }
         if let Some(path) = &options.json {
             let written = report::to_json(&planned, &results, wall_s)
                 .and_then(|text| std::fs::write(path, text).map_err(|e| e.to_string()));

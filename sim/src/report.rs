@@ -133,13 +133,7 @@ fn write_matrix(out: &mut String, rows: &BTreeMap<Scenario, Row>) -> bool {
     for (scenario, row) in rows {
         let met = meets(*scenario, row);
         all_met &= met;
-        let expected = match scenario.expectation() {
-            Expectation::Safe => "no loss",
-            Expectation::LossShown(LossAt::Broker) => "broker loss",
-            Expectation::LossShown(LossAt::Consumer) => "cons. loss",
-            Expectation::Caught(_) => "caught",
-            Expectation::Repaired => "repaired",
-        };
+        let expected = expected_label(*scenario);
         let _ = writeln!(
             out,
             "{:<36} {:<46} {:>6} {:>9} {:>6} {:>8} {:>8}  {:<11} {}",
@@ -155,6 +149,17 @@ fn write_matrix(out: &mut String, rows: &BTreeMap<Scenario, Row>) -> bool {
         );
     }
     all_met
+}
+
+/// What a scenario's row is expected to show, in a few words.
+pub fn expected_label(scenario: Scenario) -> &'static str {
+    match scenario.expectation() {
+        Expectation::Safe => "no loss",
+        Expectation::LossShown(LossAt::Broker) => "broker loss",
+        Expectation::LossShown(LossAt::Consumer) => "cons. loss",
+        Expectation::Caught(_) => "caught",
+        Expectation::Repaired => "repaired",
+    }
 }
 
 /// Per planted bug: the first seed that caught it, and what it broke.

@@ -344,7 +344,8 @@ fn violation_tokens(violations: &[Violation]) -> BTreeSet<String> {
     tokens
 }
 
-fn escape(text: &str) -> String {
+/// `text` safe inside HTML text and attribute values.
+pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

@@ -1,4 +1,4 @@
-//! The timeline page in a real headless browser (Debian's `chromium`, which
+//! The timeline and explorer pages in a real headless browser (Debian's `chromium`, which
 //! `scripts/services-up --packages` installs): it loads, lays out a lane per process and a
 //! ring per step a violation names, and a screenshot is saved. A missing browser is a
 //! failure, not a skip.
@@ -9,6 +9,7 @@ use holdfast_sim::params::{RunParams, Size};
 use holdfast_sim::report;
 use holdfast_sim::runner::run;
 use holdfast_sim::scenario::Scenario;
+use holdfast_sim::sweep::{execute, plan};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -84,4 +85,35 @@ fn a_failing_run_shows_its_lanes_and_violations_in_a_browser() {
     );
     let size = std::fs::metadata(&screenshot).map_or(0, |m| m.len());
     assert!(size > 10_000, "screenshot of {size} bytes");
+}
+
+/// Goal: a sweep's explorer page shows one matrix row per scenario in a browser, with the
+/// flagged seeds' replay commands. Method: a small sweep over every scenario; the browser
+/// lays out as many rows as scenarios were planned.
+#[test]
+fn a_sweep_page_shows_every_scenario_in_a_browser() {
+    let planned = Scenario::all();
+    let runs = plan(
+        &planned,
+        2 * planned.len() as u64,
+        1,
+        (0, 1),
+        None,
+        None,
+        Size::Mixed,
+    );
+    let results = execute(runs, 2).expect("the sweep starts its threads");
+    let html = holdfast_sim::explorer_page::render(&planned, &results, 1.0);
+    let page = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("explorer.html");
+    std::fs::write(&page, &html).expect("the page is written");
+    let dom = chromium(&["--dump-dom"], &page);
+    assert_eq!(
+        rendered(&dom, "data-rows"),
+        planned.len(),
+        "matrix rows laid out"
+    );
+    assert!(
+        dom.contains("--html timeline.html"),
+        "no replay command listed"
+    );
 }
