@@ -428,3 +428,7 @@ impl<L: EventLog> Member<L> {
             .sum()
     }
 }
+
+#[cfg(test)]
+#[path = "member_tests.rs"]
+mod tests;

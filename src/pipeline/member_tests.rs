@@ -1,0 +1,143 @@
+//! The member loop's back-pressure round, against a client whose pause state is visible and
+//! whose resumes can fail.
+
+use super::*;
+use crate::offsets::Limits;
+use crate::ports::{NoProbe, Polled as LogPolled};
+use std::collections::{BTreeSet, VecDeque};
+
+/// A client answering polls from a script; it keeps its pauses across revokes (as
+/// librdkafka does) and fails the first `resume_failures` resumes.
+#[derive(Default)]
+struct PausingLog {
+    script: VecDeque<LogPolled>,
+    paused: BTreeSet<PartitionId>,
+    resume_failures: u32,
+}
+
+impl EventLog for PausingLog {
+    async fn poll(&mut self, _: usize, _: Duration) -> Result<LogPolled, PortError> {
+        Ok(self.script.pop_front().unwrap_or_default())
+    }
+
+    async fn commit(&mut self, _: &[OffsetCommit], _: CommitMode) -> Result<(), PortError> {
+        Ok(())
+    }
+
+    async fn pause(&mut self, partitions: &[PartitionId]) -> Result<(), PortError> {
+        self.paused.extend(partitions);
+        Ok(())
+    }
+
+    async fn resume(&mut self, partitions: &[PartitionId]) -> Result<(), PortError> {
+        if self.resume_failures > 0 {
+            self.resume_failures -= 1;
+            return Err(PortError::Unavailable {
+                service: "kafka",
+                detail: "resume refused".into(),
+            });
+        }
+        for partition in partitions {
+            self.paused.remove(partition);
+        }
+        Ok(())
+    }
+}
+
+fn member(log: PausingLog, in_flight_max: usize) -> Member<PausingLog> {
+    let config = MemberConfig {
+        batch_size: 10,
+        poll_timeout: Duration::from_millis(1),
+        revoke_grace: Duration::from_millis(1),
+        backoff_initial: Duration::from_millis(1),
+        backoff_max: Duration::from_millis(1),
+        jitter_seed: 1,
+    };
+    let limits = Limits {
+        in_flight_max,
+        ..Limits::default()
+    };
+    let tracker = SharedTracker::new(limits);
+    Member::new(config, log, tracker, Arc::new(Metrics::new()))
+}
+
+fn assigned(partition: PartitionId) -> LogPolled {
+    LogPolled {
+        rebalances: vec![Rebalance::Assigned {
+            partition,
+            committed: None,
+        }],
+        records: Vec::new(),
+    }
+}
+
+fn record(partition: PartitionId, offset: i64) -> Record {
+    Record {
+        partition,
+        offset,
+        key: None,
+        payload: Vec::new(),
+        headers: Vec::new(),
+    }
+}
+
+/// Goal: a partition still paused in the client when it is assigned, whose resume then
+/// fails, is resumed by a later back-pressure round although it holds nothing; and the round
+/// reports work waiting exactly while it does. Method: one assignment with one failing
+/// resume; then rounds until the client shows it unpaused.
+#[tokio::test]
+async fn a_paused_partition_whose_resume_failed_is_resumed_later() {
+    let log = PausingLog {
+        script: VecDeque::from([assigned(3)]),
+        paused: BTreeSet::from([3]),
+        resume_failures: 1,
+    };
+    let mut member = member(log, 100);
+    member.poll(&NoProbe).await;
+    assert!(
+        member.log.paused.contains(&3),
+        "the first resume was to fail"
+    );
+    assert!(
+        member.retry_held(|_, _| {}).await,
+        "a paused partition is waiting"
+    );
+    assert!(!member.log.paused.contains(&3), "never resumed");
+    assert!(
+        !member.retry_held(|_, _| {}).await,
+        "nothing waits any more"
+    );
+}
+
+/// Goal: a record the tracker has no room for is held and its partition paused; the round
+/// reports it waiting until the tracker admits it, then resumes the partition. Method: a
+/// tracker of one record in flight, two records polled; the second is admitted only after
+/// the first is acked.
+#[tokio::test]
+async fn a_held_record_waits_for_room_then_its_partition_resumes() {
+    let log = PausingLog {
+        script: VecDeque::from([assigned(0)]),
+        ..PausingLog::default()
+    };
+    let mut member = member(log, 1);
+    member.poll(&NoProbe).await;
+    let mut admitted = Vec::new();
+    member
+        .offer(vec![record(0, 0), record(0, 1)], |ticket, _| {
+            admitted.push(ticket)
+        })
+        .await;
+    assert_eq!(admitted.len(), 1);
+    assert!(member.log.paused.contains(&0));
+    assert!(member.retry_held(|ticket, _| admitted.push(ticket)).await);
+    assert_eq!(admitted.len(), 1, "admitted beyond the tracker's room");
+    let first = admitted[0];
+    assert!(member.tracker().ack_all(&[first]).is_empty());
+    assert!(member.retry_held(|ticket, _| admitted.push(ticket)).await);
+    assert_eq!(admitted.len(), 2);
+    assert!(
+        !member.log.paused.contains(&0),
+        "not resumed once the backlog cleared"
+    );
+    assert!(!member.retry_held(|_, _| {}).await);
+}
