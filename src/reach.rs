@@ -27,6 +27,14 @@ pub const POINTS: &[(&str, &str)] = &[
         "the tracker refused a record (full): held, partition paused",
     ),
     (
+        "member.pause_failed",
+        "the client refused to pause a partition whose records are held: retried at the next back-pressure round",
+    ),
+    (
+        "member.resume_failed",
+        "the client refused to resume a partition: retried at the next back-pressure round",
+    ),
+    (
         "member.record_skipped",
         "a polled record below the assignment's tracking or of a partition no longer owned was skipped",
     ),

@@ -55,6 +55,10 @@ pub const FAULTS: &[(&str, &str)] = &[
         "the group coordinator failed over: every member forgotten at once",
     ),
     (
+        "fault.client_control_refused",
+        "a consumer client refused a pause or a resume",
+    ),
+    (
         "fault.controller_crash",
         "the controller killed and restarted",
     ),

@@ -218,11 +218,33 @@ impl<L: EventLog> Member<L> {
     async fn hold(&mut self, record: Record) {
         crate::reach!("member.tracker_full");
         let partition = record.partition;
-        let state = self.partitions.entry(partition).or_default();
-        state.held.push_back(record);
-        if !state.paused {
-            state.paused = true;
-            if let Err(error) = self.log.pause(&[partition]).await {
+        self.partitions
+            .entry(partition)
+            .or_default()
+            .held
+            .push_back(record);
+        self.pause_holding(partition).await;
+    }
+
+    /// Pauses a partition that holds records, unless the client already is. Counted paused
+    /// only once the client is: a refused pause is asked again at the next back-pressure
+    /// round, or back-pressure is lost and the held queue grows without bound.
+    async fn pause_holding(&mut self, partition: PartitionId) {
+        let wanted = self
+            .partitions
+            .get(&partition)
+            .is_some_and(|state| !state.held.is_empty() && !state.paused);
+        if !wanted {
+            return;
+        }
+        match self.log.pause(&[partition]).await {
+            Ok(()) => {
+                if let Some(state) = self.partitions.get_mut(&partition) {
+                    state.paused = true;
+                }
+            }
+            Err(error) => {
+                crate::reach!("member.pause_failed");
                 tracing::warn!(%error, partition, "pause failed");
             }
         }
@@ -250,12 +272,14 @@ impl<L: EventLog> Member<L> {
                     break;
                 }
             }
+            self.pause_holding(partition).await;
             let resume = self
                 .partitions
                 .get(&partition)
                 .is_some_and(|state| state.held.is_empty() && state.paused);
             if resume {
                 if let Err(error) = self.log.resume(&[partition]).await {
+                    crate::reach!("member.resume_failed");
                     tracing::warn!(%error, partition, "resume failed");
                 } else if let Some(state) = self.partitions.get_mut(&partition) {
                     state.paused = false;
@@ -303,6 +327,7 @@ impl<L: EventLog> Member<L> {
         // unpaused, so the client must be too, or it is never fetched again.
         if let Err(error) = self.log.resume(&[partition]).await {
             // Counted paused: the next round of `retry_held` resumes it again.
+            crate::reach!("member.resume_failed");
             tracing::warn!(%error, partition, "resume of an assigned partition failed");
             state.paused = true;
         }

@@ -7,12 +7,21 @@ use crate::ports::{NoProbe, Polled as LogPolled};
 use std::collections::{BTreeSet, VecDeque};
 
 /// A client answering polls from a script; it keeps its pauses across revokes (as
-/// librdkafka does) and fails the first `resume_failures` resumes.
+/// librdkafka does) and fails the first `pause_failures` pauses and `resume_failures`
+/// resumes.
 #[derive(Default)]
 struct PausingLog {
     script: VecDeque<LogPolled>,
     paused: BTreeSet<PartitionId>,
+    pause_failures: u32,
     resume_failures: u32,
+}
+
+fn refused() -> PortError {
+    PortError::Rejected {
+        service: "kafka",
+        detail: "Local: Unknown partition".into(),
+    }
 }
 
 impl EventLog for PausingLog {
@@ -25,6 +34,10 @@ impl EventLog for PausingLog {
     }
 
     async fn pause(&mut self, partitions: &[PartitionId]) -> Result<(), PortError> {
+        if self.pause_failures > 0 {
+            self.pause_failures -= 1;
+            return Err(refused());
+        }
         self.paused.extend(partitions);
         Ok(())
     }
@@ -32,10 +45,7 @@ impl EventLog for PausingLog {
     async fn resume(&mut self, partitions: &[PartitionId]) -> Result<(), PortError> {
         if self.resume_failures > 0 {
             self.resume_failures -= 1;
-            return Err(PortError::Unavailable {
-                service: "kafka",
-                detail: "resume refused".into(),
-            });
+            return Err(refused());
         }
         for partition in partitions {
             self.paused.remove(partition);
@@ -91,6 +101,7 @@ async fn a_paused_partition_whose_resume_failed_is_resumed_later() {
         script: VecDeque::from([assigned(3)]),
         paused: BTreeSet::from([3]),
         resume_failures: 1,
+        ..PausingLog::default()
     };
     let mut member = member(log, 100);
     member.poll(&NoProbe).await;
@@ -140,4 +151,30 @@ async fn a_held_record_waits_for_room_then_its_partition_resumes() {
         "not resumed once the backlog cleared"
     );
     assert!(!member.retry_held(|_, _| {}).await);
+}
+
+/// Goal: a refused pause is asked again, so back-pressure holds: records keep being held
+/// while the tracker is full, and the client ends up paused. Method: a tracker of one record
+/// in flight and a client that refuses the first pause; three records polled, then one
+/// back-pressure round.
+#[tokio::test]
+async fn a_refused_pause_is_asked_again() {
+    let log = PausingLog {
+        script: VecDeque::from([assigned(0)]),
+        pause_failures: 1,
+        ..PausingLog::default()
+    };
+    let mut member = member(log, 1);
+    member.poll(&NoProbe).await;
+    let records = vec![record(0, 0), record(0, 1), record(0, 2)];
+    member.offer(records, |_, _| {}).await;
+    assert!(
+        !member.log.paused.contains(&0),
+        "the first pause was to fail"
+    );
+    assert!(member.retry_held(|_, _| {}).await);
+    assert!(
+        member.log.paused.contains(&0),
+        "the refused pause was never asked again"
+    );
 }

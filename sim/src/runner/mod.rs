@@ -91,6 +91,9 @@ pub fn world_config(params: &RunParams) -> WorldConfig {
         // A quarter of the seeds run against a coordinator that keeps no commit metadata
         // (nisshi's behaviour), from a stream of their own so that older seeds keep the rest.
         commit_metadata_kept: !SplitMix::new(params.seed ^ 0x6e69_7373_6869_6d64).chance(0.25),
+        // Half the seeds run clients that refuse every second pause or resume, from a stream
+        // of their own.
+        client_control_failures: SplitMix::new(params.seed ^ 0x7061_7573_6573).chance(0.5),
         ..WorldConfig::default()
     };
     match params.scenario {
@@ -113,7 +116,7 @@ pub fn world_config(params: &RunParams) -> WorldConfig {
 /// One line naming every knob of the simulated cluster.
 pub fn describe_world(config: &WorldConfig) -> String {
     format!(
-        "world: brokers={} rf={} min_isr={} acks={:?} flush={:?} unclean_election={} idempotent_producer={} producer_retries={} redis_persistent={} redis_keys_max={:?} session_timeout={:?} latency={:?}..{:?} commit_metadata_kept={}",
+        "world: brokers={} rf={} min_isr={} acks={:?} flush={:?} unclean_election={} idempotent_producer={} producer_retries={} redis_persistent={} redis_keys_max={:?} session_timeout={:?} latency={:?}..{:?} commit_metadata_kept={} client_control_failures={}",
         config.brokers,
         config.replication_factor,
         config.min_insync_replicas,
@@ -127,7 +130,8 @@ pub fn describe_world(config: &WorldConfig) -> String {
         config.session_timeout,
         config.latency.0,
         config.latency.1,
-        config.commit_metadata_kept
+        config.commit_metadata_kept,
+        config.client_control_failures
     )
 }
 

@@ -65,6 +65,9 @@ pub struct WorldConfig {
     /// broker of the real-service tests, drops it, so a restart redoes everything above the
     /// committed offset.
     pub commit_metadata_kept: bool,
+    /// Whether the consumer clients refuse every second pause or resume, as librdkafka does
+    /// for a partition it does not hold at that moment (`Local: Unknown partition`).
+    pub client_control_failures: bool,
 }
 
 impl Default for WorldConfig {
@@ -89,6 +92,7 @@ impl Default for WorldConfig {
             replica_lag_time: Duration::from_millis(500),
             request_timeout: Duration::from_millis(500),
             commit_metadata_kept: true,
+            client_control_failures: false,
         }
     }
 }
@@ -334,6 +338,7 @@ impl World {
             partitions: config.partitions,
             request_timeout: config.request_timeout,
             session_timeout: config.session_timeout,
+            control_failures: config.client_control_failures,
         }
     }
 

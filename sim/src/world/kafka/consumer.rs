@@ -33,6 +33,8 @@ pub struct SimConsumerConfig {
     pub partitions: i32,
     pub request_timeout: Duration,
     pub session_timeout: Duration,
+    /// Refuse every second pause or resume (see `WorldConfig::client_control_failures`).
+    pub control_failures: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +69,8 @@ pub struct SimLog {
     owned: BTreeSet<PartitionId>,
     positions: BTreeMap<PartitionId, i64>,
     paused: BTreeSet<PartitionId>,
+    /// Pause and resume calls so far (which of them fail is decided by their number).
+    control_calls: u64,
     pending_assignment: Option<Vec<PartitionId>>,
     rotation: usize,
     commits: mpsc::UnboundedSender<CommitJob>,
@@ -110,6 +114,7 @@ impl SimLog {
             owned: BTreeSet::new(),
             positions: BTreeMap::new(),
             paused: BTreeSet::new(),
+            control_calls: 0,
             pending_assignment: None,
             rotation: 0,
             commits,
@@ -346,13 +351,31 @@ impl EventLog for SimLog {
     }
 
     async fn pause(&mut self, partitions: &[PartitionId]) -> Result<(), PortError> {
+        self.control_refused()?;
         self.paused.extend(partitions);
         Ok(())
     }
 
     async fn resume(&mut self, partitions: &[PartitionId]) -> Result<(), PortError> {
+        self.control_refused()?;
         for partition in partitions {
             self.paused.remove(partition);
+        }
+        Ok(())
+    }
+}
+
+impl SimLog {
+    /// Counts a pause or resume call; with control failures on, every second one is refused
+    /// (and changes nothing).
+    fn control_refused(&mut self) -> Result<(), PortError> {
+        self.control_calls += 1;
+        if self.config.control_failures && self.control_calls.is_multiple_of(2) {
+            holdfast::reach!("fault.client_control_refused");
+            return Err(PortError::Rejected {
+                service: "kafka",
+                detail: "Local: Unknown partition".into(),
+            });
         }
         Ok(())
     }
