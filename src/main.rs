@@ -121,6 +121,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// A progress bar on stderr over `len` units of `what`; hidden when stderr is not a terminal.
+fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    let template = format!("[{{bar:30}}] {{pos}}/{{len}} {what}  {{elapsed}}");
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
+        bar.set_style(style.progress_chars("#>-"));
+    }
+    bar
+}
+
+/// Moves `bar` with the events the demo's consumer applied until aborted.
+async fn follow(bar: indicatif::ProgressBar, metrics: Arc<Metrics>) {
+    loop {
+        bar.set_position(metrics.applied.get());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Logs go to stderr; RUST_LOG filters them (default: info).
 #[cfg(all(feature = "kafka", not(any(madsim, loom))))]
 fn init_logs(format: LogFormat) {
@@ -212,13 +230,18 @@ async fn run_demo(options: DemoArgs) -> Result<ExitCode, String> {
     };
     demo.crash_cycles(options.crashes).await?;
     let running = demo.start(demo.config.jitter_seed)?.spawn();
+    let bar = progress_bar(truth.acknowledged.len() as u64, "events applied");
+    let ticker = tokio::spawn(follow(bar.clone(), Arc::clone(&metrics)));
     // Generous: the embedded pipeline applies tens of thousands of events a second; a stuck
     // run ends with an error that says how far the group got instead of hanging.
     let limit = Duration::from_secs(60)
         .saturating_add(Duration::from_millis(options.workload.orders as u64));
-    broker
+    let caught_up = broker
         .wait_caught_up(TOPIC, GROUP, Duration::from_millis(5), limit)
-        .await?;
+        .await;
+    ticker.abort();
+    bar.finish_and_clear();
+    caught_up?;
     running
         .stop()
         .await

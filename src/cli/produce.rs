@@ -96,23 +96,25 @@ async fn send_with_retries(
     retries: u64,
 ) -> Sent {
     let mut outcomes: Vec<Option<Delivery>> = vec![None; messages.len()];
+    let bar = crate::progress_bar(messages.len() as u64, "messages acknowledged");
     let mut resent = 0usize;
     let mut waiting: Vec<usize> = (0..messages.len()).collect();
     for round in 0..=retries {
         if round > 0 {
             resent += waiting.len();
-            eprintln!(
+            bar.println(format!(
                 "round {round}: re-sending {} failed messages",
                 waiting.len()
-            );
+            ));
             tokio_real::time::sleep(Duration::from_millis(500 * round)).await;
         }
-        send_round(publisher, messages, &waiting, &mut outcomes).await;
+        send_round(publisher, messages, &waiting, &mut outcomes, &bar).await;
         waiting.retain(|index| outcomes[*index].is_none());
         if waiting.is_empty() {
             break;
         }
     }
+    bar.finish_and_clear();
     Sent {
         outcomes,
         failed: waiting.len(),
@@ -167,6 +169,7 @@ async fn send_round(
     messages: &[OutboundMessage],
     indices: &[usize],
     outcomes: &mut [Option<Delivery>],
+    bar: &indicatif::ProgressBar,
 ) {
     let mut in_flight: VecDeque<(usize, Pending)> = VecDeque::new();
     let mut last_error: Option<PortError> = None;
@@ -181,7 +184,7 @@ async fn send_round(
                     // The local queue is full (or the producer refuses): make room by waiting
                     // for the oldest delivery; with nothing in flight, the send failed.
                     match in_flight.pop_front() {
-                        Some(oldest) => settle(oldest, outcomes, &mut last_error).await,
+                        Some(oldest) => settle(oldest, outcomes, &mut last_error, bar).await,
                         None => {
                             last_error = Some(error);
                             break;
@@ -192,12 +195,12 @@ async fn send_round(
         }
         if in_flight.len() >= IN_FLIGHT_MAX {
             if let Some(oldest) = in_flight.pop_front() {
-                settle(oldest, outcomes, &mut last_error).await;
+                settle(oldest, outcomes, &mut last_error, bar).await;
             }
         }
     }
     while let Some(oldest) = in_flight.pop_front() {
-        settle(oldest, outcomes, &mut last_error).await;
+        settle(oldest, outcomes, &mut last_error, bar).await;
     }
     if let Some(error) = last_error {
         eprintln!("some deliveries failed; last error: {error}");
@@ -208,9 +211,13 @@ async fn settle(
     (index, pending): (usize, Pending),
     outcomes: &mut [Option<Delivery>],
     last_error: &mut Option<PortError>,
+    bar: &indicatif::ProgressBar,
 ) {
     match pending.await {
-        Ok(delivery) => outcomes[index] = Some(delivery),
+        Ok(delivery) => {
+            outcomes[index] = Some(delivery);
+            bar.inc(1);
+        }
         Err(error) => *last_error = Some(error),
     }
 }

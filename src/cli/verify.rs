@@ -25,6 +25,9 @@ pub fn main(args: VerifyArgs) -> Result<ExitCode, String> {
     let truth = truth::read(&args.truth)?;
     block_on(async move {
         let store = connect_store(&postgres, wait).await?;
+        let reading = indicatif::ProgressBar::new_spinner();
+        reading.set_message("reading the store and the dead-letter topic");
+        reading.enable_steady_tick(Duration::from_millis(100));
         reach_brokers(&settings, Some(&dead_letter_topic), wait).await?;
         let view = StoreView {
             ledger: store.ledger().await.map_err(|e| e.to_string())?,
@@ -39,6 +42,7 @@ pub fn main(args: VerifyArgs) -> Result<ExitCode, String> {
                 .into_iter()
                 .map(|record| record.payload)
                 .collect();
+        reading.finish_and_clear();
         let report = verify(&truth, &view, &letters, &BTreeSet::new());
         let valid = letters
             .iter()
