@@ -369,4 +369,37 @@ mod tests {
             }
         );
     }
+
+    /// Goal: the Grafana dashboard in docs/ queries only metrics that exist. Method: every
+    /// `holdfast_*` name in its queries appears in a rendering with one partition.
+    #[test]
+    fn the_dashboard_queries_only_rendered_metrics() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/grafana-dashboard.json"))
+                .expect("the dashboard is JSON");
+        let metrics = Metrics::new();
+        metrics.set_partition(0, PartitionGauges::default());
+        metrics.note_redelivered(0, 1);
+        let rendered = metrics.render_prometheus();
+        let panels = dashboard["panels"].as_array().expect("panels");
+        let mut names = 0;
+        for target in panels
+            .iter()
+            .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        {
+            let expr = target["expr"].as_str().expect("a query");
+            for (at, _) in expr.match_indices("holdfast_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(
+                    rendered.contains(&name),
+                    "{name} is not a metric:\n{rendered}"
+                );
+                names += 1;
+            }
+        }
+        assert!(names >= 15, "only {names} metric names in the dashboard");
+    }
 }
