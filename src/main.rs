@@ -91,20 +91,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let format = cli.log_format;
     // Only the service commands install a log subscriber.
-    let mut logging = false;
-    let result = match cli.command {
-        Command::Demo(args) => demo(args),
-        Command::Workload(args) => print_workload(&args),
+    let (result, logging) = match cli.command {
+        Command::Demo(args) => (demo(args), false),
+        Command::Workload(args) => (print_workload(&args), false),
         #[cfg(all(feature = "kafka", not(any(madsim, loom))))]
         Command::Service(command) => {
             init_logs(format);
-            logging = true;
-            cli::main(*command)
+            (cli::main(*command), true)
         }
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "holdfast", &mut script);
-            write_stdout(|out| out.write_all(&script))
+            (write_stdout(|out| out.write_all(&script)), false)
         }
     };
     match result {

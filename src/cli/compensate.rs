@@ -31,12 +31,12 @@ pub fn main(args: CompensateArgs) -> Result<ExitCode, String> {
             KafkaGroupOffsets::connect(&kafka, &config.topic).map_err(|error| error.to_string())?;
         let publisher = KafkaPublisher::connect(&kafka).map_err(|error| error.to_string())?;
         let (trigger, shutdown) = ShutdownTrigger::new();
-        tokio_real::spawn(async move {
+        tokio::spawn(async move {
             match run_for {
                 Some(seconds) => {
-                    tokio_real::select! {
+                    tokio::select! {
                         _ = terminated() => {}
-                        _ = tokio_real::time::sleep(Duration::from_secs(seconds)) => {}
+                        _ = tokio::time::sleep(Duration::from_secs(seconds)) => {}
                     }
                 }
                 None => terminated().await,

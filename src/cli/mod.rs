@@ -85,7 +85,7 @@ async fn connect_store(
 
 /// Runs `future` on a multi-threaded runtime with I/O, timers and signals.
 fn block_on<F: Future<Output = Result<ExitCode, String>>>(future: F) -> Result<ExitCode, String> {
-    tokio_real::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|error| format!("cannot start the runtime: {error}"))?
@@ -94,17 +94,17 @@ fn block_on<F: Future<Output = Result<ExitCode, String>>>(future: F) -> Result<E
 
 /// Resolves on SIGINT or SIGTERM.
 async fn terminated() {
-    use tokio_real::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {
         Ok(mut terminate) => {
-            tokio_real::select! {
-                _ = tokio_real::signal::ctrl_c() => {}
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
                 _ = terminate.recv() => {}
             }
         }
         Err(error) => {
             tracing::warn!(%error, "cannot watch SIGTERM; only SIGINT stops");
-            let _ = tokio_real::signal::ctrl_c().await;
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

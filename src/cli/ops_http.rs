@@ -43,7 +43,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     limits: ProbeLimits,
 ) -> Result<(), String> {
-    let listener = tokio_real::net::TcpListener::bind(address)
+    let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|error| format!("cannot listen for metrics on {address}: {error}"))?;
     let watch = PollWatch {
@@ -61,7 +61,7 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .with_state(endpoint);
     tracing::info!(address, "operations endpoint up: /metrics /livez /readyz");
-    tokio_real::spawn(async move {
+    tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
             tracing::error!(%error, "operations endpoint stopped");
         }

@@ -106,7 +106,7 @@ async fn send_with_retries(
                 "round {round}: re-sending {} failed messages",
                 waiting.len()
             ));
-            tokio_real::time::sleep(Duration::from_millis(500 * round)).await;
+            tokio::time::sleep(Duration::from_millis(500 * round)).await;
         }
         send_round(publisher, messages, &waiting, &mut outcomes, &bar).await;
         waiting.retain(|index| outcomes[*index].is_none());

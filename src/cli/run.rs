@@ -50,7 +50,7 @@ pub fn main(args: RunArgs) -> Result<ExitCode, String> {
         let consumer = Consumer::new(config, log, services, Arc::clone(&metrics))
             .map_err(|error| format!("bad consumer configuration: {error}"))?;
         let (trigger, shutdown) = ShutdownTrigger::new();
-        tokio_real::spawn(async move {
+        tokio::spawn(async move {
             terminated().await;
             tracing::info!("signal received: draining and committing");
             trigger.trigger();

@@ -7,7 +7,7 @@
 use holdfast::adapters::AdapterError;
 use std::future::Future;
 use std::time::Duration;
-use tokio_real::time::Instant;
+use tokio::time::Instant;
 
 /// The first retry's delay; each next one doubles, up to [`DELAY_MAX`].
 const DELAY_FIRST: Duration = Duration::from_millis(250);
@@ -48,7 +48,7 @@ where
         }
         let pause = delay.min(left);
         tracing::warn!(service, address, attempts, %error, retry_in_ms = pause.as_millis() as u64, "not answering yet");
-        tokio_real::time::sleep(pause).await;
+        tokio::time::sleep(pause).await;
         delay = (delay * 2).min(DELAY_MAX);
     }
     unreachable!("the attempts counter cannot run out")
