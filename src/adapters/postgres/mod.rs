@@ -13,10 +13,12 @@
 //! `(at_ms, event_id, amount)` wins, the user id is the smallest non-empty one. See
 //! docs/services.md.
 //!
-//! Connections: a few clients, each behind an async mutex and used by one call at a time.
-//! A client whose connection closed (PostgreSQL restarted) is replaced by the next call;
-//! the call that met the closure fails as [`PortError::Unavailable`] and the pipeline
-//! retries it.
+//! Connections: a `deadpool-postgres` pool of a few clients, each used by one call at a time,
+//! with the statements prepared once per connection (`prepare_cached`). A connection that
+//! closed (PostgreSQL restarted) is replaced when the pool hands it out again; the call that
+//! met the closure fails as [`PortError::Unavailable`] and the pipeline retries it. A call
+//! that timed out takes its connection out of the pool (dropping it makes the server roll the
+//! transaction back).
 //!
 //! Here: connections, sessions and the port; `sql` builds the statements, `batch` runs a
 //! batch's transaction, `read` reads rows and keys back.
@@ -34,11 +36,9 @@ use crate::widetable::OrderRow;
 use batch::apply_in;
 use read::{key_of, load_rows};
 use sql::{upsert_entries_sql, upsert_orders_sql, INSERT_KEYS};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Mutex, MutexGuard};
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
 /// The schema, created when missing. Text columns use the "C" collation so that SQL compares
@@ -66,9 +66,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Serializes concurrent schema creation across processes (any constant works).
 const SCHEMA_LOCK: i64 = 0x686f_6c64_6661_7374;
 
-/// A connected client and its prepared statements.
+/// A pooled client and its prepared statements.
 struct Session {
-    client: Client,
+    client: Object,
     insert_keys: Statement,
     upsert_orders: Statement,
     upsert_bills: Statement,
@@ -78,20 +78,14 @@ struct Session {
 /// An [`OrderStore`] on PostgreSQL. Clones share the connections.
 #[derive(Clone)]
 pub struct PostgresStore {
-    shared: Arc<Shared>,
-}
-
-struct Shared {
-    config: Config,
-    slots: Vec<Mutex<Option<Session>>>,
-    next: AtomicUsize,
+    pool: Pool,
 }
 
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("PostgresStore")
-            .field("connections", &self.shared.slots.len())
+            .field("connections", &self.pool.status().max_size)
             .finish_non_exhaustive()
     }
 }
@@ -158,66 +152,44 @@ impl PostgresStore {
                 service: STORE,
                 detail: with_causes(&error),
             })?;
-        let session = Session::prepare(client)
-            .await
+        drop(client);
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(connections.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(CALL_TIMEOUT))
+            .create_timeout(Some(CALL_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
             .map_err(|error| AdapterError::Setup {
                 service: STORE,
                 detail: error.to_string(),
             })?;
-        let mut slots: Vec<Mutex<Option<Session>>> =
-            (0..connections.max(1)).map(|_| Mutex::new(None)).collect();
-        slots[0] = Mutex::new(Some(session));
-        Ok(PostgresStore {
-            shared: Arc::new(Shared {
-                config,
-                slots,
-                next: AtomicUsize::new(0),
-            }),
-        })
+        Ok(PostgresStore { pool })
     }
 
-    /// A free connection (or the next one in turn, waited for), reconnected if it was closed.
-    async fn session(&self) -> Result<MutexGuard<'_, Option<Session>>, PortError> {
-        let slots = &self.shared.slots;
-        let start = self.shared.next.fetch_add(1, Ordering::Relaxed) % slots.len();
-        let free =
-            (0..slots.len()).find_map(|step| slots[(start + step) % slots.len()].try_lock().ok());
-        let mut guard = match free {
-            Some(guard) => guard,
-            None => slots[start].lock().await,
-        };
-        if guard
-            .as_ref()
-            .is_some_and(|session| session.client.is_closed())
-        {
-            *guard = None;
-        }
-        if guard.is_none() {
-            let reconnect = async {
-                let client = open(&self.shared.config).await?;
-                Session::prepare(client).await
-            };
-            // A server that accepts the connection but never answers is an outage too.
-            let session = tokio::time::timeout(CALL_TIMEOUT, reconnect)
-                .await
-                .map_err(|_| unavailable(STORE, format!("no session within {CALL_TIMEOUT:?}")))?
-                .map_err(|error| port_error(&error))?;
-            *guard = Some(session);
-        }
-        Ok(guard)
+    /// A pooled connection (opened if the pool has none free) with its statements.
+    async fn session(&self) -> Result<Session, PortError> {
+        let client = self.pool.get().await.map_err(|error| pool_error(&error))?;
+        Session::prepare(client)
+            .await
+            .map_err(|error| port_error(&error))
     }
 
-    /// Runs `call` on a session under [`CALL_TIMEOUT`]; after an outage the session is dropped
-    /// so that the next call reconnects.
+    /// Runs `call` on a session under [`CALL_TIMEOUT`]; after an outage the connection is
+    /// taken out of the pool, so that the next call opens a fresh one.
     async fn with_session<T, F>(&self, call: F) -> Result<T, PortError>
     where
         F: for<'s> FnOnce(&'s mut Session) -> CallFuture<'s, T>,
     {
-        let mut guard = self.session().await?;
-        let Some(session) = guard.as_mut() else {
-            return Err(unavailable(STORE, "no session after connecting"));
-        };
-        let result = match tokio::time::timeout(CALL_TIMEOUT, call(session)).await {
+        let mut session = self.session().await?;
+        let result = match tokio::time::timeout(CALL_TIMEOUT, call(&mut session)).await {
             Ok(result) => result,
             Err(_) => Err(unavailable(
                 STORE,
@@ -225,7 +197,7 @@ impl PostgresStore {
             )),
         };
         if result.as_ref().is_err_and(PortError::is_outage) {
-            *guard = None;
+            drop(Object::take(session.client));
         }
         result
     }
@@ -313,14 +285,15 @@ async fn create_schema(client: &Client) -> Result<(), tokio_postgres::Error> {
 }
 
 impl Session {
-    async fn prepare(client: Client) -> Result<Session, tokio_postgres::Error> {
-        let insert_keys = client.prepare(INSERT_KEYS).await?;
-        let upsert_orders = client.prepare(&upsert_orders_sql()).await?;
+    /// The statements come from the connection's cache after its first call.
+    async fn prepare(client: Object) -> Result<Session, tokio_postgres::Error> {
+        let insert_keys = client.prepare_cached(INSERT_KEYS).await?;
+        let upsert_orders = client.prepare_cached(&upsert_orders_sql()).await?;
         let upsert_bills = client
-            .prepare(&upsert_entries_sql("holdfast_bills"))
+            .prepare_cached(&upsert_entries_sql("holdfast_bills"))
             .await?;
         let upsert_refunds = client
-            .prepare(&upsert_entries_sql("holdfast_refunds"))
+            .prepare_cached(&upsert_entries_sql("holdfast_refunds"))
             .await?;
         Ok(Session {
             client,
@@ -329,6 +302,15 @@ impl Session {
             upsert_bills,
             upsert_refunds,
         })
+    }
+}
+
+/// Maps a pool error: waiting for a connection too long is an outage, as is every failure to
+/// open one; a server error while opening is classified as [`port_error`] does.
+fn pool_error(error: &PoolError) -> PortError {
+    match error {
+        PoolError::Backend(error) => port_error(error),
+        other => unavailable(STORE, other),
     }
 }
 
