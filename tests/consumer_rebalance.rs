@@ -29,6 +29,8 @@ use tokio::time::Instant;
 struct Calls {
     /// Synchronous commits: when, and what.
     sync_commits: Vec<(Instant, Vec<OffsetCommit>)>,
+    /// Asynchronous commits, in order.
+    async_commits: Vec<Vec<OffsetCommit>>,
     /// Partitions the client holds paused, kept across revokes as librdkafka does.
     paused: BTreeSet<PartitionId>,
 }
@@ -55,9 +57,10 @@ impl EventLog for ScriptedLog {
         offsets: &[OffsetCommit],
         mode: CommitMode,
     ) -> Result<(), PortError> {
-        if mode == CommitMode::Sync {
-            let mut calls = self.calls.lock().unwrap();
-            calls.sync_commits.push((Instant::now(), offsets.to_vec()));
+        let mut calls = self.calls.lock().unwrap();
+        match mode {
+            CommitMode::Sync => calls.sync_commits.push((Instant::now(), offsets.to_vec())),
+            CommitMode::Async => calls.async_commits.push(offsets.to_vec()),
         }
         Ok(())
     }
@@ -540,4 +543,33 @@ async fn redeliveries_are_counted_per_partition_and_store_transactions_timed() {
         text.contains("holdfast_events_redelivered_total{partition=\"1\"} 1\n"),
         "{text}"
     );
+}
+
+/// Goal: a partition's gauges start from its assignment: the committed offset it resumes at
+/// and the highest offset polled, so its lag is what this member read and has not committed
+/// (not the whole log below it), and no commit goes out while its point has not moved.
+/// Method: a partition assigned at committed offset 1000, records 1000 to 1004 polled and held
+/// in the store's gate through a few commit rounds; the gauges show committed 1000, polled
+/// 1004, lag 5, and nothing was committed.
+#[tokio::test]
+async fn a_partitions_gauges_start_at_its_committed_offset() {
+    let script = vec![Polled {
+        rebalances: vec![Rebalance::Assigned {
+            partition: 2,
+            committed: Some(holdfast::ports::CommittedOffset {
+                offset: 1000,
+                metadata: None,
+            }),
+        }],
+        records: (1000..1005).map(|offset| record(2, offset)).collect(),
+    }];
+    let started = start(config(), script, 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gauges = started.metrics.partition(2).expect("partition 2 is owned");
+    assert_eq!((gauges.committed, gauges.polled), (Some(1000), Some(1004)));
+    assert_eq!(started.metrics.health().lag_max, 5);
+    let calls = started.calls.lock().unwrap();
+    assert!(calls.async_commits.is_empty(), "{:?}", calls.async_commits);
+    drop(calls);
+    started.running.abort().await;
 }
