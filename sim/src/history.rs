@@ -3,10 +3,11 @@
 //! must always give the same hash).
 
 use std::fmt::Write as _;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 /// One thing that happened, at a virtual time in milliseconds.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Step {
     /// A producer's send finished; `acknowledged` is what the producer was told.
     Sent {
@@ -103,10 +104,12 @@ impl History {
         self.len() == 0
     }
 
-    /// FNV-1a over the rendered trace: equal for equal histories, and cheap. (A run renders
-    /// its trace once and hashes that; this is the same function.)
+    /// See [`fingerprint`].
     pub fn fingerprint(&self) -> u64 {
-        digest(self.render(usize::MAX).as_bytes())
+        self.steps
+            .lock()
+            .map(|steps| fingerprint(&steps))
+            .unwrap_or_default()
     }
 
     /// The trace, one line per step, at most `limit` lines (the last ones).
@@ -132,12 +135,39 @@ pub fn render(steps: &[(u64, Step)], limit: usize) -> String {
 
 /// FNV-1a of some bytes.
 pub fn digest(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in bytes {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    let mut hasher = Fnv::default();
+    hasher.write(bytes);
+    hasher.finish()
+}
+
+/// FNV-1a over every step and its time: equal for equal histories (within one build), and
+/// cheaper than hashing the rendered trace, which a sweep never prints.
+pub fn fingerprint(steps: &[(u64, Step)]) -> u64 {
+    let mut hasher = Fnv::default();
+    steps.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The FNV-1a hash as a [`Hasher`]: deterministic, unlike the standard library's seeded one.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
     }
-    hash
+}
+
+impl Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// One step as a trace line.

@@ -58,15 +58,13 @@ pub fn single(outcome: &RunOutcome, trace_lines: usize) -> String {
     );
     let _ = writeln!(out, "{}", outcome.verdict.report);
     if trace_lines > 0 {
-        let lines: Vec<&str> = outcome.trace.lines().collect();
-        let shown = &lines[lines.len().saturating_sub(trace_lines)..];
+        let shown = trace_lines.min(outcome.history.len());
         let _ = writeln!(
             out,
-            "trace (last {} of {} steps):",
-            shown.len(),
-            lines.len()
+            "trace (last {shown} of {} steps):",
+            outcome.history.len()
         );
-        for line in shown {
+        for line in crate::history::render(&outcome.history, trace_lines).lines() {
             let _ = writeln!(out, "{line}");
         }
     }

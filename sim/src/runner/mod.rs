@@ -36,7 +36,7 @@ const DEAD_LETTER_TOPIC: &str = "orders.dlq";
 pub struct RunOutcome {
     pub params: RunParams,
     pub verdict: RunVerdict,
-    /// Hash of the full trace: equal for equal runs.
+    /// Hash of the history: equal for equal runs.
     pub fingerprint: u64,
     /// The simulated cluster's configuration (acks, replication, flush, ...).
     pub world: String,
@@ -53,9 +53,7 @@ pub struct RunOutcome {
     pub redeliveries: usize,
     /// Records the compensator re-published (they carry its attempts header).
     pub resent: usize,
-    /// The whole trace, one line per step.
-    pub trace: String,
-    /// The history the checker judged (for the timeline page).
+    /// The history the checker judged (the trace and the timeline page render it).
     pub history: Vec<(u64, Step)>,
     /// How often the run took each reach point (see `crate::reach`).
     pub reached: BTreeMap<String, u64>,
@@ -304,12 +302,10 @@ impl Cluster {
             convergence,
         };
         let verdict = check(&observed);
-        let trace = crate::history::render(&observed.history, usize::MAX);
         let faults = merged_faults(world, &observed);
         RunOutcome {
-            fingerprint: crate::history::digest(trace.as_bytes()),
+            fingerprint: crate::history::fingerprint(&observed.history),
             steps: observed.history.len(),
-            trace,
             verdict,
             faults,
             virtual_ms,
