@@ -108,3 +108,34 @@ impl PartitionState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: a commit prunes exactly the admitted records below it (so the list stays bounded
+    /// by what is in flight) and the stuck record is the first one at or above the point.
+    /// Method: ten records admitted, commits at 5 and then 10.
+    #[test]
+    fn a_commit_prunes_the_admitted_records_below_it() {
+        let mut state = PartitionState::assigned(Some(0));
+        for offset in 0..10 {
+            state.note_polled(offset);
+            state.note_admitted(offset, Some(format!("order-{offset}").into_bytes()));
+        }
+        assert_eq!(state.stuck_key(Some(3)).as_deref(), Some("order-3"));
+        state.note_committed(5, 0);
+        let left: Vec<i64> = state.admitted.iter().map(|(offset, _)| *offset).collect();
+        assert_eq!(left, (5..10).collect::<Vec<_>>());
+        assert_eq!(state.stuck_key(Some(5)).as_deref(), Some("order-5"));
+        assert!(!state.commit_moved(5) && state.commit_moved(6));
+        let gauges = state.gauges(5);
+        assert_eq!(
+            (gauges.committed, gauges.polled, gauges.in_flight),
+            (Some(5), Some(9), 5)
+        );
+        state.note_committed(10, 0);
+        assert!(state.admitted.is_empty());
+        assert_eq!(state.stuck_key(Some(10)), None);
+    }
+}
