@@ -49,7 +49,7 @@ fn lifecycle(order: usize, rng: &mut SmallRng) -> Vec<OrderEvent> {
                 .carries_amount()
                 .then(|| rng.random_range(100..100_000)),
             event_time_ms: start_ms + step as i64 * 60_000,
-            payload: Vec::new(),
+            payload: bytes::Bytes::new(),
         })
         .collect();
     let redelivered: Vec<OrderEvent> = events

@@ -3,6 +3,7 @@
 //! Decoding is the one place where untrusted bytes enter holdfast, so it returns a typed
 //! [`DecodeError`] for every way input can be bad and never panics.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -99,8 +100,9 @@ pub struct OrderEvent {
     pub amount_minor: Option<i64>,
     /// When the business says it happened, in milliseconds since the Unix epoch.
     pub event_time_ms: i64,
-    /// The bytes exactly as received, kept for dead letters and re-publishing.
-    pub payload: Vec<u8>,
+    /// The bytes exactly as received, kept for dead letters and re-publishing (shared with
+    /// the record it came from, not copied).
+    pub payload: Bytes,
 }
 
 /// The JSON shape on the wire. Kept apart from [`OrderEvent`] so that the domain type never
@@ -171,8 +173,14 @@ impl OrderEvent {
         serde_json::to_vec(&wire).expect("an in-memory JSON encode of plain fields cannot fail")
     }
 
-    /// Decodes and validates one encoded event; `payload` is kept as the event's raw bytes.
+    /// Decodes and validates one encoded event; a copy of `payload` is kept as the event's
+    /// raw bytes.
     pub fn decode(payload: &[u8]) -> Result<OrderEvent, DecodeError> {
+        OrderEvent::decode_shared(&Bytes::copy_from_slice(payload))
+    }
+
+    /// [`OrderEvent::decode`] of a record's payload, which the event then shares.
+    pub fn decode_shared(payload: &Bytes) -> Result<OrderEvent, DecodeError> {
         if payload.is_empty() {
             return Err(DecodeError::Empty);
         }
@@ -215,7 +223,7 @@ impl OrderEvent {
             kind,
             amount_minor: wire.amount_minor,
             event_time_ms: wire.event_time_ms,
-            payload: payload.to_vec(),
+            payload: payload.clone(),
         })
     }
 }
@@ -263,7 +271,7 @@ mod tests {
             kind: EventKind::Paid,
             amount_minor: Some(1250),
             event_time_ms: 1_700_000_000_000,
-            payload: Vec::new(),
+            payload: Bytes::new(),
         }
     }
 
@@ -275,7 +283,7 @@ mod tests {
         assert_eq!(decoded.payload, bytes);
         assert_eq!(
             OrderEvent {
-                payload: Vec::new(),
+                payload: Bytes::new(),
                 ..decoded
             },
             event

@@ -11,6 +11,7 @@
 use crate::event::OrderEvent;
 use crate::idempotency::DeliveryKey;
 use crate::widetable::OrderRow;
+use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
@@ -55,7 +56,8 @@ pub struct Record {
     pub partition: PartitionId,
     pub offset: i64,
     pub key: Option<Vec<u8>>,
-    pub payload: Vec<u8>,
+    /// Shared, not copied, from the poll to the store (and to a dead letter).
+    pub payload: Bytes,
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
@@ -145,7 +147,7 @@ pub struct OutboundMessage {
     pub topic: String,
     /// Every holdfast producer keys by order id so that an order stays on one partition.
     pub key: Vec<u8>,
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
     pub headers: Vec<(String, Vec<u8>)>,
 }
 

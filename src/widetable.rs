@@ -157,7 +157,8 @@ impl OrderRow {
     /// use holdfast::widetable::OrderRow;
     /// let paid = OrderEvent {
     ///     event_id: "e-2".into(), order_id: "o-1".into(), user_id: "u-1".into(),
-    ///     kind: EventKind::Paid, amount_minor: Some(500), event_time_ms: 20, payload: vec![],
+    ///     kind: EventKind::Paid, amount_minor: Some(500), event_time_ms: 20,
+    ///     payload: Default::default(),
     /// };
     /// let mut row = OrderRow::new("o-1", "u-1");
     /// assert!(row.apply(&paid));

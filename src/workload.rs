@@ -11,6 +11,7 @@
 use crate::event::{EventKind, OrderEvent};
 use crate::rng::SplitMix;
 use crate::verify::GroundTruth;
+use bytes::Bytes;
 use std::collections::VecDeque;
 
 /// Shape of a generated workload. Ratios are probabilities in `[0, 1]`.
@@ -71,7 +72,7 @@ pub enum WorkloadError {
 pub struct Message {
     /// The order id's bytes: every producer keys by order id.
     pub key: Vec<u8>,
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
     /// The event the payload encodes; `None` for a deliberately malformed message.
     pub event: Option<OrderEvent>,
 }
@@ -220,9 +221,9 @@ fn lifecycle(config: &WorkloadConfig, rng: &mut SplitMix, index: usize) -> VecDe
             kind,
             amount_minor: amount,
             event_time_ms: at_ms,
-            payload: Vec::new(),
+            payload: Bytes::new(),
         };
-        event.payload = event.encode();
+        event.payload = event.encode().into();
         events.push(event);
     };
     let total = 100 + rng.below(100_000) as i64;
@@ -281,7 +282,7 @@ fn add_rival(config: &WorkloadConfig, index: usize, events: &mut Vec<OrderEvent>
     if let Some(amount) = rival.amount_minor.as_mut() {
         *amount += 1 + rng.below(100) as i64;
     }
-    rival.payload = rival.encode();
+    rival.payload = rival.encode().into();
     let at = rng.below(events.len() + 1);
     events.insert(at, rival);
 }
@@ -341,7 +342,7 @@ fn malformed(rng: &mut SplitMix, near: &OrderEvent) -> Message {
     };
     Message {
         key: near.order_id.as_bytes().to_vec(),
-        payload,
+        payload: payload.into(),
         event: None,
     }
 }

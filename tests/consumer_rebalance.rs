@@ -123,13 +123,13 @@ fn record(partition: PartitionId, offset: i64) -> Record {
         kind: EventKind::Created,
         amount_minor: None,
         event_time_ms: 1_700_000_000_000,
-        payload: Vec::new(),
+        payload: bytes::Bytes::new(),
     };
     Record {
         partition,
         offset,
         key: Some(order_id.into_bytes()),
-        payload: event.encode(),
+        payload: event.encode().into(),
         headers: Vec::new(),
     }
 }
@@ -493,7 +493,7 @@ async fn a_compensator_revoke_drops_that_partition_only_and_commits_it() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     stop.trigger();
     let report = task.await.unwrap();
-    let resent: BTreeSet<Vec<u8>> = main
+    let resent: BTreeSet<bytes::Bytes> = main
         .records("orders")
         .into_iter()
         .map(|record| record.payload)

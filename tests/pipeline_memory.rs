@@ -664,13 +664,13 @@ async fn compensator_resends_only_below_the_main_group_commit() {
     let store = MemoryStore::new();
     let then = Duration::from_millis(50);
     compensate_until(&broker, &store, config, three_resent, then).await;
-    let first_resends: BTreeSet<Vec<u8>> = broker
+    let first_resends: BTreeSet<bytes::Bytes> = broker
         .records(TOPIC)
         .into_iter()
         .filter(|record| attempts(record) == Some(1))
         .map(|record| record.payload)
         .collect();
-    let expected: BTreeSet<Vec<u8>> = originals
+    let expected: BTreeSet<bytes::Bytes> = originals
         .into_iter()
         .filter(|record| record.partition == 0 && record.offset < 3)
         .map(|record| record.payload)
@@ -815,7 +815,7 @@ async fn a_rejected_batch_is_split_and_only_the_poison_is_dead_lettered() {
     let letters: Vec<Vec<u8>> = broker
         .records("orders.dlq")
         .into_iter()
-        .map(|record| record.payload)
+        .map(|record| record.payload.to_vec())
         .collect();
     let view = StoreView {
         ledger: store

@@ -38,7 +38,7 @@ fn message(topic: &str, index: usize) -> OutboundMessage {
     OutboundMessage {
         topic: topic.into(),
         key: format!("order-{index}").into_bytes(),
-        payload: format!("payload-{index}").into_bytes(),
+        payload: format!("payload-{index}").into(),
         headers: vec![("n".into(), index.to_string().into_bytes())],
     }
 }
@@ -183,7 +183,7 @@ async fn dead_letters_carry_error_and_source_headers() {
             partition: 5,
             offset,
             key: Some(b"order-7".to_vec()),
-            payload: b"{not json".to_vec(),
+            payload: bytes::Bytes::from_static(b"{not json"),
             headers: vec![],
         };
         let letter = dead_letter(&topic, &source, "undecodable: expected value", 1);
@@ -195,7 +195,7 @@ async fn dead_letters_carry_error_and_source_headers() {
     assert_eq!(records.len(), 3);
     for (index, record) in records.iter().enumerate() {
         assert_eq!(record.key.as_deref(), Some(&b"order-7"[..]));
-        assert_eq!(record.payload, b"{not json");
+        assert_eq!(&record.payload[..], b"{not json");
         assert_eq!(header(&record.headers, HEADER_SOURCE_PARTITION), Some("5"));
         assert_eq!(
             header(&record.headers, HEADER_SOURCE_OFFSET),

@@ -43,7 +43,7 @@ fn event(event_id: &str, order_id: &str, kind: EventKind, at_ms: i64) -> OrderEv
         kind,
         amount_minor: kind.carries_amount().then_some(100 + at_ms),
         event_time_ms: at_ms,
-        payload: Vec::new(),
+        payload: bytes::Bytes::new(),
     }
 }
 

@@ -23,7 +23,7 @@ fn valid_event() -> impl Strategy<Value = OrderEvent> {
                 kind,
                 amount_minor: kind.carries_amount().then_some(amount_minor),
                 event_time_ms,
-                payload: Vec::new(),
+                payload: bytes::Bytes::new(),
             },
         )
 }
@@ -120,6 +120,6 @@ proptest! {
         let bytes = event.encode();
         let decoded = OrderEvent::decode(&bytes).map_err(|error| TestCaseError::fail(error.to_string()))?;
         prop_assert_eq!(&decoded.payload, &bytes);
-        prop_assert_eq!(OrderEvent { payload: Vec::new(), ..decoded }, event);
+        prop_assert_eq!(OrderEvent { payload: bytes::Bytes::new(), ..decoded }, event);
     }
 }

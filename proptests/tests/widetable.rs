@@ -30,7 +30,7 @@ fn event(orders: &'static [&'static str]) -> impl Strategy<Value = OrderEvent> {
                 kind,
                 amount_minor: kind.carries_amount().then_some(amount_minor),
                 event_time_ms,
-                payload: Vec::new(),
+                payload: bytes::Bytes::new(),
             },
         )
 }

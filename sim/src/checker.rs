@@ -353,7 +353,7 @@ fn locate_losses(observed: &Observed, report: &VerifyReport) -> Losses {
                     in_log.insert(fact);
                     done
                 }
-                None => letters.contains(record.payload.as_slice()),
+                None => letters.contains(&record.payload[..]),
             };
             if finished {
                 continue;
@@ -739,7 +739,7 @@ mod tests {
             partition: 0,
             offset: 1000,
             key: None,
-            payload: br#"[1,"e","o","u","paid",100,1700000000000]"#.to_vec(),
+            payload: bytes::Bytes::from_static(br#"[1,"e","o","u","paid",100,1700000000000]"#),
             headers: vec![],
         };
         observed
@@ -750,9 +750,9 @@ mod tests {
         assert!(check(&observed)
             .invariants()
             .contains(&Invariant::ConsumerLoss));
-        observed.dead_letters.push(malformed.payload);
+        observed.dead_letters.push(malformed.payload.to_vec());
         assert!(check(&observed).passed());
-        let valid = observed.truth.attempted[0].payload.clone();
+        let valid = observed.truth.attempted[0].payload.to_vec();
         observed.dead_letters.push(valid);
         let invariants = check(&observed).invariants();
         assert!(

@@ -233,7 +233,7 @@ impl DeadLetters {
                 letters
                     .messages
                     .iter()
-                    .map(|letter| letter.payload.clone())
+                    .map(|letter| letter.payload.to_vec())
                     .collect()
             })
             .unwrap_or_default()

@@ -26,7 +26,7 @@ fn message(index: usize) -> OutboundMessage {
     OutboundMessage {
         topic: "orders".to_string(),
         key: format!("order-{}", index % 37).into_bytes(),
-        payload: format!("event-{index}").into_bytes(),
+        payload: format!("event-{index}").into(),
         headers: Vec::new(),
     }
 }
@@ -679,7 +679,7 @@ mod stores {
             kind: EventKind::Created,
             amount_minor: None,
             event_time_ms: 1_700_000_000_000 + index as i64,
-            payload: Vec::new(),
+            payload: bytes::Bytes::new(),
         }
     }
 
@@ -1005,7 +1005,7 @@ fn stores_event(index: usize) -> OrderEvent {
         kind: EventKind::Paid,
         amount_minor: Some(100),
         event_time_ms: 1_700_000_000_000,
-        payload: Vec::new(),
+        payload: bytes::Bytes::new(),
     }
 }
 

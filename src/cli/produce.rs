@@ -149,8 +149,9 @@ fn write_truth(
             continue;
         };
         counts.valid += 1;
-        let payload = String::from_utf8(event.payload.clone())
-            .map_err(|_| "an event payload is not UTF-8".to_owned())?;
+        let payload = std::str::from_utf8(&event.payload)
+            .map_err(|_| "an event payload is not UTF-8".to_owned())?
+            .to_owned();
         truth.write(&TruthLine {
             acknowledged: outcome.is_some(),
             partition: outcome.map(|delivery| delivery.partition),

@@ -40,7 +40,7 @@ pub fn main(args: VerifyArgs) -> Result<ExitCode, String> {
                 .await
                 .map_err(|error| error.to_string())?
                 .into_iter()
-                .map(|record| record.payload)
+                .map(|record| record.payload.to_vec())
                 .collect();
         reading.finish_and_clear();
         let report = verify(&truth, &view, &letters, &BTreeSet::new());

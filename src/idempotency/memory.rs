@@ -387,7 +387,7 @@ mod tests {
             kind,
             amount_minor: kind.carries_amount().then_some(5),
             event_time_ms: 0,
-            payload: Vec::new(),
+            payload: bytes::Bytes::new(),
         }
     }
 

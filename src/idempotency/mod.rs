@@ -105,7 +105,7 @@ mod tests {
             kind,
             amount_minor: amount,
             event_time_ms: 1_700,
-            payload: Vec::new(),
+            payload: bytes::Bytes::new(),
         }
     }
 

@@ -234,7 +234,7 @@ mod tests {
             kind,
             amount_minor: kind.carries_amount().then_some(100),
             event_time_ms: 1,
-            payload: Vec::new(),
+            payload: bytes::Bytes::new(),
         }
     }
 

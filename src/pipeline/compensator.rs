@@ -99,7 +99,7 @@ impl PendingTable {
     /// one being tracked).
     fn admit(&mut self, ticket: Ticket, record: Record) {
         let resend = header(&record.headers, HEADER_ATTEMPTS).is_some();
-        match OrderEvent::decode(&record.payload) {
+        match OrderEvent::decode_shared(&record.payload) {
             Ok(event) if !resend => {
                 let key = IdempotencyKey::of(&event);
                 let due = Instant::now() + self.delay;

@@ -53,7 +53,7 @@ mod tests {
             partition: 3,
             offset: 42,
             key: Some(b"order-1".to_vec()),
-            payload: b"{not json".to_vec(),
+            payload: bytes::Bytes::from_static(b"{not json"),
             headers: vec![("trace".to_owned(), b"abc".to_vec())],
         };
         let letter = dead_letter("orders.dlq", &record, "payload is not valid JSON", 1);

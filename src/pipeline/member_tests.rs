@@ -86,7 +86,7 @@ fn record(partition: PartitionId, offset: i64) -> Record {
         partition,
         offset,
         key: None,
-        payload: Vec::new(),
+        payload: bytes::Bytes::new(),
         headers: Vec::new(),
     }
 }

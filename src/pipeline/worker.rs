@@ -323,7 +323,7 @@ fn decode(batch: Vec<Job>, letters: &mpsc::UnboundedSender<Letter>) -> (Vec<Job>
     let mut good = Vec::with_capacity(batch.len());
     let mut events = Vec::with_capacity(batch.len());
     for job in batch {
-        match OrderEvent::decode(&job.record.payload) {
+        match OrderEvent::decode_shared(&job.record.payload) {
             Ok(event) => {
                 good.push(job);
                 events.push(event);

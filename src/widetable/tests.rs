@@ -10,7 +10,7 @@ fn event(event_id: &str, kind: EventKind, at_ms: i64) -> OrderEvent {
         kind,
         amount_minor: kind.carries_amount().then_some(1000),
         event_time_ms: at_ms,
-        payload: Vec::new(),
+        payload: bytes::Bytes::new(),
     }
 }
 

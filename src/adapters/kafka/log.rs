@@ -24,7 +24,10 @@ pub(super) fn owned_record(message: &impl Message) -> Record {
         partition: message.partition(),
         offset: message.offset(),
         key: message.key().map(<[u8]>::to_vec),
-        payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        payload: message
+            .payload()
+            .map(bytes::Bytes::copy_from_slice)
+            .unwrap_or_default(),
         headers: message
             .headers()
             .map(|headers| {

@@ -46,7 +46,7 @@ impl KafkaPublisher {
     ) -> Result<impl Future<Output = Result<Delivery, PortError>> + Send + 'static, PortError> {
         let record = FutureRecord::to(&message.topic)
             .key(message.key.as_slice())
-            .payload(message.payload.as_slice())
+            .payload(&message.payload[..])
             .headers(owned_headers(&message.headers));
         let delivery = self
             .producer
@@ -77,7 +77,7 @@ impl Publisher for KafkaPublisher {
     async fn publish(&self, message: OutboundMessage) -> Result<Delivery, PortError> {
         let record = FutureRecord::to(&message.topic)
             .key(message.key.as_slice())
-            .payload(message.payload.as_slice())
+            .payload(&message.payload[..])
             .headers(owned_headers(&message.headers));
         // The queue timeout only bounds waiting for room in librdkafka's local queue; the
         // delivery itself is bounded by message.timeout.ms.

@@ -34,7 +34,7 @@ fn message(topic: &str, index: usize) -> OutboundMessage {
     OutboundMessage {
         topic: topic.into(),
         key: format!("order-{index}").into_bytes(),
-        payload: format!("payload-{index}").into_bytes(),
+        payload: format!("payload-{index}").into(),
         headers: vec![("n".into(), index.to_string().into_bytes())],
     }
 }

@@ -29,7 +29,7 @@ fn event(event_id: &str, kind: EventKind, at_ms: i64) -> OrderEvent {
         kind,
         amount_minor: kind.carries_amount().then_some(100),
         event_time_ms: at_ms,
-        payload: Vec::new(),
+        payload: bytes::Bytes::new(),
     }
 }
 
@@ -123,7 +123,7 @@ fn broker_with(count: usize) -> MemoryBroker {
         let message = OutboundMessage {
             topic: "t".into(),
             key: b"k".to_vec(),
-            payload: format!("{index}").into_bytes(),
+            payload: format!("{index}").into(),
             headers: Vec::new(),
         };
         block_on(broker.publish(message)).unwrap();

@@ -1,6 +1,7 @@
 //! One replica of one partition: the log, its page cache, its high watermark and the
 //! idempotent-producer state. Pure: no time, no I/O; the broker drives it.
 
+use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
 
 /// How many runs of sequences per producer the broker remembers for duplicate detection
@@ -12,7 +13,7 @@ const PRODUCER_RUNS_REMEMBERED: usize = 5;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Produced {
     pub key: Option<Vec<u8>>,
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
     pub headers: Vec<(String, Vec<u8>)>,
     /// `(producer id, sequence)` for idempotent producers.
     pub producer: Option<(u64, i32)>,
@@ -249,7 +250,7 @@ mod tests {
     fn produced(producer: Option<(u64, i32)>) -> Produced {
         Produced {
             key: None,
-            payload: vec![1],
+            payload: Bytes::from_static(&[1]),
             headers: Vec::new(),
             producer,
         }
