@@ -336,25 +336,40 @@ impl CompensatorSection {
 
 const MASK: &str = "***";
 
-/// `url` with its password replaced: `scheme://user:***@host`, or `password=***` in a
-/// PostgreSQL key-value string.
+/// `url` with its password replaced: `scheme://user:***@host`, `password=***` in a URL's
+/// query or in a PostgreSQL key-value string.
 pub fn mask_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        if let Some((user_info, host)) = rest.rsplit_once('@') {
-            return match user_info.split_once(':') {
-                Some((user, _)) => format!("{scheme}://{user}:{MASK}@{host}"),
-                None => url.to_owned(),
-            };
-        }
-        return url.to_owned();
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return mask_pairs(url, ' ');
+    };
+    let (address, query) = match rest.split_once('?') {
+        Some((address, query)) => (address, Some(mask_pairs(query, '&'))),
+        None => (rest, None),
+    };
+    let address = match address.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _)) => format!("{user}:{MASK}@{host}"),
+            None => address.to_owned(),
+        },
+        None => address.to_owned(),
+    };
+    match query {
+        Some(query) => format!("{scheme}://{address}?{query}"),
+        None => format!("{scheme}://{address}"),
     }
-    let words = url
-        .split_whitespace()
-        .map(|word| match word.split_once('=') {
-            Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}={MASK}"),
-            _ => word.to_owned(),
+}
+
+/// `key=value` pairs split by `separator`, with the value of `password` masked.
+fn mask_pairs(text: &str, separator: char) -> String {
+    let pairs = text
+        .split(separator)
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key.trim().eq_ignore_ascii_case("password") => {
+                format!("{key}={MASK}")
+            }
+            _ => pair.to_owned(),
         });
-    words.collect::<Vec<_>>().join(" ")
+    pairs.collect::<Vec<_>>().join(&separator.to_string())
 }
 
 /// A librdkafka property's value, masked when its name says it is a secret.
