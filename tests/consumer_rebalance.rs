@@ -511,10 +511,11 @@ async fn a_compensator_revoke_drops_that_partition_only_and_commits_it() {
     );
 }
 
-/// Goal: redeliveries are counted per partition and every store transaction is timed.
-/// Method: one record in each of two partitions, then a second copy of p1's record at the
-/// next offset (a redelivery the cache recognises); p1 shows one redelivered event, p0 none,
-/// and the store's histogram two transactions (the copy never reaches the store).
+/// Goal: redeliveries and dead letters are counted per partition and every store transaction
+/// is timed. Method: one record in each of two partitions, then a second copy of p1's record
+/// at the next offset (a redelivery the cache recognises) and a malformed record in p0; p1
+/// shows one redelivered event, p0 one dead letter, and the store's histogram two
+/// transactions (neither the copy nor the malformed record reaches the store).
 #[tokio::test]
 async fn redeliveries_are_counted_per_partition_and_store_transactions_timed() {
     let script = vec![
@@ -524,10 +525,17 @@ async fn redeliveries_are_counted_per_partition_and_store_transactions_timed() {
         },
         Polled {
             rebalances: Vec::new(),
-            records: vec![Record {
-                offset: 1,
-                ..record(1, 0)
-            }],
+            records: vec![
+                Record {
+                    offset: 1,
+                    ..record(1, 0)
+                },
+                Record {
+                    offset: 1,
+                    payload: bytes::Bytes::from_static(b"{not json"),
+                    ..record(0, 0)
+                },
+            ],
         },
     ];
     let started = start(config(), script, 100);
@@ -536,7 +544,11 @@ async fn redeliveries_are_counted_per_partition_and_store_transactions_timed() {
     let metrics = &started.metrics;
     assert_eq!(metrics.applied.get(), 2);
     assert_eq!(metrics.duplicates_cache.get(), 1);
-    assert_eq!((metrics.redelivered(0), metrics.redelivered(1)), (0, 1));
+    let redelivered = |p| metrics.partition_counters(p).redelivered;
+    assert_eq!((redelivered(0), redelivered(1)), (0, 1));
+    let dead_letters = |p| metrics.partition_counters(p).dead_letters;
+    assert_eq!((dead_letters(0), dead_letters(1)), (1, 0));
+    assert_eq!(metrics.dead_letters.get(), 1);
     assert_eq!(metrics.store_duration.count(), 2);
     let text = metrics.render_prometheus();
     assert!(

@@ -57,6 +57,9 @@ pub struct Health {
     pub lag_max: i64,
 }
 
+/// Reads one count from a partition's counters.
+type CounterReader = fn(&PartitionCounters) -> u64;
+
 /// Reads one gauge's value from a partition's gauges.
 type GaugeReader = fn(&PartitionGauges) -> Option<i64>;
 
@@ -85,9 +88,17 @@ pub struct Metrics {
     /// How long the store took over one transaction (answered or failed).
     pub store_duration: Histogram,
     partitions: Mutex<BTreeMap<PartitionId, PartitionGauges>>,
-    /// Per partition, events dropped as already applied (by the cache, within a batch or by
-    /// the store): redeliveries. Kept across revokes, as counters are.
-    redelivered: Mutex<BTreeMap<PartitionId, u64>>,
+    /// Per partition counts, kept across revokes, as counters are.
+    counted: Mutex<BTreeMap<PartitionId, PartitionCounters>>,
+}
+
+/// What one partition's records came to, over the process's life.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PartitionCounters {
+    /// Events dropped as already applied (by the cache, within a batch or by the store).
+    pub redelivered: u64,
+    /// Records sent to the dead-letter topic.
+    pub dead_letters: u64,
 }
 
 impl Metrics {
@@ -103,15 +114,28 @@ impl Metrics {
 
     /// Counts `events` of `partition` dropped as already applied.
     pub fn note_redelivered(&self, partition: PartitionId, events: u64) {
-        if let Ok(mut redelivered) = self.redelivered.lock() {
-            *redelivered.entry(partition).or_default() += events;
+        self.count(partition, |counters| counters.redelivered += events);
+    }
+
+    /// Counts a record of `partition` sent to the dead-letter topic.
+    pub fn note_dead_letter(&self, partition: PartitionId) {
+        self.dead_letters.add(1);
+        self.count(partition, |counters| counters.dead_letters += 1);
+    }
+
+    fn count(&self, partition: PartitionId, change: impl FnOnce(&mut PartitionCounters)) {
+        if let Ok(mut counted) = self.counted.lock() {
+            change(counted.entry(partition).or_default());
         }
     }
 
-    /// Events of `partition` dropped as already applied so far.
-    pub fn redelivered(&self, partition: PartitionId) -> u64 {
-        let redelivered = self.redelivered.lock();
-        redelivered.map_or(0, |map| map.get(&partition).copied().unwrap_or(0))
+    /// What `partition`'s records came to so far.
+    pub fn partition_counters(&self, partition: PartitionId) -> PartitionCounters {
+        let counted = self.counted.lock();
+        counted.map_or_else(
+            |_| PartitionCounters::default(),
+            |map| map.get(&partition).copied().unwrap_or_default(),
+        )
     }
 
     /// Replaces the gauges of one partition.
@@ -178,7 +202,7 @@ impl Metrics {
             "holdfast_store_transaction_duration_seconds",
             "How long the store took over one transaction, answered or failed.",
         );
-        self.render_redelivered(&mut out);
+        self.render_partition_counters(&mut out);
         let partitions = self.partitions_now();
         for (name, help, read) in PARTITION_GAUGES {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
@@ -191,19 +215,23 @@ impl Metrics {
         out
     }
 
-    fn render_redelivered(&self, out: &mut String) {
-        let name = "holdfast_events_redelivered_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Events dropped as already applied (cache, batch or store), per partition.\n# TYPE {name} counter"
-        );
-        let redelivered = self.redelivered.lock().map(|map| map.clone());
-        for (partition, events) in redelivered.unwrap_or_default() {
-            let _ = writeln!(out, "{name}{{partition=\"{partition}\"}} {events}");
+    fn render_partition_counters(&self, out: &mut String) {
+        let counted = self.counted.lock().map(|map| map.clone());
+        let counted = counted.unwrap_or_default();
+        for (name, help, read) in PARTITION_COUNTERS {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (partition, counters) in &counted {
+                let _ = writeln!(
+                    out,
+                    "{name}{{partition=\"{partition}\"}} {}",
+                    read(counters)
+                );
+            }
         }
     }
 
-    /// Every counter with its name and help text.
+    /// Every counter with its name and help text: a data table, one entry per counter, longer
+    /// than a function should be only because it lists them all.
     fn counters(&self) -> [(&'static str, &'static str, &Counter); 15] {
         [
             (
@@ -284,6 +312,20 @@ impl Metrics {
         ]
     }
 }
+
+/// The per-partition counters with their names and help texts.
+const PARTITION_COUNTERS: [(&str, &str, CounterReader); 2] = [
+    (
+        "holdfast_events_redelivered_total",
+        "Events dropped as already applied (cache, batch or store), per partition.",
+        |c| c.redelivered,
+    ),
+    (
+        "holdfast_partition_dead_letters_total",
+        "Records sent to the dead-letter topic, per partition.",
+        |c| c.dead_letters,
+    ),
+];
 
 /// The per-partition gauges with their names and help texts.
 const PARTITION_GAUGES: [(&str, &str, GaugeReader); 5] = [

@@ -20,7 +20,7 @@ pub use compensator::{Compensator, CompensatorConfig, CompensatorReport};
 pub use config::{ConfigError, ConsumerConfig};
 pub use consumer::{Consumer, RunSummary, RunningConsumer};
 pub use histogram::Histogram;
-pub use metrics::{Counter, Health, Metrics, PartitionGauges};
+pub use metrics::{Counter, Health, Metrics, PartitionCounters, PartitionGauges};
 pub use retry::Backoff;
 pub use shutdown::{Shutdown, ShutdownTrigger};
 pub use worker::Services;

@@ -244,7 +244,7 @@ where
         loop {
             match self.services.dead_letters.publish(letter.clone()).await {
                 Ok(_) => {
-                    self.metrics.dead_letters.add(1);
+                    self.metrics.note_dead_letter(record.partition);
                     tracing::warn!(
                         partition = record.partition,
                         offset = record.offset,
