@@ -443,3 +443,24 @@ async fn the_command_line_waits_for_a_postgres_that_comes_back() {
     assert!(stderr.contains("connected"), "{stderr}");
     assert_ne!(output.status.code(), Some(2), "{stderr}");
 }
+
+/// Goal: a user the server does not know is refused at once with the server's own message.
+/// Method: connect to the running server as a role it does not have.
+#[tokio::test]
+async fn an_unknown_user_is_refused_with_the_servers_message() {
+    let url = env("HOLDFAST_POSTGRES_URL");
+    let Some(at) = url.find("user=") else {
+        panic!("the test expects a key-value URL naming a user: {url}");
+    };
+    let end = url[at..].find(' ').map_or(url.len(), |space| at + space);
+    let wrong = format!("{}user=hf_no_such_role{}", &url[..at], &url[end..]);
+    let Err(error) = PostgresStore::connect(&wrong).await else {
+        panic!("an unknown role is accepted");
+    };
+    assert!(!error.is_unavailable(), "{error}");
+    let text = error.to_string();
+    assert!(
+        text.contains("hf_no_such_role") && text.contains("does not exist"),
+        "{text}"
+    );
+}

@@ -212,3 +212,21 @@ async fn a_stopped_redis_is_an_outage_then_recovers() {
     }
     assert_eq!(cache.contains_batch(&keys).await.unwrap(), vec![true; 3]);
 }
+
+/// Goal: credentials Redis refuses stop start-up at once, not an outage to wait out, and the
+/// password never shows in the error (the redis client keeps the server's words to itself:
+/// the error says the authentication failed). Method: connect with a password to the test
+/// Redis, which has none configured, so it refuses the AUTH.
+#[tokio::test]
+async fn refused_credentials_fail_at_once_with_the_servers_message() {
+    let url = redis_url().replacen("redis://", "redis://:hf-wrong-secret@", 1);
+    let started = std::time::Instant::now();
+    let Err(error) = RedisCache::connect(&url).await else {
+        panic!("a password Redis does not have was accepted");
+    };
+    assert!(!error.is_unavailable(), "{error}");
+    let text = error.to_string();
+    assert!(text.contains("authentication failed"), "{text}");
+    assert!(!text.contains("hf-wrong-secret"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

@@ -30,8 +30,6 @@ impl std::fmt::Debug for RedisCache {
 }
 
 impl RedisCache {
-    /// Connects to `url` (`redis://host:port/db`). Fails if the URL is invalid or Redis does
-    /// not answer now; later outages are reported per call and healed by reconnecting.
     /// Where `url` points, without its credentials: host and port (or socket path).
     pub fn describe_address(url: &str) -> String {
         match redis::Client::open(url) {
@@ -40,6 +38,8 @@ impl RedisCache {
         }
     }
 
+    /// Connects to `url` (`redis://host:port/db`). Fails if the URL is invalid or Redis does
+    /// not answer now; later outages are reported per call and healed by reconnecting.
     pub async fn connect(url: &str) -> Result<RedisCache, AdapterError> {
         let client = redis::Client::open(url).map_err(|error| AdapterError::Config {
             service: CACHE,
@@ -71,9 +71,14 @@ impl RedisCache {
 }
 
 /// Maps a Redis error: anything about the connection, or a server that is not serving yet
-/// (loading its data, busy, no master), is an outage; any other server answer refused this
-/// request.
+/// (loading its data, busy, no master), is an outage; refused credentials and any other
+/// server answer refused this request.
 fn port_error(error: &redis::RedisError) -> PortError {
+    // Refused credentials are a refusal, though the client counts them unrecoverable: waiting
+    // would not change them.
+    if error.kind() == redis::ErrorKind::AuthenticationFailed {
+        return rejected(CACHE, error);
+    }
     let outage = error.is_io_error()
         || error.is_timeout()
         || error.is_connection_dropped()

@@ -91,7 +91,6 @@ impl std::fmt::Debug for PostgresStore {
 }
 
 impl PostgresStore {
-    /// Connects with [`CONNECTIONS_DEFAULT`] connections; see [`PostgresStore::connect_with`].
     /// Where `url` points, without its password: hosts, ports, database and user.
     pub fn describe_address(url: &str) -> String {
         let Ok(config) = url.parse::<Config>() else {
@@ -114,6 +113,7 @@ impl PostgresStore {
         )
     }
 
+    /// Connects with [`CONNECTIONS_DEFAULT`] connections; see [`PostgresStore::connect_with`].
     pub async fn connect(url: &str) -> Result<PostgresStore, AdapterError> {
         PostgresStore::connect_with(url, CONNECTIONS_DEFAULT).await
     }
