@@ -37,6 +37,9 @@ pub enum Invariant {
     AppliedAndDeadLettered,
     /// One offset held two different records over the run.
     InconsistentOffsets,
+    /// A record is in the log more often than the producer published it: an idempotent
+    /// producer's retries must not append it twice.
+    DuplicatedAppend,
     /// Within one assignment, a member polled an offset at or below one it had polled.
     NonmonotonicPoll,
     /// Within one assignment, a member's polls skipped an offset present in the log.
@@ -50,7 +53,7 @@ pub enum Invariant {
 }
 
 /// Every invariant.
-pub const ALL_INVARIANTS: [Invariant; 14] = [
+pub const ALL_INVARIANTS: [Invariant; 15] = [
     Invariant::BrokerLoss,
     Invariant::ConsumerLoss,
     Invariant::Duplicate,
@@ -60,6 +63,7 @@ pub const ALL_INVARIANTS: [Invariant; 14] = [
     Invariant::DeadLetteredValid,
     Invariant::AppliedAndDeadLettered,
     Invariant::InconsistentOffsets,
+    Invariant::DuplicatedAppend,
     Invariant::NonmonotonicPoll,
     Invariant::PollSkip,
     Invariant::CommitBackwards,
@@ -93,6 +97,7 @@ impl Invariant {
             Invariant::DeadLetteredValid => "dead-lettered-valid",
             Invariant::AppliedAndDeadLettered => "applied-and-dead-lettered",
             Invariant::InconsistentOffsets => "inconsistent-offsets",
+            Invariant::DuplicatedAppend => "duplicated-append",
             Invariant::NonmonotonicPoll => "nonmonotonic-poll",
             Invariant::PollSkip => "poll-skip",
             Invariant::CommitBackwards => "commit-backwards",
@@ -134,6 +139,9 @@ pub struct Observed {
     pub online: Vec<Violation>,
     /// How the liveness phase ended.
     pub convergence: Convergence,
+    /// How many times the workload producer called `publish` with each payload (by digest),
+    /// its own retries included.
+    pub publishes: BTreeMap<u64, u32>,
 }
 
 /// How the liveness phase ended: a run that stopped progressing is told from one that was
@@ -213,6 +221,7 @@ pub fn check(observed: &Observed) -> RunVerdict {
     let (poll_violations, polled) = check_polls(&observed.history, &observed.logs);
     violations.extend(poll_violations);
     violations.extend(check_commits(&observed.history));
+    violations.extend(check_appends(&observed.logs, &observed.publishes));
     if let Some(violation) = liveness(observed.convergence, report.missing.len()) {
         violations.push(violation);
     }
@@ -478,6 +487,49 @@ impl FinalLog {
 }
 
 /// Poll-order checks per member and assignment; returns the keys ever polled.
+/// Every workload record appears in the final log at most as often as it was published: the
+/// producer is idempotent, so its own retries never append twice (a publish the application
+/// repeated after a failure may). The compensator's re-sends carry its header and are left
+/// out.
+fn check_appends(
+    logs: &BTreeMap<i32, Vec<(i64, Record)>>,
+    publishes: &BTreeMap<u64, u32>,
+) -> Option<Violation> {
+    let mut copies: BTreeMap<u64, (u32, i32, i64)> = BTreeMap::new();
+    for (partition, log) in logs {
+        for (offset, record) in log {
+            if holdfast::pipeline::dead_letter::header(
+                &record.headers,
+                holdfast::pipeline::dead_letter::HEADER_ATTEMPTS,
+            )
+            .is_some()
+            {
+                continue;
+            }
+            let entry = copies
+                .entry(digest(&record.payload))
+                .or_insert((0, *partition, *offset));
+            entry.0 += 1;
+        }
+    }
+    let over: Vec<String> = copies
+        .iter()
+        .filter(|(payload, (count, _, _))| *count > publishes.get(*payload).copied().unwrap_or(0))
+        .map(|(payload, (count, partition, offset))| {
+            let published = publishes.get(payload).copied().unwrap_or(0);
+            format!("p{partition}@{offset} in the log {count} times, published {published}")
+        })
+        .collect();
+    (!over.is_empty()).then(|| Violation {
+        invariant: Invariant::DuplicatedAppend,
+        detail: format!(
+            "{} records appended more often than published: {}",
+            over.len(),
+            examples(over.into_iter())
+        ),
+    })
+}
+
 fn check_polls(
     history: &[(u64, Step)],
     logs: &BTreeMap<i32, Vec<(i64, Record)>>,
@@ -636,6 +688,10 @@ mod tests {
                     digest: digest(&record.payload),
                 },
             ));
+            *observed
+                .publishes
+                .entry(digest(&record.payload))
+                .or_default() += 1;
             log.push((offset, record));
         }
         observed.history.push((
@@ -747,6 +803,7 @@ mod tests {
             .get_mut(&0)
             .unwrap()
             .push((1000, malformed.clone()));
+        observed.publishes.insert(digest(&malformed.payload), 1);
         assert!(check(&observed)
             .invariants()
             .contains(&Invariant::ConsumerLoss));
@@ -840,5 +897,44 @@ mod tests {
             assert_eq!(verdict.invariants(), BTreeSet::from([Invariant::Liveness]));
             assert!(verdict.violations[0].detail.starts_with(says));
         }
+    }
+
+    /// Goal: a record in the log more often than it was published is flagged, a deliberate
+    /// repeat publish is not, and the compensator's re-sends are left out. Method: one payload
+    /// twice in the log against one, then two publishes, and a re-send beside it.
+    #[test]
+    fn an_append_beyond_its_publishes_is_flagged() {
+        let record = |offset: i64, headers: Vec<(String, Vec<u8>)>| {
+            let payload = bytes::Bytes::from_static(b"{\"event\":1}");
+            (
+                offset,
+                Record {
+                    partition: 0,
+                    offset,
+                    key: None,
+                    payload,
+                    headers,
+                },
+            )
+        };
+        let resend = vec![(
+            holdfast::pipeline::dead_letter::HEADER_ATTEMPTS.to_owned(),
+            b"1".to_vec(),
+        )];
+        let logs = BTreeMap::from([(
+            0,
+            vec![record(0, vec![]), record(1, vec![]), record(2, resend)],
+        )]);
+        let published = |times| BTreeMap::from([(digest(b"{\"event\":1}"), times)]);
+        let violation = check_appends(&logs, &published(1)).expect("a doubled append");
+        assert_eq!(violation.invariant, Invariant::DuplicatedAppend);
+        assert!(
+            violation
+                .detail
+                .contains("p0@0 in the log 2 times, published 1"),
+            "{}",
+            violation.detail
+        );
+        assert_eq!(check_appends(&logs, &published(2)), None);
     }
 }

@@ -41,6 +41,8 @@ pub struct Observers {
     /// Faults the harness injected (crashes, outages, clogs, flushes): not the restarts and
     /// heals that end them, nor the models' own events.
     pub injected: Arc<AtomicU32>,
+    /// The workload producer's `publish` calls per payload digest.
+    pub publishes: Arc<Mutex<BTreeMap<u64, u32>>>,
 }
 
 impl Observers {

@@ -174,6 +174,7 @@ impl Cluster {
             online: Arc::new(Mutex::new(Vec::new())),
             checked: Arc::new(Mutex::new(Default::default())),
             injected: Arc::new(AtomicU32::new(0)),
+            publishes: Arc::new(Mutex::new(BTreeMap::new())),
         };
         let truth = Arc::new(Mutex::new(GroundTruth::default()));
         let producer_done = Arc::new(AtomicBool::new(false));
@@ -300,6 +301,12 @@ impl Cluster {
                 .map(|o| o.clone())
                 .unwrap_or_default(),
             convergence,
+            publishes: self
+                .observers
+                .publishes
+                .lock()
+                .map(|publishes| publishes.clone())
+                .unwrap_or_default(),
         };
         let verdict = check(&observed);
         let faults = merged_faults(world, &observed);

@@ -155,7 +155,11 @@ async fn send_with_callback(
         headers: vec![],
     };
     let mut acknowledged = false;
+    let digest = crate::history::digest(&message.payload);
     for _attempt in 0..3 {
+        if let Ok(mut publishes) = observers.publishes.lock() {
+            *publishes.entry(digest).or_default() += 1;
+        }
         if publisher.publish(outbound.clone()).await.is_ok() {
             acknowledged = true;
             break;
