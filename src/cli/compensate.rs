@@ -2,7 +2,6 @@
 //! until SIGINT, SIGTERM or `--for-s` seconds; prints its report.
 
 use super::args::CompensateArgs;
-use super::config::Settings;
 use super::{block_on, connect_store, reach_brokers, terminated};
 use holdfast::adapters::{KafkaGroupOffsets, KafkaLog, KafkaPublisher};
 use holdfast::pipeline::{Compensator, ShutdownTrigger};
@@ -15,12 +14,7 @@ pub fn main(args: CompensateArgs) -> Result<ExitCode, String> {
     let config = settings.compensator_config()?;
     let wait = settings.connect_timeout();
     let group = settings.compensator_group();
-    let postgres = Settings::required(
-        &settings.postgres,
-        "postgres",
-        "--postgres",
-        "HOLDFAST_POSTGRES_URL",
-    )?;
+    let postgres = settings.postgres_url()?;
     let run_for = args.for_s;
     block_on(async move {
         let store = connect_store(&postgres, wait).await?;

@@ -176,7 +176,7 @@ impl Settings {
     }
 
     /// A required address: an error says every place it can come from.
-    pub fn required(
+    fn required(
         value: &Option<String>,
         key: &str,
         flag: &str,
@@ -185,6 +185,17 @@ impl Settings {
         value.clone().ok_or_else(|| {
             format!("no {key} given: pass {flag}, set {env}, or set `{key}` in the config file")
         })
+    }
+
+    /// The store's address, required.
+    pub fn postgres_url(&self) -> Result<String, String> {
+        let env = "HOLDFAST_POSTGRES_URL";
+        Settings::required(&self.postgres, "postgres", "--postgres", env)
+    }
+
+    /// The cache's address, required.
+    pub fn redis_url(&self) -> Result<String, String> {
+        Settings::required(&self.redis, "redis", "--redis", "HOLDFAST_REDIS_URL")
     }
 
     /// The broker settings, refused here, before anything connects, if unsafe.

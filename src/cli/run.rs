@@ -2,7 +2,6 @@
 //! SIGTERM, then drain and commit.
 
 use super::args::RunArgs;
-use super::config::Settings;
 use super::{block_on, connect_store, ops_http, reach_brokers, startup, terminated};
 use holdfast::adapters::{KafkaLog, KafkaPublisher, RedisCache};
 use holdfast::pipeline::{Consumer, Metrics, RunSummary, Services, ShutdownTrigger};
@@ -16,13 +15,8 @@ pub fn main(args: RunArgs) -> Result<ExitCode, String> {
     let config = settings.consumer_config()?;
     let wait = settings.connect_timeout();
     let (topic, group) = (settings.topic(), settings.group());
-    let redis = Settings::required(&settings.redis, "redis", "--redis", "HOLDFAST_REDIS_URL")?;
-    let postgres = Settings::required(
-        &settings.postgres,
-        "postgres",
-        "--postgres",
-        "HOLDFAST_POSTGRES_URL",
-    )?;
+    let redis = settings.redis_url()?;
+    let postgres = settings.postgres_url()?;
     let limits = ops_http::ProbeLimits {
         silence_max: config.stall_after,
         backlog_max: settings.ready_backlog_max(),

@@ -3,7 +3,6 @@
 //! invented or a row differs from the fold of its events.
 
 use super::args::VerifyArgs;
-use super::config::Settings;
 use super::{block_on, connect_store, reach_brokers, truth};
 use holdfast::adapters::read_topic;
 use holdfast::verify::{reference, verify, StoreView};
@@ -16,12 +15,7 @@ pub fn main(args: VerifyArgs) -> Result<ExitCode, String> {
     let settings = resolved.kafka_settings()?;
     let wait = resolved.connect_timeout();
     let dead_letter_topic = resolved.dead_letter_topic();
-    let postgres = Settings::required(
-        &resolved.postgres,
-        "postgres",
-        "--postgres",
-        "HOLDFAST_POSTGRES_URL",
-    )?;
+    let postgres = resolved.postgres_url()?;
     let truth = truth::read(&args.truth)?;
     block_on(async move {
         let store = connect_store(&postgres, wait).await?;
