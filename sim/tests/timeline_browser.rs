@@ -65,7 +65,13 @@ fn a_failing_run_shows_its_lanes_and_violations_in_a_browser() {
     std::fs::write(&page, &html).expect("the page is written");
     let dom = chromium(&["--dump-dom"], &page);
     let lanes = html.matches("class=\"lane\"").count();
-    let consumer_lanes = html.matches("data-lane=\"c").count();
+    // Consumer incarnations are named `cN#I`.
+    let consumer_lanes = html
+        .split("data-lane=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .filter(|lane| lane.starts_with('c') && lane.contains('#'))
+        .count();
     let rings = html.matches("class=\"violation\"").count();
     assert!(
         consumer_lanes >= 2 && rings >= 1,
