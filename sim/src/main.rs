@@ -24,7 +24,7 @@ mod app {
     use holdfast_sim::report;
     use holdfast_sim::runner::run;
     use holdfast_sim::scenario::Scenario;
-    use holdfast_sim::sweep::{execute, plan, run_guarded, shrink, with_controls};
+    use holdfast_sim::sweep::{execute, plan, run_guarded, shrink, with_controls, SeedResult};
     use std::time::Instant;
 
     pub fn main(args: Vec<String>) -> i32 {
@@ -119,7 +119,21 @@ mod app {
         let wall_s = started.elapsed().as_secs_f64();
         let (text, all_met) = report::sweep(&planned, &results, wall_s);
         print!("{text}");
-        // Shrink the first failure of a scenario that must be safe: that is a real bug.
+        shrink_first_unsafe(&runs, &results);
+        if let Err(error) = write_reports(options, &planned, &results, wall_s) {
+            eprintln!("{error}");
+            return 2;
+        }
+        if all_met {
+            0
+        } else {
+            1
+        }
+    }
+
+    /// Shrinks the first failure of a scenario that must be safe (that is a real bug) and
+    /// prints it with its replay command.
+    fn shrink_first_unsafe(runs: &[RunParams], results: &[SeedResult]) {
         if let Some(failure) = results.iter().find(|r| {
             r.failed() && r.scenario.expectation() == holdfast_sim::scenario::Expectation::Safe
         }) {
@@ -136,27 +150,26 @@ mod app {
                 );
             }
         }
+    }
+
+    /// Writes the explorer page (`--html`) and the JSON report (`--json`) asked for.
+    fn write_reports(
+        options: &Options,
+        planned: &[Scenario],
+        results: &[SeedResult],
+        wall_s: f64,
+    ) -> Result<(), String> {
         if let Some(path) = &options.html {
-            let page = holdfast_sim::explorer_page::render(&planned, &results, wall_s);
-            if let Err(error) = std::fs::write(path, page) {
-                eprintln!("cannot write {path}: {error}");
-                return 2;
-            }
+            let page = holdfast_sim::explorer_page::render(planned, results, wall_s);
+            std::fs::write(path, page).map_err(|error| format!("cannot write {path}: {error}"))?;
             println!("explorer page: {path}");
         }
         if let Some(path) = &options.json {
-            let written = report::to_json(&planned, &results, wall_s)
-                .and_then(|text| std::fs::write(path, text).map_err(|e| e.to_string()));
-            if let Err(error) = written {
-                eprintln!("cannot write {path}: {error}");
-                return 2;
-            }
+            report::to_json(planned, results, wall_s)
+                .and_then(|text| std::fs::write(path, text).map_err(|e| e.to_string()))
+                .map_err(|error| format!("cannot write {path}: {error}"))?;
         }
-        if all_met {
-            0
-        } else {
-            1
-        }
+        Ok(())
     }
 
     fn merge(options: &Options) -> i32 {

@@ -3,7 +3,6 @@
 //! Observations are microseconds in lock-free counters (workers observe concurrently); the
 //! bucket bounds are Prometheus's usual spread from 100 µs to 10 s.
 
-use super::metrics::Counter;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -14,30 +13,31 @@ const BOUNDS_US: [u64; 14] = [
 ];
 
 /// Counts of observations per bucket (not cumulative here; rendering accumulates), their sum,
-/// and the largest one.
+/// and the largest one. Plain atomics, so that the metrics that hold histograms are not also
+/// needed by them.
 #[derive(Debug, Default)]
 pub struct Histogram {
-    buckets: [Counter; BOUNDS_US.len() + 1],
-    sum_us: Counter,
-    count: Counter,
+    buckets: [AtomicU64; BOUNDS_US.len() + 1],
+    sum_us: AtomicU64,
+    count: AtomicU64,
     max_us: AtomicU64,
 }
 
 impl Histogram {
     pub fn observe(&self, latency_us: u64) {
         let bucket = BOUNDS_US.partition_point(|bound| *bound < latency_us);
-        self.buckets[bucket].add(1);
-        self.sum_us.add(latency_us);
-        self.count.add(1);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(latency_us, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
         self.max_us.fetch_max(latency_us, Ordering::Relaxed);
     }
 
     pub fn count(&self) -> u64 {
-        self.count.get()
+        self.count.load(Ordering::Relaxed)
     }
 
     pub fn sum_us(&self) -> u64 {
-        self.sum_us.get()
+        self.sum_us.load(Ordering::Relaxed)
     }
 
     pub fn max_us(&self) -> u64 {
@@ -53,7 +53,7 @@ impl Histogram {
             .iter()
             .zip(BOUNDS_US.iter().map(Some).chain([None]))
         {
-            cumulative += bucket.get();
+            cumulative += bucket.load(Ordering::Relaxed);
             let le = bound.map_or_else(|| "+Inf".to_owned(), |us| seconds(*us));
             let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
         }
