@@ -18,6 +18,8 @@ use std::time::Duration;
 struct State {
     topics: BTreeMap<String, Vec<Vec<Record>>>,
     committed: BTreeMap<(String, PartitionId), CommittedOffset>,
+    /// Each group's generation: a member's first poll (its join) starts the next one.
+    generations: BTreeMap<String, i32>,
     unavailable: bool,
 }
 
@@ -175,10 +177,15 @@ impl EventLog for MemoryLog {
     async fn poll(&mut self, records_max: usize, timeout: Duration) -> Result<Polled, PortError> {
         let mut polled = Polled::default();
         {
-            let state = self.broker.lock();
+            let mut state = self.broker.lock();
             MemoryBroker::check_up(&state)?;
             let partitions = state.topics.get(&self.topic).map_or(0, Vec::len);
             if self.positions.is_none() {
+                let generation = {
+                    let generation = state.generations.entry(self.group.clone()).or_insert(0);
+                    *generation += 1;
+                    *generation
+                };
                 let mut positions = BTreeMap::new();
                 for index in 0..partitions {
                     let partition = index as PartitionId;
@@ -190,6 +197,7 @@ impl EventLog for MemoryLog {
                     polled.rebalances.push(Rebalance::Assigned {
                         partition,
                         committed,
+                        generation,
                     });
                 }
                 self.positions = Some(positions);

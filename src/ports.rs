@@ -77,6 +77,10 @@ pub enum Rebalance {
     Assigned {
         partition: PartitionId,
         committed: Option<CommittedOffset>,
+        /// The group generation of this assignment: it only grows, and within one generation
+        /// a partition has one owner, so it fences a store's progress row (`progress =
+        /// store`) against an earlier owner.
+        generation: i32,
     },
     Revoked {
         partition: PartitionId,
@@ -205,16 +209,41 @@ pub enum ApplyOutcome {
     Duplicate,
 }
 
+/// A partition's progress written in a batch's transaction (`progress = store`): the commit
+/// point and the finished offsets above it (the tracker's encoding, see
+/// [`crate::offsets::metadata`]), under the generation that claimed the partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgressWrite {
+    pub partition: PartitionId,
+    /// The claiming generation ([`OrderStore::claim_progress`]); the write lands only while
+    /// the partition's row is still claimed by it.
+    pub owner: i32,
+    pub progress: CommittedOffset,
+}
+
 /// The business database (PostgreSQL in the real world): the idempotency guarantee.
 pub trait OrderStore: Send + Sync {
     /// Applies a batch in ONE transaction: for each event, insert its idempotency key (applied
-    /// if it was new) and join the event into its order's wide row by the conflict rule.
-    /// Returns one outcome per event, in input order. On error nothing of the batch is
-    /// committed.
+    /// if it was new) and join the event into its order's wide row by the conflict rule; and
+    /// write each partition's `progress`. Returns one outcome per event, in input order. On
+    /// error nothing of the batch is committed; [`PortError::Fenced`] when a progress row is
+    /// no longer claimed by the write's owner (a later generation took the partition).
+    /// A write whose point is below the stored one keeps the stored progress (two workers'
+    /// transactions of one partition may commit in either order).
     fn apply_batch(
         &self,
         events: &[OrderEvent],
+        progress: &[ProgressWrite],
     ) -> impl Future<Output = Result<Vec<ApplyOutcome>, PortError>> + Send;
+
+    /// Claims `partition`'s progress row for generation `owner` and returns the progress
+    /// stored there (`None` if none was ever written). [`PortError::Fenced`] when a later
+    /// generation has claimed it; claiming again under the same generation succeeds.
+    fn claim_progress(
+        &self,
+        partition: PartitionId,
+        owner: i32,
+    ) -> impl Future<Output = Result<Option<CommittedOffset>, PortError>> + Send;
 
     /// The wide rows of `order_ids` that have any applied event, read in one round trip and
     /// one snapshot (the compensator's comparison: is each event reflected in its row?).

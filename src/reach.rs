@@ -63,6 +63,18 @@ pub const POINTS: &[(&str, &str)] = &[
         "the finished offsets did not fit the metadata budget: committed without them",
     ),
     (
+        "progress.claim_retry",
+        "a progress claim on assignment failed for an outage and is retried",
+    ),
+    (
+        "progress.claim_fenced",
+        "a progress claim was refused: a later generation holds the partition (a zombie's late assignment)",
+    ),
+    (
+        "worker.store_fenced",
+        "a batch's transaction was refused as fenced: its partition's progress row belongs to a later generation",
+    ),
+    (
         "worker.ack_stale",
         "a worker's ack was refused: the partition was revoked while it worked",
     ),

@@ -85,7 +85,7 @@ async fn a_full_tracker_holds_records_and_never_skips_them() {
         .filter_map(|record| OrderEvent::decode(&record.payload).ok())
         .filter(|event| !victims.contains(event))
         .collect();
-    damaged.apply_batch(&survivors).await.unwrap();
+    damaged.apply_batch(&survivors, &[]).await.unwrap();
     // The main group commits the whole log (on a whole store): every missing effect is due.
     let tick = Duration::from_millis(2);
     let limit = Duration::from_secs(20);

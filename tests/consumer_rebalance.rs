@@ -13,8 +13,8 @@ use holdfast::pipeline::{
     ShutdownTrigger,
 };
 use holdfast::ports::{
-    ApplyOutcome, CommitMode, EventLog, FaultPoint, OffsetCommit, OrderStore, PartitionId, Polled,
-    PortError, Probe, Rebalance, Record,
+    ApplyOutcome, CommitMode, CommittedOffset, EventLog, FaultPoint, OffsetCommit, OrderStore,
+    PartitionId, Polled, PortError, Probe, ProgressWrite, Rebalance, Record,
 };
 use holdfast::widetable::OrderRow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -87,11 +87,23 @@ struct GatedStore {
 }
 
 impl OrderStore for GatedStore {
-    async fn apply_batch(&self, events: &[OrderEvent]) -> Result<Vec<ApplyOutcome>, PortError> {
+    async fn apply_batch(
+        &self,
+        events: &[OrderEvent],
+        progress: &[ProgressWrite],
+    ) -> Result<Vec<ApplyOutcome>, PortError> {
         if !events.is_empty() {
             self.gate.acquire().await.expect("gate open").forget();
         }
-        self.inner.apply_batch(events).await
+        self.inner.apply_batch(events, progress).await
+    }
+
+    async fn claim_progress(
+        &self,
+        partition: PartitionId,
+        owner: i32,
+    ) -> Result<Option<CommittedOffset>, PortError> {
+        self.inner.claim_progress(partition, owner).await
     }
 
     async fn load_rows(
@@ -138,6 +150,7 @@ fn assigned(partition: PartitionId) -> Rebalance {
     Rebalance::Assigned {
         partition,
         committed: None,
+        generation: 1,
     }
 }
 
@@ -356,6 +369,7 @@ async fn revoking_an_idle_partition_commits_at_once() {
                     offset: 5,
                     metadata: None,
                 }),
+                generation: 1,
             }],
             records: Vec::new(),
         },
@@ -572,6 +586,7 @@ async fn a_partitions_gauges_start_at_its_committed_offset() {
                 offset: 1000,
                 metadata: None,
             }),
+            generation: 1,
         }],
         records: (1000..1005).map(|offset| record(2, offset)).collect(),
     }];

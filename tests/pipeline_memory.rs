@@ -11,8 +11,8 @@ use holdfast::pipeline::{
     ShutdownTrigger,
 };
 use holdfast::ports::{
-    ApplyOutcome, CommitMode, EventLog, FaultPoint, OffsetCommit, OrderStore, PortError, Probe,
-    Record,
+    ApplyOutcome, CommitMode, CommittedOffset, EventLog, FaultPoint, OffsetCommit, OrderStore,
+    PartitionId, PortError, Probe, ProgressWrite, Record,
 };
 use holdfast::testkit::planted::{PlantedBug, PlantedLog};
 use holdfast::verify::{verify, Application, Fact, GroundTruth, StoreView};
@@ -467,7 +467,7 @@ async fn compensator_resends_an_effect_missing_after_the_main_group_passed_it() 
         .filter(|e| IdempotencyKey::of(e) != lost)
         .collect();
     use holdfast::ports::OrderStore;
-    damaged.apply_batch(&survivors).await.unwrap();
+    damaged.apply_batch(&survivors, &[]).await.unwrap();
     assert!(!check(&truth, &damaged).passed());
     let originals = broker.records(TOPIC).len();
 
@@ -527,7 +527,7 @@ async fn compensator_gives_up_after_attempts_max_and_dead_letters_the_event() {
         .into_iter()
         .filter(|event| event.event_id != victim.event_id)
         .collect();
-    damaged.apply_batch(&survivors).await.unwrap();
+    damaged.apply_batch(&survivors, &[]).await.unwrap();
 
     let compensator = Compensator::new(
         CompensatorConfig {
@@ -759,14 +759,26 @@ struct PoisonStore {
 }
 
 impl OrderStore for PoisonStore {
-    async fn apply_batch(&self, events: &[OrderEvent]) -> Result<Vec<ApplyOutcome>, PortError> {
+    async fn apply_batch(
+        &self,
+        events: &[OrderEvent],
+        progress: &[ProgressWrite],
+    ) -> Result<Vec<ApplyOutcome>, PortError> {
         if let Some(event) = events.iter().find(|e| self.poison.contains(&e.event_id)) {
             return Err(PortError::Rejected {
                 service: "test store",
                 detail: format!("event {} breaks a constraint", event.event_id),
             });
         }
-        self.inner.apply_batch(events).await
+        self.inner.apply_batch(events, progress).await
+    }
+
+    async fn claim_progress(
+        &self,
+        partition: PartitionId,
+        owner: i32,
+    ) -> Result<Option<CommittedOffset>, PortError> {
+        self.inner.claim_progress(partition, owner).await
     }
 
     async fn load_rows(

@@ -142,6 +142,7 @@ async fn commit_resume_and_metadata() {
         if let Rebalance::Assigned {
             partition,
             committed,
+            ..
         } = change
         {
             let committed = committed.clone().expect("the committed offset is missing");

@@ -110,8 +110,8 @@ async fn shuffled_batches_match_the_in_memory_store_and_the_fold() {
     for batch in batches(&events, &mut rng) {
         let repeats = if rng.random_bool(0.1) { 2 } else { 1 };
         for _ in 0..repeats {
-            let outcomes = store.apply_batch(&batch).await.unwrap();
-            assert_eq!(outcomes, memory.apply_batch(&batch).await.unwrap());
+            let outcomes = store.apply_batch(&batch, &[]).await.unwrap();
+            assert_eq!(outcomes, memory.apply_batch(&batch, &[]).await.unwrap());
             applied_total += outcomes
                 .iter()
                 .filter(|outcome| **outcome == ApplyOutcome::Applied)
@@ -162,7 +162,7 @@ async fn concurrent_batches_merge_to_the_fold() {
             let mut applied = Vec::new();
             for batch in mine {
                 let outcomes = loop {
-                    match store.apply_batch(&batch).await {
+                    match store.apply_batch(&batch, &[]).await {
                         Ok(outcomes) => break outcomes,
                         Err(error) if error.is_outage() => continue,
                         Err(error) => panic!("{error}"),
@@ -223,8 +223,8 @@ async fn in_batch_repeats_apply_once_and_rivals_join_by_the_rule() {
     let expected = vec![
         Applied, Applied, Duplicate, Duplicate, Applied, Applied, Duplicate,
     ];
-    assert_eq!(store.apply_batch(&batch).await.unwrap(), expected);
-    assert_eq!(memory.apply_batch(&batch).await.unwrap(), expected);
+    assert_eq!(store.apply_batch(&batch, &[]).await.unwrap(), expected);
+    assert_eq!(memory.apply_batch(&batch, &[]).await.unwrap(), expected);
     let row = load_row(&store, "o1").await.unwrap().unwrap();
     assert_eq!(
         row.paid.as_ref().unwrap().event_id,
@@ -248,13 +248,16 @@ async fn a_failed_batch_commits_nothing() {
     let mut negative = event("e2", "o2", EventKind::Paid, 2);
     negative.amount_minor = Some(-5);
     let error = store
-        .apply_batch(&[good.clone(), negative])
+        .apply_batch(&[good.clone(), negative], &[])
         .await
         .unwrap_err();
     assert!(matches!(error, PortError::Rejected { .. }), "{error}");
     let mut nul = event("e3", "o3\0", EventKind::Created, 3);
     nul.user_id = "u".into();
-    let error = store.apply_batch(&[good.clone(), nul]).await.unwrap_err();
+    let error = store
+        .apply_batch(&[good.clone(), nul], &[])
+        .await
+        .unwrap_err();
     assert!(matches!(error, PortError::Rejected { .. }), "{error}");
     assert!(
         store.applications().await.unwrap().is_empty(),
@@ -262,7 +265,7 @@ async fn a_failed_batch_commits_nothing() {
     );
     assert_eq!(load_row(&store, "o1").await.unwrap(), None);
     assert_eq!(
-        store.apply_batch(&[good]).await.unwrap(),
+        store.apply_batch(&[good], &[]).await.unwrap(),
         vec![ApplyOutcome::Applied]
     );
 }
@@ -277,7 +280,7 @@ async fn reconnects_after_a_postgres_restart() {
     let store = fresh_store_with("hf_test_restart", 1).await;
     let first = event("e1", "o1", EventKind::Created, 1);
     store
-        .apply_batch(std::slice::from_ref(&first))
+        .apply_batch(std::slice::from_ref(&first), &[])
         .await
         .unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services-up");
@@ -293,7 +296,10 @@ async fn reconnects_after_a_postgres_restart() {
     let second = event("e2", "o1", EventKind::Paid, 2);
     let mut outages = 0;
     let outcomes = loop {
-        match store.apply_batch(&[first.clone(), second.clone()]).await {
+        match store
+            .apply_batch(&[first.clone(), second.clone()], &[])
+            .await
+        {
             Ok(outcomes) => break outcomes,
             Err(error) => {
                 assert!(error.is_outage(), "a restart is an outage: {error}");
@@ -345,7 +351,10 @@ async fn the_sql_merge_is_the_row_join_whatever_the_arrival_order() {
         let schema = format!("hf_test_join_{round}");
         let store = fresh_store(&schema).await;
         for &index in order {
-            let outcomes = store.apply_batch(&events[index..=index]).await.unwrap();
+            let outcomes = store
+                .apply_batch(&events[index..=index], &[])
+                .await
+                .unwrap();
             assert_eq!(outcomes, vec![ApplyOutcome::Applied]);
             // Forget every key, so that the next event of the same key is merged again.
             client
@@ -372,7 +381,7 @@ async fn a_stopped_postgres_is_an_outage_then_recovers() {
         .status()
         .unwrap()
         .success());
-    let applied = store.apply_batch(std::slice::from_ref(&created)).await;
+    let applied = store.apply_batch(std::slice::from_ref(&created), &[]).await;
     let loaded = load_row(&store, "o1").await;
     // Start again before asserting, so that a failure leaves the services up.
     assert!(Command::new(&script).status().unwrap().success());
@@ -381,7 +390,7 @@ async fn a_stopped_postgres_is_an_outage_then_recovers() {
     }
     assert_eq!(
         store
-            .apply_batch(std::slice::from_ref(&created))
+            .apply_batch(std::slice::from_ref(&created), &[])
             .await
             .unwrap(),
         vec![ApplyOutcome::Applied]

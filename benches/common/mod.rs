@@ -105,7 +105,7 @@ pub async fn per_message<L: EventLog, C: DedupCache, S: OrderStore>(
                 let seen = cache.contains_batch(&key).await.expect("GET");
                 if !seen[0] {
                     store
-                        .apply_batch(std::slice::from_ref(&event))
+                        .apply_batch(std::slice::from_ref(&event), &[])
                         .await
                         .expect("transaction");
                     cache.remember_batch(&key, CACHE_TTL).await.expect("SET");

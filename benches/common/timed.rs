@@ -5,8 +5,8 @@
 use holdfast::event::OrderEvent;
 use holdfast::idempotency::DeliveryKey;
 use holdfast::ports::{
-    ApplyOutcome, CommitMode, DedupCache, Delivery, EventLog, OffsetCommit, OrderStore,
-    OutboundMessage, PartitionId, Polled, PortError, Publisher,
+    ApplyOutcome, CommitMode, CommittedOffset, DedupCache, Delivery, EventLog, OffsetCommit,
+    OrderStore, OutboundMessage, PartitionId, Polled, PortError, ProgressWrite, Publisher,
 };
 use holdfast::widetable::OrderRow;
 use std::collections::BTreeMap;
@@ -124,11 +124,23 @@ impl<C: DedupCache> DedupCache for Timed<C> {
 }
 
 impl<S: OrderStore> OrderStore for Timed<S> {
-    async fn apply_batch(&self, events: &[OrderEvent]) -> Result<Vec<ApplyOutcome>, PortError> {
+    async fn apply_batch(
+        &self,
+        events: &[OrderEvent],
+        progress: &[ProgressWrite],
+    ) -> Result<Vec<ApplyOutcome>, PortError> {
         self.ledger
             .store_apply
-            .time(self.inner.apply_batch(events))
+            .time(self.inner.apply_batch(events, progress))
             .await
+    }
+
+    async fn claim_progress(
+        &self,
+        partition: PartitionId,
+        owner: i32,
+    ) -> Result<Option<CommittedOffset>, PortError> {
+        self.inner.claim_progress(partition, owner).await
     }
 
     async fn load_rows(

@@ -1,8 +1,9 @@
 //! Command-line options of `cargo sim`.
 
-use crate::params::Size;
+use crate::params::{Overrides, Size};
 use crate::scenario::Scenario;
 use clap::{CommandFactory, Parser};
+use holdfast::pipeline::ProgressMode;
 
 /// What `cargo sim` was asked to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,6 +18,7 @@ pub struct Options {
     /// Overrides of the derived parameters (shrunk replays use them).
     pub orders: Option<usize>,
     pub faults: Option<usize>,
+    pub progress: Option<ProgressMode>,
     /// The size distribution of the seeds.
     pub size: Size,
     /// Run only seeds whose index is `shard.0` modulo `shard.1`.
@@ -33,6 +35,17 @@ pub struct Options {
     pub html: Option<String>,
 }
 
+impl Options {
+    /// The derived parameters this command line pins.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            orders: self.orders,
+            faults: self.faults,
+            progress: self.progress,
+        }
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {
@@ -42,6 +55,7 @@ impl Default for Options {
             scenarios: Scenario::all(),
             orders: None,
             faults: None,
+            progress: None,
             size: Size::Mixed,
             shard: (0, 1),
             json: None,
@@ -77,6 +91,10 @@ struct SimArgs {
     /// Override the derived number of faults.
     #[arg(long, value_name = "N")]
     faults: Option<usize>,
+    /// Where consumers keep progress: kafka (commit metadata) or store (the database, in the
+    /// effects' transaction). Default: half the seeds each, drawn from the seed.
+    #[arg(long, value_name = "MODE")]
+    progress: Option<ProgressMode>,
     /// Seed sizes: mixed (1 to 600 orders), large (300 to 1,000), recorded (10 to 60, as the
     /// regression seeds were recorded).
     #[arg(long, value_name = "NAME", default_value = "mixed", value_parser = size)]
@@ -161,6 +179,7 @@ pub fn parse(args: &[String]) -> Result<Options, clap::Error> {
         scenarios,
         orders: parsed.orders,
         faults: parsed.faults,
+        progress: parsed.progress,
         size: parsed.size,
         shard: parsed.shard,
         json: parsed.json,

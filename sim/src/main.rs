@@ -47,9 +47,7 @@ mod app {
 
     fn params_of(options: &Options, seed: u64) -> RunParams {
         let mut params = RunParams::derive_sized(seed, options.scenarios[0], options.size);
-        params.orders = options.orders.unwrap_or(params.orders);
-        params.faults = options.faults.unwrap_or(params.faults);
-        params.liveness_ms = params.liveness_bound_ms();
+        options.overrides().apply(&mut params);
         params
     }
 
@@ -92,8 +90,7 @@ mod app {
             options.seeds,
             options.first_seed,
             options.shard,
-            options.orders,
-            options.faults,
+            options.overrides(),
             options.size,
         );
         let jobs = options

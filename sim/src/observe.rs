@@ -6,8 +6,9 @@ use crate::history::{digest, History, Step};
 use crate::world::World;
 use holdfast::event::OrderEvent;
 use holdfast::ports::{
-    ApplyOutcome, CommitMode, Delivery, EventLog, FaultPoint, OffsetCommit, OrderStore,
-    OutboundMessage, PartitionId, Polled, PortError, Probe, Publisher, Rebalance,
+    ApplyOutcome, CommitMode, CommittedOffset, Delivery, EventLog, FaultPoint, OffsetCommit,
+    OrderStore, OutboundMessage, PartitionId, Polled, PortError, Probe, ProgressWrite, Publisher,
+    Rebalance,
 };
 use holdfast::verify::reference;
 use holdfast::widetable::OrderRow;
@@ -167,8 +168,12 @@ pub struct RecordingStore<S> {
 }
 
 impl<S: OrderStore> OrderStore for RecordingStore<S> {
-    async fn apply_batch(&self, events: &[OrderEvent]) -> Result<Vec<ApplyOutcome>, PortError> {
-        let outcomes = self.inner.apply_batch(events).await?;
+    async fn apply_batch(
+        &self,
+        events: &[OrderEvent],
+        progress: &[ProgressWrite],
+    ) -> Result<Vec<ApplyOutcome>, PortError> {
+        let outcomes = self.inner.apply_batch(events, progress).await?;
         let at = self.observers.at();
         for (event, outcome) in events.iter().zip(&outcomes) {
             self.observers.history.push(
@@ -181,6 +186,14 @@ impl<S: OrderStore> OrderStore for RecordingStore<S> {
             );
         }
         Ok(outcomes)
+    }
+
+    async fn claim_progress(
+        &self,
+        partition: PartitionId,
+        owner: i32,
+    ) -> Result<Option<CommittedOffset>, PortError> {
+        self.inner.claim_progress(partition, owner).await
     }
 
     async fn load_rows(

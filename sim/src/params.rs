@@ -2,6 +2,7 @@
 //! the seed picks the fault rates too, so a sweep covers calm and violent runs alike).
 
 use crate::scenario::Scenario;
+use holdfast::pipeline::ProgressMode;
 use holdfast::ports::FaultPoint;
 use holdfast::rng::SplitMix;
 use std::fmt;
@@ -39,6 +40,26 @@ pub struct RunParams {
     pub safety_ms: u64,
     /// Virtual milliseconds the liveness phase may take to converge.
     pub liveness_ms: u64,
+    /// Where the consumers keep their partitions' progress.
+    pub progress: ProgressMode,
+}
+
+/// What a command line pins of the derived parameters (shrunk replays use them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub orders: Option<usize>,
+    pub faults: Option<usize>,
+    pub progress: Option<ProgressMode>,
+}
+
+impl Overrides {
+    /// Pins what is set, and bounds the liveness phase for the result.
+    pub fn apply(&self, params: &mut RunParams) {
+        params.orders = self.orders.unwrap_or(params.orders);
+        params.faults = self.faults.unwrap_or(params.faults);
+        params.progress = self.progress.unwrap_or(params.progress);
+        params.liveness_ms = params.liveness_bound_ms();
+    }
 }
 
 /// How large the seeds of a sweep are, and how late a named crash may fire.
@@ -136,6 +157,13 @@ impl RunParams {
             redis_keys_max: None,
             safety_ms: rng.between(5_000, 20_000),
             liveness_ms: 0,
+            // Half the seeds of every scenario keep progress in the store, from a stream of
+            // their own so that every older knob keeps its value for a given seed.
+            progress: if SplitMix::new(seed ^ 0x7072_6f67_7265_7373).chance(0.5) {
+                ProgressMode::Store
+            } else {
+                ProgressMode::Kafka
+            },
         };
         // The explorer's rows pin the dimension they are about (a control run takes its
         // planted scenario's parameters, so that only the bug differs).
@@ -176,12 +204,13 @@ impl RunParams {
     /// The command that replays exactly this run.
     pub fn replay_command(&self) -> String {
         format!(
-            "cargo sim --seed {} --scenario {} --size {} --orders {} --faults {}",
+            "cargo sim --seed {} --scenario {} --size {} --orders {} --faults {} --progress {}",
             self.seed,
             self.scenario,
             self.size.name(),
             self.orders,
-            self.faults
+            self.faults,
+            self.progress
         )
     }
 }
@@ -194,10 +223,11 @@ impl fmt::Display for RunParams {
         };
         write!(
             out,
-            "seed={} scenario={} size={} extended_faults={} orders={} partitions={} consumers={} batch={} concurrency={} faults={} crash_at={} slow_workers<={}ms duplicates={}% compensator={} redis_keys_max={} safety={}ms liveness<={}ms",
+            "seed={} scenario={} size={} progress={} extended_faults={} orders={} partitions={} consumers={} batch={} concurrency={} faults={} crash_at={} slow_workers<={}ms duplicates={}% compensator={} redis_keys_max={} safety={}ms liveness<={}ms",
             self.seed,
             self.scenario,
             self.size.name(),
+            self.progress,
             self.extended_faults,
             self.orders,
             self.partitions,

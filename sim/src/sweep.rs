@@ -2,7 +2,7 @@
 //! matrix, and JSON reports that shards can merge.
 
 use crate::checker::Invariant;
-use crate::params::{RunParams, Size};
+use crate::params::{Overrides, RunParams, Size};
 use crate::runner::{run, RunOutcome};
 use crate::scenario::{Expectation, LossAt, Scenario};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -128,8 +128,7 @@ pub fn plan(
     seeds: u64,
     first_seed: u64,
     shard: (u64, u64),
-    orders: Option<usize>,
-    faults: Option<usize>,
+    overrides: Overrides,
     size: Size,
 ) -> Vec<RunParams> {
     let mut runs = Vec::new();
@@ -161,9 +160,7 @@ pub fn plan(
         for offset in 0..count {
             if index % shard.1 == shard.0 {
                 let mut params = RunParams::derive_sized(first_seed + offset, *scenario, size);
-                params.orders = orders.unwrap_or(params.orders);
-                params.faults = faults.unwrap_or(params.faults);
-                params.liveness_ms = params.liveness_bound_ms();
+                overrides.apply(&mut params);
                 runs.push(params);
             }
             index += 1;
@@ -392,6 +389,7 @@ pub fn meets(scenario: Scenario, row: &Row) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use holdfast::pipeline::ProgressMode;
 
     fn result(scenario: Scenario, invariants: Vec<Invariant>) -> SeedResult {
         SeedResult {
@@ -466,11 +464,11 @@ mod tests {
     fn plan_has_exactly_the_requested_seeds_and_shards_partition_it() {
         let all = Scenario::all();
         assert_eq!(
-            plan(&all, 2000, 1, (0, 1), None, None, Size::Mixed).len(),
+            plan(&all, 2000, 1, (0, 1), Overrides::default(), Size::Mixed).len(),
             2000
         );
         let shards: usize = (0..3)
-            .map(|k| plan(&all, 2000, 1, (k, 3), None, None, Size::Mixed).len())
+            .map(|k| plan(&all, 2000, 1, (k, 3), Overrides::default(), Size::Mixed).len())
             .sum();
         assert_eq!(shards, 2000);
         let only = plan(
@@ -478,13 +476,17 @@ mod tests {
             10,
             5,
             (0, 1),
-            Some(3),
-            Some(1),
+            Overrides {
+                orders: Some(3),
+                faults: Some(1),
+                progress: Some(ProgressMode::Store),
+            },
             Size::Mixed,
         );
         assert_eq!(only.len(), 10);
-        assert!(only
-            .iter()
-            .all(|p| p.orders == 3 && p.faults == 1 && p.seed >= 5));
+        assert!(only.iter().all(|p| p.orders == 3
+            && p.faults == 1
+            && p.progress == ProgressMode::Store
+            && p.seed >= 5));
     }
 }

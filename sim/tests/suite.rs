@@ -4,7 +4,7 @@
 #![cfg(madsim)]
 
 use holdfast::testkit::planted::PlantedBug;
-use holdfast_sim::params::{RunParams, Size};
+use holdfast_sim::params::{Overrides, RunParams, Size};
 use holdfast_sim::runner::run;
 use holdfast_sim::scenario::{Expectation, Scenario};
 use holdfast_sim::sweep::{execute, matrix, meets, plan};
@@ -89,7 +89,7 @@ fn a_seed_replays_to_the_same_trace() {
 #[test]
 fn ci_sweep_meets_every_expectation() {
     let planned = Scenario::all();
-    let runs = plan(&planned, 480, 1, (0, 1), None, None, Size::Mixed);
+    let runs = plan(&planned, 480, 1, (0, 1), Overrides::default(), Size::Mixed);
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let started = std::time::Instant::now();
     let results = execute(runs, jobs).expect("the sweep starts its threads");

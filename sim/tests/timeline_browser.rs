@@ -5,7 +5,7 @@
 #![cfg(madsim)]
 
 use holdfast::testkit::planted::PlantedBug;
-use holdfast_sim::params::{RunParams, Size};
+use holdfast_sim::params::{Overrides, RunParams, Size};
 use holdfast_sim::report;
 use holdfast_sim::runner::run;
 use holdfast_sim::scenario::Scenario;
@@ -104,8 +104,7 @@ fn a_sweep_page_shows_every_scenario_in_a_browser() {
         2 * planned.len() as u64,
         1,
         (0, 1),
-        None,
-        None,
+        Overrides::default(),
         Size::Mixed,
     );
     let results = execute(runs, 2).expect("the sweep starts its threads");

@@ -646,7 +646,7 @@ mod groups {
         })
         .await;
         assert!(assigned.iter().any(|change| matches!(change,
-            Rebalance::Assigned { partition: 2, committed: Some(c) }
+            Rebalance::Assigned { partition: 2, committed: Some(c), .. }
                 if c.offset == 5 && c.metadata.as_deref() == Some("finished:7,9"))));
     }
 
@@ -764,7 +764,7 @@ mod stores {
         let batch: Vec<OrderEvent> = (0..2000).map(event).collect();
         let applying = {
             let (store, batch) = (store.clone(), batch.clone());
-            node.spawn(async move { store.apply_batch(&batch).await })
+            node.spawn(async move { store.apply_batch(&batch, &[]).await })
         };
         sleep(Duration::from_millis(30)).await; // the transaction needs about 100 ms
         world.kill(ServiceNode::Postgres);
@@ -782,8 +782,8 @@ mod stores {
         let (first, second) = {
             let store = store.clone();
             on_node(&node, async move {
-                let first = store.apply_batch(&batch).await.unwrap();
-                let second = store.apply_batch(&batch).await.unwrap();
+                let first = store.apply_batch(&batch, &[]).await.unwrap();
+                let second = store.apply_batch(&batch, &[]).await.unwrap();
                 (first, second)
             })
             .await
@@ -988,8 +988,8 @@ async fn planted_no_unique_key_applies_twice() {
     let outcomes = on_client(&world, "client", |world| async move {
         let store = world.store().await;
         let batch: Vec<OrderEvent> = (0..3).map(stores_event).collect();
-        store.apply_batch(&batch).await.unwrap();
-        store.apply_batch(&batch).await.unwrap()
+        store.apply_batch(&batch, &[]).await.unwrap();
+        store.apply_batch(&batch, &[]).await.unwrap()
     })
     .await;
     assert!(outcomes.iter().all(|o| *o == ApplyOutcome::Applied));

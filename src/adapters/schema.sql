@@ -53,3 +53,16 @@ CREATE TABLE IF NOT EXISTS holdfast_refunds (
     amount bigint CHECK (amount >= 0),
     PRIMARY KEY (order_id, event_id)
 );
+
+-- Each partition's progress under `progress = store`, written in the same transaction as the
+-- effects: the generation that claimed the partition, the commit point (the next offset to
+-- read) and the finished offsets above it in the tracker's encoding. `scope` names the
+-- consumer group and topic.
+CREATE TABLE IF NOT EXISTS holdfast_progress (
+    scope text COLLATE "C" NOT NULL,
+    partition integer NOT NULL,
+    owner integer NOT NULL,
+    next_offset bigint,
+    finished text,
+    PRIMARY KEY (scope, partition)
+);

@@ -7,7 +7,9 @@
 
 use super::{DeliveryKey, IdempotencyKey};
 use crate::event::OrderEvent;
-use crate::ports::{ApplyOutcome, DedupCache, OrderStore, PortError};
+use crate::ports::{
+    ApplyOutcome, CommittedOffset, DedupCache, OrderStore, PartitionId, PortError, ProgressWrite,
+};
 use crate::widetable::OrderRow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -50,6 +52,43 @@ pub struct StoreState {
     rows: BTreeMap<String, OrderRow>,
     /// Every application, in order.
     applied: Vec<OrderEvent>,
+    /// Each partition's progress row (`progress = store`).
+    progress: BTreeMap<PartitionId, ProgressRow>,
+}
+
+/// One partition's progress row: the generation that claimed it and what it last wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgressRow {
+    pub owner: i32,
+    pub progress: Option<CommittedOffset>,
+}
+
+/// A transaction refused because a progress row is claimed by a later generation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fenced {
+    pub partition: PartitionId,
+    pub owner: i32,
+    pub claimed_by: Option<i32>,
+}
+
+impl std::fmt::Display for Fenced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "partition {} is claimed by generation {:?}, not {}",
+            self.partition, self.claimed_by, self.owner
+        )
+    }
+}
+
+impl Fenced {
+    /// The port's form of the refusal.
+    pub fn into_port_error(self) -> PortError {
+        PortError::Fenced {
+            service: "store",
+            detail: self.to_string(),
+        }
+    }
 }
 
 /// Two states are equal when they hold the same data, whatever their schemas.
@@ -106,6 +145,66 @@ impl StoreState {
             .collect();
         debug_assert_eq!(outcomes.len(), events.len());
         outcomes
+    }
+
+    /// One transaction of `progress = store`: refused whole if any write's partition is not
+    /// claimed by the write's owner; otherwise [`StoreState::apply_batch`], then each write
+    /// replaces its row's progress unless the row's point is further along.
+    pub fn transaction(
+        &mut self,
+        events: &[OrderEvent],
+        progress: &[ProgressWrite],
+    ) -> Result<Vec<ApplyOutcome>, Fenced> {
+        for write in progress {
+            let claimed_by = self.progress.get(&write.partition).map(|row| row.owner);
+            if claimed_by != Some(write.owner) {
+                return Err(Fenced {
+                    partition: write.partition,
+                    owner: write.owner,
+                    claimed_by,
+                });
+            }
+        }
+        let outcomes = self.apply_batch(events);
+        for write in progress {
+            if let Some(row) = self.progress.get_mut(&write.partition) {
+                let behind = row
+                    .progress
+                    .as_ref()
+                    .is_some_and(|stored| stored.offset > write.progress.offset);
+                if !behind {
+                    row.progress = Some(write.progress.clone());
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Claims `partition`'s progress row for generation `owner` (refused if a later one holds
+    /// it) and returns its progress.
+    pub fn claim_progress(
+        &mut self,
+        partition: PartitionId,
+        owner: i32,
+    ) -> Result<Option<CommittedOffset>, Fenced> {
+        let row = self.progress.entry(partition).or_insert(ProgressRow {
+            owner,
+            progress: None,
+        });
+        if row.owner > owner {
+            return Err(Fenced {
+                partition,
+                owner,
+                claimed_by: Some(row.owner),
+            });
+        }
+        row.owner = owner;
+        Ok(row.progress.clone())
+    }
+
+    /// Each partition's progress row.
+    pub fn progress_rows(&self) -> &BTreeMap<PartitionId, ProgressRow> {
+        &self.progress
     }
 
     /// Whether the store holds `key`.
@@ -351,12 +450,34 @@ impl MemoryStore {
 }
 
 impl OrderStore for MemoryStore {
-    async fn apply_batch(&self, events: &[OrderEvent]) -> Result<Vec<ApplyOutcome>, PortError> {
+    async fn apply_batch(
+        &self,
+        events: &[OrderEvent],
+        progress: &[ProgressWrite],
+    ) -> Result<Vec<ApplyOutcome>, PortError> {
         let mut shared = lock(&self.shared);
         if shared.failing {
             return Err(MemoryStore::unavailable());
         }
-        Ok(shared.state.apply_batch(events))
+        shared
+            .state
+            .transaction(events, progress)
+            .map_err(Fenced::into_port_error)
+    }
+
+    async fn claim_progress(
+        &self,
+        partition: PartitionId,
+        owner: i32,
+    ) -> Result<Option<CommittedOffset>, PortError> {
+        let mut shared = lock(&self.shared);
+        if shared.failing {
+            return Err(MemoryStore::unavailable());
+        }
+        shared
+            .state
+            .claim_progress(partition, owner)
+            .map_err(Fenced::into_port_error)
     }
 
     async fn load_rows(
@@ -495,7 +616,7 @@ mod tests {
         let created = event("e1", EventKind::Created);
         store.set_failing(true);
         let events = std::slice::from_ref(&created);
-        assert!(now!(shared_store.apply_batch(events))
+        assert!(now!(shared_store.apply_batch(events, &[]))
             .unwrap_err()
             .is_outage());
         let asked = ["o1".to_string(), "o2".to_string()];
@@ -503,7 +624,7 @@ mod tests {
         assert!(store.applied_events().is_empty());
         store.set_failing(false);
         assert_eq!(
-            now!(shared_store.apply_batch(events)),
+            now!(shared_store.apply_batch(events, &[])),
             Ok(vec![ApplyOutcome::Applied])
         );
         assert!(store.state().contains(&key.key));

@@ -8,7 +8,9 @@
 
 use super::DeliveryKey;
 use crate::event::OrderEvent;
-use crate::ports::{ApplyOutcome, DedupCache, FaultPoint, OrderStore, PortError, Probe};
+use crate::ports::{
+    ApplyOutcome, DedupCache, FaultPoint, OrderStore, PortError, Probe, ProgressWrite,
+};
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -70,7 +72,7 @@ impl BatchReport {
 /// skip only what the store already holds); drop in-batch repeats of a delivery (the first
 /// occurrence wins); ask the cache
 /// (on failure, treat every key as unknown); [`FaultPoint::AfterCacheCheck`]; apply the rest in
-/// the store in one transaction (its errors are returned: nothing of the batch committed, the
+/// the store in one transaction with `progress` (its errors are returned: nothing of the batch committed, the
 /// caller retries); [`FaultPoint::AfterStoreCommit`]; remember the keys the store now holds
 /// (failures only degrade); [`FaultPoint::AfterCacheWrite`].
 pub async fn apply_batch<C: DedupCache, S: OrderStore, P: Probe>(
@@ -78,6 +80,7 @@ pub async fn apply_batch<C: DedupCache, S: OrderStore, P: Probe>(
     store: &S,
     probe: &P,
     events: &[OrderEvent],
+    progress: &[ProgressWrite],
     config: &ProtocolConfig,
 ) -> Result<BatchReport, PortError> {
     let keys: Vec<DeliveryKey> = events.iter().map(DeliveryKey::of).collect();
@@ -101,7 +104,7 @@ pub async fn apply_batch<C: DedupCache, S: OrderStore, P: Probe>(
     let pending_keys: Vec<DeliveryKey> = pending.iter().map(|&index| keys[index].clone()).collect();
     if !pending.is_empty() {
         let batch: Vec<OrderEvent> = pending.iter().map(|&index| events[index].clone()).collect();
-        let outcomes = store.apply_batch(&batch).await?;
+        let outcomes = store.apply_batch(&batch, progress).await?;
         if outcomes.len() != batch.len() {
             return Err(PortError::Rejected {
                 service: "store",
@@ -252,7 +255,7 @@ mod tests {
         events: &[OrderEvent],
         config: &ProtocolConfig,
     ) -> Result<BatchReport, PortError> {
-        block_on(apply_batch(cache, store, &NoProbe, events, config))
+        block_on(apply_batch(cache, store, &NoProbe, events, &[], config))
     }
 
     fn assert_applied_once(store: &MemoryStore) {
@@ -266,7 +269,7 @@ mod tests {
         let (cache, store) = (MemoryCache::new(), MemoryStore::new());
         let probe = RecordingProbe::default();
         let config = ProtocolConfig::default();
-        let report = block_on(apply_batch(&cache, &store, &probe, &batch(), &config)).unwrap();
+        let report = block_on(apply_batch(&cache, &store, &probe, &batch(), &[], &config)).unwrap();
         assert_eq!(report.verdicts, vec![Verdict::Applied; 3]);
         assert!(!report.cache_degraded);
         assert_eq!(
@@ -437,7 +440,14 @@ mod tests {
         }
         let store = MemoryStore::new();
         let config = ProtocolConfig::default();
-        let report = block_on(apply_batch(&OneAnswer, &store, &NoProbe, &batch(), &config));
+        let report = block_on(apply_batch(
+            &OneAnswer,
+            &store,
+            &NoProbe,
+            &batch(),
+            &[],
+            &config,
+        ));
         let report = report.unwrap();
         assert_eq!(report.verdicts, vec![Verdict::Applied; 3]);
         assert!(report.cache_degraded);
@@ -460,7 +470,7 @@ mod tests {
         let (cache, store) = (MemoryCache::new(), MemoryStore::new());
         let config = ProtocolConfig::default();
         let probe = CrashAfterCommit(cache.clone());
-        let first = block_on(apply_batch(&cache, &store, &probe, &batch(), &config)).unwrap();
+        let first = block_on(apply_batch(&cache, &store, &probe, &batch(), &[], &config)).unwrap();
         assert_eq!(first.verdicts, vec![Verdict::Applied; 3]);
         assert!(first.cache_degraded);
         cache.set_failing(false);

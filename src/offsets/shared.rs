@@ -49,6 +49,16 @@ impl SharedTracker {
         self.lock().ack(ticket)
     }
 
+    /// See [`Tracker::stored_progress`].
+    pub fn stored_progress(
+        &self,
+        partition: PartitionId,
+        epoch: u64,
+        finishing: &[i64],
+    ) -> Option<CommittedOffset> {
+        self.lock().stored_progress(partition, epoch, finishing)
+    }
+
     /// See [`Tracker::track_run`].
     pub fn track_run(
         &self,

@@ -1,5 +1,6 @@
 //! Many partitions, one epoch per assignment.
 
+use super::metadata::{self, FinishedSet};
 use super::{AckError, Limits, PartitionTracker, RestoreReport, TrackError, Tracked};
 use super::{CommitPolicy, Watermark};
 use crate::ports::{CommittedOffset, OffsetCommit, PartitionId};
@@ -231,6 +232,34 @@ impl Tracker {
     pub fn snapshot(&self, partition: PartitionId) -> Option<CommitSnapshot> {
         let owned = self.owned.get(&partition)?;
         self.policy.snapshot(partition, &owned.tracker)
+    }
+
+    /// The progress to store in a transaction that finishes `finishing` (offsets of
+    /// `partition` tracked under `epoch` and not yet acked): the policy's commit point, and
+    /// every offset above it that is finished or will be once the transaction commits, encoded
+    /// without commit metadata's byte budget (the tracker's span bounds it). `None` when the
+    /// partition is no longer assigned under `epoch` or nothing is known of it.
+    pub fn stored_progress(
+        &self,
+        partition: PartitionId,
+        epoch: u64,
+        finishing: &[i64],
+    ) -> Option<CommittedOffset> {
+        let owned = self.owned.get(&partition).filter(|o| o.epoch == epoch)?;
+        let point = self.policy.snapshot(partition, &owned.tracker)?.offset;
+        let above = owned.tracker.finished_above_commit_point();
+        let end = finishing
+            .iter()
+            .map(|offset| offset.saturating_add(1))
+            .fold(above.base().saturating_add(above.len() as i64), i64::max);
+        let mut set = FinishedSet::new(point, end.saturating_sub(point).max(0) as u64);
+        for offset in above.iter().chain(finishing.iter().copied()) {
+            set.insert(offset);
+        }
+        Some(CommittedOffset {
+            offset: point,
+            metadata: Some(metadata::encode(&set, usize::MAX)),
+        })
     }
 
     /// Snapshots of every assigned partition that has something to commit, by partition.

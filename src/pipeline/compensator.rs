@@ -12,6 +12,7 @@
 use super::dead_letter::{dead_letter, header, HEADER_ATTEMPTS};
 use super::member::{Member, MemberConfig};
 use super::metrics::Metrics;
+use super::progress::FromCommit;
 use super::shutdown::Shutdown;
 use crate::event::OrderEvent;
 use crate::idempotency::IdempotencyKey;
@@ -179,7 +180,7 @@ impl<L: EventLog, G: GroupOffsets, S: OrderStore, P: Publisher> Compensator<L, G
     pub async fn run(mut self, shutdown: Shutdown) -> CompensatorReport {
         let mut next_check = Instant::now() + self.config.check_interval;
         while !shutdown.requested() {
-            let polled = self.member.poll(&NoProbe).await;
+            let polled = self.member.poll(&NoProbe, &FromCommit).await;
             for revoked in polled.revoked {
                 self.pending.revoked(revoked.partition);
             }

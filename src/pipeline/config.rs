@@ -37,6 +37,44 @@ pub struct ConsumerConfig {
     pub dead_letter_topic: String,
     /// Seed of the retry jitter (deterministic, so that simulations replay).
     pub jitter_seed: u64,
+    /// Where a partition's progress is kept for the next owner.
+    pub progress: ProgressMode,
+}
+
+/// Where a partition's progress (commit point and finished offsets above it) is kept.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ProgressMode {
+    /// In the group's offset commits, the finished offsets as commit metadata (within the
+    /// broker's metadata budget, and only where the broker keeps metadata).
+    #[default]
+    Kafka,
+    /// Also in the store, in the same transaction as the effects, fenced by the generation
+    /// that claimed the partition; a new owner resumes from the later of it and the commit.
+    Store,
+}
+
+impl std::fmt::Display for ProgressMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProgressMode::Kafka => "kafka",
+            ProgressMode::Store => "store",
+        })
+    }
+}
+
+impl std::str::FromStr for ProgressMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "kafka" => Ok(ProgressMode::Kafka),
+            "store" => Ok(ProgressMode::Store),
+            other => Err(format!("unknown progress mode `{other}` (kafka or store)")),
+        }
+    }
 }
 
 impl Default for ConsumerConfig {
@@ -56,6 +94,7 @@ impl Default for ConsumerConfig {
             cache_ttl: Duration::from_secs(7 * 24 * 3600),
             dead_letter_topic: "orders.dlq".to_owned(),
             jitter_seed: 0x5eed,
+            progress: ProgressMode::Kafka,
         }
     }
 }

@@ -6,9 +6,11 @@
 //! together). On revoke it gives in-flight work a bounded grace, then commits synchronously and
 //! forgets the partition; on shutdown it drains and commits synchronously.
 
+use super::config::ProgressMode;
 use super::config::{ConfigError, ConsumerConfig};
 use super::member::{Member, MemberConfig};
 use super::metrics::Metrics;
+use super::progress::{FromCommit, FromStore, Owners};
 use super::shutdown::{Shutdown, ShutdownTrigger};
 use super::worker::{Job, Services, WorkerContext};
 use crate::idempotency::protocol::ProtocolConfig;
@@ -62,6 +64,9 @@ pub struct Consumer<L, C, S, D, P> {
     workers: Vec<mpsc::UnboundedSender<Job>>,
     handles: Vec<tokio::task::JoinHandle<()>>,
     services: Arc<Services<C, S, D, P>>,
+    /// The generations that claimed this member's partitions (`progress = store`).
+    owners: Arc<Owners>,
+    metrics: Arc<Metrics>,
 }
 
 impl<L, C, S, D, P> Consumer<L, C, S, D, P>
@@ -94,7 +99,9 @@ where
         config.validate()?;
         let tracker = SharedTracker::from(Tracker::with_policy(config.limits, policy));
         let services = Arc::new(services);
+        let owners = Arc::new(Owners::default());
         let context = Arc::new(WorkerContext {
+            owners: Arc::clone(&owners),
             services: Arc::clone(&services),
             tracker: tracker.clone(),
             metrics: Arc::clone(&metrics),
@@ -135,7 +142,7 @@ where
             },
             log,
             tracker,
-            metrics,
+            Arc::clone(&metrics),
         );
         Ok(Consumer {
             config,
@@ -143,6 +150,8 @@ where
             workers,
             handles,
             services,
+            owners,
+            metrics,
         })
     }
 
@@ -178,7 +187,19 @@ where
                 // Give workers a moment before the next poll so that a full tracker can drain.
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            let polled = self.member.poll(probe).await;
+            let polled = match self.config.progress {
+                ProgressMode::Kafka => self.member.poll(probe, &FromCommit).await,
+                ProgressMode::Store => {
+                    let resume = FromStore {
+                        store: &self.services.store,
+                        owners: &self.owners,
+                        metrics: &self.metrics,
+                        backoff_initial: self.config.backoff_initial,
+                        backoff_max: self.config.backoff_max,
+                    };
+                    self.member.poll(probe, &resume).await
+                }
+            };
             for revoked in &polled.revoked {
                 if revoked.abandoned > 0 {
                     crate::reach!("consumer.revoke_abandoned");

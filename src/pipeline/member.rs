@@ -6,6 +6,7 @@
 
 use super::metrics::Metrics;
 use super::partition::PartitionState;
+use super::progress::Resume;
 use super::retry::Backoff;
 use crate::offsets::{CommitSnapshot, SharedTracker, Ticket, TrackError, Tracked};
 use crate::ports::{
@@ -88,9 +89,9 @@ impl<L: EventLog> Member<L> {
         &self.tracker
     }
 
-    /// Polls one batch and applies its rebalance events; a failed poll is retried after a
-    /// backoff (it returns nothing).
-    pub async fn poll(&mut self, probe: &impl Probe) -> Polled {
+    /// Polls one batch and applies its rebalance events (an assigned partition resumes where
+    /// `resume` says); a failed poll is retried after a backoff (it returns nothing).
+    pub async fn poll(&mut self, probe: &impl Probe, resume: &impl Resume) -> Polled {
         self.metrics.polls.add(1);
         match self
             .log
@@ -99,7 +100,7 @@ impl<L: EventLog> Member<L> {
         {
             Ok(polled) => {
                 self.backoff = Member::<L>::fresh_backoff(&self.config);
-                let revoked = self.rebalance(polled.rebalances, probe).await;
+                let revoked = self.rebalance(polled.rebalances, probe, resume).await;
                 Polled {
                     records: polled.records,
                     revoked,
@@ -292,7 +293,12 @@ impl<L: EventLog> Member<L> {
     /// Applies one poll's rebalance events in order; each run of consecutive revocations is
     /// handled together (one grace period, one commit), so that giving up many partitions
     /// costs what giving up one does and the member rejoins within the rebalance timeout.
-    async fn rebalance(&mut self, changes: Vec<Rebalance>, probe: &impl Probe) -> Vec<Revoked> {
+    async fn rebalance(
+        &mut self,
+        changes: Vec<Rebalance>,
+        probe: &impl Probe,
+        resume: &impl Resume,
+    ) -> Vec<Revoked> {
         let mut revoked = Vec::new();
         let mut pending = Vec::new();
         for change in changes {
@@ -301,14 +307,16 @@ impl<L: EventLog> Member<L> {
                 Rebalance::Assigned {
                     partition,
                     committed,
+                    generation,
                 } => {
                     let run = std::mem::take(&mut pending);
-                    revoked.extend(self.revoke(&run, probe).await);
-                    self.assign(partition, committed).await;
+                    revoked.extend(self.revoke(&run, probe, resume).await);
+                    let start = resume.resume(partition, generation, committed).await;
+                    self.assign(partition, start).await;
                 }
             }
         }
-        revoked.extend(self.revoke(&pending, probe).await);
+        revoked.extend(self.revoke(&pending, probe, resume).await);
         revoked
     }
 
@@ -336,7 +344,12 @@ impl<L: EventLog> Member<L> {
 
     /// Gives partitions up: waits one shared grace period for their records in flight, then
     /// commits what finished, in one commit.
-    async fn revoke(&mut self, partitions: &[PartitionId], probe: &impl Probe) -> Vec<Revoked> {
+    async fn revoke(
+        &mut self,
+        partitions: &[PartitionId],
+        probe: &impl Probe,
+        resume: &impl Resume,
+    ) -> Vec<Revoked> {
         if partitions.is_empty() {
             return Vec::new();
         }
@@ -354,6 +367,7 @@ impl<L: EventLog> Member<L> {
         for &partition in partitions {
             let abandoned = self.tracker.in_flight(partition);
             snapshots.extend(self.tracker.revoke(partition));
+            resume.released(partition);
             self.partitions.remove(&partition);
             self.metrics.remove_partition(partition);
             tracing::info!(partition, abandoned, "partition revoked");

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::offsets::Limits;
+use crate::pipeline::progress::FromCommit;
 use crate::ports::{NoProbe, Polled as LogPolled};
 use std::collections::{BTreeSet, VecDeque};
 
@@ -76,6 +77,7 @@ fn assigned(partition: PartitionId) -> LogPolled {
         rebalances: vec![Rebalance::Assigned {
             partition,
             committed: None,
+            generation: 1,
         }],
         records: Vec::new(),
     }
@@ -104,7 +106,7 @@ async fn a_paused_partition_whose_resume_failed_is_resumed_later() {
         ..PausingLog::default()
     };
     let mut member = member(log, 100);
-    member.poll(&NoProbe).await;
+    member.poll(&NoProbe, &FromCommit).await;
     assert!(
         member.log.paused.contains(&3),
         "the first resume was to fail"
@@ -131,7 +133,7 @@ async fn a_held_record_waits_for_room_then_its_partition_resumes() {
         ..PausingLog::default()
     };
     let mut member = member(log, 1);
-    member.poll(&NoProbe).await;
+    member.poll(&NoProbe, &FromCommit).await;
     let mut admitted = Vec::new();
     member
         .offer(vec![record(0, 0), record(0, 1)], |ticket, _| {
@@ -165,7 +167,7 @@ async fn a_refused_pause_is_asked_again() {
         ..PausingLog::default()
     };
     let mut member = member(log, 1);
-    member.poll(&NoProbe).await;
+    member.poll(&NoProbe, &FromCommit).await;
     let records = vec![record(0, 0), record(0, 1), record(0, 2)];
     member.offer(records, |_, _| {}).await;
     assert!(

@@ -12,12 +12,13 @@ mod histogram;
 mod member;
 mod metrics;
 mod partition;
+mod progress;
 mod retry;
 mod shutdown;
 mod worker;
 
 pub use compensator::{Compensator, CompensatorConfig, CompensatorReport};
-pub use config::{ConfigError, ConsumerConfig};
+pub use config::{ConfigError, ConsumerConfig, ProgressMode};
 pub use consumer::{Consumer, RunSummary, RunningConsumer};
 pub use histogram::Histogram;
 pub use metrics::{Counter, Health, Metrics, PartitionCounters, PartitionGauges};

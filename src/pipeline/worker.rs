@@ -3,16 +3,18 @@
 //! applied, and acks finished offsets to the tracker.
 
 use super::config::ConsumerConfig;
+use super::config::ProgressMode;
 use super::dead_letter::dead_letter;
 use super::histogram::Histogram;
 use super::metrics::Metrics;
+use super::progress::{self, Owners};
 use super::retry::Backoff;
 use crate::event::{DecodeError, OrderEvent};
 use crate::idempotency::protocol::{apply_batch, BatchReport, ProtocolConfig, Verdict};
 use crate::offsets::{AckError, SharedTracker, Ticket};
 use crate::ports::{
-    ApplyOutcome, DedupCache, FaultPoint, OrderStore, PartitionId, PortError, Probe, Publisher,
-    Record,
+    ApplyOutcome, CommittedOffset, DedupCache, FaultPoint, OrderStore, PartitionId, PortError,
+    Probe, ProgressWrite, Publisher, Record,
 };
 use crate::widetable::OrderRow;
 use std::collections::BTreeMap;
@@ -46,6 +48,8 @@ pub struct Services<C, S, D, P> {
 pub(crate) struct WorkerContext<C, S, D, P> {
     pub services: Arc<Services<C, S, D, P>>,
     pub tracker: SharedTracker,
+    /// The generations that claimed the member's partitions (`progress = store`).
+    pub owners: Arc<Owners>,
     pub metrics: Arc<Metrics>,
     pub config: ConsumerConfig,
     pub protocol: ProtocolConfig,
@@ -147,7 +151,8 @@ where
         }
         let (good, events) = decode(batch, letters);
         let mut finished: Vec<Ticket> = Vec::with_capacity(good.len());
-        match self.apply_with_retries(&events, seed).await {
+        let tickets: Vec<Ticket> = good.iter().map(|job| job.ticket).collect();
+        match self.apply_with_retries(&events, &tickets, seed).await {
             Applied::All(report) => {
                 self.count(&report, &good);
                 finished.extend(good.iter().map(|job| job.ticket));
@@ -164,7 +169,11 @@ where
                 // so that only the poison record is dead-lettered.
                 for (job, event) in good.iter().zip(&events) {
                     match self
-                        .apply_with_retries(std::slice::from_ref(event), seed)
+                        .apply_with_retries(
+                            std::slice::from_ref(event),
+                            std::slice::from_ref(&job.ticket),
+                            seed,
+                        )
                         .await
                     {
                         Applied::All(report) => {
@@ -191,11 +200,22 @@ where
         self.metrics.observe_batch(latency_us);
     }
 
-    /// Retries outages without limit and rejections `record_attempts_max` times.
-    async fn apply_with_retries(&self, events: &[OrderEvent], seed: u64) -> Applied {
+    /// Retries outages without limit and rejections `record_attempts_max` times. `tickets`
+    /// are the events' records: under `progress = store` the transaction also writes their
+    /// partitions' progress, including them.
+    async fn apply_with_retries(
+        &self,
+        events: &[OrderEvent],
+        tickets: &[Ticket],
+        seed: u64,
+    ) -> Applied {
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max, seed);
         let mut rejections = 0;
         loop {
+            let progress = match self.config.progress {
+                ProgressMode::Kafka => Vec::new(),
+                ProgressMode::Store => progress::writes(&self.tracker, &self.owners, tickets),
+            };
             let services = &self.services;
             let store = Timed {
                 store: &services.store,
@@ -206,12 +226,16 @@ where
                 &store,
                 &services.probe,
                 events,
+                &progress,
                 &self.protocol,
             )
             .await;
             match result {
                 Ok(report) => return Applied::All(report),
-                Err(PortError::Fenced { .. }) => return Applied::Fenced,
+                Err(PortError::Fenced { .. }) => {
+                    crate::reach!("worker.store_fenced");
+                    return Applied::Fenced;
+                }
                 Err(error @ PortError::Unavailable { .. }) => {
                     self.metrics.retries_outage.add(1);
                     crate::reach!("worker.store_unavailable");
@@ -347,9 +371,13 @@ struct Timed<'a, S> {
 }
 
 impl<S: OrderStore> OrderStore for Timed<'_, S> {
-    async fn apply_batch(&self, events: &[OrderEvent]) -> Result<Vec<ApplyOutcome>, PortError> {
+    async fn apply_batch(
+        &self,
+        events: &[OrderEvent],
+        progress: &[ProgressWrite],
+    ) -> Result<Vec<ApplyOutcome>, PortError> {
         let started = Instant::now();
-        let outcomes = self.store.apply_batch(events).await;
+        let outcomes = self.store.apply_batch(events, progress).await;
         let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.duration.observe(elapsed_us);
         outcomes
@@ -360,6 +388,14 @@ impl<S: OrderStore> OrderStore for Timed<'_, S> {
         order_ids: &[String],
     ) -> Result<BTreeMap<String, OrderRow>, PortError> {
         self.store.load_rows(order_ids).await
+    }
+
+    async fn claim_progress(
+        &self,
+        partition: PartitionId,
+        owner: i32,
+    ) -> Result<Option<CommittedOffset>, PortError> {
+        self.store.claim_progress(partition, owner).await
     }
 }
 

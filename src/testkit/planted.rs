@@ -10,8 +10,8 @@ use crate::idempotency::memory::Schema;
 use crate::idempotency::DeliveryKey;
 use crate::offsets::{CommitPolicy, Watermark};
 use crate::ports::{
-    ApplyOutcome, CommitMode, DedupCache, EventLog, OffsetCommit, OrderStore, PartitionId, Polled,
-    PortError, Rebalance,
+    ApplyOutcome, CommitMode, CommittedOffset, DedupCache, EventLog, OffsetCommit, OrderStore,
+    PartitionId, Polled, PortError, ProgressWrite, Rebalance,
 };
 use crate::testkit::policies::AckedPlusOne;
 use crate::widetable::{OrderRow, Stamp};
@@ -224,13 +224,25 @@ impl<S: OrderStore, C: DedupCache> PlantedStore<S, C> {
 }
 
 impl<S: OrderStore, C: DedupCache> OrderStore for PlantedStore<S, C> {
-    async fn apply_batch(&self, events: &[OrderEvent]) -> Result<Vec<ApplyOutcome>, PortError> {
+    async fn apply_batch(
+        &self,
+        events: &[OrderEvent],
+        progress: &[ProgressWrite],
+    ) -> Result<Vec<ApplyOutcome>, PortError> {
         if self.bug == Some(PlantedBug::CacheWrittenBeforeStore) {
             let keys: Vec<DeliveryKey> = events.iter().map(DeliveryKey::of).collect();
             // A failed write only degrades the cache, as the protocol's own write does.
             let _ = self.cache.remember_batch(&keys, self.ttl).await;
         }
-        self.store.apply_batch(events).await
+        self.store.apply_batch(events, progress).await
+    }
+
+    async fn claim_progress(
+        &self,
+        partition: PartitionId,
+        owner: i32,
+    ) -> Result<Option<CommittedOffset>, PortError> {
+        self.store.claim_progress(partition, owner).await
     }
 
     async fn load_rows(

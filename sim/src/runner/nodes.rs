@@ -60,6 +60,7 @@ pub(super) fn consumer_config(
         revoke_grace: Duration::from_millis(200),
         drain_timeout: Duration::from_secs(1),
         jitter_seed: params.seed ^ ((index as u64) << 32) ^ u64::from(incarnation),
+        progress: params.progress,
         ..ConsumerConfig::default()
     }
 }

@@ -9,7 +9,9 @@ use crate::world::lock::lock;
 use crate::world::rpc;
 use holdfast::event::OrderEvent;
 use holdfast::idempotency::memory::Schema;
-use holdfast::ports::{ApplyOutcome, OrderStore, PortError};
+use holdfast::ports::{
+    ApplyOutcome, CommittedOffset, OrderStore, PartitionId, PortError, ProgressWrite,
+};
 use holdfast::widetable::OrderRow;
 use madsim::net::Endpoint;
 use std::collections::BTreeMap;
@@ -34,8 +36,9 @@ const COST_PER_TRANSACTION: Duration = Duration::from_micros(200);
 /// A request to the database.
 #[derive(Clone, Debug)]
 pub enum StoreRequest {
-    ApplyBatch(Vec<OrderEvent>),
+    ApplyBatch(Vec<OrderEvent>, Vec<ProgressWrite>),
     LoadRows(Vec<String>),
+    ClaimProgress(PartitionId, i32),
 }
 
 /// The database's answer.
@@ -43,6 +46,9 @@ pub enum StoreRequest {
 pub enum StoreAnswer {
     Applied(Vec<ApplyOutcome>),
     Rows(BTreeMap<String, OrderRow>),
+    Progress(Option<CommittedOffset>),
+    /// A progress row is claimed by a later generation: nothing committed.
+    Fenced(String),
 }
 
 /// The database's disk: created outside the node, so it survives every crash.
@@ -75,16 +81,26 @@ pub async fn run(disk: Arc<Mutex<StoreDisk>>) {
 
 async fn handle(disk: &Mutex<StoreDisk>, request: StoreRequest) -> StoreAnswer {
     match request {
-        StoreRequest::ApplyBatch(events) => {
+        StoreRequest::ApplyBatch(events, progress) => {
             // The transaction's work happens first; if the node dies meanwhile this task is
             // dropped and nothing below runs: the transaction never commits.
-            let work = COST_PER_TRANSACTION + COST_PER_EVENT * events.len() as u32;
-            madsim::time::sleep(work).await;
+            madsim::time::sleep(transaction_cost(&events, &progress)).await;
             let mut disk = lock(disk);
-            let outcomes = disk.core.apply_batch(&events);
-            disk.transactions += 1;
-            debug_assert_eq!(outcomes.len(), events.len());
-            StoreAnswer::Applied(outcomes)
+            match disk.core.transaction(&events, &progress) {
+                Ok(outcomes) => {
+                    disk.transactions += 1;
+                    debug_assert_eq!(outcomes.len(), events.len());
+                    StoreAnswer::Applied(outcomes)
+                }
+                Err(fenced) => StoreAnswer::Fenced(fenced.to_string()),
+            }
+        }
+        StoreRequest::ClaimProgress(partition, owner) => {
+            madsim::time::sleep(COST_PER_TRANSACTION).await;
+            match lock(disk).core.claim_progress(partition, owner) {
+                Ok(progress) => StoreAnswer::Progress(progress),
+                Err(fenced) => StoreAnswer::Fenced(fenced.to_string()),
+            }
         }
         StoreRequest::LoadRows(order_ids) => {
             let disk = lock(disk);
@@ -95,6 +111,11 @@ async fn handle(disk: &Mutex<StoreDisk>, request: StoreRequest) -> StoreAnswer {
             StoreAnswer::Rows(rows)
         }
     }
+}
+
+/// Virtual time of one transaction: begin and commit, each event, each progress row.
+fn transaction_cost(events: &[OrderEvent], progress: &[ProgressWrite]) -> Duration {
+    COST_PER_TRANSACTION + COST_PER_EVENT * (events.len() + progress.len()) as u32
 }
 
 /// A database client on the node that created it.
@@ -127,6 +148,13 @@ impl SimStore {
     }
 }
 
+fn fenced(detail: String) -> PortError {
+    PortError::Fenced {
+        service: SERVICE,
+        detail,
+    }
+}
+
 fn unexpected(answer: StoreAnswer) -> PortError {
     PortError::Rejected {
         service: SERVICE,
@@ -135,11 +163,29 @@ fn unexpected(answer: StoreAnswer) -> PortError {
 }
 
 impl OrderStore for SimStore {
-    async fn apply_batch(&self, events: &[OrderEvent]) -> Result<Vec<ApplyOutcome>, PortError> {
-        let work = COST_PER_TRANSACTION + COST_PER_EVENT * events.len() as u32;
-        let request = StoreRequest::ApplyBatch(events.to_vec());
+    async fn apply_batch(
+        &self,
+        events: &[OrderEvent],
+        progress: &[ProgressWrite],
+    ) -> Result<Vec<ApplyOutcome>, PortError> {
+        let work = transaction_cost(events, progress);
+        let request = StoreRequest::ApplyBatch(events.to_vec(), progress.to_vec());
         match self.call(request, self.request_timeout + work).await? {
             StoreAnswer::Applied(outcomes) if outcomes.len() == events.len() => Ok(outcomes),
+            StoreAnswer::Fenced(detail) => Err(fenced(detail)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn claim_progress(
+        &self,
+        partition: PartitionId,
+        owner: i32,
+    ) -> Result<Option<CommittedOffset>, PortError> {
+        let request = StoreRequest::ClaimProgress(partition, owner);
+        match self.call(request, self.request_timeout).await? {
+            StoreAnswer::Progress(progress) => Ok(progress),
+            StoreAnswer::Fenced(detail) => Err(fenced(detail)),
             other => Err(unexpected(other)),
         }
     }

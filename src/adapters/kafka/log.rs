@@ -90,6 +90,26 @@ impl LogContext {
     }
 }
 
+/// The group generation of the assignment being served (`-1` before the group's sync
+/// answered). rust-rdkafka does not expose it; librdkafka's group metadata carries it.
+fn generation(consumer: &BaseConsumer<LogContext>) -> i32 {
+    use rdkafka::bindings::{
+        rd_kafka_consumer_group_metadata, rd_kafka_consumer_group_metadata_destroy,
+        rd_kafka_consumer_group_metadata_generation_id,
+    };
+    // SAFETY: the client handle is valid for the consumer's life; the metadata returned is a
+    // new object owned here, read once and destroyed.
+    unsafe {
+        let metadata = rd_kafka_consumer_group_metadata(consumer.client().native_ptr());
+        if metadata.is_null() {
+            return -1;
+        }
+        let generation = rd_kafka_consumer_group_metadata_generation_id(metadata);
+        rd_kafka_consumer_group_metadata_destroy(metadata);
+        generation
+    }
+}
+
 impl ClientContext for LogContext {}
 
 impl ConsumerContext for LogContext {
@@ -97,12 +117,14 @@ impl ConsumerContext for LogContext {
         match rebalance {
             Rebalance::Assign(list) => {
                 let committed = self.committed(consumer, list);
+                let generation = generation(consumer);
                 let mut events = self.events();
                 for element in list.elements_for_topic(&self.topic) {
                     let partition = element.partition();
                     events.push_back(LogRebalance::Assigned {
                         partition,
                         committed: committed.get(&partition).cloned(),
+                        generation,
                     });
                 }
             }

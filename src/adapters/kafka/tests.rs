@@ -99,6 +99,7 @@ async fn round_trip_keeps_keys_headers_and_java_partitions() {
             LogRebalance::Assigned {
                 partition,
                 committed,
+                ..
             } => {
                 assert_eq!(committed, &None, "a new group has nothing committed");
                 Some(*partition)
@@ -155,6 +156,7 @@ async fn commit_and_resume_from_committed() {
         if let LogRebalance::Assigned {
             partition,
             committed,
+            ..
         } = change
         {
             let committed = committed.clone().expect("committed offset missing");

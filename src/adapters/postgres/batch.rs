@@ -4,7 +4,7 @@ use super::read::key_of;
 use super::{port_error, Session, SINGLE_KINDS};
 use crate::event::{EventKind, OrderEvent};
 use crate::idempotency::IdempotencyKey;
-use crate::ports::{ApplyOutcome, PortError};
+use crate::ports::{ApplyOutcome, PortError, ProgressWrite};
 use crate::widetable::{OrderRow, Stamp};
 use std::collections::{BTreeMap, HashSet};
 
@@ -18,10 +18,13 @@ pub(super) fn key_columns(key: &IdempotencyKey) -> (&str, &'static str, &str) {
 }
 
 /// One batch, one transaction: the keys first (the unique key decides what is new), then
-/// every event of the batch joined into its order's row.
+/// every event of the batch joined into its order's row, and the partitions' progress
+/// written under `scope` (a fenced write rolls the whole transaction back).
 pub(super) async fn apply_in(
     session: &mut Session,
     events: Vec<OrderEvent>,
+    progress: Vec<ProgressWrite>,
+    scope: &str,
 ) -> Result<Vec<ApplyOutcome>, PortError> {
     let keys: Vec<IdempotencyKey> = events.iter().map(IdempotencyKey::of).collect();
     // A key met again later in the batch is a duplicate of its first occurrence, as in
@@ -36,6 +39,7 @@ pub(super) async fn apply_in(
         upsert_orders,
         upsert_bills,
         upsert_refunds,
+        write_progress,
     } = session;
     let transaction = client
         .transaction()
@@ -50,10 +54,16 @@ pub(super) async fn apply_in(
         new_keys.insert(key_of(row)?);
     }
     let outcomes = outcomes(&keys, &first, &new_keys);
-    if !events.is_empty() {
+    let upserts = async {
+        if events.is_empty() {
+            return Ok(());
+        }
         let upserts = [&*upsert_orders, &*upsert_bills, &*upsert_refunds];
-        upsert_rows(&transaction, upserts, &events).await?;
-    }
+        upsert_rows(&transaction, upserts, &events).await
+    };
+    let progress_written = super::progress::write(&transaction, write_progress, scope, &progress);
+    // Dropping the transaction on an error rolls it back.
+    tokio::try_join!(upserts, progress_written)?;
     transaction
         .commit()
         .await

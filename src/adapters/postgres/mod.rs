@@ -24,13 +24,16 @@
 //! batch's transaction, `read` reads rows and keys back.
 
 mod batch;
+mod progress;
 mod read;
 mod sql;
 
 use super::{rejected, unavailable, with_causes, AdapterError, STORE};
 use crate::event::{EventKind, OrderEvent};
 use crate::idempotency::IdempotencyKey;
-use crate::ports::{ApplyOutcome, OrderStore, PortError};
+use crate::ports::{
+    ApplyOutcome, CommittedOffset, OrderStore, PartitionId, PortError, ProgressWrite,
+};
 use crate::verify::Application;
 use crate::widetable::OrderRow;
 use batch::apply_in;
@@ -73,12 +76,15 @@ struct Session {
     upsert_orders: Statement,
     upsert_bills: Statement,
     upsert_refunds: Statement,
+    write_progress: Statement,
 }
 
 /// An [`OrderStore`] on PostgreSQL. Clones share the connections.
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
+    /// Names this consumer's progress rows (`progress = store`): its group and topic.
+    scope: String,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -171,7 +177,17 @@ impl PostgresStore {
                 service: STORE,
                 detail: error.to_string(),
             })?;
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore {
+            pool,
+            scope: String::new(),
+        })
+    }
+
+    /// The store writing and claiming progress rows under `scope` (the consumer group and
+    /// topic, so that several consumers can share one database).
+    pub fn with_progress_scope(mut self, scope: impl Into<String>) -> PostgresStore {
+        self.scope = scope.into();
+        self
     }
 
     /// A pooled connection (opened if the pool has none free) with its statements.
@@ -295,12 +311,14 @@ impl Session {
         let upsert_refunds = client
             .prepare_cached(&upsert_entries_sql("holdfast_refunds"))
             .await?;
+        let write_progress = client.prepare_cached(progress::WRITE).await?;
         Ok(Session {
             client,
             insert_keys,
             upsert_orders,
             upsert_bills,
             upsert_refunds,
+            write_progress,
         })
     }
 }
@@ -347,13 +365,34 @@ fn port_error(error: &tokio_postgres::Error) -> PortError {
 }
 
 impl OrderStore for PostgresStore {
-    async fn apply_batch(&self, events: &[OrderEvent]) -> Result<Vec<ApplyOutcome>, PortError> {
-        if events.is_empty() {
+    async fn apply_batch(
+        &self,
+        events: &[OrderEvent],
+        progress: &[ProgressWrite],
+    ) -> Result<Vec<ApplyOutcome>, PortError> {
+        if events.is_empty() && progress.is_empty() {
             return Ok(Vec::new());
         }
-        let events = events.to_vec();
-        self.with_session(move |session| Box::pin(apply_in(session, events)))
-            .await
+        let (events, progress) = (events.to_vec(), progress.to_vec());
+        let scope = self.scope.clone();
+        self.with_session(move |session| {
+            Box::pin(async move { apply_in(session, events, progress, &scope).await })
+        })
+        .await
+    }
+
+    async fn claim_progress(
+        &self,
+        partition: PartitionId,
+        owner: i32,
+    ) -> Result<Option<CommittedOffset>, PortError> {
+        let scope = self.scope.clone();
+        self.with_session(move |session| {
+            Box::pin(
+                async move { progress::claim(&session.client, &scope, partition, owner).await },
+            )
+        })
+        .await
     }
 
     async fn load_rows(

@@ -47,6 +47,7 @@ fn protocol<S: OrderStore>(cache: &MemoryCache, store: &S) -> Result<BatchReport
         store,
         &NoProbe,
         &batch(),
+        &[],
         &ProtocolConfig::default(),
     ))
 }

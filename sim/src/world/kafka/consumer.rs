@@ -203,6 +203,7 @@ impl SimLog {
             return Err(unavailable("unexpected answer to an offset fetch"));
         };
         let committed: BTreeMap<PartitionId, _> = offsets.into_iter().collect();
+        let generation = lock(&self.membership).generation;
         let mut rebalances = Vec::new();
         for partition in partitions {
             let offset = committed.get(&partition).cloned();
@@ -213,6 +214,7 @@ impl SimLog {
             rebalances.push(Rebalance::Assigned {
                 partition,
                 committed: offset,
+                generation,
             });
         }
         self.pending_assignment = None;
