@@ -5,6 +5,7 @@ use crate::checker::{Invariant, Violation};
 use crate::history::{digest, History, Step};
 use crate::world::World;
 use holdfast::event::OrderEvent;
+use holdfast::pipeline::Metrics;
 use holdfast::ports::{
     ApplyOutcome, CommitMode, CommittedOffset, Delivery, EventLog, FaultPoint, OffsetCommit,
     OrderStore, OutboundMessage, PartitionId, Polled, PortError, Probe, ProgressWrite, Publisher,
@@ -44,6 +45,8 @@ pub struct Observers {
     pub injected: Arc<AtomicU32>,
     /// The workload producer's `publish` calls per payload digest.
     pub publishes: Arc<Mutex<BTreeMap<u64, u32>>>,
+    /// Every consumer incarnation's metrics (what each skipped as finished before).
+    pub metrics: Arc<Mutex<Vec<Arc<Metrics>>>>,
 }
 
 impl Observers {

@@ -90,6 +90,7 @@ pub fn sweep(planned: &[Scenario], results: &[SeedResult], wall_s: f64) -> (Stri
     let mut out = String::new();
     let mut all_met = write_matrix(&mut out, &rows);
     write_planted(&mut out, &rows);
+    write_progress_modes(&mut out, results);
     all_met &= write_reach(&mut out, planned, results);
     let failing = write_failing(&mut out, results);
     let events: usize = results.iter().map(|r| r.sent).sum();
@@ -116,6 +117,31 @@ pub fn sweep(planned: &[Scenario], results: &[SeedResult], wall_s: f64) -> (Stri
         }
     );
     (out, all_met)
+}
+
+/// The standard scenario's redeliveries by progress mode.
+fn write_progress_modes(out: &mut String, results: &[SeedResult]) {
+    let rows = crate::sweep::by_progress(results);
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\nprogress modes (standard scenario): redelivered records, and those processed again\n  {:<8} {:>6} {:>9} {:>9} {:>9} {:>14}",
+        "mode", "seeds", "sent", "redeliv", "redone", "redone/1000"
+    );
+    for (mode, row) in rows {
+        let _ = writeln!(
+            out,
+            "  {:<8} {:>6} {:>9} {:>9} {:>9} {:>14.1}",
+            mode.to_string(),
+            row.seeds,
+            row.sent,
+            row.redeliveries,
+            row.redone,
+            row.redone as f64 * 1000.0 / row.sent.max(1) as f64
+        );
+    }
 }
 
 /// One line per scenario with its verdict; returns whether every scenario met its
@@ -311,6 +337,8 @@ mod tests {
             broker_lost: 2,
             consumer_lost: 3,
             redeliveries: 4,
+            progress: holdfast::pipeline::ProgressMode::Store,
+            redone: 1,
             sent: 5,
             steps: 6,
             faults: 8,

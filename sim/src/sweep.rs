@@ -5,6 +5,7 @@ use crate::checker::Invariant;
 use crate::params::{Overrides, RunParams, Size};
 use crate::runner::{run, RunOutcome};
 use crate::scenario::{Expectation, LossAt, Scenario};
+use holdfast::pipeline::ProgressMode;
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,11 @@ pub struct SeedResult {
     /// Records of the final log neither applied nor dead-lettered.
     pub consumer_lost: usize,
     pub redeliveries: usize,
+    /// Where the run's consumers kept progress, and the redeliveries they processed again.
+    #[serde(default)]
+    pub progress: ProgressMode,
+    #[serde(default)]
+    pub redone: usize,
     pub sent: usize,
     pub steps: usize,
     pub faults: usize,
@@ -76,6 +82,8 @@ pub fn run_guarded(params: &RunParams) -> (SeedResult, Option<RunOutcome>) {
                 broker_lost: 0,
                 consumer_lost: 0,
                 redeliveries: 0,
+                progress: params.progress,
+                redone: 0,
                 sent: 0,
                 steps: 0,
                 faults: 0,
@@ -98,6 +106,8 @@ fn summarize(outcome: &RunOutcome) -> SeedResult {
         broker_lost: outcome.verdict.broker_lost,
         consumer_lost: outcome.verdict.consumer_lost,
         redeliveries: outcome.redeliveries,
+        progress: outcome.params.progress,
+        redone: outcome.redone,
         sent: outcome.sent,
         steps: outcome.steps,
         faults: outcome.faults_injected,
@@ -313,6 +323,29 @@ pub struct Row {
     pub panics: usize,
 }
 
+/// The standard scenario's seeds of one progress mode.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModeRow {
+    pub seeds: usize,
+    pub sent: usize,
+    pub redeliveries: usize,
+    pub redone: usize,
+}
+
+/// The standard scenario's redeliveries per progress mode (its seeds draw the mode, so both
+/// modes meet the same faults).
+pub fn by_progress(results: &[SeedResult]) -> BTreeMap<ProgressMode, ModeRow> {
+    let mut rows: BTreeMap<ProgressMode, ModeRow> = BTreeMap::new();
+    for result in results.iter().filter(|r| r.scenario == Scenario::Standard) {
+        let row = rows.entry(result.progress).or_default();
+        row.seeds += 1;
+        row.sent += result.sent;
+        row.redeliveries += result.redeliveries;
+        row.redone += result.redone;
+    }
+    rows
+}
+
 /// Aggregates results per scenario; every scenario of `planned` has a row, seeds or not.
 pub fn matrix(planned: &[Scenario], results: &[SeedResult]) -> BTreeMap<Scenario, Row> {
     let mut rows: BTreeMap<Scenario, Row> = planned.iter().map(|s| (*s, Row::default())).collect();
@@ -389,7 +422,6 @@ pub fn meets(scenario: Scenario, row: &Row) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use holdfast::pipeline::ProgressMode;
 
     fn result(scenario: Scenario, invariants: Vec<Invariant>) -> SeedResult {
         SeedResult {
@@ -400,6 +432,8 @@ mod tests {
             broker_lost: 0,
             consumer_lost: 0,
             redeliveries: 0,
+            progress: ProgressMode::Kafka,
+            redone: 0,
             sent: 10,
             steps: 10,
             faults: 1,

@@ -137,6 +137,7 @@ impl<L: EventLog> Member<L> {
                 // A record of a partition this member does not own (a fetch that raced a
                 // revoke): the owner handles it; no state, gauge or probe verdict for it here.
                 crate::reach!("member.record_skipped");
+                self.metrics.stale_skipped.add(1);
                 tracing::debug!(
                     partition = record.partition,
                     offset = record.offset,
@@ -192,12 +193,16 @@ impl<L: EventLog> Member<L> {
                 self.hand_over(ticket, record, admitted);
                 None
             }
-            Ok((_, Tracked::AlreadyDone)) => None,
+            Ok((_, Tracked::AlreadyDone)) => {
+                self.metrics.finished_skipped.add(1);
+                None
+            }
             Err(TrackError::Full { .. }) => Some(record),
             Err(error) => {
                 // Redelivered below what this epoch already tracks, or a partition we no
                 // longer own: already handled (or someone else's), so skipping loses nothing.
                 crate::reach!("member.record_skipped");
+                self.metrics.stale_skipped.add(1);
                 tracing::debug!(%error, partition = record.partition, offset = record.offset, "record skipped");
                 None
             }

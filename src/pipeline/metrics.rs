@@ -82,6 +82,12 @@ pub struct Metrics {
     pub stalls: Counter,
     /// Records dropped unprocessed because their partition was revoked while they waited.
     pub dropped_revoked: Counter,
+    /// Records polled again that a previous owner had finished (restored progress): skipped
+    /// without touching the services.
+    pub finished_skipped: Counter,
+    /// Records skipped as not this member's to process: below what its assignment already
+    /// tracks (a re-fetch), or of a partition it no longer owns.
+    pub stale_skipped: Counter,
     pub batches: Counter,
     /// How long a worker took over a batch, from its start to its acks.
     pub batch_duration: Histogram,
@@ -232,7 +238,7 @@ impl Metrics {
 
     /// Every counter with its name and help text: a data table, one entry per counter, longer
     /// than a function should be only because it lists them all.
-    fn counters(&self) -> [(&'static str, &'static str, &Counter); 15] {
+    fn counters(&self) -> [(&'static str, &'static str, &Counter); 17] {
         [
             (
                 "holdfast_polls_total",
@@ -303,6 +309,16 @@ impl Metrics {
                 "holdfast_records_dropped_revoked_total",
                 "Records dropped unprocessed because their partition was revoked while they waited (the next owner redoes them).",
                 &self.dropped_revoked,
+            ),
+            (
+                "holdfast_records_finished_skipped_total",
+                "Records polled again that a previous owner had finished (from the restored progress), skipped without processing.",
+                &self.finished_skipped,
+            ),
+            (
+                "holdfast_records_stale_skipped_total",
+                "Records skipped as not this member's to process: below what its assignment already tracks, or of a partition it no longer owns.",
+                &self.stale_skipped,
             ),
             (
                 "holdfast_batches_total",

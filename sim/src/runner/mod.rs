@@ -51,6 +51,8 @@ pub struct RunOutcome {
     pub steps: usize,
     /// Polls of an offset already polled before (redeliveries after crashes and rebalances).
     pub redeliveries: usize,
+    /// Redeliveries processed again: those the restored progress did not mark finished.
+    pub redone: usize,
     /// Records the compensator re-published (they carry its attempts header).
     pub resent: usize,
     /// The history the checker judged (the trace and the timeline page render it).
@@ -175,6 +177,7 @@ impl Cluster {
             checked: Arc::new(Mutex::new(Default::default())),
             injected: Arc::new(AtomicU32::new(0)),
             publishes: Arc::new(Mutex::new(BTreeMap::new())),
+            metrics: Arc::new(Mutex::new(Vec::new())),
         };
         let truth = Arc::new(Mutex::new(GroundTruth::default()));
         let producer_done = Arc::new(AtomicBool::new(false));
@@ -310,6 +313,17 @@ impl Cluster {
         };
         let verdict = check(&observed);
         let faults = merged_faults(world, &observed);
+        let redeliveries = redeliveries(&observed);
+        let finished_skipped: u64 = self
+            .observers
+            .metrics
+            .lock()
+            .map(|all| {
+                all.iter()
+                    .map(|m| m.finished_skipped.get() + m.stale_skipped.get())
+                    .sum()
+            })
+            .unwrap_or(0);
         RunOutcome {
             fingerprint: crate::history::fingerprint(&observed.history),
             steps: observed.history.len(),
@@ -318,7 +332,8 @@ impl Cluster {
             virtual_ms,
             sent: self.sent.load(Ordering::SeqCst) as usize,
             faults_injected: self.observers.injected.load(Ordering::SeqCst) as usize,
-            redeliveries: redeliveries(&observed),
+            redeliveries,
+            redone: redeliveries.saturating_sub(finished_skipped as usize),
             resent: resent(&observed),
             history: observed.history,
             world: describe_world(&world_config(&params)),

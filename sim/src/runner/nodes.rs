@@ -300,6 +300,9 @@ pub(super) fn spawn_consumer(
                 };
                 let log = PlantedLog::new(log, planted);
                 let metrics = Arc::new(Metrics::new());
+                if let Ok(mut all) = observers.metrics.lock() {
+                    all.push(Arc::clone(&metrics));
+                }
                 let policy = commit_policy(&params);
                 let consumer = match Consumer::with_policy(config, log, services, metrics, policy) {
                     Ok(consumer) => consumer,
