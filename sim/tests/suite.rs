@@ -3,6 +3,7 @@
 //! and one regression test per seed that once exposed a bug.
 #![cfg(madsim)]
 
+use holdfast::pipeline::ProgressMode;
 use holdfast::testkit::planted::PlantedBug;
 use holdfast_sim::params::{Overrides, RunParams, Size};
 use holdfast_sim::runner::run;
@@ -205,6 +206,23 @@ fn seed_140_standard_judges_the_coordinators_commit_log() {
     params.orders = 39;
     params.faults = 2;
     params.liveness_ms = params.liveness_bound_ms();
+    assert_run_passes(&params);
+}
+
+/// A follower restarted with part of its log lost was proposed back into the ISR while the
+/// leader's high watermark went on counting only the ISR of record; the controller admitted it
+/// below the high watermark and then elected it: records consumers had read were truncated
+/// (inconsistent offsets, a poll back to offset 0). The leader now counts the proposed ISR's
+/// members too until the controller answers.
+#[test]
+fn seed_601_standard_a_follower_joining_the_isr_holds_the_high_watermark() {
+    let mut params = RunParams::derive_sized(601, Scenario::Standard, Size::Mixed);
+    Overrides {
+        orders: Some(87),
+        faults: Some(3),
+        progress: Some(ProgressMode::Store),
+    }
+    .apply(&mut params);
     assert_run_passes(&params);
 }
 

@@ -6,6 +6,7 @@
 
 use super::config::{CompensatorSection, ConsumerSection, Property, Settings};
 use clap::{Args, Subcommand};
+use holdfast::pipeline::ProgressMode;
 use std::path::PathBuf;
 
 /// Where values come from when no flag gives them.
@@ -136,6 +137,11 @@ pub struct RunArgs {
     /// Milliseconds between offset commits [consumer.commit_interval_ms; default 1000].
     #[arg(long)]
     pub commit_ms: Option<u64>,
+    /// Where partitions' progress is kept: kafka (the commits' metadata) or store (the
+    /// database, in each batch's transaction, fenced per generation) [consumer.progress;
+    /// default kafka].
+    #[arg(long, value_name = "MODE")]
+    pub progress: Option<ProgressMode>,
     /// Serve the operations endpoint on this address (host:port): /metrics (Prometheus),
     /// /livez and /readyz [consumer.metrics].
     #[arg(long, value_name = "ADDRESS")]
@@ -157,6 +163,7 @@ impl RunArgs {
                 batch_size: self.batch,
                 concurrency: self.workers,
                 commit_interval_ms: self.commit_ms,
+                progress: self.progress,
                 metrics: self.metrics.clone(),
                 ready_backlog_max: self.ready_backlog_max,
                 ..ConsumerSection::default()

@@ -9,7 +9,7 @@
 
 use holdfast::adapters::KafkaSettings;
 use holdfast::offsets::Limits;
-use holdfast::pipeline::{CompensatorConfig, ConsumerConfig};
+use holdfast::pipeline::{CompensatorConfig, ConsumerConfig, ProgressMode};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -60,6 +60,9 @@ pub struct ConsumerSection {
     pub drain_timeout_ms: Option<u64>,
     pub cache_ttl_s: Option<u64>,
     pub jitter_seed: Option<u64>,
+    /// Where partitions' progress is kept: `kafka` (commit metadata) or `store` (the
+    /// database, in each batch's transaction).
+    pub progress: Option<ProgressMode>,
     pub in_flight_max: Option<usize>,
     pub span_max: Option<u64>,
     pub metadata_budget_bytes: Option<usize>,
@@ -134,7 +137,7 @@ impl Settings {
         let (base, top_consumer) = (&mut self.consumer, top.consumer);
         overlay!(base, top_consumer; group, batch_size, concurrency, commit_interval_ms,
             poll_timeout_ms, record_attempts_max, backoff_initial_ms, backoff_max_ms,
-            stall_after_ms, revoke_grace_ms, drain_timeout_ms, cache_ttl_s, jitter_seed,
+            stall_after_ms, revoke_grace_ms, drain_timeout_ms, cache_ttl_s, jitter_seed, progress,
             in_flight_max, span_max, metadata_budget_bytes, metrics, ready_backlog_max);
         let (base, top_compensator) = (&mut self.compensator, top.compensator);
         overlay!(base, top_compensator; group, main_group, delay_ms, check_interval_ms,
@@ -239,6 +242,7 @@ impl Settings {
             .cache_ttl_s
             .map_or(config.cache_ttl, Duration::from_secs);
         config.jitter_seed = set.jitter_seed.unwrap_or(config.jitter_seed);
+        config.progress = set.progress.unwrap_or(config.progress);
         config.limits = limits(set.in_flight_max, set.span_max, set.metadata_budget_bytes);
         config.dead_letter_topic = self.dead_letter_topic();
         config
@@ -319,6 +323,7 @@ impl ConsumerSection {
             drain_timeout_ms: millis(config.drain_timeout),
             cache_ttl_s: Some(config.cache_ttl.as_secs()),
             jitter_seed: Some(config.jitter_seed),
+            progress: Some(config.progress),
             in_flight_max: Some(config.limits.in_flight_max),
             span_max: Some(config.limits.span_max),
             metadata_budget_bytes: Some(config.limits.metadata_budget_bytes),

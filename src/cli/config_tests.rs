@@ -168,3 +168,32 @@ fn the_printed_configuration_masks_every_secret() {
         "postgres://app@db/orders"
     );
 }
+
+/// Goal: the progress mode is read by name from a file and a flag wins over it; an unknown
+/// mode is refused naming the choices. Method: a file with `store`, a flag with `kafka`, and
+/// a file with a typo.
+#[test]
+fn the_progress_mode_is_read_by_name() {
+    let file = parse("[consumer]\nprogress = \"store\"");
+    assert_eq!(
+        file.consumer_config().unwrap().progress,
+        ProgressMode::Store
+    );
+    let flags = Settings {
+        consumer: ConsumerSection {
+            progress: Some(ProgressMode::Kafka),
+            ..ConsumerSection::default()
+        },
+        ..Settings::default()
+    };
+    let merged = file.overlay(flags);
+    assert_eq!(
+        merged.consumer_config().unwrap().progress,
+        ProgressMode::Kafka
+    );
+    let error = Settings::parse("[consumer]\nprogress = \"stor\"").unwrap_err();
+    assert!(
+        error.contains("kafka") && error.contains("store"),
+        "{error}"
+    );
+}

@@ -27,7 +27,11 @@ pub fn main(args: RunArgs) -> Result<ExitCode, String> {
             RedisCache::connect(&redis)
         })
         .await?;
-        let store = connect_store(&postgres, wait).await?;
+        // Progress rows are the group's on the topic: consumers of other topics or groups may
+        // share the database.
+        let store = connect_store(&postgres, wait)
+            .await?
+            .with_progress_scope(format!("{group}/{topic}"));
         reach_brokers(&kafka, Some(&topic), wait).await?;
         let log = KafkaLog::connect(&kafka, &group, &topic).map_err(|error| error.to_string())?;
         let dead_letters = KafkaPublisher::connect(&kafka).map_err(|error| error.to_string())?;

@@ -235,8 +235,9 @@ impl Tracker {
     }
 
     /// The progress to store in a transaction that finishes `finishing` (offsets of
-    /// `partition` tracked under `epoch` and not yet acked): the policy's commit point, and
-    /// every offset above it that is finished or will be once the transaction commits, encoded
+    /// `partition` tracked under `epoch` and not yet acked): the policy's commit point moved
+    /// past the offsets finished once the transaction commits, and every finished offset above
+    /// it, encoded
     /// without commit metadata's byte budget (the tracker's span bounds it). `None` when the
     /// partition is no longer assigned under `epoch` or nothing is known of it.
     pub fn stored_progress(
@@ -252,13 +253,22 @@ impl Tracker {
             .iter()
             .map(|offset| offset.saturating_add(1))
             .fold(above.base().saturating_add(above.len() as i64), i64::max);
-        let mut set = FinishedSet::new(point, end.saturating_sub(point).max(0) as u64);
-        for offset in above.iter().chain(finishing.iter().copied()) {
-            set.insert(offset);
+        let finished = |from: i64| {
+            let mut set = FinishedSet::new(from, end.saturating_sub(from).max(0) as u64);
+            for offset in above.iter().chain(finishing.iter().copied()) {
+                set.insert(offset);
+            }
+            set
+        };
+        // The point moves past the records this transaction finishes, as an ack would move it.
+        let mut point = point;
+        let set = finished(point);
+        while point < end && set.contains(point) {
+            point += 1;
         }
         Some(CommittedOffset {
             offset: point,
-            metadata: Some(metadata::encode(&set, usize::MAX)),
+            metadata: Some(metadata::encode(&finished(point), usize::MAX)),
         })
     }
 

@@ -10,7 +10,7 @@ use super::config::ProgressMode;
 use super::config::{ConfigError, ConsumerConfig};
 use super::member::{Member, MemberConfig};
 use super::metrics::Metrics;
-use super::progress::{FromCommit, FromStore, Owners};
+use super::progress::{FromCommit, FromStore, Owners, Resume};
 use super::shutdown::{Shutdown, ShutdownTrigger};
 use super::worker::{Job, Services, WorkerContext};
 use crate::idempotency::protocol::ProtocolConfig;
@@ -190,13 +190,8 @@ where
             let polled = match self.config.progress {
                 ProgressMode::Kafka => self.member.poll(probe, &FromCommit).await,
                 ProgressMode::Store => {
-                    let resume = FromStore {
-                        store: &self.services.store,
-                        owners: &self.owners,
-                        metrics: &self.metrics,
-                        backoff_initial: self.config.backoff_initial,
-                        backoff_max: self.config.backoff_max,
-                    };
+                    let resume =
+                        from_store(&self.services, &self.owners, &self.metrics, &self.config);
                     self.member.poll(probe, &resume).await
                 }
             };
@@ -223,6 +218,12 @@ where
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let abandoned = self.member.in_flight();
+        if self.config.progress == ProgressMode::Store {
+            let finals = self.member.final_progress(&self.member.owned());
+            from_store(&self.services, &self.owners, &self.metrics, &self.config)
+                .released(&finals)
+                .await;
+        }
         self.member
             .commit_changed(CommitMode::Sync, &self.services.probe)
             .await;
@@ -235,6 +236,22 @@ where
             commits: self.member.commits,
             abandoned,
         }
+    }
+}
+
+/// Where partitions resume and leave their progress under `progress = store`.
+fn from_store<'a, C, S, D, P>(
+    services: &'a Services<C, S, D, P>,
+    owners: &'a Owners,
+    metrics: &'a Metrics,
+    config: &ConsumerConfig,
+) -> FromStore<'a, S> {
+    FromStore {
+        store: &services.store,
+        owners,
+        metrics,
+        backoff_initial: config.backoff_initial,
+        backoff_max: config.backoff_max,
     }
 }
 

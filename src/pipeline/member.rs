@@ -316,8 +316,9 @@ impl<L: EventLog> Member<L> {
                 } => {
                     let run = std::mem::take(&mut pending);
                     revoked.extend(self.revoke(&run, probe, resume).await);
+                    let group_offset = committed.as_ref().map(|c| c.offset);
                     let start = resume.resume(partition, generation, committed).await;
-                    self.assign(partition, start).await;
+                    self.assign(partition, group_offset, start).await;
                 }
             }
         }
@@ -325,8 +326,15 @@ impl<L: EventLog> Member<L> {
         revoked
     }
 
-    async fn assign(&mut self, partition: PartitionId, committed: Option<CommittedOffset>) {
-        let assignment = self.tracker.assign(partition, committed.as_ref());
+    /// Takes `partition` over, tracking from `start`; `committed` is the group's offset (a
+    /// start further along is committed to the group at the next round).
+    async fn assign(
+        &mut self,
+        partition: PartitionId,
+        committed: Option<i64>,
+        start: Option<CommittedOffset>,
+    ) {
+        let assignment = self.tracker.assign(partition, start.as_ref());
         tracing::info!(
             partition,
             epoch = assignment.epoch,
@@ -334,7 +342,7 @@ impl<L: EventLog> Member<L> {
             already_done = assignment.restore.already_done,
             "partition assigned"
         );
-        let mut state = PartitionState::assigned(committed.map(|c| c.offset));
+        let mut state = PartitionState::assigned(committed);
         // A partition paused for back-pressure and then revoked may come back still paused in
         // the client (librdkafka keeps the pause on the partition object): its new state starts
         // unpaused, so the client must be too, or it is never fetched again.
@@ -369,10 +377,10 @@ impl<L: EventLog> Member<L> {
         }
         let mut snapshots = Vec::new();
         let mut revoked = Vec::with_capacity(partitions.len());
+        let finals = self.final_progress(partitions);
         for &partition in partitions {
             let abandoned = self.tracker.in_flight(partition);
             snapshots.extend(self.tracker.revoke(partition));
-            resume.released(partition);
             self.partitions.remove(&partition);
             self.metrics.remove_partition(partition);
             tracing::info!(partition, abandoned, "partition revoked");
@@ -381,10 +389,33 @@ impl<L: EventLog> Member<L> {
                 abandoned,
             });
         }
+        resume.released(&finals).await;
         if !snapshots.is_empty() {
             self.commit(snapshots, CommitMode::Sync, probe).await;
         }
         revoked
+    }
+
+    /// Each partition's progress as the tracker knows it now, to store when it is given up.
+    pub fn final_progress(
+        &self,
+        partitions: &[PartitionId],
+    ) -> Vec<(PartitionId, Option<CommittedOffset>)> {
+        partitions
+            .iter()
+            .map(|&partition| {
+                let progress = self
+                    .tracker
+                    .epoch(partition)
+                    .and_then(|epoch| self.tracker.stored_progress(partition, epoch, &[]));
+                (partition, progress)
+            })
+            .collect()
+    }
+
+    /// Every partition this member owns.
+    pub fn owned(&self) -> Vec<PartitionId> {
+        self.partitions.keys().copied().collect()
     }
 
     /// Commits every owned partition's snapshot that moved since its last commit (or carries

@@ -28,8 +28,14 @@ pub(super) trait Resume: Send + Sync {
         committed: Option<CommittedOffset>,
     ) -> impl Future<Output = Option<CommittedOffset>> + Send;
 
-    /// `partition` was given up.
-    fn released(&self, _partition: PartitionId) {}
+    /// Partitions given up, each with its final progress (`None`: nothing known); their
+    /// records in flight are abandoned.
+    fn released(
+        &self,
+        _partitions: &[(PartitionId, Option<CommittedOffset>)],
+    ) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// `progress = kafka`: the group's commit.
@@ -57,8 +63,27 @@ pub(super) struct FromStore<'a, S> {
 }
 
 impl<S: OrderStore> Resume for FromStore<'_, S> {
-    fn released(&self, partition: PartitionId) {
-        self.owners.released(partition);
+    /// Stores the final progress in a transaction of its own (one attempt: if it fails, the
+    /// next owner redoes a little more), then forgets the partitions.
+    async fn released(&self, partitions: &[(PartitionId, Option<CommittedOffset>)]) {
+        let writes: Vec<ProgressWrite> = partitions
+            .iter()
+            .filter_map(|(partition, progress)| {
+                Some(ProgressWrite {
+                    partition: *partition,
+                    owner: self.owners.owner(*partition)?,
+                    progress: progress.clone()?,
+                })
+            })
+            .collect();
+        if !writes.is_empty() {
+            if let Err(error) = self.store.apply_batch(&[], &writes).await {
+                tracing::warn!(%error, "final progress not stored; the next owner redoes more");
+            }
+        }
+        for (partition, _) in partitions {
+            self.owners.released(*partition);
+        }
     }
 
     async fn resume(
@@ -76,10 +101,10 @@ impl<S: OrderStore> Resume for FromStore<'_, S> {
                 }
                 Err(PortError::Fenced { detail, .. }) => {
                     // A later generation owns the partition: this member is a zombie for it.
-                    // Its writes will be refused; nothing is claimed, so none are attempted.
+                    // Its transactions still carry its generation, so each is refused.
                     crate::reach!("progress.claim_fenced");
                     tracing::warn!(partition, generation, detail, "progress claim fenced");
-                    self.owners.released(partition);
+                    self.owners.claimed(partition, generation);
                     return committed;
                 }
                 Err(error) => {
@@ -106,7 +131,8 @@ fn later(
     }
 }
 
-/// The generation that claimed each partition this member owns (`progress = store`).
+/// The generation under which this member writes each partition it owns (`progress =
+/// store`): the one its claim was made for, refused or not.
 #[derive(Debug, Default)]
 pub(super) struct Owners {
     claimed: Mutex<BTreeMap<PartitionId, i32>>,

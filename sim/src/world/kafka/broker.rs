@@ -116,6 +116,10 @@ struct Leadership {
     isr_version: u64,
     followers: BTreeMap<usize, FollowerProgress>,
     altering_isr: bool,
+    /// The ISR proposed and not answered yet. Until the controller answers, the high
+    /// watermark counts its members too (Kafka's "maximal ISR"): a follower being added
+    /// must hold everything below the high watermark once it is in the ISR and electable.
+    proposed_isr: Vec<usize>,
 }
 
 /// A broker's state. `replicas` stands for the log files: page cache and disk, split by each
@@ -175,7 +179,7 @@ impl BrokerState {
             return;
         };
         let mut smallest = replica.log_end();
-        for member in &leadership.isr {
+        for member in leadership.isr.iter().chain(&leadership.proposed_isr) {
             if let Some(progress) = leadership.followers.get(member) {
                 smallest = smallest.min(progress.log_end);
             }
@@ -221,6 +225,7 @@ impl BrokerState {
                             isr_version: state.isr_version,
                             followers,
                             altering_isr: false,
+                            proposed_isr: Vec::new(),
                         },
                     );
                 } else if let Some(leadership) = self.leading.get_mut(&partition) {
@@ -417,6 +422,7 @@ impl BrokerState {
                     })
                     .collect();
                 leadership.altering_isr = true;
+                leadership.proposed_isr = wanted.clone();
                 proposals.push(IsrProposal {
                     partition: *partition,
                     leader_epoch: leadership.epoch,
@@ -438,6 +444,7 @@ impl BrokerState {
         if let Some(leadership) = self.leading.get_mut(&partition) {
             if leadership.epoch == epoch {
                 leadership.altering_isr = false;
+                leadership.proposed_isr.clear();
                 if let Some(state) = state {
                     if state.leader_epoch == epoch && state.isr_version > leadership.isr_version {
                         leadership.isr = state.isr;
