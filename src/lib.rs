@@ -5,9 +5,11 @@
 //! partitioner ([`partition`]) and the event types ([`event`]). The outside world is reached
 //! only through the traits in [`ports`]; the pipeline ([`pipeline`]) is written once, generic
 //! over them, and runs against real Kafka, Redis and PostgreSQL or inside the seeded simulator.
+//! [`check`] judges a run's history (the simulator's, so far) against every invariant.
 
 #[cfg(not(any(madsim, loom)))]
 pub mod adapters;
+pub mod check;
 pub mod event;
 pub mod idempotency;
 pub mod memlog;

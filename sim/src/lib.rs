@@ -2,17 +2,17 @@
 //!
 //! `world` holds the models of Kafka, Redis and PostgreSQL running as madsim nodes and the
 //! port implementations the pipeline uses to reach them; `runner` drives the very pipeline of
-//! the `holdfast` crate through them from a seed; `checker` judges each run's history.
+//! the `holdfast` crate through them from a seed; `checker` (the library's) judges each run's history.
 //!
 //! Everything that touches madsim needs `--cfg madsim` (`cargo sim`, `cargo stest`); without
-//! it only the pure parts (checker, history, scenarios, parameters) are built, so the normal
+//! it only the pure parts (scenarios, parameters) are built, so the normal
 //! workspace build, tests and lints keep working.
 
-pub mod checker;
+/// The checker and its history live in the library, shared with real runs.
+pub use holdfast::check::{checker, history};
 pub mod cli;
 #[cfg(madsim)]
 pub mod explorer_page;
-pub mod history;
 #[cfg(madsim)]
 pub mod observe;
 pub mod params;

@@ -1,14 +1,14 @@
 //! The checker: reads a run's history and final state and names every violated invariant, in
 //! the vocabulary of Jepsen's Kafka workload where it applies.
 //!
-//! It judges with `holdfast::verify`'s reference model, written apart from the code under
+//! It judges with `crate::verify`'s reference model, written apart from the code under
 //! test: events are identified by their content, payloads are read by the model's own reading
 //! of the wire format, and rows are compared with the conflict rule restated there.
 
-use crate::history::{digest, Step};
-use holdfast::ports::Record;
-use holdfast::verify::reference::{read_payload, reflected};
-use holdfast::verify::{verify, Fact, GroundTruth, StoreView, VerifyReport};
+use super::history::{digest, Step};
+use crate::ports::Record;
+use crate::verify::reference::{read_payload, reflected};
+use crate::verify::{verify, Fact, GroundTruth, StoreView, VerifyReport};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -498,9 +498,9 @@ fn check_appends(
     let mut copies: BTreeMap<u64, (u32, i32, i64)> = BTreeMap::new();
     for (partition, log) in logs {
         for (offset, record) in log {
-            if holdfast::pipeline::dead_letter::header(
+            if crate::pipeline::dead_letter::header(
                 &record.headers,
-                holdfast::pipeline::dead_letter::HEADER_ATTEMPTS,
+                crate::pipeline::dead_letter::HEADER_ATTEMPTS,
             )
             .is_some()
             {
@@ -642,10 +642,10 @@ fn check_commits(history: &[(u64, Step)]) -> Vec<Violation> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use holdfast::event::EventKind;
-    use holdfast::verify::Application;
-    use holdfast::widetable::OrderRow;
-    use holdfast::workload::{Workload, WorkloadConfig};
+    use crate::event::EventKind;
+    use crate::verify::Application;
+    use crate::widetable::OrderRow;
+    use crate::workload::{Workload, WorkloadConfig};
 
     /// A run where every acknowledged event was polled once and applied once.
     fn clean_run() -> Observed {
@@ -756,7 +756,7 @@ mod tests {
         let mut observed = clean_run();
         let log = observed.logs.get_mut(&0).unwrap();
         let (_, record) = log.remove(0);
-        let event = holdfast::event::OrderEvent::decode(&record.payload).unwrap();
+        let event = crate::event::OrderEvent::decode(&record.payload).unwrap();
         let row = observed.store.rows.get_mut(&event.order_id).unwrap();
         assert_eq!(
             event.kind,
@@ -918,7 +918,7 @@ mod tests {
             )
         };
         let resend = vec![(
-            holdfast::pipeline::dead_letter::HEADER_ATTEMPTS.to_owned(),
+            crate::pipeline::dead_letter::HEADER_ATTEMPTS.to_owned(),
             b"1".to_vec(),
         )];
         let logs = BTreeMap::from([(
