@@ -136,6 +136,7 @@ async fn a_zombie_generation_has_every_transaction_refused() {
         store.applied_events().is_empty(),
         "a zombie's transaction committed"
     );
+    assert!(metrics.batches_fenced.get() > 0, "no transaction was tried");
     zombie.abort().await;
     assert!(broker.committed("group").values().all(|c| c.offset == 0));
 

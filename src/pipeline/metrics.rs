@@ -88,6 +88,9 @@ pub struct Metrics {
     /// Records skipped as not this member's to process: below what its assignment already
     /// tracks (a re-fetch), or of a partition it no longer owns.
     pub stale_skipped: Counter,
+    /// Batches whose transaction the store refused as fenced (`progress = store`: a later
+    /// generation holds the partition); their records are left to the new owner.
+    pub batches_fenced: Counter,
     pub batches: Counter,
     /// How long a worker took over a batch, from its start to its acks.
     pub batch_duration: Histogram,
@@ -238,7 +241,7 @@ impl Metrics {
 
     /// Every counter with its name and help text: a data table, one entry per counter, longer
     /// than a function should be only because it lists them all.
-    fn counters(&self) -> [(&'static str, &'static str, &Counter); 17] {
+    fn counters(&self) -> [(&'static str, &'static str, &Counter); 18] {
         [
             (
                 "holdfast_polls_total",
@@ -319,6 +322,11 @@ impl Metrics {
                 "holdfast_records_stale_skipped_total",
                 "Records skipped as not this member's to process: below what its assignment already tracks, or of a partition it no longer owns.",
                 &self.stale_skipped,
+            ),
+            (
+                "holdfast_batches_fenced_total",
+                "Batches whose transaction the store refused because a later group generation holds the partition's progress (left to the new owner).",
+                &self.batches_fenced,
             ),
             (
                 "holdfast_batches_total",

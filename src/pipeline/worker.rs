@@ -234,6 +234,7 @@ where
                 Ok(report) => return Applied::All(report),
                 Err(PortError::Fenced { .. }) => {
                     crate::reach!("worker.store_fenced");
+                    self.metrics.batches_fenced.add(1);
                     return Applied::Fenced;
                 }
                 Err(error @ PortError::Unavailable { .. }) => {
