@@ -7,6 +7,8 @@
 //! - (b) batched: holdfast's `pipeline::Consumer` with `RedisCache` and `PostgresStore` over
 //!   `KafkaLog`; the run fails (non-zero exit) unless the database then holds every event
 //!   exactly once.
+//! - (d) batched, progress in the store: (b) with `progress = store` (each transaction also
+//!   writes its partitions' progress, fenced by generation); verified the same way.
 //! - (c) per message: the seed text literally (Redis GET, one transaction, Redis SET, one
 //!   synchronous offset commit, for every record). It is slow, so it processes a prefix of the
 //!   topic (a time budget); its rate is messages per second over that prefix, and the prefix
@@ -15,7 +17,7 @@
 //! Each run is a fresh consumer group starting at the beginning of the topic; (b) and (c) start
 //! from empty tables and an empty cache. A run's clock starts when its consumer gets its first
 //! record (the group join is reported apart) and, for (a) and (b), stops when the broker reports
-//! the group's committed offsets at the end of every partition. (a) and (b) alternate for
+//! the group's committed offsets at the end of every partition. (a), (b) and (d) alternate for
 //! several rounds and the medians are compared, because one pair of runs on a shared machine
 //! can be far off. Every call into a port is timed, so the output also says where time went.
 //!
@@ -34,7 +36,7 @@ use holdfast::adapters::kafka::{
     create_topic, read_topic, KafkaGroupOffsets, KafkaLog, KafkaPublisher, KafkaSettings,
 };
 use holdfast::adapters::{PostgresStore, RedisCache};
-use holdfast::pipeline::{Consumer, ConsumerConfig, Metrics, Services};
+use holdfast::pipeline::{Consumer, ConsumerConfig, Metrics, ProgressMode, Services};
 use holdfast::ports::{
     CommitMode, EventLog, GroupOffsets, NoProbe, OffsetCommit, OutboundMessage, PartitionId,
 };
@@ -53,7 +55,7 @@ const ORDERS: usize = 24_000;
 /// The per-message run stops after this long (counted from its first record), unless
 /// `HOLDFAST_BENCH_PER_MESSAGE_S` says otherwise.
 const PER_MESSAGE_BUDGET_S: usize = 15;
-/// Rounds of (a) then (b), unless `HOLDFAST_BENCH_ROUNDS` says otherwise.
+/// Rounds of (a), (b) and (d), unless `HOLDFAST_BENCH_ROUNDS` says otherwise.
 const ROUNDS: usize = 3;
 /// How long a run may take before the bench gives up.
 const RUN_DEADLINE: Duration = Duration::from_secs(300);
@@ -328,12 +330,16 @@ async fn run_batched(
     cache: &RedisCache,
     store: &PostgresStore,
     ledger: &Arc<Ledger>,
+    progress: ProgressMode,
 ) -> (Timing, BatchedStats) {
     let group = unique("batched");
+    let store = store
+        .clone()
+        .with_progress_scope(format!("{group}/{}", topic.name));
     let metrics = Arc::new(Metrics::new());
     let services = Services {
         cache: Timed::new(cache.clone(), ledger),
-        store: Timed::new(store.clone(), ledger),
+        store: Timed::new(store, ledger),
         dead_letters: Timed::new(
             KafkaPublisher::connect(&topic.settings).expect("publisher"),
             ledger,
@@ -345,7 +351,10 @@ async fn run_batched(
         ledger,
     );
     let running = Consumer::new(
-        consumer_config(&topic.dead_letters),
+        ConsumerConfig {
+            progress,
+            ..consumer_config(&topic.dead_letters)
+        },
         log,
         services,
         Arc::clone(&metrics),
@@ -439,6 +448,9 @@ fn main() {
         let batched_ledger = Arc::new(Ledger::default());
         let mut read_rates = Vec::new();
         let mut batched_rates = Vec::new();
+        let stored_ledger = Arc::new(Ledger::default());
+        let mut stored_rates = Vec::new();
+        let (mut stored_cpu, mut stored_wall) = (CpuSample::default(), Duration::ZERO);
         let services = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".services");
         let (mut read_cpu, mut batched_cpu) = (CpuSample::default(), CpuSample::default());
         let (mut read_wall, mut batched_wall) = (Duration::ZERO, Duration::ZERO);
@@ -450,11 +462,31 @@ fn main() {
             assert_eq!(read_stats.records, messages, "read+commit saw every record once");
             reset(&redis_url, &postgres_url).await;
             let (before, started) = (sample(&services), Instant::now());
-            let (batched_timing, batched_stats) =
-                run_batched(&topic, &cache, &store, &batched_ledger).await;
+            let (batched_timing, batched_stats) = run_batched(
+                &topic,
+                &cache,
+                &store,
+                &batched_ledger,
+                ProgressMode::Kafka,
+            )
+            .await;
             batched_cpu.add(&sample(&services).since(&before));
             batched_wall += started.elapsed();
             check(&store, &topic.truth, "the batched pipeline").await;
+            reset(&redis_url, &postgres_url).await;
+            let (before, started) = (sample(&services), Instant::now());
+            let (stored_timing, _) =
+                run_batched(&topic, &cache, &store, &stored_ledger, ProgressMode::Store).await;
+            stored_cpu.add(&sample(&services).since(&before));
+            stored_wall += started.elapsed();
+            check(&store, &topic.truth, "the batched pipeline, progress in the store").await;
+            let stored_rate = rate(messages, stored_timing.run);
+            println!(
+                "round {round}: (d) {:.2} s, {stored_rate:.0}/s, verified; d/b {:.0}%",
+                stored_timing.run.as_secs_f64(),
+                stored_rate / rate(messages, batched_timing.run) * 100.0
+            );
+            stored_rates.push(stored_rate);
             let read_rate = rate(messages, read_timing.run);
             let batched_rate = rate(messages, batched_timing.run);
             println!(
@@ -541,6 +573,11 @@ fn main() {
             "{:<26} {messages:>9} {batched_rate:>11.0}",
             format!("(b) batched, median/{rounds}")
         );
+        let stored_rate = median(&mut stored_rates);
+        println!(
+            "{:<26} {messages:>9} {stored_rate:>11.0}",
+            format!("(d) progress in store, median/{rounds}")
+        );
         println!(
             "{:<26} {:>9} {literal_rate:>11.0}",
             "(c) per message, prefix", literal.messages
@@ -549,6 +586,7 @@ fn main() {
         for (run, cpu, wall) in [
             ("(a)", &read_cpu, read_wall),
             ("(b)", &batched_cpu, batched_wall),
+            ("(d)", &stored_cpu, stored_wall),
         ] {
             println!(
                 "CPU, all rounds of {run} ({:.2} s wall, joins included, {cores} cores): {}",
@@ -562,6 +600,7 @@ fn main() {
         for (run, ledger) in [
             ("(a)", &read_ledger),
             ("(b)", &batched_ledger),
+            ("(d)", &stored_ledger),
             ("(c)", &literal_ledger),
         ] {
             for (call, spent) in [
@@ -585,6 +624,13 @@ fn main() {
             "b/a = {:.0}% (target >= 70%: {})",
             share * 100.0,
             met(share >= 0.7)
+        );
+        let stored_share = stored_rate / batched_rate;
+        println!(
+            "d/b = {:.0}%, d/a = {:.0}% (progress in the store within 5% of b: {})",
+            stored_share * 100.0,
+            stored_rate / read_rate * 100.0,
+            met(stored_share >= 0.95)
         );
     });
 }

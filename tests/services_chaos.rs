@@ -28,11 +28,12 @@ const KILLS: u64 = 20;
 /// A consumer's session timeout: a SIGKILLed member's partitions move on after it.
 const SESSION_TIMEOUT: &str = "session.timeout.ms=6000";
 
-/// A fresh schema, topic and truth file for one test.
+/// A fresh schema, topic, truth file and history directory for one test.
 struct Setup {
     topics: Topics,
     postgres: String,
     truth: PathBuf,
+    history: PathBuf,
     group: String,
 }
 
@@ -43,7 +44,10 @@ impl Setup {
         fresh_store(&schema).await;
         let topics = topics(name).await;
         let truth = std::env::temp_dir().join(format!("{}.truth.jsonl", topics.topic));
+        let history = std::env::temp_dir().join(format!("{}.history", topics.topic));
+        let _ = std::fs::remove_dir_all(&history);
         Setup {
+            history,
             postgres: format!(
                 "{} options='-c search_path={schema}'",
                 env("HOLDFAST_POSTGRES_URL")
@@ -89,6 +93,8 @@ impl Setup {
             "200",
             "--set",
             SESSION_TIMEOUT,
+            "--history",
+            self.history.to_str().unwrap(),
         ];
         spawn_holdfast(&[&args[..], extra].concat())
     }
@@ -134,6 +140,27 @@ impl Setup {
         ]);
         assert!(report.contains("PASS"), "{report}");
         assert!(report.contains("conservation"), "{report}");
+        report
+    }
+
+    /// `holdfast check` over the runs' recorded histories; panics unless every invariant
+    /// holds. Returns its report.
+    fn check(&self) -> String {
+        let report = holdfast(&[
+            "check",
+            "--history",
+            self.history.to_str().unwrap(),
+            "--truth",
+            self.truth_arg(),
+            "--topic",
+            &self.topics.topic,
+            "--postgres",
+            &self.postgres,
+            "--dlq",
+            &self.topics.dead_letters,
+        ]);
+        assert!(report.contains("every invariant holds"), "{report}");
+        let _ = std::fs::remove_dir_all(&self.history);
         report
     }
 }
@@ -206,28 +233,57 @@ fn distinct_keys(truth: &std::path::Path) -> u64 {
 /// Goal: exactly-once effect for 100,000+ events (duplicates, disorder, malformed messages)
 /// through twenty SIGKILLs of `holdfast run` at random points, with a Redis FLUSHALL, a
 /// Redis restart (it comes back empty), a PostgreSQL restart and a broker restart (sqlite
-/// storage) each landing while a consumer runs. Method: `holdfast produce` 17,500 orders;
-/// twenty cycles of: start `run`, wait until it applied something, start disrupting a
-/// service on cycles 3/7/11/15, wait until the database holds the cycle's share of the keys (spread over
-/// the whole topic, with a seeded random part) and a seeded random 0-100 ms, SIGKILL. Every
-/// kill must land while work remains. Then one `run` until the group committed every
-/// partition end, SIGTERM, `verify`.
+/// storage) each landing while a consumer runs, with progress kept in the commits
+/// (`--progress kafka`). Method: [`through_kills`].
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_thousand_events_through_twenty_kills_and_every_restart() {
+    through_kills("kafka").await;
+}
+
+/// Goal: the same with progress kept in the database (`--progress store`), which the broker
+/// here needs to skip finished work after a kill (it keeps no commit metadata).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_events_through_twenty_kills_with_progress_in_the_store() {
+    through_kills("store").await;
+}
+
+/// Records an incarnation's workers processed (applied, or found to be duplicates), from
+/// its metrics.
+fn processed(scraped: &str) -> u64 {
+    [
+        "holdfast_events_applied_total",
+        "holdfast_duplicates_cache_total",
+        "holdfast_duplicates_batch_total",
+        "holdfast_duplicates_store_total",
+    ]
+    .iter()
+    .filter_map(|name| metric(scraped, name))
+    .sum()
+}
+
+/// `holdfast produce` 17,500 orders; twenty cycles of: start `run --progress {mode}`, wait
+/// until it applied something, start disrupting a service on cycles 3/7/11/15, wait until the
+/// database holds the cycle's share of the keys (spread over the whole topic, with a seeded
+/// random part) and a seeded random 0-100 ms, SIGKILL. Every kill must land while work
+/// remains. Then one `run` until the group committed every partition end, SIGTERM, `verify`.
+/// Prints the records processed over every incarnation (each scraped just before its kill):
+/// beyond the events' own keys, that is work done again.
+async fn through_kills(mode: &str) {
     let _exclusive = SERVICES.lock().await;
-    let setup = Setup::new("kills").await;
+    let setup = Setup::new(&format!("kills_{mode}")).await;
     let produced = holdfast(&setup.produce_args("17500", "35"));
     assert!(produced.contains("failed 0"), "{produced}");
     let valid = valid_events(&produced);
     assert!(valid >= 100_000, "{produced}");
     let distinct = distinct_keys(&setup.truth);
     let mut rng = SplitMix::new(35);
-    let mut applied = 0;
+    let (mut applied, mut processed_total) = (0, 0);
     for cycle in 0..KILLS {
         // Kill points spread over the whole topic: cycle c dies once the database holds about
         // (c + 1) / (KILLS + 2) of the keys, plus a seeded random share and delay.
         let target = distinct * (cycle + 1) / (KILLS + 2) + rng.between(0, distinct / 50);
-        let child = setup.run(&[]);
+        let metrics = free_address();
+        let child = setup.run(&["--progress", mode, "--metrics", &metrics]);
         let first = setup
             .wait_applied_beyond(applied, &format!("run {cycle}"))
             .await;
@@ -240,6 +296,7 @@ async fn a_hundred_thousand_events_through_twenty_kills_and_every_restart() {
             .await;
         let delay = rng.between(0, 100);
         tokio::time::sleep(Duration::from_millis(delay)).await;
+        processed_total += try_scrape(&metrics).map_or(0, |scraped| processed(&scraped));
         sigkill(child);
         if let Some(disrupting) = disrupting {
             disrupting.await.unwrap();
@@ -256,13 +313,18 @@ async fn a_hundred_thousand_events_through_twenty_kills_and_every_restart() {
     }
     let ends = partition_ends(&setup.topics.topic).await;
     let metrics = free_address();
-    let last = setup.run(&["--metrics", &metrics]);
+    let last = setup.run(&["--progress", mode, "--metrics", &metrics]);
     wait_caught_up(&setup.topics, &setup.group, &ends, Duration::from_secs(600)).await;
     let scraped = scrape(&metrics);
+    processed_total += processed(&scraped);
     let stopped = terminate(last);
     let report = setup.verify();
+    let checked = setup.check();
     eprintln!(
-        "{produced}last run: {} applied, {} dropped by the store as duplicates\n{stopped}{report}",
+        "{produced}progress {mode}: {processed_total} records processed over {} runs for \
+         {distinct} keys; last run: {} applied, {} dropped by the store as duplicates\n\
+         {stopped}{report}{checked}",
+        KILLS + 1,
         metric(&scraped, "holdfast_events_applied_total").unwrap_or(0),
         metric(&scraped, "holdfast_duplicates_store_total").unwrap_or(0),
     );
@@ -351,6 +413,7 @@ async fn three_runs_share_a_group_and_survivors_take_over_a_killed_one() {
         stopped += &terminate(members[i].take().unwrap());
     }
     let report = setup.verify();
-    eprintln!("{produced}{stopped}{report}");
+    let checked = setup.check();
+    eprintln!("{produced}{stopped}{report}{checked}");
     let _ = std::fs::remove_file(&setup.truth);
 }

@@ -473,3 +473,95 @@ async fn an_unknown_user_is_refused_with_the_servers_message() {
         "{text}"
     );
 }
+
+/// One progress write of partition `partition` by generation `owner`, at `offset`.
+fn progress(partition: i32, owner: i32, offset: i64) -> holdfast::ports::ProgressWrite {
+    holdfast::ports::ProgressWrite {
+        partition,
+        owner,
+        progress: holdfast::ports::CommittedOffset {
+            offset,
+            metadata: Some(format!("hf:{offset}")),
+        },
+    }
+}
+
+/// Whether a call was refused as fenced (`Some(true)`), answered (`Some(false)`), or failed
+/// otherwise (`None`).
+fn fenced<T>(result: &Result<T, PortError>) -> Option<bool> {
+    match result {
+        Ok(_) => Some(false),
+        Err(PortError::Fenced { .. }) => Some(true),
+        Err(_) => None,
+    }
+}
+
+/// Goal: the PostgreSQL progress rows behave as the in-memory store's: a claim returns what
+/// was stored and is refused to an earlier generation; a transaction writing under a
+/// generation that no longer holds the row (or one that never claimed it) commits nothing,
+/// not even its events; a write behind the stored point keeps the stored progress; rows are
+/// kept apart by scope. Method: one sequence of claims and transactions on both stores,
+/// answer by answer.
+#[tokio::test]
+async fn progress_rows_are_claimed_and_fenced_by_generation() {
+    let _shared = SERVICE.read().await;
+    let store = fresh_store("hf_test_progress")
+        .await
+        .with_progress_scope("g/orders");
+    let memory = MemoryStore::new();
+    let e = |id: &str| event(id, &format!("o-{id}"), EventKind::Created, 1);
+    for (step, (claim, batch)) in [
+        (Some((0, 1)), None),
+        (None, Some((e("e1"), vec![progress(0, 1, 5)]))),
+        (Some((0, 1)), None),
+        (None, Some((e("e2"), vec![progress(0, 1, 3)]))),
+        (Some((0, 2)), None),
+        (None, Some((e("e3"), vec![progress(0, 1, 8)]))),
+        (Some((0, 1)), None),
+        (
+            None,
+            Some((e("e4"), vec![progress(0, 2, 9), progress(1, 2, 1)])),
+        ),
+        (None, Some((e("e5"), vec![progress(0, 2, 9)]))),
+        (Some((0, 2)), None),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if let Some((partition, owner)) = claim {
+            let real = store.claim_progress(partition, owner).await;
+            let reference = memory.claim_progress(partition, owner).await;
+            assert_eq!(fenced(&real), fenced(&reference), "step {step}: {real:?}");
+            if let (Ok(real), Ok(reference)) = (real, reference) {
+                assert_eq!(real, reference, "step {step}");
+            }
+        }
+        if let Some((event, writes)) = batch {
+            let real = store
+                .apply_batch(std::slice::from_ref(&event), &writes)
+                .await;
+            let reference = memory
+                .apply_batch(std::slice::from_ref(&event), &writes)
+                .await;
+            assert_eq!(fenced(&real), fenced(&reference), "step {step}: {real:?}");
+            let applied = load_row(&store, &event.order_id).await.unwrap().is_some();
+            assert_eq!(
+                applied,
+                real.is_ok(),
+                "step {step}: a fenced batch committed"
+            );
+        }
+    }
+    let stored = store.claim_progress(0, 2).await.unwrap();
+    assert_eq!(stored.map(|p| p.offset), Some(9));
+    // The same database under another scope: no row yet, so any generation may claim.
+    let other = store.clone().with_progress_scope("h/orders");
+    assert_eq!(other.claim_progress(0, 1).await.unwrap(), None);
+    assert_eq!(
+        store
+            .claim_progress(0, 1)
+            .await
+            .map_err(|e| fenced::<()>(&Err(e))),
+        Err(Some(true))
+    );
+}

@@ -38,7 +38,7 @@ pub async fn reset(redis_url: &str, postgres_url: &str) {
         .expect("postgres connection");
     let driver = tokio::spawn(connection);
     client
-        .batch_execute("TRUNCATE holdfast_keys, holdfast_orders, holdfast_bills, holdfast_refunds")
+        .batch_execute("TRUNCATE holdfast_keys, holdfast_orders, holdfast_bills, holdfast_refunds, holdfast_progress")
         .await
         .expect("TRUNCATE");
     drop(client);

@@ -1,13 +1,14 @@
-//! The history of one simulated run: every poll, commit, rebalance, crash and fault, in
-//! virtual-time order. The checker reads it; its hash is the run's fingerprint (the same seed
-//! must always give the same hash).
+//! The history of one run: every poll, commit, rebalance, crash and fault, in time order (the
+//! simulator's virtual time, or a real run's wall clock). The checker reads it; a simulated
+//! run's hash is its fingerprint (the same seed must always give the same hash).
 
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
-/// One thing that happened, at a virtual time in milliseconds.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// One thing that happened, at a time in milliseconds.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
 pub enum Step {
     /// A producer's send finished; `acknowledged` is what the producer was told.
     Sent {

@@ -34,6 +34,10 @@ pub enum ServiceCommand {
     /// Compare PostgreSQL and the dead-letter topic with the ground truth; exit 1 on failure.
     #[command(after_help = SOURCES)]
     Verify(VerifyArgs),
+    /// Judge a run's recorded history (`run --history DIR`) with the simulator's checker, over
+    /// the final topic, PostgreSQL and the dead-letter topic; exit 1 on any violation.
+    #[command(after_help = SOURCES)]
+    Check(CheckArgs),
     /// Create a topic.
     #[command(after_help = SOURCES)]
     CreateTopic(CreateTopicArgs),
@@ -150,6 +154,10 @@ pub struct RunArgs {
     /// [consumer.ready_backlog_max; default 10000].
     #[arg(long, value_name = "RECORDS")]
     pub ready_backlog_max: Option<i64>,
+    /// Record this process's history (polls, rebalances, commits, store outcomes, dead
+    /// letters) to a file of its own in DIR, for `holdfast check`.
+    #[arg(long, value_name = "DIR")]
+    pub history: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -255,6 +263,33 @@ pub struct VerifyArgs {
 }
 
 impl VerifyArgs {
+    pub fn settings(&self) -> Result<Settings, String> {
+        self.kafka.settings(Settings {
+            postgres: self.store.postgres.clone(),
+            dead_letter_topic: self.dlq.clone(),
+            ..Settings::default()
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// The directory the runs recorded their histories in.
+    #[arg(long, value_name = "DIR")]
+    pub history: PathBuf,
+    /// The ground truth `holdfast produce` wrote.
+    #[arg(long, value_name = "FILE")]
+    pub truth: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The dead-letter topic [dead_letter_topic; default orders.dlq].
+    #[arg(long)]
+    pub dlq: Option<String>,
+}
+
+impl CheckArgs {
     pub fn settings(&self) -> Result<Settings, String> {
         self.kafka.settings(Settings {
             postgres: self.store.postgres.clone(),

@@ -6,6 +6,7 @@
 //! Addresses default to the environment `scripts/services-up` writes.
 
 pub mod args;
+mod check;
 mod compensate;
 mod config;
 mod ops_http;
@@ -28,6 +29,7 @@ pub fn main(command: ServiceCommand) -> Result<ExitCode, String> {
         ServiceCommand::Produce(args) => produce::main(args),
         ServiceCommand::Compensate(args) => compensate::main(args),
         ServiceCommand::Verify(args) => verify::main(args),
+        ServiceCommand::Check(args) => check::main(args),
         ServiceCommand::CreateTopic(args) => create_topic(args),
         ServiceCommand::Config(args) => print_config(args),
     }

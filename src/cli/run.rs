@@ -4,8 +4,11 @@
 use super::args::RunArgs;
 use super::{block_on, connect_store, ops_http, reach_brokers, startup, terminated};
 use holdfast::adapters::{KafkaLog, KafkaPublisher, RedisCache};
-use holdfast::pipeline::{Consumer, Metrics, RunSummary, Services, ShutdownTrigger};
-use holdfast::ports::NoProbe;
+use holdfast::check::record::{Recorder, RecordingLog, RecordingPublisher, RecordingStore};
+use holdfast::pipeline::{
+    Consumer, ConsumerConfig, Metrics, RunSummary, Services, ShutdownTrigger,
+};
+use holdfast::ports::{DedupCache, EventLog, NoProbe, OrderStore, Publisher};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -22,6 +25,7 @@ pub fn main(args: RunArgs) -> Result<ExitCode, String> {
         backlog_max: settings.ready_backlog_max(),
     };
     let metrics_address = settings.consumer.metrics;
+    let history = args.history.clone();
     block_on(async move {
         let cache = startup::connect("redis", &RedisCache::describe_address(&redis), wait, || {
             RedisCache::connect(&redis)
@@ -45,19 +49,61 @@ pub fn main(args: RunArgs) -> Result<ExitCode, String> {
             dead_letters,
             probe: NoProbe,
         };
-        let consumer = Consumer::new(config, log, services, Arc::clone(&metrics))
-            .map_err(|error| format!("bad consumer configuration: {error}"))?;
-        let (trigger, shutdown) = ShutdownTrigger::new();
-        tokio::spawn(async move {
-            terminated().await;
-            tracing::info!("signal received: draining and committing");
-            trigger.trigger();
-        });
         tracing::info!(topic, group, "consuming");
-        let summary = consumer.run(shutdown).await;
+        let summary = match history {
+            None => consume(config, log, services, &metrics).await?,
+            Some(dir) => {
+                let (recorder, writing) = Recorder::create(&dir, "run")
+                    .map_err(|error| format!("history in {}: {error}", dir.display()))?;
+                let log = RecordingLog {
+                    inner: log,
+                    recorder: recorder.clone(),
+                };
+                let services = Services {
+                    cache: services.cache,
+                    store: RecordingStore {
+                        inner: services.store,
+                        recorder: recorder.clone(),
+                    },
+                    dead_letters: RecordingPublisher {
+                        inner: services.dead_letters,
+                        recorder,
+                    },
+                    probe: NoProbe,
+                };
+                let summary = consume(config, log, services, &metrics).await?;
+                let written = writing.finish().map_err(|error| error.to_string())?;
+                tracing::info!(written, "history written");
+                summary
+            }
+        };
         print_summary(&summary, &metrics);
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Runs the consumer until SIGINT or SIGTERM, then drains and commits.
+async fn consume<L, C, S, D>(
+    config: ConsumerConfig,
+    log: L,
+    services: Services<C, S, D, NoProbe>,
+    metrics: &Arc<Metrics>,
+) -> Result<RunSummary, String>
+where
+    L: EventLog + 'static,
+    C: DedupCache + 'static,
+    S: OrderStore + 'static,
+    D: Publisher + 'static,
+{
+    let consumer = Consumer::new(config, log, services, Arc::clone(metrics))
+        .map_err(|error| format!("bad consumer configuration: {error}"))?;
+    let (trigger, shutdown) = ShutdownTrigger::new();
+    tokio::spawn(async move {
+        terminated().await;
+        tracing::info!("signal received: draining and committing");
+        trigger.trigger();
+    });
+    Ok(consumer.run(shutdown).await)
 }
 
 fn print_summary(summary: &RunSummary, metrics: &Metrics) {
