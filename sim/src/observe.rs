@@ -1,18 +1,15 @@
-//! Decorators that record what the pipeline does into the run's history, without changing it:
-//! a recording [`EventLog`], the dead-letter sink, and the crash probe.
+//! What records the pipeline's doings into the run's history, without changing them: the sink
+//! the library's recording wrappers write to, the dead-letter sink, and the crash probe.
 
 use crate::checker::{Invariant, Violation};
-use crate::history::{digest, History, Step};
+use crate::history::{History, Step};
 use crate::world::World;
-use holdfast::event::OrderEvent;
+use holdfast::check::record::Sink;
 use holdfast::pipeline::Metrics;
 use holdfast::ports::{
-    ApplyOutcome, CommitMode, CommittedOffset, Delivery, EventLog, FaultPoint, OffsetCommit,
-    OrderStore, OutboundMessage, PartitionId, Polled, PortError, Probe, ProgressWrite, Publisher,
-    Rebalance,
+    CommitMode, Delivery, FaultPoint, OutboundMessage, PartitionId, PortError, Probe, Publisher,
 };
 use holdfast::verify::reference;
-use holdfast::widetable::OrderRow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -94,116 +91,25 @@ impl Observers {
     }
 }
 
-/// An [`EventLog`] that records polls, rebalances and accepted commits.
-pub struct RecordingLog<L> {
-    pub inner: L,
+/// One member's steps into the run's history, at virtual time; every commit the client
+/// accepted is checked at once against what is finished (the recording wrappers are the
+/// library's, `holdfast::check::record`).
+pub struct MemberSink {
     pub member: String,
     pub observers: Observers,
 }
 
-impl<L: EventLog> EventLog for RecordingLog<L> {
-    async fn poll(&mut self, records_max: usize, timeout: Duration) -> Result<Polled, PortError> {
-        let polled = self.inner.poll(records_max, timeout).await?;
-        let at = self.observers.at();
-        for change in &polled.rebalances {
-            let step = match change {
-                Rebalance::Assigned { partition, .. } => Step::Assigned {
-                    member: self.member.clone(),
-                    partition: *partition,
-                },
-                Rebalance::Revoked { partition } => Step::Revoked {
-                    member: self.member.clone(),
-                    partition: *partition,
-                },
-            };
-            self.observers.history.push(at, step);
-        }
-        for record in &polled.records {
-            self.observers.history.push(
-                at,
-                Step::Polled {
-                    member: self.member.clone(),
-                    partition: record.partition,
-                    offset: record.offset,
-                    digest: digest(&record.payload),
-                },
-            );
-        }
-        Ok(polled)
+impl Sink for MemberSink {
+    fn member(&self) -> &str {
+        &self.member
     }
 
-    async fn commit(
-        &mut self,
-        offsets: &[OffsetCommit],
-        mode: CommitMode,
-    ) -> Result<(), PortError> {
-        self.inner.commit(offsets, mode).await?;
-        let at = self.observers.at();
-        for commit in offsets {
-            self.observers.history.push(
-                at,
-                Step::CommitSent {
-                    member: self.member.clone(),
-                    partition: commit.partition,
-                    offset: commit.offset,
-                },
-            );
-            self.observers
-                .check_commit(&self.member, commit.partition, commit.offset);
-        }
-        Ok(())
+    fn record(&self, step: Step) {
+        self.observers.history.push(self.observers.at(), step);
     }
 
-    async fn pause(&mut self, partitions: &[PartitionId]) -> Result<(), PortError> {
-        self.inner.pause(partitions).await
-    }
-
-    async fn resume(&mut self, partitions: &[PartitionId]) -> Result<(), PortError> {
-        self.inner.resume(partitions).await
-    }
-}
-
-/// An [`OrderStore`] that records what each committed transaction did.
-pub struct RecordingStore<S> {
-    pub inner: S,
-    pub member: String,
-    pub observers: Observers,
-}
-
-impl<S: OrderStore> OrderStore for RecordingStore<S> {
-    async fn apply_batch(
-        &self,
-        events: &[OrderEvent],
-        progress: &[ProgressWrite],
-    ) -> Result<Vec<ApplyOutcome>, PortError> {
-        let outcomes = self.inner.apply_batch(events, progress).await?;
-        let at = self.observers.at();
-        for (event, outcome) in events.iter().zip(&outcomes) {
-            self.observers.history.push(
-                at,
-                Step::Stored {
-                    member: self.member.clone(),
-                    event_id: event.event_id.clone(),
-                    applied: *outcome == ApplyOutcome::Applied,
-                },
-            );
-        }
-        Ok(outcomes)
-    }
-
-    async fn claim_progress(
-        &self,
-        partition: PartitionId,
-        owner: i32,
-    ) -> Result<Option<CommittedOffset>, PortError> {
-        self.inner.claim_progress(partition, owner).await
-    }
-
-    async fn load_rows(
-        &self,
-        order_ids: &[String],
-    ) -> Result<BTreeMap<String, OrderRow>, PortError> {
-        self.inner.load_rows(order_ids).await
+    fn commit_accepted(&self, partition: PartitionId, offset: i64, _mode: CommitMode) {
+        self.observers.check_commit(&self.member, partition, offset);
     }
 }
 

@@ -141,18 +141,52 @@ pub fn read_dir(dir: &Path) -> Result<Vec<(u64, Step)>, String> {
     Ok(steps)
 }
 
-/// An [`EventLog`] that records rebalances, polled records and commits.
-pub struct RecordingLog<L> {
-    pub inner: L,
-    pub recorder: Recorder,
+/// Where the recording wrappers put what they saw: a real run's [`Recorder`] (its file, wall
+/// clock), or the simulator's history (virtual time, with its online checks).
+pub trait Sink: Send + Sync {
+    /// The member the steps name.
+    fn member(&self) -> &str;
+    /// Records `step` now.
+    fn record(&self, step: Step);
+    /// The client accepted a commit of `offset` (under [`CommitMode::Sync`], the coordinator
+    /// stored it).
+    fn commit_accepted(&self, partition: PartitionId, offset: i64, mode: CommitMode);
 }
 
-impl<L: EventLog> EventLog for RecordingLog<L> {
+impl Sink for Recorder {
+    fn member(&self) -> &str {
+        Recorder::member(self)
+    }
+
+    fn record(&self, step: Step) {
+        Recorder::record(self, step);
+    }
+
+    /// Only a synchronous commit's answer is known here; the asynchronous ones' answers are
+    /// the client's to log.
+    fn commit_accepted(&self, partition: PartitionId, offset: i64, mode: CommitMode) {
+        if mode == CommitMode::Sync {
+            self.record(Step::Committed {
+                member: self.member.clone(),
+                partition,
+                offset,
+            });
+        }
+    }
+}
+
+/// An [`EventLog`] that records rebalances, polled records and accepted commits.
+pub struct RecordingLog<L, K> {
+    pub inner: L,
+    pub sink: K,
+}
+
+impl<L: EventLog, K: Sink> EventLog for RecordingLog<L, K> {
     async fn poll(&mut self, records_max: usize, timeout: Duration) -> Result<Polled, PortError> {
         let polled = self.inner.poll(records_max, timeout).await?;
-        let member = self.recorder.member().to_owned();
+        let member = self.sink.member().to_owned();
         for change in &polled.rebalances {
-            self.recorder.record(match change {
+            self.sink.record(match change {
                 Rebalance::Assigned { partition, .. } => Step::Assigned {
                     member: member.clone(),
                     partition: *partition,
@@ -164,7 +198,7 @@ impl<L: EventLog> EventLog for RecordingLog<L> {
             });
         }
         for record in &polled.records {
-            self.recorder.record(Step::Polled {
+            self.sink.record(Step::Polled {
                 member: member.clone(),
                 partition: record.partition,
                 offset: record.offset,
@@ -174,32 +208,22 @@ impl<L: EventLog> EventLog for RecordingLog<L> {
         Ok(polled)
     }
 
-    /// A synchronous commit that the coordinator answered is recorded as stored; an
-    /// asynchronous one only as sent.
     async fn commit(
         &mut self,
         offsets: &[OffsetCommit],
         mode: CommitMode,
     ) -> Result<(), PortError> {
-        let member = self.recorder.member().to_owned();
+        self.inner.commit(offsets, mode).await?;
         for commit in offsets {
-            self.recorder.record(Step::CommitSent {
-                member: member.clone(),
+            self.sink.record(Step::CommitSent {
+                member: self.sink.member().to_owned(),
                 partition: commit.partition,
                 offset: commit.offset,
             });
+            self.sink
+                .commit_accepted(commit.partition, commit.offset, mode);
         }
-        let result = self.inner.commit(offsets, mode).await;
-        if result.is_ok() && mode == CommitMode::Sync {
-            for commit in offsets {
-                self.recorder.record(Step::Committed {
-                    member: member.clone(),
-                    partition: commit.partition,
-                    offset: commit.offset,
-                });
-            }
-        }
-        result
+        Ok(())
     }
 
     async fn pause(&mut self, partitions: &[PartitionId]) -> Result<(), PortError> {
@@ -212,12 +236,12 @@ impl<L: EventLog> EventLog for RecordingLog<L> {
 }
 
 /// An [`OrderStore`] that records what each committed transaction did with its events.
-pub struct RecordingStore<S> {
+pub struct RecordingStore<S, K> {
     pub inner: S,
-    pub recorder: Recorder,
+    pub sink: K,
 }
 
-impl<S: OrderStore> OrderStore for RecordingStore<S> {
+impl<S: OrderStore, K: Sink> OrderStore for RecordingStore<S, K> {
     async fn apply_batch(
         &self,
         events: &[OrderEvent],
@@ -225,8 +249,8 @@ impl<S: OrderStore> OrderStore for RecordingStore<S> {
     ) -> Result<Vec<ApplyOutcome>, PortError> {
         let outcomes = self.inner.apply_batch(events, progress).await?;
         for (event, outcome) in events.iter().zip(&outcomes) {
-            self.recorder.record(Step::Stored {
-                member: self.recorder.member().to_owned(),
+            self.sink.record(Step::Stored {
+                member: self.sink.member().to_owned(),
                 event_id: event.event_id.clone(),
                 applied: *outcome == ApplyOutcome::Applied,
             });

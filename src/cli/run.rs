@@ -57,13 +57,13 @@ pub fn main(args: RunArgs) -> Result<ExitCode, String> {
                     .map_err(|error| format!("history in {}: {error}", dir.display()))?;
                 let log = RecordingLog {
                     inner: log,
-                    recorder: recorder.clone(),
+                    sink: recorder.clone(),
                 };
                 let services = Services {
                     cache: services.cache,
                     store: RecordingStore {
                         inner: services.store,
-                        recorder: recorder.clone(),
+                        sink: recorder.clone(),
                     },
                     dead_letters: RecordingPublisher {
                         inner: services.dead_letters,

@@ -3,10 +3,11 @@
 
 use super::{COMPENSATOR_GROUP, DEAD_LETTER_TOPIC, GROUP, TOPIC};
 use crate::history::Step;
-use crate::observe::{CrashProbe, DeadLetterSink, Observers, RecordingLog, RecordingStore};
+use crate::observe::{CrashProbe, DeadLetterSink, MemberSink, Observers};
 use crate::params::RunParams;
 use crate::scenario::Scenario;
 use crate::world::{SimPublisher, World};
+use holdfast::check::record::{RecordingLog, RecordingStore};
 use holdfast::offsets::{CommitPolicy, Limits};
 use holdfast::pipeline::{
     Compensator, CompensatorConfig, Consumer, ConsumerConfig, Metrics, Services, ShutdownTrigger,
@@ -270,17 +271,19 @@ pub(super) fn spawn_consumer(
             async move {
                 let world = observers.world.clone();
                 let planted = params.scenario.planted();
-                let log = RecordingLog {
-                    inner: world.log(GROUP).await,
+                let sink = || MemberSink {
                     member: format!("c{index}#{incarnation}"),
                     observers: observers.clone(),
+                };
+                let log = RecordingLog {
+                    inner: world.log(GROUP).await,
+                    sink: sink(),
                 };
                 let cache = world.cache().await;
                 let config = consumer_config(&params, index, incarnation);
                 let store = RecordingStore {
                     inner: world.store().await,
-                    member: format!("c{index}#{incarnation}"),
-                    observers: observers.clone(),
+                    sink: sink(),
                 };
                 let services = Services {
                     cache: cache.clone(),
