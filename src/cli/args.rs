@@ -272,31 +272,14 @@ impl VerifyArgs {
     }
 }
 
+/// `verify`'s flags and the histories to judge.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     #[command(flatten)]
-    pub kafka: KafkaArgs,
+    pub verify: VerifyArgs,
     /// The directory the runs recorded their histories in.
     #[arg(long, value_name = "DIR")]
     pub history: PathBuf,
-    /// The ground truth `holdfast produce` wrote.
-    #[arg(long, value_name = "FILE")]
-    pub truth: PathBuf,
-    #[command(flatten)]
-    pub store: StoreArgs,
-    /// The dead-letter topic [dead_letter_topic; default orders.dlq].
-    #[arg(long)]
-    pub dlq: Option<String>,
-}
-
-impl CheckArgs {
-    pub fn settings(&self) -> Result<Settings, String> {
-        self.kafka.settings(Settings {
-            postgres: self.store.postgres.clone(),
-            dead_letter_topic: self.dlq.clone(),
-            ..Settings::default()
-        })
-    }
 }
 
 #[derive(Debug, Args)]

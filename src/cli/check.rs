@@ -19,13 +19,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 pub fn main(args: CheckArgs) -> Result<ExitCode, String> {
-    let resolved = args.settings()?;
+    let resolved = args.verify.settings()?;
     let settings = resolved.kafka_settings()?;
     let wait = resolved.connect_timeout();
     let (topic, dead_letter_topic) = (resolved.topic(), resolved.dead_letter_topic());
     let postgres = resolved.postgres_url()?;
-    let truth = truth::read(&args.truth)?;
-    let mut publishes = truth_publishes(&args.truth)?;
+    let truth = truth::read(&args.verify.truth)?;
+    let mut publishes = truth_publishes(&args.verify.truth)?;
     let history = read_dir(&args.history)?;
     if history.is_empty() {
         return Err(format!("no history steps in {}", args.history.display()));
