@@ -9,6 +9,8 @@
 //!   exactly once.
 //! - (d) batched, progress in the store: (b) with `progress = store` (each transaction also
 //!   writes its partitions' progress, fenced by generation); verified the same way.
+//! - (e) batched, history recorded: (b) with `holdfast::check::record`'s wrappers writing the
+//!   run's history to a file, as `holdfast run --history` does; verified the same way.
 //! - (c) per message: the seed text literally (Redis GET, one transaction, Redis SET, one
 //!   synchronous offset commit, for every record). It is slow, so it processes a prefix of the
 //!   topic (a time budget); its rate is messages per second over that prefix, and the prefix
@@ -17,7 +19,7 @@
 //! Each run is a fresh consumer group starting at the beginning of the topic; (b) and (c) start
 //! from empty tables and an empty cache. A run's clock starts when its consumer gets its first
 //! record (the group join is reported apart) and, for (a) and (b), stops when the broker reports
-//! the group's committed offsets at the end of every partition. (a), (b) and (d) alternate for
+//! the group's committed offsets at the end of every partition. (a), (b), (d) and (e) alternate for
 //! several rounds and the medians are compared, because one pair of runs on a shared machine
 //! can be far off. Every call into a port is timed, so the output also says where time went.
 //!
@@ -36,6 +38,7 @@ use holdfast::adapters::kafka::{
     create_topic, read_topic, KafkaGroupOffsets, KafkaLog, KafkaPublisher, KafkaSettings,
 };
 use holdfast::adapters::{PostgresStore, RedisCache};
+use holdfast::check::record::{Recorder, RecordingLog, RecordingPublisher, RecordingStore};
 use holdfast::pipeline::{Consumer, ConsumerConfig, Metrics, ProgressMode, Services};
 use holdfast::ports::{
     CommitMode, EventLog, GroupOffsets, NoProbe, OffsetCommit, OutboundMessage, PartitionId,
@@ -55,7 +58,7 @@ const ORDERS: usize = 24_000;
 /// The per-message run stops after this long (counted from its first record), unless
 /// `HOLDFAST_BENCH_PER_MESSAGE_S` says otherwise.
 const PER_MESSAGE_BUDGET_S: usize = 15;
-/// Rounds of (a), (b) and (d), unless `HOLDFAST_BENCH_ROUNDS` says otherwise.
+/// Rounds of (a), (b), (d) and (e), unless `HOLDFAST_BENCH_ROUNDS` says otherwise.
 const ROUNDS: usize = 3;
 /// How long a run may take before the bench gives up.
 const RUN_DEADLINE: Duration = Duration::from_secs(300);
@@ -325,43 +328,91 @@ struct BatchedStats {
     batch_max: Duration,
 }
 
+/// What a batched run is: (b), (d) with progress in the store, or (e) with a recorded history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Batched {
+    Plain,
+    ProgressInStore,
+    History,
+}
+
 async fn run_batched(
     topic: &Topic,
     cache: &RedisCache,
     store: &PostgresStore,
     ledger: &Arc<Ledger>,
-    progress: ProgressMode,
+    kind: Batched,
 ) -> (Timing, BatchedStats) {
     let group = unique("batched");
-    let store = store
-        .clone()
-        .with_progress_scope(format!("{group}/{}", topic.name));
-    let metrics = Arc::new(Metrics::new());
+    let progress = match kind {
+        Batched::ProgressInStore => ProgressMode::Store,
+        Batched::Plain | Batched::History => ProgressMode::Kafka,
+    };
+    let config = ConsumerConfig {
+        progress,
+        ..consumer_config(&topic.dead_letters)
+    };
+    let scope = format!("{group}/{}", topic.name);
+    let store = Timed::new(store.clone().with_progress_scope(scope), ledger);
+    let cache = Timed::new(cache.clone(), ledger);
+    let publisher = KafkaPublisher::connect(&topic.settings).expect("publisher");
+    let dead_letters = Timed::new(publisher, ledger);
+    let log = KafkaLog::connect(&topic.settings, &group, &topic.name).expect("consumer");
+    let log = Timed::new(log, ledger);
+    if kind != Batched::History {
+        let services = Services {
+            cache,
+            store,
+            dead_letters,
+            probe: NoProbe,
+        };
+        return run_consumer(topic, &group, config, log, services).await;
+    }
+    let dir = std::env::temp_dir().join(format!("{group}.history"));
+    let (recorder, writing) = Recorder::create(&dir, "bench").expect("history file");
+    let log = RecordingLog {
+        inner: log,
+        sink: recorder.clone(),
+    };
     let services = Services {
-        cache: Timed::new(cache.clone(), ledger),
-        store: Timed::new(store, ledger),
-        dead_letters: Timed::new(
-            KafkaPublisher::connect(&topic.settings).expect("publisher"),
-            ledger,
-        ),
+        cache,
+        store: RecordingStore {
+            inner: store,
+            sink: recorder.clone(),
+        },
+        dead_letters: RecordingPublisher {
+            inner: dead_letters,
+            recorder,
+        },
         probe: NoProbe,
     };
-    let log = Timed::new(
-        KafkaLog::connect(&topic.settings, &group, &topic.name).expect("consumer"),
-        ledger,
-    );
-    let running = Consumer::new(
-        ConsumerConfig {
-            progress,
-            ..consumer_config(&topic.dead_letters)
-        },
-        log,
-        services,
-        Arc::clone(&metrics),
-    )
-    .expect("consumer")
-    .spawn();
-    let timing = time_run(topic, &group, || metrics.polled.get()).await;
+    let result = run_consumer(topic, &group, config, log, services).await;
+    let steps = writing.finish().expect("history written");
+    let bytes = std::fs::metadata(dir.join(format!("bench-{}.history", std::process::id())))
+        .map_or(0, |meta| meta.len());
+    println!("  (e) history: {steps} steps, {bytes} bytes");
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// Runs one consumer over the topic until its group committed every end.
+async fn run_consumer<L, S, D>(
+    topic: &Topic,
+    group: &str,
+    config: ConsumerConfig,
+    log: L,
+    services: Services<Timed<RedisCache>, S, D, NoProbe>,
+) -> (Timing, BatchedStats)
+where
+    L: EventLog + 'static,
+    S: holdfast::ports::OrderStore + 'static,
+    D: holdfast::ports::Publisher + 'static,
+{
+    let metrics = Arc::new(Metrics::new());
+    let running = Consumer::new(config, log, services, Arc::clone(&metrics))
+        .expect("consumer")
+        .spawn();
+    let timing = time_run(topic, group, || metrics.polled.get()).await;
     let summary = running.stop().await.expect("consumer task");
     let stats = BatchedStats {
         polled: summary.polled,
@@ -451,6 +502,9 @@ fn main() {
         let stored_ledger = Arc::new(Ledger::default());
         let mut stored_rates = Vec::new();
         let (mut stored_cpu, mut stored_wall) = (CpuSample::default(), Duration::ZERO);
+        let recorded_ledger = Arc::new(Ledger::default());
+        let mut recorded_rates = Vec::new();
+        let (mut recorded_cpu, mut recorded_wall) = (CpuSample::default(), Duration::ZERO);
         let services = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".services");
         let (mut read_cpu, mut batched_cpu) = (CpuSample::default(), CpuSample::default());
         let (mut read_wall, mut batched_wall) = (Duration::ZERO, Duration::ZERO);
@@ -462,21 +516,21 @@ fn main() {
             assert_eq!(read_stats.records, messages, "read+commit saw every record once");
             reset(&redis_url, &postgres_url).await;
             let (before, started) = (sample(&services), Instant::now());
-            let (batched_timing, batched_stats) = run_batched(
-                &topic,
-                &cache,
-                &store,
-                &batched_ledger,
-                ProgressMode::Kafka,
-            )
-            .await;
+            let (batched_timing, batched_stats) =
+                run_batched(&topic, &cache, &store, &batched_ledger, Batched::Plain).await;
             batched_cpu.add(&sample(&services).since(&before));
             batched_wall += started.elapsed();
             check(&store, &topic.truth, "the batched pipeline").await;
             reset(&redis_url, &postgres_url).await;
             let (before, started) = (sample(&services), Instant::now());
-            let (stored_timing, _) =
-                run_batched(&topic, &cache, &store, &stored_ledger, ProgressMode::Store).await;
+            let (stored_timing, _) = run_batched(
+                &topic,
+                &cache,
+                &store,
+                &stored_ledger,
+                Batched::ProgressInStore,
+            )
+            .await;
             stored_cpu.add(&sample(&services).since(&before));
             stored_wall += started.elapsed();
             check(&store, &topic.truth, "the batched pipeline, progress in the store").await;
@@ -487,6 +541,20 @@ fn main() {
                 stored_rate / rate(messages, batched_timing.run) * 100.0
             );
             stored_rates.push(stored_rate);
+            reset(&redis_url, &postgres_url).await;
+            let (before, started) = (sample(&services), Instant::now());
+            let (recorded_timing, _) =
+                run_batched(&topic, &cache, &store, &recorded_ledger, Batched::History).await;
+            recorded_cpu.add(&sample(&services).since(&before));
+            recorded_wall += started.elapsed();
+            check(&store, &topic.truth, "the batched pipeline, history recorded").await;
+            let recorded_rate = rate(messages, recorded_timing.run);
+            println!(
+                "round {round}: (e) {:.2} s, {recorded_rate:.0}/s, verified; e/b {:.0}%",
+                recorded_timing.run.as_secs_f64(),
+                recorded_rate / rate(messages, batched_timing.run) * 100.0
+            );
+            recorded_rates.push(recorded_rate);
             let read_rate = rate(messages, read_timing.run);
             let batched_rate = rate(messages, batched_timing.run);
             println!(
@@ -578,6 +646,11 @@ fn main() {
             "{:<26} {messages:>9} {stored_rate:>11.0}",
             format!("(d) progress in store, median/{rounds}")
         );
+        let recorded_rate = median(&mut recorded_rates);
+        println!(
+            "{:<26} {messages:>9} {recorded_rate:>11.0}",
+            format!("(e) history recorded, median/{rounds}")
+        );
         println!(
             "{:<26} {:>9} {literal_rate:>11.0}",
             "(c) per message, prefix", literal.messages
@@ -587,6 +660,7 @@ fn main() {
             ("(a)", &read_cpu, read_wall),
             ("(b)", &batched_cpu, batched_wall),
             ("(d)", &stored_cpu, stored_wall),
+            ("(e)", &recorded_cpu, recorded_wall),
         ] {
             println!(
                 "CPU, all rounds of {run} ({:.2} s wall, joins included, {cores} cores): {}",
@@ -601,6 +675,7 @@ fn main() {
             ("(a)", &read_ledger),
             ("(b)", &batched_ledger),
             ("(d)", &stored_ledger),
+            ("(e)", &recorded_ledger),
             ("(c)", &literal_ledger),
         ] {
             for (call, spent) in [
@@ -631,6 +706,12 @@ fn main() {
             stored_share * 100.0,
             stored_rate / read_rate * 100.0,
             met(stored_share >= 0.95)
+        );
+        let recorded_share = recorded_rate / batched_rate;
+        println!(
+            "e/b = {:.0}% (recording the history costs under 5% of b: {})",
+            recorded_share * 100.0,
+            met(recorded_share >= 0.95)
         );
     });
 }
