@@ -317,6 +317,41 @@ impl Tracker {
 mod tests {
     use super::*;
 
+    /// Goal: the stored progress counts the transaction's own records as finished, moves the
+    /// point past them when they are the lowest unfinished, keeps the others as finished
+    /// offsets above it, and is refused for a stale epoch. Method: 10..20 tracked, 12 acked;
+    /// the progress of a transaction finishing 10 and 15, restored into a fresh tracker.
+    #[test]
+    fn stored_progress_counts_the_transactions_own_records() {
+        let mut tracker = Tracker::new(Limits::default());
+        let epoch = tracker.assign(0, None).epoch;
+        for offset in 10..20 {
+            tracker.track(0, offset).unwrap();
+        }
+        tracker
+            .ack(Ticket {
+                partition: 0,
+                epoch,
+                offset: 12,
+            })
+            .unwrap();
+        assert_eq!(tracker.stored_progress(0, epoch + 1, &[10]), None);
+        let stored = tracker.stored_progress(0, epoch, &[10, 15]).unwrap();
+        assert_eq!(
+            stored.offset, 11,
+            "10 finishes with the transaction, 11 does not"
+        );
+        let (mut restored, report) = PartitionTracker::restore(&stored, Limits::default());
+        assert_eq!(report.already_done, 2, "12 and 15");
+        let done: Vec<i64> = (11..20)
+            .filter(|&offset| restored.track(offset) == Ok(Tracked::AlreadyDone))
+            .collect();
+        assert_eq!(done, vec![12, 15]);
+        // Nothing more finishes: the point stays at the lowest unfinished record.
+        let unchanged = tracker.stored_progress(0, epoch, &[]).unwrap();
+        assert_eq!(unchanged.offset, 10);
+    }
+
     #[test]
     fn epochs_increase_across_partitions_and_reassignments() {
         let mut t = Tracker::new(Limits::default());
