@@ -28,6 +28,12 @@ pub trait CommitPolicy: fmt::Debug + Send {
         partition: PartitionId,
         tracker: &PartitionTracker,
     ) -> Option<CommitSnapshot>;
+
+    /// The offset [`CommitPolicy::snapshot`] would commit, without encoding its metadata.
+    fn point(&self, partition: PartitionId, tracker: &PartitionTracker) -> Option<i64> {
+        self.snapshot(partition, tracker)
+            .map(|snapshot| snapshot.offset)
+    }
 }
 
 /// The lowest unfinished offset (or the next one when nothing is in flight), with the finished
@@ -46,5 +52,9 @@ impl CommitPolicy for Watermark {
             offset: tracker.commit_point()?,
             metadata: tracker.encode_metadata(),
         })
+    }
+
+    fn point(&self, _partition: PartitionId, tracker: &PartitionTracker) -> Option<i64> {
+        tracker.commit_point()
     }
 }

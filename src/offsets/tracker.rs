@@ -247,7 +247,7 @@ impl Tracker {
         finishing: &[i64],
     ) -> Option<CommittedOffset> {
         let owned = self.owned.get(&partition).filter(|o| o.epoch == epoch)?;
-        let point = self.policy.snapshot(partition, &owned.tracker)?.offset;
+        let start = self.policy.point(partition, &owned.tracker)?;
         let above = owned.tracker.finished_above_commit_point();
         let end = finishing
             .iter()
@@ -260,15 +260,19 @@ impl Tracker {
             }
             set
         };
-        // The point moves past the records this transaction finishes, as an ack would move it.
-        let mut point = point;
-        let set = finished(point);
+        // The point moves past the records this transaction finishes, as an ack would move it;
+        // the set is built again from the new point only if it moved.
+        let mut set = finished(start);
+        let mut point = start;
         while point < end && set.contains(point) {
             point += 1;
         }
+        if point != start {
+            set = finished(point);
+        }
         Some(CommittedOffset {
             offset: point,
-            metadata: Some(metadata::encode(&finished(point), usize::MAX)),
+            metadata: Some(metadata::encode(&set, usize::MAX)),
         })
     }
 
