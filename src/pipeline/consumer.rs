@@ -219,9 +219,9 @@ where
         }
         let abandoned = self.member.in_flight();
         if self.config.progress == ProgressMode::Store {
-            let finals = self.member.final_progress(&self.member.owned());
+            let owned = self.member.owned();
             from_store(&self.services, &self.owners, &self.metrics, &self.config)
-                .released(&finals)
+                .released(self.member.tracker(), &owned)
                 .await;
         }
         self.member

@@ -375,9 +375,9 @@ impl<L: EventLog> Member<L> {
         while in_flight(&self.tracker) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        resume.released(&self.tracker, partitions).await;
         let mut snapshots = Vec::new();
         let mut revoked = Vec::with_capacity(partitions.len());
-        let finals = self.final_progress(partitions);
         for &partition in partitions {
             let abandoned = self.tracker.in_flight(partition);
             snapshots.extend(self.tracker.revoke(partition));
@@ -389,28 +389,10 @@ impl<L: EventLog> Member<L> {
                 abandoned,
             });
         }
-        resume.released(&finals).await;
         if !snapshots.is_empty() {
             self.commit(snapshots, CommitMode::Sync, probe).await;
         }
         revoked
-    }
-
-    /// Each partition's progress as the tracker knows it now, to store when it is given up.
-    pub fn final_progress(
-        &self,
-        partitions: &[PartitionId],
-    ) -> Vec<(PartitionId, Option<CommittedOffset>)> {
-        partitions
-            .iter()
-            .map(|&partition| {
-                let progress = self
-                    .tracker
-                    .epoch(partition)
-                    .and_then(|epoch| self.tracker.stored_progress(partition, epoch, &[]));
-                (partition, progress)
-            })
-            .collect()
     }
 
     /// Every partition this member owns.

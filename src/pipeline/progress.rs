@@ -28,11 +28,12 @@ pub(super) trait Resume: Send + Sync {
         committed: Option<CommittedOffset>,
     ) -> impl Future<Output = Option<CommittedOffset>> + Send;
 
-    /// Partitions given up, each with its final progress (`None`: nothing known); their
-    /// records in flight are abandoned.
+    /// `partitions` are being given up (`tracker` still holds them); their records in
+    /// flight are abandoned.
     fn released(
         &self,
-        _partitions: &[(PartitionId, Option<CommittedOffset>)],
+        _tracker: &SharedTracker,
+        _partitions: &[PartitionId],
     ) -> impl Future<Output = ()> + Send {
         async {}
     }
@@ -65,14 +66,15 @@ pub(super) struct FromStore<'a, S> {
 impl<S: OrderStore> Resume for FromStore<'_, S> {
     /// Stores the final progress in a transaction of its own (one attempt: if it fails, the
     /// next owner redoes a little more), then forgets the partitions.
-    async fn released(&self, partitions: &[(PartitionId, Option<CommittedOffset>)]) {
+    async fn released(&self, tracker: &SharedTracker, partitions: &[PartitionId]) {
         let writes: Vec<ProgressWrite> = partitions
             .iter()
-            .filter_map(|(partition, progress)| {
+            .filter_map(|&partition| {
+                let epoch = tracker.epoch(partition)?;
                 Some(ProgressWrite {
-                    partition: *partition,
-                    owner: self.owners.owner(*partition)?,
-                    progress: progress.clone()?,
+                    partition,
+                    owner: self.owners.owner(partition)?,
+                    progress: tracker.stored_progress(partition, epoch, &[])?,
                 })
             })
             .collect();
@@ -81,8 +83,8 @@ impl<S: OrderStore> Resume for FromStore<'_, S> {
                 tracing::warn!(%error, "final progress not stored; the next owner redoes more");
             }
         }
-        for (partition, _) in partitions {
-            self.owners.released(*partition);
+        for &partition in partitions {
+            self.owners.released(partition);
         }
     }
 
