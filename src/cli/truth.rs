@@ -51,9 +51,15 @@ impl TruthWriter {
 
 /// Reads a truth file into a [`GroundTruth`].
 pub fn read(path: &Path) -> Result<GroundTruth, String> {
+    read_with_lines(path).map(|(truth, _)| truth)
+}
+
+/// Reads a truth file into a [`GroundTruth`] and its lines, in file order.
+pub fn read_with_lines(path: &Path) -> Result<(GroundTruth, Vec<TruthLine>), String> {
     let file = std::fs::File::open(path)
         .map_err(|error| format!("cannot open {}: {error}", path.display()))?;
     let mut truth = GroundTruth::default();
+    let mut lines = Vec::new();
     for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
         let number = index + 1;
         let line = line.map_err(|error| format!("{}:{number}: {error}", path.display()))?;
@@ -65,6 +71,7 @@ pub fn read(path: &Path) -> Result<GroundTruth, String> {
         let event = OrderEvent::decode(entry.payload.as_bytes())
             .map_err(|error| format!("{}:{number}: bad event: {error}", path.display()))?;
         truth.record(&event, entry.acknowledged);
+        lines.push(entry);
     }
-    Ok(truth)
+    Ok((truth, lines))
 }

@@ -4,11 +4,32 @@
 
 use super::args::VerifyArgs;
 use super::{block_on, connect_store, reach_brokers, truth};
-use holdfast::adapters::read_topic;
+use holdfast::adapters::{read_topic, KafkaSettings, PostgresStore};
 use holdfast::verify::{reference, verify, StoreView};
 use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::time::Duration;
+
+/// What a run left: the store's ledger and rows, and the dead-letter topic's payloads. A
+/// valid event on the dead-letter topic is accounted for, not missing, but it is still a
+/// failure: only malformed input may end there.
+pub(super) async fn final_state(
+    store: &PostgresStore,
+    settings: &KafkaSettings,
+    dead_letter_topic: &str,
+) -> Result<(StoreView, Vec<Vec<u8>>), String> {
+    let view = StoreView {
+        ledger: store.ledger().await.map_err(|e| e.to_string())?,
+        rows: store.rows().await.map_err(|e| e.to_string())?,
+    };
+    let letters: Vec<Vec<u8>> = read_topic(settings, dead_letter_topic, Duration::from_secs(60))
+        .await
+        .map_err(|error| format!("reading {dead_letter_topic}: {error}"))?
+        .into_iter()
+        .map(|record| record.payload.to_vec())
+        .collect();
+    Ok((view, letters))
+}
 
 pub fn main(args: VerifyArgs) -> Result<ExitCode, String> {
     let resolved = args.settings()?;
@@ -23,19 +44,7 @@ pub fn main(args: VerifyArgs) -> Result<ExitCode, String> {
         reading.set_message("reading the store and the dead-letter topic");
         reading.enable_steady_tick(Duration::from_millis(100));
         reach_brokers(&settings, Some(&dead_letter_topic), wait).await?;
-        let view = StoreView {
-            ledger: store.ledger().await.map_err(|e| e.to_string())?,
-            rows: store.rows().await.map_err(|e| e.to_string())?,
-        };
-        // A valid event on the dead-letter topic is accounted for, not missing, but it is
-        // still a failure: only malformed input may end there.
-        let letters: Vec<Vec<u8>> =
-            read_topic(&settings, &dead_letter_topic, Duration::from_secs(60))
-                .await
-                .map_err(|error| error.to_string())?
-                .into_iter()
-                .map(|record| record.payload.to_vec())
-                .collect();
+        let (view, letters) = final_state(&store, &settings, &dead_letter_topic).await?;
         reading.finish_and_clear();
         let report = verify(&truth, &view, &letters, &BTreeSet::new());
         let valid = letters
