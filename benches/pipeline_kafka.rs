@@ -382,7 +382,7 @@ async fn run_batched(
         },
         dead_letters: RecordingPublisher {
             inner: dead_letters,
-            recorder,
+            sink: recorder,
         },
         probe: NoProbe,
     };

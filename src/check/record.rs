@@ -275,33 +275,25 @@ impl<S: OrderStore, K: Sink> OrderStore for RecordingStore<S, K> {
 }
 
 /// A dead-letter [`Publisher`] that records each acknowledged letter's source record.
-pub struct RecordingPublisher<P> {
+pub struct RecordingPublisher<P, K> {
     pub inner: P,
-    pub recorder: Recorder,
+    pub sink: K,
 }
 
-impl<P: Publisher> Publisher for RecordingPublisher<P> {
+impl<P: Publisher, K: Sink> Publisher for RecordingPublisher<P, K> {
     async fn publish(&self, message: OutboundMessage) -> Result<Delivery, PortError> {
         let source =
             |name| header(&message.headers, name).and_then(|value| value.parse::<i64>().ok());
         let source = source(HEADER_SOURCE_PARTITION).zip(source(HEADER_SOURCE_OFFSET));
         let delivery = self.inner.publish(message).await?;
         if let Some((partition, offset)) = source {
-            self.recorder.record(Step::DeadLettered {
+            self.sink.record(Step::DeadLettered {
                 partition: partition as PartitionId,
                 offset,
             });
         }
         Ok(delivery)
     }
-}
-
-/// Records a producer's send of `event` as acknowledged or not.
-pub fn sent(recorder: &Recorder, event_id: &str, acknowledged: bool) {
-    recorder.record(Step::Sent {
-        event_id: event_id.to_owned(),
-        acknowledged,
-    });
 }
 
 #[cfg(test)]

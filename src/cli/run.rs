@@ -67,7 +67,7 @@ pub fn main(args: RunArgs) -> Result<ExitCode, String> {
                     },
                     dead_letters: RecordingPublisher {
                         inner: services.dead_letters,
-                        recorder,
+                        sink: recorder,
                     },
                     probe: NoProbe,
                 };
