@@ -14,7 +14,7 @@ use crate::offsets::{SharedTracker, Ticket};
 use crate::ports::{CommittedOffset, OrderStore, PartitionId, PortError, ProgressWrite};
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 /// Where a newly assigned partition resumes.
@@ -166,7 +166,7 @@ impl Owners {
 /// still owned and claimed.
 pub(super) fn writes(
     tracker: &SharedTracker,
-    owners: &Arc<Owners>,
+    owners: &Owners,
     tickets: &[Ticket],
 ) -> Vec<ProgressWrite> {
     let mut finishing: BTreeMap<(PartitionId, u64), Vec<i64>> = BTreeMap::new();
