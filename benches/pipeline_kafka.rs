@@ -38,7 +38,8 @@ use holdfast::adapters::kafka::{
     create_topic, read_topic, KafkaGroupOffsets, KafkaLog, KafkaPublisher, KafkaSettings,
 };
 use holdfast::adapters::{PostgresStore, RedisCache};
-use holdfast::check::record::{Recorder, RecordingLog, RecordingPublisher, RecordingStore};
+use holdfast::check::file::Recorder;
+use holdfast::check::record::{RecordingLog, RecordingPublisher, RecordingStore};
 use holdfast::pipeline::{Consumer, ConsumerConfig, Metrics, ProgressMode, Services};
 use holdfast::ports::{
     CommitMode, EventLog, GroupOffsets, NoProbe, OffsetCommit, OutboundMessage, PartitionId,

@@ -211,10 +211,12 @@ async fn revoking_many_partitions_costs_one_grace_period_and_one_commit() {
     let partitions: Vec<PartitionId> = (0..6).collect();
     let script = vec![
         Polled {
+            commits_answered: Vec::new(),
             rebalances: partitions.iter().map(|&p| assigned(p)).collect(),
             records: partitions.iter().map(|&p| record(p, 0)).collect(),
         },
         Polled {
+            commits_answered: Vec::new(),
             rebalances: partitions
                 .iter()
                 .map(|&partition| Rebalance::Revoked { partition })
@@ -252,11 +254,13 @@ async fn revoking_many_partitions_costs_one_grace_period_and_one_commit() {
 async fn a_paused_partition_assigned_back_is_resumed() {
     let script = vec![
         Polled {
+            commits_answered: Vec::new(),
             rebalances: vec![assigned(0)],
             records: (0..5).map(|offset| record(0, offset)).collect(),
         },
         Polled::default(),
         Polled {
+            commits_answered: Vec::new(),
             rebalances: vec![Rebalance::Revoked { partition: 0 }, assigned(0)],
             records: Vec::new(),
         },
@@ -284,10 +288,12 @@ async fn a_paused_partition_assigned_back_is_resumed() {
 async fn a_worker_drops_records_of_a_revoked_assignment_at_no_cost() {
     let script = vec![
         Polled {
+            commits_answered: Vec::new(),
             rebalances: vec![assigned(0)],
             records: (0..5).map(|offset| record(0, offset)).collect(),
         },
         Polled {
+            commits_answered: Vec::new(),
             rebalances: vec![Rebalance::Revoked { partition: 0 }, assigned(0)],
             records: Vec::new(),
         },
@@ -317,10 +323,12 @@ async fn runs_of_tracked_records_stop_at_another_partition_and_at_a_gap() {
     // tracker's fast path.
     let script = vec![
         Polled {
+            commits_answered: Vec::new(),
             rebalances: vec![assigned(0), assigned(1)],
             records: vec![record(0, 4), record(1, 5)],
         },
         Polled {
+            commits_answered: Vec::new(),
             rebalances: Vec::new(),
             records: vec![
                 record(0, 5),
@@ -363,6 +371,7 @@ async fn runs_of_tracked_records_stop_at_another_partition_and_at_a_gap() {
 async fn revoking_an_idle_partition_commits_at_once() {
     let script = vec![
         Polled {
+            commits_answered: Vec::new(),
             rebalances: vec![Rebalance::Assigned {
                 partition: 0,
                 committed: Some(holdfast::ports::CommittedOffset {
@@ -374,6 +383,7 @@ async fn revoking_an_idle_partition_commits_at_once() {
             records: Vec::new(),
         },
         Polled {
+            commits_answered: Vec::new(),
             rebalances: vec![Rebalance::Revoked { partition: 0 }],
             records: Vec::new(),
         },
@@ -402,6 +412,7 @@ async fn revoking_an_idle_partition_commits_at_once() {
 #[tokio::test]
 async fn a_stuck_partition_is_reported_stalled_once_and_an_idle_one_never() {
     let script = vec![Polled {
+        commits_answered: Vec::new(),
         rebalances: vec![assigned(0), assigned(1)],
         records: vec![record(0, 0), record(0, 1)],
     }];
@@ -440,6 +451,7 @@ async fn a_stuck_partition_is_reported_stalled_once_and_an_idle_one_never() {
 #[tokio::test]
 async fn a_record_of_a_partition_not_owned_is_skipped_without_a_trace() {
     let script = vec![Polled {
+        commits_answered: Vec::new(),
         rebalances: vec![assigned(0)],
         records: vec![record(0, 0), record(3, 7)],
     }];
@@ -468,10 +480,12 @@ async fn a_record_of_a_partition_not_owned_is_skipped_without_a_trace() {
 async fn a_compensator_revoke_drops_that_partition_only_and_commits_it() {
     let calls = Arc::new(Mutex::new(Calls::default()));
     let first = Polled {
+        commits_answered: Vec::new(),
         rebalances: vec![assigned(0), assigned(1)],
         records: vec![record(0, 0), record(1, 0)],
     };
     let second = Polled {
+        commits_answered: Vec::new(),
         rebalances: vec![Rebalance::Revoked { partition: 1 }],
         records: Vec::new(),
     };
@@ -534,10 +548,12 @@ async fn a_compensator_revoke_drops_that_partition_only_and_commits_it() {
 async fn redeliveries_are_counted_per_partition_and_store_transactions_timed() {
     let script = vec![
         Polled {
+            commits_answered: Vec::new(),
             rebalances: vec![assigned(0), assigned(1)],
             records: vec![record(0, 0), record(1, 0)],
         },
         Polled {
+            commits_answered: Vec::new(),
             rebalances: Vec::new(),
             records: vec![
                 Record {
@@ -580,6 +596,7 @@ async fn redeliveries_are_counted_per_partition_and_store_transactions_timed() {
 #[tokio::test]
 async fn a_partitions_gauges_start_at_its_committed_offset() {
     let script = vec![Polled {
+        commits_answered: Vec::new(),
         rebalances: vec![Rebalance::Assigned {
             partition: 2,
             committed: Some(holdfast::ports::CommittedOffset {

@@ -63,7 +63,7 @@ impl Setup {
     }
 
     /// The arguments of `holdfast produce` for this test's topic and truth file.
-    fn produce_args<'a>(&'a self, orders: &'a str, seed: &'a str) -> [&'a str; 9] {
+    fn produce_args<'a>(&'a self, orders: &'a str, seed: &'a str) -> [&'a str; 11] {
         [
             "produce",
             "--topic",
@@ -74,6 +74,8 @@ impl Setup {
             seed,
             "--truth",
             self.truth_arg(),
+            "--history",
+            self.history.to_str().unwrap(),
         ]
     }
 

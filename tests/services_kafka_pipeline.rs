@@ -382,7 +382,7 @@ async fn exactly_once_through_a_broker_restart_mid_run() {
 /// timeout so that the dead member's partitions move on quickly), then one run until the
 /// group committed every end (its metrics endpoint scraped); five keys deleted from PostgreSQL and Redis flushed, then
 /// `holdfast compensate` must re-send them to the running consumer; SIGTERM; `holdfast
-/// verify` on the truth file.
+/// verify` on the truth file, and `holdfast check` on every process's recorded history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_line_through_sigkill_and_sigterm() {
     let _exclusive = SERVICES.lock().await;
@@ -397,8 +397,13 @@ async fn the_command_line_through_sigkill_and_sigterm() {
     let topics = topics("cli").await;
     let truth = std::env::temp_dir().join(format!("{}.truth.jsonl", topics.topic));
     let truth_arg = truth.to_str().unwrap().to_owned();
+    let history = std::env::temp_dir().join(format!("{}.history", topics.topic));
+    let _ = std::fs::remove_dir_all(&history);
+    let history_arg = history.to_str().unwrap().to_owned();
     let summary = holdfast(&[
         "produce",
+        "--history",
+        &history_arg,
         "--topic",
         &topics.topic,
         "--orders",
@@ -424,6 +429,8 @@ async fn the_command_line_through_sigkill_and_sigterm() {
         "200",
         "--set",
         "session.timeout.ms=6000",
+        "--history",
+        &history_arg,
     ];
     let spawn = |extra: &[&str]| spawn_holdfast(&[&run_args[..], extra].concat());
     for (kill, delay_ms) in [0u64, 50, 150].into_iter().enumerate() {
@@ -507,6 +514,8 @@ async fn the_command_line_through_sigkill_and_sigterm() {
         "500",
         "--for-s",
         "20",
+        "--history",
+        &history_arg,
     ]);
     let resent: u64 = compensated
         .split("re-sent ")
@@ -527,11 +536,30 @@ async fn the_command_line_through_sigkill_and_sigterm() {
         &topics.dead_letters,
     ]);
     assert!(report.contains("PASS"), "{report}");
+    // Every process's history (the producer's sends, four runs, the compensator's polls and
+    // dead letters) judged by the simulator's checker.
+    let checked = holdfast(&[
+        "check",
+        "--history",
+        &history_arg,
+        "--truth",
+        &truth_arg,
+        "--topic",
+        &topics.topic,
+        "--postgres",
+        &postgres,
+        "--dlq",
+        &topics.dead_letters,
+    ]);
+    assert!(checked.contains("every invariant holds"), "{checked}");
+    let members = std::fs::read_dir(&history).unwrap().count();
+    assert_eq!(members, 6, "produce, four runs and compensate: {checked}");
     let applied = store.applications().await.unwrap().len();
     assert!(
         applied_before > 0 && applied_before < applied,
         "the killed runs did all or none of the work ({applied_before} of {applied})"
     );
-    eprintln!("{summary}{compensated}{stdout}{report}");
+    eprintln!("{summary}{compensated}{stdout}{report}{checked}");
     let _ = std::fs::remove_file(&truth);
+    let _ = std::fs::remove_dir_all(&history);
 }

@@ -4,7 +4,7 @@
 use crate::checker::{Invariant, Violation};
 use crate::history::{History, Step};
 use crate::world::World;
-use holdfast::check::record::Sink;
+use holdfast::check::record::{Seen, Sink};
 use holdfast::pipeline::Metrics;
 use holdfast::ports::{
     CommitMode, Delivery, FaultPoint, OutboundMessage, PartitionId, PortError, Probe, Publisher,
@@ -100,12 +100,9 @@ pub struct MemberSink {
 }
 
 impl Sink for MemberSink {
-    fn member(&self) -> &str {
-        &self.member
-    }
-
-    fn record(&self, step: Step) {
-        self.observers.history.push(self.observers.at(), step);
+    fn record(&self, seen: Vec<Seen>) {
+        let steps = seen.into_iter().map(|seen| seen.step(&self.member));
+        self.observers.history.extend(self.observers.at(), steps);
     }
 
     fn commit_accepted(&self, partition: PartitionId, offset: i64, _mode: CommitMode) {

@@ -219,6 +219,7 @@ fn mark(at_ms: f64, step: &Step, tokens: &BTreeSet<String>) -> Mark {
         Step::Sent {
             event_id,
             acknowledged,
+            ..
         } => {
             let glyph = if *acknowledged {
                 Glyph::Send
@@ -398,6 +399,7 @@ mod tests {
                 Step::Sent {
                     event_id: "o1-2-0".into(),
                     acknowledged: true,
+                    delivered: Some((0, 7)),
                 },
             ),
             (5, step_polled("c0#1", 0, 7)),

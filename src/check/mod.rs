@@ -6,8 +6,10 @@
 //! - [`checker`]: the invariants judged over a history and the final state, named in Jepsen's
 //!   vocabulary where it applies, with `crate::verify`'s reference model as the judge of the
 //!   effects.
-//! - [`record`]: a real run's history, written by each process to a file of its own.
+//! - [`record`]: the wrappers that record what a process's ports did, into a sink.
+//! - [`file`]: a real run's history, written by each process to a file of its own.
 
 pub mod checker;
+pub mod file;
 pub mod history;
 pub mod record;

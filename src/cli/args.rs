@@ -194,6 +194,10 @@ pub struct ProduceArgs {
     /// Where to write the ground truth (JSON lines).
     #[arg(long, value_name = "FILE")]
     pub truth: PathBuf,
+    /// Record every send's outcome (acknowledged, and where) to a file of its own in DIR,
+    /// for `holdfast check`.
+    #[arg(long, value_name = "DIR")]
+    pub history: Option<PathBuf>,
     /// Rounds of re-sending what was not acknowledged.
     #[arg(long, default_value_t = 5)]
     pub retries: u64,
@@ -228,6 +232,10 @@ pub struct CompensateArgs {
     /// Stop after this many seconds (default: at SIGINT or SIGTERM).
     #[arg(long, value_name = "SECONDS")]
     pub for_s: Option<u64>,
+    /// Record this process's polls, rebalances and dead letters (not its own group's
+    /// commits) to a file of its own in DIR, for `holdfast check`.
+    #[arg(long, value_name = "DIR")]
+    pub history: Option<PathBuf>,
 }
 
 impl CompensateArgs {

@@ -4,6 +4,8 @@
 use super::args::CompensateArgs;
 use super::{block_on, connect_store, reach_brokers, terminated};
 use holdfast::adapters::{KafkaGroupOffsets, KafkaLog, KafkaPublisher};
+use holdfast::check::file::Recorder;
+use holdfast::check::record::{RecordingLog, RecordingPublisher};
 use holdfast::pipeline::{Compensator, ShutdownTrigger};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -16,6 +18,7 @@ pub fn main(args: CompensateArgs) -> Result<ExitCode, String> {
     let group = settings.compensator_group();
     let postgres = settings.postgres_url()?;
     let run_for = args.for_s;
+    let history = args.history.clone();
     block_on(async move {
         let store = connect_store(&postgres, wait).await?;
         reach_brokers(&kafka, Some(&config.topic), wait).await?;
@@ -37,9 +40,32 @@ pub fn main(args: CompensateArgs) -> Result<ExitCode, String> {
             }
             trigger.trigger();
         });
-        let report = Compensator::new(config, log, offsets, store, publisher)
-            .run(shutdown)
-            .await;
+        let report = match history {
+            None => {
+                Compensator::new(config, log, offsets, store, publisher)
+                    .run(shutdown)
+                    .await
+            }
+            Some(dir) => {
+                let (recorder, writing) = Recorder::create(&dir, "compensate")
+                    .map_err(|error| format!("history in {}: {error}", dir.display()))?;
+                let recorder = recorder.without_commits();
+                let log = RecordingLog {
+                    inner: log,
+                    sink: recorder.clone(),
+                };
+                let publisher = RecordingPublisher {
+                    inner: publisher,
+                    sink: recorder,
+                };
+                let report = Compensator::new(config, log, offsets, store, publisher)
+                    .run(shutdown)
+                    .await;
+                let written = writing.finish().map_err(|error| error.to_string())?;
+                tracing::info!(written, "history written");
+                report
+            }
+        };
         println!(
             "compensator: confirmed {}, re-sent {}, dead-lettered {}, still pending {}",
             report.confirmed,

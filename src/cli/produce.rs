@@ -11,6 +11,8 @@ use super::config::Settings;
 use super::truth::{TruthLine, TruthWriter};
 use super::{block_on, reach_brokers};
 use holdfast::adapters::KafkaPublisher;
+use holdfast::check::file::Recorder;
+use holdfast::check::record::{Seen, Sink};
 use holdfast::ports::{Delivery, OutboundMessage, PortError};
 use holdfast::workload::{Workload, WorkloadConfig};
 use std::collections::VecDeque;
@@ -35,6 +37,7 @@ pub fn main(args: ProduceArgs) -> Result<ExitCode, String> {
         seed,
         truth: truth_path,
         retries,
+        history,
         ..
     } = args;
     let config = WorkloadConfig {
@@ -59,6 +62,9 @@ pub fn main(args: ProduceArgs) -> Result<ExitCode, String> {
             .collect();
         let sent = send_with_retries(&publisher, &messages, retries).await;
         let counts = write_truth(&truth_path, &workload, &sent.outcomes)?;
+        if let Some(dir) = &history {
+            record_sends(dir, &workload, &sent.outcomes)?;
+        }
         let elapsed = started.elapsed().as_secs_f64();
         println!(
             "sent {} messages ({} valid events, {} malformed) to {topic}: \
@@ -161,6 +167,29 @@ fn write_truth(
     }
     truth.finish()?;
     Ok(counts)
+}
+
+/// Records each valid event's send as it ended: acknowledged (and where) or not.
+fn record_sends(
+    dir: &Path,
+    workload: &Workload,
+    outcomes: &[Option<Delivery>],
+) -> Result<(), String> {
+    let (recorder, writing) = Recorder::create(dir, "produce")
+        .map_err(|error| format!("history in {}: {error}", dir.display()))?;
+    let sends = workload.messages.iter().zip(outcomes);
+    let seen = sends.filter_map(|(message, outcome)| {
+        Some(Seen::Sent {
+            event_id: message.event.as_ref()?.event_id.clone(),
+            acknowledged: outcome.is_some(),
+            delivered: outcome.map(|delivery| (delivery.partition, delivery.offset)),
+        })
+    });
+    recorder.record(seen.collect());
+    drop(recorder);
+    let written = writing.finish().map_err(|error| error.to_string())?;
+    tracing::info!(written, "history written");
+    Ok(())
 }
 
 /// Sends the messages at `indices` in order, keeping up to [`IN_FLIGHT_MAX`] in flight, and

@@ -4,7 +4,8 @@
 use super::args::RunArgs;
 use super::{block_on, connect_store, ops_http, reach_brokers, startup, terminated};
 use holdfast::adapters::{KafkaLog, KafkaPublisher, RedisCache};
-use holdfast::check::record::{Recorder, RecordingLog, RecordingPublisher, RecordingStore};
+use holdfast::check::file::Recorder;
+use holdfast::check::record::{RecordingLog, RecordingPublisher, RecordingStore};
 use holdfast::pipeline::{
     Consumer, ConsumerConfig, Metrics, RunSummary, Services, ShutdownTrigger,
 };

@@ -74,6 +74,7 @@ fn member(log: PausingLog, in_flight_max: usize) -> Member<PausingLog> {
 
 fn assigned(partition: PartitionId) -> LogPolled {
     LogPolled {
+        commits_answered: Vec::new(),
         rebalances: vec![Rebalance::Assigned {
             partition,
             committed: None,

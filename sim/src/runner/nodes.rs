@@ -156,14 +156,14 @@ async fn send_with_callback(
         payload: message.payload.clone(),
         headers: vec![],
     };
-    let mut acknowledged = false;
+    let mut delivered = None;
     let digest = crate::history::digest(&message.payload);
     for _attempt in 0..3 {
         if let Ok(mut publishes) = observers.publishes.lock() {
             *publishes.entry(digest).or_default() += 1;
         }
-        if publisher.publish(outbound.clone()).await.is_ok() {
-            acknowledged = true;
+        if let Ok(delivery) = publisher.publish(outbound.clone()).await {
+            delivered = Some((delivery.partition, delivery.offset));
             break;
         }
         sleep(Duration::from_millis(50)).await;
@@ -171,13 +171,14 @@ async fn send_with_callback(
     sent_counter.fetch_add(1, Ordering::SeqCst);
     if let Some(event) = &message.event {
         if let Ok(mut truth) = truth.lock() {
-            truth.record(event, acknowledged);
+            truth.record(event, delivered.is_some());
         }
         observers.history.push(
             observers.at(),
             Step::Sent {
                 event_id: event.event_id.clone(),
-                acknowledged,
+                acknowledged: delivered.is_some(),
+                delivered,
             },
         );
     }

@@ -46,15 +46,23 @@ pub(super) fn owned_record(message: &impl Message) -> Record {
 }
 
 /// The consumer's context: turns librdkafka's rebalance callbacks into [`LogRebalance`]
-/// events for the next poll, and logs failed asynchronous commits.
+/// events for the next poll, keeps the commits the coordinator answered for it too, and logs
+/// failed commits.
 struct LogContext {
     topic: String,
     events: Mutex<VecDeque<LogRebalance>>,
+    answered: Mutex<Vec<(PartitionId, i64)>>,
 }
 
 impl LogContext {
     fn events(&self) -> MutexGuard<'_, VecDeque<LogRebalance>> {
         self.events
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn answered(&self) -> MutexGuard<'_, Vec<(PartitionId, i64)>> {
+        self.answered
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -142,9 +150,18 @@ impl ConsumerContext for LogContext {
         }
     }
 
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+    /// librdkafka reports synchronous commits here too, at a later poll.
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         match result {
-            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Ok(()) => {
+                let stored = offsets.elements_for_topic(&self.topic).into_iter();
+                let stored = stored.filter_map(|element| match element.offset() {
+                    Offset::Offset(offset) => Some((element.partition(), offset)),
+                    _ => None,
+                });
+                self.answered().extend(stored);
+            }
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(error) => {
                 tracing::warn!(%error, "asynchronous offset commit failed; the next one covers it")
             }
@@ -181,6 +198,7 @@ impl KafkaLog {
         let context = LogContext {
             topic: topic.to_owned(),
             events: Mutex::new(VecDeque::new()),
+            answered: Mutex::new(Vec::new()),
         };
         let consumer: BaseConsumer<LogContext> = settings
             .consumer_config(group)
@@ -272,9 +290,11 @@ fn poll_blocking(
         }
     }
     let rebalances = consumer.context().events().drain(..).collect();
+    let commits_answered = std::mem::take(&mut *consumer.context().answered());
     Ok(Polled {
         rebalances,
         records,
+        commits_answered,
     })
 }
 

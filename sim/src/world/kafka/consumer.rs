@@ -154,6 +154,7 @@ impl SimLog {
             .map(|partition| Rebalance::Revoked { partition })
             .collect();
         (!rebalances.is_empty()).then(|| Polled {
+            commits_answered: Vec::new(),
             rebalances,
             records: Vec::new(),
         })
@@ -219,6 +220,7 @@ impl SimLog {
         }
         self.pending_assignment = None;
         Ok(Polled {
+            commits_answered: Vec::new(),
             rebalances,
             records: Vec::new(),
         })
@@ -297,6 +299,7 @@ impl EventLog for SimLog {
             let status = lock(&self.membership).status;
             if !records.is_empty() || left.is_zero() || status != Status::Joined {
                 return Ok(Polled {
+                    commits_answered: Vec::new(),
                     rebalances: Vec::new(),
                     records,
                 });
