@@ -47,6 +47,10 @@ pub const FAULTS: &[(&str, &str)] = &[
         "a member frozen past its session timeout, then resumed",
     ),
     (
+        "fault.member_pause_at_assignment",
+        "a member frozen past its session right after it learned of an assignment (a zombie's late assignment)",
+    ),
+    (
         "fault.dead_letters_down",
         "the dead-letter topic refusing every publish for a while",
     ),

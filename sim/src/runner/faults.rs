@@ -76,6 +76,10 @@ pub enum ExtendedFault {
     ZombieMember,
     /// A member frozen past its session timeout, then resumed.
     MemberPause,
+    /// The group rebalances and a member is frozen past its session right after it learned
+    /// of its assignment, before acting on it: the others take its partitions over, then it
+    /// acts on the stale assignment (claims progress under its old generation).
+    MemberPauseAtAssignment,
     /// The dead-letter topic refusing every publish for a while.
     DeadLettersDown,
     /// The group coordinator fails over: every member is forgotten at once and must rejoin.
@@ -87,9 +91,10 @@ pub enum ExtendedFault {
 }
 
 /// The added faults the standard mix injects, each as likely.
-pub const EXTENDED_FAULTS: [ExtendedFault; 6] = [
+pub const EXTENDED_FAULTS: [ExtendedFault; 7] = [
     ExtendedFault::ZombieMember,
     ExtendedFault::MemberPause,
+    ExtendedFault::MemberPauseAtAssignment,
     ExtendedFault::DeadLettersDown,
     ExtendedFault::CoordinatorFailover,
     ExtendedFault::ControllerCrash,
@@ -133,6 +138,9 @@ pub(super) async fn inject_extended_fault(
             Handle::current().resume(*node);
             fault(format!("resume {name}"));
         }
+        ExtendedFault::MemberPauseAtAssignment => {
+            pause_at_assignment(world, observers, (*node, name), outlast_session).await;
+        }
         ExtendedFault::CoordinatorFailover => {
             holdfast::reach!("fault.coordinator_failover");
             world.coordinator_failover();
@@ -161,6 +169,37 @@ pub(super) async fn inject_extended_fault(
             observers.dead_letters.set_down(false);
         }
     }
+}
+
+/// Fails the coordinator over (every member rejoins and is assigned anew) and freezes `node`
+/// the moment its member learns of its assignment, for `pause`; gives up if no assignment
+/// comes within a session.
+async fn pause_at_assignment(
+    world: &World,
+    observers: &Observers,
+    (node, name): (NodeId, &str),
+    pause: Duration,
+) {
+    holdfast::reach!("fault.member_pause_at_assignment");
+    let reached = world.assignment_hook().arm(node);
+    world.coordinator_failover();
+    let wait = world.config().session_timeout;
+    if madsim::time::timeout(wait, reached.notified())
+        .await
+        .is_err()
+    {
+        world.assignment_hook().disarm();
+        return;
+    }
+    observers.history.push(
+        observers.at(),
+        Step::Fault {
+            description: format!("pause {name} at its assignment for {pause:?}"),
+        },
+    );
+    Handle::current().pause(node);
+    sleep(pause).await;
+    Handle::current().resume(node);
 }
 
 /// One random fault allowed by the scenario.

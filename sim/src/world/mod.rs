@@ -16,7 +16,7 @@ use holdfast::ports::{CommittedOffset, PartitionId, Record};
 use holdfast::verify::{reference, Application, Fact};
 use holdfast::widetable::OrderRow;
 use kafka::broker::BrokerState;
-use kafka::consumer::SimConsumerConfig;
+use kafka::consumer::{AssignmentHook, SimConsumerConfig};
 use kafka::controller::ControllerState;
 use kafka::producer::ProducerConfig;
 use kafka::{KafkaConfig, PartitionLeadership};
@@ -186,6 +186,7 @@ struct Inner {
     nodes: Vec<(ServiceNode, NodeId)>,
     faults: FaultLog,
     next_client_host: AtomicU32,
+    assignment_hook: AssignmentHook,
 }
 
 /// The running world. Cheap to clone.
@@ -281,6 +282,7 @@ impl World {
                 nodes,
                 faults,
                 next_client_host: AtomicU32::new(0),
+                assignment_hook: AssignmentHook::default(),
             }),
         };
         world.wait_ready(STARTUP_LIMIT).await;
@@ -339,7 +341,13 @@ impl World {
             request_timeout: config.request_timeout,
             session_timeout: config.session_timeout,
             control_failures: config.client_control_failures,
+            assignment_hook: self.inner.assignment_hook.clone(),
         }
+    }
+
+    /// The hook that stops a member at its next assignment (see [`AssignmentHook`]).
+    pub fn assignment_hook(&self) -> &AssignmentHook {
+        &self.inner.assignment_hook
     }
 
     /// A consumer-group member for the current (client) node's task.

@@ -5,8 +5,11 @@
 //! `None`, which every client maps to `PortError::Unavailable`.
 
 use madsim::net::Endpoint;
-use std::future::Future;
+use madsim::time::{sleep_until, Instant};
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::pin::pin;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 /// The tag every service listens on for requests; answers use a fresh random tag per call.
@@ -29,12 +32,41 @@ where
         .send_to_raw(target, REQUEST_TAG, Box::new((reply_tag, request)))
         .await
         .ok()?;
-    let (payload, from) = madsim::time::timeout(timeout, endpoint.recv_from_raw(reply_tag))
-        .await
-        .ok()?
+    let deadline = Instant::now() + timeout;
+    let (payload, from) = within(deadline, endpoint.recv_from_raw(reply_tag))
+        .await?
         .ok()?;
     debug_assert_eq!(from, target, "answer from an unexpected address");
     payload.downcast::<A>().ok().map(|answer| *answer)
+}
+
+/// Waits for `future` until `deadline` (`None`: it did not finish by then).
+///
+/// Unlike `madsim::time::timeout`, whose timer is added to madsim's timer heap again each
+/// time the future is polled, this adds one timer for the whole wait (another only if a
+/// different task polls it). Timers are never removed before their deadline, and the heap
+/// is among the simulator's largest costs: every call waits this way.
+pub async fn within<F: Future>(deadline: Instant, future: F) -> Option<F::Output> {
+    let mut future = pin!(future);
+    let mut timer = pin!(sleep_until(deadline));
+    let mut armed: Option<Waker> = None;
+    poll_fn(|cx| {
+        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        if armed
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()))
+        {
+            return match timer.is_elapsed() {
+                true => Poll::Ready(None),
+                false => Poll::Pending,
+            };
+        }
+        armed = Some(cx.waker().clone());
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 /// Sends `request` without waiting for any answer (acks=0 produce).

@@ -40,15 +40,31 @@ pub enum BrokerRequest {
         records: Vec<Produced>,
         acks: Acks,
     },
-    /// A consumer's fetch: committed records only (below the high watermark).
-    Fetch {
-        partition: PartitionId,
-        offset: i64,
-        count_max: usize,
-    },
+    /// A consumer's fetch of the partitions it reads from this broker.
+    Fetch(ConsumerFetch),
     /// A follower's fetch.
     ReplicaFetch(FollowerFetch),
     Metadata,
+}
+
+/// A consumer's fetch: committed records only (below the high watermark), from each
+/// partition's offset, at most `count_max` in all. Like Kafka's `fetch.max.wait.ms` with
+/// `fetch.min.bytes=1`, the broker holds a fetch with nothing to give for up to `max_wait`
+/// and answers as soon as a record (or an error) is there.
+#[derive(Clone, Debug)]
+pub struct ConsumerFetch {
+    pub partitions: Vec<(PartitionId, i64)>,
+    pub count_max: usize,
+    pub max_wait: Duration,
+}
+
+/// One partition's part of a consumer fetch's answer.
+#[derive(Clone, Debug)]
+pub enum PartitionFetch {
+    Records(Vec<Record>),
+    /// The offset is past the log end (the log lost records: an unclean election).
+    OutOfRange,
+    NotLeader,
 }
 
 /// A follower's fetch: `log_end` doubles as the acknowledgement of what it has.
@@ -81,13 +97,8 @@ pub enum ProduceResult {
 #[derive(Clone, Debug)]
 pub enum BrokerAnswer {
     Produced(ProduceResult),
-    Records {
-        records: Vec<Record>,
-        high_watermark: i64,
-    },
-    OutOfRange {
-        log_end: i64,
-    },
+    /// A consumer fetch's answer, partition by partition in the request's order.
+    Fetched(Vec<PartitionFetch>),
     NotLeader,
     Replicate {
         entries: Vec<Entry>,
@@ -131,7 +142,12 @@ pub struct BrokerState {
     view: BTreeMap<PartitionId, PartitionLeadership>,
     leading: BTreeMap<PartitionId, Leadership>,
     incarnation: u64,
+    /// Signalled when a high watermark moves or the partition table changes: wakes acks=all
+    /// produces and held consumer fetches.
     progress: Arc<Notify>,
+    /// Per partition, signalled when the leader appends or the partition table changes:
+    /// wakes that partition's held follower fetches only.
+    appended: BTreeMap<PartitionId, Arc<Notify>>,
     config: KafkaConfig,
 }
 
@@ -140,6 +156,7 @@ impl BrokerState {
     pub fn new(id: usize, hosted: Vec<PartitionId>, config: KafkaConfig) -> BrokerState {
         BrokerState {
             id,
+            appended: hosted.iter().map(|p| (*p, Arc::default())).collect(),
             replicas: hosted
                 .into_iter()
                 .map(|p| (p, Replica::default()))
@@ -160,6 +177,17 @@ impl BrokerState {
         self.view.clear();
         self.leading.clear();
         self.progress = Arc::new(Notify::new());
+        for appended in self.appended.values_mut() {
+            *appended = Arc::default();
+        }
+    }
+
+    /// Wakes every waiter: the partition table came (with a heartbeat's answer).
+    fn notify_all(&self) {
+        self.progress.notify_waiters();
+        for appended in self.appended.values() {
+            appended.notify_waiters();
+        }
     }
 
     fn flush_after_append(&mut self, partition: PartitionId) {
@@ -240,7 +268,7 @@ impl BrokerState {
             }
             self.view.insert(partition, state);
         }
-        self.progress.notify_waiters();
+        self.notify_all();
     }
 
     fn produce(
@@ -268,8 +296,10 @@ impl BrokerState {
             return ProduceResult::Appended(offsets); // only retries: nothing new
         }
         self.flush_after_append(partition);
+        if let Some(appended) = self.appended.get(&partition) {
+            appended.notify_waiters();
+        }
         self.advance_high_watermark(partition);
-        self.progress.notify_waiters();
         ProduceResult::Appended(offsets)
     }
 
@@ -283,20 +313,18 @@ impl BrokerState {
         (replica.high_watermark() > offset).then_some(true)
     }
 
-    fn fetch(&self, partition: PartitionId, offset: i64, count_max: usize) -> BrokerAnswer {
+    /// One partition's part of a consumer fetch, at most `count_max` records.
+    fn fetch(&self, partition: PartitionId, offset: i64, count_max: usize) -> PartitionFetch {
         let (Some(_), Some(replica)) =
             (self.leading.get(&partition), self.replicas.get(&partition))
         else {
-            return BrokerAnswer::NotLeader;
+            return PartitionFetch::NotLeader;
         };
         if offset > replica.log_end() || offset < 0 {
-            return BrokerAnswer::OutOfRange {
-                log_end: replica.log_end(),
-            };
+            return PartitionFetch::OutOfRange;
         }
-        let high_watermark = replica.high_watermark();
         let records = replica
-            .read(offset, high_watermark, count_max)
+            .read(offset, replica.high_watermark(), count_max)
             .into_iter()
             .map(|(offset, entry)| Record {
                 partition,
@@ -306,10 +334,31 @@ impl BrokerState {
                 headers: entry.record.headers,
             })
             .collect();
-        BrokerAnswer::Records {
-            records,
-            high_watermark,
-        }
+        PartitionFetch::Records(records)
+    }
+
+    /// A consumer fetch's answer, or `None` while it has nothing to give (no record, no
+    /// error) and may be held.
+    fn fetch_many(&self, fetch: &ConsumerFetch) -> Option<Vec<PartitionFetch>> {
+        let mut left = fetch.count_max;
+        let mut ready = false;
+        let answers: Vec<PartitionFetch> = fetch
+            .partitions
+            .iter()
+            .map(|&(partition, offset)| {
+                let answer = self.fetch(partition, offset, left);
+                match &answer {
+                    PartitionFetch::Records(records) if records.is_empty() => {}
+                    PartitionFetch::Records(records) => {
+                        left -= records.len();
+                        ready = true;
+                    }
+                    PartitionFetch::OutOfRange | PartitionFetch::NotLeader => ready = true,
+                }
+                answer
+            })
+            .collect();
+        ready.then_some(answers)
     }
 
     /// The leader's side of a follower fetch: divergence check, progress, high watermark.
@@ -547,11 +596,7 @@ async fn handle(
             records,
             acks,
         } => produce(&state, partition, records, acks, request_timeout).await,
-        BrokerRequest::Fetch {
-            partition,
-            offset,
-            count_max,
-        } => Some(lock(&state).fetch(partition, offset, count_max)),
+        BrokerRequest::Fetch(fetch) => Some(consumer_fetch(&state, &fetch).await),
         BrokerRequest::ReplicaFetch(fetch) => replica_fetch(&state, fetch).await,
         BrokerRequest::Metadata => Some(BrokerAnswer::Metadata(
             lock(&state).view.values().cloned().collect(),
@@ -591,6 +636,31 @@ async fn produce(
     }
 }
 
+/// Serves a consumer's fetch, holding it while it has nothing to give (up to its `max_wait`):
+/// every append, high-watermark move or leadership change wakes it to look again.
+async fn consumer_fetch(state: &Mutex<BrokerState>, fetch: &ConsumerFetch) -> BrokerAnswer {
+    let deadline = Instant::now() + fetch.max_wait;
+    loop {
+        let progress = {
+            let broker = lock(state);
+            if let Some(answer) = broker.fetch_many(fetch) {
+                return BrokerAnswer::Fetched(answer);
+            }
+            broker.progress.clone()
+        };
+        // No task runs between the look above and this registration (one simulated thread),
+        // so no change is missed.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || timeout(left, progress.notified()).await.is_err() {
+            let empty = fetch
+                .partitions
+                .iter()
+                .map(|_| PartitionFetch::Records(Vec::new()));
+            return BrokerAnswer::Fetched(empty.collect());
+        }
+    }
+}
+
 /// Serves a follower's fetch as leader, long-polling while the follower is caught up.
 async fn replica_fetch(state: &Mutex<BrokerState>, fetch: FollowerFetch) -> Option<BrokerAnswer> {
     let FollowerFetch {
@@ -600,7 +670,7 @@ async fn replica_fetch(state: &Mutex<BrokerState>, fetch: FollowerFetch) -> Opti
         log_end,
         ..
     } = fetch;
-    let (early, progress, empty) = {
+    let (early, appended, empty) = {
         let mut broker = lock(state);
         let early = broker.replica_fetch(fetch, Instant::now());
         let leading = broker.leading.get(&partition).map(|l| l.epoch) == Some(leader_epoch);
@@ -608,14 +678,14 @@ async fn replica_fetch(state: &Mutex<BrokerState>, fetch: FollowerFetch) -> Opti
         if early.is_none() && !leading {
             return Some(BrokerAnswer::NotLeader);
         }
-        (early, broker.progress.clone(), empty)
+        (early, broker.appended.get(&partition).cloned(), empty)
     };
     if let Some(answer) = early {
         return Some(answer);
     }
-    if empty {
+    if let (true, Some(appended)) = (empty, appended) {
         // Long poll: answer as soon as something is appended, or after the wait.
-        let _ = timeout(REPLICA_FETCH_WAIT, progress.notified()).await;
+        let _ = timeout(REPLICA_FETCH_WAIT, appended.notified()).await;
     }
     Some(lock(state).replicate(partition, follower, log_end))
 }

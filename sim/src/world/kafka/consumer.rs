@@ -2,7 +2,7 @@
 //! consumer group (eager rebalances: everything is revoked, then the new assignment arrives
 //! with the committed offsets); `SimGroupOffsets` reads any group's commits.
 
-use super::broker::{BrokerAnswer, BrokerRequest};
+use super::broker::{BrokerAnswer, BrokerRequest, ConsumerFetch, PartitionFetch};
 use super::controller::{ControllerAnswer, ControllerRequest};
 use super::group::{GroupAnswer, GroupRequest};
 use super::metadata::MetadataCache;
@@ -15,13 +15,19 @@ use holdfast::ports::{
 };
 use madsim::net::Endpoint;
 use madsim::task::JoinHandle;
-use madsim::time::{sleep, Instant};
+use madsim::time::{sleep, sleep_until, Instant};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
-/// Pause between empty fetch rounds inside one poll.
+/// How long a broker may hold a fetch that has nothing to give (`fetch.max.wait.ms`, scaled
+/// down like the other timeouts of the model; well under the request timeout).
+const FETCH_MAX_WAIT: Duration = Duration::from_millis(100);
+/// Pause before looking again when no fetch could be sent (no leader known).
 const FETCH_IDLE: Duration = Duration::from_millis(5);
 /// Pause between join attempts while a rebalance is under way.
 const JOIN_RETRY: Duration = Duration::from_millis(20);
@@ -35,6 +41,50 @@ pub struct SimConsumerConfig {
     pub session_timeout: Duration,
     /// Refuse every second pause or resume (see `WorldConfig::client_control_failures`).
     pub control_failures: bool,
+    /// Where the fault injector waits for a member to be handed an assignment.
+    pub assignment_hook: AssignmentHook,
+}
+
+/// Lets the fault injector stop a member's node right after the member learned of an
+/// assignment and before it could act on it (claim its progress, fetch): the moment that
+/// makes a zombie's late assignment. Shared by every client of a world.
+#[derive(Clone, Debug, Default)]
+pub struct AssignmentHook {
+    armed: Arc<Mutex<Option<Armed>>>,
+}
+
+/// The node whose next assignment is awaited, and the signal to give then.
+type Armed = (madsim::task::NodeId, Arc<Notify>);
+
+impl AssignmentHook {
+    /// Arms the hook for `node`'s next assignment; the returned signal fires when it comes.
+    pub fn arm(&self, node: madsim::task::NodeId) -> Arc<Notify> {
+        let reached = Arc::new(Notify::new());
+        *lock(&self.armed) = Some((node, reached.clone()));
+        reached
+    }
+
+    /// Disarms the hook (its assignment did not come in time).
+    pub fn disarm(&self) {
+        *lock(&self.armed) = None;
+    }
+
+    /// Called by a member on an assignment: if armed for this node, signals the injector and
+    /// gives it a moment (no simulated work happens meanwhile) to stop the node.
+    async fn reached(&self) {
+        let node = madsim::plugin::node();
+        let reached = {
+            let mut armed = lock(&self.armed);
+            match armed.as_ref() {
+                Some((armed_node, _)) if *armed_node == node => armed.take().map(|(_, n)| n),
+                _ => None,
+            }
+        };
+        if let Some(reached) = reached {
+            reached.notify_one();
+            sleep(Duration::from_millis(1)).await;
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +104,19 @@ struct Membership {
     status: Status,
 }
 
+/// A broker's answer to come.
+type Answer = Pin<Box<dyn Future<Output = Option<BrokerAnswer>> + Send>>;
+
+/// A fetch sent to one broker and not answered yet. Like a real client's, it outlives the
+/// poll that sent it: a poll that times out leaves it in flight for the next one.
+struct InFlight {
+    broker: usize,
+    partitions: Vec<(PartitionId, i64)>,
+    /// Only ever polled through `&mut` (`get_mut`, no locking): the mutex just makes the
+    /// client `Sync`, which the pipeline's futures need.
+    answer: Mutex<Answer>,
+}
+
 struct CommitJob {
     request: GroupRequest,
     reply: Option<oneshot::Sender<Result<(), PortError>>>,
@@ -66,6 +129,11 @@ pub struct SimLog {
     config: SimConsumerConfig,
     metadata: MetadataCache,
     membership: Arc<Mutex<Membership>>,
+    /// Signalled when the heartbeat learns of a rebalance or an eviction, so that a poll
+    /// waiting on its fetches returns at once.
+    membership_changed: Arc<Notify>,
+    /// At most one fetch per broker, as Kafka clients send them.
+    in_flight: Vec<InFlight>,
     owned: BTreeSet<PartitionId>,
     positions: BTreeMap<PartitionId, i64>,
     paused: BTreeSet<PartitionId>,
@@ -93,12 +161,13 @@ impl SimLog {
             generation: -1,
             status: Status::Unjoined,
         }));
+        let membership_changed = Arc::new(Notify::new());
         let (commits, queue) = mpsc::unbounded_channel();
         let tasks = vec![
             madsim::task::spawn(heartbeat_loop(
                 endpoint.clone(),
                 group.to_string(),
-                membership.clone(),
+                (membership.clone(), membership_changed.clone()),
                 config.clone(),
             )),
             // One sender, in order: Kafka commits travel on one connection to the coordinator,
@@ -111,6 +180,8 @@ impl SimLog {
             group: group.to_string(),
             config,
             membership,
+            membership_changed,
+            in_flight: Vec::new(),
             owned: BTreeSet::new(),
             positions: BTreeMap::new(),
             paused: BTreeSet::new(),
@@ -149,6 +220,8 @@ impl SimLog {
         drop(membership);
         self.pending_assignment = None;
         self.positions.clear();
+        // Answers to fetches of the old assignment are dropped unread.
+        self.in_flight.clear();
         let rebalances: Vec<Rebalance> = std::mem::take(&mut self.owned)
             .into_iter()
             .map(|partition| Rebalance::Revoked { partition })
@@ -219,6 +292,7 @@ impl SimLog {
             });
         }
         self.pending_assignment = None;
+        self.config.assignment_hook.reached().await;
         Ok(Polled {
             commits_answered: Vec::new(),
             rebalances,
@@ -226,23 +300,30 @@ impl SimLog {
         })
     }
 
-    /// One fetch from each owned, unpaused partition (rotating the start for fairness).
-    async fn fetch_round(&mut self, records_max: usize) -> Vec<Record> {
-        let partitions: Vec<PartitionId> = self
+    /// Sends a fetch to each leader of owned, unpaused partitions that no fetch in flight
+    /// covers, unless that broker has one in flight already.
+    async fn send_fetches(&mut self, records_max: usize) {
+        let covered: BTreeSet<PartitionId> = self
+            .in_flight
+            .iter()
+            .flat_map(|fetch| fetch.partitions.iter().map(|(partition, _)| *partition))
+            .collect();
+        let mut partitions: Vec<PartitionId> = self
             .owned
             .iter()
             .copied()
-            .filter(|p| !self.paused.contains(p))
+            .filter(|p| !self.paused.contains(p) && !covered.contains(p))
             .collect();
-        let mut records = Vec::new();
-        let count = partitions.len();
+        if partitions.is_empty() {
+            return;
+        }
+        // Rotate the start for fairness between partitions under `records_max`.
         self.rotation = self.rotation.wrapping_add(1);
-        for step in 0..count {
-            if records.len() >= records_max {
-                break;
-            }
-            let partition = partitions[(self.rotation + step) % count];
-            let timeout = self.config.request_timeout;
+        let start = self.rotation % partitions.len();
+        partitions.rotate_left(start);
+        let timeout = self.config.request_timeout;
+        let mut by_broker: BTreeMap<usize, Vec<(PartitionId, i64)>> = BTreeMap::new();
+        for partition in partitions {
             let Some(leader) = self
                 .metadata
                 .leader_or_refresh(&self.endpoint, partition, timeout)
@@ -250,31 +331,110 @@ impl SimLog {
             else {
                 continue;
             };
-            let position = self.positions.get(&partition).copied().unwrap_or(0);
-            let request = BrokerRequest::Fetch {
-                partition,
-                offset: position,
-                count_max: records_max - records.len(),
+            if self.in_flight.iter().all(|fetch| fetch.broker != leader) {
+                let position = self.positions.get(&partition).copied().unwrap_or(0);
+                by_broker
+                    .entry(leader)
+                    .or_default()
+                    .push((partition, position));
+            }
+        }
+        for (broker, partitions) in by_broker {
+            let request = BrokerRequest::Fetch(ConsumerFetch {
+                partitions: partitions.clone(),
+                count_max: records_max,
+                max_wait: FETCH_MAX_WAIT,
+            });
+            let endpoint = self.endpoint.clone();
+            let answer: Answer = Box::pin(async move {
+                rpc::call(&endpoint, broker_address(broker), request, timeout).await
+            });
+            let answer = Mutex::new(answer);
+            self.in_flight.push(InFlight {
+                broker,
+                partitions,
+                answer,
+            });
+        }
+    }
+
+    /// Waits for answers to the fetches in flight: returns those answered at the first
+    /// moment any is, or nothing at `deadline` or when the membership changed.
+    async fn answered(&mut self, deadline: Instant) -> Vec<(InFlight, Option<BrokerAnswer>)> {
+        // With nothing in flight (no leader known), look again shortly.
+        let until = match self.in_flight.is_empty() {
+            true => deadline.min(Instant::now() + FETCH_IDLE),
+            false => deadline,
+        };
+        let changed = self.membership_changed.clone();
+        let mut changed = pin!(changed.notified());
+        let mut expired = pin!(sleep_until(until));
+        let in_flight = &mut self.in_flight;
+        poll_fn(|cx| {
+            let mut answered = Vec::new();
+            let mut index = 0;
+            while index < in_flight.len() {
+                let answer = in_flight[index].answer.get_mut();
+                match answer
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .as_mut()
+                    .poll(cx)
+                {
+                    Poll::Ready(answer) => answered.push((in_flight.remove(index), answer)),
+                    Poll::Pending => index += 1,
+                }
+            }
+            let over = changed.as_mut().poll(cx).is_ready() || expired.as_mut().poll(cx).is_ready();
+            match !answered.is_empty() || over {
+                true => Poll::Ready(answered),
+                false => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// The records of answered fetches that still apply (partition owned, unpaused, not
+    /// moved since), `records_max` at most; the rest is fetched again later.
+    fn take_answers(
+        &mut self,
+        answers: Vec<(InFlight, Option<BrokerAnswer>)>,
+        records_max: usize,
+    ) -> Vec<Record> {
+        let mut records = Vec::new();
+        for (fetch, answer) in answers {
+            let Some(BrokerAnswer::Fetched(parts)) = answer else {
+                for (partition, _) in &fetch.partitions {
+                    self.metadata.forget(*partition);
+                }
+                continue;
             };
-            let answer = rpc::call(&self.endpoint, broker_address(leader), request, timeout).await;
-            match answer {
-                Some(BrokerAnswer::Records { records: batch, .. }) => {
-                    if !self.owned.contains(&partition)
-                        || self.positions.get(&partition) != Some(&position)
-                    {
-                        continue;
-                    }
-                    if let Some(last) = batch.last() {
-                        debug_assert_eq!(batch[0].offset, position, "fetch starts at the position");
-                        self.positions.insert(partition, last.offset + 1);
-                    }
-                    records.extend(batch);
+            for ((partition, position), part) in fetch.partitions.into_iter().zip(parts) {
+                if !self.owned.contains(&partition)
+                    || self.paused.contains(&partition)
+                    || self.positions.get(&partition) != Some(&position)
+                {
+                    continue;
                 }
-                Some(BrokerAnswer::OutOfRange { .. }) => {
+                match part {
+                    PartitionFetch::Records(batch) => {
+                        let room = records_max.saturating_sub(records.len());
+                        let batch = batch.into_iter().take(room);
+                        let start = records.len();
+                        records.extend(batch);
+                        if let Some(last) = records.get(start..).and_then(<[Record]>::last) {
+                            debug_assert_eq!(
+                                records[start].offset, position,
+                                "fetch starts at the position"
+                            );
+                            self.positions.insert(partition, last.offset + 1);
+                        }
+                    }
                     // The log lost what we were past (unclean election): auto.offset.reset.
-                    self.positions.insert(partition, 0);
+                    PartitionFetch::OutOfRange => {
+                        self.positions.insert(partition, 0);
+                    }
+                    PartitionFetch::NotLeader => self.metadata.forget(partition),
                 }
-                _ => self.metadata.forget(partition),
             }
         }
         records
@@ -293,8 +453,11 @@ impl EventLog for SimLog {
         if let Some(partitions) = self.pending_assignment.clone() {
             return self.take_assignment(partitions).await;
         }
+        let records_max = records_max.max(1);
         loop {
-            let records = self.fetch_round(records_max.max(1)).await;
+            self.send_fetches(records_max).await;
+            let answers = self.answered(deadline).await;
+            let records = self.take_answers(answers, records_max);
             let left = deadline.saturating_duration_since(Instant::now());
             let status = lock(&self.membership).status;
             if !records.is_empty() || left.is_zero() || status != Status::Joined {
@@ -304,7 +467,6 @@ impl EventLog for SimLog {
                     records,
                 });
             }
-            sleep(FETCH_IDLE.min(left)).await;
         }
     }
 
@@ -389,7 +551,7 @@ impl SimLog {
 async fn heartbeat_loop(
     endpoint: Endpoint,
     group: String,
-    membership: Arc<Mutex<Membership>>,
+    (membership, changed): (Arc<Mutex<Membership>>, Arc<Notify>),
     config: SimConsumerConfig,
 ) {
     let interval = (config.session_timeout / 3).max(Duration::from_millis(10));
@@ -411,6 +573,7 @@ async fn heartbeat_loop(
             let mut membership = lock(&membership);
             if membership.member == Some(member) && membership.status == Status::Joined {
                 membership.status = Status::Lost;
+                changed.notify_one();
             }
             continue;
         }
@@ -437,6 +600,7 @@ async fn heartbeat_loop(
         let mut membership = lock(&membership);
         if membership.member == Some(member) && membership.status == Status::Joined {
             membership.status = status;
+            changed.notify_one();
         }
     }
 }

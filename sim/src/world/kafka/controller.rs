@@ -129,11 +129,15 @@ impl ControllerState {
     }
 
     /// A controller restart: volatile state is gone (group membership, not generations);
-    /// brokers get a fresh session.
+    /// brokers get a fresh session, counted from when their next heartbeat can arrive: a
+    /// heartbeat sent to the dead controller waits out its request timeout first, which is
+    /// longer than the session, so a session counted from the restart declared every live
+    /// broker dead (and elected onto a broker that had lost its unflushed log meanwhile).
     fn restart(&mut self, now: Instant) {
         self.coordinator_failover();
+        let grace = self.config.request_timeout;
         for liveness in self.brokers.values_mut() {
-            liveness.last_seen = now;
+            liveness.last_seen = now + grace;
         }
     }
 
