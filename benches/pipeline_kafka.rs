@@ -10,7 +10,9 @@
 //! - (d) batched, progress in the store: (b) with `progress = store` (each transaction also
 //!   writes its partitions' progress, fenced by generation); verified the same way.
 //! - (e) batched, history recorded: (b) with `holdfast::check::record`'s wrappers writing the
-//!   run's history to a file, as `holdfast run --history` does; verified the same way.
+//!   run's history to a file, as `holdfast run --history` does; verified the same way, then
+//!   the history (with the fill's acknowledged sends) judged by the checker, as `holdfast
+//!   check` judges a real run: the bench fails on any violation.
 //! - (c) per message: the seed text literally (Redis GET, one transaction, Redis SET, one
 //!   synchronous offset commit, for every record). It is slow, so it processes a prefix of the
 //!   topic (a time budget); its rate is messages per second over that prefix, and the prefix
@@ -31,6 +33,7 @@
 
 mod common;
 
+use common::audit::{audit, Judged};
 use common::cpu::{sample, CpuSample};
 use common::timed::{Ledger, Timed};
 use common::{check, env, per_message, reset, POLL_RECORDS};
@@ -39,6 +42,7 @@ use holdfast::adapters::kafka::{
 };
 use holdfast::adapters::{PostgresStore, RedisCache};
 use holdfast::check::file::Recorder;
+use holdfast::check::history::{digest, Step};
 use holdfast::check::record::{RecordingLog, RecordingPublisher, RecordingStore};
 use holdfast::pipeline::{Consumer, ConsumerConfig, Metrics, ProgressMode, Services};
 use holdfast::ports::{
@@ -47,6 +51,7 @@ use holdfast::ports::{
 use holdfast::verify::GroundTruth;
 use holdfast::workload::{Workload, WorkloadConfig};
 use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -105,6 +110,24 @@ struct Topic {
     messages: usize,
     malformed: usize,
     truth: GroundTruth,
+    /// How often each payload (by digest) was published, and each valid event's send as the
+    /// broker acknowledged it: for the checker's audit of (e).
+    publishes: BTreeMap<u64, u32>,
+    sends: Vec<(u64, Step)>,
+}
+
+impl Topic {
+    /// What the checker judges a run of this topic against.
+    fn judged(&self) -> Judged<'_> {
+        Judged {
+            settings: &self.settings,
+            topic: &self.name,
+            dead_letter_topic: &self.dead_letters,
+            truth: &self.truth,
+            publishes: &self.publishes,
+            sends: &self.sends,
+        }
+    }
 }
 
 /// Creates the topic and publishes the workload with many deliveries in flight.
@@ -124,27 +147,38 @@ async fn fill(settings: KafkaSettings, workload: &Workload) -> Topic {
         .expect("create dead-letter topic");
     let publisher = KafkaPublisher::connect(&settings).expect("publisher");
     let mut in_flight = VecDeque::new();
-    let mut ends = BTreeMap::new();
-    let mut note = |delivery: holdfast::ports::Delivery| {
+    let (mut ends, mut sends, mut publishes) = (BTreeMap::new(), Vec::new(), BTreeMap::new());
+    let mut note = |event_id: Option<String>, delivery: holdfast::ports::Delivery| {
         let end = ends.entry(delivery.partition).or_insert(0);
         *end = (*end).max(delivery.offset + 1);
+        if let Some(event_id) = event_id {
+            let delivered = Some((delivery.partition, delivery.offset));
+            let send = Step::Sent {
+                event_id,
+                acknowledged: true,
+                delivered,
+            };
+            sends.push((0, send));
+        }
     };
     for message in &workload.messages {
+        *publishes.entry(digest(&message.payload)).or_insert(0) += 1;
+        let event_id = message.event.as_ref().map(|e| e.event_id.clone());
         let outbound = OutboundMessage {
             topic: name.clone(),
             key: message.key.clone(),
             payload: message.payload.clone(),
             headers: vec![],
         };
-        in_flight.push_back(publisher.enqueue(&outbound).expect("enqueue"));
+        in_flight.push_back((event_id, publisher.enqueue(&outbound).expect("enqueue")));
         if in_flight.len() >= 5000 {
-            if let Some(pending) = in_flight.pop_front() {
-                note(pending.await.expect("delivery"));
+            if let Some((event_id, pending)) = in_flight.pop_front() {
+                note(event_id, pending.await.expect("delivery"));
             }
         }
     }
-    while let Some(pending) = in_flight.pop_front() {
-        note(pending.await.expect("delivery"));
+    while let Some((event_id, pending)) = in_flight.pop_front() {
+        note(event_id, pending.await.expect("delivery"));
     }
     let published = workload.published();
     let messages = workload.messages.len();
@@ -161,6 +195,8 @@ async fn fill(settings: KafkaSettings, workload: &Workload) -> Topic {
         messages,
         malformed: published.malformed,
         truth: published.truth,
+        publishes,
+        sends,
     }
 }
 
@@ -329,12 +365,13 @@ struct BatchedStats {
     batch_max: Duration,
 }
 
-/// What a batched run is: (b), (d) with progress in the store, or (e) with a recorded history.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a batched run is: (b), (d) with progress in the store, or (e) with a history recorded
+/// in a directory (left for the audit).
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Batched {
     Plain,
     ProgressInStore,
-    History,
+    History(PathBuf),
 }
 
 async fn run_batched(
@@ -347,7 +384,7 @@ async fn run_batched(
     let group = unique("batched");
     let progress = match kind {
         Batched::ProgressInStore => ProgressMode::Store,
-        Batched::Plain | Batched::History => ProgressMode::Kafka,
+        Batched::Plain | Batched::History(_) => ProgressMode::Kafka,
     };
     let config = ConsumerConfig {
         progress,
@@ -360,7 +397,7 @@ async fn run_batched(
     let dead_letters = Timed::new(publisher, ledger);
     let log = KafkaLog::connect(&topic.settings, &group, &topic.name).expect("consumer");
     let log = Timed::new(log, ledger);
-    if kind != Batched::History {
+    let Batched::History(dir) = kind else {
         let services = Services {
             cache,
             store,
@@ -368,8 +405,7 @@ async fn run_batched(
             probe: NoProbe,
         };
         return run_consumer(topic, &group, config, log, services).await;
-    }
-    let dir = std::env::temp_dir().join(format!("{group}.history"));
+    };
     let (recorder, writing) = Recorder::create(&dir, "bench").expect("history file");
     let log = RecordingLog {
         inner: log,
@@ -392,7 +428,6 @@ async fn run_batched(
     let bytes = std::fs::metadata(dir.join(format!("bench-{}.history", std::process::id())))
         .map_or(0, |meta| meta.len());
     println!("  (e) history: {steps} steps, {bytes} bytes");
-    let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
@@ -544,11 +579,16 @@ fn main() {
             stored_rates.push(stored_rate);
             reset(&redis_url, &postgres_url).await;
             let (before, started) = (sample(&services), Instant::now());
+            let dir = std::env::temp_dir().join(unique("history"));
+            let kind = Batched::History(dir.clone());
             let (recorded_timing, _) =
-                run_batched(&topic, &cache, &store, &recorded_ledger, Batched::History).await;
+                run_batched(&topic, &cache, &store, &recorded_ledger, kind).await;
             recorded_cpu.add(&sample(&services).since(&before));
             recorded_wall += started.elapsed();
             check(&store, &topic.truth, "the batched pipeline, history recorded").await;
+            let steps = audit(&topic.judged(), &store, &dir).await;
+            println!("  (e) checked: every invariant holds over {steps} steps");
+            let _ = std::fs::remove_dir_all(&dir);
             let recorded_rate = rate(messages, recorded_timing.run);
             println!(
                 "round {round}: (e) {:.2} s, {recorded_rate:.0}/s, verified; e/b {:.0}%",

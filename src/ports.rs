@@ -92,9 +92,10 @@ pub enum Rebalance {
 pub struct Polled {
     pub rebalances: Vec<Rebalance>,
     pub records: Vec<Record>,
-    /// Commits the group coordinator answered as stored since the last poll, as (partition,
-    /// next offset): the pipeline needs none of them (a recorded history shows them as the
-    /// committed offsets). A client that cannot tell leaves it empty.
+    /// Asynchronous commits the group coordinator answered as stored since the last poll, as
+    /// (partition, next offset): the pipeline needs none of them (a recorded history shows
+    /// them as the committed offsets; a synchronous commit's answer is its call's). A client
+    /// that cannot tell leaves it empty.
     pub commits_answered: Vec<(PartitionId, i64)>,
 }
 

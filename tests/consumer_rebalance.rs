@@ -589,7 +589,8 @@ async fn redeliveries_are_counted_per_partition_and_store_transactions_timed() {
 
 /// Goal: a partition's gauges start from its assignment: the committed offset it resumes at
 /// and the highest offset polled, so its lag is what this member read and has not committed
-/// (not the whole log below it), and no commit goes out while its point has not moved.
+/// (not the whole log below it), and no commit goes out while its point has not moved (until
+/// the refresh, five seconds on).
 /// Method: a partition assigned at committed offset 1000, records 1000 to 1004 polled and held
 /// in the store's gate through a few commit rounds; the gauges show committed 1000, polled
 /// 1004, lag 5, and nothing was committed.

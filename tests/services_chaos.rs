@@ -419,3 +419,86 @@ async fn three_runs_share_a_group_and_survivors_take_over_a_killed_one() {
     eprintln!("{produced}{stopped}{report}{checked}");
     let _ = std::fs::remove_file(&setup.truth);
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to a process.
+fn signal(child: &Child, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal}");
+}
+
+/// Freezes of the zombie test before it gives up on seeing a fenced transaction.
+const FREEZES_MAX: usize = 3;
+
+/// Goal: a member frozen past its session timeout and then thawed is a zombie (it still
+/// believes it owns its partitions and has polled records queued for its workers); with
+/// progress in the store, its transactions after the group moved its partitions are refused
+/// as fenced, and nothing is lost or applied twice. Method: two `run --progress store`
+/// processes share the group while 100,000+ events are produced; once both applied
+/// something, SIGSTOP one until the other owns all eight partitions (past the 6 s session
+/// timeout), then SIGCONT it; repeat (at most three times) until the thawed member's
+/// metrics count a fenced batch; the group must then commit every partition end; SIGTERM
+/// both, `verify` and `check`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_member_thawed_after_its_session_is_fenced_by_the_store() {
+    let _exclusive = SERVICES.lock().await;
+    let setup = Setup::new("zombie").await;
+    let addresses = [free_address(), free_address()];
+    let mut members: Vec<Child> = addresses
+        .iter()
+        .map(|address| setup.run(&["--progress", "store", "--metrics", address]))
+        .collect();
+    let producer = spawn_holdfast(&setup.produce_args("17500", "37"));
+    let scraped = |address: &str| try_scrape(address).unwrap_or_default();
+    let counter = |address: &str, name: &str| metric(&scraped(address), name).unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !addresses
+        .iter()
+        .all(|a| counter(a, "holdfast_events_applied_total") > 0)
+    {
+        assert!(Instant::now() < deadline, "not both members applied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (zombie, survivor) = (&addresses[0], &addresses[1]);
+    let mut freezes = 0;
+    while counter(zombie, "holdfast_batches_fenced_total") == 0 {
+        assert!(
+            freezes < FREEZES_MAX,
+            "{freezes} freezes and no fenced transaction:\n{}",
+            scraped(zombie)
+        );
+        freezes += 1;
+        signal(&members[0], "STOP");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while owned_partitions(&scraped(survivor)).len() < PARTITIONS as usize {
+            assert!(Instant::now() < deadline, "the survivor never took over");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        signal(&members[0], "CONT");
+        // The thawed member finishes what it had queued, then rejoins.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        eprintln!(
+            "freeze {freezes}: the thawed member counts {} fenced batches",
+            counter(zombie, "holdfast_batches_fenced_total")
+        );
+    }
+    let produced = producer.wait_with_output().unwrap();
+    let produced = String::from_utf8_lossy(&produced.stdout).into_owned();
+    assert!(produced.contains("failed 0"), "{produced}");
+    assert!(valid_events(&produced) >= 100_000, "{produced}");
+    let ends = partition_ends(&setup.topics.topic).await;
+    wait_caught_up(&setup.topics, &setup.group, &ends, Duration::from_secs(600)).await;
+    let fenced = counter(zombie, "holdfast_batches_fenced_total");
+    let mut stopped = String::new();
+    for member in members.drain(..) {
+        stopped += &terminate(member);
+    }
+    let report = setup.verify();
+    let checked = setup.check();
+    eprintln!(
+        "{produced}{fenced} fenced batches after {freezes} freezes\n{stopped}{report}{checked}"
+    );
+    let _ = std::fs::remove_file(&setup.truth);
+}

@@ -205,3 +205,52 @@ async fn dead_letters_carry_error_and_source_headers() {
         assert!(header(&record.headers, HEADER_ERROR).is_some_and(|e| e.contains("undecodable")));
     }
 }
+
+/// Goal: the coordinator's answers to asynchronous commits come back with later polls
+/// (`commits_answered`), so that a recorded history shows what the group stored; a
+/// synchronous commit's answer is the call's own and does not come back again. Method: 20
+/// messages to a fresh 2-partition topic; poll them, commit both partitions asynchronously,
+/// poll until the answers arrive; then commit synchronously and poll for a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asynchronous_commit_answers_come_back_with_later_polls() {
+    let settings = settings();
+    let topic = unique("answers");
+    create_topic(&settings, &topic, 2).await.unwrap();
+    let publisher = KafkaPublisher::connect(&settings).unwrap();
+    for index in 0..20 {
+        publisher.publish(message(&topic, index)).await.unwrap();
+    }
+    let mut log = KafkaLog::connect(&settings, &unique("group"), &topic).unwrap();
+    let polled = poll_until(&mut log, 20).await;
+    let mut ends: BTreeMap<PartitionId, i64> = BTreeMap::new();
+    for record in &polled.records {
+        let end = ends.entry(record.partition).or_default();
+        *end = (*end).max(record.offset + 1);
+    }
+    let commits: Vec<OffsetCommit> = ends
+        .iter()
+        .map(|(&partition, &offset)| OffsetCommit {
+            partition,
+            offset,
+            metadata: String::new(),
+        })
+        .collect();
+    log.commit(&commits, CommitMode::Async).await.unwrap();
+    let answered = answers_within(&mut log, Duration::from_secs(30)).await;
+    assert_eq!(answered, ends.clone().into_iter().collect::<Vec<_>>());
+    log.commit(&commits, CommitMode::Sync).await.unwrap();
+    let answered = answers_within(&mut log, Duration::from_secs(1)).await;
+    assert_eq!(answered, vec![]);
+}
+
+/// Commit answers `log`'s polls bring within `wait` (until two arrived), sorted.
+async fn answers_within(log: &mut KafkaLog, wait: Duration) -> Vec<(PartitionId, i64)> {
+    let deadline = Instant::now() + wait;
+    let mut answered = Vec::new();
+    while answered.len() < 2 && Instant::now() < deadline {
+        let polled = log.poll(500, Duration::from_millis(100)).await.unwrap();
+        answered.extend(polled.commits_answered);
+    }
+    answered.sort_unstable();
+    answered
+}

@@ -4,6 +4,7 @@
 //! time, over any [`EventLog`].
 #![allow(dead_code)]
 
+pub mod audit;
 pub mod cpu;
 pub mod timed;
 

@@ -18,6 +18,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// How long an owned partition's unchanged commit point goes without being committed again.
+/// Re-committing it heals the group's offset after a late commit of the partition's previous
+/// owner (see [`PartitionState::commit_due`]); the Java client's auto-commit likewise commits
+/// every position at every interval.
+pub const COMMIT_REFRESH: Duration = Duration::from_secs(5);
+
 /// How a member polls and gives partitions up.
 #[derive(Clone, Debug)]
 pub(super) struct MemberConfig {
@@ -400,9 +406,10 @@ impl<L: EventLog> Member<L> {
         self.partitions.keys().copied().collect()
     }
 
-    /// Commits every owned partition's snapshot that moved since its last commit (or carries
-    /// finished offsets above its point).
+    /// Commits every owned partition's snapshot that moved since its last commit, carries
+    /// finished offsets above its point, or was last committed [`COMMIT_REFRESH`] ago.
     pub async fn commit_changed(&mut self, mode: CommitMode, probe: &impl Probe) {
+        let now = Instant::now();
         let changed: Vec<CommitSnapshot> = self
             .tracker
             .snapshots()
@@ -410,7 +417,7 @@ impl<L: EventLog> Member<L> {
             .filter(|snapshot| {
                 self.partitions
                     .get(&snapshot.partition)
-                    .is_some_and(|state| state.commit_moved(snapshot.offset))
+                    .is_some_and(|state| state.commit_due(snapshot.offset, now, COMMIT_REFRESH))
                     || !snapshot.metadata.is_empty()
             })
             .collect();
@@ -433,7 +440,7 @@ impl<L: EventLog> Member<L> {
                 self.commits += 1;
                 for commit in &offsets {
                     if let Some(state) = self.partitions.get_mut(&commit.partition) {
-                        state.note_committed(commit.offset, commit.partition);
+                        state.note_committed(commit.offset, commit.partition, Instant::now());
                     }
                 }
                 probe.at(FaultPoint::AfterOffsetCommit).await;

@@ -20,6 +20,8 @@ pub(super) struct PartitionState {
     pub paused: bool,
     polled: Option<i64>,
     committed: Option<i64>,
+    /// When this member last committed the partition (`None`: not yet).
+    committed_at: Option<Instant>,
     /// Last commit point seen and when it last moved (stall detection).
     point: Option<i64>,
     point_moved_at: Option<Instant>,
@@ -34,6 +36,8 @@ impl PartitionState {
     pub fn assigned(committed: Option<i64>) -> PartitionState {
         PartitionState {
             committed,
+            // The group's offset counts as just committed: it is refreshed like any other.
+            committed_at: committed.map(|_| Instant::now()),
             ..PartitionState::default()
         }
     }
@@ -46,19 +50,27 @@ impl PartitionState {
         self.admitted.push_back((offset, key));
     }
 
-    /// True when `offset` is not the commit point last committed.
-    pub fn commit_moved(&self, offset: i64) -> bool {
+    /// True when `offset` is not the commit point last committed, or when this member has
+    /// not committed the partition for `refresh`: the same point is committed again, so that a
+    /// late commit by the partition's previous owner (an asynchronous one sent before a
+    /// rebalance and stored after it, which the broker accepts from a member of the new
+    /// generation) cannot leave the group's offset behind for good.
+    pub fn commit_due(&self, offset: i64, now: Instant, refresh: Duration) -> bool {
         self.committed != Some(offset)
+            || self
+                .committed_at
+                .is_none_or(|at| now.duration_since(at) >= refresh)
     }
 
-    /// Records a commit of `offset`: the commit point never moves backwards within one
-    /// assignment.
-    pub fn note_committed(&mut self, offset: i64, partition: i32) {
+    /// Records a commit of `offset` at `now`: the commit point never moves backwards within
+    /// one assignment.
+    pub fn note_committed(&mut self, offset: i64, partition: i32, now: Instant) {
         debug_assert!(
             self.committed.is_none_or(|c| c <= offset),
             "commit point moved backwards on partition {partition}"
         );
         self.committed = Some(offset);
+        self.committed_at = Some(now);
         while self.admitted.front().is_some_and(|(o, _)| *o < offset) {
             self.admitted.pop_front();
         }
@@ -124,17 +136,22 @@ mod tests {
             state.note_admitted(offset, Some(format!("order-{offset}").into_bytes()));
         }
         assert_eq!(state.stuck_key(Some(3)).as_deref(), Some("order-3"));
-        state.note_committed(5, 0);
+        let at = Instant::now();
+        state.note_committed(5, 0, at);
         let left: Vec<i64> = state.admitted.iter().map(|(offset, _)| *offset).collect();
         assert_eq!(left, (5..10).collect::<Vec<_>>());
         assert_eq!(state.stuck_key(Some(5)).as_deref(), Some("order-5"));
-        assert!(!state.commit_moved(5) && state.commit_moved(6));
+        let refresh = Duration::from_secs(5);
+        assert!(!state.commit_due(5, at, refresh) && state.commit_due(6, at, refresh));
+        // The same point is due again once `refresh` has passed since its commit.
+        assert!(!state.commit_due(5, at + refresh / 2, refresh));
+        assert!(state.commit_due(5, at + refresh, refresh));
         let gauges = state.gauges(5);
         assert_eq!(
             (gauges.committed, gauges.polled, gauges.in_flight),
             (Some(5), Some(9), 5)
         );
-        state.note_committed(10, 0);
+        state.note_committed(10, 0, at);
         assert!(state.admitted.is_empty());
         assert_eq!(state.stuck_key(Some(10)), None);
     }

@@ -51,7 +51,11 @@ pub(super) fn owned_record(message: &impl Message) -> Record {
 struct LogContext {
     topic: String,
     events: Mutex<VecDeque<LogRebalance>>,
-    answered: Mutex<Vec<(PartitionId, i64)>>,
+    answered: Mutex<Answers>,
+    /// Partitions revoked because the assignment was lost (the session timed out), until
+    /// assigned again: their final commit would come after the group gave them to another
+    /// member, and could move that member's offsets back.
+    lost: Mutex<BTreeSet<PartitionId>>,
 }
 
 impl LogContext {
@@ -61,8 +65,14 @@ impl LogContext {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn answered(&self) -> MutexGuard<'_, Vec<(PartitionId, i64)>> {
+    fn answered(&self) -> MutexGuard<'_, Answers> {
         self.answered
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lost(&self) -> MutexGuard<'_, BTreeSet<PartitionId>> {
+        self.lost
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -118,6 +128,33 @@ fn generation(consumer: &BaseConsumer<LogContext>) -> i32 {
     }
 }
 
+/// Sends an asynchronous commit whose answer comes back on the consumer's queue, where the
+/// next poll serves it to [`LogContext::commit_callback`]. (`rd_kafka_commit` posts an
+/// asynchronous answer only to a configured `offset_commit_cb`, which rust-rdkafka does not
+/// set: its answers, failures included, would be dropped unseen.)
+fn commit_async(consumer: &BaseConsumer<LogContext>, list: &TopicPartitionList) -> KafkaResult<()> {
+    use rdkafka::bindings::{
+        rd_kafka_commit_queue, rd_kafka_queue_destroy, rd_kafka_queue_get_consumer,
+    };
+    // SAFETY: the client handle is valid for the consumer's life and the list outlives the
+    // call (librdkafka copies it); the queue handle is a new reference, released here (the
+    // queue itself is the consumer's). With no callback, the answer is an event on the queue.
+    let error = unsafe {
+        let client = consumer.client().native_ptr();
+        let queue = rd_kafka_queue_get_consumer(client);
+        if queue.is_null() {
+            return consumer.commit(list, KafkaCommitMode::Async);
+        }
+        let error = rd_kafka_commit_queue(client, list.ptr(), queue, None, std::ptr::null_mut());
+        rd_kafka_queue_destroy(queue);
+        error
+    };
+    match RDKafkaErrorCode::from(error) {
+        RDKafkaErrorCode::NoError => Ok(()),
+        code => Err(KafkaError::ConsumerCommit(code)),
+    }
+}
+
 impl ClientContext for LogContext {}
 
 impl ConsumerContext for LogContext {
@@ -128,6 +165,8 @@ impl ConsumerContext for LogContext {
                 let generation = generation(consumer);
                 let mut events = self.events();
                 for element in list.elements_for_topic(&self.topic) {
+                    self.lost().remove(&element.partition());
+                    self.answered().highest.remove(&element.partition());
                     let partition = element.partition();
                     events.push_back(LogRebalance::Assigned {
                         partition,
@@ -137,11 +176,16 @@ impl ConsumerContext for LogContext {
                 }
             }
             Rebalance::Revoke(list) => {
+                // librdkafka clears the flag once the partitions are unassigned, before the
+                // pipeline gets to its final commit: remember it here.
+                let lost = consumer.assignment_lost();
                 let mut events = self.events();
                 for element in list.elements_for_topic(&self.topic) {
-                    events.push_back(LogRebalance::Revoked {
-                        partition: element.partition(),
-                    });
+                    let partition = element.partition();
+                    if lost {
+                        self.lost().insert(partition);
+                    }
+                    events.push_back(LogRebalance::Revoked { partition });
                 }
             }
             Rebalance::Error(error) => {
@@ -150,20 +194,51 @@ impl ConsumerContext for LogContext {
         }
     }
 
-    /// librdkafka reports synchronous commits here too, at a later poll.
+    /// The answers to asynchronous commits ([`commit_async`]), served by a later poll.
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         match result {
             Ok(()) => {
                 let stored = offsets.elements_for_topic(&self.topic).into_iter();
-                let stored = stored.filter_map(|element| match element.offset() {
-                    Offset::Offset(offset) => Some((element.partition(), offset)),
-                    _ => None,
-                });
-                self.answered().extend(stored);
+                let mut answered = self.answered();
+                for element in stored {
+                    if let Offset::Offset(offset) = element.offset() {
+                        answered.stored(element.partition(), offset, true);
+                    }
+                }
+                answered.served += 1;
             }
-            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {
+                self.answered().served += 1;
+            }
             Err(error) => {
+                self.answered().served += 1;
                 tracing::warn!(%error, "asynchronous offset commit failed; the next one covers it")
+            }
+        }
+    }
+}
+
+/// The coordinator's answers to this member's commits, for [`Polled::commits_answered`].
+#[derive(Default)]
+struct Answers {
+    /// Stored commits not yet reported.
+    stored: Vec<(PartitionId, i64)>,
+    /// The highest offset known stored per partition (this assignment's): the coordinator
+    /// stores one member's commits in the order sent, so a lower answer served later is an
+    /// earlier commit's, already overtaken, not a move back.
+    highest: BTreeMap<PartitionId, i64>,
+    /// Commit answers served by polls so far.
+    served: u64,
+}
+
+impl Answers {
+    /// Notes `offset` stored for `partition`; `report` puts it in the next poll's answers.
+    fn stored(&mut self, partition: PartitionId, offset: i64, report: bool) {
+        let highest = self.highest.entry(partition).or_insert(offset);
+        if offset >= *highest {
+            *highest = offset;
+            if report {
+                self.stored.push((partition, offset));
             }
         }
     }
@@ -198,7 +273,8 @@ impl KafkaLog {
         let context = LogContext {
             topic: topic.to_owned(),
             events: Mutex::new(VecDeque::new()),
-            answered: Mutex::new(Vec::new()),
+            answered: Mutex::new(Answers::default()),
+            lost: Mutex::new(BTreeSet::new()),
         };
         let consumer: BaseConsumer<LogContext> = settings
             .consumer_config(group)
@@ -231,6 +307,12 @@ impl KafkaLog {
     }
 
     /// `partitions` of the topic, or `None` when there are none.
+    /// Whether the assignment is lost, or was when any of these partitions was revoked.
+    fn assignment_lost(&self, offsets: &[OffsetCommit]) -> bool {
+        let lost = self.consumer.context().lost();
+        self.consumer.assignment_lost() || offsets.iter().any(|c| lost.contains(&c.partition))
+    }
+
     fn topic_list(&self, partitions: &[PartitionId]) -> Option<TopicPartitionList> {
         if partitions.is_empty() {
             return None;
@@ -250,12 +332,20 @@ fn poll_blocking(
     timeout: Duration,
 ) -> Result<Polled, PortError> {
     let mut records: Vec<Record> = Vec::new();
-    let mut first = true;
+    let deadline = std::time::Instant::now() + timeout;
     while records.len() < records_max {
-        let wait = if first { timeout } else { Duration::ZERO };
-        first = false;
+        // Wait for the first record until the deadline, then take only what is ready.
+        let wait = match records.is_empty() {
+            true => deadline.saturating_duration_since(std::time::Instant::now()),
+            false => Duration::ZERO,
+        };
         let before = consumer.context().events().len();
+        let served = consumer.context().answered().served;
         let polled = consumer.poll(wait);
+        if polled.is_none() && consumer.context().answered().served != served {
+            // A commit answer was served: keep polling (the answers may be many).
+            continue;
+        }
         if consumer.context().events().len() != before {
             // A rebalance ran inside this poll: what was fetched before it for the partitions
             // it moved is the old assignment's.
@@ -290,7 +380,7 @@ fn poll_blocking(
         }
     }
     let rebalances = consumer.context().events().drain(..).collect();
-    let commits_answered = std::mem::take(&mut *consumer.context().answered());
+    let commits_answered = std::mem::take(&mut consumer.context().answered().stored);
     Ok(Polled {
         rebalances,
         records,
@@ -318,6 +408,16 @@ impl EventLog for KafkaLog {
         if offsets.is_empty() {
             return Ok(());
         }
+        if self.assignment_lost(offsets) {
+            // The session timed out and the group gave the partitions to others. librdkafka
+            // would hold the commit until this member rejoined and then send it under the new
+            // generation, which the broker accepts from any member for any partition: it
+            // could only move the new owner's offsets back.
+            return Err(PortError::Fenced {
+                service: LOG,
+                detail: "the assignment was lost (the session timed out)".into(),
+            });
+        }
         let list = self.partition_list(offsets)?;
         let consumer = Arc::clone(&self.consumer);
         let result = match mode {
@@ -326,10 +426,21 @@ impl EventLog for KafkaLog {
                     .await
                     .map_err(|error| rejected(LOG, format!("commit thread failed: {error}")))?
             }
-            CommitMode::Async => consumer.commit(&list, KafkaCommitMode::Async),
+            CommitMode::Async => commit_async(&consumer, &list),
         };
         match result {
-            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+            Ok(()) => {
+                if mode == CommitMode::Sync {
+                    // Its answer is this call's: earlier asynchronous answers served later
+                    // are older than it.
+                    let mut answered = self.consumer.context().answered();
+                    for commit in offsets {
+                        answered.stored(commit.partition, commit.offset, false);
+                    }
+                }
+                Ok(())
+            }
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
             Err(error) => Err(port_error(&error)),
         }
     }
