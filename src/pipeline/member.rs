@@ -22,7 +22,7 @@ use tokio::time::Instant;
 /// Re-committing it heals the group's offset after a late commit of the partition's previous
 /// owner (see [`PartitionState::commit_due`]); the Java client's auto-commit likewise commits
 /// every position at every interval.
-pub const COMMIT_REFRESH: Duration = Duration::from_secs(5);
+pub(crate) const COMMIT_REFRESH: Duration = Duration::from_secs(5);
 
 /// How a member polls and gives partitions up.
 #[derive(Clone, Debug)]
