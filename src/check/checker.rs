@@ -585,7 +585,10 @@ fn check_polls(history: &[(u64, Step)], log: &FinalLog) -> (Vec<Violation>, BTre
     let mut polled = BTreeSet::new();
     for (at_ms, step) in history {
         match step {
-            Step::Assigned { member, partition } | Step::Revoked { member, partition } => {
+            Step::Assigned {
+                member, partition, ..
+            }
+            | Step::Revoked { member, partition } => {
                 last.remove(&(member.as_str(), *partition));
             }
             Step::Polled {
@@ -953,6 +956,7 @@ mod tests {
             Step::Assigned {
                 member: "c1".into(),
                 partition: 0,
+                generation: 2,
             },
         ));
         let payload = observed.logs[&0][0].1.payload.clone();

@@ -5,7 +5,7 @@
 //! ```text
 //! holdfast-history 1 run-4242      the header: format version, the member
 //! @1764835200123                   the wall-clock time (ms) of the lines below, when it changes
-//! a 3                              assigned p3
+//! a 3 7                            assigned p3 in group generation 7
 //! p 3 500 9f3a61c2d0e4b857         polled p3@500, payload digest (hex)
 //! s 1 o17-PAID-2                   stored: 1 applied, 0 found already there; the event id
 //! c 3 501                          commit sent: p3, next offset 501
@@ -170,7 +170,10 @@ fn format_line(line: &mut String, seen: &Seen) {
         Seen::Stored { event_id, applied } => {
             writeln!(line, "s {} {}", u8::from(*applied), escape(event_id))
         }
-        Seen::Assigned { partition } => writeln!(line, "a {partition}"),
+        Seen::Assigned {
+            partition,
+            generation,
+        } => writeln!(line, "a {partition} {generation}"),
         Seen::Revoked { partition } => writeln!(line, "r {partition}"),
         Seen::CommitSent { partition, offset } => writeln!(line, "c {partition} {offset}"),
         Seen::Committed { partition, offset } => writeln!(line, "C {partition} {offset}"),
@@ -216,9 +219,13 @@ fn parse_line(line: &str) -> Option<Seen> {
                 event_id: unescape(event_id)?,
             }
         }
-        "a" => Seen::Assigned {
-            partition: rest.parse().ok()?,
-        },
+        "a" => {
+            let (partition, generation) = position(rest)?;
+            Seen::Assigned {
+                partition,
+                generation: i32::try_from(generation).ok()?,
+            }
+        }
         "r" => Seen::Revoked {
             partition: rest.parse().ok()?,
         },
@@ -370,7 +377,10 @@ mod tests {
 
     fn every_kind() -> Vec<Seen> {
         vec![
-            Seen::Assigned { partition: 3 },
+            Seen::Assigned {
+                partition: 3,
+                generation: 7,
+            },
             Seen::Polled {
                 partition: 3,
                 offset: 500,
@@ -448,7 +458,10 @@ mod tests {
         let (second, second_writing) = Recorder::create(&dir, "b").unwrap();
         assert_ne!(first.member(), second.member());
         first.record(every_kind());
-        second.record(vec![Seen::Assigned { partition: 1 }]);
+        second.record(vec![Seen::Assigned {
+            partition: 1,
+            generation: 2,
+        }]);
         let (first_member, second_member) = (first.member().to_owned(), second.member().to_owned());
         drop((first, second));
         assert_eq!(first_writing.finish().unwrap(), every_kind().len() as u64);
@@ -468,15 +481,21 @@ mod tests {
             own.len(),
             "{steps:?}"
         );
-        assert!(steps.contains(&Seen::Assigned { partition: 1 }.step(&second_member)));
+        assert!(steps.contains(
+            &Seen::Assigned {
+                partition: 1,
+                generation: 2,
+            }
+            .step(&second_member)
+        ));
         let cut = dir.join(format!("cut.{EXTENSION}"));
-        std::fs::write(&cut, format!("{HEADER} k\n@5\na 1\np 1 7 ab")).unwrap();
+        std::fs::write(&cut, format!("{HEADER} k\n@5\na 1 2\np 1 7 ab")).unwrap();
         assert_eq!(read_dir(&dir).unwrap().len(), every_kind().len() + 2);
-        std::fs::write(&cut, format!("{HEADER} k\n@5\nnonsense\na 1\n")).unwrap();
+        std::fs::write(&cut, format!("{HEADER} k\n@5\nnonsense\na 1 2\n")).unwrap();
         assert!(read_dir(&dir).unwrap_err().contains("not a history step"));
-        std::fs::write(&cut, "a 1\n").unwrap();
+        std::fs::write(&cut, "a 1 2\n").unwrap();
         assert!(read_dir(&dir).unwrap_err().contains("not a history file"));
-        std::fs::write(&cut, format!("{HEADER} k\na 1\n")).unwrap();
+        std::fs::write(&cut, format!("{HEADER} k\na 1 2\n")).unwrap();
         assert!(read_dir(&dir).unwrap_err().contains("not a history step"));
         let _ = std::fs::remove_dir_all(&dir);
     }

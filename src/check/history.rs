@@ -31,10 +31,11 @@ pub enum Step {
         event_id: String,
         applied: bool,
     },
-    /// A member was assigned or lost a partition.
+    /// A member was assigned a partition in a group generation, or lost it.
     Assigned {
         member: String,
         partition: i32,
+        generation: i32,
     },
     Revoked {
         member: String,
@@ -235,7 +236,14 @@ fn write_step(out: &mut String, step: &Step) {
             "{member} {} {event_id}",
             if *applied { "applied" } else { "duplicate" }
         ),
-        Step::Assigned { member, partition } => write!(out, "{member} assigned p{partition}"),
+        Step::Assigned {
+            member,
+            partition,
+            generation,
+        } => write!(
+            out,
+            "{member} assigned p{partition} in generation {generation}"
+        ),
         Step::Revoked { member, partition } => write!(out, "{member} revoked p{partition}"),
         Step::CommitSent {
             member,

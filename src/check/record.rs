@@ -36,6 +36,7 @@ pub enum Seen {
     },
     Assigned {
         partition: PartitionId,
+        generation: i32,
     },
     Revoked {
         partition: PartitionId,
@@ -83,9 +84,13 @@ impl Seen {
                 event_id,
                 applied,
             },
-            Seen::Assigned { partition } => Step::Assigned {
+            Seen::Assigned {
+                partition,
+                generation,
+            } => Step::Assigned {
                 member: member(),
                 partition,
+                generation,
             },
             Seen::Revoked { partition } => Step::Revoked {
                 member: member(),
@@ -137,8 +142,13 @@ impl<L: EventLog, K: Sink> EventLog for RecordingLog<L, K> {
                 .map(|&(partition, offset)| Seen::Committed { partition, offset }),
         );
         seen.extend(polled.rebalances.iter().map(|change| match change {
-            Rebalance::Assigned { partition, .. } => Seen::Assigned {
+            Rebalance::Assigned {
+                partition,
+                generation,
+                ..
+            } => Seen::Assigned {
                 partition: *partition,
+                generation: *generation,
             },
             Rebalance::Revoked { partition } => Seen::Revoked {
                 partition: *partition,
