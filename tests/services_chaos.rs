@@ -145,6 +145,18 @@ impl Setup {
         report
     }
 
+    /// Waits for a `holdfast produce` of 100,000+ events to acknowledge everything, then for
+    /// the group to commit every partition end; returns the producer's summary.
+    async fn caught_up_after(&self, producer: Child) -> String {
+        let produced = producer.wait_with_output().unwrap();
+        let produced = String::from_utf8_lossy(&produced.stdout).into_owned();
+        assert!(produced.contains("failed 0"), "{produced}");
+        assert!(valid_events(&produced) >= 100_000, "{produced}");
+        let ends = partition_ends(&self.topics.topic).await;
+        wait_caught_up(&self.topics, &self.group, &ends, Duration::from_secs(600)).await;
+        produced
+    }
+
     /// `holdfast check` over the runs' recorded histories; panics unless every invariant
     /// holds. Returns its report.
     fn check(&self) -> String {
@@ -394,12 +406,7 @@ async fn three_runs_share_a_group_and_survivors_take_over_a_killed_one() {
     eprintln!(
         "killed member {victim} owning {victim_partitions:?} after it applied {victim_applied}"
     );
-    let produced = producer.wait_with_output().unwrap();
-    let produced = String::from_utf8_lossy(&produced.stdout).into_owned();
-    assert!(produced.contains("failed 0"), "{produced}");
-    assert!(valid_events(&produced) >= 100_000, "{produced}");
-    let ends = partition_ends(&setup.topics.topic).await;
-    wait_caught_up(&setup.topics, &setup.group, &ends, Duration::from_secs(600)).await;
+    let produced = setup.caught_up_after(producer).await;
     let survivors: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
     let taken: BTreeSet<i32> = survivors
         .iter()
@@ -484,12 +491,7 @@ async fn a_frozen_member_thawed_after_its_session_is_fenced_by_the_store() {
             counter(zombie, "holdfast_batches_fenced_total")
         );
     }
-    let produced = producer.wait_with_output().unwrap();
-    let produced = String::from_utf8_lossy(&produced.stdout).into_owned();
-    assert!(produced.contains("failed 0"), "{produced}");
-    assert!(valid_events(&produced) >= 100_000, "{produced}");
-    let ends = partition_ends(&setup.topics.topic).await;
-    wait_caught_up(&setup.topics, &setup.group, &ends, Duration::from_secs(600)).await;
+    let produced = setup.caught_up_after(producer).await;
     let fenced = counter(zombie, "holdfast_batches_fenced_total");
     let mut stopped = String::new();
     for member in members.drain(..) {
