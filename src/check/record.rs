@@ -1,8 +1,8 @@
 //! What a process saw, as the checker's steps: the recording wrappers record what the ports
 //! did (polls, rebalances and commit answers: [`RecordingLog`]; store outcomes:
-//! [`RecordingStore`]; dead letters: [`RecordingPublisher`]; the workload's sends:
-//! [`RecordingSender`]) into a [`Sink`]: a real run's file ([`super::file::Recorder`]) or the
-//! simulator's history.
+//! [`RecordingStore`]; dead letters: [`RecordingPublisher`]) into a [`Sink`]: a real run's
+//! file ([`super::file::Recorder`]) or the simulator's history. `holdfast produce` records
+//! its sends itself, each once with its final outcome.
 
 use super::history::{digest, Step};
 use crate::event::OrderEvent;
@@ -249,35 +249,5 @@ impl<P: Publisher, K: Sink> Publisher for RecordingPublisher<P, K> {
             }]);
         }
         Ok(delivery)
-    }
-}
-
-/// A workload [`Publisher`] that records each send's outcome under the event id `name` finds
-/// in the message (messages it names nothing for, malformed input, are not recorded: the
-/// checker judges them by the log).
-pub struct RecordingSender<P, K, F> {
-    pub inner: P,
-    pub sink: K,
-    pub name: F,
-}
-
-impl<P, K, F> Publisher for RecordingSender<P, K, F>
-where
-    P: Publisher,
-    K: Sink,
-    F: Fn(&OutboundMessage) -> Option<String> + Send + Sync,
-{
-    async fn publish(&self, message: OutboundMessage) -> Result<Delivery, PortError> {
-        let event_id = (self.name)(&message);
-        let result = self.inner.publish(message).await;
-        if let Some(event_id) = event_id {
-            let delivered = result.as_ref().ok().map(|d| (d.partition, d.offset));
-            self.sink.record(vec![Seen::Sent {
-                event_id,
-                acknowledged: delivered.is_some(),
-                delivered,
-            }]);
-        }
-        result
     }
 }

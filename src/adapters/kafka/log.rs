@@ -165,9 +165,9 @@ impl ConsumerContext for LogContext {
                 let generation = generation(consumer);
                 let mut events = self.events();
                 for element in list.elements_for_topic(&self.topic) {
-                    self.lost().remove(&element.partition());
-                    self.answered().highest.remove(&element.partition());
                     let partition = element.partition();
+                    self.lost().remove(&partition);
+                    self.answered().highest.remove(&partition);
                     events.push_back(LogRebalance::Assigned {
                         partition,
                         committed: committed.get(&partition).cloned(),
@@ -306,13 +306,13 @@ impl KafkaLog {
         Ok(list)
     }
 
-    /// `partitions` of the topic, or `None` when there are none.
     /// Whether the assignment is lost, or was when any of these partitions was revoked.
     fn assignment_lost(&self, offsets: &[OffsetCommit]) -> bool {
         let lost = self.consumer.context().lost();
         self.consumer.assignment_lost() || offsets.iter().any(|c| lost.contains(&c.partition))
     }
 
+    /// `partitions` of the topic, or `None` when there are none.
     fn topic_list(&self, partitions: &[PartitionId]) -> Option<TopicPartitionList> {
         if partitions.is_empty() {
             return None;
@@ -335,9 +335,10 @@ fn poll_blocking(
     let deadline = std::time::Instant::now() + timeout;
     while records.len() < records_max {
         // Wait for the first record until the deadline, then take only what is ready.
-        let wait = match records.is_empty() {
-            true => deadline.saturating_duration_since(std::time::Instant::now()),
-            false => Duration::ZERO,
+        let wait = if records.is_empty() {
+            deadline.saturating_duration_since(std::time::Instant::now())
+        } else {
+            Duration::ZERO
         };
         let before = consumer.context().events().len();
         let served = consumer.context().answered().served;
