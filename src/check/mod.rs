@@ -7,7 +7,7 @@
 //!   vocabulary where it applies, with `crate::verify`'s reference model as the judge of the
 //!   effects.
 //! - [`record`]: the wrappers that record what a process's ports did, into a sink.
-//! - [`file`]: a real run's history, written by each process to a file of its own.
+//! - [`file`](mod@file): a real run's history, written by each process to a file of its own.
 
 pub mod checker;
 pub mod file;
