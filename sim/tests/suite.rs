@@ -226,6 +226,23 @@ fn seed_601_standard_a_follower_joining_the_isr_holds_the_high_watermark() {
     assert_run_passes(&params);
 }
 
+/// A controller restarted quickly counted every broker's session from its restart, but the
+/// brokers' heartbeats to the dead controller were still waiting out a request timeout longer
+/// than the session: it declared every live broker dead and left an ISR to a broker that had
+/// lost its unflushed log (acknowledged records lost under `acks=all`). A restarted controller
+/// now counts broker sessions from when their next heartbeat can arrive.
+#[test]
+fn seed_586_standard_a_restarted_controller_counts_broker_sessions_from_their_next_heartbeat() {
+    let mut params = RunParams::derive_sized(586, Scenario::Standard, Size::Mixed);
+    Overrides {
+        orders: Some(397),
+        faults: Some(8),
+        progress: Some(ProgressMode::Kafka),
+    }
+    .apply(&mut params);
+    assert_run_passes(&params);
+}
+
 /// A partition paused for back-pressure (batch 1, one slow worker) was revoked and assigned
 /// back to the same member; the client kept it paused while the consumer's fresh state said
 /// unpaused, so it was never fetched again: 17 acknowledged events never applied, the commit
