@@ -52,10 +52,6 @@ struct LogContext {
     topic: String,
     events: Mutex<VecDeque<LogRebalance>>,
     answered: Mutex<Answers>,
-    /// Partitions revoked because the assignment was lost (the session timed out), until
-    /// assigned again: their final commit would come after the group gave them to another
-    /// member, and could move that member's offsets back.
-    lost: Mutex<BTreeSet<PartitionId>>,
 }
 
 impl LogContext {
@@ -67,12 +63,6 @@ impl LogContext {
 
     fn answered(&self) -> MutexGuard<'_, Answers> {
         self.answered
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn lost(&self) -> MutexGuard<'_, BTreeSet<PartitionId>> {
-        self.lost
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -166,7 +156,6 @@ impl ConsumerContext for LogContext {
                 let mut events = self.events();
                 for element in list.elements_for_topic(&self.topic) {
                     let partition = element.partition();
-                    self.lost().remove(&partition);
                     self.answered().highest.remove(&partition);
                     events.push_back(LogRebalance::Assigned {
                         partition,
@@ -176,16 +165,11 @@ impl ConsumerContext for LogContext {
                 }
             }
             Rebalance::Revoke(list) => {
-                // librdkafka clears the flag once the partitions are unassigned, before the
-                // pipeline gets to its final commit: remember it here.
-                let lost = consumer.assignment_lost();
                 let mut events = self.events();
                 for element in list.elements_for_topic(&self.topic) {
-                    let partition = element.partition();
-                    if lost {
-                        self.lost().insert(partition);
-                    }
-                    events.push_back(LogRebalance::Revoked { partition });
+                    events.push_back(LogRebalance::Revoked {
+                        partition: element.partition(),
+                    });
                 }
             }
             Rebalance::Error(error) => {
@@ -274,7 +258,6 @@ impl KafkaLog {
             topic: topic.to_owned(),
             events: Mutex::new(VecDeque::new()),
             answered: Mutex::new(Answers::default()),
-            lost: Mutex::new(BTreeSet::new()),
         };
         let consumer: BaseConsumer<LogContext> = settings
             .consumer_config(group)
@@ -306,10 +289,22 @@ impl KafkaLog {
         Ok(list)
     }
 
-    /// Whether the assignment is lost, or was when any of these partitions was revoked.
-    fn assignment_lost(&self, offsets: &[OffsetCommit]) -> bool {
-        let lost = self.consumer.context().lost();
-        self.consumer.assignment_lost() || offsets.iter().any(|c| lost.contains(&c.partition))
+    /// Why a commit of `offsets` must not be sent, if it must not: the assignment is lost, or
+    /// a partition is no longer assigned to this member. librdkafka defers a commit made
+    /// while the member rejoins and sends it under the new generation, which a coordinator
+    /// accepts from any member for any partition (Kafka's checks the member and the
+    /// generation only): it could land after the partition's new owner read its starting
+    /// offset, and that owner's next commit would then move the group's offset back.
+    fn refusal(&self, offsets: &[OffsetCommit]) -> Option<&'static str> {
+        if self.consumer.assignment_lost() {
+            return Some("the assignment was lost (the session timed out)");
+        }
+        // If the client cannot say what it owns, the commit goes (the coordinator decides).
+        let assignment = self.consumer.assignment().ok()?;
+        let owned =
+            |partition: PartitionId| assignment.find_partition(&self.topic, partition).is_some();
+        let moved = offsets.iter().any(|commit| !owned(commit.partition));
+        moved.then_some("a partition is no longer assigned to this member")
     }
 
     /// `partitions` of the topic, or `None` when there are none.
@@ -409,14 +404,10 @@ impl EventLog for KafkaLog {
         if offsets.is_empty() {
             return Ok(());
         }
-        if self.assignment_lost(offsets) {
-            // The session timed out and the group gave the partitions to others. librdkafka
-            // would hold the commit until this member rejoined and then send it under the new
-            // generation, which the broker accepts from any member for any partition: it
-            // could only move the new owner's offsets back.
+        if let Some(reason) = self.refusal(offsets) {
             return Err(PortError::Fenced {
                 service: LOG,
-                detail: "the assignment was lost (the session timed out)".into(),
+                detail: reason.into(),
             });
         }
         let list = self.partition_list(offsets)?;
