@@ -431,6 +431,45 @@ async fn run_batched(
     result
 }
 
+/// What every batched round uses: the filled topic, the services, where their state is.
+struct Rig<'a> {
+    topic: &'a Topic,
+    cache: &'a RedisCache,
+    store: &'a PostgresStore,
+    redis_url: &'a str,
+    postgres_url: &'a str,
+    services: &'a std::path::Path,
+}
+
+/// One kind of run's totals over the rounds: port-call times, rates, CPU and wall time.
+#[derive(Default)]
+struct Totals {
+    ledger: Arc<Ledger>,
+    rates: Vec<f64>,
+    cpu: CpuSample,
+    wall: Duration,
+}
+
+/// One round of a batched run from empty services: its CPU and wall time go to `totals`, the
+/// store is verified against the truth (`name` says which run failed), and its rate is kept.
+async fn batched_round(
+    rig: &Rig<'_>,
+    kind: Batched,
+    totals: &mut Totals,
+    name: &str,
+) -> (Timing, BatchedStats) {
+    reset(rig.redis_url, rig.postgres_url).await;
+    let (before, started) = (sample(rig.services), Instant::now());
+    let (timing, stats) = run_batched(rig.topic, rig.cache, rig.store, &totals.ledger, kind).await;
+    totals.cpu.add(&sample(rig.services).since(&before));
+    totals.wall += started.elapsed();
+    check(rig.store, &rig.topic.truth, name).await;
+    totals
+        .rates
+        .push(rate(rig.topic.messages as u64, timing.run));
+    (timing, stats)
+}
+
 /// Runs one consumer over the topic until its group committed every end.
 async fn run_consumer<L, S, D>(
     topic: &Topic,
@@ -531,61 +570,39 @@ fn main() {
         // (a) and (b) alternate for a few rounds: on a shared machine one pair of runs can be
         // far off; the medians are reported.
         let rounds = knob("HOLDFAST_BENCH_ROUNDS").unwrap_or(ROUNDS).max(1);
-        let read_ledger = Arc::new(Ledger::default());
-        let batched_ledger = Arc::new(Ledger::default());
-        let mut read_rates = Vec::new();
-        let mut batched_rates = Vec::new();
-        let stored_ledger = Arc::new(Ledger::default());
-        let mut stored_rates = Vec::new();
-        let (mut stored_cpu, mut stored_wall) = (CpuSample::default(), Duration::ZERO);
-        let recorded_ledger = Arc::new(Ledger::default());
-        let mut recorded_rates = Vec::new();
-        let (mut recorded_cpu, mut recorded_wall) = (CpuSample::default(), Duration::ZERO);
         let services = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".services");
-        let (mut read_cpu, mut batched_cpu) = (CpuSample::default(), CpuSample::default());
-        let (mut read_wall, mut batched_wall) = (Duration::ZERO, Duration::ZERO);
+        let rig = Rig {
+            topic: &topic,
+            cache: &cache,
+            store: &store,
+            redis_url: &redis_url,
+            postgres_url: &postgres_url,
+            services: &services,
+        };
+        let (mut read, mut batched) = (Totals::default(), Totals::default());
+        let (mut stored, mut recorded) = (Totals::default(), Totals::default());
         for round in 1..=rounds {
             let (before, started) = (sample(&services), Instant::now());
-            let (read_timing, read_stats) = run_read_and_commit(&topic, &read_ledger).await;
-            read_cpu.add(&sample(&services).since(&before));
-            read_wall += started.elapsed();
+            let (read_timing, read_stats) = run_read_and_commit(&topic, &read.ledger).await;
+            read.cpu.add(&sample(&services).since(&before));
+            read.wall += started.elapsed();
             assert_eq!(read_stats.records, messages, "read+commit saw every record once");
-            reset(&redis_url, &postgres_url).await;
-            let (before, started) = (sample(&services), Instant::now());
             let (batched_timing, batched_stats) =
-                run_batched(&topic, &cache, &store, &batched_ledger, Batched::Plain).await;
-            batched_cpu.add(&sample(&services).since(&before));
-            batched_wall += started.elapsed();
-            check(&store, &topic.truth, "the batched pipeline").await;
-            reset(&redis_url, &postgres_url).await;
-            let (before, started) = (sample(&services), Instant::now());
-            let (stored_timing, _) = run_batched(
-                &topic,
-                &cache,
-                &store,
-                &stored_ledger,
-                Batched::ProgressInStore,
-            )
-            .await;
-            stored_cpu.add(&sample(&services).since(&before));
-            stored_wall += started.elapsed();
-            check(&store, &topic.truth, "the batched pipeline, progress in the store").await;
+                batched_round(&rig, Batched::Plain, &mut batched, "the batched pipeline").await;
+            let batched_rate = rate(messages, batched_timing.run);
+            let what = "the batched pipeline, progress in the store";
+            let (stored_timing, _) =
+                batched_round(&rig, Batched::ProgressInStore, &mut stored, what).await;
             let stored_rate = rate(messages, stored_timing.run);
             println!(
                 "round {round}: (d) {:.2} s, {stored_rate:.0}/s, verified; d/b {:.0}%",
                 stored_timing.run.as_secs_f64(),
-                stored_rate / rate(messages, batched_timing.run) * 100.0
+                stored_rate / batched_rate * 100.0
             );
-            stored_rates.push(stored_rate);
-            reset(&redis_url, &postgres_url).await;
-            let (before, started) = (sample(&services), Instant::now());
             let dir = std::env::temp_dir().join(unique("history"));
+            let what = "the batched pipeline, history recorded";
             let kind = Batched::History(dir.clone());
-            let (recorded_timing, _) =
-                run_batched(&topic, &cache, &store, &recorded_ledger, kind).await;
-            recorded_cpu.add(&sample(&services).since(&before));
-            recorded_wall += started.elapsed();
-            check(&store, &topic.truth, "the batched pipeline, history recorded").await;
+            let (recorded_timing, _) = batched_round(&rig, kind, &mut recorded, what).await;
             let steps = audit(&topic.judged(), &store, &dir).await;
             println!("  (e) checked: every invariant holds over {steps} steps");
             let _ = std::fs::remove_dir_all(&dir);
@@ -593,11 +610,9 @@ fn main() {
             println!(
                 "round {round}: (e) {:.2} s, {recorded_rate:.0}/s, verified; e/b {:.0}%",
                 recorded_timing.run.as_secs_f64(),
-                recorded_rate / rate(messages, batched_timing.run) * 100.0
+                recorded_rate / batched_rate * 100.0
             );
-            recorded_rates.push(recorded_rate);
             let read_rate = rate(messages, read_timing.run);
-            let batched_rate = rate(messages, batched_timing.run);
             println!(
                 "round {round}: (a) {:.2} s, {read_rate:.0}/s; (b) {:.2} s, {batched_rate:.0}/s, verified; b/a {:.0}%",
                 read_timing.run.as_secs_f64(),
@@ -628,8 +643,7 @@ fn main() {
                 batched_stats.applied,
                 batched_stats.dead_letters
             );
-            read_rates.push(read_rate);
-            batched_rates.push(batched_rate);
+            read.rates.push(read_rate);
         }
         println!("batched pipeline verified in every round: every event applied exactly once");
 
@@ -660,8 +674,8 @@ fn main() {
             literal.first_record_after.as_secs_f64()
         );
 
-        let read_rate = median(&mut read_rates);
-        let batched_rate = median(&mut batched_rates);
+        let read_rate = median(&mut read.rates);
+        let batched_rate = median(&mut batched.rates);
         // The per-message rate over its whole window, and over its second half (without the
         // slow first commits after its group join): the ratio uses the higher, the one more
         // favourable to the per-message pipeline.
@@ -682,12 +696,12 @@ fn main() {
             "{:<26} {messages:>9} {batched_rate:>11.0}",
             format!("(b) batched, median/{rounds}")
         );
-        let stored_rate = median(&mut stored_rates);
+        let stored_rate = median(&mut stored.rates);
         println!(
             "{:<26} {messages:>9} {stored_rate:>11.0}",
             format!("(d) progress in store, median/{rounds}")
         );
-        let recorded_rate = median(&mut recorded_rates);
+        let recorded_rate = median(&mut recorded.rates);
         println!(
             "{:<26} {messages:>9} {recorded_rate:>11.0}",
             format!("(e) history recorded, median/{rounds}")
@@ -697,26 +711,26 @@ fn main() {
             "(c) per message, prefix", literal.messages
         );
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        for (run, cpu, wall) in [
-            ("(a)", &read_cpu, read_wall),
-            ("(b)", &batched_cpu, batched_wall),
-            ("(d)", &stored_cpu, stored_wall),
-            ("(e)", &recorded_cpu, recorded_wall),
+        for (run, totals) in [
+            ("(a)", &read),
+            ("(b)", &batched),
+            ("(d)", &stored),
+            ("(e)", &recorded),
         ] {
             println!(
                 "CPU, all rounds of {run} ({:.2} s wall, joins included, {cores} cores): {}",
-                wall.as_secs_f64(),
-                cpu.describe()
+                totals.wall.as_secs_f64(),
+                totals.cpu.describe()
             );
         }
         println!(
             "time spent in port calls, all rounds (summed over concurrent callers; polls include the group joins):"
         );
         for (run, ledger) in [
-            ("(a)", &read_ledger),
-            ("(b)", &batched_ledger),
-            ("(d)", &stored_ledger),
-            ("(e)", &recorded_ledger),
+            ("(a)", &read.ledger),
+            ("(b)", &batched.ledger),
+            ("(d)", &stored.ledger),
+            ("(e)", &recorded.ledger),
             ("(c)", &literal_ledger),
         ] {
             for (call, spent) in [
