@@ -16,6 +16,7 @@ use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -52,6 +53,8 @@ struct LogContext {
     topic: String,
     events: Mutex<VecDeque<LogRebalance>>,
     answered: Mutex<Answers>,
+    /// Commit answers served by polls so far (read twice per record polled: no lock).
+    served: AtomicU64,
 }
 
 impl LogContext {
@@ -167,6 +170,7 @@ impl ConsumerContext for LogContext {
             Rebalance::Revoke(list) => {
                 let mut events = self.events();
                 for element in list.elements_for_topic(&self.topic) {
+                    self.answered().revoked(element.partition());
                     events.push_back(LogRebalance::Revoked {
                         partition: element.partition(),
                     });
@@ -180,22 +184,19 @@ impl ConsumerContext for LogContext {
 
     /// The answers to asynchronous commits ([`commit_async`]), served by a later poll.
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        self.served.fetch_add(1, Ordering::Relaxed);
+        let mut answered = self.answered();
+        for element in offsets.elements_for_topic(&self.topic) {
+            let stored = match (&result, element.offset()) {
+                (Ok(()), Offset::Offset(offset)) => Some(offset),
+                _ => None,
+            };
+            answered.answered(element.partition(), stored);
+        }
+        drop(answered);
         match result {
-            Ok(()) => {
-                let stored = offsets.elements_for_topic(&self.topic).into_iter();
-                let mut answered = self.answered();
-                for element in stored {
-                    if let Offset::Offset(offset) = element.offset() {
-                        answered.stored(element.partition(), offset, true);
-                    }
-                }
-                answered.served += 1;
-            }
-            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {
-                self.answered().served += 1;
-            }
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(error) => {
-                self.answered().served += 1;
                 tracing::warn!(%error, "asynchronous offset commit failed; the next one covers it")
             }
         }
@@ -211,11 +212,48 @@ struct Answers {
     /// stores one member's commits in the order sent, so a lower answer served later is an
     /// earlier commit's, already overtaken, not a move back.
     highest: BTreeMap<PartitionId, i64>,
-    /// Commit answers served by polls so far.
-    served: u64,
+    /// Asynchronous commits sent per partition and not answered yet.
+    in_flight: BTreeMap<PartitionId, u32>,
+    /// Of those, per partition, how many were sent before its last revoke: their answers are
+    /// dropped. When such a commit was stored is unknown (anywhere from its send to the
+    /// answer, which librdkafka may serve seconds later, after the member rejoined), so
+    /// recording it at the answer could misorder it against the new owner's commits.
+    stale: BTreeMap<PartitionId, u32>,
 }
 
 impl Answers {
+    /// Notes asynchronous commits of `partitions` sent (`sent`) or not sent after all.
+    fn in_flight(&mut self, partitions: impl Iterator<Item = PartitionId>, sent: bool) {
+        for partition in partitions {
+            let count = self.in_flight.entry(partition).or_default();
+            *count = if sent {
+                *count + 1
+            } else {
+                count.saturating_sub(1)
+            };
+        }
+    }
+
+    /// The commits of `partition` in flight now belong to an assignment that ended.
+    fn revoked(&mut self, partition: PartitionId) {
+        let in_flight = self.in_flight.get(&partition).copied().unwrap_or(0);
+        self.stale.insert(partition, in_flight);
+    }
+
+    /// One asynchronous commit of `partition` answered, `Some(offset)` if stored: reported
+    /// unless it was sent before the partition's last revoke.
+    fn answered(&mut self, partition: PartitionId, stored: Option<i64>) {
+        let in_flight = self.in_flight.entry(partition).or_default();
+        *in_flight = in_flight.saturating_sub(1);
+        if let Some(stale) = self.stale.get_mut(&partition).filter(|stale| **stale > 0) {
+            *stale -= 1;
+            return;
+        }
+        if let Some(offset) = stored {
+            self.stored(partition, offset, true);
+        }
+    }
+
     /// Notes `offset` stored for `partition`; `report` puts it in the next poll's answers.
     fn stored(&mut self, partition: PartitionId, offset: i64, report: bool) {
         let highest = self.highest.entry(partition).or_insert(offset);
@@ -258,6 +296,7 @@ impl KafkaLog {
             topic: topic.to_owned(),
             events: Mutex::new(VecDeque::new()),
             answered: Mutex::new(Answers::default()),
+            served: AtomicU64::new(0),
         };
         let consumer: BaseConsumer<LogContext> = settings
             .consumer_config(group)
@@ -336,9 +375,9 @@ fn poll_blocking(
             Duration::ZERO
         };
         let before = consumer.context().events().len();
-        let served = consumer.context().answered().served;
+        let served = consumer.context().served.load(Ordering::Relaxed);
         let polled = consumer.poll(wait);
-        if polled.is_none() && consumer.context().answered().served != served {
+        if polled.is_none() && consumer.context().served.load(Ordering::Relaxed) != served {
             // A commit answer was served: keep polling (the answers may be many).
             continue;
         }
@@ -418,7 +457,21 @@ impl EventLog for KafkaLog {
                     .await
                     .map_err(|error| rejected(LOG, format!("commit thread failed: {error}")))?
             }
-            CommitMode::Async => commit_async(&consumer, &list),
+            CommitMode::Async => {
+                let partitions = || offsets.iter().map(|commit| commit.partition);
+                self.consumer
+                    .context()
+                    .answered()
+                    .in_flight(partitions(), true);
+                let sent = commit_async(&consumer, &list);
+                if sent.is_err() {
+                    self.consumer
+                        .context()
+                        .answered()
+                        .in_flight(partitions(), false);
+                }
+                sent
+            }
         };
         match result {
             Ok(()) => {
