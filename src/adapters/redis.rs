@@ -9,6 +9,7 @@ use super::{rejected, unavailable, with_causes, AdapterError, CACHE};
 use crate::idempotency::DeliveryKey;
 use crate::ports::{DedupCache, PortError};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 /// How long one Redis call may take before it counts as an outage. The cache is advisory:
@@ -16,6 +17,20 @@ use std::time::Duration;
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Remembers a batch's keys in one command: Redis parses and answers one call instead of a
+/// `SET` per key (measured: about a tenth of the client's CPU in a batch went to the pipeline of
+/// `SET`s and their answers). `PX 0` is refused, so a TTL of 0 deletes.
+static REMEMBER: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        "local ttl = ARGV[1] \
+         for _, key in ipairs(KEYS) do \
+           if ttl == '0' then redis.call('DEL', key) \
+           else redis.call('SET', key, '1', 'PX', ttl) end \
+         end \
+         return #KEYS",
+    )
+});
 
 /// A [`DedupCache`] on Redis. Clones share one multiplexed connection.
 #[derive(Clone)]
@@ -100,15 +115,18 @@ impl DedupCache for RedisCache {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipeline = redis::pipe();
+        // One MGET for the batch, not an EXISTS per key: one command for Redis to parse and
+        // answer. A value is present exactly when the key is.
+        let mut lookup = redis::cmd("MGET");
         for key in keys {
-            pipeline.exists(key.to_bytes());
+            lookup.arg(key.to_bytes());
         }
         let mut connection = self.connection.clone();
-        let known: Vec<bool> = pipeline
+        let values: Vec<Option<Vec<u8>>> = lookup
             .query_async(&mut connection)
             .await
             .map_err(|error| port_error(&error))?;
+        let known: Vec<bool> = values.iter().map(Option::is_some).collect();
         if known.len() != keys.len() {
             return Err(rejected(
                 CACHE,
@@ -125,24 +143,16 @@ impl DedupCache for RedisCache {
         // Milliseconds, like the in-memory cache. A TTL under 1 ms expires at once there; Redis
         // refuses `PX 0`, so the same effect is a delete.
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        let mut pipeline = redis::pipe();
+        let mut invocation = REMEMBER.prepare_invoke();
         for key in keys {
-            if ttl_ms == 0 {
-                pipeline.del(key.to_bytes()).ignore();
-            } else {
-                pipeline
-                    .cmd("SET")
-                    .arg(key.to_bytes())
-                    .arg(1u8)
-                    .arg("PX")
-                    .arg(ttl_ms)
-                    .ignore();
-            }
+            invocation.key(key.to_bytes());
         }
+        invocation.arg(ttl_ms);
         let mut connection = self.connection.clone();
-        pipeline
-            .query_async::<()>(&mut connection)
+        invocation
+            .invoke_async::<u64>(&mut connection)
             .await
+            .map(drop)
             .map_err(|error| port_error(&error))
     }
 }

@@ -30,18 +30,36 @@ impl IdempotencyKey {
     /// `hf1:<status>:<order id length>:<order id>[:<event id>]`. The length prefix keeps an
     /// order id containing `:` from colliding with another key.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut text = format!(
-            "hf1:{}:{}:{}",
-            self.kind.as_str(),
-            self.order_id.len(),
-            self.order_id
-        );
-        if let Some(discriminator) = &self.discriminator {
-            text.push(':');
-            text.push_str(discriminator);
-        }
-        text.into_bytes()
+        let mut bytes = Vec::with_capacity(self.byte_len_max());
+        self.write_bytes(&mut bytes);
+        bytes
     }
+
+    /// Appends [`IdempotencyKey::to_bytes`] to `out`. Written piece by piece, not through
+    /// `format!`: every event of every batch needs its key twice (cache check and write).
+    fn write_bytes(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"hf1:");
+        out.extend_from_slice(self.kind.as_str().as_bytes());
+        push_counted(out, &self.order_id);
+        if let Some(discriminator) = &self.discriminator {
+            out.push(b':');
+            out.extend_from_slice(discriminator.as_bytes());
+        }
+    }
+
+    /// An upper bound of the byte form's length (the numbers at their widest).
+    fn byte_len_max(&self) -> usize {
+        let discriminator = self.discriminator.as_ref().map_or(0, |d| d.len() + 1);
+        4 + self.kind.as_str().len() + 22 + self.order_id.len() + discriminator
+    }
+}
+
+/// `:<length>:<text>`: the length prefix keeps a text containing `:` from colliding.
+fn push_counted(out: &mut Vec<u8>, text: &str) {
+    out.push(b':');
+    out.extend_from_slice(itoa::Buffer::new().format(text.len()).as_bytes());
+    out.push(b':');
+    out.extend_from_slice(text.as_bytes());
 }
 
 /// What the dedup cache remembers: one event's content under its idempotency key. The cache
@@ -73,21 +91,20 @@ impl DeliveryKey {
     /// id length>:<user id>:<at_ms>:<amount or ->`. The length prefixes keep ids containing
     /// `:` from colliding.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut bytes = self.key.to_bytes();
-        let amount = self
-            .amount_minor
-            .map_or_else(|| "-".to_owned(), |amount| amount.to_string());
-        bytes.extend_from_slice(
-            format!(
-                ":{}:{}:{}:{}:{}:{amount}",
-                self.event_id.len(),
-                self.event_id,
-                self.user_id.len(),
-                self.user_id,
-                self.at_ms
-            )
-            .as_bytes(),
+        let mut bytes = Vec::with_capacity(
+            self.key.byte_len_max() + self.event_id.len() + self.user_id.len() + 88,
         );
+        self.key.write_bytes(&mut bytes);
+        push_counted(&mut bytes, &self.event_id);
+        push_counted(&mut bytes, &self.user_id);
+        let mut number = itoa::Buffer::new();
+        bytes.push(b':');
+        bytes.extend_from_slice(number.format(self.at_ms).as_bytes());
+        bytes.push(b':');
+        match self.amount_minor {
+            Some(amount) => bytes.extend_from_slice(number.format(amount).as_bytes()),
+            None => bytes.push(b'-'),
+        }
         bytes
     }
 }
@@ -117,6 +134,8 @@ mod tests {
         let paid = event("e-1", "o-123", EventKind::Paid, Some(500));
         let refund = event("evt-9", "o-123", EventKind::Refunded, Some(20));
         let created = event("e:0", "o:1", EventKind::Created, None);
+        let mut early = event("e-2", "o-7", EventKind::Refunded, Some(-3));
+        early.event_time_ms = -1_700;
         let text = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
         assert_eq!(
             text(IdempotencyKey::of(&paid).to_bytes()),
@@ -133,6 +152,10 @@ mod tests {
         assert_eq!(
             text(DeliveryKey::of(&created).to_bytes()),
             "hf1:created:3:o:1:3:e:0:3:u:1:1700:-"
+        );
+        assert_eq!(
+            text(DeliveryKey::of(&early).to_bytes()),
+            "hf1:refunded:3:o-7:e-2:3:e-2:3:u:1:-1700:-3"
         );
     }
 

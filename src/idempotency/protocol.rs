@@ -11,6 +11,7 @@ use crate::event::OrderEvent;
 use crate::ports::{
     ApplyOutcome, DedupCache, FaultPoint, OrderStore, PortError, Probe, ProgressWrite,
 };
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -85,25 +86,33 @@ pub async fn apply_batch<C: DedupCache, S: OrderStore, P: Probe>(
 ) -> Result<BatchReport, PortError> {
     let keys: Vec<DeliveryKey> = events.iter().map(DeliveryKey::of).collect();
     let mut verdicts: Vec<Option<Verdict>> = first_occurrences(&keys);
-    let unique: Vec<usize> = (0..events.len())
-        .filter(|&index| verdicts[index].is_none())
-        .collect();
+    // The first occurrences' keys are moved, not copied, on to the cache and the store.
+    let (unique, unique_keys): (Vec<usize>, Vec<DeliveryKey>) = keys
+        .into_iter()
+        .enumerate()
+        .filter(|(index, _)| verdicts[*index].is_none())
+        .unzip();
 
     let mut cache_degraded = false;
-    let known = check_cache(cache, &keys, &unique, &mut cache_degraded).await;
+    let known = check_cache(cache, &unique_keys, &mut cache_degraded).await;
     let mut pending: Vec<usize> = Vec::with_capacity(unique.len());
-    for (&index, is_known) in unique.iter().zip(known) {
+    let mut pending_keys: Vec<DeliveryKey> = Vec::with_capacity(unique.len());
+    for ((index, key), is_known) in unique.into_iter().zip(unique_keys).zip(known) {
         if is_known {
             verdicts[index] = Some(Verdict::SkippedByCache);
         } else {
             pending.push(index);
+            pending_keys.push(key);
         }
     }
     probe.at(FaultPoint::AfterCacheCheck).await;
 
-    let pending_keys: Vec<DeliveryKey> = pending.iter().map(|&index| keys[index].clone()).collect();
     if !pending.is_empty() {
-        let batch: Vec<OrderEvent> = pending.iter().map(|&index| events[index].clone()).collect();
+        let batch: Cow<'_, [OrderEvent]> = if pending.len() == events.len() {
+            Cow::Borrowed(events)
+        } else {
+            Cow::Owned(pending.iter().map(|&index| events[index].clone()).collect())
+        };
         let outcomes = store.apply_batch(&batch, progress).await?;
         if outcomes.len() != batch.len() {
             return Err(PortError::Rejected {
@@ -148,25 +157,23 @@ fn first_occurrences(keys: &[DeliveryKey]) -> Vec<Option<Verdict>> {
         .collect()
 }
 
-/// Asks the cache about the keys at `indexes`. Any failure (including a malformed answer) means
-/// "nothing is known": the store will decide.
+/// Asks the cache about `keys`. Any failure (including a malformed answer) means "nothing is
+/// known": the store will decide.
 async fn check_cache<C: DedupCache>(
     cache: &C,
     keys: &[DeliveryKey],
-    indexes: &[usize],
     cache_degraded: &mut bool,
 ) -> Vec<bool> {
-    let unknown = vec![false; indexes.len()];
-    if indexes.is_empty() {
+    let unknown = vec![false; keys.len()];
+    if keys.is_empty() {
         return unknown;
     }
-    let asked: Vec<DeliveryKey> = indexes.iter().map(|&index| keys[index].clone()).collect();
-    match cache.contains_batch(&asked).await {
-        Ok(known) if known.len() == asked.len() => known,
+    match cache.contains_batch(keys).await {
+        Ok(known) if known.len() == keys.len() => known,
         Ok(known) => {
             tracing::warn!(
                 answers = known.len(),
-                keys = asked.len(),
+                keys = keys.len(),
                 "dedup cache answered for the wrong number of keys; using store-only dedup"
             );
             *cache_degraded = true;

@@ -41,6 +41,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, Recycli
 use read::{key_of, load_rows};
 use sql::{upsert_entries_sql, upsert_orders_sql, INSERT_KEYS};
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 use std::time::Duration;
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
@@ -300,17 +301,18 @@ async fn create_schema(client: &Client) -> Result<(), tokio_postgres::Error> {
         .await
 }
 
+/// The upserts' SQL, built once: a session looks its statements up by their text every batch.
+static UPSERT_ORDERS: LazyLock<String> = LazyLock::new(upsert_orders_sql);
+static UPSERT_BILLS: LazyLock<String> = LazyLock::new(|| upsert_entries_sql("holdfast_bills"));
+static UPSERT_REFUNDS: LazyLock<String> = LazyLock::new(|| upsert_entries_sql("holdfast_refunds"));
+
 impl Session {
     /// The statements come from the connection's cache after its first call.
     async fn prepare(client: Object) -> Result<Session, tokio_postgres::Error> {
         let insert_keys = client.prepare_cached(INSERT_KEYS).await?;
-        let upsert_orders = client.prepare_cached(&upsert_orders_sql()).await?;
-        let upsert_bills = client
-            .prepare_cached(&upsert_entries_sql("holdfast_bills"))
-            .await?;
-        let upsert_refunds = client
-            .prepare_cached(&upsert_entries_sql("holdfast_refunds"))
-            .await?;
+        let upsert_orders = client.prepare_cached(&UPSERT_ORDERS).await?;
+        let upsert_bills = client.prepare_cached(&UPSERT_BILLS).await?;
+        let upsert_refunds = client.prepare_cached(&UPSERT_REFUNDS).await?;
         let write_progress = client.prepare_cached(progress::WRITE).await?;
         Ok(Session {
             client,
