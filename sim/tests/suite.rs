@@ -243,6 +243,23 @@ fn seed_586_standard_a_restarted_controller_counts_broker_sessions_from_their_ne
     assert_run_passes(&params);
 }
 
+/// A broker cut off from the controller (clogged, then the controller cut off before it heard
+/// that it had lost its partitions) still named itself leader in its metadata answers; a
+/// consumer took that answer, fetched from it, got "offset out of range" from its shorter log
+/// and went back to offset 0 within its assignment (nonmonotonic-poll). Client metadata now
+/// never goes back to an older leader epoch, as Kafka's clients do since KIP-320.
+#[test]
+fn seed_710_standard_client_metadata_never_goes_back_to_an_older_leader_epoch() {
+    let mut params = RunParams::derive_sized(710, Scenario::Standard, Size::Mixed);
+    Overrides {
+        orders: Some(34),
+        faults: Some(8),
+        progress: Some(ProgressMode::Store),
+    }
+    .apply(&mut params);
+    assert_run_passes(&params);
+}
+
 /// A partition paused for back-pressure (batch 1, one slow worker) was revoked and assigned
 /// back to the same member; the client kept it paused while the consumer's fresh state said
 /// unpaused, so it was never fetched again: 17 acknowledged events never applied, the commit

@@ -895,14 +895,17 @@ fn single_faults_lose_nothing_with_acks_all() {
 
 /// Goal: the same single faults make acks=1 lose acknowledged records in some seeds (the
 /// leader acknowledged before its followers had the record), so the test above can fail.
+/// Since a follower leaves a leader the partition table no longer names at once (as Kafka's
+/// fetcher manager does) instead of waiting out its fetch, such losses are rarer: 7 of the
+/// first 40 seeds when measured.
 #[test]
 fn single_faults_lose_with_acks_one() {
-    let losing_seeds = (1..=10)
+    let losing_seeds = (1..=40)
         .filter(|seed| simulate(*seed, single_faults_run(Acks::One)).1 > 0)
         .count();
     assert!(
         losing_seeds >= 3,
-        "acks=1 lost in only {losing_seeds} of 10 seeds"
+        "acks=1 lost in only {losing_seeds} of 40 seeds"
     );
 }
 

@@ -16,7 +16,10 @@ use holdfast::ports::{PartitionId, Record};
 use madsim::net::Endpoint;
 use madsim::time::{sleep, timeout, Instant};
 use std::collections::BTreeMap;
+use std::future::{poll_fn, Future};
+use std::pin::pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -24,8 +27,6 @@ use tokio::sync::Notify;
 const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(50);
 /// How often a leader reconsiders its ISR.
 const ISR_CHECK_INTERVAL: Duration = Duration::from_millis(50);
-/// How long a leader holds a follower's fetch open when there is nothing new.
-const REPLICA_FETCH_WAIT: Duration = Duration::from_millis(50);
 /// Pause before a follower retries after an error.
 const FOLLOWER_BACKOFF: Duration = Duration::from_millis(20);
 /// Most entries in one replica fetch answer.
@@ -110,14 +111,38 @@ pub enum BrokerAnswer {
     Metadata(Vec<PartitionLeadership>),
 }
 
+/// What a leader knows of one follower, updated when its fetch arrives, as Kafka's
+/// `Replica.updateFetchState` does.
 #[derive(Clone, Copy, Debug)]
 struct FollowerProgress {
     log_end: i64,
-    /// When its fetch last reached the leader's log end (`None`: not since it (re)started).
+    /// Kafka's `lastCaughtUpTimeMs`: the last time the follower held the leader's whole log
+    /// (`None`: not since it (re)started, or not an ISR member when this leadership began).
     caught_up_at: Option<Instant>,
-    leader_log_end_at_last_answer: i64,
+    /// The leader's log end when the previous fetch arrived, and when that was: a fetch
+    /// that reaches the former means the follower had caught up by the latter.
+    leader_log_end_at_last_fetch: i64,
+    last_fetch_at: Option<Instant>,
     /// The follower incarnation this progress belongs to (0: not heard from yet).
     incarnation: u64,
+}
+
+impl FollowerProgress {
+    /// Kafka's rule: caught up now if the fetch reaches the leader's log end, or caught up
+    /// as of the previous fetch if it reaches the log end the leader had then.
+    fn fetched(&mut self, log_end: i64, leader_log_end: i64, now: Instant) {
+        self.log_end = log_end.min(leader_log_end);
+        let caught_up_at = if log_end >= leader_log_end {
+            Some(now)
+        } else if log_end >= self.leader_log_end_at_last_fetch {
+            self.last_fetch_at
+        } else {
+            None
+        };
+        self.caught_up_at = self.caught_up_at.max(caught_up_at);
+        self.leader_log_end_at_last_fetch = leader_log_end;
+        self.last_fetch_at = Some(now);
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -145,8 +170,9 @@ pub struct BrokerState {
     /// Signalled when a high watermark moves or the partition table changes: wakes acks=all
     /// produces and held consumer fetches.
     progress: Arc<Notify>,
-    /// Per partition, signalled when the leader appends or the partition table changes:
-    /// wakes that partition's held follower fetches only.
+    /// Per partition, signalled when the leader appends or the partition's entry in the
+    /// table changes: wakes that partition's held follower fetches only, and (on a follower)
+    /// its fetch loop, to leave a leader the table no longer names.
     appended: BTreeMap<PartitionId, Arc<Notify>>,
     config: KafkaConfig,
 }
@@ -182,10 +208,11 @@ impl BrokerState {
         }
     }
 
-    /// Wakes every waiter: the partition table came (with a heartbeat's answer).
-    fn notify_all(&self) {
+    /// Wakes the waiters on `partition`, whose entry in the partition table changed: held
+    /// follower fetches of it, acks=all produces and held consumer fetches.
+    fn notify_changed(&self, partition: PartitionId) {
         self.progress.notify_waiters();
-        for appended in self.appended.values() {
+        if let Some(appended) = self.appended.get(&partition) {
             appended.notify_waiters();
         }
     }
@@ -219,10 +246,15 @@ impl BrokerState {
     }
 
     /// Adopts the controller's partition table: become leader or follower where it says.
+    /// Only a partition whose entry changed wakes its waiters: an unchanged table (most
+    /// heartbeat answers) gives a held fetch nothing new to answer with.
     fn apply_view(&mut self, states: Vec<PartitionLeadership>, now: Instant) {
         for state in states {
             let partition = state.partition;
             if !self.replicas.contains_key(&partition) {
+                continue;
+            }
+            if self.view.get(&partition) == Some(&state) {
                 continue;
             }
             if state.leader == Some(self.id) {
@@ -239,7 +271,8 @@ impl BrokerState {
                             let progress = FollowerProgress {
                                 log_end: 0,
                                 caught_up_at: state.isr.contains(b).then_some(now),
-                                leader_log_end_at_last_answer: log_end,
+                                leader_log_end_at_last_fetch: log_end,
+                                last_fetch_at: Some(now),
                                 incarnation: 0,
                             };
                             (*b, progress)
@@ -267,8 +300,8 @@ impl BrokerState {
                 self.leading.remove(&partition);
             }
             self.view.insert(partition, state);
+            self.notify_changed(partition);
         }
-        self.notify_all();
     }
 
     fn produce(
@@ -393,19 +426,16 @@ impl BrokerState {
         if known != 0 && incarnation > known {
             // The follower restarted: whatever it had acknowledged may be gone.
             progress.caught_up_at = None;
-            progress.leader_log_end_at_last_answer = leader_log_end;
+            progress.last_fetch_at = None;
         }
         progress.incarnation = incarnation;
-        progress.log_end = log_end.min(leader_log_end);
-        if log_end >= progress.leader_log_end_at_last_answer {
-            progress.caught_up_at = Some(now);
-        }
+        progress.fetched(log_end, leader_log_end, now);
         self.advance_high_watermark(partition);
         None
     }
 
-    /// Entries after the follower's log end, and records what it was sent.
-    fn replicate(&mut self, partition: PartitionId, follower: usize, log_end: i64) -> BrokerAnswer {
+    /// Entries after the follower's log end.
+    fn replicate(&self, partition: PartitionId, log_end: i64) -> BrokerAnswer {
         let Some(replica) = self.replicas.get(&partition) else {
             return BrokerAnswer::NotLeader;
         };
@@ -414,23 +444,17 @@ impl BrokerState {
             .into_iter()
             .map(|(_, entry)| entry)
             .collect();
-        let (high_watermark, leader_log_end) = (replica.high_watermark(), replica.log_end());
-        if let Some(progress) = self
-            .leading
-            .get_mut(&partition)
-            .and_then(|l| l.followers.get_mut(&follower))
-        {
-            progress.leader_log_end_at_last_answer = leader_log_end;
-        }
+        let high_watermark = replica.high_watermark();
         BrokerAnswer::Replicate {
             entries,
             high_watermark,
         }
     }
 
-    /// ISR changes each leader wants. A member stays while it caught up within the lag
-    /// time; a non-member joins once it caught up and holds everything below the high
-    /// watermark. Each proposal names the ISR version it starts from and the incarnation of
+    /// ISR changes each leader wants. A member stays while it holds the leader's whole log
+    /// or caught up within the lag time (Kafka's `isFollowerOutOfSync`: an idle follower is
+    /// never out of sync, however long its fetch is held); a non-member joins once it caught
+    /// up and holds everything below the high watermark. Each proposal names the ISR version it starts from and the incarnation of
     /// every proposed member, so the controller can refuse one built on stale knowledge.
     fn isr_proposals(&mut self, now: Instant) -> Vec<IsrProposal> {
         let lag = self.config.replica_lag_time;
@@ -445,15 +469,18 @@ impl BrokerState {
             if leadership.altering_isr {
                 continue;
             }
-            let high_watermark = replica.high_watermark();
+            let (high_watermark, leader_log_end) = (replica.high_watermark(), replica.log_end());
             let in_sync = |broker: &usize| {
                 leadership.followers.get(broker).is_some_and(|progress| {
                     let recent = progress
                         .caught_up_at
                         .is_some_and(|at| now.saturating_duration_since(at) <= lag);
-                    let complete =
-                        leadership.isr.contains(broker) || progress.log_end >= high_watermark;
-                    recent && complete && progress.incarnation != 0
+                    let heard = progress.incarnation != 0;
+                    if leadership.isr.contains(broker) {
+                        heard && (recent || progress.log_end == leader_log_end)
+                    } else {
+                        heard && recent && progress.log_end >= high_watermark
+                    }
                 })
             };
             let wanted: Vec<usize> = state
@@ -579,8 +606,9 @@ pub async fn run(state: Arc<Mutex<BrokerState>>) {
         let follower = follower_loop(state.clone(), endpoint.clone(), partition, config.clone());
         madsim::task::spawn(follower);
     }
+    let replica_wait = config.replica_fetch_wait();
     rpc::serve(endpoint, move |request: BrokerRequest| {
-        handle(state.clone(), request, config.request_timeout)
+        handle(state.clone(), request, config.request_timeout, replica_wait)
     })
     .await;
 }
@@ -589,6 +617,7 @@ async fn handle(
     state: Arc<Mutex<BrokerState>>,
     request: BrokerRequest,
     request_timeout: Duration,
+    replica_wait: Duration,
 ) -> Option<BrokerAnswer> {
     match request {
         BrokerRequest::Produce {
@@ -597,7 +626,7 @@ async fn handle(
             acks,
         } => produce(&state, partition, records, acks, request_timeout).await,
         BrokerRequest::Fetch(fetch) => Some(consumer_fetch(&state, &fetch).await),
-        BrokerRequest::ReplicaFetch(fetch) => replica_fetch(&state, fetch).await,
+        BrokerRequest::ReplicaFetch(fetch) => replica_fetch(&state, fetch, replica_wait).await,
         BrokerRequest::Metadata => Some(BrokerAnswer::Metadata(
             lock(&state).view.values().cloned().collect(),
         )),
@@ -662,10 +691,13 @@ async fn consumer_fetch(state: &Mutex<BrokerState>, fetch: &ConsumerFetch) -> Br
 }
 
 /// Serves a follower's fetch as leader, long-polling while the follower is caught up.
-async fn replica_fetch(state: &Mutex<BrokerState>, fetch: FollowerFetch) -> Option<BrokerAnswer> {
+async fn replica_fetch(
+    state: &Mutex<BrokerState>,
+    fetch: FollowerFetch,
+    wait: Duration,
+) -> Option<BrokerAnswer> {
     let FollowerFetch {
         partition,
-        follower,
         leader_epoch,
         log_end,
         ..
@@ -685,9 +717,9 @@ async fn replica_fetch(state: &Mutex<BrokerState>, fetch: FollowerFetch) -> Opti
     }
     if let (true, Some(appended)) = (empty, appended) {
         // Long poll: answer as soon as something is appended, or after the wait.
-        let _ = timeout(REPLICA_FETCH_WAIT, appended.notified()).await;
+        let _ = timeout(wait, appended.notified()).await;
     }
-    Some(lock(state).replicate(partition, follower, log_end))
+    Some(lock(state).replicate(partition, log_end))
 }
 
 /// Waits until the ISR has `offset`; `None` means it does (answer with the append result).
@@ -769,7 +801,7 @@ async fn follower_loop(
     config: KafkaConfig,
 ) {
     loop {
-        let (id, incarnation, target, log_end, last_epoch) = {
+        let (id, incarnation, target, log_end, last_epoch, changed) = {
             let broker = lock(&state);
             let replica = broker.replicas.get(&partition);
             (
@@ -778,6 +810,7 @@ async fn follower_loop(
                 broker.follow_target(partition),
                 replica.map_or(0, Replica::log_end),
                 replica.map_or(-1, Replica::last_epoch),
+                broker.appended.get(&partition).cloned(),
             )
         };
         let Some((leader, leader_epoch)) = target else {
@@ -798,9 +831,49 @@ async fn follower_loop(
             request,
             config.request_timeout,
         );
-        let answer: Option<BrokerAnswer> = answer.await;
-        if !apply_fetched(&state, partition, (leader, leader_epoch), log_end, answer) {
+        let target = (leader, leader_epoch);
+        let Some(answer) = unless_retargeted(&state, partition, target, changed, answer).await
+        else {
+            continue; // the partition table names another leader: fetch from it at once
+        };
+        if !apply_fetched(&state, partition, target, log_end, answer) {
             sleep(FOLLOWER_BACKOFF).await;
+        }
+    }
+}
+
+/// Waits for a follower fetch's answer, or gives it up (`None`) as soon as the partition
+/// table names another leader or epoch for `partition` (`changed` is signalled with every
+/// change of its entry): Kafka moves the partition to a fetcher of the new leader at once,
+/// while the old leader, not told yet, may hold the fetch for its whole wait.
+async fn unless_retargeted<F>(
+    state: &Mutex<BrokerState>,
+    partition: PartitionId,
+    target: (usize, i32),
+    changed: Option<Arc<Notify>>,
+    call: F,
+) -> Option<Option<BrokerAnswer>>
+where
+    F: Future<Output = Option<BrokerAnswer>>,
+{
+    let Some(changed) = changed else {
+        return Some(call.await);
+    };
+    let mut call = pin!(call);
+    loop {
+        let mut notified = pin!(changed.notified());
+        let answered = poll_fn(|cx| {
+            if let Poll::Ready(answer) = call.as_mut().poll(cx) {
+                return Poll::Ready(Some(answer));
+            }
+            notified.as_mut().poll(cx).map(|()| None)
+        })
+        .await;
+        if let Some(answer) = answered {
+            return Some(answer);
+        }
+        if lock(state).follow_target(partition) != Some(target) {
+            return None;
         }
     }
 }

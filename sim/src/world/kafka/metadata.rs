@@ -1,4 +1,10 @@
 //! A client's cache of partition leaders, refreshed from any broker that answers.
+//!
+//! As Kafka's clients do since KIP-320, the cache never goes back to an older leader epoch:
+//! a broker cut off from the controller still answers metadata requests from its last
+//! partition table, which can name itself leader of a partition that moved on. A client
+//! that took that answer would fetch from the stale leader, whose shorter log answers
+//! "offset out of range", and reset its position to the start of the log.
 
 use super::broker::{BrokerAnswer, BrokerRequest};
 use super::{broker_address, PartitionLeadership};
@@ -13,6 +19,9 @@ pub struct MetadataCache {
     brokers: usize,
     next_broker: usize,
     leaders: Vec<Option<usize>>,
+    /// The newest leader epoch seen per partition (-1: none yet), kept when a leader is
+    /// forgotten.
+    epochs: Vec<i32>,
 }
 
 impl MetadataCache {
@@ -22,6 +31,7 @@ impl MetadataCache {
             brokers,
             next_broker: 0,
             leaders: vec![None; usize::try_from(partitions).unwrap_or(0)],
+            epochs: vec![-1; usize::try_from(partitions).unwrap_or(0)],
         }
     }
 
@@ -62,14 +72,23 @@ impl MetadataCache {
         false
     }
 
+    /// Takes each partition's entry unless it is older than one already seen: an entry of
+    /// the same epoch may still tell a leader that was forgotten.
     fn apply(&mut self, states: &[PartitionLeadership]) {
         for state in states {
-            if let Some(slot) = usize::try_from(state.partition)
-                .ok()
-                .and_then(|index| self.leaders.get_mut(index))
-            {
-                *slot = state.leader;
+            let Some(index) = usize::try_from(state.partition).ok() else {
+                continue;
+            };
+            let (Some(slot), Some(epoch)) =
+                (self.leaders.get_mut(index), self.epochs.get_mut(index))
+            else {
+                continue;
+            };
+            if state.leader_epoch < *epoch {
+                continue;
             }
+            *epoch = state.leader_epoch;
+            *slot = state.leader;
         }
     }
 

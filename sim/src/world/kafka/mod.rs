@@ -59,6 +59,16 @@ pub struct KafkaConfig {
 }
 
 impl KafkaConfig {
+    /// How long a leader holds a follower's fetch that has nothing new
+    /// (`replica.fetch.wait.max.ms`): 250 ms, and as Kafka requires, below the lag time (a
+    /// follower idle in a held fetch must still count as caught up when data comes) and below
+    /// the follower's request timeout (which would give the fetch up first).
+    pub fn replica_fetch_wait(&self) -> Duration {
+        Duration::from_millis(250)
+            .min(self.replica_lag_time / 2)
+            .min(self.request_timeout / 2)
+    }
+
     /// Checks the settings, the way a broker refuses to start with nonsense.
     pub fn validate(&self) -> Result<(), String> {
         if !(1..=5).contains(&self.brokers) {
