@@ -1,7 +1,7 @@
 //! The log on Kafka: [`EventLog`], [`Publisher`] and [`GroupOffsets`] with rdkafka (bundled
 //! librdkafka). Behind the `kafka` cargo feature, compiled out of simulated and model-checked
 //! builds. One file per job: client settings and the refusal of unsafe ones (`settings`), the
-//! error map (`errors`), the consumer (`log`), the producer (`publisher`), other groups'
+//! error map (`errors`), the consumer (`log`), the producer (`publisher`, its delivery thread in `producer`), other groups'
 //! offsets (`offsets`), topic creation and whole-topic reads (`admin`).
 //!
 //! The consumer is a `BaseConsumer` polled on tokio's blocking pool: librdkafka runs the
@@ -16,6 +16,7 @@ mod admin;
 mod errors;
 mod log;
 mod offsets;
+mod producer;
 mod publisher;
 mod settings;
 

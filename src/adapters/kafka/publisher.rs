@@ -1,20 +1,26 @@
 //! The [`Publisher`]: an idempotent, `acks=all` producer.
 
 use super::errors::port_error;
+use super::producer::{delivered, DeliveryProducer, Record, Waiter};
 use super::settings::{connect_error, KafkaSettings, PRODUCER_DEFAULTS};
-use super::{CALL_TIMEOUT, LOG};
-use crate::adapters::{unavailable, AdapterError};
+use super::CALL_TIMEOUT;
+use crate::adapters::AdapterError;
 use crate::ports::{Delivery, OutboundMessage, PortError, Publisher};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{BaseRecord, Producer};
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// How long `publish` waits before trying again when librdkafka's local queue is full.
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(100);
 
 /// A [`Publisher`]: an idempotent producer with `acks=all`; `publish` resolves on the
 /// broker's acknowledgement (librdkafka's delivery report).
 #[derive(Clone)]
 pub struct KafkaPublisher {
-    producer: FutureProducer,
+    producer: DeliveryProducer,
 }
 
 impl std::fmt::Debug for KafkaPublisher {
@@ -30,9 +36,7 @@ impl KafkaPublisher {
     /// failed deliveries, not here.
     pub fn connect(settings: &KafkaSettings) -> Result<KafkaPublisher, AdapterError> {
         settings.validate()?;
-        let producer = settings
-            .client_config(&PRODUCER_DEFAULTS)
-            .create()
+        let producer = DeliveryProducer::create(&settings.client_config(&PRODUCER_DEFAULTS))
             .map_err(|error| connect_error(&error))?;
         Ok(KafkaPublisher { producer })
     }
@@ -44,30 +48,18 @@ impl KafkaPublisher {
         &self,
         message: &OutboundMessage,
     ) -> Result<impl Future<Output = Result<Delivery, PortError>> + Send + 'static, PortError> {
-        let record = FutureRecord::to(&message.topic)
-            .key(message.key.as_slice())
-            .payload(&message.payload[..])
-            .headers(owned_headers(&message.headers));
-        let delivery = self
-            .producer
-            .send_result(record)
+        let (waiter, report) = oneshot::channel();
+        self.producer
+            .client()
+            .send(record(message, waiter))
             .map_err(|(error, _record)| port_error(&error))?;
-        Ok(async move {
-            match delivery.await {
-                Ok(Ok(delivery)) => Ok(Delivery {
-                    partition: delivery.partition,
-                    offset: delivery.offset,
-                }),
-                Ok(Err((error, _message))) => Err(port_error(&error)),
-                Err(_canceled) => Err(unavailable(LOG, "the producer closed before delivery")),
-            }
-        })
+        Ok(delivered(report))
     }
 
     /// Waits up to `timeout` for every queued message to be delivered or to fail.
     pub fn flush(&self, timeout: Duration) -> Result<(), PortError> {
-        use rdkafka::producer::Producer;
         self.producer
+            .client()
             .flush(timeout)
             .map_err(|error| port_error(&error))
     }
@@ -75,20 +67,32 @@ impl KafkaPublisher {
 
 impl Publisher for KafkaPublisher {
     async fn publish(&self, message: OutboundMessage) -> Result<Delivery, PortError> {
-        let record = FutureRecord::to(&message.topic)
-            .key(message.key.as_slice())
-            .payload(&message.payload[..])
-            .headers(owned_headers(&message.headers));
-        // The queue timeout only bounds waiting for room in librdkafka's local queue; the
-        // delivery itself is bounded by message.timeout.ms.
-        match self.producer.send(record, CALL_TIMEOUT).await {
-            Ok(delivery) => Ok(Delivery {
-                partition: delivery.partition,
-                offset: delivery.offset,
-            }),
-            Err((error, _message)) => Err(port_error(&error)),
+        // A full local queue is waited out for up to the call timeout; the delivery itself is
+        // bounded by message.timeout.ms.
+        let queued_at = Instant::now();
+        let (waiter, report) = oneshot::channel();
+        let mut pending = record(&message, waiter);
+        loop {
+            match self.producer.client().send(pending) {
+                Ok(()) => return delivered(report).await,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if queued_at.elapsed() < CALL_TIMEOUT =>
+                {
+                    pending = back;
+                    tokio::time::sleep(QUEUE_FULL_WAIT).await;
+                }
+                Err((error, _record)) => return Err(port_error(&error)),
+            }
         }
     }
+}
+
+/// The record of `message`, carrying the waiter of its report.
+fn record<'a>(message: &'a OutboundMessage, waiter: Waiter) -> Record<'a> {
+    BaseRecord::with_opaque_to(&message.topic, Box::new(waiter))
+        .key(message.key.as_slice())
+        .payload(&message.payload[..])
+        .headers(owned_headers(&message.headers))
 }
 
 fn owned_headers(headers: &[(String, Vec<u8>)]) -> OwnedHeaders {
