@@ -22,8 +22,8 @@ pub(super) fn key_columns(key: &IdempotencyKey) -> (&str, &'static str, &str) {
 /// written under `scope` (a fenced write rolls the whole transaction back).
 pub(super) async fn apply_in(
     session: &mut Session,
-    events: Vec<OrderEvent>,
-    progress: Vec<ProgressWrite>,
+    events: &[OrderEvent],
+    progress: &[ProgressWrite],
     scope: &str,
 ) -> Result<Vec<ApplyOutcome>, PortError> {
     let keys: Vec<IdempotencyKey> = events.iter().map(IdempotencyKey::of).collect();
@@ -31,7 +31,7 @@ pub(super) async fn apply_in(
     // the in-memory store; only first occurrences go to the database.
     let mut seen: HashSet<&IdempotencyKey> = HashSet::with_capacity(keys.len());
     let first: Vec<bool> = keys.iter().map(|key| seen.insert(key)).collect();
-    let columns = KeyColumns::of(&keys, &first, &events);
+    let columns = KeyColumns::of(&keys, &first, events);
 
     let Session {
         client,
@@ -59,9 +59,9 @@ pub(super) async fn apply_in(
             return Ok(());
         }
         let upserts = [&*upsert_orders, &*upsert_bills, &*upsert_refunds];
-        upsert_rows(&transaction, upserts, &events).await
+        upsert_rows(&transaction, upserts, events).await
     };
-    let progress_written = super::progress::write(&transaction, write_progress, scope, &progress);
+    let progress_written = super::progress::write(&transaction, write_progress, scope, progress);
     // Dropping the transaction on an error rolls it back.
     tokio::try_join!(upserts, progress_written)?;
     transaction

@@ -201,10 +201,10 @@ impl PostgresStore {
 
     /// Runs `call` on a session under [`CALL_TIMEOUT`]; after an outage the connection is
     /// taken out of the pool, so that the next call opens a fresh one.
-    async fn with_session<T, F>(&self, call: F) -> Result<T, PortError>
-    where
-        F: for<'s> FnOnce(&'s mut Session) -> CallFuture<'s, T>,
-    {
+    async fn with_session<T>(
+        &self,
+        call: impl AsyncFnOnce(&mut Session) -> Result<T, PortError>,
+    ) -> Result<T, PortError> {
         let mut session = self.session().await?;
         let result = match tokio::time::timeout(CALL_TIMEOUT, call(&mut session)).await {
             Ok(result) => result,
@@ -222,22 +222,20 @@ impl PostgresStore {
     /// Every applied key with its application count (always 1: the primary key forbids more),
     /// for `holdfast verify` and the tests.
     pub async fn applications(&self) -> Result<BTreeMap<IdempotencyKey, u32>, PortError> {
-        self.with_session(|session| {
-            Box::pin(async move {
-                let rows = session
-                    .client
-                    .query(
-                        "SELECT order_id, status, discriminator FROM holdfast_keys",
-                        &[],
-                    )
-                    .await
-                    .map_err(|error| port_error(&error))?;
-                let mut applications = BTreeMap::new();
-                for row in rows {
-                    *applications.entry(key_of(&row)?).or_insert(0) += 1;
-                }
-                Ok(applications)
-            })
+        self.with_session(async |session| {
+            let rows = session
+                .client
+                .query(
+                    "SELECT order_id, status, discriminator FROM holdfast_keys",
+                    &[],
+                )
+                .await
+                .map_err(|error| port_error(&error))?;
+            let mut applications = BTreeMap::new();
+            for row in rows {
+                *applications.entry(key_of(&row)?).or_insert(0) += 1;
+            }
+            Ok(applications)
         })
         .await
     }
@@ -245,41 +243,35 @@ impl PostgresStore {
     /// Every application the key table records (order, status, the event id that claimed
     /// it), for the checker in [`crate::verify`].
     pub async fn ledger(&self) -> Result<Vec<Application>, PortError> {
-        self.with_session(|session| {
-            Box::pin(async move {
-                let rows = session
-                    .client
-                    .query("SELECT order_id, status, event_id FROM holdfast_keys", &[])
-                    .await
-                    .map_err(|error| port_error(&error))?;
-                let mut ledger = Vec::with_capacity(rows.len());
-                for row in rows {
-                    let status: &str = row.try_get(1).map_err(|error| port_error(&error))?;
-                    let kind = EventKind::parse(status).ok_or_else(|| {
-                        rejected(STORE, format!("unknown status {status:?} in holdfast_keys"))
-                    })?;
-                    ledger.push(Application {
-                        order_id: row.try_get(0).map_err(|error| port_error(&error))?,
-                        kind,
-                        event_id: row.try_get(2).map_err(|error| port_error(&error))?,
-                    });
-                }
-                Ok(ledger)
-            })
+        self.with_session(async |session| {
+            let rows = session
+                .client
+                .query("SELECT order_id, status, event_id FROM holdfast_keys", &[])
+                .await
+                .map_err(|error| port_error(&error))?;
+            let mut ledger = Vec::with_capacity(rows.len());
+            for row in rows {
+                let status: &str = row.try_get(1).map_err(|error| port_error(&error))?;
+                let kind = EventKind::parse(status).ok_or_else(|| {
+                    rejected(STORE, format!("unknown status {status:?} in holdfast_keys"))
+                })?;
+                ledger.push(Application {
+                    order_id: row.try_get(0).map_err(|error| port_error(&error))?,
+                    kind,
+                    event_id: row.try_get(2).map_err(|error| port_error(&error))?,
+                });
+            }
+            Ok(ledger)
         })
         .await
     }
 
     /// Every wide row by order id, read in one consistent snapshot.
     pub async fn rows(&self) -> Result<BTreeMap<String, OrderRow>, PortError> {
-        self.with_session(|session| Box::pin(load_rows(&mut session.client, None)))
+        self.with_session(async |session| load_rows(&mut session.client, None).await)
             .await
     }
 }
-
-/// The boxed future a [`PostgresStore::with_session`] call runs.
-type CallFuture<'s, T> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, PortError>> + Send + 's>>;
 
 /// Opens one connection and drives it on its own task.
 async fn open(config: &Config) -> Result<Client, tokio_postgres::Error> {
@@ -375,12 +367,8 @@ impl OrderStore for PostgresStore {
         if events.is_empty() && progress.is_empty() {
             return Ok(Vec::new());
         }
-        let (events, progress) = (events.to_vec(), progress.to_vec());
-        let scope = self.scope.clone();
-        self.with_session(move |session| {
-            Box::pin(async move { apply_in(session, events, progress, &scope).await })
-        })
-        .await
+        self.with_session(async |session| apply_in(session, events, progress, &self.scope).await)
+            .await
     }
 
     async fn claim_progress(
@@ -388,11 +376,8 @@ impl OrderStore for PostgresStore {
         partition: PartitionId,
         owner: i32,
     ) -> Result<Option<CommittedOffset>, PortError> {
-        let scope = self.scope.clone();
-        self.with_session(move |session| {
-            Box::pin(
-                async move { progress::claim(&session.client, &scope, partition, owner).await },
-            )
+        self.with_session(async |session| {
+            progress::claim(&session.client, &self.scope, partition, owner).await
         })
         .await
     }
@@ -404,11 +389,8 @@ impl OrderStore for PostgresStore {
         if order_ids.is_empty() {
             return Ok(BTreeMap::new());
         }
-        let order_ids = order_ids.to_vec();
-        self.with_session(move |session| {
-            Box::pin(async move { load_rows(&mut session.client, Some(&order_ids)).await })
-        })
-        .await
+        self.with_session(async |session| load_rows(&mut session.client, Some(order_ids)).await)
+            .await
     }
 }
 
