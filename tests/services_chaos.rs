@@ -8,7 +8,7 @@ mod common;
 
 use common::kafka::{
     free_address, holdfast, metric, owned_partitions, partition_ends, scrape, spawn_holdfast,
-    terminate, topics, try_scrape, unique, wait_caught_up, Topics, PARTITIONS,
+    terminate, topics, try_scrape, unique, wait_caught_up, Spawned, Topics, PARTITIONS,
 };
 use common::{env, flushall, fresh_store, services_up};
 use holdfast::event::OrderEvent;
@@ -16,7 +16,6 @@ use holdfast::idempotency::IdempotencyKey;
 use holdfast::rng::SplitMix;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 /// The tests of this binary flush and restart the services: one at a time.
@@ -80,7 +79,7 @@ impl Setup {
     }
 
     /// Starts `holdfast run` in the test's group, with `extra` flags.
-    fn run(&self, extra: &[&str]) -> Child {
+    fn run(&self, extra: &[&str]) -> Spawned {
         let args = [
             "run",
             "--topic",
@@ -147,8 +146,8 @@ impl Setup {
 
     /// Waits for a `holdfast produce` of 100,000+ events to acknowledge everything, then for
     /// the group to commit every partition end; returns the producer's summary.
-    async fn caught_up_after(&self, producer: Child) -> String {
-        let produced = producer.wait_with_output().unwrap();
+    async fn caught_up_after(&self, producer: Spawned) -> String {
+        let produced = producer.into_child().wait_with_output().unwrap();
         let produced = String::from_utf8_lossy(&produced.stdout).into_owned();
         assert!(produced.contains("failed 0"), "{produced}");
         assert!(valid_events(&produced) >= 100_000, "{produced}");
@@ -189,7 +188,7 @@ fn valid_events(summary: &str) -> u64 {
         .unwrap_or_else(|| panic!("no valid-event count in {summary}"))
 }
 
-fn sigkill(mut child: Child) {
+fn sigkill(mut child: Spawned) {
     child.kill().unwrap();
     child.wait().unwrap();
 }
@@ -357,7 +356,7 @@ async fn three_runs_share_a_group_and_survivors_take_over_a_killed_one() {
     let _exclusive = SERVICES.lock().await;
     let setup = Setup::new("share").await;
     let addresses: Vec<String> = (0..3).map(|_| free_address()).collect();
-    let mut members: Vec<Option<Child>> = addresses
+    let mut members: Vec<Option<Spawned>> = addresses
         .iter()
         .map(|address| Some(setup.run(&["--metrics", address])))
         .collect();
@@ -428,7 +427,7 @@ async fn three_runs_share_a_group_and_survivors_take_over_a_killed_one() {
 }
 
 /// Sends `signal` (`STOP`, `CONT`) to a process.
-fn signal(child: &Child, signal: &str) {
+fn signal(child: &Spawned, signal: &str) {
     let status = std::process::Command::new("kill")
         .args([&format!("-{signal}"), &child.id().to_string()])
         .status()
@@ -453,7 +452,7 @@ async fn a_frozen_member_thawed_after_its_session_is_fenced_by_the_store() {
     let _exclusive = SERVICES.lock().await;
     let setup = Setup::new("zombie").await;
     let addresses = [free_address(), free_address()];
-    let mut members: Vec<Child> = addresses
+    let mut members: Vec<Spawned> = addresses
         .iter()
         .map(|address| setup.run(&["--progress", "store", "--metrics", address]))
         .collect();

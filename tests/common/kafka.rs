@@ -186,24 +186,65 @@ pub fn holdfast(args: &[&str]) -> String {
 }
 
 /// Starts `holdfast` with `args` in the background (stdout piped, stderr discarded).
-pub fn spawn_holdfast(args: &[&str]) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_holdfast"))
+pub fn spawn_holdfast(args: &[&str]) -> Spawned {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_holdfast"))
         .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .unwrap()
+        .unwrap();
+    Spawned { child: Some(child) }
+}
+
+/// A spawned `holdfast`, killed when dropped unless it was handed on: a test that panics
+/// must not leave a consumer running against the shared broker (it would disturb every later
+/// test and benchmark).
+pub struct Spawned {
+    child: Option<std::process::Child>,
+}
+
+impl Spawned {
+    /// The child, no longer killed on drop.
+    pub fn into_child(mut self) -> std::process::Child {
+        self.child.take().expect("a spawned child until handed on")
+    }
+}
+
+impl std::ops::Deref for Spawned {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        self.child
+            .as_ref()
+            .expect("a spawned child until handed on")
+    }
+}
+
+impl std::ops::DerefMut for Spawned {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        self.child
+            .as_mut()
+            .expect("a spawned child until handed on")
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// Sends SIGTERM to `child` and waits for it; returns its stdout, panicking unless it drained
 /// and exited cleanly.
-pub fn terminate(child: std::process::Child) -> String {
+pub fn terminate(child: Spawned) -> String {
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    let output = child.wait_with_output().unwrap();
+    let output = child.into_child().wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(output.status.success(), "{stdout}");
     assert!(stdout.contains("stopped:"), "{stdout}");
