@@ -91,8 +91,9 @@ impl DeliveryKey {
     /// id length>:<user id>:<at_ms>:<amount or ->`. The length prefixes keep ids containing
     /// `:` from colliding.
     pub fn to_bytes(&self) -> Vec<u8> {
+        // Four numbers of at most 20 digits and their six separators.
         let mut bytes = Vec::with_capacity(
-            self.key.byte_len_max() + self.event_id.len() + self.user_id.len() + 88,
+            self.key.byte_len_max() + self.event_id.len() + self.user_id.len() + 86,
         );
         self.key.write_bytes(&mut bytes);
         push_counted(&mut bytes, &self.event_id);
