@@ -444,8 +444,8 @@ mod kafka {
         }
     }
 
-    /// Cuts replication until the ISR shrinks to the leader alone, produces ten acks=1
-    /// records (flushed), kills the leader; returns (acknowledged, lost acknowledged).
+    /// Cuts replication, produces ten acks=1 records (flushed), waits until the ISR shrinks
+    /// to the leader alone, kills the leader; returns (acknowledged, lost acknowledged).
     async fn leader_alone_in_isr_dies(unclean_election: bool) -> (usize, usize) {
         let world = World::start(WorldConfig {
             flush: FlushPolicy::EveryAppend,
@@ -462,14 +462,17 @@ mod kafka {
                 world.clog_link(follower_node, leader_node, on);
             }
         };
-        cut(true); // both ways: a follower whose fetches do arrive still counts as caught up
+        // Both ways: a follower whose fetches do arrive still counts as caught up.
+        cut(true);
+        // A follower leaves the ISR only once it lags the leader's log for the lag time
+        // (an idle one with the whole log stays, as in Kafka): the records make it lag.
+        let results = produce(&world, "producer", 10).await;
         sleep(Duration::from_secs(1)).await;
         assert_eq!(
             world.partition_table()[0].isr,
             vec![leader],
             "the ISR shrank"
         );
-        let results = produce(&world, "producer", 10).await;
         world.kill(ServiceNode::Broker(leader));
         cut(false);
         sleep(Duration::from_millis(600)).await;

@@ -17,18 +17,15 @@ use madsim::net::Endpoint;
 use madsim::time::{sleep, timeout, Instant};
 use std::collections::BTreeMap;
 use std::future::{poll_fn, Future};
-use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 use tokio::sync::Notify;
 
 /// How often a broker heartbeats to the controller (and learns the partition table).
-const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(50);
+const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 /// How often a leader reconsiders its ISR.
 const ISR_CHECK_INTERVAL: Duration = Duration::from_millis(50);
-/// Pause before a follower retries after an error.
-const FOLLOWER_BACKOFF: Duration = Duration::from_millis(20);
 /// Most entries in one replica fetch answer.
 const REPLICA_FETCH_ENTRIES_MAX: usize = 1000;
 
@@ -43,7 +40,7 @@ pub enum BrokerRequest {
     },
     /// A consumer's fetch of the partitions it reads from this broker.
     Fetch(ConsumerFetch),
-    /// A follower's fetch.
+    /// A follower's fetch of every partition it follows from this broker.
     ReplicaFetch(FollowerFetch),
     Metadata,
 }
@@ -68,17 +65,38 @@ pub enum PartitionFetch {
     NotLeader,
 }
 
-/// A follower's fetch: `log_end` doubles as the acknowledgement of what it has.
-#[derive(Clone, Copy, Debug)]
+/// A follower's fetch, one per leader it follows partitions of, as Kafka's replica fetcher
+/// sends one request per source broker for all its partitions there.
+#[derive(Clone, Debug)]
 pub struct FollowerFetch {
-    pub partition: PartitionId,
     pub follower: usize,
+    /// The follower's incarnation: a restarted follower is a new replica to the leader.
+    pub incarnation: u64,
+    pub partitions: Vec<FollowedPartition>,
+}
+
+/// One partition of a follower fetch: `log_end` doubles as the acknowledgement of what the
+/// follower has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FollowedPartition {
+    pub partition: PartitionId,
     pub leader_epoch: i32,
     pub log_end: i64,
     /// The epoch of the follower's last entry (-1 if its log is empty).
     pub last_epoch: i32,
-    /// The follower's incarnation: a restarted follower is a new replica to the leader.
-    pub incarnation: u64,
+}
+
+/// One partition's part of a follower fetch's answer.
+#[derive(Clone, Debug)]
+pub enum ReplicaAnswer {
+    Replicate {
+        entries: Vec<Entry>,
+        high_watermark: i64,
+    },
+    Diverged {
+        truncate_to: i64,
+    },
+    NotLeader,
 }
 
 /// How a produce request (one batch) ended.
@@ -100,14 +118,8 @@ pub enum BrokerAnswer {
     Produced(ProduceResult),
     /// A consumer fetch's answer, partition by partition in the request's order.
     Fetched(Vec<PartitionFetch>),
-    NotLeader,
-    Replicate {
-        entries: Vec<Entry>,
-        high_watermark: i64,
-    },
-    Diverged {
-        truncate_to: i64,
-    },
+    /// A follower fetch's answer, partition by partition in the request's order.
+    Replicated(Vec<ReplicaAnswer>),
     Metadata(Vec<PartitionLeadership>),
 }
 
@@ -171,9 +183,11 @@ pub struct BrokerState {
     /// produces and held consumer fetches.
     progress: Arc<Notify>,
     /// Per partition, signalled when the leader appends or the partition's entry in the
-    /// table changes: wakes that partition's held follower fetches only, and (on a follower)
-    /// its fetch loop, to leave a leader the table no longer names.
+    /// table changes: wakes the held follower fetches that include that partition.
     appended: BTreeMap<PartitionId, Arc<Notify>>,
+    /// Signalled when any hosted partition's entry in the table changes: wakes this broker's
+    /// fetchers, to leave a leader the table no longer names or to add a partition.
+    table_changed: Arc<Notify>,
     config: KafkaConfig,
 }
 
@@ -191,6 +205,7 @@ impl BrokerState {
             leading: BTreeMap::new(),
             incarnation: 0,
             progress: Arc::new(Notify::new()),
+            table_changed: Arc::new(Notify::new()),
             config,
         }
     }
@@ -203,6 +218,7 @@ impl BrokerState {
         self.view.clear();
         self.leading.clear();
         self.progress = Arc::new(Notify::new());
+        self.table_changed = Arc::new(Notify::new());
         for appended in self.appended.values_mut() {
             *appended = Arc::default();
         }
@@ -212,6 +228,7 @@ impl BrokerState {
     /// follower fetches of it, acks=all produces and held consumer fetches.
     fn notify_changed(&self, partition: PartitionId) {
         self.progress.notify_waiters();
+        self.table_changed.notify_waiters();
         if let Some(appended) = self.appended.get(&partition) {
             appended.notify_waiters();
         }
@@ -394,23 +411,28 @@ impl BrokerState {
         ready.then_some(answers)
     }
 
-    /// The leader's side of a follower fetch: divergence check, progress, high watermark.
-    fn replica_fetch(&mut self, fetch: FollowerFetch, now: Instant) -> Option<BrokerAnswer> {
-        let FollowerFetch {
+    /// The leader's side of one partition of a follower fetch: divergence check, progress,
+    /// high watermark. `Some` is the partition's answer when it is known at once.
+    fn replica_fetch(
+        &mut self,
+        follower: usize,
+        incarnation: u64,
+        fetched: FollowedPartition,
+        now: Instant,
+    ) -> Option<ReplicaAnswer> {
+        let FollowedPartition {
             partition,
-            follower,
             leader_epoch,
             log_end,
             last_epoch,
-            incarnation,
-        } = fetch;
+        } = fetched;
         let leadership = self.leading.get(&partition)?;
         if leadership.epoch != leader_epoch {
             return None;
         }
         let known = leadership.followers.get(&follower)?.incarnation;
         if incarnation < known {
-            return Some(BrokerAnswer::NotLeader); // from a dead incarnation: ignore it
+            return Some(ReplicaAnswer::NotLeader); // from a dead incarnation: ignore it
         }
         let replica = self.replicas.get(&partition)?;
         if log_end > 0 && replica.epoch_at(log_end - 1) != Some(last_epoch) {
@@ -418,7 +440,7 @@ impl BrokerState {
             if truncate_to >= log_end {
                 truncate_to = log_end - 1; // the last entry differs: step back one
             }
-            return Some(BrokerAnswer::Diverged { truncate_to });
+            return Some(ReplicaAnswer::Diverged { truncate_to });
         }
         let leader_log_end = replica.log_end();
         let leadership = self.leading.get_mut(&partition)?;
@@ -435,9 +457,9 @@ impl BrokerState {
     }
 
     /// Entries after the follower's log end.
-    fn replicate(&self, partition: PartitionId, log_end: i64) -> BrokerAnswer {
+    fn replicate(&self, partition: PartitionId, log_end: i64) -> ReplicaAnswer {
         let Some(replica) = self.replicas.get(&partition) else {
-            return BrokerAnswer::NotLeader;
+            return ReplicaAnswer::NotLeader;
         };
         let entries: Vec<Entry> = replica
             .read(log_end, replica.log_end(), REPLICA_FETCH_ENTRIES_MAX)
@@ -445,10 +467,22 @@ impl BrokerState {
             .map(|(_, entry)| entry)
             .collect();
         let high_watermark = replica.high_watermark();
-        BrokerAnswer::Replicate {
+        ReplicaAnswer::Replicate {
             entries,
             high_watermark,
         }
+    }
+
+    /// Answers a follower fetch: each partition's early answer, or what it has to replicate.
+    fn replica_answer(
+        &self,
+        fetch: &FollowerFetch,
+        early: Vec<Option<ReplicaAnswer>>,
+    ) -> BrokerAnswer {
+        let answers = fetch.partitions.iter().zip(early).map(|(fetched, early)| {
+            early.unwrap_or_else(|| self.replicate(fetched.partition, fetched.log_end))
+        });
+        BrokerAnswer::Replicated(answers.collect())
     }
 
     /// ISR changes each leader wants. A member stays while it holds the leader's whole log
@@ -532,6 +566,84 @@ impl BrokerState {
         self.advance_high_watermark(partition);
     }
 
+    /// What this broker follows from `leader`: every hosted partition the table says it
+    /// leads, with this broker's log end and last epoch there.
+    pub(super) fn followed_from(&self, leader: usize) -> Vec<FollowedPartition> {
+        self.replicas
+            .iter()
+            .filter_map(|(partition, replica)| {
+                let (target, leader_epoch) = self.follow_target(*partition)?;
+                (target == leader).then(|| FollowedPartition {
+                    partition: *partition,
+                    leader_epoch,
+                    log_end: replica.log_end(),
+                    last_epoch: replica.last_epoch(),
+                })
+            })
+            .collect()
+    }
+
+    /// The signal of a change in the partition table (see `table_changed`).
+    pub(super) fn table_changed(&self) -> Arc<Notify> {
+        self.table_changed.clone()
+    }
+
+    /// This broker's id and incarnation, as its follower fetches name it.
+    pub(super) fn follower_id(&self) -> (usize, u64) {
+        (self.id, self.incarnation)
+    }
+
+    /// Applies a leader's answer to a follower fetch of `sent`; false unless every
+    /// partition's part was applied.
+    pub(super) fn apply_replicated(
+        &mut self,
+        leader: usize,
+        sent: &[FollowedPartition],
+        answer: Option<BrokerAnswer>,
+    ) -> bool {
+        let Some(BrokerAnswer::Replicated(answers)) = answer else {
+            return false;
+        };
+        debug_assert_eq!(answers.len(), sent.len(), "an answer per partition fetched");
+        let mut applied = true;
+        for (fetched, answer) in sent.iter().zip(answers) {
+            applied &= self.apply_replica_answer(leader, fetched, answer);
+        }
+        applied
+    }
+
+    /// Applies one partition's part of a follower fetch's answer, only if nothing changed
+    /// since the fetch was sent (leader, epoch, this replica's log).
+    fn apply_replica_answer(
+        &mut self,
+        leader: usize,
+        fetched: &FollowedPartition,
+        answer: ReplicaAnswer,
+    ) -> bool {
+        let partition = fetched.partition;
+        let unchanged = self.follow_target(partition) == Some((leader, fetched.leader_epoch))
+            && self.replicas.get(&partition).map(Replica::log_end) == Some(fetched.log_end);
+        let Some(replica) = self.replicas.get_mut(&partition).filter(|_| unchanged) else {
+            return false;
+        };
+        match answer {
+            ReplicaAnswer::Replicate {
+                entries,
+                high_watermark,
+            } => {
+                replica.append_as_follower(entries);
+                replica.set_high_watermark(high_watermark);
+                self.flush_after_append(partition);
+                true
+            }
+            ReplicaAnswer::Diverged { truncate_to } => {
+                replica.truncate(truncate_to);
+                true
+            }
+            ReplicaAnswer::NotLeader => false,
+        }
+    }
+
     /// Where this broker should fetch `partition` from: `(leader, epoch)`.
     fn follow_target(&self, partition: PartitionId) -> Option<(usize, i32)> {
         if self.leading.contains_key(&partition) {
@@ -576,13 +688,13 @@ impl BrokerState {
 
 /// The broker node's main task (its madsim `init`): recovers from its disk, then serves.
 pub async fn run(state: Arc<Mutex<BrokerState>>) {
-    let (id, hosted, config) = {
+    let (id, config) = {
         let mut broker = lock(&state);
-        broker.crash(); // after a restart only what was flushed is left
-                        // Counts up across restarts, so a leader can tell a dead incarnation's late fetch.
+        // After a restart only what was flushed is left.
+        broker.crash();
+        // Counts up across restarts, so a leader can tell a dead incarnation's late fetch.
         broker.incarnation += 1;
-        let hosted: Vec<PartitionId> = broker.replicas.keys().copied().collect();
-        (broker.id, hosted, broker.config.clone())
+        (broker.id, broker.config.clone())
     };
     let endpoint = crate::world::bind(broker_address(id)).await;
     madsim::task::spawn(heartbeat_loop(
@@ -602,9 +714,10 @@ pub async fn run(state: Arc<Mutex<BrokerState>>) {
             }
         });
     }
-    for partition in hosted {
-        let follower = follower_loop(state.clone(), endpoint.clone(), partition, config.clone());
-        madsim::task::spawn(follower);
+    // One fetcher per other broker, as Kafka runs a replica fetcher per source broker.
+    for leader in (0..config.brokers).filter(|leader| *leader != id) {
+        let fetcher = super::fetcher::run(state.clone(), endpoint.clone(), leader, config.clone());
+        madsim::task::spawn(fetcher);
     }
     let replica_wait = config.replica_fetch_wait();
     rpc::serve(endpoint, move |request: BrokerRequest| {
@@ -690,36 +803,60 @@ async fn consumer_fetch(state: &Mutex<BrokerState>, fetch: &ConsumerFetch) -> Br
     }
 }
 
-/// Serves a follower's fetch as leader, long-polling while the follower is caught up.
+/// Serves a follower's fetch as leader. Held while the follower has every partition's whole
+/// log (up to `wait`), answered at once when any partition has records or an error, or on the
+/// first append to any of them, as Kafka answers a fetch when any partition has data.
 async fn replica_fetch(
     state: &Mutex<BrokerState>,
     fetch: FollowerFetch,
     wait: Duration,
 ) -> Option<BrokerAnswer> {
-    let FollowerFetch {
-        partition,
-        leader_epoch,
-        log_end,
-        ..
-    } = fetch;
-    let (early, appended, empty) = {
+    let (early, appended) = {
         let mut broker = lock(state);
-        let early = broker.replica_fetch(fetch, Instant::now());
-        let leading = broker.leading.get(&partition).map(|l| l.epoch) == Some(leader_epoch);
-        let empty = broker.replicas.get(&partition).map(Replica::log_end) == Some(log_end);
-        if early.is_none() && !leading {
-            return Some(BrokerAnswer::NotLeader);
+        let now = Instant::now();
+        let mut early = Vec::with_capacity(fetch.partitions.len());
+        let mut appended = Vec::with_capacity(fetch.partitions.len());
+        let mut ready = false;
+        for fetched in &fetch.partitions {
+            let partition = fetched.partition;
+            let answer = broker
+                .replica_fetch(fetch.follower, fetch.incarnation, *fetched, now)
+                .or_else(|| {
+                    (broker.leads(partition) != Some(fetched.leader_epoch))
+                        .then_some(ReplicaAnswer::NotLeader)
+                });
+            let caught_up =
+                broker.replicas.get(&partition).map(Replica::log_end) == Some(fetched.log_end);
+            match broker.appended.get(&partition) {
+                Some(notify) if answer.is_none() && caught_up => appended.push(notify.clone()),
+                _ => ready = true,
+            }
+            early.push(answer);
         }
-        (early, broker.appended.get(&partition).cloned(), empty)
+        if ready {
+            return Some(broker.replica_answer(&fetch, early));
+        }
+        (early, appended)
     };
-    if let Some(answer) = early {
-        return Some(answer);
-    }
-    if let (true, Some(appended)) = (empty, appended) {
-        // Long poll: answer as soon as something is appended, or after the wait.
-        let _ = timeout(wait, appended.notified()).await;
-    }
-    Some(lock(state).replicate(partition, log_end))
+    // Long poll. No append is missed before the wait registers: no task runs in between
+    // (one simulated thread).
+    let _ = timeout(wait, any_notified(&appended)).await;
+    Some(lock(state).replica_answer(&fetch, early))
+}
+
+/// Waits for a signal on any of `notifies`.
+pub(super) async fn any_notified(notifies: &[Arc<Notify>]) {
+    let mut waits: Vec<_> = notifies.iter().map(|n| Box::pin(n.notified())).collect();
+    poll_fn(|cx| {
+        match waits
+            .iter_mut()
+            .any(|wait| wait.as_mut().poll(cx).is_ready())
+        {
+            true => Poll::Ready(()),
+            false => Poll::Pending,
+        }
+    })
+    .await;
 }
 
 /// Waits until the ISR has `offset`; `None` means it does (answer with the append result).
@@ -791,123 +928,5 @@ async fn isr_loop(state: Arc<Mutex<BrokerState>>, endpoint: Endpoint, config: Ka
             };
             lock(&state).isr_altered(partition, epoch, altered);
         }
-    }
-}
-
-async fn follower_loop(
-    state: Arc<Mutex<BrokerState>>,
-    endpoint: Endpoint,
-    partition: PartitionId,
-    config: KafkaConfig,
-) {
-    loop {
-        let (id, incarnation, target, log_end, last_epoch, changed) = {
-            let broker = lock(&state);
-            let replica = broker.replicas.get(&partition);
-            (
-                broker.id,
-                broker.incarnation,
-                broker.follow_target(partition),
-                replica.map_or(0, Replica::log_end),
-                replica.map_or(-1, Replica::last_epoch),
-                broker.appended.get(&partition).cloned(),
-            )
-        };
-        let Some((leader, leader_epoch)) = target else {
-            sleep(FOLLOWER_BACKOFF).await;
-            continue;
-        };
-        let request = BrokerRequest::ReplicaFetch(FollowerFetch {
-            partition,
-            follower: id,
-            leader_epoch,
-            log_end,
-            last_epoch,
-            incarnation,
-        });
-        let answer = rpc::call(
-            &endpoint,
-            broker_address(leader),
-            request,
-            config.request_timeout,
-        );
-        let target = (leader, leader_epoch);
-        let Some(answer) = unless_retargeted(&state, partition, target, changed, answer).await
-        else {
-            continue; // the partition table names another leader: fetch from it at once
-        };
-        if !apply_fetched(&state, partition, target, log_end, answer) {
-            sleep(FOLLOWER_BACKOFF).await;
-        }
-    }
-}
-
-/// Waits for a follower fetch's answer, or gives it up (`None`) as soon as the partition
-/// table names another leader or epoch for `partition` (`changed` is signalled with every
-/// change of its entry): Kafka moves the partition to a fetcher of the new leader at once,
-/// while the old leader, not told yet, may hold the fetch for its whole wait.
-async fn unless_retargeted<F>(
-    state: &Mutex<BrokerState>,
-    partition: PartitionId,
-    target: (usize, i32),
-    changed: Option<Arc<Notify>>,
-    call: F,
-) -> Option<Option<BrokerAnswer>>
-where
-    F: Future<Output = Option<BrokerAnswer>>,
-{
-    let Some(changed) = changed else {
-        return Some(call.await);
-    };
-    let mut call = pin!(call);
-    loop {
-        let mut notified = pin!(changed.notified());
-        let answered = poll_fn(|cx| {
-            if let Poll::Ready(answer) = call.as_mut().poll(cx) {
-                return Poll::Ready(Some(answer));
-            }
-            notified.as_mut().poll(cx).map(|()| None)
-        })
-        .await;
-        if let Some(answer) = answered {
-            return Some(answer);
-        }
-        if lock(state).follow_target(partition) != Some(target) {
-            return None;
-        }
-    }
-}
-
-/// Applies a leader's answer to a follower fetch; false if there was nothing to apply.
-fn apply_fetched(
-    state: &Mutex<BrokerState>,
-    partition: PartitionId,
-    target: (usize, i32),
-    log_end: i64,
-    answer: Option<BrokerAnswer>,
-) -> bool {
-    let mut broker = lock(state);
-    // Apply only if nothing changed meanwhile (leader, epoch, our own log).
-    let unchanged = broker.follow_target(partition) == Some(target)
-        && broker.replicas.get(&partition).map(Replica::log_end) == Some(log_end);
-    match answer {
-        Some(BrokerAnswer::Replicate {
-            entries,
-            high_watermark,
-        }) if unchanged => {
-            if let Some(replica) = broker.replicas.get_mut(&partition) {
-                replica.append_as_follower(entries);
-                replica.set_high_watermark(high_watermark);
-            }
-            broker.flush_after_append(partition);
-            true
-        }
-        Some(BrokerAnswer::Diverged { truncate_to }) if unchanged => {
-            if let Some(replica) = broker.replicas.get_mut(&partition) {
-                replica.truncate(truncate_to);
-            }
-            true
-        }
-        _ => false,
     }
 }

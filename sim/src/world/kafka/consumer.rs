@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 /// How long a broker may hold a fetch that has nothing to give (`fetch.max.wait.ms`, scaled
 /// down like the other timeouts of the model; well under the request timeout).
-const FETCH_MAX_WAIT: Duration = Duration::from_millis(100);
+const FETCH_MAX_WAIT: Duration = Duration::from_millis(250);
 /// Pause before looking again when no fetch could be sent (no leader known).
 const FETCH_IDLE: Duration = Duration::from_millis(5);
 /// Pause between join attempts while a rebalance is under way.

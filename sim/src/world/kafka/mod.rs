@@ -4,6 +4,7 @@
 pub mod broker;
 pub mod consumer;
 pub mod controller;
+pub mod fetcher;
 pub mod group;
 pub mod metadata;
 pub mod producer;
