@@ -56,6 +56,9 @@ pub fn single(outcome: &RunOutcome, trace_lines: usize) -> String {
         outcome.virtual_ms,
         outcome.fingerprint
     );
+    // The store against the reference model only; the run's verdict, which also judges the
+    // logs, the commits and liveness, is the PASSED or VIOLATION lines at the end.
+    let _ = writeln!(out, "the store against the reference model:");
     let _ = writeln!(out, "{}", outcome.verdict.report);
     if trace_lines > 0 {
         let shown = trace_lines.min(outcome.history.len());

@@ -469,11 +469,13 @@ fn finished(
     }
 }
 
-/// Every partition's committed offset reached the end of its log.
+/// Every partition's log is committed to its end, and the group's committed offset reached
+/// that end.
 fn caught_up(world: &World, group: &str, partitions: i32) -> bool {
     let committed = world.committed(group);
     (0..partitions).all(|partition| {
         let end = world.log_end(partition);
-        end == 0 || committed.get(&partition).is_some_and(|c| c.offset >= end)
+        world.replication_settled(partition)
+            && (end == 0 || committed.get(&partition).is_some_and(|c| c.offset >= end))
     })
 }

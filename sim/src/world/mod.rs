@@ -564,6 +564,25 @@ impl World {
             .collect()
     }
 
+    /// Whether a partition's leader has committed its whole log (its high watermark at its
+    /// log end). A new leader's high watermark lags until its followers fetch from it, so
+    /// until then the committed log is not yet the final one. True with no leader.
+    pub fn replication_settled(&self, partition: PartitionId) -> bool {
+        let leader = usize::try_from(partition).ok().and_then(|index| {
+            lock(&self.inner.controller)
+                .partitions
+                .get(index)
+                .and_then(|t| t.leader)
+        });
+        leader.is_none_or(|leader| {
+            let broker = lock(&self.inner.brokers[leader]);
+            broker
+                .replicas
+                .get(&partition)
+                .is_none_or(|replica| replica.high_watermark() == replica.log_end())
+        })
+    }
+
     /// The end of a partition's committed log (its leader's high watermark; with no leader,
     /// the highest any replica holds).
     pub fn log_end(&self, partition: PartitionId) -> i64 {

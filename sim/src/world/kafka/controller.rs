@@ -9,10 +9,11 @@ use crate::world::lock::lock;
 use crate::world::rpc;
 use crate::world::FaultLog;
 use holdfast::ports::{CommittedOffset, PartitionId};
-use madsim::time::Instant;
+use madsim::time::{timeout, Instant};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// How often the controller checks sessions.
 const TICK: Duration = Duration::from_millis(20);
@@ -85,6 +86,9 @@ pub struct ControllerState {
     pub accepted: BTreeMap<String, Vec<AcceptedCommit>>,
     brokers: BTreeMap<usize, Liveness>,
     groups: BTreeMap<String, Group>,
+    /// Signalled when a group's rebalance completes (a new generation), or its members are
+    /// forgotten: wakes the joins held for it.
+    groups_settled: Arc<Notify>,
     faults: FaultLog,
 }
 
@@ -124,6 +128,7 @@ impl ControllerState {
             accepted: BTreeMap::new(),
             brokers,
             groups: BTreeMap::new(),
+            groups_settled: Arc::new(Notify::new()),
             faults,
         }
     }
@@ -147,6 +152,25 @@ impl ControllerState {
         for group in self.groups.values_mut() {
             group.forget_members();
         }
+        self.groups_settled.notify_waiters();
+    }
+
+    /// Every group's generation together: it moves whenever a rebalance completes.
+    fn generations(&self) -> i64 {
+        self.groups
+            .values()
+            .map(|g| i64::from(g.generation()))
+            .sum()
+    }
+
+    /// Handles a request, and wakes the held joins if it completed a rebalance.
+    fn answer(&mut self, request: ControllerRequest, now: Instant) -> ControllerAnswer {
+        let before = self.generations();
+        let answer = self.handle(request, now);
+        if self.generations() != before {
+            self.groups_settled.notify_waiters();
+        }
+        answer
     }
 
     fn heartbeat(&mut self, broker: usize, incarnation: u64, now: Instant) {
@@ -243,6 +267,23 @@ impl ControllerState {
     }
 
     fn tick(&mut self, now: Instant) {
+        let before = self.generations();
+        self.expire_brokers(now);
+        let (session, partitions) = (self.config.session_timeout, self.config.partitions);
+        for (name, group) in &mut self.groups {
+            for member in group.tick(now, session, partitions) {
+                self.faults.note(
+                    now,
+                    format!("coordinator: group {name} evicted member {member} (session timeout)"),
+                );
+            }
+        }
+        if self.generations() != before {
+            self.groups_settled.notify_waiters();
+        }
+    }
+
+    fn expire_brokers(&mut self, now: Instant) {
         let timeout = self.config.broker_session_timeout;
         let expired: Vec<usize> = self
             .brokers
@@ -252,15 +293,6 @@ impl ControllerState {
             .collect();
         for broker in expired {
             self.set_live(broker, false, now);
-        }
-        let (session, partitions) = (self.config.session_timeout, self.config.partitions);
-        for (name, group) in &mut self.groups {
-            for member in group.tick(now, session, partitions) {
-                self.faults.note(
-                    now,
-                    format!("coordinator: group {name} evicted member {member} (session timeout)"),
-                );
-            }
         }
     }
 
@@ -378,8 +410,50 @@ pub async fn run(state: Arc<Mutex<ControllerState>>) {
         }
     });
     rpc::serve(endpoint, move |request: ControllerRequest| {
-        let answer = lock(&state).handle(request, Instant::now());
-        async move { Some(answer) }
+        let join = match &request {
+            ControllerRequest::Group(GroupRequest::Join { group, .. }) => Some(group.clone()),
+            _ => None,
+        };
+        let (answer, generations) = {
+            let mut controller = lock(&state);
+            let answer = controller.answer(request, Instant::now());
+            (answer, controller.generations())
+        };
+        let state = state.clone();
+        async move {
+            Some(match (join, answer) {
+                (Some(group), ControllerAnswer::Group(GroupAnswer::Pending { member })) => {
+                    hold_join(&state, group, member, generations).await
+                }
+                (_, answer) => answer,
+            })
+        }
     })
     .await;
+}
+
+/// Holds a join that must wait for its group's rebalance, as Kafka's coordinator holds a
+/// JoinGroup until every member rejoined: answered once a rebalance completes (or members
+/// are forgotten), or still pending after half the request timeout, so the client asks again.
+async fn hold_join(
+    state: &Mutex<ControllerState>,
+    group: String,
+    member: u64,
+    generations: i64,
+) -> ControllerAnswer {
+    let (settled, hold) = {
+        let controller = lock(state);
+        // A rebalance may have completed before this task first ran.
+        let unchanged = controller.generations() == generations;
+        let settled = unchanged.then(|| controller.groups_settled.clone());
+        (settled, controller.config.request_timeout / 2)
+    };
+    if let Some(settled) = settled {
+        let _ = timeout(hold, settled.notified()).await;
+    }
+    let request = ControllerRequest::Group(GroupRequest::Join {
+        group,
+        member: Some(member),
+    });
+    lock(state).answer(request, Instant::now())
 }
