@@ -328,3 +328,19 @@ fn seed_867_large_a_slow_run_is_given_time_to_finish() {
 fn seed_3071_large_dropping_revoked_records_costs_nothing() {
     assert_run_passes(&replayed(3071, Size::Large, Some((511, 3))));
 }
+
+/// The run was judged converged right after a leader change, while the new leader's high
+/// watermark still lagged (its followers had not fetched from it yet): the checker read a
+/// final log without the last acknowledged record of partition 1 and reported broker loss.
+/// A run now converges only once every leader has committed its whole log.
+#[test]
+fn seed_5248_standard_converges_only_once_every_leader_committed_its_log() {
+    let mut params = RunParams::derive_sized(5248, Scenario::Standard, Size::Mixed);
+    Overrides {
+        orders: Some(170),
+        faults: Some(4),
+        progress: Some(ProgressMode::Store),
+    }
+    .apply(&mut params);
+    assert_run_passes(&params);
+}
