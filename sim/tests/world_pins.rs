@@ -5,10 +5,11 @@
 //! fix restored; each was shown to fail with its fix reverted.
 #![cfg(madsim)]
 
-use holdfast::ports::{Delivery, OutboundMessage, PortError, Publisher};
-use holdfast_sim::world::{ServiceNode, World, WorldConfig};
-use madsim::time::sleep;
+use holdfast::ports::{Delivery, EventLog, OutboundMessage, PortError, Publisher};
+use holdfast_sim::world::{NodeId, ServiceNode, World, WorldConfig};
+use madsim::time::{sleep, Instant};
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// What one publish answered.
@@ -68,6 +69,46 @@ async fn settle(world: &World) {
     sleep(Duration::from_secs(1)).await;
 }
 
+/// Waits until `condition` holds, looking every 5 ms; false if it did not within `limit`.
+async fn wait_until(limit: Duration, condition: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
+/// Cuts (or restores) both directions between two nodes.
+fn cut(world: &World, one: NodeId, other: NodeId, on: bool) {
+    world.clog_link(one, other, on);
+    world.clog_link(other, one, on);
+}
+
+/// Offsets of partition 0 in the order a consumer was given them.
+type Offsets = Arc<Mutex<Vec<i64>>>;
+
+/// Starts a member of group "g" on a node of its own, polling for the rest of the run and
+/// noting every offset it is given; returns the node and the offsets.
+fn consume_in_background(world: &World) -> (NodeId, Offsets) {
+    let offsets = Offsets::default();
+    let noted = offsets.clone();
+    let client = world.clone();
+    let node = world.client_node("consumer");
+    node.spawn(async move {
+        let mut log = client.log("g").await;
+        loop {
+            if let Ok(polled) = log.poll(100, Duration::from_millis(50)).await {
+                let mut noted = noted.lock().expect("no poisoned lock");
+                noted.extend(polled.records.iter().map(|record| record.offset));
+            }
+        }
+    });
+    (node.id(), offsets)
+}
+
 /// Seed 586's scenario: the controller is down for 150 ms, long enough for every broker's
 /// heartbeat to be sent into the void, where each waits out the request timeout (1 s here,
 /// as against the 300 ms broker session) before the next is sent. 550 ms after the restart,
@@ -114,5 +155,62 @@ fn a_restarted_controller_counts_broker_sessions_from_their_next_heartbeat() {
             f.contains("controller: broker 0 dead") || f.contains("controller: broker 1 dead")
         });
         assert_eq!(live_declared_dead.count(), 0, "seed {seed}: {faults:#?}");
+    }
+}
+
+/// Seed 710's scenario on one partition led by broker 0: broker 0 is cut off until the
+/// controller elects broker 1, which takes ten more records; a consumer reads all twenty from
+/// broker 1. Broker 0 comes back cut off from the controller only, so it never hears that it
+/// lost the partition and goes on naming itself leader (epoch 0) in its metadata answers.
+/// Then the consumer's links to brokers 1 and 2 are cut for 2.5 s: its fetch times out, it
+/// forgets the leader and asks the brokers in turn, and only broker 0 answers. Returns the
+/// offsets the consumer was given.
+async fn stale_leader_answers_metadata() -> Vec<i64> {
+    let world = World::start(WorldConfig {
+        partitions: 1,
+        ..WorldConfig::default()
+    })
+    .await;
+    let [stale, leader, other] = [0, 1, 2].map(|broker| world.id(ServiceNode::Broker(broker)));
+    let controller = world.id(ServiceNode::Controller);
+    assert_eq!(world.partition_table()[0].leader, Some(0));
+    produce(&world, "producer-before", 0..10).await;
+    world.clog(ServiceNode::Broker(0), true);
+    let moved = wait_until(Duration::from_secs(3), || {
+        world.partition_table()[0].leader == Some(1)
+    });
+    assert!(moved.await, "broker 1 leads: {:#?}", world.faults());
+    assert!(world.wait_ready(Duration::from_secs(3)).await);
+    produce(&world, "producer-after", 10..20).await;
+    let (consumer, offsets) = consume_in_background(&world);
+    let read = wait_until(Duration::from_secs(5), || {
+        offsets.lock().map_or(0, |o| o.len()) >= 20
+    });
+    assert!(read.await, "the consumer read everything: {offsets:?}");
+    cut(&world, stale, controller, true);
+    world.clog(ServiceNode::Broker(0), false);
+    cut(&world, consumer, leader, true);
+    cut(&world, consumer, other, true);
+    sleep(Duration::from_millis(2500)).await;
+    cut(&world, consumer, leader, false);
+    cut(&world, consumer, other, false);
+    sleep(Duration::from_secs(1)).await;
+    let offsets = offsets.lock().expect("no poisoned lock").clone();
+    offsets
+}
+
+/// Seed 710 (fixed in bd586a3). Goal: client metadata never goes back to an older leader
+/// epoch (KIP-320). A consumer that took the cut-off broker's stale answer fetched from it,
+/// got "offset out of range" from its shorter log and went back to offset 0: records given
+/// again, out of order.
+#[test]
+fn client_metadata_never_goes_back_to_an_older_leader_epoch() {
+    for seed in 1..=3 {
+        let offsets = simulate(seed, stale_leader_answers_metadata());
+        assert_eq!(
+            offsets,
+            (0..20).collect::<Vec<i64>>(),
+            "seed {seed}: each record once, in offset order"
+        );
     }
 }
