@@ -69,14 +69,14 @@ async fn settle(world: &World) {
     sleep(Duration::from_secs(1)).await;
 }
 
-/// Waits until `condition` holds, looking every 5 ms; false if it did not within `limit`.
+/// Waits until `condition` holds, looking every millisecond; false if it did not within `limit`.
 async fn wait_until(limit: Duration, condition: impl Fn() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while !condition() {
         if Instant::now() >= deadline {
             return false;
         }
-        sleep(Duration::from_millis(5)).await;
+        sleep(Duration::from_millis(1)).await;
     }
     true
 }
@@ -211,6 +211,79 @@ fn client_metadata_never_goes_back_to_an_older_leader_epoch() {
             offsets,
             (0..20).collect::<Vec<i64>>(),
             "seed {seed}: each record once, in offset order"
+        );
+    }
+}
+
+/// Seed 601's scenario on one partition (replicas 0, 1, 2; broker 0 leads): broker 1 is cut
+/// off until the controller drops it from the ISR, and misses ten records. The controller's
+/// answers to the leader are then cut, and broker 1 comes back and catches up: the leader
+/// proposes it back into the ISR, the controller admits it, and the leader never hears so.
+/// The request timeout is 200 ms, so that the leader's unanswered heartbeats still reach the
+/// controller within its 300 ms session and the proposal stays open for 200 ms. Now the
+/// leader's answers to broker 1 are cut too, ten more records are produced, and the leader is
+/// killed 100 ms later, before its proposal times out: the controller elects broker 1, the
+/// first live member of the ISR it holds. Returns every produce result.
+async fn follower_admitted_below_the_high_watermark() -> (World, Vec<(usize, Answer)>) {
+    let world = World::start(WorldConfig {
+        partitions: 1,
+        request_timeout: Duration::from_millis(200),
+        ..WorldConfig::default()
+    })
+    .await;
+    let [leader, follower] = [0, 1].map(|broker| world.id(ServiceNode::Broker(broker)));
+    let controller = world.id(ServiceNode::Controller);
+    assert_eq!(world.partition_table()[0].leader, Some(0));
+    world.clog(ServiceNode::Broker(1), true);
+    let dropped = wait_until(Duration::from_secs(3), || {
+        world.partition_table()[0].isr == [0, 2]
+    });
+    assert!(
+        dropped.await,
+        "broker 1 left the ISR: {:#?}",
+        world.faults()
+    );
+    let mut results = produce(&world, "producer-before", 0..10).await;
+    sleep(Duration::from_millis(200)).await; // the leader hears of the ISR [0, 2]
+    world.clog_link(controller, leader, true);
+    world.clog(ServiceNode::Broker(1), false);
+    let admitted = wait_until(Duration::from_secs(3), || {
+        world.partition_table()[0].isr.contains(&1)
+    });
+    assert!(admitted.await, "broker 1 rejoined: {:#?}", world.faults());
+    world.clog_link(leader, follower, true);
+    let producing = {
+        let world = world.clone();
+        madsim::task::spawn(async move { produce(&world, "producer-after", 10..20).await })
+    };
+    sleep(Duration::from_millis(100)).await;
+    world.kill(ServiceNode::Broker(0));
+    world.clog_link(controller, leader, false);
+    world.clog_link(leader, follower, false);
+    results.extend(producing.await.expect("the producer runs to the end"));
+    settle(&world).await;
+    (world, results)
+}
+
+/// Seed 601 (fixed in dc17fa6). Goal: while a leader's proposal to add a follower to the ISR
+/// is open, its high watermark counts that follower too (Kafka's maximal ISR), so a follower
+/// the controller admits holds everything below the high watermark. Counting the ISR of
+/// record only, the leader committed and acknowledged records the admitted follower did not
+/// have; elected, it truncated them away.
+#[test]
+fn a_follower_joining_the_isr_holds_the_high_watermark() {
+    for seed in 1..=3 {
+        let (world, results) = simulate(seed, follower_admitted_below_the_high_watermark());
+        let faults = world.faults();
+        assert_eq!(
+            world.partition_table()[0].leader,
+            Some(1),
+            "seed {seed}: the admitted follower leads: {faults:#?}"
+        );
+        assert_eq!(
+            lost_acknowledged(&world, &results),
+            Vec::<usize>::new(),
+            "seed {seed}: acknowledged records lost: {faults:#?}"
         );
     }
 }
