@@ -287,3 +287,63 @@ fn a_follower_joining_the_isr_holds_the_high_watermark() {
         );
     }
 }
+
+/// Seeds 22 and 25's scenario on one partition (replicas 0, 1, 2; broker 0 leads): broker
+/// 1's heartbeats are cut until the controller drops it from the ISR, while it goes on
+/// fetching, caught up, so the leader keeps proposing it back and the controller keeps
+/// refusing a dead broker. Then its fetches are cut too and it restarts with its unflushed
+/// log gone, heartbeats again in its new incarnation, and is live: the leader, which has not
+/// heard from the new incarnation, still holds the old one's progress (the whole log, caught
+/// up within the lag time) and proposes it back. The leader is killed 100 ms later.
+/// Returns the produce results.
+async fn restarted_follower_proposed_on_old_progress() -> (World, Vec<(usize, Answer)>) {
+    let world = World::start(WorldConfig {
+        partitions: 1,
+        ..WorldConfig::default()
+    })
+    .await;
+    let [leader, follower] = [0, 1].map(|broker| world.id(ServiceNode::Broker(broker)));
+    let controller = world.id(ServiceNode::Controller);
+    assert_eq!(world.partition_table()[0].leader, Some(0));
+    let results = produce(&world, "producer", 0..10).await;
+    world.clog_link(follower, controller, true);
+    let dropped = wait_until(Duration::from_secs(3), || {
+        world.partition_table()[0].isr == [0, 2]
+    });
+    assert!(
+        dropped.await,
+        "broker 1 left the ISR: {:#?}",
+        world.faults()
+    );
+    sleep(Duration::from_millis(100)).await; // the leader hears of the ISR [0, 2]
+    world.clog_link(follower, leader, true);
+    world.restart(ServiceNode::Broker(1));
+    world.clog_link(follower, controller, false);
+    sleep(Duration::from_millis(100)).await;
+    world.kill(ServiceNode::Broker(0));
+    world.clog_link(follower, leader, false);
+    settle(&world).await;
+    (world, results)
+}
+
+/// Seeds 22 and 25 (fixed in aca9da8 and d9a303b). Goal: the controller admits a follower
+/// to the ISR only in the incarnation the leader saw it in (KIP-903), so a broker that
+/// restarted with its log lost is not added on its old self's progress. Admitted, it was
+/// elected when the leader died and every acknowledged record was lost.
+#[test]
+fn a_restarted_follower_is_not_added_to_the_isr_on_old_progress() {
+    for seed in 1..=3 {
+        let (world, results) = simulate(seed, restarted_follower_proposed_on_old_progress());
+        let faults = world.faults();
+        assert_eq!(
+            lost_acknowledged(&world, &results),
+            Vec::<usize>::new(),
+            "seed {seed}: acknowledged records lost: {faults:#?}"
+        );
+        assert_eq!(
+            world.partition_table()[0].leader,
+            Some(2),
+            "seed {seed}: {faults:#?}"
+        );
+    }
+}
