@@ -81,6 +81,17 @@ async fn wait_until(limit: Duration, condition: impl Fn() -> bool) -> bool {
     true
 }
 
+/// Starts `config` with one partition (replicas 0, 1, 2), which broker 0 leads.
+async fn one_partition(config: WorldConfig) -> World {
+    let world = World::start(WorldConfig {
+        partitions: 1,
+        ..config
+    })
+    .await;
+    assert_eq!(world.partition_table()[0].leader, Some(0));
+    world
+}
+
 /// Cuts (or restores) both directions between two nodes.
 fn cut(world: &World, one: NodeId, other: NodeId, on: bool) {
     world.clog_link(one, other, on);
@@ -166,14 +177,9 @@ fn a_restarted_controller_counts_broker_sessions_from_their_next_heartbeat() {
 /// forgets the leader and asks the brokers in turn, and only broker 0 answers. Returns the
 /// offsets the consumer was given.
 async fn stale_leader_answers_metadata() -> Vec<i64> {
-    let world = World::start(WorldConfig {
-        partitions: 1,
-        ..WorldConfig::default()
-    })
-    .await;
+    let world = one_partition(WorldConfig::default()).await;
     let [stale, leader, other] = [0, 1, 2].map(|broker| world.id(ServiceNode::Broker(broker)));
     let controller = world.id(ServiceNode::Controller);
-    assert_eq!(world.partition_table()[0].leader, Some(0));
     produce(&world, "producer-before", 0..10).await;
     world.clog(ServiceNode::Broker(0), true);
     let moved = wait_until(Duration::from_secs(3), || {
@@ -225,15 +231,13 @@ fn client_metadata_never_goes_back_to_an_older_leader_epoch() {
 /// killed 100 ms later, before its proposal times out: the controller elects broker 1, the
 /// first live member of the ISR it holds. Returns every produce result.
 async fn follower_admitted_below_the_high_watermark() -> (World, Vec<(usize, Answer)>) {
-    let world = World::start(WorldConfig {
-        partitions: 1,
+    let world = one_partition(WorldConfig {
         request_timeout: Duration::from_millis(200),
         ..WorldConfig::default()
     })
     .await;
     let [leader, follower] = [0, 1].map(|broker| world.id(ServiceNode::Broker(broker)));
     let controller = world.id(ServiceNode::Controller);
-    assert_eq!(world.partition_table()[0].leader, Some(0));
     world.clog(ServiceNode::Broker(1), true);
     let dropped = wait_until(Duration::from_secs(3), || {
         world.partition_table()[0].isr == [0, 2]
@@ -297,14 +301,9 @@ fn a_follower_joining_the_isr_holds_the_high_watermark() {
 /// up within the lag time) and proposes it back. The leader is killed 100 ms later.
 /// Returns the produce results.
 async fn restarted_follower_proposed_on_old_progress() -> (World, Vec<(usize, Answer)>) {
-    let world = World::start(WorldConfig {
-        partitions: 1,
-        ..WorldConfig::default()
-    })
-    .await;
+    let world = one_partition(WorldConfig::default()).await;
     let [leader, follower] = [0, 1].map(|broker| world.id(ServiceNode::Broker(broker)));
     let controller = world.id(ServiceNode::Controller);
-    assert_eq!(world.partition_table()[0].leader, Some(0));
     let results = produce(&world, "producer", 0..10).await;
     world.clog_link(follower, controller, true);
     let dropped = wait_until(Duration::from_secs(3), || {
@@ -334,6 +333,68 @@ async fn restarted_follower_proposed_on_old_progress() -> (World, Vec<(usize, An
 fn a_restarted_follower_is_not_added_to_the_isr_on_old_progress() {
     for seed in 1..=3 {
         let (world, results) = simulate(seed, restarted_follower_proposed_on_old_progress());
+        let faults = world.faults();
+        assert_eq!(
+            lost_acknowledged(&world, &results),
+            Vec::<usize>::new(),
+            "seed {seed}: acknowledged records lost: {faults:#?}"
+        );
+        assert_eq!(
+            world.partition_table()[0].leader,
+            Some(2),
+            "seed {seed}: {faults:#?}"
+        );
+    }
+}
+
+/// Aca9da8's scenario on one partition (replicas 0, 1, 2; broker 0 leads), with a lag time
+/// of 2 s: broker 1's heartbeats are cut until the controller drops it from the ISR, while it
+/// goes on fetching, caught up. Then the leader's answers to it are cut and ten more records
+/// are produced and acknowledged by the ISR [0, 2]. Broker 1's next fetch still reaches the
+/// log end the leader had at its previous one, so by Kafka's rule it caught up then, within
+/// the lag time, though it lacks everything below the high watermark above its own log end.
+/// Its heartbeats arrive again, so it is live; after 1.5 s for the leader to propose it back
+/// (and the controller to admit it), the leader is killed. Returns the produce results.
+async fn lagging_follower_caught_up_by_its_previous_fetch() -> (World, Vec<(usize, Answer)>) {
+    let world = one_partition(WorldConfig {
+        replica_lag_time: Duration::from_secs(2),
+        ..WorldConfig::default()
+    })
+    .await;
+    let [leader, follower] = [0, 1].map(|broker| world.id(ServiceNode::Broker(broker)));
+    let controller = world.id(ServiceNode::Controller);
+    let mut results = produce(&world, "producer-before", 0..10).await;
+    world.clog_link(follower, controller, true);
+    let dropped = wait_until(Duration::from_secs(3), || {
+        world.partition_table()[0].isr == [0, 2]
+    });
+    assert!(
+        dropped.await,
+        "broker 1 left the ISR: {:#?}",
+        world.faults()
+    );
+    sleep(Duration::from_millis(100)).await; // the leader hears of the ISR [0, 2]
+    world.clog_link(leader, follower, true);
+    results.extend(produce(&world, "producer-after", 10..20).await);
+    world.clog_link(follower, controller, false);
+    let admitted = wait_until(Duration::from_millis(1500), || {
+        world.partition_table()[0].isr.contains(&1)
+    });
+    let _ = admitted.await; // only without the fix
+    world.kill(ServiceNode::Broker(0));
+    world.clog_link(leader, follower, false);
+    settle(&world).await;
+    (world, results)
+}
+
+/// Aca9da8 (seeds 22 and 25's first fix). Goal: a follower outside the ISR is proposed back
+/// only once it holds everything below the high watermark, not merely once it caught up
+/// within the lag time. Proposed below it, it was admitted and then elected: acknowledged
+/// records lost.
+#[test]
+fn a_follower_rejoins_the_isr_only_holding_the_high_watermark() {
+    for seed in 1..=3 {
+        let (world, results) = simulate(seed, lagging_follower_caught_up_by_its_previous_fetch());
         let faults = world.faults();
         assert_eq!(
             lost_acknowledged(&world, &results),
