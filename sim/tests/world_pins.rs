@@ -92,6 +92,18 @@ async fn one_partition(config: WorldConfig) -> World {
     world
 }
 
+/// Waits until the controller dropped broker 1 from partition 0's ISR (it leaves [0, 2]).
+async fn until_broker_1_left_the_isr(world: &World) {
+    let dropped = wait_until(Duration::from_secs(3), || {
+        world.partition_table()[0].isr == [0, 2]
+    });
+    assert!(
+        dropped.await,
+        "broker 1 left the ISR: {:#?}",
+        world.faults()
+    );
+}
+
 /// Cuts (or restores) both directions between two nodes.
 fn cut(world: &World, one: NodeId, other: NodeId, on: bool) {
     world.clog_link(one, other, on);
@@ -151,10 +163,8 @@ async fn controller_restart_then_broker_restart() -> (World, Vec<(usize, Answer)
 fn a_restarted_controller_counts_broker_sessions_from_their_next_heartbeat() {
     for seed in 1..=3 {
         let (world, results) = simulate(seed, controller_restart_then_broker_restart());
-        assert!(
-            results.iter().all(|(_, answer)| answer.is_ok()),
-            "{results:?}"
-        );
+        let acknowledged = results.iter().all(|(_, answer)| answer.is_ok());
+        assert!(acknowledged, "seed {seed}: {results:?}");
         let faults = world.faults();
         let lost = lost_acknowledged(&world, &results);
         assert_eq!(
@@ -239,14 +249,7 @@ async fn follower_admitted_below_the_high_watermark() -> (World, Vec<(usize, Ans
     let [leader, follower] = [0, 1].map(|broker| world.id(ServiceNode::Broker(broker)));
     let controller = world.id(ServiceNode::Controller);
     world.clog(ServiceNode::Broker(1), true);
-    let dropped = wait_until(Duration::from_secs(3), || {
-        world.partition_table()[0].isr == [0, 2]
-    });
-    assert!(
-        dropped.await,
-        "broker 1 left the ISR: {:#?}",
-        world.faults()
-    );
+    until_broker_1_left_the_isr(&world).await;
     let mut results = produce(&world, "producer-before", 0..10).await;
     sleep(Duration::from_millis(200)).await; // the leader hears of the ISR [0, 2]
     world.clog_link(controller, leader, true);
@@ -306,14 +309,7 @@ async fn restarted_follower_proposed_on_old_progress() -> (World, Vec<(usize, An
     let controller = world.id(ServiceNode::Controller);
     let results = produce(&world, "producer", 0..10).await;
     world.clog_link(follower, controller, true);
-    let dropped = wait_until(Duration::from_secs(3), || {
-        world.partition_table()[0].isr == [0, 2]
-    });
-    assert!(
-        dropped.await,
-        "broker 1 left the ISR: {:#?}",
-        world.faults()
-    );
+    until_broker_1_left_the_isr(&world).await;
     sleep(Duration::from_millis(100)).await; // the leader hears of the ISR [0, 2]
     world.clog_link(follower, leader, true);
     world.restart(ServiceNode::Broker(1));
@@ -365,14 +361,7 @@ async fn lagging_follower_caught_up_by_its_previous_fetch() -> (World, Vec<(usiz
     let controller = world.id(ServiceNode::Controller);
     let mut results = produce(&world, "producer-before", 0..10).await;
     world.clog_link(follower, controller, true);
-    let dropped = wait_until(Duration::from_secs(3), || {
-        world.partition_table()[0].isr == [0, 2]
-    });
-    assert!(
-        dropped.await,
-        "broker 1 left the ISR: {:#?}",
-        world.faults()
-    );
+    until_broker_1_left_the_isr(&world).await;
     sleep(Duration::from_millis(100)).await; // the leader hears of the ISR [0, 2]
     world.clog_link(leader, follower, true);
     results.extend(produce(&world, "producer-after", 10..20).await);
