@@ -180,6 +180,11 @@ fn the_compensator_repairs_what_auto_commit_lost() {
 // with each fix reverted under the current world models: none of the seeds below reproduces
 // its defect any more (the world models changed under them since; which change did it is
 // known only for 601). They stay as runs that must pass, as do 140 and 601 below; 586, 710 and 117 still fail with their fixes reverted.
+// Scripted pins of these world-model defects, independent of seed histories (world_pins.rs):
+// 22, 25: a_restarted_follower_is_not_added_to_the_isr_on_old_progress and
+//   a_follower_rejoins_the_isr_only_holding_the_high_watermark;
+// 586: a_restarted_controller_counts_broker_sessions_from_their_next_heartbeat;
+// 710: client_metadata_never_goes_back_to_an_older_leader_epoch.
 
 regression_seeds! {
     /// A restarted broker that lost its page cache was proposed back into the ISR before it
@@ -219,7 +224,7 @@ fn seed_140_standard_judges_the_coordinators_commit_log() {
 /// (inconsistent offsets, a poll back to offset 0). The leader now counts the proposed ISR's
 /// members too until the controller answers. No longer reproduces with that fix reverted
 /// since the consumer's long poll changed the history (it still did before); kept as a run
-/// that must pass.
+/// that must pass. Pinned by `world_pins::a_follower_joining_the_isr_holds_the_high_watermark`.
 #[test]
 fn seed_601_standard_a_follower_joining_the_isr_holds_the_high_watermark() {
     let mut params = RunParams::derive_sized(601, Scenario::Standard, Size::Mixed);
