@@ -238,9 +238,11 @@ fn client_metadata_never_goes_back_to_an_older_leader_epoch() {
 /// The request timeout is 200 ms, so that the leader's unanswered heartbeats still reach the
 /// controller within its 300 ms session and the proposal stays open for 200 ms. Now the
 /// leader's answers to broker 1 are cut too, ten more records are produced, and the leader is
-/// killed 100 ms later, before its proposal times out: the controller elects broker 1, the
-/// first live member of the ISR it holds. Returns every produce result.
-async fn follower_admitted_below_the_high_watermark() -> (World, Vec<(usize, Answer)>) {
+/// killed `kill_after` later: the controller elects broker 1, the first live member of the
+/// ISR it holds. Returns every produce result.
+async fn follower_admitted_below_the_high_watermark(
+    kill_after: Duration,
+) -> (World, Vec<(usize, Answer)>) {
     let world = one_partition(WorldConfig {
         request_timeout: Duration::from_millis(200),
         ..WorldConfig::default()
@@ -263,7 +265,7 @@ async fn follower_admitted_below_the_high_watermark() -> (World, Vec<(usize, Ans
         let world = world.clone();
         madsim::task::spawn(async move { produce(&world, "producer-after", 10..20).await })
     };
-    sleep(Duration::from_millis(100)).await;
+    sleep(kill_after).await;
     world.kill(ServiceNode::Broker(0));
     world.clog_link(controller, leader, false);
     world.clog_link(leader, follower, false);
@@ -277,10 +279,26 @@ async fn follower_admitted_below_the_high_watermark() -> (World, Vec<(usize, Ans
 /// the controller admits holds everything below the high watermark. Counting the ISR of
 /// record only, the leader committed and acknowledged records the admitted follower did not
 /// have; elected, it truncated them away.
+/// The leader is killed 100 ms later, before its proposal times out.
 #[test]
 fn a_follower_joining_the_isr_holds_the_high_watermark() {
+    assert_admitted_follower_holds_every_acknowledged_record(Duration::from_millis(100));
+}
+
+/// Goal: a proposal whose answer never came stays open and is sent again, as Kafka's
+/// AlterPartition is retried until answered, so the high watermark goes on counting the
+/// follower the controller may have admitted. Here the leader is killed 400 ms later, after
+/// its proposal timed out twice: clearing the proposal on a timeout let the high watermark
+/// move on without broker 1, which the controller had admitted and then elected.
+#[test]
+fn an_unanswered_isr_proposal_stays_open() {
+    assert_admitted_follower_holds_every_acknowledged_record(Duration::from_millis(400));
+}
+
+fn assert_admitted_follower_holds_every_acknowledged_record(kill_after: Duration) {
     for seed in 1..=3 {
-        let (world, results) = simulate(seed, follower_admitted_below_the_high_watermark());
+        let (world, results) =
+            simulate(seed, follower_admitted_below_the_high_watermark(kill_after));
         let faults = world.faults();
         assert_eq!(
             world.partition_table()[0].leader,

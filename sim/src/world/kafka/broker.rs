@@ -164,6 +164,8 @@ struct Leadership {
     isr_version: u64,
     followers: BTreeMap<usize, FollowerProgress>,
     altering_isr: bool,
+    /// The open proposal whose answer never came, to be sent again.
+    unanswered: Option<IsrProposal>,
     /// The ISR proposed and not answered yet. Until the controller answers, the high
     /// watermark counts its members too (Kafka's "maximal ISR"): a follower being added
     /// must hold everything below the high watermark once it is in the ISR and electable.
@@ -303,6 +305,7 @@ impl BrokerState {
                             isr_version: state.isr_version,
                             followers,
                             altering_isr: false,
+                            unanswered: None,
                             proposed_isr: Vec::new(),
                         },
                     );
@@ -501,6 +504,7 @@ impl BrokerState {
                 continue;
             };
             if leadership.altering_isr {
+                proposals.extend(leadership.unanswered.take());
                 continue;
             }
             let (high_watermark, leader_log_end) = (replica.high_watermark(), replica.log_end());
@@ -543,6 +547,17 @@ impl BrokerState {
             }
         }
         proposals
+    }
+
+    /// No answer to an ISR proposal: the controller may have applied it, so it stays open
+    /// (its members still count for the high watermark) and is sent again, as Kafka retries
+    /// an AlterPartition until it is answered.
+    fn isr_unanswered(&mut self, proposal: IsrProposal) {
+        if let Some(leadership) = self.leading.get_mut(&proposal.partition) {
+            if leadership.epoch == proposal.leader_epoch && leadership.altering_isr {
+                leadership.unanswered = Some(proposal);
+            }
+        }
     }
 
     fn isr_altered(
@@ -915,18 +930,22 @@ async fn isr_loop(state: Arc<Mutex<BrokerState>>, endpoint: Endpoint, config: Ka
         };
         for proposal in proposals {
             let (partition, epoch) = (proposal.partition, proposal.leader_epoch);
-            let request = ControllerRequest::AlterIsr { leader, proposal };
+            let request = ControllerRequest::AlterIsr {
+                leader,
+                proposal: proposal.clone(),
+            };
             let answer = rpc::call(
                 &endpoint,
                 controller_address(),
                 request,
                 config.request_timeout,
             );
-            let altered = match answer.await {
-                Some(ControllerAnswer::AlterIsr(altered)) => altered,
-                _ => None,
-            };
-            lock(&state).isr_altered(partition, epoch, altered);
+            match answer.await {
+                Some(ControllerAnswer::AlterIsr(altered)) => {
+                    lock(&state).isr_altered(partition, epoch, altered);
+                }
+                _ => lock(&state).isr_unanswered(proposal),
+            }
         }
     }
 }
