@@ -176,15 +176,19 @@ fn the_compensator_repairs_what_auto_commit_lost() {
     assert!(resent > 0, "the compensator never had to re-send anything");
 }
 
-// Regressions: each of these seeds once failed in a scenario that must be safe. Re-checked
-// with each fix reverted under the current world models: none of the seeds below reproduces
-// its defect any more (the world models changed under them since; which change did it is
-// known only for 601). They stay as runs that must pass, as do 140 and 601 below; 586, 710 and 117 still fail with their fixes reverted.
-// Scripted pins of these world-model defects, independent of seed histories (world_pins.rs):
+// Regressions: each of these seeds once failed in a scenario that must be safe. A seed
+// reproduces its defect only under the world models it was found with; every change to the
+// models' timing changes its history, and most of the seeds below no longer fail with their
+// fix reverted. They stay as runs that must pass. The world-model defects are pinned by
+// scripted tests that do not depend on seed histories (world_pins.rs), each shown to fail
+// without its fix:
 // 22, 25: a_restarted_follower_is_not_added_to_the_isr_on_old_progress and
 //   a_follower_rejoins_the_isr_only_holding_the_high_watermark;
 // 586: a_restarted_controller_counts_broker_sessions_from_their_next_heartbeat;
+// 601: a_follower_joining_the_isr_holds_the_high_watermark;
 // 710: client_metadata_never_goes_back_to_an_older_leader_epoch.
+// 9, 48, 5 and 140 were defects of the fault injector or the checker, not of the models;
+// which defect 130 found is not recorded.
 
 regression_seeds! {
     /// A restarted broker that lost its page cache was proposed back into the ISR before it
@@ -285,7 +289,7 @@ fn seed_117_standard_a_paused_partition_assigned_back_is_fetched_again() {
 // that gives its assignment up after a silent session) change their histories, and 271, 341,
 // 555, 2678 and 3071 no longer reproduce their defect without its fix; they stay as runs that
 // must pass, and `tests/consumer_rebalance.rs` pins each defect deterministically (every one of
-// its tests fails without its fix). Seed 117 still reproduces.
+// its tests fails without its fix), as it does for seed 117's.
 
 /// Revoking six partitions one at a time (each with its own grace period and synchronous
 /// commit) outlasted the rebalance timeout: the member was evicted, the other took every
