@@ -347,4 +347,59 @@ mod tests {
             Err(DecodeError::Oversize { .. })
         ));
     }
+
+    /// A refusal names the kind by its wire name (the reason a dead letter carries).
+    #[test]
+    fn refusals_name_the_kind_by_its_wire_name() {
+        let error = OrderEvent::decode(
+            br#"{"v":1,"event_id":"e","order_id":"o","user_id":"u","kind":"refunded","event_time_ms":0}"#,
+        )
+        .expect_err("a refund without an amount is refused");
+        assert_eq!(
+            error.to_string(),
+            "event kind `refunded` requires an amount"
+        );
+    }
+
+    /// An amount may be zero (a free order is paid for with nothing); only below zero is it
+    /// refused.
+    #[test]
+    fn a_zero_amount_is_an_amount() {
+        let event = OrderEvent {
+            amount_minor: Some(0),
+            ..paid()
+        };
+        let decoded = OrderEvent::decode(&event.encode()).expect("a zero amount decodes");
+        assert_eq!(decoded.amount_minor, Some(0));
+    }
+
+    /// The limits are the documented ones (64 KiB a payload, 128 bytes an id), spelled out
+    /// here rather than taken from the constants, so that a wrong constant shows.
+    #[test]
+    fn limits_are_64_kib_a_payload_and_128_bytes_an_id() {
+        let padded = |length: usize| {
+            let mut bytes = paid().encode().to_vec();
+            bytes.resize(length, b' ');
+            bytes
+        };
+        assert!(OrderEvent::decode(&padded(65_536)).is_ok());
+        assert!(matches!(
+            OrderEvent::decode(&padded(65_537)),
+            Err(DecodeError::Oversize {
+                size_bytes: 65_537,
+                limit_bytes: 65_536
+            })
+        ));
+        let with_id = |id: &str| OrderEvent {
+            event_id: id.to_owned(),
+            ..paid()
+        };
+        let longest = "e".repeat(128);
+        assert!(OrderEvent::decode(&with_id(&longest).encode()).is_ok());
+        let too_long = "e".repeat(129);
+        assert!(matches!(
+            OrderEvent::decode(&with_id(&too_long).encode()),
+            Err(DecodeError::IdTooLong { .. })
+        ));
+    }
 }

@@ -5,7 +5,7 @@
 use holdfast::idempotency::memory::{MemoryCache, MemoryStore};
 use holdfast::memlog::MemoryBroker;
 use holdfast::pipeline::{Consumer, ConsumerConfig, Metrics, ProgressMode, Services};
-use holdfast::ports::{NoProbe, OrderStore};
+use holdfast::ports::{NoProbe, OrderStore, OutboundMessage, Publisher};
 use holdfast::verify::{verify, Application, GroundTruth, StoreView};
 use holdfast::workload::{Workload, WorkloadConfig};
 use std::sync::Arc;
@@ -144,5 +144,40 @@ async fn a_zombie_generation_has_every_transaction_refused() {
     caught_up(&broker, "group").await;
     owner.stop().await.unwrap();
     assert!(metrics.applied.get() > 0);
+    check(&truth, &store);
+}
+
+/// Goal: a partition given up (here at shutdown) has its final progress stored, also when its
+/// last records never reached a store transaction (malformed, so dead-lettered): the next
+/// owner resumes at the group's commit and redoes nothing. Method: every partition ends in
+/// malformed records; after the group caught up and stopped, each progress row holds the
+/// group's commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_given_up_has_its_final_progress_stored() {
+    let (broker, truth, _) = topic(20).await;
+    for index in 0..12 {
+        let malformed = OutboundMessage {
+            topic: TOPIC.to_owned(),
+            key: format!("order-tail-{index}").into_bytes(),
+            payload: "not an event".into(),
+            headers: Vec::new(),
+        };
+        broker.publish(malformed).await.unwrap();
+    }
+    let store = MemoryStore::new();
+    let (member, metrics) = start(&broker, "group", &store, ProgressMode::Store);
+    caught_up(&broker, "group").await;
+    member.stop().await.unwrap();
+    assert_eq!(metrics.dead_letters.get(), 12);
+    let committed = broker.committed("group");
+    let rows = store.state().progress_rows().clone();
+    for partition in 0..PARTITIONS {
+        let stored = rows
+            .get(&partition)
+            .and_then(|row| row.progress.as_ref())
+            .map(|p| p.offset);
+        let commit = committed.get(&partition).map(|c| c.offset);
+        assert_eq!(stored, commit, "partition {partition}: {rows:?}");
+    }
     check(&truth, &store);
 }
