@@ -531,12 +531,7 @@ impl World {
         from: i64,
         until: i64,
     ) -> Vec<(i64, Record)> {
-        let leader = usize::try_from(partition).ok().and_then(|index| {
-            lock(&self.inner.controller)
-                .partitions
-                .get(index)
-                .and_then(|t| t.leader)
-        });
+        let leader = self.leader_of(partition);
         let entries = match leader {
             Some(leader) => {
                 lock(&self.inner.brokers[leader]).committed_range(partition, from, until)
@@ -564,16 +559,20 @@ impl World {
             .collect()
     }
 
+    /// The leader the controller's table names for `partition`, if any.
+    fn leader_of(&self, partition: PartitionId) -> Option<usize> {
+        let index = usize::try_from(partition).ok()?;
+        lock(&self.inner.controller)
+            .partitions
+            .get(index)
+            .and_then(|t| t.leader)
+    }
+
     /// Whether a partition's leader has committed its whole log (its high watermark at its
     /// log end). A new leader's high watermark lags until its followers fetch from it, so
     /// until then the committed log is not yet the final one. True with no leader.
     pub fn replication_settled(&self, partition: PartitionId) -> bool {
-        let leader = usize::try_from(partition).ok().and_then(|index| {
-            lock(&self.inner.controller)
-                .partitions
-                .get(index)
-                .and_then(|t| t.leader)
-        });
+        let leader = self.leader_of(partition);
         leader.is_none_or(|leader| {
             let broker = lock(&self.inner.brokers[leader]);
             broker
@@ -586,12 +585,7 @@ impl World {
     /// The end of a partition's committed log (its leader's high watermark; with no leader,
     /// the highest any replica holds).
     pub fn log_end(&self, partition: PartitionId) -> i64 {
-        let leader = usize::try_from(partition).ok().and_then(|index| {
-            lock(&self.inner.controller)
-                .partitions
-                .get(index)
-                .and_then(|t| t.leader)
-        });
+        let leader = self.leader_of(partition);
         match leader {
             Some(leader) => lock(&self.inner.brokers[leader])
                 .high_watermark(partition)
