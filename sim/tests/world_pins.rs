@@ -1,6 +1,6 @@
-//! Pins of defects the simulated world's Kafka model once had. Each was found by a seed of
-//! the simulation suite (`tests/suite.rs`), but a seed's history moves whenever the models
-//! change, and most of those seeds no longer reach their defect. Each test here builds a
+//! Pins of defects the simulated world's Kafka model once had. All but one were found by a
+//! seed of the simulation suite (`tests/suite.rs`), but a seed's history moves whenever the
+//! models change, and most of those seeds no longer reach their defect. Each test here builds a
 //! small world and scripts the exact faults that trigger one defect, then asserts what the
 //! fix restored; each was shown to fail with its fix reverted.
 #![cfg(madsim)]
