@@ -3,6 +3,9 @@
 //! passes on a model that cannot fail).
 #![cfg(madsim)]
 
+mod common;
+
+use common::{cut, settle, simulate};
 use holdfast::event::{EventKind, OrderEvent};
 use holdfast::idempotency::DeliveryKey;
 use holdfast::ports::{
@@ -135,19 +138,6 @@ fn tally(world: &World, results: &[Answer]) -> (usize, usize) {
         acknowledged_indices(results).len(),
         lost_acknowledged(world, results).len(),
     )
-}
-
-/// Waits until every service is back, then a second more so followers catch up, before the
-/// logs are judged.
-async fn settle(world: &World) {
-    assert!(world.wait_ready(Duration::from_secs(5)).await);
-    sleep(Duration::from_secs(1)).await;
-}
-
-/// Runs one scenario in a fresh simulation (each world needs its own network), seeded.
-fn simulate<F: std::future::Future + 'static>(seed: u64, scenario: F) -> F::Output {
-    madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default())
-        .block_on(scenario)
 }
 
 /// Copies of `payload` in one partition's log.
@@ -455,15 +445,14 @@ mod kafka {
         .await;
         let (leader, leader_node) = leader_of_partition_zero(&world);
         let followers = followers_of(leader);
-        let cut = |on: bool| {
+        let replication = |on: bool| {
             for follower in &followers {
                 let follower_node = world.id(ServiceNode::Broker(*follower));
-                world.clog_link(leader_node, follower_node, on);
-                world.clog_link(follower_node, leader_node, on);
+                cut(&world, leader_node, follower_node, on);
             }
         };
         // Both ways: a follower whose fetches do arrive still counts as caught up.
-        cut(true);
+        replication(true);
         // A follower leaves the ISR only once it lags the leader's log for the lag time
         // (an idle one with the whole log stays, as in Kafka): the records make it lag.
         let results = produce(&world, "producer", 10).await;
@@ -474,7 +463,7 @@ mod kafka {
             "the ISR shrank"
         );
         world.kill(ServiceNode::Broker(leader));
-        cut(false);
+        replication(false);
         sleep(Duration::from_millis(600)).await;
         let offline = world.partition_table()[0].leader.is_none();
         assert_eq!(

@@ -5,6 +5,9 @@
 //! fix restored; each was shown to fail with its fix reverted.
 #![cfg(madsim)]
 
+mod common;
+
+use common::{cut, settle, simulate};
 use holdfast::ports::{Delivery, EventLog, OutboundMessage, PortError, Publisher};
 use holdfast_sim::world::{NodeId, ServiceNode, World, WorldConfig};
 use madsim::time::{sleep, Instant};
@@ -22,12 +25,6 @@ fn message(index: usize) -> OutboundMessage {
         payload: format!("event-{index}").into(),
         headers: Vec::new(),
     }
-}
-
-/// Runs one scenario in a fresh simulation (each world needs its own network), seeded.
-fn simulate<F: Future + 'static>(seed: u64, scenario: F) -> F::Output {
-    madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default())
-        .block_on(scenario)
 }
 
 /// Publishes messages `indices` one after another from a fresh client node called `name`;
@@ -60,13 +57,6 @@ fn lost_acknowledged(world: &World, results: &[(usize, Answer)]) -> Vec<usize> {
             (!log.iter().any(|(_, record)| record.payload == payload)).then_some(*index)
         })
         .collect()
-}
-
-/// Waits until every partition is served again, then a second more for followers to catch
-/// up, before the logs are judged.
-async fn settle(world: &World) {
-    assert!(world.wait_ready(Duration::from_secs(5)).await);
-    sleep(Duration::from_secs(1)).await;
 }
 
 /// Waits until `condition` holds, looking every millisecond; false if it did not within `limit`.
@@ -102,12 +92,6 @@ async fn until_broker_1_left_the_isr(world: &World) {
         "broker 1 left the ISR: {:#?}",
         world.faults()
     );
-}
-
-/// Cuts (or restores) both directions between two nodes.
-fn cut(world: &World, one: NodeId, other: NodeId, on: bool) {
-    world.clog_link(one, other, on);
-    world.clog_link(other, one, on);
 }
 
 /// Offsets of partition 0 in the order a consumer was given them.

@@ -860,7 +860,7 @@ async fn replica_fetch(
 }
 
 /// Waits for a signal on any of `notifies`.
-pub(super) async fn any_notified(notifies: &[Arc<Notify>]) {
+async fn any_notified(notifies: &[Arc<Notify>]) {
     let mut waits: Vec<_> = notifies.iter().map(|n| Box::pin(n.notified())).collect();
     poll_fn(|cx| {
         match waits
