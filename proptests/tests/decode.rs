@@ -1,7 +1,9 @@
 //! Property tests of the event decoder: it never panics on arbitrary bytes or on mutations of
-//! valid events, everything it accepts is valid, and encode/decode round-trips.
+//! valid events, everything it accepts is valid, encode/decode round-trips, and the checker's own
+//! reading of the wire format accepts exactly what the decoder accepts.
 
 use holdfast::event::{EventKind, OrderEvent, ID_BYTES_MAX};
+use holdfast::verify::reference::{read_payload, Fact};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -121,5 +123,115 @@ proptest! {
         let decoded = OrderEvent::decode(&bytes).map_err(|error| TestCaseError::fail(error.to_string()))?;
         prop_assert_eq!(&decoded.payload, &bytes);
         prop_assert_eq!(OrderEvent { payload: bytes::Bytes::new(), ..decoded }, event);
+    }
+}
+
+/// One edit of an encoded event at the level of its JSON object.
+#[derive(Clone, Debug)]
+enum FieldEdit {
+    Drop(Index),
+    Repeat(Index),
+    Replace(Index, &'static str),
+    Unknown,
+    Swap(Index, Index),
+}
+
+/// Values a field may be given: the wrong type, the edges of each rule, escapes.
+const VALUES: [&str; 17] = [
+    "null",
+    "0",
+    "-1",
+    "1",
+    "1.0",
+    "9223372036854775808",
+    "true",
+    "[]",
+    "{}",
+    "\"\"",
+    "\"x\"",
+    "\"\\u0000\"",
+    "\"\\u0031\"",
+    "\"paid\"",
+    "\"created\"",
+    "\"billed\"",
+    "\"ccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc\"",
+];
+
+fn field_edit() -> impl Strategy<Value = FieldEdit> {
+    prop_oneof![
+        any::<Index>().prop_map(FieldEdit::Drop),
+        any::<Index>().prop_map(FieldEdit::Repeat),
+        (any::<Index>(), proptest::sample::select(&VALUES[..]))
+            .prop_map(|(at, value)| FieldEdit::Replace(at, value)),
+        Just(FieldEdit::Unknown),
+        (any::<Index>(), any::<Index>()).prop_map(|(a, b)| FieldEdit::Swap(a, b)),
+    ]
+}
+
+/// The event's fields as (name, JSON text) pairs, in the order they were encoded.
+fn fields_of(event: &OrderEvent) -> Vec<(String, String)> {
+    let encoded: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&event.encode()).expect("an encoded event is a JSON object");
+    encoded
+        .into_iter()
+        .map(|(name, value)| (name, value.to_string()))
+        .collect()
+}
+
+fn edit(fields: &mut Vec<(String, String)>, edit: &FieldEdit) {
+    if fields.is_empty() {
+        return;
+    }
+    match edit {
+        FieldEdit::Drop(at) => {
+            fields.remove(at.index(fields.len()));
+        }
+        FieldEdit::Repeat(at) => {
+            let field = fields[at.index(fields.len())].clone();
+            fields.push(field);
+        }
+        FieldEdit::Replace(at, value) => {
+            let at = at.index(fields.len());
+            fields[at].1 = (*value).to_owned();
+        }
+        FieldEdit::Unknown => fields.push(("note".to_owned(), "1".to_owned())),
+        FieldEdit::Swap(a, b) => {
+            let (a, b) = (a.index(fields.len()), b.index(fields.len()));
+            fields.swap(a, b);
+        }
+    }
+}
+
+fn object_of(fields: &[(String, String)]) -> Vec<u8> {
+    let members: Vec<String> = fields
+        .iter()
+        .map(|(name, value)| format!("{:?}:{value}", name))
+        .collect();
+    format!("{{{}}}", members.join(",")).into_bytes()
+}
+
+proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(4096))]
+
+    /// The checker's second reading of the wire format (`verify::reference::read_payload`,
+    /// written apart from the decoder) accepts exactly what the decoder accepts, and reads
+    /// the same fact: where they disagreed, the checker would excuse a decoder bug or report
+    /// a correct run as broken.
+    #[test]
+    fn the_checker_reads_what_the_decoder_reads(
+        event in valid_event(),
+        edits in vec(field_edit(), 0..4),
+        mutations in vec(mutation(), 0..2),
+    ) {
+        let mut fields = fields_of(&event);
+        for each in &edits {
+            edit(&mut fields, each);
+        }
+        let mut bytes = object_of(&fields);
+        for each in &mutations {
+            mutate(&mut bytes, each);
+        }
+        let decoded = OrderEvent::decode(&bytes).ok().map(|event| Fact::of(&event));
+        prop_assert_eq!(decoded, read_payload(&bytes), "{}", String::from_utf8_lossy(&bytes));
     }
 }

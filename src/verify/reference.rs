@@ -9,6 +9,7 @@
 
 use crate::event::{EventKind, OrderEvent};
 use crate::widetable::{OrderRow, Stamp};
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
@@ -272,57 +273,61 @@ pub fn row_faults(order_id: &str, row: &OrderRow, expected: Option<&ExpectedRow>
 
 /// The checker's second reading of the wire format (docs/pipeline.md): a JSON object with
 /// exactly the fields `v` (1), `event_id`, `order_id`, `user_id` (non-empty, at most 128
-/// bytes, no NUL: PostgreSQL text cannot hold one), `kind` (a known status), `amount_minor` (present, and not negative, exactly for
-/// paid, billed and refunded) and `event_time_ms`, in at most 64 KiB. `None` for anything
-/// else: such a record must be dead-lettered, never applied.
+/// bytes, no NUL: PostgreSQL text cannot hold one), `kind` (a known status), `amount_minor`
+/// (present, and not negative, exactly for paid, billed and refunded) and `event_time_ms`,
+/// each once, in at most 64 KiB. `None` for anything else: such a record must be
+/// dead-lettered, never applied.
 pub fn read_payload(payload: &[u8]) -> Option<Fact> {
     if payload.is_empty() || payload.len() > 64 * 1024 {
         return None;
     }
-    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
-    let object = value.as_object()?;
-    let allowed = [
-        "v",
-        "event_id",
-        "order_id",
-        "user_id",
-        "kind",
-        "amount_minor",
-        "event_time_ms",
-    ];
-    if object.keys().any(|key| !allowed.contains(&key.as_str())) || object.get("v")?.as_u64()? != 1
-    {
+    // A derived struct would also take its fields from a JSON array, in order.
+    if payload.trim_ascii_start().first() != Some(&b'{') {
         return None;
     }
-    let id = |field: &str| {
-        object
-            .get(field)?
-            .as_str()
-            .filter(|id| !id.is_empty() && id.len() <= 128 && !id.contains('\u{0}'))
-            .map(str::to_owned)
+    let wire: Shape = serde_json::from_slice(payload).ok()?;
+    if wire.v != 1 {
+        return None;
+    }
+    let id = |id: Cow<'_, str>| {
+        (!id.is_empty() && id.len() <= 128 && !id.contains('\u{0}')).then(|| id.into_owned())
     };
     let kind = EventKind::ALL
         .into_iter()
-        .find(|kind| Some(kind.as_str()) == object.get("kind").and_then(|k| k.as_str()))?;
-    let amount_minor = match object.get("amount_minor") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(amount) => Some(amount.as_i64().filter(|amount| *amount >= 0)?),
-    };
+        .find(|kind| kind.as_str() == wire.kind)?;
     let carries = matches!(
         kind,
         EventKind::Paid | EventKind::Billed | EventKind::Refunded
     );
-    if carries != amount_minor.is_some() {
+    if carries != wire.amount_minor.is_some() || wire.amount_minor.is_some_and(|a| a < 0) {
         return None;
     }
     Some(Fact {
-        order_id: id("order_id")?,
+        order_id: id(wire.order_id)?,
         kind,
-        event_id: id("event_id")?,
-        user_id: id("user_id")?,
-        at_ms: object.get("event_time_ms")?.as_i64()?,
-        amount_minor,
+        event_id: id(wire.event_id)?,
+        user_id: id(wire.user_id)?,
+        at_ms: wire.event_time_ms,
+        amount_minor: wire.amount_minor,
     })
+}
+
+/// The object [`read_payload`] accepts, field by field (serde refuses a field it does not
+/// name and a field given twice). Text borrows from the payload where it has no escapes.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Shape<'a> {
+    v: u64,
+    #[serde(borrow)]
+    event_id: Cow<'a, str>,
+    #[serde(borrow)]
+    order_id: Cow<'a, str>,
+    #[serde(borrow)]
+    user_id: Cow<'a, str>,
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    amount_minor: Option<i64>,
+    event_time_ms: i64,
 }
 
 #[cfg(test)]
@@ -393,6 +398,11 @@ mod tests {
             read_payload(good),
             Some(fact("e", EventKind::Paid, 7, Some(100)))
         );
+        let escaped = br#" {"event_time_ms":-5,"v":1,"event_id":"e\u0031","order_id":"o","user_id":"u","kind":"created","amount_minor":null}"#;
+        assert_eq!(
+            read_payload(escaped),
+            Some(fact("e1", EventKind::Created, -5, None))
+        );
         for bad in [
             &br#"[1,"e","o","u","paid",100,1700000000000]"#[..],
             br#"{"v":2,"event_id":"e","order_id":"o","user_id":"u","kind":"paid","amount_minor":1,"event_time_ms":0}"#,
@@ -402,6 +412,13 @@ mod tests {
             br#"{"v":1,"event_id":"e","order_id":"o","user_id":"u","kind":"paid","amount_minor":-1,"event_time_ms":0}"#,
             br#"{"v":1,"event_id":"e","order_id":"o","user_id":"u","kind":"lost","event_time_ms":0}"#,
             br#"{"v":1,"event_id":"e","order_id":"o","user_id":"u","kind":"created","event_time_ms":0,"x":1}"#,
+            br#"{"v":1,"event_id":"e","order_id":"o","user_id":"u","kind":"created","event_time_ms":0,"v":1}"#,
+            br#"{"v":1.0,"event_id":"e","order_id":"o","user_id":"u","kind":"created","event_time_ms":0}"#,
+            br#"{"v":1,"event_id":"e","order_id":"o","user_id":"u","kind":"created","event_time_ms":null}"#,
+            br#"{"v":1,"event_id":"e","order_id":"o","user_id":7,"kind":"created","event_time_ms":0}"#,
+            br#"{"v":1,"event_id":"e","order_id":"o\u0000","user_id":"u","kind":"created","event_time_ms":0}"#,
+            br#"{"v":1,"event_id":"e","order_id":"o","kind":"created","event_time_ms":0}"#,
+            br#" [1,"e","o","u","created",null,0]"#,
             b"",
             b"null",
         ] {
