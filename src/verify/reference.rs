@@ -5,7 +5,7 @@
 //! by the producer's own truth (its content), the conflict rule of docs/widetable.md is stated
 //! again in a few plain lines, and a payload is read by [`read_payload`], a second, small
 //! reading of the wire format. A bug in the production code therefore shows as a disagreement
-//! instead of being repeated by the judge. It is simple and slow on purpose.
+//! instead of being repeated by the judge. It is simple on purpose.
 
 use crate::event::{EventKind, OrderEvent};
 use crate::widetable::{OrderRow, Stamp};
