@@ -149,6 +149,16 @@ mod tests {
     }
 
     #[test]
+    fn assigned_lists_every_owned_partition() {
+        let shared = SharedTracker::new(Limits::default());
+        shared.assign(5, None);
+        shared.assign(3, None);
+        assert_eq!(shared.assigned(), vec![3, 5]);
+        let _final_snapshot = shared.revoke(3);
+        assert_eq!(shared.assigned(), vec![5]);
+    }
+
+    #[test]
     fn shared_tracker_is_send_and_sync() {
         fn check<T: Send + Sync + Clone>() {}
         check::<SharedTracker>();

@@ -181,3 +181,35 @@ async fn a_refused_pause_is_asked_again() {
         "the refused pause was never asked again"
     );
 }
+
+/// Goal: the records in flight are counted over every owned partition, so that a drain waits
+/// for all of them before its final commit. Method: partitions 2 and 5 assigned, records
+/// offered to both, then to 5 alone acked.
+#[tokio::test]
+async fn records_in_flight_count_over_every_owned_partition() {
+    let mut polled = assigned(2);
+    polled.rebalances.extend(assigned(5).rebalances);
+    let log = PausingLog {
+        script: VecDeque::from([polled]),
+        ..PausingLog::default()
+    };
+    let mut member = member(log, 100);
+    member.poll(&NoProbe, &FromCommit).await;
+    let mut admitted = Vec::new();
+    let records = vec![record(2, 0), record(5, 0), record(5, 1)];
+    member
+        .offer(records, |ticket, _| admitted.push(ticket))
+        .await;
+    assert_eq!(member.in_flight(), 3);
+    let fives: Vec<Ticket> = admitted
+        .iter()
+        .filter(|t| t.partition == 5)
+        .copied()
+        .collect();
+    assert!(member.tracker().ack_all(&fives).is_empty());
+    assert_eq!(
+        member.in_flight(),
+        1,
+        "partition 2's record is still in flight"
+    );
+}
