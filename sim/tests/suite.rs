@@ -9,6 +9,7 @@ use holdfast_sim::params::{Overrides, RunParams, Size};
 use holdfast_sim::runner::run;
 use holdfast_sim::scenario::{Expectation, Scenario};
 use holdfast_sim::sweep::{execute, matrix, meets, plan};
+use holdfast_sim::world::World;
 
 /// The parameters a regression seed was recorded with: knobs added after the regression
 /// seeds were recorded (compensator, Redis eviction) are switched off, so the seed runs the
@@ -87,6 +88,24 @@ fn a_seed_replays_to_the_same_trace() {
 
 /// A CI-sized sweep over every scenario: safe rows lose nothing and violate nothing, loss rows
 /// show their loss, planted bugs are caught.
+/// A finished run frees its world: a run ends with tasks still waiting on the world that
+/// holds their wakers, a cycle the runtime's drop does not break, and before the runner shut
+/// every node down a sweep kept every run's world (2.2 MB a seed of 1,000 messages; 21.7 GB
+/// over 10,000 such seeds).
+#[test]
+fn a_finished_run_frees_its_world() {
+    let before = World::live_on_this_thread();
+    for scenario in [Scenario::Standard, Scenario::CompensatedAutoCommit] {
+        let params = RunParams::derive(3001, scenario);
+        let _ = run(&params);
+        assert_eq!(
+            World::live_on_this_thread(),
+            before,
+            "{scenario}'s world outlived its run"
+        );
+    }
+}
+
 #[test]
 fn ci_sweep_meets_every_expectation() {
     let planned = Scenario::all();

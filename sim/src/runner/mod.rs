@@ -156,7 +156,12 @@ async fn simulate(params: RunParams) -> RunOutcome {
     cluster.safety_phase(&params, start).await;
     let convergence = cluster.liveness_phase(&params).await;
     let virtual_ms = crate::observe::now_ms(start);
-    cluster.harvest(params, convergence, virtual_ms)
+    let (world, consumers) = (cluster.world.clone(), cluster.consumers.clone());
+    let outcome = cluster.harvest(params, convergence, virtual_ms);
+    world
+        .shut_down(consumers.into_iter().map(|(node, _)| node))
+        .await;
+    outcome
 }
 
 impl Cluster {

@@ -27,6 +27,7 @@ pub use madsim::task::NodeId;
 use madsim::time::Instant;
 use postgres::StoreDisk;
 use redis::RedisState;
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -186,6 +187,8 @@ struct Inner {
     nodes: Vec<(ServiceNode, NodeId)>,
     faults: FaultLog,
     next_client_host: AtomicU32,
+    /// Every client node made by [`World::client_node`], for [`World::shut_down`].
+    clients: Mutex<Vec<NodeId>>,
     assignment_hook: AssignmentHook,
 }
 
@@ -193,6 +196,18 @@ struct Inner {
 #[derive(Clone)]
 pub struct World {
     inner: Arc<Inner>,
+}
+
+thread_local! {
+    /// Worlds started on this thread and not yet freed (a run's runtime runs on the thread
+    /// that calls it).
+    static LIVE: Cell<usize> = const { Cell::new(0) };
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        LIVE.with(|live| live.set(live.get().saturating_sub(1)));
+    }
 }
 
 /// How long `World::start` waits for every partition to have a serving leader.
@@ -272,6 +287,7 @@ impl World {
             move || postgres::run(state.clone()),
         );
         nodes.push((ServiceNode::Postgres, node.id()));
+        LIVE.with(|live| live.set(live.get() + 1));
         let world = World {
             inner: Arc::new(Inner {
                 config,
@@ -282,6 +298,7 @@ impl World {
                 nodes,
                 faults,
                 next_client_host: AtomicU32::new(0),
+                clients: Mutex::new(Vec::new()),
                 assignment_hook: AssignmentHook::default(),
             }),
         };
@@ -308,6 +325,12 @@ impl World {
         false
     }
 
+    /// How many worlds started on this thread are still in memory: a finished run's world
+    /// is freed once [`World::shut_down`] has run and the runtime is dropped.
+    pub fn live_on_this_thread() -> usize {
+        LIVE.with(Cell::get)
+    }
+
     /// The configuration the world runs with.
     pub fn config(&self) -> &WorldConfig {
         &self.inner.config
@@ -319,11 +342,29 @@ impl World {
         let index = self.inner.next_client_host.fetch_add(1, Ordering::Relaxed);
         let subnet = u8::try_from(9 + index / 250).unwrap_or(u8::MAX);
         let host = u8::try_from(1 + index % 250).unwrap_or(u8::MAX);
-        Handle::current()
+        let node = Handle::current()
             .create_node()
             .name(name)
             .ip(IpAddr::V4(Ipv4Addr::new(10, 0, subnet, host)))
-            .build()
+            .build();
+        lock(&self.inner.clients).push(node.id());
+        node
+    }
+
+    /// Kills every service node and every client node of [`World::client_node`], and `others`.
+    /// A run ends with tasks still waiting (servers, long polls, heartbeats), and their futures
+    /// hold the world that holds their wakers: dropping the runtime does not free such a
+    /// cycle, so every run would keep its whole world in memory to the end of the sweep.
+    /// Killing a node wakes its tasks, and madsim drops a killed node's task when it runs.
+    pub async fn shut_down(&self, others: impl IntoIterator<Item = NodeId>) {
+        let handle = Handle::current();
+        let clients = lock(&self.inner.clients).clone();
+        let services = self.inner.nodes.iter().map(|(_, id)| *id);
+        for node in services.chain(clients).chain(others) {
+            handle.kill(node);
+        }
+        // Let the executor run the woken tasks, which drops them.
+        madsim::time::sleep(Duration::from_millis(1)).await;
     }
 
     async fn client_endpoint(&self) -> Endpoint {
