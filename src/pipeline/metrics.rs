@@ -436,6 +436,29 @@ mod tests {
         );
     }
 
+    /// Goal: a partition with nothing committed yet lags by everything polled from it
+    /// (offsets 0 to the last polled). Method: one such partition, read through the health
+    /// answer and the rendering.
+    #[test]
+    fn a_partition_never_committed_lags_by_everything_polled() {
+        let metrics = Metrics::new();
+        metrics.set_partition(
+            3,
+            PartitionGauges {
+                in_flight: 5,
+                committed: None,
+                polled: Some(4),
+                stalled: false,
+            },
+        );
+        assert_eq!(metrics.health().lag_max, 5);
+        let text = metrics.render_prometheus();
+        assert!(
+            text.contains("holdfast_lag_records{partition=\"3\"} 5\n"),
+            "{text}"
+        );
+    }
+
     /// Goal: the Grafana dashboard in docs/ queries only metrics that exist. Method: every
     /// `holdfast_*` name in its queries appears in a rendering with one partition.
     #[test]
