@@ -168,7 +168,7 @@ fn field_edit() -> impl Strategy<Value = FieldEdit> {
     ]
 }
 
-/// The event's fields as (name, JSON text) pairs, in the order they were encoded.
+/// The event's fields as (name, JSON text) pairs, sorted by name (serde_json's map order).
 fn fields_of(event: &OrderEvent) -> Vec<(String, String)> {
     let encoded: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(&event.encode()).expect("an encoded event is a JSON object");

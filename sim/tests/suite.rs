@@ -86,8 +86,6 @@ fn a_seed_replays_to_the_same_trace() {
     assert_ne!(one.fingerprint, two.fingerprint);
 }
 
-/// A CI-sized sweep over every scenario: safe rows lose nothing and violate nothing, loss rows
-/// show their loss, planted bugs are caught.
 /// A finished run frees its world: a run ends with tasks still waiting on the world that
 /// holds their wakers, a cycle the runtime's drop does not break, and before the runner shut
 /// every node down a sweep kept every run's world (2.2 MB a seed of 1,000 messages; 21.7 GB
@@ -106,6 +104,8 @@ fn a_finished_run_frees_its_world() {
     }
 }
 
+/// A CI-sized sweep over every scenario: safe rows lose nothing and violate nothing, loss rows
+/// show their loss, planted bugs are caught.
 #[test]
 fn ci_sweep_meets_every_expectation() {
     let planned = Scenario::all();

@@ -123,7 +123,8 @@ async fn reply<A: Send + Sync + 'static>(
     reply_tag: u64,
     answer: Option<A>,
 ) {
-    if let (Some(answer), true) = (answer, reply_tag != 0) {
+    let Some(answer) = answer else { return };
+    if reply_tag != 0 {
         let _ = endpoint.send_to_raw(to, reply_tag, Box::new(answer)).await;
     }
 }
