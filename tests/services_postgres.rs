@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::freezer::Freezer;
 use common::{env, fresh_store, fresh_store_with};
 use holdfast::adapters::PostgresStore;
 use holdfast::event::{EventKind, OrderEvent};
@@ -564,4 +565,60 @@ async fn progress_rows_are_claimed_and_fenced_by_generation() {
             .map_err(|e| fenced::<()>(&Err(e))),
         Err(Some(true))
     );
+}
+
+/// Goal: a member frozen inside its transaction, after its progress write and before its
+/// commit (SIGSTOP, a paused machine), does not stall the partition's next owner: the server
+/// ends the silent session and releases its locks, so the next owner's claim is answered;
+/// the thawed member's commit fails as an outage, its batch committed nothing, and its retry
+/// is fenced. Method: the frozen member's store reaches PostgreSQL through a relay that holds
+/// back its `COMMIT`.
+#[tokio::test]
+async fn a_member_frozen_before_its_commit_does_not_stall_the_next_owner() {
+    let _shared = SERVICE.read().await;
+    let schema = "hf_test_frozen";
+    let next_owner = fresh_store(schema).await.with_progress_scope("g/orders");
+    let url = env("HOLDFAST_POSTGRES_URL");
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let port = config.get_ports()[0];
+    let freezer = Freezer::start(format!("127.0.0.1:{port}")).await;
+    let relayed = url.replace(&format!("host=127.0.0.1 port={port}"), &freezer.address);
+    assert_ne!(
+        relayed, url,
+        "the relay needs a `host=127.0.0.1 port=…` address"
+    );
+    let frozen =
+        PostgresStore::connect_with(&format!("{relayed} options='-c search_path={schema}'"), 1)
+            .await
+            .unwrap()
+            .with_progress_scope("g/orders");
+    assert_eq!(frozen.claim_progress(0, 1).await.unwrap(), None);
+
+    freezer.arm();
+    let e1 = event("e1", "o-frozen", EventKind::Created, 1);
+    let batch = tokio::spawn({
+        let (frozen, e1) = (frozen.clone(), e1.clone());
+        async move { frozen.apply_batch(&[e1], &[progress(0, 1, 5)]).await }
+    });
+    tokio::time::timeout(Duration::from_secs(10), freezer.frozen())
+        .await
+        .expect("the batch never reached its commit");
+    let started = std::time::Instant::now();
+    let claimed = next_owner.claim_progress(0, 2).await;
+    eprintln!("the next owner's claim took {:?}", started.elapsed());
+    assert_eq!(
+        claimed.unwrap(),
+        None,
+        "the frozen batch's progress was not committed"
+    );
+
+    freezer.thaw();
+    let committed = batch.await.unwrap();
+    assert!(
+        matches!(committed, Err(PortError::Unavailable { .. })),
+        "the frozen member's commit: {committed:?}"
+    );
+    assert_eq!(load_row(&next_owner, "o-frozen").await.unwrap(), None);
+    let retried = frozen.apply_batch(&[e1], &[progress(0, 1, 5)]).await;
+    assert_eq!(fenced(&retried), Some(true), "the retry: {retried:?}");
 }

@@ -2,6 +2,7 @@
 //! needs them declares `mod common;` and uses what it needs).
 #![allow(dead_code)]
 
+pub mod freezer;
 pub mod kafka;
 
 use holdfast::adapters::PostgresStore;

@@ -67,6 +67,12 @@ pub const CONNECTIONS_DEFAULT: usize = 4;
 /// the server rolls the transaction back).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the server lets one of the store's sessions sit idle inside a transaction before
+/// it ends the session, rolling the transaction back and releasing its locks. The store sends
+/// a transaction's statements back to back, so only a frozen or cut-off client waits this
+/// long; without the limit, the locks of a member frozen before its commit (its socket still
+/// open) would stall the next owner of its partitions for as long as the member stays frozen.
+const IDLE_IN_TRANSACTION_MAX: Duration = Duration::from_secs(10);
 /// Serializes concurrent schema creation across processes (any constant works).
 const SCHEMA_LOCK: i64 = 0x686f_6c64_6661_7374;
 
@@ -140,6 +146,7 @@ impl PostgresStore {
                 })?;
         config.connect_timeout(CONNECT_TIMEOUT);
         config.keepalives_idle(Duration::from_secs(10));
+        limit_idle_transactions(&mut config);
         let client = open(&config).await.map_err(|error| {
             let detail = with_causes(&error);
             match port_error(&error) {
@@ -330,13 +337,34 @@ fn pool_error(error: &PoolError) -> PortError {
 /// accepting connections, exhausted resources, or a transient conflict (serialization
 /// failure, deadlock) is an outage, retried without limit; any other server error refused
 /// this one request.
+/// Adds [`IDLE_IN_TRANSACTION_MAX`] to the sessions' options, unless the address sets its own
+/// `idle_in_transaction_session_timeout`.
+fn limit_idle_transactions(config: &mut Config) {
+    let options = config.get_options().unwrap_or_default();
+    if options.contains("idle_in_transaction_session_timeout") {
+        return;
+    }
+    let limit = format!(
+        "-c idle_in_transaction_session_timeout={}",
+        IDLE_IN_TRANSACTION_MAX.as_millis()
+    );
+    let options = match options {
+        "" => limit,
+        options => format!("{options} {limit}"),
+    };
+    config.options(&options);
+}
+
 fn port_error(error: &tokio_postgres::Error) -> PortError {
     if error.is_closed() {
         return unavailable(STORE, error);
     }
     if let Some(db_error) = error.as_db_error() {
         let code = db_error.code().code();
-        let outage = code.starts_with("08")
+        // 25P03: the server ended a session left idle in its transaction (the client was
+        // frozen, see `IDLE_IN_TRANSACTION_MAX`); a fresh session may succeed.
+        let outage = code == "25P03"
+            || code.starts_with("08")
             || code.starts_with("53")
             || code.starts_with("57P")
             || code == "40001"

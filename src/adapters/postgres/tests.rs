@@ -33,3 +33,25 @@ fn key_columns_use_empty_for_no_discriminator() {
     assert_eq!(key_columns(&single), ("o", "paid", ""));
     assert_eq!(key_columns(&repeating), ("o", "refunded", "e9"));
 }
+
+/// Goal: every session gets the idle-in-transaction limit, after the address's own options,
+/// and an address that sets its own limit keeps it. Method: the options of three addresses.
+#[test]
+fn sessions_limit_idle_transactions_unless_the_address_does() {
+    let options = |url: &str| {
+        let mut config: Config = url.parse().unwrap();
+        limit_idle_transactions(&mut config);
+        config.get_options().map(str::to_string)
+    };
+    let limit = "-c idle_in_transaction_session_timeout=10000";
+    assert_eq!(options("host=h").as_deref(), Some(limit));
+    assert_eq!(
+        options("host=h options='-c search_path=s'"),
+        Some(format!("-c search_path=s {limit}"))
+    );
+    let own = "-c idle_in_transaction_session_timeout=0";
+    assert_eq!(
+        options(&format!("host=h options='{own}'")).as_deref(),
+        Some(own)
+    );
+}
