@@ -51,6 +51,10 @@ pub const FAULTS: &[(&str, &str)] = &[
         "a member frozen past its session right after it learned of an assignment (a zombie's late assignment)",
     ),
     (
+        "fault.member_pause_at_commit",
+        "a member frozen past its session between a transaction's statements and its commit",
+    ),
+    (
         "fault.dead_letters_down",
         "the dead-letter topic refusing every publish for a while",
     ),
@@ -76,15 +80,22 @@ pub const FAULTS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Events of the models that only a fault brings about, as reach points.
+pub const MODEL_EVENTS: &[(&str, &str)] = &[(
+    "model.store_idle_transaction_ended",
+    "the database ended a transaction left idle before its commit, releasing its locks",
+)];
+
 thread_local! {
     static COUNTS: RefCell<BTreeMap<String, u64>> = const { RefCell::new(BTreeMap::new()) };
 }
 
-/// Every declared point: the library's and the simulator's faults.
+/// Every declared point: the library's, the simulator's faults and the models' events.
 pub fn declared() -> Vec<(&'static str, &'static str)> {
     holdfast::reach::POINTS
         .iter()
         .chain(FAULTS)
+        .chain(MODEL_EVENTS)
         .copied()
         .collect()
 }
@@ -173,7 +184,7 @@ mod tests {
     }
 
     #[test]
-    fn the_declared_faults_are_exactly_the_marked_ones() {
+    fn the_declared_faults_and_model_events_are_exactly_the_marked_ones() {
         let mut marked = std::collections::BTreeSet::new();
         let mut dirs = vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
         while let Some(dir) = dirs.pop() {
@@ -190,8 +201,11 @@ mod tests {
                 }
             }
         }
-        let declared: std::collections::BTreeSet<String> =
-            FAULTS.iter().map(|(name, _)| (*name).to_owned()).collect();
+        let declared: std::collections::BTreeSet<String> = FAULTS
+            .iter()
+            .chain(MODEL_EVENTS)
+            .map(|(name, _)| (*name).to_owned())
+            .collect();
         assert_eq!(marked, declared);
     }
 }

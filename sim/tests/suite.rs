@@ -150,13 +150,21 @@ fn every_planted_bug_is_caught_within_twenty_seeds_by_what_it_breaks() {
 }
 
 /// The seed's literal commit rule never loses, but it commits less, so crashes redo more:
-/// over the same seeds and faults it redelivers more than the watermark.
+/// over the same seeds and faults it redelivers more than the watermark. The runs keep
+/// progress in Kafka (the commit rule decides where a crash resumes) and leave out the added
+/// faults, whose zombies redeliver about as much under either rule: with them, 30 seeds
+/// redelivered less under the literal rule, and 300 seeds 15% more.
 #[test]
 fn the_literal_commit_rule_is_safe_but_redelivers_more() {
+    // 100 seeds redeliver about a fifth more under the literal rule; 30 seeds, 6%.
+    const SEEDS: u64 = 100;
     let redeliveries = |scenario| -> usize {
-        (1..=30)
+        (1..=SEEDS)
             .map(|seed| {
-                let outcome = run(&RunParams::derive(seed, scenario));
+                let mut params = RunParams::derive(seed, scenario);
+                params.progress = ProgressMode::Kafka;
+                params.extended_faults = false;
+                let outcome = run(&params);
                 assert!(
                     outcome.verdict.passed(),
                     "seed {seed} {scenario}: {:?}",

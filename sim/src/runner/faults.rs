@@ -88,10 +88,13 @@ pub enum ExtendedFault {
     ControllerCrash,
     /// The controller cut off from every node: it fences brokers it cannot hear from.
     ControllerCutOff,
+    /// A member frozen past its session between a transaction's statements and its commit:
+    /// the transaction holds its rows' locks until the database ends it for sitting idle.
+    MemberPauseAtCommit,
 }
 
 /// The added faults the standard mix injects, each as likely.
-pub const EXTENDED_FAULTS: [ExtendedFault; 7] = [
+pub const EXTENDED_FAULTS: [ExtendedFault; 8] = [
     ExtendedFault::ZombieMember,
     ExtendedFault::MemberPause,
     ExtendedFault::MemberPauseAtAssignment,
@@ -99,6 +102,7 @@ pub const EXTENDED_FAULTS: [ExtendedFault; 7] = [
     ExtendedFault::CoordinatorFailover,
     ExtendedFault::ControllerCrash,
     ExtendedFault::ControllerCutOff,
+    ExtendedFault::MemberPauseAtCommit,
 ];
 
 /// One of the added faults, from their own stream.
@@ -140,6 +144,9 @@ pub(super) async fn inject_extended_fault(
         }
         ExtendedFault::MemberPauseAtAssignment => {
             pause_at_assignment(world, observers, (*node, name), outlast_session).await;
+        }
+        ExtendedFault::MemberPauseAtCommit => {
+            pause_at_commit(world, observers, (*node, name), outlast_session).await;
         }
         ExtendedFault::CoordinatorFailover => {
             holdfast::reach!("fault.coordinator_failover");
@@ -195,6 +202,35 @@ async fn pause_at_assignment(
         observers.at(),
         Step::Fault {
             description: format!("pause {name} at its assignment for {pause:?}"),
+        },
+    );
+    Handle::current().pause(node);
+    sleep(pause).await;
+    Handle::current().resume(node);
+}
+
+/// Freezes `node` the next time its store client has run a transaction's statements and is
+/// about to commit, for `pause`; gives up if no commit comes within a session.
+async fn pause_at_commit(
+    world: &World,
+    observers: &Observers,
+    (node, name): (NodeId, &str),
+    pause: Duration,
+) {
+    holdfast::reach!("fault.member_pause_at_commit");
+    let reached = world.commit_hook().arm(node);
+    let wait = world.config().session_timeout;
+    if madsim::time::timeout(wait, reached.notified())
+        .await
+        .is_err()
+    {
+        world.commit_hook().disarm();
+        return;
+    }
+    observers.history.push(
+        observers.at(),
+        Step::Fault {
+            description: format!("pause {name} before its commit for {pause:?}"),
         },
     );
     Handle::current().pause(node);

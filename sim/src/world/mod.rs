@@ -7,7 +7,9 @@
 
 pub mod kafka;
 pub mod lock;
+pub mod pause_hook;
 pub mod postgres;
+pub mod postgres_sessions;
 pub mod redis;
 pub mod rpc;
 
@@ -16,7 +18,7 @@ use holdfast::ports::{CommittedOffset, PartitionId, Record};
 use holdfast::verify::{reference, Application, Fact};
 use holdfast::widetable::OrderRow;
 use kafka::broker::BrokerState;
-use kafka::consumer::{AssignmentHook, SimConsumerConfig};
+use kafka::consumer::SimConsumerConfig;
 use kafka::controller::ControllerState;
 use kafka::producer::ProducerConfig;
 use kafka::{KafkaConfig, PartitionLeadership};
@@ -25,6 +27,7 @@ use madsim::net::{Endpoint, NetSim};
 use madsim::runtime::{Handle, NodeHandle};
 pub use madsim::task::NodeId;
 use madsim::time::Instant;
+use pause_hook::PauseHook;
 use postgres::StoreDisk;
 use redis::RedisState;
 use std::cell::Cell;
@@ -69,6 +72,9 @@ pub struct WorldConfig {
     /// Whether the consumer clients refuse every second pause or resume, as librdkafka does
     /// for a partition it does not hold at that moment (`Local: Unknown partition`).
     pub client_control_failures: bool,
+    /// How long the database lets a transaction wait for its commit before ending it
+    /// (`idle_in_transaction_session_timeout`, which the real adapter sets).
+    pub store_idle_max: Duration,
 }
 
 impl Default for WorldConfig {
@@ -94,6 +100,7 @@ impl Default for WorldConfig {
             request_timeout: Duration::from_millis(500),
             commit_metadata_kept: true,
             client_control_failures: false,
+            store_idle_max: Duration::from_millis(1500),
         }
     }
 }
@@ -189,7 +196,8 @@ struct Inner {
     next_client_host: AtomicU32,
     /// Every client node made by [`World::client_node`], for [`World::shut_down`].
     clients: Mutex<Vec<NodeId>>,
-    assignment_hook: AssignmentHook,
+    assignment_hook: PauseHook,
+    commit_hook: PauseHook,
 }
 
 /// The running world. Cheap to clone.
@@ -279,12 +287,13 @@ impl World {
         });
         nodes.push((ServiceNode::Redis, node.id()));
         let store = Arc::new(Mutex::new(StoreDisk::new(config.schema)));
+        let idle_max = config.store_idle_max;
         let state = store.clone();
         let node = service_node(
             &handle,
             "postgres",
             postgres::postgres_address(),
-            move || postgres::run(state.clone()),
+            move || postgres::run(state.clone(), idle_max),
         );
         nodes.push((ServiceNode::Postgres, node.id()));
         LIVE.with(|live| live.set(live.get() + 1));
@@ -299,7 +308,8 @@ impl World {
                 faults,
                 next_client_host: AtomicU32::new(0),
                 clients: Mutex::new(Vec::new()),
-                assignment_hook: AssignmentHook::default(),
+                assignment_hook: PauseHook::default(),
+                commit_hook: PauseHook::default(),
             }),
         };
         world.wait_ready(STARTUP_LIMIT).await;
@@ -386,9 +396,15 @@ impl World {
         }
     }
 
-    /// The hook that stops a member at its next assignment (see [`AssignmentHook`]).
-    pub fn assignment_hook(&self) -> &AssignmentHook {
+    /// The hook that stops a member at its next assignment (see [`PauseHook`]).
+    pub fn assignment_hook(&self) -> &PauseHook {
         &self.inner.assignment_hook
+    }
+
+    /// The hook that stops a store client between its transaction's statements and its
+    /// commit (see [`PauseHook`]).
+    pub fn commit_hook(&self) -> &PauseHook {
+        &self.inner.commit_hook
     }
 
     /// A consumer-group member for the current (client) node's task.
@@ -431,6 +447,7 @@ impl World {
         SimStore::new(
             self.client_endpoint().await,
             self.inner.config.request_timeout,
+            self.inner.commit_hook.clone(),
         )
     }
 

@@ -1,11 +1,16 @@
 //! The PostgreSQL model: durable (its data outlives node restarts), one transaction per
-//! `apply_batch` that takes virtual time and commits atomically at its end (a crash before
-//! then commits nothing), transactions serialized at commit, and a unique key on the
-//! idempotency key. `SimStore` implements `holdfast::ports::OrderStore`.
+//! `apply_batch` in two round trips as the real adapter's (its statements, which take virtual
+//! time and lock the rows they write, then its `COMMIT`; a crash before the commit commits
+//! nothing), a server that ends a transaction left idle before its commit
+//! (`idle_in_transaction_session_timeout`), and a unique key on the idempotency key. Open
+//! transactions and locks are in `postgres_sessions`. `SimStore` implements
+//! `holdfast::ports::OrderStore`.
 //!
 //! The store's logic is the core's own (`StoreCore`), not a re-implementation.
 
 use crate::world::lock::lock;
+use crate::world::pause_hook::PauseHook;
+use crate::world::postgres_sessions::{Sessions, TransactionId};
 use crate::world::rpc;
 use holdfast::event::OrderEvent;
 use holdfast::idempotency::memory::Schema;
@@ -14,6 +19,7 @@ use holdfast::ports::{
 };
 use holdfast::widetable::OrderRow;
 use madsim::net::Endpoint;
+use madsim::time::Instant;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -33,17 +39,36 @@ const COST_PER_EVENT: Duration = Duration::from_micros(50);
 /// Virtual time of a transaction's begin and commit.
 const COST_PER_TRANSACTION: Duration = Duration::from_micros(200);
 
-/// A request to the database.
+/// A request to the database. `wait` is how long the client waits for its answer: a server
+/// still waiting for a lock by then stops, as PostgreSQL does once the client has closed its
+/// connection.
 #[derive(Clone, Debug)]
 pub enum StoreRequest {
-    ApplyBatch(Vec<OrderEvent>, Vec<ProgressWrite>),
+    /// A transaction's statements: the rows' locks, then the work; the locks are kept.
+    Statements {
+        id: TransactionId,
+        events: Vec<OrderEvent>,
+        progress: Vec<ProgressWrite>,
+        wait: Duration,
+    },
+    Commit(TransactionId),
+    /// The client gave up on the transaction and closed its connection (no answer).
+    Abandon(TransactionId),
     LoadRows(Vec<String>),
-    ClaimProgress(PartitionId, i32),
+    ClaimProgress {
+        partition: PartitionId,
+        owner: i32,
+        wait: Duration,
+    },
 }
 
 /// The database's answer.
 #[derive(Clone, Debug)]
 pub enum StoreAnswer {
+    /// The statements ran; the transaction waits for its commit.
+    Open,
+    /// The transaction is not open (ended for sitting idle, or the server restarted).
+    Ended,
     Applied(Vec<ApplyOutcome>),
     Rows(BTreeMap<String, OrderRow>),
     Progress(Option<CommittedOffset>),
@@ -69,38 +94,84 @@ impl StoreDisk {
     }
 }
 
-/// The PostgreSQL node's main task.
-pub async fn run(disk: Arc<Mutex<StoreDisk>>) {
+/// The PostgreSQL node's main task. `idle_max` is how long an open transaction may wait for
+/// its commit before the server ends it.
+pub async fn run(disk: Arc<Mutex<StoreDisk>>, idle_max: Duration) {
     let endpoint = crate::world::bind(postgres_address()).await;
+    // In the server's memory: a restart ends every open transaction.
+    let sessions = Arc::new(Sessions::default());
     rpc::serve(endpoint, move |request: StoreRequest| {
-        let disk = disk.clone();
-        async move { Some(handle(&disk, request).await) }
+        let (disk, sessions) = (disk.clone(), sessions.clone());
+        async move { handle(&disk, &sessions, idle_max, request).await }
     })
     .await;
 }
 
-async fn handle(disk: &Mutex<StoreDisk>, request: StoreRequest) -> StoreAnswer {
+async fn handle(
+    disk: &Mutex<StoreDisk>,
+    sessions: &Arc<Sessions>,
+    idle_max: Duration,
+    request: StoreRequest,
+) -> Option<StoreAnswer> {
     match request {
-        StoreRequest::ApplyBatch(events, progress) => {
-            // The transaction's work happens first; if the node dies meanwhile this task is
-            // dropped and nothing below runs: the transaction never commits.
-            madsim::time::sleep(transaction_cost(&events, &progress)).await;
+        StoreRequest::Statements {
+            id,
+            events,
+            progress,
+            wait,
+        } => {
+            let cost = transaction_cost(&events, &progress);
+            if !sessions
+                .open(id, events, progress, Instant::now() + wait)
+                .await
+            {
+                return None;
+            }
+            // If the node dies during the work, this task and the sessions are dropped: the
+            // transaction never commits.
+            madsim::time::sleep(cost).await;
+            let idle = sessions.clone();
+            madsim::task::spawn(async move {
+                madsim::time::sleep(idle_max).await;
+                if idle.end(id).is_some() {
+                    holdfast::reach!("model.store_idle_transaction_ended");
+                }
+            });
+            Some(StoreAnswer::Open)
+        }
+        StoreRequest::Commit(id) => {
+            let Some(open) = sessions.end(id) else {
+                return Some(StoreAnswer::Ended);
+            };
             let mut disk = lock(disk);
-            match disk.core.transaction(&events, &progress) {
+            Some(match disk.core.transaction(&open.events, &open.progress) {
                 Ok(outcomes) => {
                     disk.transactions += 1;
-                    debug_assert_eq!(outcomes.len(), events.len());
+                    debug_assert_eq!(outcomes.len(), open.events.len());
                     StoreAnswer::Applied(outcomes)
                 }
                 Err(fenced) => StoreAnswer::Fenced(fenced.to_string()),
-            }
+            })
         }
-        StoreRequest::ClaimProgress(partition, owner) => {
+        StoreRequest::Abandon(id) => {
+            sessions.abandon(id);
+            None
+        }
+        StoreRequest::ClaimProgress {
+            partition,
+            owner,
+            wait,
+        } => {
+            let deadline = Instant::now() + wait;
             madsim::time::sleep(COST_PER_TRANSACTION).await;
-            match lock(disk).core.claim_progress(partition, owner) {
+            // The claim runs right after its row is free, before anything else can lock it.
+            if !sessions.progress_row_free(partition, deadline).await {
+                return None;
+            }
+            Some(match lock(disk).core.claim_progress(partition, owner) {
                 Ok(progress) => StoreAnswer::Progress(progress),
                 Err(fenced) => StoreAnswer::Fenced(fenced.to_string()),
-            }
+            })
         }
         StoreRequest::LoadRows(order_ids) => {
             let disk = lock(disk);
@@ -108,7 +179,7 @@ async fn handle(disk: &Mutex<StoreDisk>, request: StoreRequest) -> StoreAnswer {
                 .into_iter()
                 .filter_map(|id| disk.core.row(&id).cloned().map(|row| (id, row)))
                 .collect();
-            StoreAnswer::Rows(rows)
+            Some(StoreAnswer::Rows(rows))
         }
     }
 }
@@ -123,14 +194,17 @@ fn transaction_cost(events: &[OrderEvent], progress: &[ProgressWrite]) -> Durati
 pub struct SimStore {
     endpoint: Endpoint,
     request_timeout: Duration,
+    /// Where the fault injector may freeze this client between its statements and its commit.
+    commit_hook: PauseHook,
 }
 
 impl SimStore {
     /// A client using `endpoint`.
-    pub fn new(endpoint: Endpoint, request_timeout: Duration) -> SimStore {
+    pub fn new(endpoint: Endpoint, request_timeout: Duration, commit_hook: PauseHook) -> SimStore {
         SimStore {
             endpoint,
             request_timeout,
+            commit_hook,
         }
     }
 
@@ -168,11 +242,39 @@ impl OrderStore for SimStore {
         events: &[OrderEvent],
         progress: &[ProgressWrite],
     ) -> Result<Vec<ApplyOutcome>, PortError> {
+        let id: TransactionId = madsim::rand::random();
         let work = transaction_cost(events, progress);
-        let request = StoreRequest::ApplyBatch(events.to_vec(), progress.to_vec());
-        match self.call(request, self.request_timeout + work).await? {
+        let statements = StoreRequest::Statements {
+            id,
+            events: events.to_vec(),
+            progress: progress.to_vec(),
+            wait: self.request_timeout,
+        };
+        match self.call(statements, self.request_timeout + work).await {
+            Ok(StoreAnswer::Open) => {}
+            Ok(other) => return Err(unexpected(other)),
+            Err(error) => {
+                // The real adapter drops the connection: the server ends the transaction.
+                rpc::send(
+                    &self.endpoint,
+                    postgres_address(),
+                    StoreRequest::Abandon(id),
+                )
+                .await;
+                return Err(error);
+            }
+        }
+        self.commit_hook.reached().await;
+        match self
+            .call(StoreRequest::Commit(id), self.request_timeout)
+            .await?
+        {
             StoreAnswer::Applied(outcomes) if outcomes.len() == events.len() => Ok(outcomes),
             StoreAnswer::Fenced(detail) => Err(fenced(detail)),
+            StoreAnswer::Ended => Err(PortError::Unavailable {
+                service: SERVICE,
+                detail: "the server ended the transaction before its commit".to_string(),
+            }),
             other => Err(unexpected(other)),
         }
     }
@@ -182,7 +284,11 @@ impl OrderStore for SimStore {
         partition: PartitionId,
         owner: i32,
     ) -> Result<Option<CommittedOffset>, PortError> {
-        let request = StoreRequest::ClaimProgress(partition, owner);
+        let request = StoreRequest::ClaimProgress {
+            partition,
+            owner,
+            wait: self.request_timeout,
+        };
         match self.call(request, self.request_timeout).await? {
             StoreAnswer::Progress(progress) => Ok(progress),
             StoreAnswer::Fenced(detail) => Err(fenced(detail)),

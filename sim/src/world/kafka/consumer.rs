@@ -8,6 +8,7 @@ use super::group::{GroupAnswer, GroupRequest};
 use super::metadata::MetadataCache;
 use super::{broker_address, controller_address, unavailable, SERVICE};
 use crate::world::lock::lock;
+use crate::world::pause_hook::PauseHook;
 use crate::world::rpc;
 use holdfast::ports::{
     CommitMode, EventLog, GroupOffsets, OffsetCommit, PartitionId, Polled, PortError, Rebalance,
@@ -41,50 +42,9 @@ pub struct SimConsumerConfig {
     pub session_timeout: Duration,
     /// Refuse every second pause or resume (see `WorldConfig::client_control_failures`).
     pub control_failures: bool,
-    /// Where the fault injector waits for a member to be handed an assignment.
-    pub assignment_hook: AssignmentHook,
-}
-
-/// Lets the fault injector stop a member's node right after the member learned of an
-/// assignment and before it could act on it (claim its progress, fetch): the moment that
-/// makes a zombie's late assignment. Shared by every client of a world.
-#[derive(Clone, Debug, Default)]
-pub struct AssignmentHook {
-    armed: Arc<Mutex<Option<Armed>>>,
-}
-
-/// The node whose next assignment is awaited, and the signal to give then.
-type Armed = (madsim::task::NodeId, Arc<Notify>);
-
-impl AssignmentHook {
-    /// Arms the hook for `node`'s next assignment; the returned signal fires when it comes.
-    pub fn arm(&self, node: madsim::task::NodeId) -> Arc<Notify> {
-        let reached = Arc::new(Notify::new());
-        *lock(&self.armed) = Some((node, reached.clone()));
-        reached
-    }
-
-    /// Disarms the hook (its assignment did not come in time).
-    pub fn disarm(&self) {
-        *lock(&self.armed) = None;
-    }
-
-    /// Called by a member on an assignment: if armed for this node, signals the injector and
-    /// gives it a moment (no simulated work happens meanwhile) to stop the node.
-    async fn reached(&self) {
-        let node = madsim::plugin::node();
-        let reached = {
-            let mut armed = lock(&self.armed);
-            match armed.as_ref() {
-                Some((armed_node, _)) if *armed_node == node => armed.take().map(|(_, n)| n),
-                _ => None,
-            }
-        };
-        if let Some(reached) = reached {
-            reached.notify_one();
-            sleep(Duration::from_millis(1)).await;
-        }
-    }
+    /// Where the fault injector stops a member right after it learned of an assignment and
+    /// before it could act on it (claim its progress, fetch): a zombie's late assignment.
+    pub assignment_hook: PauseHook,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
