@@ -130,17 +130,11 @@ async fn handle(
             // If the node dies during the work, this task and the sessions are dropped: the
             // transaction never commits.
             madsim::time::sleep(cost).await;
-            let idle = sessions.clone();
-            madsim::task::spawn(async move {
-                madsim::time::sleep(idle_max).await;
-                if idle.end(id).is_some() {
-                    holdfast::reach!("model.store_idle_transaction_ended");
-                }
-            });
+            sessions.idle(id, Instant::now() + idle_max);
             Some(StoreAnswer::Open)
         }
         StoreRequest::Commit(id) => {
-            let Some(open) = sessions.end(id) else {
+            let Some(open) = sessions.commit(id) else {
                 return Some(StoreAnswer::Ended);
             };
             let mut disk = lock(disk);
