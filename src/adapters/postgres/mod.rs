@@ -333,10 +333,6 @@ fn pool_error(error: &PoolError) -> PortError {
     }
 }
 
-/// Maps a client error: a closed or broken connection, a server shutting down or not
-/// accepting connections, exhausted resources, or a transient conflict (serialization
-/// failure, deadlock) is an outage, retried without limit; any other server error refused
-/// this one request.
 /// Adds [`IDLE_IN_TRANSACTION_MAX`] to the sessions' options, unless the address sets its own
 /// `idle_in_transaction_session_timeout`.
 fn limit_idle_transactions(config: &mut Config) {
@@ -355,6 +351,10 @@ fn limit_idle_transactions(config: &mut Config) {
     config.options(&options);
 }
 
+/// Maps a client error: a closed or broken connection, a server shutting down or not
+/// accepting connections, a session the server ended, exhausted resources, or a transient
+/// conflict (serialization failure, deadlock) is an outage, retried without limit; any other
+/// server error refused this one request.
 fn port_error(error: &tokio_postgres::Error) -> PortError {
     if error.is_closed() {
         return unavailable(STORE, error);
