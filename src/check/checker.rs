@@ -758,6 +758,28 @@ mod tests {
         observed
     }
 
+    /// Goal: each invariant has its own name, which reads back as that invariant, in every
+    /// form a report or a sweep file writes it (the names are what users match on). Method:
+    /// every invariant through each form, and two names spelled out.
+    #[test]
+    fn every_invariant_reads_back_from_its_name() {
+        let names: BTreeSet<&str> = ALL_INVARIANTS.iter().map(|i| i.name()).collect();
+        assert_eq!(names.len(), ALL_INVARIANTS.len(), "names are distinct");
+        for invariant in ALL_INVARIANTS {
+            let name = invariant.name();
+            assert_eq!(Invariant::parse(name), Some(invariant));
+            assert_eq!(invariant.to_string(), name);
+            assert_eq!(String::from(invariant), name);
+            assert_eq!(Invariant::try_from(name.to_string()), Ok(invariant));
+        }
+        assert_eq!(Invariant::BrokerLoss.name(), "broker-loss");
+        assert_eq!(
+            Invariant::CommitPastUnfinished.name(),
+            "commit-past-unfinished"
+        );
+        assert_eq!(Invariant::parse("no-such-invariant"), None);
+    }
+
     #[test]
     fn a_clean_run_passes() {
         let verdict = check(&clean_run());
