@@ -819,6 +819,7 @@ mod tests {
             !invariants.contains(&Invariant::BrokerLoss),
             "{invariants:?}"
         );
+        assert!(!check(&observed).passed(), "a run with violations passed");
     }
 
     #[test]
