@@ -874,6 +874,71 @@ mod tests {
         );
     }
 
+    /// Goal: on a partition whose log went back on what it served, an unfinished record
+    /// below the group's commit was written after the group had passed its offset (broker
+    /// loss), while one at the commit is the consumers' to finish (consumer loss). Method: the
+    /// clean run with offset 0 served with another payload and its effect removed, plus an
+    /// acknowledged record at the committed offset that nobody applied.
+    #[test]
+    fn an_unfinished_record_below_a_rewound_commit_is_broker_loss() {
+        let mut observed = clean_run();
+        for (_, step) in &mut observed.history {
+            if let Step::Polled {
+                offset: 0, digest, ..
+            } = step
+            {
+                *digest ^= 1;
+            }
+        }
+        let first = observed.truth.attempted[0].clone();
+        observed
+            .store
+            .rows
+            .get_mut(&first.order_id)
+            .unwrap()
+            .created = None;
+        let log = observed.logs.get_mut(&0).unwrap();
+        let end = log.len() as i64;
+        let mut extra = crate::event::OrderEvent {
+            event_id: "e-extra".into(),
+            order_id: "o-extra".into(),
+            user_id: "u-extra".into(),
+            kind: EventKind::Created,
+            amount_minor: None,
+            event_time_ms: 7,
+            payload: bytes::Bytes::new(),
+        };
+        extra.payload = extra.encode().into();
+        log.push((
+            end,
+            Record {
+                partition: 0,
+                offset: end,
+                key: Some(b"o-extra".to_vec()),
+                payload: extra.payload.clone(),
+                headers: vec![],
+            },
+        ));
+        observed.truth.record(&extra, true);
+        let verdict = check(&observed);
+        let detail = |invariant| {
+            let found = verdict.violations.iter().find(|v| v.invariant == invariant);
+            found.map_or(String::new(), |v| v.detail.clone())
+        };
+        assert!(
+            detail(Invariant::BrokerLoss).contains("p0@0 (written below the group's commit)"),
+            "{:?}",
+            verdict.violations
+        );
+        let at_commit = format!("p0@{end}");
+        assert!(
+            detail(Invariant::ConsumerLoss).contains(&at_commit),
+            "{:?}",
+            verdict.violations
+        );
+        assert_eq!((verdict.broker_lost, verdict.consumer_lost), (1, 1));
+    }
+
     #[test]
     fn losses_before_convergence_are_liveness_only() {
         let mut observed = clean_run();
