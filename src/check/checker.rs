@@ -874,6 +874,33 @@ mod tests {
         );
     }
 
+    /// Goal: offset 0 is an offset like any other: an acknowledgement there that the final log
+    /// does not keep is a broker loss. Method: the clean run with the second send's
+    /// acknowledgement moved to offset 0.
+    #[test]
+    fn an_acknowledgement_at_offset_zero_holding_another_record_is_broker_loss() {
+        let mut observed = clean_run();
+        for (_, step) in &mut observed.history {
+            if let Step::Sent { delivered, .. } = step {
+                if *delivered == Some((0, 1)) {
+                    *delivered = Some((0, 0));
+                }
+            }
+        }
+        let verdict = check(&observed);
+        assert_eq!(
+            verdict.invariants(),
+            BTreeSet::from([Invariant::BrokerLoss])
+        );
+        assert!(
+            verdict.violations[0]
+                .detail
+                .contains("acknowledged at p0@0, which holds"),
+            "{:?}",
+            verdict.violations
+        );
+    }
+
     /// Goal: on a partition whose log went back on what it served, an unfinished record
     /// below the group's commit was written after the group had passed its offset (broker
     /// loss), while one at the commit is the consumers' to finish (consumer loss). Method: the
