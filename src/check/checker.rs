@@ -904,17 +904,19 @@ mod tests {
     /// Goal: on a partition whose log went back on what it served, an unfinished record
     /// below the group's commit was written after the group had passed its offset (broker
     /// loss), while one at the commit is the consumers' to finish (consumer loss). Method: the
-    /// clean run with offset 0 served with another payload and its effect removed, plus an
-    /// acknowledged record at the committed offset that nobody applied.
+    /// clean run with offset 0 served with another payload and its effect removed, plus two
+    /// acknowledged records nobody applied, the group's commit moved onto the second.
     #[test]
     fn an_unfinished_record_below_a_rewound_commit_is_broker_loss() {
         let mut observed = clean_run();
+        let end = observed.logs[&0].len() as i64;
         for (_, step) in &mut observed.history {
-            if let Step::Polled {
-                offset: 0, digest, ..
-            } = step
-            {
-                *digest ^= 1;
+            match step {
+                Step::Polled {
+                    offset: 0, digest, ..
+                } => *digest ^= 1,
+                Step::Committed { offset, .. } => *offset = end + 1,
+                _ => {}
             }
         }
         let first = observed.truth.attempted[0].clone();
@@ -924,46 +926,44 @@ mod tests {
             .get_mut(&first.order_id)
             .unwrap()
             .created = None;
-        let log = observed.logs.get_mut(&0).unwrap();
-        let end = log.len() as i64;
-        let mut extra = crate::event::OrderEvent {
-            event_id: "e-extra".into(),
-            order_id: "o-extra".into(),
-            user_id: "u-extra".into(),
-            kind: EventKind::Created,
-            amount_minor: None,
-            event_time_ms: 7,
-            payload: bytes::Bytes::new(),
-        };
-        extra.payload = extra.encode().into();
-        log.push((
-            end,
-            Record {
+        for offset in [end, end + 1] {
+            let mut extra = crate::event::OrderEvent {
+                event_id: format!("e-extra-{offset}"),
+                order_id: format!("o-extra-{offset}"),
+                user_id: "u-extra".into(),
+                kind: EventKind::Created,
+                amount_minor: None,
+                event_time_ms: 7,
+                payload: bytes::Bytes::new(),
+            };
+            extra.payload = extra.encode().into();
+            let record = Record {
                 partition: 0,
-                offset: end,
-                key: Some(b"o-extra".to_vec()),
+                offset,
+                key: Some(extra.order_id.clone().into_bytes()),
                 payload: extra.payload.clone(),
                 headers: vec![],
-            },
-        ));
-        observed.truth.record(&extra, true);
+            };
+            observed.logs.get_mut(&0).unwrap().push((offset, record));
+            observed.truth.record(&extra, true);
+        }
         let verdict = check(&observed);
         let detail = |invariant| {
             let found = verdict.violations.iter().find(|v| v.invariant == invariant);
             found.map_or(String::new(), |v| v.detail.clone())
         };
-        assert!(
-            detail(Invariant::BrokerLoss).contains("p0@0 (written below the group's commit)"),
-            "{:?}",
-            verdict.violations
-        );
-        let at_commit = format!("p0@{end}");
+        let broker = detail(Invariant::BrokerLoss);
+        for offset in [0, end] {
+            let below = format!("p0@{offset} (written below the group's commit)");
+            assert!(broker.contains(&below), "{:?}", verdict.violations);
+        }
+        let at_commit = format!("p0@{}", end + 1);
         assert!(
             detail(Invariant::ConsumerLoss).contains(&at_commit),
             "{:?}",
             verdict.violations
         );
-        assert_eq!((verdict.broker_lost, verdict.consumer_lost), (1, 1));
+        assert_eq!((verdict.broker_lost, verdict.consumer_lost), (2, 1));
     }
 
     #[test]
