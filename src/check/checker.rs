@@ -874,6 +874,37 @@ mod tests {
         );
     }
 
+    /// Goal: violations are collapsed to one per invariant, with the first few details and
+    /// the count of the rest only when there is a rest. Method: five details of one invariant
+    /// and seven of another.
+    #[test]
+    fn violations_collapse_to_one_per_invariant_with_the_rest_counted() {
+        let of = |invariant, count: usize| {
+            (0..count).map(move |n| Violation {
+                invariant,
+                detail: format!("d{n}"),
+            })
+        };
+        let violations = of(Invariant::Duplicate, EXAMPLES_MAX)
+            .chain(of(Invariant::CommitBackwards, EXAMPLES_MAX + 2))
+            .collect();
+        let collapsed = collapse(violations);
+        let details: Vec<(Invariant, &str)> = collapsed
+            .iter()
+            .map(|v| (v.invariant, v.detail.as_str()))
+            .collect();
+        assert_eq!(
+            details,
+            [
+                (Invariant::Duplicate, "d0; d1; d2; d3; d4"),
+                (
+                    Invariant::CommitBackwards,
+                    "d0; d1; d2; d3; d4 (and 2 more)"
+                ),
+            ]
+        );
+    }
+
     /// Goal: offset 0 is an offset like any other: an acknowledgement there that the final log
     /// does not keep is a broker loss. Method: the clean run with the second send's
     /// acknowledgement moved to offset 0.
