@@ -1047,6 +1047,25 @@ mod tests {
         );
     }
 
+    /// Goal: committing the same offset again (a member re-commits its position, or the
+    /// next owner commits where the last one stopped) is not a commit going backwards.
+    /// Method: the clean run's last commit repeated by another member.
+    #[test]
+    fn a_repeated_commit_is_not_backwards() {
+        let mut observed = clean_run();
+        let end = observed.logs[&0].len() as i64;
+        observed.history.push((
+            1000,
+            Step::Committed {
+                member: "c2".into(),
+                partition: 0,
+                offset: end,
+            },
+        ));
+        let verdict = check(&observed);
+        assert!(verdict.passed(), "{:?}", verdict.violations);
+    }
+
     #[test]
     fn names_poll_and_commit_anomalies() {
         let mut observed = clean_run();
