@@ -4,6 +4,7 @@ use crate::history::Step;
 use crate::observe::Observers;
 use crate::params::RunParams;
 use crate::scenario::Scenario;
+use crate::world::pause_hook::PauseHook;
 use crate::world::{ServiceNode, World};
 use holdfast::ports::FaultPoint;
 use holdfast::rng::SplitMix;
@@ -11,8 +12,9 @@ use madsim::runtime::Handle;
 use madsim::task::NodeId;
 use madsim::time::{sleep, Instant};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 /// Carries out the crashes that probes asked for (a probe freezes its node at its fault point
 /// and asks; the supervisor kills and later restarts it).
@@ -188,25 +190,11 @@ async fn pause_at_assignment(
     pause: Duration,
 ) {
     holdfast::reach!("fault.member_pause_at_assignment");
-    let reached = world.assignment_hook().arm(node);
+    let hook = world.assignment_hook();
+    let reached = hook.arm(node);
     world.coordinator_failover();
-    let wait = world.config().session_timeout;
-    if madsim::time::timeout(wait, reached.notified())
-        .await
-        .is_err()
-    {
-        world.assignment_hook().disarm();
-        return;
-    }
-    observers.history.push(
-        observers.at(),
-        Step::Fault {
-            description: format!("pause {name} at its assignment for {pause:?}"),
-        },
-    );
-    Handle::current().pause(node);
-    sleep(pause).await;
-    Handle::current().resume(node);
+    let what = format!("pause {name} at its assignment for {pause:?}");
+    pause_when_reached(world, observers, (hook, reached), node, (pause, what)).await;
 }
 
 /// Freezes `node` the next time its store client has run a transaction's statements and is
@@ -218,21 +206,32 @@ async fn pause_at_commit(
     pause: Duration,
 ) {
     holdfast::reach!("fault.member_pause_at_commit");
-    let reached = world.commit_hook().arm(node);
+    let hook = world.commit_hook();
+    let reached = hook.arm(node);
+    let what = format!("pause {name} before its commit for {pause:?}");
+    pause_when_reached(world, observers, (hook, reached), node, (pause, what)).await;
+}
+
+/// Waits up to a session for an armed hook's signal, then freezes `node` for `pause` (the
+/// history says `what`); disarms the hook if the signal never came.
+async fn pause_when_reached(
+    world: &World,
+    observers: &Observers,
+    (hook, reached): (&PauseHook, Arc<Notify>),
+    node: NodeId,
+    (pause, what): (Duration, String),
+) {
     let wait = world.config().session_timeout;
     if madsim::time::timeout(wait, reached.notified())
         .await
         .is_err()
     {
-        world.commit_hook().disarm();
+        hook.disarm();
         return;
     }
-    observers.history.push(
-        observers.at(),
-        Step::Fault {
-            description: format!("pause {name} before its commit for {pause:?}"),
-        },
-    );
+    observers
+        .history
+        .push(observers.at(), Step::Fault { description: what });
     Handle::current().pause(node);
     sleep(pause).await;
     Handle::current().resume(node);
