@@ -687,6 +687,28 @@ mod tests {
     use crate::widetable::OrderRow;
     use crate::workload::{Workload, WorkloadConfig};
 
+    /// `event` as the record at `offset` of partition 0.
+    fn record_of(offset: i64, event: &crate::event::OrderEvent) -> Record {
+        Record {
+            partition: 0,
+            offset,
+            key: Some(event.order_id.clone().into_bytes()),
+            payload: event.payload.clone(),
+            headers: vec![],
+        }
+    }
+
+    /// Moves the acknowledgement of the send delivered at `from` to `to`.
+    fn move_acknowledgement(observed: &mut Observed, from: (i32, i64), to: (i32, i64)) {
+        for (_, step) in &mut observed.history {
+            if let Step::Sent { delivered, .. } = step {
+                if *delivered == Some(from) {
+                    *delivered = Some(to);
+                }
+            }
+        }
+    }
+
     /// A run where every acknowledged event was polled once and applied once.
     fn clean_run() -> Observed {
         let workload = Workload::generate(&WorkloadConfig {
@@ -712,13 +734,7 @@ mod tests {
             )) {
                 observed.store.ledger.push(Application::of(event));
             }
-            let record = Record {
-                partition: 0,
-                offset,
-                key: Some(event.order_id.clone().into_bytes()),
-                payload: event.payload.clone(),
-                headers: vec![],
-            };
+            let record = record_of(offset, event);
             observed.history.push((
                 0,
                 Step::Sent {
@@ -850,15 +866,8 @@ mod tests {
     #[test]
     fn an_acknowledged_offset_holding_another_record_is_broker_loss() {
         let mut observed = clean_run();
-        for (_, step) in &mut observed.history {
-            if let Step::Sent { delivered, .. } = step {
-                if *delivered == Some((0, 0)) {
-                    *delivered = Some((0, 1));
-                } else if *delivered == Some((0, 2)) {
-                    *delivered = Some((0, -1));
-                }
-            }
-        }
+        move_acknowledgement(&mut observed, (0, 0), (0, 1));
+        move_acknowledgement(&mut observed, (0, 2), (0, -1));
         let verdict = check(&observed);
         assert_eq!(
             verdict.invariants(),
@@ -911,13 +920,7 @@ mod tests {
     #[test]
     fn an_acknowledgement_at_offset_zero_holding_another_record_is_broker_loss() {
         let mut observed = clean_run();
-        for (_, step) in &mut observed.history {
-            if let Step::Sent { delivered, .. } = step {
-                if *delivered == Some((0, 1)) {
-                    *delivered = Some((0, 0));
-                }
-            }
-        }
+        move_acknowledgement(&mut observed, (0, 1), (0, 0));
         let verdict = check(&observed);
         assert_eq!(
             verdict.invariants(),
@@ -968,13 +971,7 @@ mod tests {
                 payload: bytes::Bytes::new(),
             };
             extra.payload = extra.encode().into();
-            let record = Record {
-                partition: 0,
-                offset,
-                key: Some(extra.order_id.clone().into_bytes()),
-                payload: extra.payload.clone(),
-                headers: vec![],
-            };
+            let record = record_of(offset, &extra);
             observed.logs.get_mut(&0).unwrap().push((offset, record));
             observed.truth.record(&extra, true);
         }

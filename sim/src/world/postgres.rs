@@ -109,7 +109,7 @@ pub async fn run(disk: Arc<Mutex<StoreDisk>>, idle_max: Duration) {
 
 async fn handle(
     disk: &Mutex<StoreDisk>,
-    sessions: &Arc<Sessions>,
+    sessions: &Sessions,
     idle_max: Duration,
     request: StoreRequest,
 ) -> Option<StoreAnswer> {
