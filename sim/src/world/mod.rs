@@ -12,6 +12,7 @@ pub mod postgres;
 pub mod postgres_sessions;
 pub mod redis;
 pub mod rpc;
+pub mod transport;
 
 use holdfast::idempotency::memory::Schema;
 use holdfast::ports::{CommittedOffset, PartitionId, Record};
@@ -23,7 +24,6 @@ use kafka::controller::ControllerState;
 use kafka::producer::ProducerConfig;
 use kafka::{KafkaConfig, PartitionLeadership};
 use lock::lock;
-use madsim::net::{Endpoint, NetSim};
 use madsim::runtime::{Handle, NodeHandle};
 pub use madsim::task::NodeId;
 use madsim::time::Instant;
@@ -36,6 +36,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use transport::{Endpoint, Network};
 
 pub use kafka::{Acks, FlushPolicy, SimGroupOffsets, SimLog, SimPublisher};
 pub use postgres::SimStore;
@@ -174,17 +175,6 @@ impl Default for FaultLog {
     }
 }
 
-/// Binds `address` on the current node, retrying while a previous incarnation's socket is
-/// still being torn down.
-pub async fn bind(address: SocketAddr) -> Endpoint {
-    loop {
-        match Endpoint::bind(address).await {
-            Ok(endpoint) => return endpoint,
-            Err(_) => madsim::time::sleep(Duration::from_millis(1)).await,
-        }
-    }
-}
-
 struct Inner {
     config: WorldConfig,
     controller: Arc<Mutex<ControllerState>>,
@@ -192,6 +182,7 @@ struct Inner {
     redis: Arc<Mutex<RedisState>>,
     store: Arc<Mutex<StoreDisk>>,
     nodes: Vec<(ServiceNode, NodeId)>,
+    network: Network,
     faults: FaultLog,
     next_client_host: AtomicU32,
     /// Every client node made by [`World::client_node`], for [`World::shut_down`].
@@ -226,6 +217,7 @@ fn start_brokers(
     handle: &Handle,
     config: &WorldConfig,
     tables: &[PartitionLeadership],
+    network: &Network,
     nodes: &mut Vec<(ServiceNode, NodeId)>,
 ) -> Vec<Arc<Mutex<BrokerState>>> {
     let kafka = config.kafka();
@@ -239,8 +231,9 @@ fn start_brokers(
         let state = Arc::new(Mutex::new(BrokerState::new(broker, hosted, kafka.clone())));
         brokers.push(state.clone());
         let name = format!("broker-{broker}");
+        let network = network.clone();
         let node = service_node(handle, &name, kafka::broker_address(broker), move || {
-            kafka::broker::run(state.clone())
+            kafka::broker::run(state.clone(), network.clone())
         });
         nodes.push((ServiceNode::Broker(broker), node.id()));
     }
@@ -255,10 +248,7 @@ impl World {
         if let Err(problem) = kafka.validate() {
             panic!("invalid world configuration: {problem}");
         }
-        let (latency_min, latency_max) = config.latency;
-        NetSim::current().update_config(|net| {
-            net.send_latency = latency_min..latency_max.max(latency_min + Duration::from_micros(1));
-        });
+        let network = Network::new(config.latency.0, config.latency.1);
         let handle = Handle::current();
         let faults = FaultLog::new();
         let controller = Arc::new(Mutex::new(ControllerState::new(
@@ -267,33 +257,33 @@ impl World {
             Instant::now(),
         )));
         let mut nodes = Vec::new();
-        let state = controller.clone();
+        let (state, net) = (controller.clone(), network.clone());
         let node = service_node(
             &handle,
             "controller",
             kafka::controller_address(),
-            move || kafka::controller::run(state.clone()),
+            move || kafka::controller::run(state.clone(), net.clone()),
         );
         nodes.push((ServiceNode::Controller, node.id()));
         let tables: Vec<PartitionLeadership> = lock(&controller).partitions.clone();
-        let brokers = start_brokers(&handle, &config, &tables, &mut nodes);
+        let brokers = start_brokers(&handle, &config, &tables, &network, &mut nodes);
         let redis = Arc::new(Mutex::new(RedisState::new(
             config.redis_persistent,
             config.redis_max_keys,
         )));
-        let state = redis.clone();
+        let (state, net) = (redis.clone(), network.clone());
         let node = service_node(&handle, "redis", redis::redis_address(), move || {
-            redis::run(state.clone())
+            redis::run(state.clone(), net.clone())
         });
         nodes.push((ServiceNode::Redis, node.id()));
         let store = Arc::new(Mutex::new(StoreDisk::new(config.schema)));
         let idle_max = config.store_idle_max;
-        let state = store.clone();
+        let (state, net) = (store.clone(), network.clone());
         let node = service_node(
             &handle,
             "postgres",
             postgres::postgres_address(),
-            move || postgres::run(state.clone(), idle_max),
+            move || postgres::run(state.clone(), idle_max, net.clone()),
         );
         nodes.push((ServiceNode::Postgres, node.id()));
         LIVE.with(|live| live.set(live.get() + 1));
@@ -305,6 +295,7 @@ impl World {
                 redis,
                 store,
                 nodes,
+                network,
                 faults,
                 next_client_host: AtomicU32::new(0),
                 clients: Mutex::new(Vec::new()),
@@ -312,27 +303,49 @@ impl World {
                 commit_hook: PauseHook::default(),
             }),
         };
-        world.wait_ready(STARTUP_LIMIT).await;
+        world.wait_started(STARTUP_LIMIT).await;
         world
     }
 
     /// Waits until every partition's controller-named leader serves it; false on timeout.
     pub async fn wait_ready(&self, limit: Duration) -> bool {
+        self.wait_until(limit, |world| world.served(false)).await
+    }
+
+    /// At start, waits until every replica has also heard who leads its partitions: a
+    /// broker whose first heartbeat found no controller bound yet learns it one heartbeat
+    /// later, and a run should not start with a broker that cannot name any leader.
+    async fn wait_started(&self, limit: Duration) -> bool {
+        self.wait_until(limit, |world| world.served(true)).await
+    }
+
+    async fn wait_until(&self, limit: Duration, done: impl Fn(&World) -> bool) -> bool {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            let tables = lock(&self.inner.controller).partitions.clone();
-            let ready = tables.iter().all(|table| {
-                table.leader.is_some_and(|leader| {
-                    lock(&self.inner.brokers[leader]).leads(table.partition)
-                        == Some(table.leader_epoch)
-                })
-            });
-            if ready {
+            if done(self) {
                 return true;
             }
             madsim::time::sleep(Duration::from_millis(10)).await;
         }
         false
+    }
+
+    /// Whether every partition's controller-named leader serves it (and, if
+    /// `replicas_informed`, every replica knows that leader).
+    fn served(&self, replicas_informed: bool) -> bool {
+        let tables = lock(&self.inner.controller).partitions.clone();
+        tables.iter().all(|table| {
+            let led = table.leader.is_some_and(|leader| {
+                lock(&self.inner.brokers[leader]).leads(table.partition) == Some(table.leader_epoch)
+            });
+            let informed = || {
+                table
+                    .replicas
+                    .iter()
+                    .all(|replica| lock(&self.inner.brokers[*replica]).knows(table.partition))
+            };
+            led && (!replicas_informed || informed())
+        })
     }
 
     /// How many worlds started on this thread are still in memory: a finished run's world
@@ -377,11 +390,8 @@ impl World {
         madsim::time::sleep(Duration::from_millis(1)).await;
     }
 
-    async fn client_endpoint(&self) -> Endpoint {
-        match Endpoint::bind("0.0.0.0:0").await {
-            Ok(endpoint) => endpoint,
-            Err(error) => panic!("a client node cannot bind: {error}"),
-        }
+    fn client_endpoint(&self) -> Endpoint {
+        self.inner.network.bind_client()
     }
 
     fn consumer_config(&self) -> SimConsumerConfig {
@@ -409,7 +419,7 @@ impl World {
 
     /// A consumer-group member for the current (client) node's task.
     pub async fn log(&self, group: &str) -> SimLog {
-        SimLog::new(self.client_endpoint().await, group, self.consumer_config())
+        SimLog::new(self.client_endpoint(), group, self.consumer_config())
     }
 
     /// A producer for the current (client) node's task.
@@ -423,29 +433,23 @@ impl World {
             retries: config.producer_retries,
             request_timeout: config.request_timeout,
         };
-        SimPublisher::new(self.client_endpoint().await, producer)
+        SimPublisher::new(self.client_endpoint(), producer)
     }
 
     /// A committed-offsets reader for the current (client) node's task.
     pub async fn group_offsets(&self) -> SimGroupOffsets {
-        SimGroupOffsets::new(
-            self.client_endpoint().await,
-            self.inner.config.request_timeout,
-        )
+        SimGroupOffsets::new(self.client_endpoint(), self.inner.config.request_timeout)
     }
 
     /// A Redis client for the current (client) node's task.
     pub async fn cache(&self) -> SimCache {
-        SimCache::new(
-            self.client_endpoint().await,
-            self.inner.config.request_timeout,
-        )
+        SimCache::new(self.client_endpoint(), self.inner.config.request_timeout)
     }
 
     /// A PostgreSQL client for the current (client) node's task.
     pub async fn store(&self) -> SimStore {
         SimStore::new(
-            self.client_endpoint().await,
+            self.client_endpoint(),
             self.inner.config.request_timeout,
             self.inner.commit_hook.clone(),
         )
@@ -483,7 +487,7 @@ impl World {
     pub fn restart(&self, node: ServiceNode) {
         let handle = Handle::current();
         let id = self.node_id(node);
-        handle.kill(id); // also tears down its sockets, so the new incarnation can bind
+        handle.kill(id); // its tasks die, and the sockets they hold with them
         self.crash_state(node);
         handle.restart(id);
         self.note(format!("restart {node:?}"));
@@ -515,24 +519,13 @@ impl World {
 
     /// Cuts (or restores) every link to and from a service node.
     pub fn clog(&self, node: ServiceNode, on: bool) {
-        let id = self.node_id(node);
-        let net = NetSim::current();
-        if on {
-            net.clog_node(id);
-        } else {
-            net.unclog_node(id);
-        }
+        self.inner.network.clog_node(self.node_id(node), on);
         self.note(format!("{} {node:?}", if on { "clog" } else { "unclog" }));
     }
 
     /// Cuts (or restores) the one-way link from `source` to `target` (any nodes).
     pub fn clog_link(&self, source: NodeId, target: NodeId, on: bool) {
-        let net = NetSim::current();
-        if on {
-            net.clog_link(source, target);
-        } else {
-            net.unclog_link(source, target);
-        }
+        self.inner.network.clog_link(source, target, on);
         self.note(format!(
             "{} link {source} -> {target}",
             if on { "clog" } else { "unclog" }

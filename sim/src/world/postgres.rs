@@ -12,13 +12,13 @@ use crate::world::lock::lock;
 use crate::world::pause_hook::PauseHook;
 use crate::world::postgres_sessions::{Sessions, TransactionId};
 use crate::world::rpc;
+use crate::world::transport::{Endpoint, Network};
 use holdfast::event::OrderEvent;
 use holdfast::idempotency::memory::Schema;
 use holdfast::ports::{
     ApplyOutcome, CommittedOffset, OrderStore, PartitionId, PortError, ProgressWrite,
 };
 use holdfast::widetable::OrderRow;
-use madsim::net::Endpoint;
 use madsim::time::Instant;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -96,8 +96,8 @@ impl StoreDisk {
 
 /// The PostgreSQL node's main task. `idle_max` is how long an open transaction may wait for
 /// its commit before the server ends it.
-pub async fn run(disk: Arc<Mutex<StoreDisk>>, idle_max: Duration) {
-    let endpoint = crate::world::bind(postgres_address()).await;
+pub async fn run(disk: Arc<Mutex<StoreDisk>>, idle_max: Duration, network: Network) {
+    let endpoint = network.bind(postgres_address());
     // In the server's memory: a restart ends every open transaction.
     let sessions = Arc::new(Sessions::default());
     rpc::serve(endpoint, move |request: StoreRequest| {
@@ -253,8 +253,7 @@ impl OrderStore for SimStore {
                     &self.endpoint,
                     postgres_address(),
                     StoreRequest::Abandon(id),
-                )
-                .await;
+                );
                 return Err(error);
             }
         }

@@ -4,9 +4,9 @@
 
 use crate::world::lock::lock;
 use crate::world::rpc;
+use crate::world::transport::{Endpoint, Network};
 use holdfast::idempotency::DeliveryKey;
 use holdfast::ports::{DedupCache, PortError};
-use madsim::net::Endpoint;
 use madsim::rand::Rng;
 use madsim::time::Instant;
 use std::collections::BTreeMap;
@@ -130,9 +130,9 @@ impl RedisState {
 }
 
 /// The Redis node's main task.
-pub async fn run(state: Arc<Mutex<RedisState>>) {
+pub async fn run(state: Arc<Mutex<RedisState>>, network: Network) {
     lock(&state).crash();
-    let endpoint = crate::world::bind(redis_address()).await;
+    let endpoint = network.bind(redis_address());
     rpc::serve(endpoint, move |request: RedisRequest| {
         let answer = lock(&state).handle(request, Instant::now());
         async move { Some(answer) }

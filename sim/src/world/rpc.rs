@@ -1,10 +1,11 @@
-//! Request/response over madsim's simulated network, without serialization.
+//! Request/response over the simulated network ([`crate::world::transport`]), without
+//! serialization.
 //!
 //! Payloads travel as `Box<dyn Any>`; a request carries the tag its answer must be sent on. A
 //! call that gets no answer within its timeout (dead node, clogged link, slow service) returns
 //! `None`, which every client maps to `PortError::Unavailable`.
 
-use madsim::net::Endpoint;
+use crate::world::transport::Endpoint;
 use madsim::time::{sleep_until, Instant};
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
@@ -26,16 +27,14 @@ where
     Q: Send + Sync + 'static,
     A: Send + Sync + 'static,
 {
-    let reply_tag: u64 = madsim::rand::random::<u64>() | 2; // never the request tag
-    debug_assert_ne!(reply_tag, REQUEST_TAG);
-    endpoint
-        .send_to_raw(target, REQUEST_TAG, Box::new((reply_tag, request)))
-        .await
-        .ok()?;
+    let reply_tag = endpoint.fresh_tag();
+    assert!(
+        reply_tag > REQUEST_TAG,
+        "an answer's tag must not be a request's"
+    );
+    endpoint.send(target, REQUEST_TAG, Box::new((reply_tag, request)));
     let deadline = Instant::now() + timeout;
-    let (payload, from) = within(deadline, endpoint.recv_from_raw(reply_tag))
-        .await?
-        .ok()?;
+    let (payload, from) = within(deadline, endpoint.recv(reply_tag)).await?;
     debug_assert_eq!(from, target, "answer from an unexpected address");
     payload.downcast::<A>().ok().map(|answer| *answer)
 }
@@ -70,14 +69,12 @@ pub async fn within<F: Future>(deadline: Instant, future: F) -> Option<F::Output
 }
 
 /// Sends `request` without waiting for any answer (acks=0 produce).
-pub async fn send<Q>(endpoint: &Endpoint, target: SocketAddr, request: Q)
+pub fn send<Q>(endpoint: &Endpoint, target: SocketAddr, request: Q)
 where
     Q: Send + Sync + 'static,
 {
     // The "no answer" tag: nobody listens on it, so a reply (if any) is simply dropped.
-    let _ = endpoint
-        .send_to_raw(target, REQUEST_TAG, Box::new((0u64, request)))
-        .await;
+    endpoint.send(target, REQUEST_TAG, Box::new((0u64, request)));
 }
 
 /// Serves requests of type `Q` on `endpoint` forever. A request answered at once (a
@@ -94,9 +91,7 @@ where
     F: Future<Output = Option<A>> + Send + 'static,
 {
     loop {
-        let Ok((payload, from)) = endpoint.recv_from_raw(REQUEST_TAG).await else {
-            return;
-        };
+        let (payload, from) = endpoint.recv(REQUEST_TAG).await;
         let Ok(envelope) = payload.downcast::<(u64, Q)>() else {
             continue; // a message for another service: ignore it, as a real server would
         };
@@ -105,11 +100,11 @@ where
         // The first poll registers this loop's waker wherever the handler waits; a wake-up
         // through it later only polls this loop once more for nothing.
         match poll_fn(|cx| Poll::Ready(answer.as_mut().poll(cx))).await {
-            Poll::Ready(answer) => reply(&endpoint, from, reply_tag, answer).await,
+            Poll::Ready(answer) => reply(&endpoint, from, reply_tag, answer),
             Poll::Pending => {
                 let endpoint = endpoint.clone();
                 madsim::task::spawn(async move {
-                    reply(&endpoint, from, reply_tag, answer.await).await;
+                    reply(&endpoint, from, reply_tag, answer.await);
                 });
             }
         }
@@ -117,7 +112,7 @@ where
 }
 
 /// Sends `answer` back on the caller's tag (none for a request sent without waiting).
-async fn reply<A: Send + Sync + 'static>(
+fn reply<A: Send + Sync + 'static>(
     endpoint: &Endpoint,
     to: SocketAddr,
     reply_tag: u64,
@@ -125,6 +120,6 @@ async fn reply<A: Send + Sync + 'static>(
 ) {
     let Some(answer) = answer else { return };
     if reply_tag != 0 {
-        let _ = endpoint.send_to_raw(to, reply_tag, Box::new(answer)).await;
+        endpoint.send(to, reply_tag, Box::new(answer));
     }
 }

@@ -12,8 +12,8 @@ use super::{
 };
 use crate::world::lock::lock;
 use crate::world::rpc;
+use crate::world::transport::{Endpoint, Network};
 use holdfast::ports::{PartitionId, Record};
-use madsim::net::Endpoint;
 use madsim::time::{sleep, timeout, Instant};
 use std::collections::BTreeMap;
 use std::future::{poll_fn, Future};
@@ -669,6 +669,11 @@ impl BrokerState {
         (leader != self.id).then_some((leader, state.leader_epoch))
     }
 
+    /// Whether this broker has heard from the controller who leads `partition`.
+    pub fn knows(&self, partition: PartitionId) -> bool {
+        self.view.contains_key(&partition)
+    }
+
     /// The epoch this broker leads `partition` in, if it does.
     pub fn leads(&self, partition: PartitionId) -> Option<i32> {
         self.leading
@@ -702,7 +707,7 @@ impl BrokerState {
 }
 
 /// The broker node's main task (its madsim `init`): recovers from its disk, then serves.
-pub async fn run(state: Arc<Mutex<BrokerState>>) {
+pub async fn run(state: Arc<Mutex<BrokerState>>, network: Network) {
     let (id, config) = {
         let mut broker = lock(&state);
         // After a restart only what was flushed is left.
@@ -711,7 +716,7 @@ pub async fn run(state: Arc<Mutex<BrokerState>>) {
         broker.incarnation += 1;
         (broker.id, broker.config.clone())
     };
-    let endpoint = crate::world::bind(broker_address(id)).await;
+    let endpoint = network.bind(broker_address(id));
     madsim::task::spawn(heartbeat_loop(
         state.clone(),
         endpoint.clone(),

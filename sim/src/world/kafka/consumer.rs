@@ -10,11 +10,11 @@ use super::{broker_address, controller_address, unavailable, SERVICE};
 use crate::world::lock::lock;
 use crate::world::pause_hook::PauseHook;
 use crate::world::rpc;
+use crate::world::transport::Endpoint;
 use holdfast::ports::{
     CommitMode, EventLog, GroupOffsets, OffsetCommit, PartitionId, Polled, PortError, Rebalance,
     Record,
 };
-use madsim::net::Endpoint;
 use madsim::task::JoinHandle;
 use madsim::time::{sleep, sleep_until, Instant};
 use std::collections::{BTreeMap, BTreeSet};

@@ -7,6 +7,7 @@ use super::group::{store_commits, Group, GroupAnswer, GroupRequest};
 use super::{controller_address, KafkaConfig, PartitionLeadership};
 use crate::world::lock::lock;
 use crate::world::rpc;
+use crate::world::transport::Network;
 use crate::world::FaultLog;
 use holdfast::ports::{CommittedOffset, PartitionId};
 use madsim::time::{timeout, Instant};
@@ -399,9 +400,9 @@ impl ControllerState {
 }
 
 /// The controller node's main task (its madsim `init`).
-pub async fn run(state: Arc<Mutex<ControllerState>>) {
+pub async fn run(state: Arc<Mutex<ControllerState>>, network: Network) {
     lock(&state).restart(Instant::now());
-    let endpoint = crate::world::bind(controller_address()).await;
+    let endpoint = network.bind(controller_address());
     let ticker = state.clone();
     madsim::task::spawn(async move {
         loop {

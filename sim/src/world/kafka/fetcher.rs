@@ -5,7 +5,7 @@ use super::broker::{BrokerAnswer, BrokerRequest, BrokerState, FollowedPartition,
 use super::{broker_address, KafkaConfig};
 use crate::world::lock::lock;
 use crate::world::rpc;
-use madsim::net::Endpoint;
+use crate::world::transport::Endpoint;
 use madsim::time::{sleep, timeout};
 use std::future::{poll_fn, Future};
 use std::pin::pin;

@@ -9,8 +9,8 @@
 use super::broker::{BrokerAnswer, BrokerRequest};
 use super::{broker_address, PartitionLeadership};
 use crate::world::rpc;
+use crate::world::transport::Endpoint;
 use holdfast::ports::PartitionId;
-use madsim::net::Endpoint;
 use std::time::Duration;
 
 /// Partition leaders as last heard from a broker.

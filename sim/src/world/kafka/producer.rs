@@ -15,9 +15,9 @@ use super::replica::Produced;
 use super::{broker_address, unavailable, Acks, SERVICE};
 use crate::world::lock::lock;
 use crate::world::rpc;
+use crate::world::transport::Endpoint;
 use holdfast::partition::partition_for_key;
 use holdfast::ports::{Delivery, OutboundMessage, PartitionId, PortError, Publisher};
-use madsim::net::Endpoint;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -267,7 +267,7 @@ impl Publisher for SimPublisher {
                 }],
                 acks: Acks::Zero,
             };
-            rpc::send(&self.inner.endpoint, broker_address(leader), request).await;
+            rpc::send(&self.inner.endpoint, broker_address(leader), request);
             return Ok(Delivery {
                 partition,
                 offset: -1,
