@@ -5,16 +5,13 @@
 //! call that gets no answer within its timeout (dead node, clogged link, slow service) returns
 //! `None`, which every client maps to `PortError::Unavailable`.
 
-use crate::world::transport::Endpoint;
+use crate::world::transport::{Endpoint, REQUEST_TAG};
 use madsim::time::{sleep_until, Instant};
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::task::{Poll, Waker};
 use std::time::Duration;
-
-/// The tag every service listens on for requests; answers use a fresh random tag per call.
-const REQUEST_TAG: u64 = 1;
 
 /// Sends `request` to `target` and waits at most `timeout` for the answer.
 pub async fn call<Q, A>(

@@ -8,6 +8,12 @@
 //! one timer: the sender puts it in the receiver's mailbox with the virtual time it becomes
 //! visible, and arms one timer that wakes the receiver then.
 //!
+//! Latency: madsim's sleeps last at least 1 ms, so its two random delays made every message
+//! take 3 to 5 ms where the world configured 1 to 3. Here a message takes the configured
+//! latency, with one exception: a message that a receiver finds before it is visible, having
+//! not waited for its tag when it was sent (a paused node, a busy loop), gets its timer then,
+//! and madsim's minimum may deliver it up to 1 ms late.
+//!
 //! What is kept from madsim's network, because the faults rely on it:
 //! - a clogged node or link drops what is sent over it (checked when sending, as madsim does);
 //! - a killed node's mailbox dies with its tasks, so messages in flight to it are lost, and its
@@ -62,7 +68,7 @@ impl Network {
                 clogged_links: HashSet::new(),
                 clients_bound: 0,
             })),
-            next_tag: Arc::new(AtomicU64::new(FIRST_REPLY_TAG)),
+            next_tag: Arc::new(AtomicU64::new(FIRST_ANSWER_TAG)),
         }
     }
 
@@ -115,9 +121,13 @@ impl Network {
     }
 }
 
-/// The first tag calls wait for their answers on: 0 means "no answer" and 1 is the request
-/// tag of [`crate::world::rpc`].
-const FIRST_REPLY_TAG: u64 = 2;
+/// The tag requests travel on: they wait in the receiver's mailbox until it asks for them.
+pub const REQUEST_TAG: u64 = 1;
+
+/// The first answer tag ([`Endpoint::fresh_tag`]; 0 means "no answer"). Only a waiting call
+/// takes an answer: one that arrives after its call gave up is dropped, as an answer on a
+/// closed connection would be, rather than kept in the mailbox for ever.
+const FIRST_ANSWER_TAG: u64 = 2;
 
 /// One bound address: its mailbox, and where its messages come from.
 struct Socket {
@@ -206,8 +216,9 @@ impl Endpoint {
         self.socket.next_tag.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Sends `payload` to `target` on `tag`. It is dropped if nothing is bound there or the
-    /// way is clogged; otherwise it arrives after the network's latency.
+    /// Sends `payload` to `target` on `tag`. It is dropped if nothing is bound there, the way
+    /// is clogged, or it is an answer nobody waits for; otherwise it arrives after the
+    /// network's latency.
     pub fn send(&self, target: SocketAddr, tag: u64, payload: Payload) {
         let Some(network) = self.socket.network.upgrade() else {
             return;
@@ -230,8 +241,10 @@ impl Endpoint {
         let visible_at = Instant::now() + latency;
         let mut mailbox = lock(&receiver.mailbox);
         let waiting = mailbox.waiting.iter().find(|(waiting, _)| *waiting == tag);
-        if let Some((_, waker)) = waiting {
-            wake_at(visible_at, waker);
+        match waiting {
+            Some((_, waker)) => wake_at(visible_at, waker),
+            None if tag >= FIRST_ANSWER_TAG => return,
+            None => {}
         }
         let announced = waiting.is_some();
         mailbox.messages.push(Message {
