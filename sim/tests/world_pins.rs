@@ -382,3 +382,49 @@ async fn lagging_follower_caught_up_by_its_previous_fetch() -> (World, Vec<(usiz
 fn a_follower_rejoins_the_isr_only_holding_the_high_watermark() {
     assert_elected_without_loss(2, lagging_follower_caught_up_by_its_previous_fetch);
 }
+
+/// Seed 5248's defect: a run was judged converged right after a leader change, while the new
+/// leader's high watermark still lagged its log (its followers had not fetched from it yet),
+/// so the checker read a final log without the last acknowledged record and reported broker
+/// loss. A world is now caught up only once every leader has committed its whole log.
+/// Scripted here with the same state reached another way: a leader cut off from its
+/// followers holds an `acks=1` record above its high watermark, so the committed log (the
+/// checker's final log) is empty and the group, having committed nothing, looks finished.
+#[test]
+fn a_world_is_not_caught_up_while_a_leader_holds_records_above_its_high_watermark() {
+    simulate(1, async {
+        let world = one_partition(WorldConfig {
+            acks: holdfast_sim::world::Acks::One,
+            min_insync_replicas: 1,
+            ..WorldConfig::default()
+        })
+        .await;
+        assert!(world.caught_up("g"), "nothing produced: nothing to consume");
+        let leader = world.id(ServiceNode::Broker(0));
+        for follower in [1, 2] {
+            cut(
+                &world,
+                leader,
+                world.id(ServiceNode::Broker(follower)),
+                true,
+            );
+        }
+        let results = produce(&world, "producer", 0..1).await;
+        assert!(results[0].1.is_ok(), "acks=1: the leader's append answers");
+        eprintln!(
+            "DBG {:?} {:?} {:#?}",
+            Instant::now(),
+            world.partition_table(),
+            world.faults()
+        );
+        assert_eq!(
+            world.log_end(0),
+            0,
+            "the record is above the high watermark"
+        );
+        assert!(
+            !world.caught_up("g"),
+            "the leader holds an acknowledged record the committed log does not show yet"
+        );
+    });
+}

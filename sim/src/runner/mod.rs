@@ -469,18 +469,6 @@ fn finished(
     if params.scenario == Scenario::LiteralCommitRule {
         effects_done(world, truth, observers)
     } else {
-        caught_up(world, GROUP, params.partitions)
-            && (!params.compensator || caught_up(world, COMPENSATOR_GROUP, params.partitions))
+        world.caught_up(GROUP) && (!params.compensator || world.caught_up(COMPENSATOR_GROUP))
     }
-}
-
-/// Every partition's log is committed to its end, and the group's committed offset reached
-/// that end.
-fn caught_up(world: &World, group: &str, partitions: i32) -> bool {
-    let committed = world.committed(group);
-    (0..partitions).all(|partition| {
-        let end = world.log_end(partition);
-        world.replication_settled(partition)
-            && (end == 0 || committed.get(&partition).is_some_and(|c| c.offset >= end))
-    })
 }

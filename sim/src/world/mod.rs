@@ -1,5 +1,6 @@
 //! The simulated world: Kafka, Redis and PostgreSQL models, each on its own madsim node and
-//! reached over madsim's network, so that `kill`, `restart` and clogging hit them for real.
+//! reached over the world's network ([`transport`]), so that `kill`, `restart` and clogging
+//! hit them for real.
 //!
 //! [`World`] is the harness's facade: it starts the services, hands out port implementations
 //! for client nodes, injects faults and lets the checker read the models' state directly.
@@ -231,10 +232,14 @@ fn start_brokers(
         let state = Arc::new(Mutex::new(BrokerState::new(broker, hosted, kafka.clone())));
         brokers.push(state.clone());
         let name = format!("broker-{broker}");
-        let network = network.clone();
-        let node = service_node(handle, &name, kafka::broker_address(broker), move || {
-            kafka::broker::run(state.clone(), network.clone())
-        });
+        let net = network.clone();
+        let node = service_node(
+            handle,
+            network,
+            &name,
+            kafka::broker_address(broker),
+            move || kafka::broker::run(state.clone(), net.clone()),
+        );
         nodes.push((ServiceNode::Broker(broker), node.id()));
     }
     brokers
@@ -260,6 +265,7 @@ impl World {
         let (state, net) = (controller.clone(), network.clone());
         let node = service_node(
             &handle,
+            &network,
             "controller",
             kafka::controller_address(),
             move || kafka::controller::run(state.clone(), net.clone()),
@@ -272,15 +278,20 @@ impl World {
             config.redis_max_keys,
         )));
         let (state, net) = (redis.clone(), network.clone());
-        let node = service_node(&handle, "redis", redis::redis_address(), move || {
-            redis::run(state.clone(), net.clone())
-        });
+        let node = service_node(
+            &handle,
+            &network,
+            "redis",
+            redis::redis_address(),
+            move || redis::run(state.clone(), net.clone()),
+        );
         nodes.push((ServiceNode::Redis, node.id()));
         let store = Arc::new(Mutex::new(StoreDisk::new(config.schema)));
         let idle_max = config.store_idle_max;
         let (state, net) = (store.clone(), network.clone());
         let node = service_node(
             &handle,
+            &network,
             "postgres",
             postgres::postgres_address(),
             move || postgres::run(state.clone(), idle_max, net.clone()),
@@ -619,6 +630,20 @@ impl World {
             .and_then(|t| t.leader)
     }
 
+    /// Whether `group` has consumed everything: every partition's leader has committed its
+    /// whole log ([`World::replication_settled`]) and the group's committed offset reached
+    /// that log's end. A run converges only then: a leader whose high watermark still lags
+    /// its log (a new leader before its followers fetched from it) holds acknowledged records
+    /// that the committed log does not show yet.
+    pub fn caught_up(&self, group: &str) -> bool {
+        let committed = self.committed(group);
+        (0..self.inner.config.partitions).all(|partition| {
+            let end = self.log_end(partition);
+            self.replication_settled(partition)
+                && (end == 0 || committed.get(&partition).is_some_and(|c| c.offset >= end))
+        })
+    }
+
     /// Whether a partition's leader has committed its whole log (its high watermark at its
     /// log end). A new leader's high watermark lags until its followers fetch from it, so
     /// until then the committed log is not yet the final one. True with no leader.
@@ -698,6 +723,7 @@ impl World {
 
 fn service_node<F>(
     handle: &Handle,
+    network: &Network,
     name: &str,
     address: SocketAddr,
     init: impl Fn() -> F + Send + Sync + 'static,
@@ -705,10 +731,12 @@ fn service_node<F>(
 where
     F: std::future::Future<Output = ()> + 'static,
 {
-    handle
+    let node = handle
         .create_node()
         .name(name)
         .ip(address.ip())
         .init(init)
-        .build()
+        .build();
+    network.reserve(node.id(), address);
+    node
 }

@@ -51,6 +51,8 @@ pub struct Network {
 struct Links {
     latency: Range<Duration>,
     sockets: HashMap<SocketAddr, Weak<Socket>>,
+    /// Sockets made before their node bound them ([`Network::reserve`]).
+    reserved: HashMap<SocketAddr, Arc<Socket>>,
     clogged_nodes: HashSet<NodeId>,
     clogged_links: HashSet<(NodeId, NodeId)>,
     /// Client sockets get addresses of their own, in 10.255.0.0/16, one port each.
@@ -64,6 +66,7 @@ impl Network {
             inner: Arc::new(Mutex::new(Links {
                 latency: min..max.max(min + Duration::from_micros(1)),
                 sockets: HashMap::new(),
+                reserved: HashMap::new(),
                 clogged_nodes: HashSet::new(),
                 clogged_links: HashSet::new(),
                 clients_bound: 0,
@@ -73,19 +76,46 @@ impl Network {
     }
 
     /// Binds `address` on the current node. A socket still bound there belongs to a killed
-    /// incarnation of this node: the new one takes the address over.
+    /// incarnation of this node: the new one takes the address over. The node's first bind
+    /// of a reserved address takes the reserved socket, with what was sent to it meanwhile.
     pub fn bind(&self, address: SocketAddr) -> Endpoint {
-        let socket = Arc::new(Socket {
-            address,
-            node: madsim::plugin::node(),
-            network: Arc::downgrade(&self.inner),
-            mailbox: Mutex::new(Mailbox::default()),
-            next_tag: self.next_tag.clone(),
-        });
+        let node = madsim::plugin::node();
+        // Taken out before a mismatched reservation is dropped: its drop takes the lock.
+        let reserved = lock(&self.inner).reserved.remove(&address);
+        if let Some(socket) = reserved.filter(|socket| socket.node == node) {
+            return Endpoint { socket };
+        }
+        let socket = self.socket(node, address);
         lock(&self.inner)
             .sockets
             .insert(address, Arc::downgrade(&socket));
         Endpoint { socket }
+    }
+
+    /// Reserves `address` for `node` before the node runs: messages sent there wait for the
+    /// node's first bind, as connections wait in a listening socket's backlog. The world
+    /// reserves every service's address when it creates the nodes, so that a service that
+    /// starts first does not lose its first messages to one that has not bound yet (madsim
+    /// starts nodes in random order). Only a node's first bind takes its reservation; the
+    /// world kills no node before that.
+    pub fn reserve(&self, node: NodeId, address: SocketAddr) {
+        let socket = self.socket(node, address);
+        let replaced = {
+            let mut links = lock(&self.inner);
+            links.sockets.insert(address, Arc::downgrade(&socket));
+            links.reserved.insert(address, socket)
+        };
+        drop(replaced); // outside the lock: a socket's drop takes it
+    }
+
+    fn socket(&self, node: NodeId, address: SocketAddr) -> Arc<Socket> {
+        Arc::new(Socket {
+            address,
+            node,
+            network: Arc::downgrade(&self.inner),
+            mailbox: Mutex::new(Mailbox::default()),
+            next_tag: self.next_tag.clone(),
+        })
     }
 
     /// Binds a fresh address on the current node, for a client.
