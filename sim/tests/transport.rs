@@ -259,3 +259,25 @@ fn an_answer_nobody_waits_for_is_dropped() {
         );
     });
 }
+
+/// Goal: what is sent to a reserved address before its node binds waits for the node's first
+/// bind (the world reserves every service's address when it creates the nodes, which madsim
+/// starts in random order); what is sent to an address nobody reserved or bound is lost.
+#[test]
+fn a_reserved_address_keeps_what_arrives_before_its_node_binds() {
+    simulate(7, async {
+        let network = Network::new(Duration::from_millis(1), Duration::from_millis(3));
+        let (client, service) = (node("client", "10.0.0.1"), node("service", "10.0.0.9"));
+        let sender = bind_on(&client, &network, address("10.0.0.1:1")).await;
+        let (reserved, unbound) = (address("10.0.0.9:1"), address("10.0.0.9:2"));
+        network.reserve(service.id(), reserved);
+        sender.send(reserved, TAG, Box::new(1u32));
+        sender.send(unbound, TAG, Box::new(2u32));
+        sleep(Duration::from_millis(5)).await;
+        let first = bind_on(&service, &network, reserved).await;
+        let late = bind_on(&service, &network, unbound).await;
+        let limit = Duration::from_millis(5);
+        assert_eq!(received_within(&first, TAG, limit).await, [1]);
+        assert!(received_within(&late, TAG, limit).await.is_empty());
+    });
+}
