@@ -213,7 +213,8 @@ fn the_compensator_repairs_what_auto_commit_lost() {
 //   a_follower_rejoins_the_isr_only_holding_the_high_watermark;
 // 586: a_restarted_controller_counts_broker_sessions_from_their_next_heartbeat;
 // 601: a_follower_joining_the_isr_holds_the_high_watermark;
-// 710: client_metadata_never_goes_back_to_an_older_leader_epoch.
+// 710: client_metadata_never_goes_back_to_an_older_leader_epoch;
+// 5248: a_world_is_not_caught_up_while_a_leader_holds_records_above_its_high_watermark.
 // 9, 48, 5 and 140 were defects of the fault injector or the checker, not of the models;
 // which defect 130 found is not recorded.
 
@@ -376,7 +377,8 @@ fn seed_3071_large_dropping_revoked_records_costs_nothing() {
 /// A run now converges only once every leader has committed its whole log. No longer
 /// reproduces with that condition removed since the store's transactions take two round trips
 /// (its history changed; 5,000 seeds at `--orders 170` with the condition removed found no
-/// other); kept as a run that must pass.
+/// other); kept as a run that must pass. Pinned by
+/// `world_pins::a_world_is_not_caught_up_while_a_leader_holds_records_above_its_high_watermark`.
 #[test]
 fn seed_5248_standard_converges_only_once_every_leader_committed_its_log() {
     let mut params = RunParams::derive_sized(5248, Scenario::Standard, Size::Mixed);
