@@ -281,3 +281,23 @@ fn a_reserved_address_keeps_what_arrives_before_its_node_binds() {
         assert!(received_within(&late, TAG, limit).await.is_empty());
     });
 }
+
+/// Goal: every client socket gets an address of its own, past the 65,535 ports of one host.
+#[test]
+fn client_addresses_are_never_reused() {
+    simulate(8, async {
+        let network = Network::new(Duration::from_millis(1), Duration::from_millis(3));
+        let client = node("client", "10.0.0.1");
+        let addresses = client
+            .spawn(async move {
+                (0..70_000)
+                    .map(|_| network.bind_client().address())
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap();
+        let distinct: std::collections::BTreeSet<_> = addresses.iter().collect();
+        assert_eq!(distinct.len(), addresses.len());
+        assert!(addresses.iter().all(|address| address.port() != 0));
+    });
+}

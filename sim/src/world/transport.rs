@@ -43,8 +43,8 @@ pub type Payload = Box<dyn Any + Send + Sync>;
 pub struct Network {
     inner: Arc<Mutex<Links>>,
     /// The next answer tag, shared by every socket: a late answer to a killed incarnation's
-    /// call then matches no call of the next incarnation at the same address, as a closed
-    /// connection's would not.
+    /// call then matches no call of the next incarnation at the same address, as an answer
+    /// on a closed connection reaches no new one.
     next_tag: Arc<AtomicU64>,
 }
 
@@ -60,8 +60,13 @@ struct Links {
 }
 
 impl Network {
-    /// A network whose messages take `min..=max` (uniform) to arrive.
+    /// A network whose messages take `min..=max` (uniform) to arrive. Panics below 1 ms:
+    /// madsim's timers wake no sooner, so a shorter latency would not be kept.
     pub fn new(min: Duration, max: Duration) -> Network {
+        assert!(
+            min >= Duration::from_millis(1),
+            "a latency below madsim's 1 ms minimum sleep: {min:?}"
+        );
         Network {
             inner: Arc::new(Mutex::new(Links {
                 latency: min..max.max(min + Duration::from_micros(1)),
@@ -123,12 +128,12 @@ impl Network {
         let index = {
             let mut links = lock(&self.inner);
             links.clients_bound += 1;
-            links.clients_bound
+            links.clients_bound - 1
         };
-        let [_, _, high, low] = (index >> 16).to_be_bytes();
+        // Ports 1 to 65,535 on each host (port 0 is no port).
+        let [_, _, high, low] = (index / PORTS).to_be_bytes();
+        let port = u16::try_from(1 + index % PORTS).unwrap_or(u16::MAX);
         let host = Ipv4Addr::new(10, 255, high, low);
-        // Port 0 is no port: the low half of the index, shifted past it.
-        let port = u16::try_from(index & 0xffff).unwrap_or(u16::MAX).max(1);
         self.bind(SocketAddr::V4(SocketAddrV4::new(host, port)))
     }
 
@@ -150,6 +155,9 @@ impl Network {
         };
     }
 }
+
+/// The ports of one client host.
+const PORTS: u32 = u16::MAX as u32;
 
 /// The tag requests travel on: they wait in the receiver's mailbox until it asks for them.
 pub const REQUEST_TAG: u64 = 1;
