@@ -411,12 +411,6 @@ fn a_world_is_not_caught_up_while_a_leader_holds_records_above_its_high_watermar
         }
         let results = produce(&world, "producer", 0..1).await;
         assert!(results[0].1.is_ok(), "acks=1: the leader's append answers");
-        eprintln!(
-            "DBG {:?} {:?} {:#?}",
-            Instant::now(),
-            world.partition_table(),
-            world.faults()
-        );
         assert_eq!(
             world.log_end(0),
             0,
