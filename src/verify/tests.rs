@@ -204,3 +204,47 @@ fn the_second_reading_agrees_with_the_decoder_on_the_workload() {
         );
     }
 }
+
+/// `acknowledged_keys` is how many applications a pipeline that loses nothing makes (the
+/// simulator's expected ledger size): one per business key, rivals under one key once.
+#[test]
+fn acknowledged_keys_are_the_business_keys_a_faithful_store_applies() {
+    let (truth, store, events) = truth_and_store(50);
+    let applied: BTreeSet<String> = store
+        .ledger
+        .iter()
+        .map(|application| {
+            Fact::business_key(
+                &application.order_id,
+                application.kind,
+                &application.event_id,
+            )
+        })
+        .collect();
+    assert_eq!(truth.acknowledged_keys(), applied);
+    assert_eq!(applied.len(), store.ledger.len());
+    assert!(
+        applied.len() < events.len(),
+        "the workload has rivals under one key, which count once"
+    );
+}
+
+/// The report is what `holdfast verify` prints: its counts, each finding with the offending
+/// events, and the verdict.
+#[test]
+fn the_printed_report_names_the_counts_the_findings_and_the_verdict() {
+    let (truth, mut store, events) = truth_and_store(20);
+    let passing = verify(&truth, &store, &no_letters(), &BTreeSet::new()).to_string();
+    assert!(passing.contains(&format!("acknowledged   {}", truth.acknowledged.len())));
+    assert!(passing.contains("conservation   holds"));
+    assert!(passing.ends_with("verdict        PASS"), "{passing}");
+    let created = events
+        .iter()
+        .find(|e| e.kind == EventKind::Created)
+        .unwrap();
+    store.rows.get_mut(&created.order_id).unwrap().created = None;
+    let failing = verify(&truth, &store, &no_letters(), &BTreeSet::new()).to_string();
+    assert!(failing.contains("conservation   BROKEN"), "{failing}");
+    assert!(failing.contains(&format!("missing        1 {}", Fact::of(created).text())));
+    assert!(failing.ends_with("verdict        FAIL"), "{failing}");
+}
