@@ -3,6 +3,9 @@
 //! checks the case that must not deliver.
 #![cfg(madsim)]
 
+mod common;
+
+use common::simulate;
 use holdfast_sim::world::transport::{Endpoint, Network, Payload, REQUEST_TAG};
 use madsim::runtime::{Handle, NodeHandle};
 use madsim::time::{sleep, Instant};
@@ -12,11 +15,6 @@ use std::time::Duration;
 
 /// Requests wait in the mailbox for their receiver; answers do not (see the last test).
 const TAG: u64 = REQUEST_TAG;
-
-/// Runs one test in a fresh simulation, seeded.
-fn simulate<F: std::future::Future + 'static>(seed: u64, test: F) -> F::Output {
-    madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default()).block_on(test)
-}
 
 fn address(text: &str) -> SocketAddr {
     text.parse().expect("a test address")

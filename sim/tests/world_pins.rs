@@ -9,7 +9,7 @@ mod common;
 
 use common::{cut, settle, simulate};
 use holdfast::ports::{Delivery, EventLog, OutboundMessage, PortError, Publisher};
-use holdfast_sim::world::{NodeId, ServiceNode, World, WorldConfig};
+use holdfast_sim::world::{Acks, NodeId, ServiceNode, World, WorldConfig};
 use madsim::time::{sleep, Instant};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -394,7 +394,7 @@ fn a_follower_rejoins_the_isr_only_holding_the_high_watermark() {
 fn a_world_is_not_caught_up_while_a_leader_holds_records_above_its_high_watermark() {
     simulate(1, async {
         let world = one_partition(WorldConfig {
-            acks: holdfast_sim::world::Acks::One,
+            acks: Acks::One,
             min_insync_replicas: 1,
             ..WorldConfig::default()
         })

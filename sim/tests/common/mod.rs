@@ -1,5 +1,7 @@
 //! Helpers shared by the simulated world's test binaries (`world_models.rs`,
-//! `world_pins.rs`).
+//! `world_pins.rs`, `transport.rs`). Each binary compiles this module on its own and uses
+//! only part of it, hence the allowance.
+#![allow(dead_code)]
 
 use holdfast_sim::world::{NodeId, World};
 use madsim::time::sleep;
