@@ -28,11 +28,26 @@ fn holdfast_with(args: &[&str], env: &[(&str, &str)]) -> (Output, Duration) {
     (output, started.elapsed())
 }
 
-/// A config file with `text`, unique to this test process and `name`.
-fn config_file(name: &str, text: &str) -> String {
+/// A config file with `text`, unique to this test process and `name`; removed when dropped.
+struct ConfigFile(String);
+
+impl std::ops::Deref for ConfigFile {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn config_file(name: &str, text: &str) -> ConfigFile {
     let path = std::env::temp_dir().join(format!("holdfast-{}-{name}.toml", std::process::id()));
     std::fs::write(&path, text).expect("the temporary directory is writable");
-    path.display().to_string()
+    ConfigFile(path.display().to_string())
 }
 
 /// Asserts a start-up failure: exit 2, within `limit`, stderr holding every one of `named`

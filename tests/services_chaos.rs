@@ -10,7 +10,7 @@ use common::kafka::{
     free_address, holdfast, metric, owned_partitions, partition_ends, scrape, spawn_holdfast,
     terminate, topics, try_scrape, unique, wait_caught_up, Spawned, Topics, PARTITIONS,
 };
-use common::{env, flushall, fresh_store, services_up};
+use common::{env, flushall, fresh_store, services_up, Scratch};
 use holdfast::event::OrderEvent;
 use holdfast::idempotency::IdempotencyKey;
 use holdfast::rng::SplitMix;
@@ -34,6 +34,7 @@ struct Setup {
     truth: PathBuf,
     history: PathBuf,
     group: String,
+    _scratch: Scratch,
 }
 
 impl Setup {
@@ -46,6 +47,7 @@ impl Setup {
         let history = std::env::temp_dir().join(format!("{}.history", topics.topic));
         let _ = std::fs::remove_dir_all(&history);
         Setup {
+            _scratch: Scratch(vec![truth.clone(), history.clone()]),
             history,
             postgres: format!(
                 "{} options='-c search_path={schema}'",

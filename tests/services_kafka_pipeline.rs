@@ -10,7 +10,7 @@ use common::kafka::{
     caught_up, free_address, holdfast, http_get, metric, partition_ends, scrape, spawn_holdfast,
     terminate, topics, unique, wait_caught_up, Topics,
 };
-use common::{env, flushall, fresh_store, services_up};
+use common::{env, flushall, fresh_store, services_up, Scratch};
 use holdfast::adapters::kafka::{read_topic, KafkaGroupOffsets, KafkaLog, KafkaPublisher};
 use holdfast::adapters::{PostgresStore, RedisCache};
 use holdfast::pipeline::dead_letter::{
@@ -399,6 +399,7 @@ async fn the_command_line_through_sigkill_and_sigterm() {
     let truth_arg = truth.to_str().unwrap().to_owned();
     let history = std::env::temp_dir().join(format!("{}.history", topics.topic));
     let _ = std::fs::remove_dir_all(&history);
+    let _scratch = Scratch(vec![truth.clone(), history.clone()]);
     let history_arg = history.to_str().unwrap().to_owned();
     let summary = holdfast(&[
         "produce",

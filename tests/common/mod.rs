@@ -14,6 +14,23 @@ pub fn env(name: &str) -> String {
     })
 }
 
+/// Files and directories a test writes under the temporary directory (truth files, recorded
+/// histories): removed when the test passes, kept when it fails so that they can be read.
+pub struct Scratch(pub Vec<std::path::PathBuf>);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept for the failure: {:?}", self.0);
+            return;
+        }
+        for path in &self.0 {
+            let _ = std::fs::remove_dir_all(path);
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// Empties Redis, as a restart without persistence would.
 pub async fn flushall(url: &str) {
     let mut connection = redis::Client::open(url)
