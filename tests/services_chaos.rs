@@ -149,13 +149,15 @@ impl Setup {
     /// Waits for a `holdfast produce` of 100,000+ events to acknowledge everything, then for
     /// the group to commit every partition end; returns the producer's summary.
     async fn caught_up_after(&self, producer: Spawned) -> String {
-        let produced = producer.into_child().wait_with_output().unwrap();
-        let produced = String::from_utf8_lossy(&produced.stdout).into_owned();
-        assert!(produced.contains("failed 0"), "{produced}");
-        assert!(valid_events(&produced) >= 100_000, "{produced}");
+        let produced = produced(producer);
+        self.caught_up().await;
+        produced
+    }
+
+    /// Waits for the group to commit every partition end.
+    async fn caught_up(&self) {
         let ends = partition_ends(&self.topics.topic).await;
         wait_caught_up(&self.topics, &self.group, &ends, Duration::from_secs(600)).await;
-        produced
     }
 
     /// `holdfast check` over the runs' recorded histories; panics unless every invariant
@@ -178,6 +180,43 @@ impl Setup {
         let _ = std::fs::remove_dir_all(&self.history);
         report
     }
+}
+
+/// Waits for a `holdfast produce` of 100,000+ events to acknowledge everything; returns its
+/// summary.
+fn produced(producer: Spawned) -> String {
+    let produced = producer.into_child().wait_with_output().unwrap();
+    let produced = String::from_utf8_lossy(&produced.stdout).into_owned();
+    assert!(produced.contains("failed 0"), "{produced}");
+    assert!(valid_events(&produced) >= 100_000, "{produced}");
+    produced
+}
+
+/// Waits (at most 60 s) until the member scraped at `address` has records in flight;
+/// returns how many.
+async fn in_flight_awaited(address: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let scraped = try_scrape(address).unwrap_or_default();
+        let in_flight = in_flight_total(&scraped);
+        if in_flight > 0 {
+            return in_flight;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no records in flight:\n{scraped}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Records in flight over every partition of a scraped consumer.
+fn in_flight_total(scraped: &str) -> u64 {
+    scraped
+        .lines()
+        .filter_map(|line| line.strip_prefix("holdfast_in_flight{"))
+        .filter_map(|rest| rest.rsplit(' ').next()?.trim().parse::<u64>().ok())
+        .sum()
 }
 
 /// The number of valid events in `produce`'s summary line.
@@ -443,9 +482,11 @@ const FREEZES_MAX: usize = 3;
 /// Goal: a member frozen past its session timeout and then thawed is a zombie (it still
 /// believes it owns its partitions and has polled records queued for its workers); with
 /// progress in the store, its transactions after the group moved its partitions are refused
-/// as fenced, and nothing is lost or applied twice. Method: two `run --progress store`
-/// processes share the group while 100,000+ events are produced; once both applied
-/// something, SIGSTOP one until the other owns all eight partitions (past the 6 s session
+/// as fenced, and nothing is lost or applied twice. Method: 100,000+ events are produced
+/// first, so both members work through a backlog (a member that keeps up with a producer is
+/// usually idle when frozen, with nothing queued to be fenced); two `run --progress store`
+/// processes share the group; once both applied something and the zombie has records in
+/// flight, SIGSTOP it until the other owns all eight partitions (past the 6 s session
 /// timeout), then SIGCONT it; repeat (at most three times) until the thawed member's
 /// metrics count a fenced batch; the group must then commit every partition end; SIGTERM
 /// both, `verify` and `check`.
@@ -453,12 +494,12 @@ const FREEZES_MAX: usize = 3;
 async fn a_frozen_member_thawed_after_its_session_is_fenced_by_the_store() {
     let _exclusive = SERVICES.lock().await;
     let setup = Setup::new("zombie").await;
+    let produced = produced(spawn_holdfast(&setup.produce_args("17500", "37")));
     let addresses = [free_address(), free_address()];
     let mut members: Vec<Spawned> = addresses
         .iter()
         .map(|address| setup.run(&["--progress", "store", "--metrics", address]))
         .collect();
-    let producer = spawn_holdfast(&setup.produce_args("17500", "37"));
     let scraped = |address: &str| try_scrape(address).unwrap_or_default();
     let counter = |address: &str, name: &str| metric(&scraped(address), name).unwrap_or(0);
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -478,6 +519,7 @@ async fn a_frozen_member_thawed_after_its_session_is_fenced_by_the_store() {
             scraped(zombie)
         );
         freezes += 1;
+        let in_flight = in_flight_awaited(zombie).await;
         signal(&members[0], "STOP");
         let deadline = Instant::now() + Duration::from_secs(60);
         while owned_partitions(&scraped(survivor)).len() < PARTITIONS as usize {
@@ -488,11 +530,12 @@ async fn a_frozen_member_thawed_after_its_session_is_fenced_by_the_store() {
         // The thawed member finishes what it had queued, then rejoins.
         tokio::time::sleep(Duration::from_secs(3)).await;
         eprintln!(
-            "freeze {freezes}: the thawed member counts {} fenced batches",
+            "freeze {freezes} with {in_flight} records in flight: the thawed member counts {} \
+             fenced batches",
             counter(zombie, "holdfast_batches_fenced_total")
         );
     }
-    let produced = setup.caught_up_after(producer).await;
+    setup.caught_up().await;
     let fenced = counter(zombie, "holdfast_batches_fenced_total");
     let mut stopped = String::new();
     for member in members.drain(..) {
