@@ -655,25 +655,56 @@ fn poll_order(
 }
 
 /// Committed offsets must never move backwards, across members and generations.
+///
+/// A commit's answer is recorded when its member's client serves it, so its time only bounds
+/// when the coordinator stored it: a member frozen just after sending a commit has it answered
+/// after it thaws, behind the next owner's commits. The generation orders them: a coordinator
+/// stores a commit only from a member of its current generation, and a member serves its
+/// revoke before it can rejoin into a later one, so a commit answered while its member's
+/// latest assignment was of generation `g` was stored during `g` (or later, if the client
+/// held it and sent it after rejoining: then the member's next assignment comes first, and
+/// the commit is judged in that generation). Commits are judged in the order (generation,
+/// answer time).
 fn check_commits(history: &[(u64, Step)]) -> Vec<Violation> {
-    let mut committed: HashMap<i32, (i64, String)> = HashMap::new();
-    let mut violations = Vec::new();
+    let mut generations: HashMap<&str, i32> = HashMap::new();
+    let mut commits = Vec::new();
     for (at_ms, step) in history {
-        if let Step::Committed {
-            member,
-            partition,
-            offset,
-        } = step
-        {
-            if let Some((previous, by)) = committed.get(partition) {
-                if offset < previous {
-                    violations.push(Violation {
-                        invariant: Invariant::CommitBackwards,
-                        detail: format!("{member} committed p{partition}={offset} at {at_ms}ms after {by} committed {previous}"),
-                    });
-                }
+        match step {
+            Step::Assigned {
+                member, generation, ..
+            } => {
+                let latest = generations.entry(member.as_str()).or_insert(*generation);
+                *latest = (*latest).max(*generation);
             }
-            committed.insert(*partition, (*offset, member.clone()));
+            Step::Committed {
+                member,
+                partition,
+                offset,
+            } => {
+                let generation = generations.get(member.as_str()).copied();
+                commits.push((*partition, generation, *at_ms, member.as_str(), *offset));
+            }
+            _ => {}
+        }
+    }
+    // Stable: commits of one generation and millisecond keep their recorded order.
+    commits.sort_by_key(|&(partition, generation, at_ms, ..)| (partition, generation, at_ms));
+    let mut violations = Vec::new();
+    for pair in commits.windows(2) {
+        let [(partition, _, _, by, previous), (next_partition, generation, at_ms, member, offset)] =
+            pair
+        else {
+            continue;
+        };
+        if partition == next_partition && offset < previous {
+            let generation = generation.map_or("none".to_owned(), |g| g.to_string());
+            violations.push(Violation {
+                invariant: Invariant::CommitBackwards,
+                detail: format!(
+                    "{member} committed p{partition}={offset} at {at_ms}ms in generation \
+                     {generation} after {by} committed {previous}"
+                ),
+            });
         }
     }
     violations
@@ -1061,6 +1092,47 @@ mod tests {
         ));
         let verdict = check(&observed);
         assert!(verdict.passed(), "{:?}", verdict.violations);
+    }
+
+    /// Goal: a commit is judged in the generation it was answered in, not at its answer's
+    /// time alone: a frozen member's commit of generation 1, answered after the next owner
+    /// of generation 2 committed further, was stored first (it passes); a commit answered
+    /// after its member joined generation 3 is judged there and goes backwards (it fails).
+    /// Method: the clean run handed from c1 (generation 1) to c2 (generation 2).
+    #[test]
+    fn commits_are_ordered_by_generation_before_answer_time() {
+        let assigned = |member: &str, generation| Step::Assigned {
+            member: member.into(),
+            partition: 0,
+            generation,
+        };
+        let committed = |member: &str, offset| Step::Committed {
+            member: member.into(),
+            partition: 0,
+            offset,
+        };
+        let mut observed = clean_run();
+        let end = observed.logs[&0].len() as i64;
+        observed.history.insert(0, (0, assigned("c1", 1)));
+        let last = observed.history.pop();
+        assert!(matches!(last, Some((_, Step::Committed { .. }))));
+        observed.history.push((999, committed("c1", end - 2)));
+        observed.history.push((1000, assigned("c2", 2)));
+        observed.history.push((1001, committed("c2", end)));
+        observed.history.push((1002, committed("c1", end - 1)));
+        let verdict = check(&observed);
+        assert!(verdict.passed(), "{:?}", verdict.violations);
+
+        observed.history.push((1003, assigned("c1", 3)));
+        observed.history.push((1004, committed("c1", end - 2)));
+        let verdict = check(&observed);
+        assert_eq!(verdict.invariants(), [Invariant::CommitBackwards].into());
+        let expected = format!("p0={} at 1004ms in generation 3", end - 2);
+        assert!(
+            verdict.violations[0].detail.contains(&expected),
+            "{:?}",
+            verdict.violations
+        );
     }
 
     #[test]
