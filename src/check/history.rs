@@ -315,6 +315,76 @@ mod tests {
         assert_eq!(digest(b"same"), digest(b"same"));
     }
 
+    /// Goal: the digest is the documented function, the same in every build and process (a
+    /// history file is written by one process and judged by another). Method: values computed
+    /// by an independent implementation of the doc comment's algorithm (the empty payload, a
+    /// tail only, one whole word, words and a tail).
+    #[test]
+    fn digest_matches_its_definition() {
+        assert_eq!(digest(b""), 0xec97_06eb_b818_2c89);
+        assert_eq!(digest(b"a"), 0x272d_7dea_8335_49d0);
+        assert_eq!(digest(b"holdfast"), 0xd18d_5dfe_2b83_8ce0);
+        assert_eq!(digest(b"holdfast order events"), 0xe708_7c93_1cfe_1569);
+    }
+
+    /// Goal: the fingerprint's hasher is FNV-1a. Method: the published 64-bit FNV-1a test
+    /// vectors.
+    #[test]
+    fn fnv_matches_the_published_vectors() {
+        for (bytes, expected) in [
+            (&b""[..], 0xcbf2_9ce4_8422_2325),
+            (b"a", 0xaf63_dc4c_8601_ec8c),
+            (b"foobar", 0x8594_4171_f739_67e8),
+        ] {
+            let mut hasher = Fnv::default();
+            hasher.write(bytes);
+            assert_eq!(hasher.finish(), expected, "{bytes:?}");
+        }
+    }
+
+    /// Goal: each step's trace line says what happened (the simulator's timeline labels its
+    /// steps with it). Method: a step of each shape, described.
+    #[test]
+    fn steps_are_described_as_trace_lines() {
+        let cases = [
+            (
+                Step::Sent {
+                    event_id: "e1".into(),
+                    acknowledged: true,
+                    delivered: Some((2, 9)),
+                },
+                "send e1 acked p2@9",
+            ),
+            (
+                Step::Sent {
+                    event_id: "e2".into(),
+                    acknowledged: false,
+                    delivered: None,
+                },
+                "send e2 unacked",
+            ),
+            (
+                Step::Stored {
+                    member: "c1".into(),
+                    event_id: "e1".into(),
+                    applied: false,
+                },
+                "c1 duplicate e1",
+            ),
+            (
+                Step::Revoked {
+                    member: "c2".into(),
+                    partition: 3,
+                },
+                "c2 revoked p3",
+            ),
+            (fault("kill broker-0"), "FAULT kill broker-0"),
+        ];
+        for (step, line) in cases {
+            assert_eq!(describe(&step), line);
+        }
+    }
+
     #[test]
     fn fingerprint_tells_histories_apart() {
         let a = History::new();

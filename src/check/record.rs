@@ -251,3 +251,7 @@ impl<P: Publisher, K: Sink> Publisher for RecordingPublisher<P, K> {
         Ok(delivery)
     }
 }
+
+#[cfg(test)]
+#[path = "record_tests.rs"]
+mod tests;

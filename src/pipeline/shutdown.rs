@@ -27,3 +27,21 @@ impl Shutdown {
         *self.0.borrow()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: a trigger, or any clone of it, is seen by every clone of the consumer's side,
+    /// and nothing is requested before. Method: a pair, cloned on both sides.
+    #[test]
+    fn a_trigger_reaches_every_clone() {
+        let (trigger, shutdown) = ShutdownTrigger::new();
+        let other = shutdown.clone();
+        assert!(!shutdown.requested());
+        assert!(!other.requested());
+        trigger.clone().trigger();
+        assert!(shutdown.requested());
+        assert!(other.requested());
+    }
+}
