@@ -1,5 +1,6 @@
 use super::*;
 use crate::event::EventKind;
+use crate::idempotency::memory::tests::event;
 use crate::idempotency::memory::MemoryStore;
 use crate::memlog::MemoryBroker;
 use std::sync::{Arc, Mutex};
@@ -118,18 +119,6 @@ async fn the_recording_log_passes_calls_through_and_records_their_answers() {
     assert!(log.commit(&[commit], CommitMode::Sync).await.is_err());
     assert_eq!(sink.seen(), expected);
     assert_eq!(sink.accepted.lock().unwrap().len(), 1);
-}
-
-fn event(event_id: &str, kind: EventKind) -> OrderEvent {
-    OrderEvent {
-        event_id: event_id.into(),
-        order_id: "o1".into(),
-        user_id: "u1".into(),
-        kind,
-        amount_minor: kind.carries_amount().then_some(5),
-        event_time_ms: 0,
-        payload: bytes::Bytes::new(),
-    }
 }
 
 /// Goal: the recording store hands every call to the store it wraps and records each

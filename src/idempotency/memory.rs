@@ -496,11 +496,12 @@ impl OrderStore for MemoryStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::event::EventKind;
 
-    fn event(event_id: &str, kind: EventKind) -> OrderEvent {
+    /// An event of order o1 (shared with other modules' tests).
+    pub(crate) fn event(event_id: &str, kind: EventKind) -> OrderEvent {
         OrderEvent {
             event_id: event_id.into(),
             order_id: "o1".into(),
