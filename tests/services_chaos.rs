@@ -7,8 +7,9 @@
 mod common;
 
 use common::kafka::{
-    free_address, holdfast, metric, owned_partitions, partition_ends, scrape, spawn_holdfast,
-    terminate, topics, try_scrape, unique, wait_caught_up, Spawned, Topics, PARTITIONS,
+    free_address, holdfast, in_flight_total, metric, owned_partitions, partition_ends, scrape,
+    spawn_holdfast, terminate, topics, try_scrape, unique, wait_caught_up, Spawned, Topics,
+    PARTITIONS,
 };
 use common::{env, flushall, fresh_store, services_up, Scratch};
 use holdfast::event::OrderEvent;
@@ -208,15 +209,6 @@ async fn in_flight_awaited(address: &str) -> u64 {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-}
-
-/// Records in flight over every partition of a scraped consumer.
-fn in_flight_total(scraped: &str) -> u64 {
-    scraped
-        .lines()
-        .filter_map(|line| line.strip_prefix("holdfast_in_flight{"))
-        .filter_map(|rest| rest.rsplit(' ').next()?.trim().parse::<u64>().ok())
-        .sum()
 }
 
 /// The number of valid events in `produce`'s summary line.

@@ -161,6 +161,16 @@ pub fn owned_partitions(scraped: &str) -> Vec<PartitionId> {
         .collect()
 }
 
+/// Records in flight over every partition of a scraped consumer (the gauge
+/// [`owned_partitions`] reads the labels of).
+pub fn in_flight_total(scraped: &str) -> u64 {
+    scraped
+        .lines()
+        .filter_map(|line| line.strip_prefix("holdfast_in_flight{"))
+        .filter_map(|rest| rest.rsplit(' ').next()?.trim().parse::<u64>().ok())
+        .sum()
+}
+
 /// A free loopback address for a metrics endpoint (bound and released).
 pub fn free_address() -> String {
     std::net::TcpListener::bind("127.0.0.1:0")
