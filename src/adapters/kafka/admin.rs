@@ -105,7 +105,7 @@ pub async fn read_topic(
 ) -> Result<Vec<Record>, AdapterError> {
     settings.validate()?;
     let reader: BaseConsumer = settings
-        .consumer_config("holdfast-reader")
+        .consumer_config("holdfast-reader")?
         .create()
         .map_err(|error| connect_error(&error))?;
     let topic = topic.to_owned();

@@ -299,7 +299,7 @@ impl KafkaLog {
             served: AtomicU64::new(0),
         };
         let consumer: BaseConsumer<LogContext> = settings
-            .consumer_config(group)
+            .consumer_config(group)?
             .create_with_context(context)
             .map_err(|error| connect_error(&error))?;
         consumer

@@ -51,6 +51,7 @@ impl KafkaGroupOffsets {
         let reader: BaseConsumer = self
             .settings
             .consumer_config(group)
+            .map_err(|error| rejected(LOG, error))?
             .create()
             .map_err(|error| rejected(LOG, error))?;
         let reader = Arc::new(reader);

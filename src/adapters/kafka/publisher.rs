@@ -2,7 +2,7 @@
 
 use super::errors::port_error;
 use super::producer::{delivered, DeliveryProducer, Record, Waiter};
-use super::settings::{connect_error, KafkaSettings, PRODUCER_DEFAULTS};
+use super::settings::{connect_error, KafkaSettings};
 use super::CALL_TIMEOUT;
 use crate::adapters::AdapterError;
 use crate::ports::{Delivery, OutboundMessage, PortError, Publisher};
@@ -36,7 +36,7 @@ impl KafkaPublisher {
     /// failed deliveries, not here.
     pub fn connect(settings: &KafkaSettings) -> Result<KafkaPublisher, AdapterError> {
         settings.validate()?;
-        let producer = DeliveryProducer::create(&settings.client_config(&PRODUCER_DEFAULTS))
+        let producer = DeliveryProducer::create(&settings.producer_config()?)
             .map_err(|error| connect_error(&error))?;
         Ok(KafkaPublisher { producer })
     }

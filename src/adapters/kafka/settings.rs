@@ -19,7 +19,7 @@ pub struct KafkaSettings {
 
 /// Consumer defaults: offsets are committed only by the pipeline, a new group starts at the
 /// beginning, end of partition is not an event.
-const CONSUMER_DEFAULTS: [(&str, &str); 5] = [
+const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("enable.auto.commit", "false"),
     ("auto.offset.reset", "earliest"),
     ("enable.partition.eof", "false"),
@@ -30,7 +30,7 @@ const CONSUMER_DEFAULTS: [(&str, &str); 5] = [
 
 /// Producer defaults: every in-sync replica acknowledges, retries cannot duplicate or reorder,
 /// keys land where a Java producer puts them, no compression (the test broker mishandles it).
-pub(super) const PRODUCER_DEFAULTS: [(&str, &str); 6] = [
+const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("acks", "all"),
     ("enable.idempotence", "true"),
     ("compression.type", "none"),
@@ -48,7 +48,8 @@ impl KafkaSettings {
         }
     }
 
-    /// Refuses settings that break the guarantees, unless `allow_unsafe`.
+    /// Refuses settings that break the guarantees, unless `allow_unsafe`: an unsafe override,
+    /// and a producer or consumer configuration, as built, that lacks a guarantee.
     pub fn validate(&self) -> Result<(), AdapterError> {
         if self.brokers.trim().is_empty() {
             return Err(config_error("no brokers given"));
@@ -58,24 +59,14 @@ impl KafkaSettings {
         }
         for (name, value) in &self.overrides {
             let value = value.trim().to_ascii_lowercase();
-            let refusal = match name.trim() {
-                "enable.auto.commit" if value != "false" => Some(
-                    "enable.auto.commit would commit offsets of records not yet processed (loss)",
-                ),
-                "acks" | "request.required.acks" if value != "all" && value != "-1" => {
-                    Some("acks other than all lets the broker lose acknowledged events")
-                }
-                "enable.idempotence" if value != "true" => {
-                    Some("enable.idempotence=false lets producer retries duplicate and reorder")
-                }
-                _ => None,
-            };
-            if let Some(reason) = refusal {
+            if let Some(reason) = unsafe_reason(name.trim(), &value) {
                 return Err(config_error(format!(
                     "refusing unsafe setting {name}={value}: {reason} (override with allow_unsafe, `--allow-unsafe` on the command line)"
                 )));
             }
         }
+        self.producer_config()?;
+        self.consumer_config("holdfast")?;
         Ok(())
     }
 
@@ -91,10 +82,73 @@ impl KafkaSettings {
         config
     }
 
-    pub(super) fn consumer_config(&self, group: &str) -> ClientConfig {
-        let mut config = self.client_config(&CONSUMER_DEFAULTS);
+    /// The producer's configuration, refused unless it carries every producer guarantee.
+    pub(super) fn producer_config(&self) -> Result<ClientConfig, AdapterError> {
+        self.guarded(self.client_config(PRODUCER_DEFAULTS), &PRODUCER_GUARANTEES)
+    }
+
+    /// A consumer's configuration for `group`, refused unless it commits only by hand.
+    pub(super) fn consumer_config(&self, group: &str) -> Result<ClientConfig, AdapterError> {
+        let mut config = self.client_config(CONSUMER_DEFAULTS);
         config.set("group.id", group);
-        config
+        self.guarded(config, &CONSUMER_GUARANTEES)
+    }
+
+    /// Checks the configuration a client is about to be built with, so that a default lost
+    /// or weakened is refused like an unsafe override (librdkafka's own defaults are
+    /// `enable.auto.commit=true` and `enable.idempotence=false`).
+    fn guarded(
+        &self,
+        config: ClientConfig,
+        guarantees: &[Guarantee],
+    ) -> Result<ClientConfig, AdapterError> {
+        if self.allow_unsafe {
+            return Ok(config);
+        }
+        for (name, accepted, reason) in guarantees {
+            let value = config
+                .get(name)
+                .map(|value| value.trim().to_ascii_lowercase());
+            if !value
+                .as_deref()
+                .is_some_and(|value| accepted.contains(&value))
+            {
+                return Err(config_error(format!(
+                    "the client configuration has {name}={}, not {}: {reason}",
+                    value.as_deref().unwrap_or("(librdkafka's default)"),
+                    accepted[0]
+                )));
+            }
+        }
+        Ok(config)
+    }
+}
+
+/// A setting every client of one kind must carry: its name, the values that keep the
+/// guarantee, and what is lost without it.
+type Guarantee = (&'static str, &'static [&'static str], &'static str);
+
+const PRODUCER_GUARANTEES: [Guarantee; 2] = [
+    ("acks", &["all", "-1"], ACKS_REASON),
+    ("enable.idempotence", &["true"], IDEMPOTENCE_REASON),
+];
+
+const CONSUMER_GUARANTEES: [Guarantee; 1] =
+    [("enable.auto.commit", &["false"], AUTO_COMMIT_REASON)];
+
+const AUTO_COMMIT_REASON: &str =
+    "enable.auto.commit would commit offsets of records not yet processed (loss)";
+const ACKS_REASON: &str = "acks other than all lets the broker lose acknowledged events";
+const IDEMPOTENCE_REASON: &str =
+    "enable.idempotence=false lets producer retries duplicate and reorder";
+
+/// Why an override named `name` with (lower-cased) `value` breaks a guarantee, if it does.
+fn unsafe_reason(name: &str, value: &str) -> Option<&'static str> {
+    match name {
+        "enable.auto.commit" if value != "false" => Some(AUTO_COMMIT_REASON),
+        "acks" | "request.required.acks" if value != "all" && value != "-1" => Some(ACKS_REASON),
+        "enable.idempotence" if value != "true" => Some(IDEMPOTENCE_REASON),
+        _ => None,
     }
 }
 
@@ -109,5 +163,62 @@ pub(super) fn connect_error(error: &KafkaError) -> AdapterError {
     AdapterError::Connect {
         service: LOG,
         detail: error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: the clients are built with the guarantees, whatever librdkafka's own defaults.
+    /// Method: read the built producer and consumer configurations back.
+    #[test]
+    fn built_clients_carry_the_guarantees() {
+        let settings = KafkaSettings::new("127.0.0.1:1");
+        let producer = settings.producer_config().unwrap();
+        assert_eq!(producer.get("acks"), Some("all"));
+        assert_eq!(producer.get("enable.idempotence"), Some("true"));
+        assert_eq!(producer.get("bootstrap.servers"), Some("127.0.0.1:1"));
+        let consumer = settings.consumer_config("g").unwrap();
+        assert_eq!(consumer.get("enable.auto.commit"), Some("false"));
+        assert_eq!(consumer.get("auto.offset.reset"), Some("earliest"));
+        assert_eq!(consumer.get("group.id"), Some("g"));
+    }
+
+    /// Goal: a configuration missing or weakening a guarantee is refused with its name,
+    /// unless unsafe settings are allowed, and an allowed override reaches the client.
+    /// Method: the guard on bare and weakened configurations.
+    #[test]
+    fn a_configuration_without_a_guarantee_is_refused() {
+        let mut settings = KafkaSettings::new("127.0.0.1:1");
+        let error = settings
+            .guarded(ClientConfig::new(), &PRODUCER_GUARANTEES)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("acks=(librdkafka's default), not all"),
+            "{error}"
+        );
+        let mut weak = ClientConfig::new();
+        weak.set("acks", "-1").set("enable.idempotence", "false");
+        let error = settings
+            .guarded(weak, &PRODUCER_GUARANTEES)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("enable.idempotence=false, not true"),
+            "{error}"
+        );
+        let mut auto = ClientConfig::new();
+        auto.set("enable.auto.commit", "TRUE");
+        assert!(settings.guarded(auto, &CONSUMER_GUARANTEES).is_err());
+
+        settings.allow_unsafe = true;
+        settings.overrides = vec![("enable.auto.commit".into(), "true".into())];
+        assert!(settings
+            .guarded(ClientConfig::new(), &PRODUCER_GUARANTEES)
+            .is_ok());
+        let consumer = settings.consumer_config("g").unwrap();
+        assert_eq!(consumer.get("enable.auto.commit"), Some("true"));
     }
 }
