@@ -381,6 +381,69 @@ mod tests {
         assert!(error.contains("--truth"), "{error}");
     }
 
+    /// Goal: every flag of `run` and `compensate` sets the key its help names. Method: each
+    /// command line with every flag at a value of its own, its layer against the one expected.
+    #[test]
+    fn every_flag_sets_the_key_it_names() {
+        let line = |text: &'static str| text.split_whitespace().collect::<Vec<_>>();
+        let kafka = "--brokers b:1 --topic t --set client.id=c --allow-unsafe \
+            --connect-timeout-s 3 --postgres p";
+        let run = line(
+            "run --group g --redis r --dlq d --batch 4 --workers 5 --commit-ms 6 \
+            --progress store --metrics m:7 --ready-backlog-max 8",
+        );
+        let Ok(ServiceCommand::Run(args)) = parse(&[run, line(kafka)].concat()) else {
+            panic!("run's flags are refused");
+        };
+        let common = Settings {
+            brokers: Some("b:1".into()),
+            topic: Some("t".into()),
+            postgres: Some("p".into()),
+            connect_timeout_s: Some(3),
+            allow_unsafe: Some(true),
+            kafka: [("client.id".to_owned(), Property::Text("c".into()))].into(),
+            ..Settings::default()
+        };
+        let expected = Settings {
+            redis: Some("r".into()),
+            dead_letter_topic: Some("d".into()),
+            consumer: ConsumerSection {
+                group: Some("g".into()),
+                batch_size: Some(4),
+                concurrency: Some(5),
+                commit_interval_ms: Some(6),
+                progress: Some(ProgressMode::Store),
+                metrics: Some("m:7".into()),
+                ready_backlog_max: Some(8),
+                ..ConsumerSection::default()
+            },
+            ..common.clone()
+        };
+        assert_eq!(args.settings().unwrap(), expected);
+
+        let compensate = line(
+            "compensate --group h --main-group g --dlq e --delay-ms 9 \
+            --check-ms 10 --attempts 11",
+        );
+        let Ok(ServiceCommand::Compensate(args)) = parse(&[compensate, line(kafka)].concat())
+        else {
+            panic!("compensate's flags are refused");
+        };
+        let expected = Settings {
+            dead_letter_topic: Some("e".into()),
+            compensator: CompensatorSection {
+                group: Some("h".into()),
+                main_group: Some("g".into()),
+                delay_ms: Some(9),
+                check_interval_ms: Some(10),
+                attempts_max: Some(11),
+                ..CompensatorSection::default()
+            },
+            ..common
+        };
+        assert_eq!(args.settings().unwrap(), expected);
+    }
+
     /// Goal: a password in an address given by the environment never shows in `--help`.
     #[test]
     fn help_hides_the_values_of_secret_addresses() {

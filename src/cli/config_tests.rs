@@ -197,3 +197,161 @@ fn the_progress_mode_is_read_by_name() {
         "{error}"
     );
 }
+
+/// Every key set, each to a value no other key has and no default has.
+const EVERY_KEY: &str = r#"
+brokers = "b1:9092,b2:9092"
+topic = "t-orders"
+redis = "redis://127.0.0.1:1/3"
+postgres = "postgres://app@127.0.0.1:2/orders"
+dead_letter_topic = "t-orders.dead"
+connect_timeout_s = 41
+allow_unsafe = true
+[consumer]
+group = "g-main"
+batch_size = 301
+concurrency = 5
+commit_interval_ms = 1003
+poll_timeout_ms = 104
+record_attempts_max = 6
+backoff_initial_ms = 55
+backoff_max_ms = 5007
+stall_after_ms = 60008
+revoke_grace_ms = 5009
+drain_timeout_ms = 30010
+cache_ttl_s = 3611
+jitter_seed = 12
+progress = "store"
+in_flight_max = 20013
+span_max = 400014
+metadata_budget_bytes = 3015
+metrics = "127.0.0.1:9016"
+ready_backlog_max = 10017
+[compensator]
+group = "g-compensator"
+main_group = "g-checked"
+delay_ms = 2018
+check_interval_ms = 519
+attempts_max = 4
+batch_size = 221
+poll_timeout_ms = 122
+in_flight_max = 10023
+span_max = 200024
+metadata_budget_bytes = 2025
+[kafka]
+"client.id" = "c-26"
+"#;
+
+/// Goal: every key reaches the field it names, in the consumer's, the compensator's and the
+/// broker's configuration, and `holdfast config` prints it back unchanged. Method: a file
+/// with every key at a value of its own; a key wired to another's field shows up as a wrong
+/// value in the configuration or in the printed file.
+#[test]
+fn every_key_reaches_the_field_it_names() {
+    let settings = parse(EVERY_KEY);
+    let ms = Duration::from_millis;
+    let consumer = settings.consumer_config().unwrap();
+    assert_eq!(
+        (consumer.batch_size, consumer.concurrency),
+        (301, 5),
+        "batch_size, concurrency"
+    );
+    assert_eq!(
+        [
+            consumer.commit_interval,
+            consumer.poll_timeout,
+            consumer.backoff_initial,
+            consumer.backoff_max,
+            consumer.stall_after,
+            consumer.revoke_grace,
+            consumer.drain_timeout,
+            consumer.cache_ttl,
+        ],
+        [
+            ms(1003),
+            ms(104),
+            ms(55),
+            ms(5007),
+            ms(60008),
+            ms(5009),
+            ms(30010),
+            Duration::from_secs(3611),
+        ]
+    );
+    assert_eq!(consumer.record_attempts_max, 6);
+    assert_eq!(consumer.jitter_seed, 12);
+    assert_eq!(consumer.progress, ProgressMode::Store);
+    let limits = &consumer.limits;
+    assert_eq!(
+        (
+            limits.in_flight_max,
+            limits.span_max,
+            limits.metadata_budget_bytes
+        ),
+        (20013, 400014, 3015)
+    );
+    assert_eq!(consumer.dead_letter_topic, "t-orders.dead");
+    assert_eq!(settings.group(), "g-main");
+    assert_eq!(settings.ready_backlog_max(), 10017);
+    assert_eq!(settings.connect_timeout(), Duration::from_secs(41));
+
+    let compensator = settings.compensator_config().unwrap();
+    assert_eq!(settings.compensator_group(), "g-compensator");
+    assert_eq!(compensator.main_group, "g-checked");
+    assert_eq!(
+        (
+            compensator.topic.as_str(),
+            compensator.dead_letter_topic.as_str()
+        ),
+        ("t-orders", "t-orders.dead")
+    );
+    assert_eq!(
+        [
+            compensator.delay,
+            compensator.check_interval,
+            compensator.poll_timeout
+        ],
+        [ms(2018), ms(519), ms(122)]
+    );
+    assert_eq!((compensator.attempts_max, compensator.batch_size), (4, 221));
+    let limits = &compensator.limits;
+    assert_eq!(
+        (
+            limits.in_flight_max,
+            limits.span_max,
+            limits.metadata_budget_bytes
+        ),
+        (10023, 200024, 2025)
+    );
+
+    let kafka = settings.kafka_settings().unwrap();
+    assert_eq!(kafka.brokers, "b1:9092,b2:9092");
+    assert!(kafka.allow_unsafe);
+    assert_eq!(
+        kafka.overrides,
+        [("client.id".to_owned(), "c-26".to_owned())]
+    );
+    assert_eq!(settings.redis_url().unwrap(), "redis://127.0.0.1:1/3");
+    assert_eq!(
+        settings.postgres_url().unwrap(),
+        "postgres://app@127.0.0.1:2/orders"
+    );
+    assert_eq!(settings.effective().unwrap(), settings);
+}
+
+/// Goal: the merge carries every key: a layer's keys win over a lower layer's and survive an
+/// empty layer over them. Method: [`EVERY_KEY`] over an empty layer, over a layer that sets
+/// every key differently, and under an empty layer.
+#[test]
+fn a_full_layer_wins_every_key() {
+    let every = parse(EVERY_KEY);
+    let other = parse(
+        &EVERY_KEY
+            .replace("= 30010", "= 30000")
+            .replace("c-26", "c-0"),
+    );
+    assert_ne!(other, every);
+    assert_eq!(other.clone().overlay(every.clone()), every);
+    assert_eq!(every.clone().overlay(Settings::default()), every);
+    assert_eq!(Settings::default().overlay(every.clone()), every);
+}
