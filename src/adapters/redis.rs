@@ -80,10 +80,9 @@ fn port_error(error: &redis::RedisError) -> PortError {
     if error.kind() == redis::ErrorKind::AuthenticationFailed {
         return rejected(CACHE, error);
     }
+    // Timeouts, dropped and refused connections are I/O errors; a reply the client could not
+    // parse is unrecoverable (the connection is replaced).
     let outage = error.is_io_error()
-        || error.is_timeout()
-        || error.is_connection_dropped()
-        || error.is_connection_refusal()
         || error.is_unrecoverable_error()
         || matches!(
             error.code(),
@@ -150,5 +149,65 @@ impl DedupCache for RedisCache {
             .query_async::<()>(&mut connection)
             .await
             .map_err(|error| port_error(&error))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::{ErrorKind, RedisError, ServerErrorKind};
+    use std::io;
+
+    /// Goal: an address is described by host and port, without its credentials.
+    #[test]
+    fn addresses_are_described_without_credentials() {
+        let described = RedisCache::describe_address("redis://:hunter2@127.0.0.1:16379/0");
+        assert_eq!(described, "127.0.0.1:16379");
+        let unreadable = RedisCache::describe_address("http//nowhere");
+        assert_eq!(unreadable, "(an unreadable address)");
+    }
+
+    /// Goal: a Redis that does not answer is an outage at connect, which the command line
+    /// waits out, and a bad URL is a configuration error, which it does not.
+    #[tokio::test]
+    async fn connecting_to_nothing_is_an_outage_and_a_bad_url_is_config() {
+        let error = RedisCache::connect("redis://127.0.0.1:1")
+            .await
+            .unwrap_err();
+        assert!(error.is_unavailable(), "{error}");
+        let error = RedisCache::connect("http//nowhere").await.unwrap_err();
+        assert!(matches!(error, AdapterError::Config { .. }), "{error}");
+    }
+
+    /// Goal: every kind of failure is classed as the protocol expects: anything about the
+    /// connection, or a server not serving yet, is an outage; refused credentials and other
+    /// answers are refusals. Method: one error of each kind, each true for one test only.
+    #[test]
+    fn errors_are_outages_or_refusals_by_kind() {
+        let io_error = |kind| RedisError::from(io::Error::new(kind, "io"));
+        let server = |kind| RedisError::from((ErrorKind::Server(kind), "server"));
+        let outages = [
+            io_error(io::ErrorKind::PermissionDenied),
+            io_error(io::ErrorKind::TimedOut),
+            io_error(io::ErrorKind::ConnectionRefused),
+            RedisError::from((ErrorKind::Parse, "unreadable reply")),
+            server(ServerErrorKind::BusyLoading),
+            server(ServerErrorKind::MasterDown),
+            server(ServerErrorKind::TryAgain),
+            server(ServerErrorKind::ClusterDown),
+        ];
+        for error in &outages {
+            assert!(port_error(error).is_outage(), "{error:?}");
+        }
+        let refusals = [
+            RedisError::from((ErrorKind::AuthenticationFailed, "denied")),
+            server(ServerErrorKind::ResponseError),
+            server(ServerErrorKind::NoPerm),
+            RedisError::from((ErrorKind::UnexpectedReturnType, "type")),
+        ];
+        for error in &refusals {
+            let classed = port_error(error);
+            assert!(matches!(classed, PortError::Rejected { .. }), "{error:?}");
+        }
     }
 }
