@@ -361,16 +361,8 @@ fn port_error(error: &tokio_postgres::Error) -> PortError {
     }
     if let Some(db_error) = error.as_db_error() {
         let code = db_error.code().code();
-        // 25P03: the server ended a session left idle in its transaction (the client was
-        // frozen, see `IDLE_IN_TRANSACTION_MAX`); a fresh session may succeed.
-        let outage = code == "25P03"
-            || code.starts_with("08")
-            || code.starts_with("53")
-            || code.starts_with("57P")
-            || code == "40001"
-            || code == "40P01";
         let detail = format!("{} ({code})", db_error.message());
-        return if outage {
+        return if is_outage_code(code) {
             unavailable(STORE, detail)
         } else {
             rejected(STORE, detail)
@@ -384,6 +376,18 @@ fn port_error(error: &tokio_postgres::Error) -> PortError {
         source = cause.source();
     }
     rejected(STORE, error)
+}
+
+/// Whether a server error's SQLSTATE `code` is an outage: a connection exception (08), the
+/// server out of resources (53), shutting down or not accepting connections (57P), a
+/// transient conflict (serialization failure 40001, deadlock 40P01), or a session the server
+/// ended while it sat idle in its transaction (25P03: the client was frozen, see
+/// `IDLE_IN_TRANSACTION_MAX`); a fresh session may succeed.
+fn is_outage_code(code: &str) -> bool {
+    ["08", "53", "57P"]
+        .iter()
+        .any(|class| code.starts_with(class))
+        || ["40001", "40P01", "25P03"].contains(&code)
 }
 
 impl OrderStore for PostgresStore {

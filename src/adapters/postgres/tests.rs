@@ -55,3 +55,40 @@ fn sessions_limit_idle_transactions_unless_the_address_does() {
         Some(own)
     );
 }
+
+/// Goal: a server error is an outage (retried without limit) exactly for the classes that a
+/// fresh session or a later try can cure, and a refusal for everything else. Method: codes
+/// from each class, and their neighbours that must stay refusals.
+#[test]
+fn sqlstates_are_outages_only_for_what_a_retry_cures() {
+    let outages = [
+        "08000", "08006", "08P01", "53100", "53200", "53300", "57P01", "57P03", "40001", "40P01",
+        "25P03",
+    ];
+    for code in outages {
+        assert!(is_outage_code(code), "{code} is an outage");
+    }
+    let refusals = [
+        "23505", "23503", "42P01", "42703", "22P02", "40002", "40003", "25P02", "25001", "57014",
+        "28P01", "3D000", "XX000",
+    ];
+    for code in refusals {
+        assert!(!is_outage_code(code), "{code} is a refusal");
+    }
+}
+
+/// Goal: an address is described by hosts, ports, database and user, never its password,
+/// in both of libpq's forms. Method: a key-value string, a URL with two hosts, and nonsense.
+#[test]
+fn addresses_are_described_without_passwords() {
+    let described =
+        PostgresStore::describe_address("host=db port=6432 user=app password=hunter2 dbname=o");
+    assert_eq!(described, "db:6432/o (user app)");
+    let described =
+        PostgresStore::describe_address("postgresql://app:hunter2@a:1,b/orders?sslmode=disable");
+    assert_eq!(described, "a:1,b:5432/orders (user app)");
+    assert_eq!(
+        PostgresStore::describe_address("host=db port=notaport"),
+        "(an unreadable address)"
+    );
+}
