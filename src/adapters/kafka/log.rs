@@ -1,5 +1,6 @@
 //! The [`EventLog`]: one consumer-group member on a `BaseConsumer`.
 
+use super::answers::Answers;
 use super::errors::port_error;
 use super::settings::{config_error, connect_error, KafkaSettings};
 use super::{COMMITTED_TIMEOUT, LOG};
@@ -159,7 +160,7 @@ impl ConsumerContext for LogContext {
                 let mut events = self.events();
                 for element in list.elements_for_topic(&self.topic) {
                     let partition = element.partition();
-                    self.answered().highest.remove(&partition);
+                    self.answered().assigned(partition);
                     events.push_back(LogRebalance::Assigned {
                         partition,
                         committed: committed.get(&partition).cloned(),
@@ -198,69 +199,6 @@ impl ConsumerContext for LogContext {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(error) => {
                 tracing::warn!(%error, "asynchronous offset commit failed; the next one covers it")
-            }
-        }
-    }
-}
-
-/// The coordinator's answers to this member's commits, for [`Polled::commits_answered`].
-#[derive(Default)]
-struct Answers {
-    /// Stored commits not yet reported.
-    stored: Vec<(PartitionId, i64)>,
-    /// The highest offset known stored per partition (this assignment's): the coordinator
-    /// stores one member's commits in the order sent, so a lower answer served later is an
-    /// earlier commit's, already overtaken, not a move back.
-    highest: BTreeMap<PartitionId, i64>,
-    /// Asynchronous commits sent per partition and not answered yet.
-    in_flight: BTreeMap<PartitionId, u32>,
-    /// Of those, per partition, how many were sent before its last revoke: their answers are
-    /// dropped. When such a commit was stored is unknown (anywhere from its send to the
-    /// answer, which librdkafka may serve seconds later, after the member rejoined), so
-    /// recording it at the answer could misorder it against the new owner's commits.
-    stale: BTreeMap<PartitionId, u32>,
-}
-
-impl Answers {
-    /// Notes asynchronous commits of `partitions` sent (`sent`) or not sent after all.
-    fn in_flight(&mut self, partitions: impl Iterator<Item = PartitionId>, sent: bool) {
-        for partition in partitions {
-            let count = self.in_flight.entry(partition).or_default();
-            *count = if sent {
-                *count + 1
-            } else {
-                count.saturating_sub(1)
-            };
-        }
-    }
-
-    /// The commits of `partition` in flight now belong to an assignment that ended.
-    fn revoked(&mut self, partition: PartitionId) {
-        let in_flight = self.in_flight.get(&partition).copied().unwrap_or(0);
-        self.stale.insert(partition, in_flight);
-    }
-
-    /// One asynchronous commit of `partition` answered, `Some(offset)` if stored: reported
-    /// unless it was sent before the partition's last revoke.
-    fn answered(&mut self, partition: PartitionId, stored: Option<i64>) {
-        let in_flight = self.in_flight.entry(partition).or_default();
-        *in_flight = in_flight.saturating_sub(1);
-        if let Some(stale) = self.stale.get_mut(&partition).filter(|stale| **stale > 0) {
-            *stale -= 1;
-            return;
-        }
-        if let Some(offset) = stored {
-            self.stored(partition, offset, true);
-        }
-    }
-
-    /// Notes `offset` stored for `partition`; `report` puts it in the next poll's answers.
-    fn stored(&mut self, partition: PartitionId, offset: i64, report: bool) {
-        let highest = self.highest.entry(partition).or_insert(offset);
-        if offset >= *highest {
-            *highest = offset;
-            if report {
-                self.stored.push((partition, offset));
             }
         }
     }
@@ -415,7 +353,7 @@ fn poll_blocking(
         }
     }
     let rebalances = consumer.context().events().drain(..).collect();
-    let commits_answered = std::mem::take(&mut consumer.context().answered().stored);
+    let commits_answered = consumer.context().answered().take_stored();
     Ok(Polled {
         rebalances,
         records,

@@ -2,7 +2,8 @@
 //! librdkafka). Behind the `kafka` cargo feature, compiled out of simulated and model-checked
 //! builds. One file per job: client settings and the refusal of unsafe ones (`settings`), the
 //! error map (`errors`), the consumer (`log`), the producer (`publisher`, its delivery thread in `producer`), other groups'
-//! offsets (`offsets`), topic creation and whole-topic reads (`admin`).
+//! offsets (`offsets`), topic creation and whole-topic reads (`admin`), the bookkeeping of
+//! commit answers (`answers`).
 //!
 //! The consumer is a `BaseConsumer` polled on tokio's blocking pool: librdkafka runs the
 //! rebalance callback on the polling thread, and the callback reads the committed offsets of
@@ -13,6 +14,7 @@
 //! assignment, and the new owner (possibly us again) reads them from the committed offset.
 
 mod admin;
+mod answers;
 mod errors;
 mod log;
 mod offsets;
