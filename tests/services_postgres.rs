@@ -555,6 +555,14 @@ async fn progress_rows_are_claimed_and_fenced_by_generation() {
     }
     let stored = store.claim_progress(0, 2).await.unwrap();
     assert_eq!(stored.map(|p| p.offset), Some(9));
+    // The refusal names the partitions fenced, not those still held.
+    let writes = [progress(0, 2, 10), progress(5, 2, 1)];
+    match store.apply_batch(&[e("e6")], &writes).await {
+        Err(PortError::Fenced { detail, .. }) => {
+            assert!(detail.contains("partitions [5] "), "{detail}")
+        }
+        other => panic!("a write to an unclaimed partition: {other:?}"),
+    }
     // The same database under another scope: no row yet, so any generation may claim.
     let other = store.clone().with_progress_scope("h/orders");
     assert_eq!(other.claim_progress(0, 1).await.unwrap(), None);
