@@ -381,7 +381,7 @@ mod tests {
         assert!(error.contains("--truth"), "{error}");
     }
 
-    /// Goal: every flag of `run` and `compensate` sets the key its help names. Method: each
+    /// Goal: every flag of the service commands sets the key its help names. Method: each
     /// command line with every flag at a value of its own, its layer against the one expected.
     #[test]
     fn every_flag_sets_the_key_it_names() {
@@ -439,6 +439,25 @@ mod tests {
                 attempts_max: Some(11),
                 ..CompensatorSection::default()
             },
+            ..common.clone()
+        };
+        assert_eq!(args.settings().unwrap(), expected);
+
+        let verify = line("verify --truth f --dlq v");
+        let Ok(ServiceCommand::Verify(args)) = parse(&[verify, line(kafka)].concat()) else {
+            panic!("verify's flags are refused");
+        };
+        let expected = Settings {
+            dead_letter_topic: Some("v".into()),
+            ..common.clone()
+        };
+        assert_eq!(args.settings().unwrap(), expected);
+        let config = line("config --redis r");
+        let Ok(ServiceCommand::Config(args)) = parse(&[config, line(kafka)].concat()) else {
+            panic!("config's flags are refused");
+        };
+        let expected = Settings {
+            redis: Some("r".into()),
             ..common
         };
         assert_eq!(args.settings().unwrap(), expected);

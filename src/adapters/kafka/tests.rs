@@ -175,6 +175,15 @@ async fn commit_and_resume_from_committed() {
     );
 }
 
+/// The generations of the assignments among `changes`.
+fn generations(changes: &[LogRebalance]) -> Vec<i32> {
+    let generation = |change: &LogRebalance| match change {
+        LogRebalance::Assigned { generation, .. } => Some(*generation),
+        LogRebalance::Revoked { .. } => None,
+    };
+    changes.iter().filter_map(generation).collect()
+}
+
 /// Folds rebalance events into the set of partitions a member owns; a revoke must name
 /// an owned partition and an assignment a partition not owned.
 fn apply(owned: &mut BTreeSet<PartitionId>, changes: &[LogRebalance]) {
@@ -195,7 +204,8 @@ fn apply(owned: &mut BTreeSet<PartitionId>, changes: &[LogRebalance]) {
 
 /// Goal: when a second member joins, the first is told `Revoked` before the new
 /// assignment, and the two end up owning disjoint partitions that cover the topic; every
-/// record a member receives is on a partition it owns at that moment. Method: two
+/// record a member receives is on a partition it owns at that moment; every assignment
+/// carries the group's generation, and the rebalance's is a later one. Method: two
 /// consumers of one group on a 4-partition mock topic, polled in turns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_member_takes_partitions_after_a_revoke() {
@@ -208,15 +218,22 @@ async fn a_joining_member_takes_partitions_after_a_revoke() {
     }
     let mut first = KafkaLog::connect(&settings, "g", "t").unwrap();
     let mut owned_first = BTreeSet::new();
+    let mut first_generations = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while owned_first.len() < 4 {
         assert!(Instant::now() < deadline, "no assignment");
         let polled = first.poll(100, Duration::from_millis(100)).await.unwrap();
         apply(&mut owned_first, &polled.rebalances);
+        first_generations.extend(generations(&polled.rebalances));
     }
+    // The group's generation, as the coordinator numbers it, goes with every assignment.
+    let first_generation = first_generations[0];
+    assert!(first_generation >= 1, "{first_generations:?}");
+    assert!(first_generations.iter().all(|g| *g == first_generation));
     let mut second = KafkaLog::connect(&settings, "g", "t").unwrap();
     let mut owned_second = BTreeSet::new();
     let mut revoked_seen = false;
+    let mut later_generations = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while owned_second.is_empty() || owned_first.len() + owned_second.len() < 4 {
         assert!(
@@ -233,6 +250,7 @@ async fn a_joining_member_takes_partitions_after_a_revoke() {
                 .iter()
                 .any(|change| matches!(change, LogRebalance::Revoked { .. }));
             apply(owned, &polled.rebalances);
+            later_generations.extend(generations(&polled.rebalances));
             for record in &polled.records {
                 assert!(
                     owned.contains(&record.partition),
@@ -244,6 +262,10 @@ async fn a_joining_member_takes_partitions_after_a_revoke() {
     assert!(
         revoked_seen,
         "the first member was never told of the revoke"
+    );
+    assert!(
+        later_generations.iter().all(|g| *g > first_generation),
+        "the rebalance kept generation {first_generation}: {later_generations:?}"
     );
     assert!(owned_first.is_disjoint(&owned_second));
     let all: BTreeSet<PartitionId> = owned_first.union(&owned_second).copied().collect();
