@@ -157,7 +157,10 @@ fn the_printed_configuration_masks_every_secret() {
         printed.contains("redis://:***@127.0.0.1:6379/0"),
         "{printed}"
     );
-    assert!(printed.contains("password=***"), "{printed}");
+    assert!(
+        printed.contains("\"host=127.0.0.1 user=app password=*** dbname=orders\""),
+        "{printed}"
+    );
     assert!(printed.contains("\"sasl.username\" = \"app\""), "{printed}");
     assert_eq!(
         mask_url("postgres://app:hunter2@db:5432/orders"),

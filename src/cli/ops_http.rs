@@ -140,6 +140,50 @@ fn readiness(health: &Health, limits: ProbeLimits) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// One `GET path` over a fresh connection: the status line and the body.
+    async fn get(address: &str, path: &str) -> (String, String) {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        let status = head.lines().next().unwrap_or_default().to_owned();
+        (status, body.to_owned())
+    }
+
+    /// Goal: the endpoint serves each probe's verdict with its status, and the metrics, on the
+    /// address given. Method: a fresh consumer's metrics (no poll, nothing assigned) served on
+    /// a free port, asked over TCP.
+    #[tokio::test]
+    async fn the_endpoint_serves_the_probes_and_the_metrics() {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = free.local_addr().unwrap().to_string();
+        drop(free);
+        serve(&address, Arc::new(Metrics::new()), LIMITS)
+            .await
+            .unwrap();
+        let (status, body) = get(&address, "/livez").await;
+        assert_eq!(
+            (status.as_str(), body.as_str()),
+            ("HTTP/1.1 200 OK", "live: 0 polls\n")
+        );
+        let (status, body) = get(&address, "/readyz").await;
+        assert_eq!(
+            (status.as_str(), body.as_str()),
+            (
+                "HTTP/1.1 503 Service Unavailable",
+                "no partition assigned\n"
+            )
+        );
+        let (status, body) = get(&address, "/metrics").await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(body.contains("holdfast_polls_total 0"), "{body}");
+        let taken = serve(&address, Arc::new(Metrics::new()), LIMITS).await;
+        assert!(taken.unwrap_err().contains(&address));
+    }
 
     const LIMITS: ProbeLimits = ProbeLimits {
         silence_max: Duration::from_secs(10),
