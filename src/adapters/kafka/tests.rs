@@ -40,7 +40,8 @@ fn message(topic: &str, index: usize) -> OutboundMessage {
 }
 
 /// Goal: settings that can lose or double events are refused with a reason, and accepted
-/// only when explicitly allowed. Method: each unsafe override alone, then the safe values.
+/// only when explicitly allowed; a consumer needs a group and a topic. Method: each unsafe
+/// override alone, then the safe values, then an empty group or topic.
 #[test]
 fn unsafe_settings_are_refused_unless_allowed() {
     for (name, value) in [
@@ -58,6 +59,11 @@ fn unsafe_settings_are_refused_unless_allowed() {
         assert!(KafkaPublisher::connect(&settings).is_err());
         settings.allow_unsafe = true;
         assert!(settings.validate().is_ok());
+    }
+    let settings = KafkaSettings::new("127.0.0.1:1");
+    for (group, topic) in [("", "t"), ("g", ""), ("", "")] {
+        let error = KafkaLog::connect(&settings, group, topic).unwrap_err();
+        assert!(error.to_string().contains("must not be empty"), "{error}");
     }
     let mut settings = KafkaSettings::new("127.0.0.1:1");
     settings.overrides = vec![
@@ -270,6 +276,22 @@ async fn a_joining_member_takes_partitions_after_a_revoke() {
     assert!(owned_first.is_disjoint(&owned_second));
     let all: BTreeSet<PartitionId> = owned_first.union(&owned_second).copied().collect();
     assert_eq!(all, (0..4).collect());
+    // A commit for a partition the member gave up is refused before it is sent: sent, it
+    // could land after the new owner read its starting offset.
+    let given_up = OffsetCommit {
+        partition: *owned_second.first().unwrap(),
+        offset: 1,
+        metadata: String::new(),
+    };
+    for mode in [CommitMode::Sync, CommitMode::Async] {
+        let refused = first.commit(std::slice::from_ref(&given_up), mode).await;
+        match refused {
+            Err(PortError::Fenced { detail, .. }) => {
+                assert!(detail.contains("no longer assigned"), "{detail}")
+            }
+            other => panic!("a commit of a partition given up: {other:?}"),
+        }
+    }
     let records = read_topic(&settings, "t", Duration::from_secs(30))
         .await
         .unwrap();
