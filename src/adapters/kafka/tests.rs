@@ -76,8 +76,9 @@ fn unsafe_settings_are_refused_unless_allowed() {
 }
 
 /// Goal: what is published comes back with its key, payload and headers, on the
-/// partition the Java client would pick, after the assignment that owns it. Method: 40
-/// keyed messages to a 4-partition mock topic, one consumer.
+/// partition the Java client would pick, after the assignment that owns it; paused
+/// partitions deliver nothing until resumed. Method: 40 keyed messages to a 4-partition mock
+/// topic, one consumer; then two partitions paused while 40 more are published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_trip_keeps_keys_headers_and_java_partitions() {
     let mock = MockCluster::new(1).unwrap();
@@ -120,6 +121,31 @@ async fn round_trip_keeps_keys_headers_and_java_partitions() {
         assert_eq!(record.payload, message.payload);
         assert_eq!(record.headers, message.headers);
     }
+    // Paused partitions deliver nothing new until resumed; the others go on.
+    log.pause(&[0, 1]).await.unwrap();
+    for index in 40..80 {
+        publisher.publish(message("t", index)).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut while_paused = Vec::new();
+    while Instant::now() < deadline {
+        let polled = log.poll(100, Duration::from_millis(200)).await.unwrap();
+        while_paused.extend(polled.records);
+    }
+    assert!(
+        !while_paused.is_empty(),
+        "the partitions not paused stopped"
+    );
+    let paused = while_paused.iter().filter(|r| r.partition < 2).count();
+    assert_eq!(paused, 0, "records of paused partitions delivered");
+    log.resume(&[0, 1]).await.unwrap();
+    let resumed = poll_until(&mut log, 40 - while_paused.len()).await;
+    assert!(
+        !resumed.records.is_empty(),
+        "nothing was published to the paused partitions"
+    );
+    assert!(resumed.records.iter().all(|r| r.partition < 2));
+    assert_eq!(while_paused.len() + resumed.records.len(), 40);
 }
 
 /// Goal: a new member resumes exactly at the committed offsets and sees the commit
