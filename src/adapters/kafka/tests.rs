@@ -18,12 +18,15 @@ fn settings(mock: &MockCluster<'_, impl rdkafka::producer::ProducerContext>) -> 
     KafkaSettings::new(mock.bootstrap_servers())
 }
 
-/// Polls until `count` records arrived or 30 s passed; returns rebalances and records.
+/// Polls until `count` records arrived or 30 s passed; returns rebalances and records. Polls
+/// take at most 7 records, so that a poll that overfills shows.
 async fn poll_until(log: &mut KafkaLog, count: usize) -> Polled {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut all = Polled::default();
     while all.records.len() < count && Instant::now() < deadline {
-        let polled = log.poll(100, Duration::from_millis(200)).await.unwrap();
+        let polled = log.poll(7, Duration::from_millis(200)).await.unwrap();
+        let taken = polled.records.len();
+        assert!(taken <= 7, "{taken} records");
         all.rebalances.extend(polled.rebalances);
         all.records.extend(polled.records);
     }
