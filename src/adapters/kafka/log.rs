@@ -319,21 +319,7 @@ fn poll_blocking(
             // A commit answer was served: keep polling (the answers may be many).
             continue;
         }
-        if consumer.context().events().len() != before {
-            // A rebalance ran inside this poll: what was fetched before it for the partitions
-            // it moved is the old assignment's.
-            let moved: BTreeSet<PartitionId> = consumer
-                .context()
-                .events()
-                .iter()
-                .skip(before)
-                .map(|event| match event {
-                    LogRebalance::Assigned { partition, .. }
-                    | LogRebalance::Revoked { partition } => *partition,
-                })
-                .collect();
-            records.retain(|record| !moved.contains(&record.partition));
-        }
+        drop_moved(&mut records, &consumer.context().events(), before);
         match polled {
             None => {
                 // Nothing ready now (or a rebalance was served): return what we have, unless
@@ -343,7 +329,7 @@ fn poll_blocking(
             Some(Ok(message)) => records.push(owned_record(&message)),
             Some(Err(error)) => {
                 let failure = port_error(&error);
-                if records.is_empty() && consumer.context().events().is_empty() {
+                if fails_the_poll(&records, &consumer.context().events()) {
                     return Err(failure);
                 }
                 // Deliver what we have; the error recurs on the next poll if it persists.
@@ -359,6 +345,29 @@ fn poll_blocking(
         records,
         commits_answered,
     })
+}
+
+/// Drops the records of the partitions that the rebalances after the first `before` events
+/// moved: fetched before the rebalance ran inside this poll, they are the old assignment's.
+fn drop_moved(records: &mut Vec<Record>, events: &VecDeque<LogRebalance>, before: usize) {
+    if events.len() == before {
+        return;
+    }
+    let moved: BTreeSet<PartitionId> = (events.iter().skip(before))
+        .map(|event| match event {
+            LogRebalance::Assigned { partition, .. } | LogRebalance::Revoked { partition } => {
+                *partition
+            }
+        })
+        .collect();
+    records.retain(|record| !moved.contains(&record.partition));
+}
+
+/// Whether a consumer error fails the whole poll: only when it has nothing else to deliver.
+/// Records already taken from librdkafka's queue would not be fetched again by this member,
+/// and rebalances must reach the caller in order.
+fn fails_the_poll(records: &[Record], events: &VecDeque<LogRebalance>) -> bool {
+    records.is_empty() && events.is_empty()
 }
 
 impl EventLog for KafkaLog {
@@ -446,5 +455,52 @@ impl EventLog for KafkaLog {
                 .map_err(|error| port_error(&error)),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(partition: PartitionId, offset: i64) -> Record {
+        Record {
+            partition,
+            offset,
+            key: None,
+            payload: bytes::Bytes::new(),
+            headers: Vec::new(),
+        }
+    }
+
+    fn offsets(records: &[Record]) -> Vec<(PartitionId, i64)> {
+        records.iter().map(|r| (r.partition, r.offset)).collect()
+    }
+
+    /// Goal: records fetched before a rebalance that ran inside the poll are dropped for the
+    /// partitions it moved, and only those; events queued before the poll move nothing.
+    #[test]
+    fn records_of_partitions_moved_inside_the_poll_are_dropped() {
+        let mut records = vec![record(0, 5), record(1, 7), record(2, 9), record(1, 8)];
+        let mut events = VecDeque::from([LogRebalance::Revoked { partition: 0 }]);
+        drop_moved(&mut records, &events, 1);
+        assert_eq!(offsets(&records), [(0, 5), (1, 7), (2, 9), (1, 8)]);
+        events.push_back(LogRebalance::Revoked { partition: 1 });
+        events.push_back(LogRebalance::Assigned {
+            partition: 2,
+            committed: None,
+            generation: 4,
+        });
+        drop_moved(&mut records, &events, 1);
+        assert_eq!(offsets(&records), [(0, 5)]);
+    }
+
+    /// Goal: a consumer error fails a poll only when it has nothing else to deliver.
+    #[test]
+    fn an_error_fails_only_an_empty_poll() {
+        let revoked = VecDeque::from([LogRebalance::Revoked { partition: 0 }]);
+        assert!(fails_the_poll(&[], &VecDeque::new()));
+        assert!(!fails_the_poll(&[record(0, 1)], &VecDeque::new()));
+        assert!(!fails_the_poll(&[], &revoked));
+        assert!(!fails_the_poll(&[record(0, 1)], &revoked));
     }
 }
