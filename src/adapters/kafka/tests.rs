@@ -152,9 +152,10 @@ async fn round_trip_keeps_keys_headers_and_java_partitions() {
 }
 
 /// Goal: a new member resumes exactly at the committed offsets and sees the commit
-/// metadata. Method: consume 30 records, commit offset 3 with metadata on every partition
-/// (synchronously), close, rejoin: the assignment carries what was committed and the
-/// records start there.
+/// metadata; an asynchronous commit's answer is reported unless a later commit overtook it.
+/// Method: consume 30 records, commit offset 2 asynchronously and 3 with metadata
+/// synchronously on every partition, then 4 asynchronously on one and 3 again; close, rejoin:
+/// the assignment carries what was committed and the records start there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_and_resume_from_committed() {
     let mock = MockCluster::new(1).unwrap();
@@ -180,6 +181,36 @@ async fn commit_and_resume_from_committed() {
             metadata: format!("m{partition}"),
         })
         .collect();
+    // An asynchronous commit overtaken by a synchronous one: its answer, served by a later
+    // poll, is older than the synchronous commit and is not reported as the group's progress.
+    let early: Vec<OffsetCommit> = (commits.iter())
+        .map(|commit| OffsetCommit {
+            offset: 2,
+            ..commit.clone()
+        })
+        .collect();
+    log.commit(&early, CommitMode::Async).await.unwrap();
+    log.commit(&commits, CommitMode::Sync).await.unwrap();
+    let mut answered = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        let polled = log.poll(7, Duration::from_millis(100)).await.unwrap();
+        answered.extend(polled.commits_answered);
+    }
+    assert_eq!(answered, [], "an overtaken commit reported");
+    let later = OffsetCommit {
+        offset: 4,
+        ..commits[0].clone()
+    };
+    log.commit(std::slice::from_ref(&later), CommitMode::Async)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while answered.is_empty() && Instant::now() < deadline {
+        let polled = log.poll(7, Duration::from_millis(100)).await.unwrap();
+        answered.extend(polled.commits_answered);
+    }
+    assert_eq!(answered, [(later.partition, 4)], "a later commit's answer");
     log.commit(&commits, CommitMode::Sync).await.unwrap();
     drop(log);
 
