@@ -108,3 +108,29 @@ pub(super) async fn delivered(
         .await
         .unwrap_or_else(|_| Err(unavailable(LOG, "the producer closed before delivery")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// Goal: the delivery thread stops and releases the client once the last clone of the
+    /// producer is dropped. Method: watch the client through a weak reference.
+    #[test]
+    fn the_delivery_thread_releases_the_client_after_the_last_drop() {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", "127.0.0.1:1");
+        let producer = DeliveryProducer::create(&config).unwrap();
+        let client = Arc::downgrade(&producer.shared.producer);
+        let clone = producer.clone();
+        drop(producer);
+        std::thread::sleep(POLL_WAIT * 2);
+        assert!(client.upgrade().is_some(), "released while a clone lives");
+        drop(clone);
+        let deadline = Instant::now() + POLL_WAIT * 3;
+        while client.upgrade().is_some() {
+            assert!(Instant::now() < deadline, "the client was never released");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

@@ -78,6 +78,16 @@ fn unsafe_settings_are_refused_unless_allowed() {
     assert!(KafkaSettings::new(" ").validate().is_err());
 }
 
+/// Goal: a flush that cannot deliver within its time says so, as an outage. Method: a
+/// message queued for a broker that does not exist.
+#[tokio::test]
+async fn a_flush_that_cannot_deliver_is_an_outage() {
+    let publisher = KafkaPublisher::connect(&KafkaSettings::new("127.0.0.1:1")).unwrap();
+    let _delivery = publisher.enqueue(&message("t", 1)).unwrap();
+    let error = publisher.flush(Duration::from_millis(300)).unwrap_err();
+    assert!(error.is_outage(), "{error:?}");
+}
+
 /// Goal: what is published comes back with its key, payload and headers, on the
 /// partition the Java client would pick, after the assignment that owns it; paused
 /// partitions deliver nothing until resumed. Method: 40 keyed messages to a 4-partition mock
