@@ -88,6 +88,26 @@ async fn a_flush_that_cannot_deliver_is_an_outage() {
     assert!(error.is_outage(), "{error:?}");
 }
 
+/// Goal: a publish that finds librdkafka's queue full waits for room up to the call timeout,
+/// then fails; it neither fails at once nor waits forever. Method: a queue of one message,
+/// taken by a message for a broker that does not exist.
+#[tokio::test]
+async fn a_full_queue_is_waited_out_up_to_the_call_timeout() {
+    let mut settings = KafkaSettings::new("127.0.0.1:1");
+    settings.overrides = vec![("queue.buffering.max.messages".into(), "1".into())];
+    let publisher = KafkaPublisher::connect(&settings).unwrap();
+    let _first = publisher.enqueue(&message("t", 1)).unwrap();
+    let started = Instant::now();
+    let publish = publisher.publish(message("t", 2));
+    let waited = tokio::time::timeout(CALL_TIMEOUT * 2, publish).await;
+    let error = waited.expect("waited past the call timeout").unwrap_err();
+    assert!(
+        started.elapsed() >= CALL_TIMEOUT,
+        "failed after {:?}: {error:?}",
+        started.elapsed()
+    );
+}
+
 /// Goal: what is published comes back with its key, payload and headers, on the
 /// partition the Java client would pick, after the assignment that owns it; paused
 /// partitions deliver nothing until resumed. Method: 40 keyed messages to a 4-partition mock
