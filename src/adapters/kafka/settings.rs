@@ -142,14 +142,19 @@ const ACKS_REASON: &str = "acks other than all lets the broker lose acknowledged
 const IDEMPOTENCE_REASON: &str =
     "enable.idempotence=false lets producer retries duplicate and reorder";
 
-/// Why an override named `name` with (lower-cased) `value` breaks a guarantee, if it does.
+/// Why an override named `name` with (lower-cased) `value` breaks a guarantee, if it does:
+/// the guarantees' own table, with librdkafka's alias of `acks`.
 fn unsafe_reason(name: &str, value: &str) -> Option<&'static str> {
-    match name {
-        "enable.auto.commit" if value != "false" => Some(AUTO_COMMIT_REASON),
-        "acks" | "request.required.acks" if value != "all" && value != "-1" => Some(ACKS_REASON),
-        "enable.idempotence" if value != "true" => Some(IDEMPOTENCE_REASON),
-        _ => None,
-    }
+    let name = match name {
+        "request.required.acks" => "acks",
+        name => name,
+    };
+    let guarantee = PRODUCER_GUARANTEES
+        .iter()
+        .chain(&CONSUMER_GUARANTEES)
+        .find(|(guaranteed, _, _)| *guaranteed == name)?;
+    let (_, accepted, reason) = guarantee;
+    (!accepted.contains(&value)).then_some(*reason)
 }
 
 pub(super) fn config_error(detail: impl ToString) -> AdapterError {
