@@ -8,14 +8,16 @@ use crate::ports::{NoProbe, Polled as LogPolled};
 use std::collections::{BTreeSet, VecDeque};
 
 /// A client answering polls from a script; it keeps its pauses across revokes (as
-/// librdkafka does) and fails the first `pause_failures` pauses and `resume_failures`
-/// resumes.
+/// librdkafka does), fails the first `pause_failures` pauses, `resume_failures` resumes and
+/// `commit_failures` commits (the last for an outage), and keeps the commits it took.
 #[derive(Default)]
 struct PausingLog {
     script: VecDeque<LogPolled>,
     paused: BTreeSet<PartitionId>,
     pause_failures: u32,
     resume_failures: u32,
+    commit_failures: u32,
+    committed: Vec<(PartitionId, i64)>,
 }
 
 fn refused() -> PortError {
@@ -30,7 +32,18 @@ impl EventLog for PausingLog {
         Ok(self.script.pop_front().unwrap_or_default())
     }
 
-    async fn commit(&mut self, _: &[OffsetCommit], _: CommitMode) -> Result<(), PortError> {
+    async fn commit(&mut self, commits: &[OffsetCommit], _: CommitMode) -> Result<(), PortError> {
+        if self.commit_failures > 0 {
+            self.commit_failures -= 1;
+            return Err(PortError::Unavailable {
+                service: "kafka",
+                detail: "Broker: Coordinator not available".into(),
+            });
+        }
+        let taken = commits
+            .iter()
+            .map(|commit| (commit.partition, commit.offset));
+        self.committed.extend(taken);
         Ok(())
     }
 
@@ -211,5 +224,46 @@ async fn records_in_flight_count_over_every_owned_partition() {
         member.in_flight(),
         1,
         "partition 2's record is still in flight"
+    );
+}
+
+/// Goal: an offset commit that fails for an outage is counted, and the next commit round
+/// sends the same offset again instead of taking it as committed. Method: three records of
+/// partition 4 acked; the first commit round meets an unavailable coordinator, the second
+/// does not.
+#[tokio::test]
+async fn a_commit_failed_for_an_outage_is_sent_again_by_the_next_round() {
+    let log = PausingLog {
+        script: VecDeque::from([assigned(4)]),
+        commit_failures: 1,
+        ..PausingLog::default()
+    };
+    let mut member = member(log, 100);
+    member.poll(&NoProbe, &FromCommit).await;
+    let mut admitted = Vec::new();
+    let records = vec![record(4, 0), record(4, 1), record(4, 2)];
+    member
+        .offer(records, |ticket, _| admitted.push(ticket))
+        .await;
+    assert!(member.tracker().ack_all(&admitted).is_empty());
+    member.commit_changed(CommitMode::Sync, &NoProbe).await;
+    assert!(
+        member.log.committed.is_empty(),
+        "the first commit was to fail"
+    );
+    assert_eq!(member.metrics.commit_failures.get(), 1);
+    assert_eq!(member.metrics.commits.get(), 0);
+    member.commit_changed(CommitMode::Sync, &NoProbe).await;
+    assert_eq!(
+        member.log.committed,
+        vec![(4, 3)],
+        "the failed commit was not sent again"
+    );
+    assert_eq!(member.metrics.commits.get(), 1);
+    member.commit_changed(CommitMode::Sync, &NoProbe).await;
+    assert_eq!(
+        member.log.committed.len(),
+        1,
+        "an unchanged offset was committed again"
     );
 }
