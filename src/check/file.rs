@@ -332,21 +332,19 @@ pub fn read_dir(dir: &Path) -> Result<Vec<(u64, Step)>, String> {
 /// Appends one file's steps; an error names the line (`:N: ...`).
 fn read_file(path: &Path, steps: &mut Vec<(u64, Step)>) -> Result<(), String> {
     let file = std::fs::File::open(path).map_err(|error| format!(": {error}"))?;
-    let mut reader = std::io::BufReader::new(file);
-    let (mut line, mut number) = (String::new(), 0);
-    let mut next_line = |line: &mut String| -> Result<bool, String> {
-        line.clear();
-        number += 1;
-        reader
-            .read_line(line)
-            .map_err(|error| format!(":{number}: {error}"))?;
-        // A line without its newline was cut off by a kill: the file ends before it.
-        Ok(line.pop() == Some('\n'))
+    let mut lines = Lines {
+        reader: std::io::BufReader::new(file),
+        line: String::new(),
+        number: 0,
     };
-    if !next_line(&mut line)? {
+    if !lines.next()? {
         return Ok(());
     }
-    let member = match line.strip_prefix(HEADER).and_then(|m| m.strip_prefix(' ')) {
+    let member = match lines
+        .line
+        .strip_prefix(HEADER)
+        .and_then(|m| m.strip_prefix(' '))
+    {
         Some(member) if !member.is_empty() => member.to_owned(),
         _ => {
             return Err(format!(
@@ -355,20 +353,40 @@ fn read_file(path: &Path, steps: &mut Vec<(u64, Step)>) -> Result<(), String> {
         }
     };
     let mut time_ms = None;
-    while next_line(&mut line)? {
+    while lines.next()? {
+        let (line, number) = (&lines.line, lines.number);
         if let Some(at) = line.strip_prefix('@') {
-            time_ms = Some(
-                at.parse::<u64>()
-                    .map_err(|_| format!(": bad time `{line}`"))?,
-            );
+            let at_ms = at.parse::<u64>();
+            time_ms = Some(at_ms.map_err(|_| format!(":{number}: bad time `{line}`"))?);
             continue;
         }
-        let (Some(at_ms), Some(seen)) = (time_ms, parse_line(&line)) else {
-            return Err(format!(": not a history step: `{line}`"));
+        let (Some(at_ms), Some(seen)) = (time_ms, parse_line(line)) else {
+            return Err(format!(":{number}: not a history step: `{line}`"));
         };
         steps.push((at_ms, seen.step(&member)));
     }
     Ok(())
+}
+
+/// A history file's lines, numbered from 1.
+struct Lines {
+    reader: std::io::BufReader<std::fs::File>,
+    line: String,
+    number: usize,
+}
+
+impl Lines {
+    /// Reads the next whole line into `line`, without its newline; false at the end of the
+    /// file, or at a last line a kill cut off (no newline), which ends the file before it.
+    fn next(&mut self) -> Result<bool, String> {
+        self.line.clear();
+        self.number += 1;
+        let number = self.number;
+        self.reader
+            .read_line(&mut self.line)
+            .map_err(|error| format!(":{number}: {error}"))?;
+        Ok(self.line.pop() == Some('\n'))
+    }
 }
 
 #[cfg(test)]
@@ -497,6 +515,109 @@ mod tests {
         assert!(read_dir(&dir).unwrap_err().contains("not a history file"));
         std::fs::write(&cut, format!("{HEADER} k\na 1 2\n")).unwrap();
         assert!(read_dir(&dir).unwrap_err().contains("not a history step"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn scratch_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("hf-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    /// Goal: a recorder of another group (the compensator's) writes no commit lines, and a
+    /// commit's answer is recorded when the call returned it (synchronous) and only then.
+    /// Method: one recorder of each kind in one directory, both sent every kind of step and
+    /// commit answers of both modes.
+    #[test]
+    fn commits_are_recorded_for_the_judged_group_and_answers_when_synchronous() {
+        let dir = scratch_dir("history-commits");
+        let (run, run_writing) = Recorder::create(&dir, "run").unwrap();
+        let (other, other_writing) = Recorder::create(&dir, "compensate").unwrap();
+        let other = other.without_commits();
+        let (run_member, other_member) = (run.member().to_owned(), other.member().to_owned());
+        run.commit_accepted(2, 9, CommitMode::Sync);
+        run.commit_accepted(2, 10, CommitMode::Async);
+        other.record(every_kind());
+        other.commit_accepted(1, 5, CommitMode::Sync);
+        drop((run, other));
+        assert_eq!(run_writing.finish().unwrap(), 1);
+        assert_eq!(
+            other_writing.finish().unwrap(),
+            every_kind().len() as u64 - 2
+        );
+        let steps: Vec<Step> = read_dir(&dir)
+            .unwrap()
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect();
+        let answered = Seen::Committed {
+            partition: 2,
+            offset: 9,
+        };
+        assert!(steps.contains(&answered.step(&run_member)), "{steps:?}");
+        let others: Vec<Step> = every_kind()
+            .into_iter()
+            .filter(|s| !matches!(s, Seen::CommitSent { .. } | Seen::Committed { .. }))
+            .map(|seen| seen.step(&other_member))
+            .collect();
+        assert_eq!(steps.len(), 1 + others.len(), "{steps:?}");
+        assert!(others.iter().all(|step| steps.contains(step)), "{steps:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Goal: steps carry the wall-clock time they were recorded at (the checker orders the
+    /// processes' files by it).
+    #[test]
+    fn steps_carry_the_wall_clock_time() {
+        let dir = scratch_dir("history-time");
+        let before_ms = now_ms();
+        let (recorder, writing) = Recorder::create(&dir, "run").unwrap();
+        recorder.record(every_kind());
+        drop(recorder);
+        writing.finish().unwrap();
+        let after_ms = now_ms();
+        let times: Vec<u64> = read_dir(&dir)
+            .unwrap()
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        assert_eq!(times.len(), every_kind().len());
+        assert!(
+            before_ms > 1_700_000_000_000,
+            "not a wall clock: {before_ms}"
+        );
+        assert!(
+            times.iter().all(|t| (before_ms..=after_ms).contains(t)),
+            "{times:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Goal: a file that cannot be read is refused naming its line; a header without a member
+    /// is no header. Method: files written by hand, each damaged at a known line.
+    #[test]
+    fn a_damaged_file_is_refused_naming_the_line() {
+        let dir = scratch_dir("history-damaged");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("damaged.{EXTENSION}"));
+        let cases: [(&[u8], &str); 5] = [
+            (
+                b"holdfast-history 1 k\n@5\na 1 2\nnonsense\n",
+                ":4: not a history step",
+            ),
+            (b"holdfast-history 1 k\n@x5\na 1 2\n", ":2: bad time"),
+            (b"holdfast-history 1 k\n@5\n\xff\xfe\n", ":3: "),
+            (
+                b"holdfast-history 1 \n@5\na 1 2\n",
+                ":1: not a history file",
+            ),
+            (b"holdfast-history 1\n@5\na 1 2\n", ":1: not a history file"),
+        ];
+        for (content, error) in cases {
+            std::fs::write(&path, content).unwrap();
+            let refused = read_dir(&dir).unwrap_err();
+            assert!(refused.contains(error), "{refused} lacks {error}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -105,6 +105,45 @@ fn a_row_claim_no_producer_sent_is_unexpected() {
     row.paid.as_mut().unwrap().at_ms -= 1;
     let report = verify(&truth, &store, &no_letters(), &BTreeSet::new());
     assert_eq!(report.unexpected.len(), 1, "{report}");
+    let named = format!("{}: paid holds ", paid.order_id);
+    assert!(report.unexpected[0].starts_with(&named), "{report}");
+}
+
+/// Goal: a finding names its slot and the facts in the form the docs give,
+/// `order/kind/event@time[/amount]`, a repeating slot with its entry. Method: a bill's
+/// column given a later rival's claim, and a fact read back.
+#[test]
+fn findings_name_the_slot_and_the_fact() {
+    let (mut truth, mut store, events) = truth_and_store(40);
+    let bill = events.iter().find(|e| e.kind == EventKind::Billed).unwrap();
+    let amount = bill.amount_minor.unwrap();
+    let fact = Fact::of(bill);
+    let text = format!(
+        "{}/billed/{}@{}/{amount}",
+        bill.order_id, bill.event_id, bill.event_time_ms
+    );
+    assert_eq!(fact.text(), text);
+    let created = events
+        .iter()
+        .find(|e| e.kind == EventKind::Created)
+        .unwrap();
+    let created_text = format!(
+        "{}/created/{}@{}",
+        created.order_id, created.event_id, created.event_time_ms
+    );
+    assert_eq!(Fact::of(created).text(), created_text);
+
+    let mut later = bill.clone();
+    later.event_time_ms += 1;
+    truth.record(&later, true);
+    let row = store.rows.get_mut(&bill.order_id).unwrap();
+    row.bills.insert(bill.event_id.clone(), Stamp::of(&later));
+    let report = verify(&truth, &store, &no_letters(), &BTreeSet::new());
+    let expected = format!(
+        "{}: billed[{}] holds {} although {text} precedes it",
+        bill.order_id, bill.event_id, bill.event_id
+    );
+    assert_eq!(report.row_mismatches, vec![expected], "{report}");
 }
 
 /// The shape an independent client found: two different events claim one status; the row
@@ -245,6 +284,10 @@ fn the_printed_report_names_the_counts_the_findings_and_the_verdict() {
     store.rows.get_mut(&created.order_id).unwrap().created = None;
     let failing = verify(&truth, &store, &no_letters(), &BTreeSet::new()).to_string();
     assert!(failing.contains("conservation   BROKEN"), "{failing}");
-    assert!(failing.contains(&format!("missing        1 {}", Fact::of(created).text())));
+    let missing = format!(
+        "missing        1 {}/created/{}@{}",
+        created.order_id, created.event_id, created.event_time_ms
+    );
+    assert!(failing.contains(&missing), "{failing}");
     assert!(failing.ends_with("verdict        FAIL"), "{failing}");
 }
