@@ -291,3 +291,70 @@ fn the_printed_report_names_the_counts_the_findings_and_the_verdict() {
     assert!(failing.contains(&missing), "{failing}");
     assert!(failing.ends_with("verdict        FAIL"), "{failing}");
 }
+
+/// Goal: the row keeps the smallest non-empty user id of the acknowledged events (an empty one
+/// means "unknown"), whatever the production merge does. Method: a rival of a stored event
+/// under a smaller user id, then under an empty one.
+#[test]
+fn the_row_keeps_the_smallest_user_id_sent() {
+    let (mut truth, mut store, events) = truth_and_store(20);
+    let created = events
+        .iter()
+        .find(|e| e.kind == EventKind::Created)
+        .unwrap();
+    let mut unknown = created.clone();
+    unknown.user_id = String::new();
+    truth.record(&unknown, true);
+    let report = verify(&truth, &store, &no_letters(), &BTreeSet::new());
+    assert!(report.passed(), "an unknown user won: {report}");
+
+    // Carried by an event that the checker meets after the created one (its facts are
+    // ordered by kind), so that the smaller user must replace the one met first.
+    let later = events
+        .iter()
+        .find(|e| e.order_id == created.order_id && e.kind != EventKind::Created)
+        .unwrap();
+    let mut smaller = later.clone();
+    smaller.user_id = format!("0{}", created.user_id);
+    truth.record(&smaller, true);
+    let report = verify(&truth, &store, &no_letters(), &BTreeSet::new());
+    let expected = format!(
+        "{}: user {:?} although {:?} precedes it",
+        created.order_id,
+        store.rows[&created.order_id].user_id,
+        Some(&smaller.user_id)
+    );
+    assert_eq!(report.row_mismatches, vec![expected], "{report}");
+    store.rows.get_mut(&created.order_id).unwrap().user_id = smaller.user_id.clone();
+    let report = verify(&truth, &store, &no_letters(), &BTreeSet::new());
+    assert!(report.passed(), "{report}");
+}
+
+/// Goal: the second reading keeps the wire format's edges on its own: a payload of exactly
+/// 64 KiB is read and one byte more is not; an amount of zero is an amount, a negative one
+/// is refused; an empty payload is nothing. Method: an encoded event padded with blanks.
+#[test]
+fn the_second_reading_keeps_the_edges_of_the_format() {
+    let (_, _, events) = truth_and_store(20);
+    let paid = events.iter().find(|e| e.kind == EventKind::Paid).unwrap();
+    let padded = |size_bytes: usize| {
+        let mut payload = paid.encode();
+        let close = payload.pop();
+        assert_eq!(close, Some(b'}'));
+        payload.resize(size_bytes - 1, b' ');
+        payload.push(b'}');
+        payload
+    };
+    assert_eq!(
+        reference::read_payload(&padded(64 * 1024)),
+        Some(Fact::of(paid))
+    );
+    assert_eq!(reference::read_payload(&padded(64 * 1024 + 1)), None);
+    assert_eq!(reference::read_payload(b""), None);
+    for (amount, read) in [(0, true), (-1, false)] {
+        let mut edited = paid.clone();
+        edited.amount_minor = Some(amount);
+        let fact = reference::read_payload(&edited.encode());
+        assert_eq!(fact.is_some(), read, "amount {amount}");
+    }
+}
