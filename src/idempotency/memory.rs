@@ -91,17 +91,6 @@ impl Fenced {
     }
 }
 
-/// Two states are equal when they hold the same data, whatever their schemas.
-impl PartialEq for StoreState {
-    fn eq(&self, other: &StoreState) -> bool {
-        self.applications == other.applications
-            && self.rows == other.rows
-            && self.applied == other.applied
-    }
-}
-
-impl Eq for StoreState {}
-
 impl StoreState {
     /// An empty store with holdfast's schema.
     pub fn new() -> StoreState {
@@ -634,5 +623,44 @@ pub(crate) mod tests {
         let row = rows["o1"].clone();
         assert_eq!(store.rows()["o1"], row);
         assert_eq!(store.state().applied_events().len(), 1);
+    }
+
+    /// Goal: a transaction whose progress row another generation holds (or nobody claimed) is
+    /// refused whole, naming the partition and both generations. Method: claims by
+    /// generations 3 and then 2 (refused), writes as 2 and to an unclaimed partition.
+    #[test]
+    fn a_transaction_for_a_row_claimed_by_another_generation_is_fenced() {
+        let mut state = StoreState::new();
+        assert_eq!(state.claim_progress(4, 3), Ok(None));
+        let refused = state.claim_progress(4, 2).unwrap_err();
+        assert_eq!(refused.claimed_by, Some(3));
+        let write = |partition, owner| ProgressWrite {
+            partition,
+            owner,
+            progress: CommittedOffset {
+                offset: 7,
+                metadata: None,
+            },
+        };
+        let created = event("e1", EventKind::Created);
+        let fenced = state
+            .transaction(std::slice::from_ref(&created), &[write(4, 2)])
+            .unwrap_err();
+        let detail = "partition 4 is claimed by generation Some(3), not 2";
+        assert_eq!(fenced.to_string(), detail);
+        let unclaimed = state.transaction(&[], &[write(5, 3)]).unwrap_err();
+        assert_eq!(
+            unclaimed.to_string(),
+            "partition 5 is claimed by generation None, not 3"
+        );
+        assert!(
+            state.applied_events().is_empty(),
+            "a fenced transaction applied"
+        );
+        assert_eq!(state.progress_rows()[&4].progress, None);
+        assert!(matches!(
+            fenced.into_port_error(),
+            PortError::Fenced { detail: text, .. } if text == detail
+        ));
     }
 }
