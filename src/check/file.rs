@@ -470,8 +470,7 @@ mod tests {
     /// two recorders in one directory, then files written by hand.
     #[test]
     fn histories_read_back_merged_and_a_cut_line_is_tolerated() {
-        let dir = std::env::temp_dir().join(format!("hf-history-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = scratch_dir("history");
         let (first, first_writing) = Recorder::create(&dir, "a").unwrap();
         let (second, second_writing) = Recorder::create(&dir, "b").unwrap();
         assert_ne!(first.member(), second.member());
@@ -484,11 +483,7 @@ mod tests {
         drop((first, second));
         assert_eq!(first_writing.finish().unwrap(), every_kind().len() as u64);
         assert_eq!(second_writing.finish().unwrap(), 1);
-        let steps: Vec<Step> = read_dir(&dir)
-            .unwrap()
-            .into_iter()
-            .map(|(_, s)| s)
-            .collect();
+        let steps = read_steps(&dir);
         assert_eq!(steps.len(), every_kind().len() + 1);
         let own: Vec<Step> = every_kind()
             .into_iter()
@@ -518,6 +513,12 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// The steps of every history file in `dir`, without their times.
+    fn read_steps(dir: &Path) -> Vec<Step> {
+        read_dir(dir).unwrap().into_iter().map(|(_, s)| s).collect()
+    }
+
+    /// An empty directory of this test process's own under the system's temporary one.
     fn scratch_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("hf-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -545,11 +546,7 @@ mod tests {
             other_writing.finish().unwrap(),
             every_kind().len() as u64 - 2
         );
-        let steps: Vec<Step> = read_dir(&dir)
-            .unwrap()
-            .into_iter()
-            .map(|(_, s)| s)
-            .collect();
+        let steps = read_steps(&dir);
         let answered = Seen::Committed {
             partition: 2,
             offset: 9,
