@@ -223,7 +223,7 @@ impl StoreState {
 }
 
 /// The dedup cache's state: keys with expiry times, and the current time as last told.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct CacheState {
     expires_at_ms: BTreeMap<DeliveryKey, u64>,
     now_ms: u64,
@@ -508,6 +508,7 @@ pub(crate) mod tests {
     fn store_applies_each_key_once() {
         let mut state = StoreState::new();
         let created = event("e1", EventKind::Created);
+        assert!(!state.contains(&IdempotencyKey::of(&created)));
         let outcomes = state.apply_batch(&[created.clone(), created.clone()]);
         assert_eq!(
             outcomes,
@@ -662,5 +663,31 @@ pub(crate) mod tests {
             fenced.into_port_error(),
             PortError::Fenced { detail: text, .. } if text == detail
         ));
+    }
+
+    /// Goal: a progress write replaces the stored point unless that point is further along; a
+    /// write at the same offset replaces the metadata, as the PostgreSQL store's `<=` does.
+    /// Method: writes at 10, then 5 (behind), 10 with other metadata, 12.
+    #[test]
+    fn a_progress_write_keeps_a_stored_point_further_along() {
+        let mut state = StoreState::new();
+        assert_eq!(state.claim_progress(0, 1), Ok(None));
+        let mut stored = |offset: i64, metadata: &str| {
+            let write = ProgressWrite {
+                partition: 0,
+                owner: 1,
+                progress: CommittedOffset {
+                    offset,
+                    metadata: Some(metadata.to_owned()),
+                },
+            };
+            state.transaction(&[], &[write]).unwrap();
+            let progress = state.progress_rows()[&0].progress.clone().unwrap();
+            (progress.offset, progress.metadata.unwrap())
+        };
+        assert_eq!(stored(10, "a"), (10, "a".to_owned()));
+        assert_eq!(stored(5, "b"), (10, "a".to_owned()), "a write behind won");
+        assert_eq!(stored(10, "c"), (10, "c".to_owned()), "an equal write lost");
+        assert_eq!(stored(12, "d"), (12, "d".to_owned()));
     }
 }
