@@ -3,6 +3,7 @@
 
 use crate::checker::{Invariant, Violation};
 use crate::history::{History, Step};
+use crate::world::lock::lock;
 use crate::world::World;
 use holdfast::check::record::{Seen, Sink};
 use holdfast::pipeline::Metrics;
@@ -54,11 +55,7 @@ impl Observers {
     /// A commit of `offset` says every record below it is finished: check that now, against
     /// the store and the dead letters, before anything else can mend it.
     fn check_commit(&self, member: &str, partition: PartitionId, offset: i64) {
-        let from = self
-            .checked
-            .lock()
-            .map(|c| c.get(&partition).copied().unwrap_or(0))
-            .unwrap_or(0);
+        let from = lock(&self.checked).get(&partition).copied().unwrap_or(0);
         if offset <= from {
             return;
         }
@@ -74,11 +71,9 @@ impl Observers {
             }
         }
         if unfinished.is_empty() {
-            if let Ok(mut checked) = self.checked.lock() {
-                checked.insert(partition, offset);
-            }
-        } else if let Ok(mut online) = self.online.lock() {
-            online.push(Violation {
+            lock(&self.checked).insert(partition, offset);
+        } else {
+            lock(&self.online).push(Violation {
                 invariant: Invariant::CommitPastUnfinished,
                 detail: format!(
                     "{member} committed p{partition}={offset} at {}ms with {} unfinished below it, first @{:?}",
@@ -141,27 +136,20 @@ fn source_coordinates(letter: &OutboundMessage) -> Option<(PartitionId, i64)> {
 impl DeadLetters {
     /// Whether a dead letter names this source record.
     pub fn contains(&self, partition: PartitionId, offset: i64) -> bool {
-        self.letters
-            .lock()
-            .is_ok_and(|l| l.coordinates.contains(&(partition, offset)))
+        lock(&self.letters)
+            .coordinates
+            .contains(&(partition, offset))
     }
 
     /// The payload of every dead letter, in publish order.
     pub fn payloads(&self) -> Vec<Vec<u8>> {
-        self.letters
-            .lock()
-            .map(|letters| {
-                letters
-                    .messages
-                    .iter()
-                    .map(|letter| letter.payload.to_vec())
-                    .collect()
-            })
-            .unwrap_or_default()
+        (lock(&self.letters).messages.iter())
+            .map(|letter| letter.payload.to_vec())
+            .collect()
     }
 
     pub fn len(&self) -> usize {
-        self.letters.lock().map(|l| l.messages.len()).unwrap_or(0)
+        lock(&self.letters).messages.len()
     }
 
     /// Takes the topic down (every publish fails as an outage) or brings it back.
@@ -194,14 +182,7 @@ impl Publisher for DeadLetterSink {
             self.observers.at(),
             Step::DeadLettered { partition, offset },
         );
-        let mut letters = self
-            .letters
-            .letters
-            .lock()
-            .map_err(|_| PortError::Unavailable {
-                service: "dead letters",
-                detail: "poisoned".into(),
-            })?;
+        let mut letters = lock(&self.letters.letters);
         if let Some(source) = source {
             letters.coordinates.insert(source);
         }

@@ -10,6 +10,7 @@ use crate::history::{History, Step};
 use crate::observe::{DeadLetters, Observers};
 use crate::params::RunParams;
 use crate::scenario::Scenario;
+use crate::world::lock::lock;
 use crate::world::{Acks, FlushPolicy, World, WorldConfig};
 use faults::{heal, inject_extended_fault, inject_fault, serve_crash_requests, standard_faults};
 pub use faults::{ExtendedFault, EXTENDED_FAULTS};
@@ -286,11 +287,7 @@ impl Cluster {
         record_accepted_commits(world, &self.observers.history);
         // Nothing records any more, so the checker gets the history and the ground truth
         // without copies.
-        let truth = self
-            .truth
-            .lock()
-            .map(|mut t| std::mem::take(&mut *t))
-            .unwrap_or_default();
+        let truth = std::mem::take(&mut *lock(&self.truth));
         let observed = Observed {
             history: self.observers.history.take(),
             truth,
@@ -302,33 +299,16 @@ impl Cluster {
             logs: (0..params.partitions)
                 .map(|p| (p, world.partition_log(p)))
                 .collect(),
-            online: self
-                .observers
-                .online
-                .lock()
-                .map(|o| o.clone())
-                .unwrap_or_default(),
+            online: lock(&self.observers.online).clone(),
             convergence,
-            publishes: self
-                .observers
-                .publishes
-                .lock()
-                .map(|publishes| publishes.clone())
-                .unwrap_or_default(),
+            publishes: lock(&self.observers.publishes).clone(),
         };
         let verdict = check(&observed);
         let faults = merged_faults(world, &observed);
         let redeliveries = redeliveries(&observed);
-        let finished_skipped: u64 = self
-            .observers
-            .metrics
-            .lock()
-            .map(|all| {
-                all.iter()
-                    .map(|m| m.finished_skipped.get() + m.stale_skipped.get())
-                    .sum()
-            })
-            .unwrap_or(0);
+        let finished_skipped: u64 = (lock(&self.observers.metrics).iter())
+            .map(|m| m.finished_skipped.get() + m.stale_skipped.get())
+            .sum();
         RunOutcome {
             fingerprint: crate::history::fingerprint(&observed.history),
             steps: observed.history.len(),
@@ -415,12 +395,7 @@ fn effects_done(world: &World, truth: &Arc<Mutex<GroundTruth>>, observers: &Obse
         .iter()
         .filter_map(|payload| reference::read_payload(payload))
         .collect();
-    truth.lock().is_ok_and(|truth| {
-        truth
-            .acknowledged
-            .iter()
-            .all(|fact| world.store_reflects(fact) || dead.contains(fact))
-    })
+    (lock(truth).acknowledged.iter()).all(|fact| world.store_reflects(fact) || dead.contains(fact))
 }
 
 /// How long the healed system may go without progress while work is pending: well past
@@ -449,7 +424,7 @@ impl Progress {
                     .map(|partition| offsets.get(&partition).map_or(-1, |commit| commit.offset)),
             );
         }
-        let acknowledged = truth.lock().map_or(0, |truth| truth.acknowledged.len());
+        let acknowledged = lock(truth).acknowledged.len();
         Progress {
             committed,
             acknowledged,

@@ -6,6 +6,7 @@ use crate::history::Step;
 use crate::observe::{CrashProbe, DeadLetterSink, MemberSink, Observers};
 use crate::params::RunParams;
 use crate::scenario::Scenario;
+use crate::world::lock::lock;
 use crate::world::{SimPublisher, World};
 use holdfast::check::record::{RecordingLog, RecordingStore};
 use holdfast::offsets::{CommitPolicy, Limits};
@@ -159,9 +160,7 @@ async fn send_with_callback(
     let mut delivered = None;
     let digest = crate::history::digest(&message.payload);
     for _attempt in 0..3 {
-        if let Ok(mut publishes) = observers.publishes.lock() {
-            *publishes.entry(digest).or_default() += 1;
-        }
+        *lock(&observers.publishes).entry(digest).or_default() += 1;
         if let Ok(delivery) = publisher.publish(outbound.clone()).await {
             delivered = Some((delivery.partition, delivery.offset));
             break;
@@ -170,9 +169,7 @@ async fn send_with_callback(
     }
     sent_counter.fetch_add(1, Ordering::SeqCst);
     if let Some(event) = &message.event {
-        if let Ok(mut truth) = truth.lock() {
-            truth.record(event, delivered.is_some());
-        }
+        lock(&truth).record(event, delivered.is_some());
         observers.history.push(
             observers.at(),
             Step::Sent {
@@ -304,9 +301,7 @@ pub(super) fn spawn_consumer(
                 };
                 let log = PlantedLog::new(log, planted);
                 let metrics = Arc::new(Metrics::new());
-                if let Ok(mut all) = observers.metrics.lock() {
-                    all.push(Arc::clone(&metrics));
-                }
+                lock(&observers.metrics).push(Arc::clone(&metrics));
                 let policy = commit_policy(&params);
                 let consumer = match Consumer::with_policy(config, log, services, metrics, policy) {
                     Ok(consumer) => consumer,

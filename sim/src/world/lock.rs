@@ -1,4 +1,4 @@
-//! The one lock helper of the simulated world's models.
+//! The one lock helper of the simulated world's models and the harness's observers.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
