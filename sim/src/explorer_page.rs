@@ -4,7 +4,7 @@
 //! to one to draw its timeline).
 
 use crate::report::{expected_label, COMMIT};
-use crate::scenario::{Expectation, Scenario};
+use crate::scenario::Scenario;
 use crate::sweep::{matrix, meets, Row, SeedResult};
 use crate::timeline::escape;
 use std::fmt::Write as _;
@@ -99,11 +99,11 @@ fn flagged_seeds(
         if flagged.is_empty() {
             continue;
         }
-        let safe = scenario.expectation() == Expectation::Safe;
+        let unmet = flagged.iter().any(|result| result.beyond_expectation());
         let _ = write!(
             out,
             "<h3 class=\"{}\">{}</h3><ul>",
-            if safe { "unmet" } else { "" },
+            if unmet { "unmet" } else { "" },
             scenario.name()
         );
         for result in flagged {

@@ -128,12 +128,10 @@ mod app {
         }
     }
 
-    /// Shrinks the first failure of a scenario that must be safe (that is a real bug) and
-    /// prints it with its replay command.
+    /// Shrinks the first run that broke more than its scenario allows (that is a real bug)
+    /// and prints it with its replay command.
     fn shrink_first_unsafe(runs: &[RunParams], results: &[SeedResult]) {
-        if let Some(failure) = results.iter().find(|r| {
-            r.failed() && r.scenario.expectation() == holdfast_sim::scenario::Expectation::Safe
-        }) {
+        if let Some(failure) = results.iter().find(|r| r.beyond_expectation()) {
             if let Some(params) = runs
                 .iter()
                 .find(|p| p.seed == failure.seed && p.scenario == failure.scenario)

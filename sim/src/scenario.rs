@@ -23,14 +23,60 @@ pub enum Expectation {
     /// No seed may lose an acknowledged event or violate any invariant.
     Safe,
     /// Some seed of the sweep must converge and lose acknowledged events where the window
-    /// says (the window is real); broker windows must show no consumer loss in any seed.
+    /// says (the window is real), and no seed may break an invariant the window does not
+    /// entail ([`Expectation::tolerates`]): a duplicate or a stall under a loss window is a
+    /// bug like any other.
     LossShown(LossAt),
     /// Some seed of the sweep must break one of the invariants the planted bug declares, and
     /// the same seeds with the bug off ([`Scenario::Control`]) must be clean.
     Caught(&'static [Invariant]),
     /// A planted loss that the compensator must repair: the checker may flag the commit
-    /// discipline, but no seed may lose or double an acknowledged event.
+    /// discipline and the compensator's give-ups, but no seed may lose or double an
+    /// acknowledged event, keep a wrong row, or stall.
     Repaired,
+}
+
+impl Expectation {
+    /// Whether a seed of this expectation may break `invariant`: only what its window or its
+    /// planted bug entails. A panic is never tolerated.
+    pub fn tolerates(self, invariant: Invariant) -> bool {
+        use Invariant::*;
+        match self {
+            Expectation::Safe => false,
+            Expectation::Caught(_) => true,
+            // A log that loses acknowledged records, and after an unclean crash fills their
+            // offsets with other records: the loss, the counts and rows without the lost
+            // claims, an offset that held two records, polls and commits that went past a
+            // range before it was filled again.
+            Expectation::LossShown(LossAt::Broker) => matches!(
+                invariant,
+                BrokerLoss
+                    | Conservation
+                    | RowMismatch
+                    | InconsistentOffsets
+                    | NonmonotonicPoll
+                    | CommitPastUnfinished
+            ),
+            // Commits of positions, not of finished work: records skipped, the counts and rows
+            // without them, and positions that go back after a rebalance.
+            Expectation::LossShown(LossAt::Consumer) => matches!(
+                invariant,
+                ConsumerLoss | Conservation | RowMismatch | CommitPastUnfinished | CommitBackwards
+            ),
+            // The same commits, each skipped record re-sent by the compensator; an event it
+            // gave up on after every attempt is dead-lettered, even when a later re-send of
+            // it is applied.
+            Expectation::Repaired => matches!(
+                invariant,
+                ConsumerLoss
+                    | CommitPastUnfinished
+                    | CommitBackwards
+                    | Conservation
+                    | DeadLetteredValid
+                    | AppliedAndDeadLettered
+            ),
+        }
+    }
 }
 
 /// One kind of run.

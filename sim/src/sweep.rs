@@ -47,6 +47,18 @@ impl SeedResult {
         !self.invariants.is_empty() || self.panic.is_some()
     }
 
+    /// The first invariant this run broke that its scenario does not tolerate.
+    pub fn intolerable(&self) -> Option<Invariant> {
+        let expectation = self.scenario.expectation();
+        (self.invariants.iter().copied()).find(|invariant| !expectation.tolerates(*invariant))
+    }
+
+    /// Whether the run broke more than its scenario allows: it panicked, or it broke an
+    /// invariant its window or planted bug does not entail.
+    pub fn beyond_expectation(&self) -> bool {
+        self.panic.is_some() || self.intolerable().is_some()
+    }
+
     /// Whether the run converged: only a converged run's losses are losses, not a stall.
     pub fn converged(&self) -> bool {
         self.panic.is_none() && !self.invariants.contains(&Invariant::Liveness)
@@ -264,10 +276,9 @@ pub fn shrink(params: &RunParams, target: &SeedResult) -> RunParams {
         let (result, _) = run_guarded(candidate);
         match (&target.panic, &result.panic) {
             (Some(_), Some(_)) => true,
-            (None, None) => target
-                .invariants
-                .first()
-                .is_some_and(|i| result.invariants.contains(i)),
+            (None, None) => (target.intolerable())
+                .or_else(|| target.invariants.first().copied())
+                .is_some_and(|i| result.invariants.contains(&i)),
             _ => false,
         }
     };
@@ -309,6 +320,8 @@ pub struct Row {
     pub seeds_consumer_loss: usize,
     /// Seeds that broke an invariant the scenario's planted bug declares.
     pub seeds_caught: usize,
+    /// Seeds that broke more than the scenario allows ([`SeedResult::beyond_expectation`]).
+    pub seeds_beyond: usize,
     pub lost: usize,
     /// Acknowledged events absent from the final log.
     pub broker_lost: usize,
@@ -369,6 +382,7 @@ pub fn matrix(planned: &[Scenario], results: &[SeedResult]) -> BTreeMap<Scenario
         if result.failed() {
             row.failing_seeds += 1;
         }
+        row.seeds_beyond += usize::from(result.beyond_expectation());
         if result.panic.is_some() {
             row.panics += 1;
         }
@@ -406,16 +420,15 @@ pub fn meets(scenario: Scenario, row: &Row) -> bool {
     if row.panics > 0 || row.seeds == 0 {
         return false;
     }
+    let within = row.seeds_beyond == 0;
     match scenario.expectation() {
         Expectation::Safe => row.failing_seeds == 0,
         Expectation::LossShown(LossAt::Broker) => {
-            row.seeds_broker_loss > 0 && row.seeds_consumer_loss == 0
+            within && row.seeds_broker_loss > 0 && row.seeds_consumer_loss == 0
         }
-        Expectation::LossShown(LossAt::Consumer) => row.seeds_consumer_loss > 0,
+        Expectation::LossShown(LossAt::Consumer) => within && row.seeds_consumer_loss > 0,
         Expectation::Caught(_) => row.seeds_caught > 0,
-        Expectation::Repaired => {
-            row.seeds_with_loss == 0 && !row.invariants.contains_key(&Invariant::Duplicate)
-        }
+        Expectation::Repaired => within && row.seeds_with_loss == 0,
     }
 }
 
@@ -482,6 +495,55 @@ mod tests {
         let mut consumer_too = located;
         consumer_too.consumer_lost = 1;
         assert!(!meets(window, &matrix(&[window], &[consumer_too])[&window]));
+    }
+
+    /// Goal: a loss window or a repair tolerates only what it entails; anything else (a
+    /// duplicate, a wrong row, a stall, a panic) fails the scenario as it fails a safe one.
+    /// Method: per scenario, one seed showing what the scenario must show, then the same
+    /// with one more invariant or a panic.
+    #[test]
+    fn every_expectation_refuses_what_its_window_does_not_entail() {
+        let meets_with = |scenario: Scenario, seeds: &[SeedResult]| {
+            meets(scenario, &matrix(&[scenario], seeds)[&scenario])
+        };
+        let broker = {
+            let mut seed = result(Scenario::FireAndForget, vec![Invariant::BrokerLoss]);
+            seed.broker_lost = 2;
+            seed
+        };
+        let consumer = {
+            let mut seed = result(Scenario::AutoCommit, vec![Invariant::ConsumerLoss]);
+            seed.consumer_lost = 2;
+            seed
+        };
+        let repaired = result(
+            Scenario::CompensatedAutoCommit,
+            vec![Invariant::CommitPastUnfinished, Invariant::DeadLetteredValid],
+        );
+        let standard = result(Scenario::Standard, vec![]);
+        for (shown, beyond) in [
+            (broker, Invariant::Duplicate),
+            (consumer, Invariant::BrokerLoss),
+            (repaired, Invariant::RowMismatch),
+            (standard, Invariant::CommitBackwards),
+        ] {
+            let scenario = shown.scenario;
+            assert!(meets_with(scenario, &[shown.clone()]), "{scenario}");
+            for extra in [beyond, Invariant::Liveness] {
+                let mut broke_more = shown.clone();
+                broke_more.invariants.push(extra);
+                assert!(broke_more.beyond_expectation(), "{scenario} {extra}");
+                assert_eq!(broke_more.intolerable(), Some(extra));
+                assert!(
+                    !meets_with(scenario, &[shown.clone(), broke_more]),
+                    "{scenario} tolerated {extra}"
+                );
+            }
+            let mut panicked = shown.clone();
+            panicked.panic = Some("boom".into());
+            assert!(panicked.beyond_expectation());
+            assert!(!meets_with(scenario, &[shown, panicked]), "{scenario}");
+        }
     }
 
     #[test]
