@@ -562,8 +562,13 @@ pub(crate) mod tests {
         assert!(state.is_empty());
         state.remember(key.clone(), Duration::MAX);
         assert!(state.contains(&key));
+        assert!(!state.is_empty());
         assert!(state.forget(&key));
         assert!(!state.forget(&key));
+        // A key that expires now is gone, before any clock move prunes it (Redis `PX 0`).
+        state.remember(key.clone(), Duration::ZERO);
+        assert!(!state.contains(&key));
+        assert_eq!(state.len(), 0);
     }
 
     /// Goal: the failure switches and shared clones. Method: flip each switch, call every port
@@ -598,7 +603,9 @@ pub(crate) mod tests {
         assert!(!cache.contains(&key));
         now!(shared_cache.remember_batch(keys, Duration::from_secs(1))).unwrap();
         assert!(cache.forget(&key));
+        assert!(!cache.forget(&key), "a forgotten key was forgotten again");
         now!(shared_cache.remember_batch(keys, Duration::from_secs(1))).unwrap();
+        assert!(!cache.is_empty());
         cache.clear();
         assert!(cache.is_empty());
 
@@ -619,6 +626,7 @@ pub(crate) mod tests {
             Ok(vec![ApplyOutcome::Applied])
         );
         assert!(store.state().contains(&key.key));
+        assert_eq!(store.applications()[&key.key], 1);
         let rows = now!(shared_store.load_rows(&asked)).unwrap();
         assert_eq!(rows.len(), 1, "an order without events has no row");
         let row = rows["o1"].clone();
