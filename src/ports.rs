@@ -305,3 +305,31 @@ pub struct NoProbe;
 impl Probe for NoProbe {
     async fn at(&self, _point: FaultPoint) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::PortError;
+
+    /// Goal: only an unavailable service is an outage (retried without limit); a refusal and a
+    /// fence are not. Method: one error of each kind.
+    #[test]
+    fn only_an_unavailable_service_is_an_outage() {
+        let detail = String::new;
+        let service = "store";
+        assert!(PortError::Unavailable {
+            service,
+            detail: detail()
+        }
+        .is_outage());
+        assert!(!PortError::Rejected {
+            service,
+            detail: detail()
+        }
+        .is_outage());
+        assert!(!PortError::Fenced {
+            service,
+            detail: detail()
+        }
+        .is_outage());
+    }
+}

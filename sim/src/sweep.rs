@@ -518,7 +518,10 @@ mod tests {
         };
         let repaired = result(
             Scenario::CompensatedAutoCommit,
-            vec![Invariant::CommitPastUnfinished, Invariant::DeadLetteredValid],
+            vec![
+                Invariant::CommitPastUnfinished,
+                Invariant::DeadLetteredValid,
+            ],
         );
         let standard = result(Scenario::Standard, vec![]);
         for (shown, beyond) in [

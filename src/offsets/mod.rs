@@ -135,3 +135,27 @@ impl AckError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::AckError;
+
+    /// Goal: a tracker's refusal names the refused offset, so that a batch's refusals map back
+    /// to their tickets; the other refusals name none. Method: one refusal of each kind.
+    #[test]
+    fn refusals_of_a_tracker_name_their_offset() {
+        assert_eq!(AckError::NotTracked { offset: 7 }.offset(), Some(7));
+        assert_eq!(AckError::AlreadyAcked { offset: 12 }.offset(), Some(12));
+        let stale = AckError::StaleEpoch {
+            partition: 1,
+            epoch: 2,
+            current: Some(3),
+        };
+        assert_eq!(stale.offset(), None);
+        let unassigned = AckError::NotAssigned {
+            partition: 1,
+            epoch: 2,
+        };
+        assert_eq!(unassigned.offset(), None);
+    }
+}
