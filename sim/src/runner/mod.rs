@@ -238,21 +238,33 @@ impl Cluster {
         }
     }
 
-    /// Heals everything, then waits for convergence. A run that stops progressing is stuck
-    /// after STALL_BOUND_MS; one still progressing has until its cap.
+    /// Heals everything, then waits for convergence: finished, and still finished SETTLE_MS
+    /// later, so that what lands after the log is caught up (a zombie's late commit or
+    /// transaction, a retry in flight) is in the history and the state the checker judges. A
+    /// run that stops progressing is stuck after STALL_BOUND_MS; one still progressing has
+    /// until its cap.
     async fn liveness_phase(&mut self, params: &RunParams) -> Convergence {
         heal(&self.world, &self.observers);
         let healed = Instant::now();
         let mut progress = Progress::of(&self.world, &self.truth, params);
         let mut progressed_at = healed;
+        let mut finished_since = None;
         loop {
             self.serve_crash_requests().await;
+            let now = Instant::now();
             if self.producer_done.load(Ordering::SeqCst)
                 && finished(&self.world, &self.truth, &self.observers, params)
             {
-                return Convergence::Converged;
+                let since = *finished_since.get_or_insert(now);
+                if now - since >= Duration::from_millis(SETTLE_MS) {
+                    return Convergence::Converged;
+                }
+                // Settling is not a stall: the stall bound counts from here if it unsettles.
+                (progress, progressed_at) = (Progress::of(&self.world, &self.truth, params), now);
+                sleep(Duration::from_millis(100)).await;
+                continue;
             }
-            let now = Instant::now();
+            finished_since = None;
             let latest = Progress::of(&self.world, &self.truth, params);
             if latest != progress {
                 (progress, progressed_at) = (latest, now);
@@ -397,6 +409,10 @@ fn effects_done(world: &World, truth: &Arc<Mutex<GroundTruth>>, observers: &Obse
         .collect();
     (lock(truth).acknowledged.iter()).all(|fact| world.store_reflects(fact) || dead.contains(fact))
 }
+
+/// How long a finished run must stay finished before it is judged: past a consumer's session
+/// (1 s), so that a member cut off before the heal has been fenced or has finished.
+pub const SETTLE_MS: u64 = 1_500;
 
 /// How long the healed system may go without progress while work is pending: well past
 /// every session timeout, retry backoff and compensator delay of the simulated configuration.
