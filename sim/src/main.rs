@@ -116,7 +116,7 @@ mod app {
         let wall_s = started.elapsed().as_secs_f64();
         let (text, all_met) = report::sweep(&planned, &results, wall_s);
         print!("{text}");
-        shrink_first_unsafe(&runs, &results);
+        shrink_first_beyond_expectation(&runs, &results);
         if let Err(error) = write_reports(options, &planned, &results, wall_s) {
             eprintln!("{error}");
             return 2;
@@ -130,7 +130,7 @@ mod app {
 
     /// Shrinks the first run that broke more than its scenario allows (that is a real bug)
     /// and prints it with its replay command.
-    fn shrink_first_unsafe(runs: &[RunParams], results: &[SeedResult]) {
+    fn shrink_first_beyond_expectation(runs: &[RunParams], results: &[SeedResult]) {
         if let Some(failure) = results.iter().find(|r| r.beyond_expectation()) {
             if let Some(params) = runs
                 .iter()
