@@ -531,7 +531,10 @@ mod tests {
             (standard, Invariant::CommitBackwards),
         ] {
             let scenario = shown.scenario;
-            assert!(meets_with(scenario, &[shown.clone()]), "{scenario}");
+            assert!(
+                meets_with(scenario, std::slice::from_ref(&shown)),
+                "{scenario}"
+            );
             for extra in [beyond, Invariant::Liveness] {
                 let mut broke_more = shown.clone();
                 broke_more.invariants.push(extra);
