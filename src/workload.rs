@@ -448,6 +448,42 @@ mod tests {
         }
     }
 
+    /// Goal: a workload has exactly the orders asked for, and its verbatim repeats come later
+    /// in the stream, some of them well after their original (a retry or a re-send, not an
+    /// echo). Method: 400 orders; order ids counted, each repeat's distance from its first
+    /// copy measured.
+    #[test]
+    fn has_the_orders_asked_and_repeats_come_later() {
+        let workload = Workload::generate(&WorkloadConfig {
+            orders: 400,
+            ..WorkloadConfig::default()
+        })
+        .unwrap();
+        let orders: HashSet<&str> = (workload.messages.iter())
+            .filter_map(|m| m.event.as_ref().map(|e| e.order_id.as_str()))
+            .collect();
+        assert_eq!(orders.len(), 400);
+        let mut first: HashMap<&[u8], usize> = HashMap::new();
+        let mut distances = Vec::new();
+        for (index, message) in workload.messages.iter().enumerate() {
+            if message.event.is_some() {
+                if let Some(&at) = first.get(&message.payload[..]) {
+                    distances.push(index - at);
+                } else {
+                    first.insert(&message.payload[..], index);
+                }
+            }
+        }
+        assert!(!distances.is_empty(), "no repeat");
+        let farthest = distances.iter().max().copied().unwrap_or(0);
+        // Delayed by 1 to 64 messages when it was queued, and never held back longer.
+        assert!(farthest > 16, "every repeat within {farthest} messages");
+        assert!(
+            farthest <= 80,
+            "a repeat {farthest} messages after its original"
+        );
+    }
+
     #[test]
     fn refuses_bad_ratios_and_empty_workloads() {
         let config = WorkloadConfig {
