@@ -484,6 +484,32 @@ mod tests {
         );
     }
 
+    /// Goal: publishing a whole workload counts every valid and every malformed message and
+    /// acknowledges each distinct event. Method: counts against the messages themselves.
+    #[test]
+    fn published_counts_every_message_and_acknowledges_each_event() {
+        let workload = Workload::generate(&WorkloadConfig {
+            orders: 200,
+            malformed_ratio: 0.05,
+            ..WorkloadConfig::default()
+        })
+        .unwrap();
+        let published = workload.published();
+        let malformed = workload
+            .messages
+            .iter()
+            .filter(|m| m.event.is_none())
+            .count();
+        assert!(malformed > 0, "no malformed message");
+        assert_eq!(published.malformed, malformed);
+        assert_eq!(published.valid, workload.messages.len() - malformed);
+        assert_eq!(published.truth.attempted.len(), published.valid);
+        assert_eq!(
+            published.truth.acknowledged.len(),
+            workload.distinct_events().len()
+        );
+    }
+
     #[test]
     fn refuses_bad_ratios_and_empty_workloads() {
         let config = WorkloadConfig {
