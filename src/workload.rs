@@ -510,6 +510,36 @@ mod tests {
         );
     }
 
+    /// Goal: without disorder, each order's events arrive in business order, strictly later
+    /// each, from `start_ms` plus a second per order, and a payment is at least 100 minor
+    /// units. Method: a workload with no reordering, rivals or repeats, read back per order.
+    #[test]
+    fn lifecycles_run_forward_in_time_from_the_start() {
+        let config = WorkloadConfig {
+            orders: 300,
+            reorder_ratio: 0.0,
+            conflict_ratio: 0.0,
+            duplicate_ratio: 0.0,
+            ..WorkloadConfig::default()
+        };
+        let workload = Workload::generate(&config).unwrap();
+        let mut last: HashMap<&str, i64> = HashMap::new();
+        for event in workload.messages.iter().filter_map(|m| m.event.as_ref()) {
+            match last.insert(&event.order_id, event.event_time_ms) {
+                Some(previous) => assert!(previous < event.event_time_ms, "{event:?}"),
+                None => {
+                    assert_eq!(event.kind, EventKind::Created);
+                    let index: i64 = event.order_id.rsplit('-').next().unwrap().parse().unwrap();
+                    assert_eq!(event.event_time_ms, config.start_ms + index * 1_000);
+                }
+            }
+            if event.kind == EventKind::Paid {
+                assert!(event.amount_minor.is_some_and(|amount| amount >= 100));
+            }
+        }
+        assert_eq!(last.len(), 300);
+    }
+
     #[test]
     fn refuses_bad_ratios_and_empty_workloads() {
         let config = WorkloadConfig {
