@@ -511,8 +511,9 @@ mod tests {
     }
 
     /// Goal: without disorder, each order's events arrive in business order, each 1 ms to an
-    /// hour after the one before, from `start_ms` plus a second per order, and a payment is at least 100 minor
-    /// units. Method: a workload with no reordering, rivals or repeats, read back per order.
+    /// hour after the one before, from `start_ms` plus a second per order, and a payment is
+    /// at least 100 minor units. Method: a workload with no reordering, rivals or repeats,
+    /// read back per order.
     #[test]
     fn lifecycles_run_forward_in_time_from_the_start() {
         let config = WorkloadConfig {
