@@ -545,6 +545,59 @@ mod tests {
         assert_eq!(last.len(), 300);
     }
 
+    /// Goal: a rival claims a status its order already has, within a minute before or after
+    /// the original, so that either may win: a new event id for a single-valued status, the
+    /// same id with another valid amount for a bill or a refund. Method: every order of a
+    /// workload given a rival, each rival matched with its original.
+    #[test]
+    fn rivals_claim_a_status_again_a_minute_either_side() {
+        let workload = Workload::generate(&WorkloadConfig {
+            orders: 500,
+            conflict_ratio: 1.0,
+            duplicate_ratio: 0.0,
+            reorder_ratio: 0.0,
+            malformed_ratio: 0.0,
+            ..WorkloadConfig::default()
+        })
+        .unwrap();
+        let events: Vec<&OrderEvent> = (workload.messages.iter())
+            .filter_map(|m| m.event.as_ref())
+            .collect();
+        let (mut earlier, mut later, mut rivals) = (0, 0, 0);
+        for rival in &events {
+            let original_id = match rival.event_id.strip_suffix("-rival") {
+                Some(original_id) => original_id,
+                None if rival.kind.repeats() => rival.event_id.as_str(),
+                None => continue,
+            };
+            let Some(original) = events.iter().find(|e| {
+                e.event_id == original_id && e.amount_minor != rival.amount_minor
+                    || e.event_id == original_id && !rival.kind.repeats()
+            }) else {
+                continue;
+            };
+            rivals += 1;
+            assert_eq!(original.kind, rival.kind, "{rival:?}");
+            assert_eq!(rival.kind.repeats(), rival.event_id == original.event_id);
+            if let Some(amount) = rival.amount_minor {
+                assert!(amount > 0, "{rival:?}");
+            }
+            let shift = rival.event_time_ms - original.event_time_ms;
+            assert!(shift.abs() <= 60_000, "{rival:?} {shift}");
+            // A bill's or a refund's pair cannot tell its rival from its original.
+            if !rival.kind.repeats() {
+                earlier += usize::from(shift < 0);
+                later += usize::from(shift > 0);
+            }
+        }
+        // A bill's or a refund's pair is counted both ways.
+        assert!(rivals >= 500, "{rivals} rivals");
+        assert!(
+            earlier > 50 && later > 50,
+            "{earlier} earlier, {later} later"
+        );
+    }
+
     #[test]
     fn refuses_bad_ratios_and_empty_workloads() {
         let config = WorkloadConfig {
