@@ -570,9 +570,10 @@ mod tests {
                 None if rival.kind.repeats() => rival.event_id.as_str(),
                 None => continue,
             };
+            // The original of a bill's or refund's rival is the same id with another amount.
             let Some(original) = events.iter().find(|e| {
-                e.event_id == original_id && e.amount_minor != rival.amount_minor
-                    || e.event_id == original_id && !rival.kind.repeats()
+                e.event_id == original_id
+                    && (!rival.kind.repeats() || e.amount_minor != rival.amount_minor)
             }) else {
                 continue;
             };
