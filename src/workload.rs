@@ -599,6 +599,28 @@ mod tests {
         );
     }
 
+    /// Goal: every form of malformed message the generator knows is sent, so that the
+    /// consumer's dead-letter path meets each refusal. Method: the decoder's refusals of a
+    /// workload's malformed messages, by kind.
+    #[test]
+    fn every_malformed_form_is_sent() {
+        let workload = Workload::generate(&WorkloadConfig {
+            orders: 300,
+            malformed_ratio: 0.3,
+            ..WorkloadConfig::default()
+        })
+        .unwrap();
+        let refusals: HashSet<std::mem::Discriminant<crate::event::DecodeError>> =
+            (workload.messages.iter())
+                .filter(|m| m.event.is_none())
+                .filter_map(|m| OrderEvent::decode(&m.payload).err())
+                .map(|error| std::mem::discriminant(&error))
+                .collect();
+        // Truncated JSON, an unknown kind, a negative amount, a missing field, a NUL in an id,
+        // an array, an empty id.
+        assert_eq!(refusals.len(), 7);
+    }
+
     #[test]
     fn refuses_bad_ratios_and_empty_workloads() {
         let config = WorkloadConfig {
