@@ -252,6 +252,7 @@ impl Cluster {
         loop {
             self.serve_crash_requests().await;
             let now = Instant::now();
+            let latest = Progress::of(&self.world, &self.truth, params);
             if self.producer_done.load(Ordering::SeqCst)
                 && finished(&self.world, &self.truth, &self.observers, params)
             {
@@ -260,23 +261,21 @@ impl Cluster {
                     return Convergence::Converged;
                 }
                 // Settling is not a stall: the stall bound counts from here if it unsettles.
-                (progress, progressed_at) = (Progress::of(&self.world, &self.truth, params), now);
-                sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-            finished_since = None;
-            let latest = Progress::of(&self.world, &self.truth, params);
-            if latest != progress {
                 (progress, progressed_at) = (latest, now);
-            } else if now - progressed_at >= Duration::from_millis(STALL_BOUND_MS) {
-                return Convergence::Stuck {
-                    quiet_ms: millis(now - progressed_at),
-                };
-            }
-            if now - healed >= Duration::from_millis(params.liveness_ms) {
-                return Convergence::Slow {
-                    cap_ms: params.liveness_ms,
-                };
+            } else {
+                finished_since = None;
+                if latest != progress {
+                    (progress, progressed_at) = (latest, now);
+                } else if now - progressed_at >= Duration::from_millis(STALL_BOUND_MS) {
+                    return Convergence::Stuck {
+                        quiet_ms: millis(now - progressed_at),
+                    };
+                }
+                if now - healed >= Duration::from_millis(params.liveness_ms) {
+                    return Convergence::Slow {
+                        cap_ms: params.liveness_ms,
+                    };
+                }
             }
             sleep(Duration::from_millis(100)).await;
         }
