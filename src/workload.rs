@@ -547,6 +547,104 @@ mod tests {
         assert_eq!(last.len(), 300);
     }
 
+    /// Goal: each order takes one of the lifecycles the module promises, at about the rates
+    /// asked: created then cancelled; or paid (in two bills of its halves, sometimes), then
+    /// cancelled and refunded in full; or paid, shipped, received, refunded a tenth once or
+    /// twice (sometimes) and completed. A guest order's later events carry the account's
+    /// user id. Method: 2,000 orders without disorder, rivals, repeats or malformed
+    /// messages, read back per order and counted by shape.
+    #[test]
+    fn lifecycles_take_the_business_shapes_at_their_rates() {
+        let config = WorkloadConfig {
+            orders: 2_000,
+            reorder_ratio: 0.0,
+            conflict_ratio: 0.0,
+            duplicate_ratio: 0.0,
+            malformed_ratio: 0.0,
+            ..WorkloadConfig::default()
+        };
+        let workload = Workload::generate(&config).unwrap();
+        let mut orders: HashMap<&str, Vec<&OrderEvent>> = HashMap::new();
+        for event in workload.messages.iter().filter_map(|m| m.event.as_ref()) {
+            orders.entry(&event.order_id).or_default().push(event);
+        }
+        assert_eq!(orders.len(), config.orders);
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for events in orders.values() {
+            for shape in lifecycle_shape(&config, events) {
+                *counts.entry(shape).or_default() += 1;
+            }
+        }
+        // (shape, expected share of all orders)
+        let paid = 1.0 - config.cancel_ratio / 2.0;
+        let shipped = paid * (1.0 - config.cancel_ratio / 2.0);
+        for (shape, share) in [
+            ("cancelled unpaid", config.cancel_ratio / 2.0),
+            ("billed", paid * 0.3),
+            ("cancelled paid", paid * config.cancel_ratio / 2.0),
+            ("completed", shipped),
+            ("refunded", shipped * config.refund_ratio),
+            ("refunded twice", shipped * config.refund_ratio / 2.0),
+            ("guest", config.rebind_ratio),
+        ] {
+            let expected = share * config.orders as f64;
+            let seen = counts.get(shape).copied().unwrap_or(0) as f64;
+            assert!(
+                (expected * 0.6..=expected * 1.4).contains(&seen),
+                "{seen} orders {shape}, about {expected} expected"
+            );
+        }
+    }
+
+    /// The shapes one order's events take (see the test above); panics on any other.
+    fn lifecycle_shape(config: &WorkloadConfig, events: &[&OrderEvent]) -> Vec<&'static str> {
+        use EventKind::*;
+        let order = &events[0].order_id;
+        let index: usize = order.rsplit('-').next().unwrap().parse().unwrap();
+        let account = format!("u{}", index % config.users);
+        let mut shapes = Vec::new();
+        for (position, event) in events.iter().enumerate() {
+            assert_eq!(event.event_id, format!("{order}-{position}"));
+            if position == 0 && event.user_id == format!("guest-{index}") {
+                shapes.push("guest");
+            } else {
+                assert_eq!(event.user_id, account, "{event:?}");
+            }
+            assert_eq!(event.amount_minor.is_some(), event.kind.carries_amount());
+        }
+        let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
+        if kinds == [Created, Cancelled] {
+            shapes.push("cancelled unpaid");
+            return shapes;
+        }
+        assert_eq!(kinds[..2], [Created, Paid], "{kinds:?}");
+        let total = events[1].amount_minor.unwrap();
+        assert!((100..100_100).contains(&total), "{total}");
+        let mut rest = &events[2..];
+        if rest[0].kind == Billed {
+            let bills = [rest[0].amount_minor, rest[1].amount_minor];
+            assert_eq!(bills, [Some(total / 2), Some(total - total / 2)]);
+            shapes.push("billed");
+            rest = &rest[2..];
+        }
+        let rest: Vec<(EventKind, Option<i64>)> =
+            rest.iter().map(|e| (e.kind, e.amount_minor)).collect();
+        let tenth = Some(1 + total / 10);
+        let (shipped, refunds, completed) = ((Shipped, None), (Refunded, tenth), (Completed, None));
+        if rest == [(Cancelled, None), (Refunded, Some(total))] {
+            shapes.push("cancelled paid");
+        } else if rest == [shipped, (Received, None), completed] {
+            shapes.push("completed");
+        } else if rest == [shipped, (Received, None), refunds, completed] {
+            shapes.extend(["completed", "refunded"]);
+        } else if rest == [shipped, (Received, None), refunds, refunds, completed] {
+            shapes.extend(["completed", "refunded", "refunded twice"]);
+        } else {
+            panic!("{order}: {kinds:?} {rest:?}");
+        }
+        shapes
+    }
+
     /// Goal: a rival claims a status its order already has, within a minute before or after
     /// the original, so that either may win: a new event id for a single-valued status, the
     /// same id with another valid amount for a bill or a refund. Method: every order of a
