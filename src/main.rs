@@ -226,7 +226,8 @@ async fn run_demo(options: DemoArgs) -> Result<ExitCode, String> {
             ..ConsumerConfig::default()
         },
     };
-    demo.crash_cycles(options.crashes).await?;
+    let killed = demo.crash_cycles(options.crashes).await?;
+    let applied_before_clean_run = metrics.applied.get();
     let running = demo.start(demo.config.jitter_seed)?.spawn();
     let bar = progress_bar(truth.acknowledged.len() as u64, "events applied");
     let ticker = tokio::spawn(follow(bar.clone(), Arc::clone(&metrics)));
@@ -250,8 +251,7 @@ async fn run_demo(options: DemoArgs) -> Result<ExitCode, String> {
     };
     let report = verify(&truth, &view, &[], &BTreeSet::new());
     println!(
-        "{} crash cycles, then a clean run; {} dead letters (malformed input), {} duplicate deliveries dropped, {:.2}s",
-        options.crashes,
+        "{killed} consumers killed mid-flight after {applied_before_clean_run} applications, then a clean run; {} dead letters (malformed input), {} duplicate deliveries dropped, {:.2}s",
         metrics.dead_letters.get(),
         metrics.duplicates_cache.get() + metrics.duplicates_batch.get() + metrics.duplicates_store.get(),
         started.elapsed().as_secs_f64()
@@ -297,14 +297,16 @@ impl DemoConsumers<'_> {
         .map_err(|error| format!("bad consumer configuration: {error}"))
     }
 
-    /// Each incarnation is killed after a few milliseconds, mid-flight.
-    async fn crash_cycles(&self, crashes: u32) -> Result<(), String> {
+    /// Each incarnation is killed after a few milliseconds, mid-flight; returns how many were.
+    async fn crash_cycles(&self, crashes: u32) -> Result<u32, String> {
+        let mut killed = 0;
         for cycle in 0..crashes {
             let running = self.start(u64::from(cycle))?.spawn();
             tokio::time::sleep(Duration::from_millis(2)).await;
             running.abort().await;
+            killed += 1;
         }
-        Ok(())
+        Ok(killed)
     }
 }
 
