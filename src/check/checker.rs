@@ -29,6 +29,9 @@ pub enum Invariant {
     Unexpected,
     /// A wide row keeps a claim although a sent, acknowledged one precedes it.
     RowMismatch,
+    /// A row holds an effect whose business key the store's unique key does not: nothing
+    /// stops a redelivery from applying it again.
+    UnkeyedRow,
     /// acknowledged != applied + dead-lettered + pending, each counted from its own source.
     Conservation,
     /// A valid event sent by the producer ended on the dead-letter topic.
@@ -53,12 +56,13 @@ pub enum Invariant {
 }
 
 /// Every invariant.
-pub const ALL_INVARIANTS: [Invariant; 15] = [
+pub const ALL_INVARIANTS: [Invariant; 16] = [
     Invariant::BrokerLoss,
     Invariant::ConsumerLoss,
     Invariant::Duplicate,
     Invariant::Unexpected,
     Invariant::RowMismatch,
+    Invariant::UnkeyedRow,
     Invariant::Conservation,
     Invariant::DeadLetteredValid,
     Invariant::AppliedAndDeadLettered,
@@ -93,6 +97,7 @@ impl Invariant {
             Invariant::Duplicate => "duplicate",
             Invariant::Unexpected => "unexpected",
             Invariant::RowMismatch => "row-mismatch",
+            Invariant::UnkeyedRow => "unkeyed-row",
             Invariant::Conservation => "conservation",
             Invariant::DeadLetteredValid => "dead-lettered-valid",
             Invariant::AppliedAndDeadLettered => "applied-and-dead-lettered",
@@ -320,6 +325,14 @@ fn report_store_faults(report: &VerifyReport, add: &mut impl FnMut(Invariant, St
             examples(report.unexpected.iter().cloned())
         );
         add(Invariant::Unexpected, detail);
+    }
+    if !report.unkeyed.is_empty() {
+        let detail = format!(
+            "{} row claims without their unique key: {}",
+            report.unkeyed.len(),
+            examples(report.unkeyed.iter().cloned())
+        );
+        add(Invariant::UnkeyedRow, detail);
     }
     if !report.dead_lettered_valid.is_empty() {
         let detail = format!(
@@ -1023,6 +1036,25 @@ mod tests {
             verdict.violations
         );
         assert_eq!((verdict.broker_lost, verdict.consumer_lost), (2, 1));
+    }
+
+    /// Goal: rows whose keys the store never recorded are a violation of their own, whatever
+    /// the convergence, and nothing else. Method: a clean run's ledger emptied, converged and
+    /// stuck.
+    #[test]
+    fn rows_without_their_keys_are_unkeyed() {
+        let mut observed = clean_run();
+        observed.store.ledger.clear();
+        assert_eq!(
+            check(&observed).invariants(),
+            BTreeSet::from([Invariant::UnkeyedRow])
+        );
+        observed.convergence = Convergence::Stuck { quiet_ms: 20_000 };
+        let invariants = check(&observed).invariants();
+        assert!(
+            invariants.contains(&Invariant::UnkeyedRow),
+            "{invariants:?}"
+        );
     }
 
     #[test]

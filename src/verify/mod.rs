@@ -15,7 +15,9 @@ pub use reference::Fact;
 
 use crate::event::{EventKind, OrderEvent};
 use crate::widetable::OrderRow;
-use reference::{expected_rows, holds_exactly, read_payload, reflected, row_faults, RowFault};
+use reference::{
+    expected_rows, holds_exactly, read_payload, reflected, row_faults, stored_slots, RowFault,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -92,6 +94,9 @@ pub struct VerifyReport {
     pub applied_twice: Vec<(String, u32)>,
     /// Applications or row contents that no producer ever sent.
     pub unexpected: Vec<String>,
+    /// Row claims whose business key the ledger does not hold: an effect stored without the
+    /// unique key that must guard it, in the same transaction, against a second application.
+    pub unkeyed: Vec<String>,
     /// Rows whose contents break the conflict rule (a claim kept although a sent one precedes
     /// it).
     pub row_mismatches: Vec<String>,
@@ -109,6 +114,7 @@ impl VerifyReport {
             && self.applied_twice.is_empty()
             && self.unexpected.is_empty()
             && self.row_mismatches.is_empty()
+            && self.unkeyed.is_empty()
             && self.dead_lettered_valid.is_empty()
             && self.applied_and_dead_lettered.is_empty()
             && self.conservation_holds()
@@ -158,6 +164,7 @@ pub fn verify(
         .cloned()
         .collect();
     check_ledger(&attempted, &store.ledger, &mut report);
+    report.unkeyed = unkeyed_claims(store);
     let expected = expected_rows(&attempted, &truth.acknowledged);
     for (order_id, row) in &store.rows {
         for fault in row_faults(order_id, row, expected.get(order_id.as_str())) {
@@ -168,6 +175,27 @@ pub fn verify(
         }
     }
     report
+}
+
+/// The row claims whose business key no application in the ledger has.
+fn unkeyed_claims(store: &StoreView) -> Vec<String> {
+    let keyed: BTreeSet<String> = (store.ledger.iter())
+        .map(|a| Fact::business_key(&a.order_id, a.kind, &a.event_id))
+        .collect();
+    let mut unkeyed = Vec::new();
+    for (order_id, row) in &store.rows {
+        for (slot, stamp) in stored_slots(row) {
+            let entry = slot.entry.as_deref().unwrap_or_default();
+            if !keyed.contains(&Fact::business_key(order_id, slot.kind, entry)) {
+                unkeyed.push(format!(
+                    "{order_id}/{}/{entry} holds {} without its key",
+                    slot.kind.as_str(),
+                    stamp.event_id
+                ));
+            }
+        }
+    }
+    unkeyed
 }
 
 /// Counts applications per business key (at most one each) and finds applications of events
@@ -236,6 +264,11 @@ impl fmt::Display for VerifyReport {
             out,
             "unexpected     {}",
             show(&mut self.unexpected.iter().cloned())
+        )?;
+        writeln!(
+            out,
+            "unkeyed        {}",
+            show(&mut self.unkeyed.iter().cloned())
         )?;
         writeln!(
             out,

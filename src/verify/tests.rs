@@ -82,6 +82,34 @@ fn a_doubled_application_is_found_in_the_ledger() {
     assert!(!report.passed());
 }
 
+/// Goal: a row claim whose business key the ledger lacks (a status column, a bill's entry) is
+/// found and fails the verdict, though the rows alone account for every event. Method: a
+/// faithful store with two keys taken out of its ledger.
+#[test]
+fn a_row_claim_without_its_key_is_unkeyed() {
+    let (truth, mut store, events) = truth_and_store(40);
+    let of_kind = |kind| events.iter().find(|e| e.kind == kind).unwrap();
+    let (paid, bill) = (of_kind(EventKind::Paid), of_kind(EventKind::Billed));
+    for lost in [paid, bill] {
+        let key = |a: &Application| Fact::business_key(&a.order_id, a.kind, &a.event_id);
+        let lost = key(&Application::of(lost));
+        store.ledger.retain(|a| key(a) != lost);
+    }
+    let report = verify(&truth, &store, &no_letters(), &BTreeSet::new());
+    let paid_key = format!("{}/paid/ holds {}", paid.order_id, paid.event_id);
+    let bill_key = format!("{0}/billed/{1} holds {1}", bill.order_id, bill.event_id);
+    for expected in [paid_key, bill_key] {
+        assert!(
+            report.unkeyed.iter().any(|u| u.starts_with(&expected)),
+            "{expected}: {report}"
+        );
+    }
+    assert_eq!(report.unkeyed.len(), 2, "{report}");
+    assert!(report.missing.is_empty() && report.conservation_holds());
+    assert!(report.to_string().contains("unkeyed        2 "), "{report}");
+    assert!(!report.passed());
+}
+
 #[test]
 fn an_invented_event_is_unexpected_in_the_ledger_and_in_the_rows() {
     let (truth, mut store, events) = truth_and_store(20);
