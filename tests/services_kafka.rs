@@ -1,11 +1,12 @@
 //! The rdkafka adapter against the real broker started by `scripts/services-up` (nisshi):
 //! round trip with keys, headers and Java-compatible partitions; commit and resume; commit
 //! metadata (or its documented fallback); dead letters with their headers; another group's
-//! offsets. The broker address comes from `HOLDFAST_KAFKA_BROKERS` (missing is a failure).
+//! offsets; the start-up probe and topic creation. The broker address comes from `HOLDFAST_KAFKA_BROKERS` (missing is a failure).
 //! Every test creates its own topics and groups, so the tests do not see each other's data.
 
 use holdfast::adapters::kafka::{
-    create_topic, read_topic, KafkaGroupOffsets, KafkaLog, KafkaPublisher, KafkaSettings,
+    create_topic, probe_brokers, read_topic, KafkaGroupOffsets, KafkaLog, KafkaPublisher,
+    KafkaSettings,
 };
 use holdfast::partition::partition_for_key;
 use holdfast::pipeline::dead_letter::{
@@ -53,6 +54,32 @@ async fn poll_until(log: &mut KafkaLog, count: usize) -> Polled {
         all.records.extend(polled.records);
     }
     all
+}
+
+/// Goal: the start-up probe refuses an absent topic by name (a mistyped topic stops a command
+/// instead of leaving it waiting for records that never come) and finds it once created;
+/// creating a topic twice is fine, and a topic needs a partition. Method: the probe before and
+/// after `create_topic` of a fresh name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_refuses_an_absent_topic_until_it_is_created() {
+    let settings = settings();
+    let topic = unique("probe");
+    let wait = Duration::from_secs(10);
+    probe_brokers(&settings, None, wait).await.unwrap();
+    let absent = probe_brokers(&settings, Some(&topic), wait)
+        .await
+        .unwrap_err();
+    let named = format!("topic {topic} does not exist");
+    assert!(absent.to_string().contains(&named), "{absent}");
+    assert!(!absent.is_unavailable(), "{absent}");
+    let none = create_topic(&settings, &topic, 0).await.unwrap_err();
+    assert!(
+        none.to_string().contains("at least one partition"),
+        "{none}"
+    );
+    create_topic(&settings, &topic, 2).await.unwrap();
+    create_topic(&settings, &topic, 2).await.unwrap();
+    probe_brokers(&settings, Some(&topic), wait).await.unwrap();
 }
 
 /// Goal: records come back exactly as sent, each on the partition the Java client picks for
