@@ -1,8 +1,9 @@
 //! The rdkafka adapter against the real broker started by `scripts/services-up` (nisshi):
 //! round trip with keys, headers and Java-compatible partitions; commit and resume; commit
 //! metadata (or its documented fallback); dead letters with their headers; another group's
-//! offsets; the start-up probe and topic creation. The broker address comes from `HOLDFAST_KAFKA_BROKERS` (missing is a failure).
-//! Every test creates its own topics and groups, so the tests do not see each other's data.
+//! offsets; the start-up probe and topic creation. The broker address comes from
+//! `HOLDFAST_KAFKA_BROKERS` (missing is a failure). Every test creates its own topics and
+//! groups, so the tests do not see each other's data.
 
 use holdfast::adapters::kafka::{
     create_topic, probe_brokers, read_topic, KafkaGroupOffsets, KafkaLog, KafkaPublisher,
