@@ -83,6 +83,28 @@ async fn the_probe_refuses_an_absent_topic_until_it_is_created() {
     probe_brokers(&settings, Some(&topic), wait).await.unwrap();
 }
 
+/// Goal: reading a whole topic returns what its partitions hold and does not wait on an empty
+/// one (a dead-letter topic with nothing on it, a partition no key hashed to). Method: a fresh
+/// two-partition topic read empty, then after three messages of one key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_a_topic_returns_at_once_past_its_empty_partitions() {
+    let settings = settings();
+    let topic = unique("readall");
+    create_topic(&settings, &topic, 2).await.unwrap();
+    let wait = Duration::from_secs(20);
+    assert!(read_topic(&settings, &topic, wait)
+        .await
+        .unwrap()
+        .is_empty());
+    let publisher = KafkaPublisher::connect(&settings).unwrap();
+    for _ in 0..3 {
+        publisher.publish(message(&topic, 7)).await.unwrap();
+    }
+    let records = read_topic(&settings, &topic, wait).await.unwrap();
+    assert_eq!(records.len(), 3, "{records:?}");
+    assert!(records.iter().all(|r| r.payload[..] == b"payload-7"[..]));
+}
+
 /// Goal: records come back exactly as sent, each on the partition the Java client picks for
 /// its key, assigned before they arrive. Method: 300 keyed messages with headers to a fresh
 /// 6-partition topic, one consumer of a fresh group.
