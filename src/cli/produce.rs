@@ -27,6 +27,19 @@ const IN_FLIGHT_MAX: usize = 10_000;
 
 type Pending = Pin<Box<dyn Future<Output = Result<Delivery, PortError>> + Send>>;
 
+/// Queues one message and hands back its delivery report to await (the producer's
+/// callback): `KafkaPublisher`, or in the tests a publisher that fails on purpose.
+trait Enqueue {
+    fn enqueue(&self, message: &OutboundMessage) -> Result<Pending, PortError>;
+}
+
+impl Enqueue for KafkaPublisher {
+    fn enqueue(&self, message: &OutboundMessage) -> Result<Pending, PortError> {
+        let pending = KafkaPublisher::enqueue(self, message)?;
+        Ok(Box::pin(pending))
+    }
+}
+
 pub fn main(args: ProduceArgs) -> Result<ExitCode, String> {
     let resolved = args.kafka.settings(Settings::default())?;
     let settings = resolved.kafka_settings()?;
@@ -97,7 +110,7 @@ struct Sent {
 /// Sends every message, then re-sends the ones not acknowledged in up to `retries` further
 /// rounds, each after a longer pause.
 async fn send_with_retries(
-    publisher: &KafkaPublisher,
+    publisher: &impl Enqueue,
     messages: &[OutboundMessage],
     retries: u64,
 ) -> Sent {
@@ -195,7 +208,7 @@ fn record_sends(
 /// Sends the messages at `indices` in order, keeping up to [`IN_FLIGHT_MAX`] in flight, and
 /// records each acknowledgement in `outcomes`.
 async fn send_round(
-    publisher: &KafkaPublisher,
+    publisher: &impl Enqueue,
     messages: &[OutboundMessage],
     indices: &[usize],
     outcomes: &mut [Option<Delivery>],
@@ -207,7 +220,7 @@ async fn send_round(
         loop {
             match publisher.enqueue(&messages[index]) {
                 Ok(pending) => {
-                    in_flight.push_back((index, Box::pin(pending)));
+                    in_flight.push_back((index, pending));
                     break;
                 }
                 Err(error) => {
@@ -249,5 +262,123 @@ async fn settle(
             bar.inc(1);
         }
         Err(error) => *last_error = Some(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    /// A publisher whose deliveries of some payloads fail a set number of times (an outage
+    /// during the delivery), and which refuses to queue the payloads of `refused`.
+    #[derive(Default)]
+    struct Flaky {
+        failures_left: Mutex<BTreeMap<Vec<u8>, u32>>,
+        refused: Vec<Vec<u8>>,
+        enqueued: Mutex<Vec<Vec<u8>>>,
+    }
+
+    impl Enqueue for Flaky {
+        fn enqueue(&self, message: &OutboundMessage) -> Result<Pending, PortError> {
+            let payload = message.payload.to_vec();
+            let unavailable = |detail: &str| PortError::Unavailable {
+                service: "kafka",
+                detail: detail.to_owned(),
+            };
+            if self.refused.contains(&payload) {
+                return Err(unavailable("queue full"));
+            }
+            let mut enqueued = self.enqueued.lock().unwrap();
+            let offset = enqueued.len() as i64;
+            enqueued.push(payload.clone());
+            let mut failures_left = self.failures_left.lock().unwrap();
+            let fails = failures_left.get_mut(&payload).is_some_and(|left| {
+                let fails = *left > 0;
+                *left = left.saturating_sub(1);
+                fails
+            });
+            let delivery = Delivery {
+                partition: 0,
+                offset,
+            };
+            let outcome = if fails {
+                Err(unavailable("delivery timed out"))
+            } else {
+                Ok(delivery)
+            };
+            Ok(Box::pin(async move { outcome }))
+        }
+    }
+
+    fn messages(count: usize) -> Vec<OutboundMessage> {
+        (0..count)
+            .map(|index| OutboundMessage {
+                topic: "orders".into(),
+                key: vec![b'k'],
+                payload: format!("m{index}").into_bytes().into(),
+                headers: Vec::new(),
+            })
+            .collect()
+    }
+
+    fn flaky(failures: &[(usize, u32)]) -> Flaky {
+        let failures_left = failures
+            .iter()
+            .map(|&(index, times)| (format!("m{index}").into_bytes(), times))
+            .collect();
+        Flaky {
+            failures_left: Mutex::new(failures_left),
+            ..Flaky::default()
+        }
+    }
+
+    /// Goal: failed deliveries are sent again, only they, in further rounds, until each is
+    /// acknowledged or the retries run out; what never was is reported failed and left
+    /// unacknowledged. Method: five messages, one failing once and one twice, sent with two
+    /// retries, with one, and with none failing, in paused time.
+    #[tokio::test(start_paused = true)]
+    async fn failed_deliveries_are_sent_again_until_the_retries_run_out() {
+        let messages = messages(5);
+        let publisher = flaky(&[(1, 1), (3, 2)]);
+        let started = tokio::time::Instant::now();
+        let sent = send_with_retries(&publisher, &messages, 2).await;
+        // Each round waits longer than the one before: 0.5 s, then 1 s.
+        assert_eq!(started.elapsed(), Duration::from_millis(1_500));
+        assert_eq!((sent.failed, sent.resent), (0, 3));
+        assert!(sent.outcomes.iter().all(Option::is_some));
+        let enqueued = publisher.enqueued.lock().unwrap().clone();
+        let again: Vec<&[u8]> = enqueued[5..].iter().map(Vec::as_slice).collect();
+        assert_eq!(again, [&b"m1"[..], b"m3", b"m3"]);
+        // The acknowledgement says where the send that succeeded was written.
+        assert_eq!(sent.outcomes[3].map(|d| d.offset), Some(7));
+
+        // Nothing failed: no further round, and no pause.
+        let started = tokio::time::Instant::now();
+        let sent = send_with_retries(&flaky(&[]), &messages, 3).await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!((sent.failed, sent.resent), (0, 0));
+
+        let publisher = flaky(&[(1, 1), (3, 2)]);
+        let sent = send_with_retries(&publisher, &messages, 1).await;
+        assert_eq!((sent.failed, sent.resent), (1, 2));
+        let acknowledged: Vec<bool> = sent.outcomes.iter().map(Option::is_some).collect();
+        assert_eq!(acknowledged, [true, true, true, false, true]);
+    }
+
+    /// Goal: a message the producer will not even queue, with nothing in flight to wait for,
+    /// fails without stopping the others. Method: the middle one of three refused.
+    #[tokio::test(start_paused = true)]
+    async fn a_message_that_cannot_be_queued_fails_alone() {
+        let messages = messages(3);
+        let publisher = Flaky {
+            refused: vec![b"m1".to_vec()],
+            ..Flaky::default()
+        };
+        let sent = send_with_retries(&publisher, &messages, 0).await;
+        assert_eq!((sent.failed, sent.resent), (1, 0));
+        let acknowledged: Vec<bool> = sent.outcomes.iter().map(Option::is_some).collect();
+        assert_eq!(acknowledged, [true, false, true]);
     }
 }
