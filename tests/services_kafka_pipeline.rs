@@ -415,6 +415,40 @@ async fn the_command_line_through_sigkill_and_sigterm() {
         &truth_arg,
     ]);
     assert!(summary.contains("failed 0"), "{summary}");
+    // What was sent is the workload of the seed and the order count asked for.
+    let asked = Workload::generate(&WorkloadConfig {
+        orders: 2000,
+        seed: 34,
+        ..WorkloadConfig::default()
+    })
+    .unwrap();
+    let published = asked.published();
+    let sent = format!(
+        "sent {} messages ({} valid events, {} malformed)",
+        asked.messages.len(),
+        published.valid,
+        published.malformed
+    );
+    assert!(summary.contains(&sent), "`{sent}` not in {summary}");
+    let acknowledged = format!(": acknowledged {}, failed 0", asked.messages.len());
+    assert!(
+        summary.contains(&acknowledged),
+        "`{acknowledged}` not in {summary}"
+    );
+    // The truth file lists every valid event's send, in workload order, each acknowledged.
+    let lines = std::fs::read_to_string(&truth).unwrap();
+    let written: Vec<serde_json::Value> = (lines.lines())
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let valid = asked.messages.iter().filter(|m| m.event.is_some());
+    assert_eq!(written.len(), published.valid);
+    for (line, message) in written.iter().zip(valid) {
+        assert_eq!(line["acknowledged"], true, "{line}");
+        assert_eq!(
+            line["payload"].as_str().map(str::as_bytes),
+            Some(&message.payload[..])
+        );
+    }
     let group = unique("group");
     let run_args = [
         "run",

@@ -75,3 +75,38 @@ pub fn read_with_lines(path: &Path) -> Result<(GroundTruth, Vec<TruthLine>), Str
     }
     Ok((truth, lines))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: a truth file is read back line for line, and a line that is not a truth line is
+    /// refused naming the file and its line number. Method: a written file, then one with a
+    /// bad second line.
+    #[test]
+    fn reads_what_was_written_and_names_a_bad_line() {
+        let path = std::env::temp_dir().join(format!("holdfast-{}.truth", std::process::id()));
+        let mut writer = TruthWriter::create(&path).unwrap();
+        let event = r#"{"v":1,"event_id":"e1","order_id":"o1","user_id":"u1","kind":"created","event_time_ms":5}"#;
+        let line = TruthLine {
+            acknowledged: true,
+            partition: Some(3),
+            offset: Some(9),
+            payload: event.to_owned(),
+        };
+        writer.write(&line).unwrap();
+        writer.finish().unwrap();
+        let (truth, lines) = read_with_lines(&path).unwrap();
+        assert_eq!((truth.acknowledged.len(), lines.len()), (1, 1));
+        assert_eq!((lines[0].partition, lines[0].offset), (Some(3), Some(9)));
+        std::fs::write(
+            &path,
+            format!("{}\nnot json\n", serde_json::to_string(&line).unwrap()),
+        )
+        .unwrap();
+        let refused = read_with_lines(&path).unwrap_err();
+        let _ = std::fs::remove_file(&path);
+        let named = format!("{}:2: not a truth line", path.display());
+        assert!(refused.starts_with(&named), "{refused}");
+    }
+}
