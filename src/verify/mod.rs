@@ -163,8 +163,8 @@ pub fn verify(
         .filter(|fact| holds_exactly(&store.rows, fact))
         .cloned()
         .collect();
-    check_ledger(&attempted, &store.ledger, &mut report);
-    report.unkeyed = unkeyed_claims(store);
+    let applications = check_ledger(&attempted, &store.ledger, &mut report);
+    report.unkeyed = unkeyed_claims(&store.rows, &applications);
     let expected = expected_rows(&attempted, &truth.acknowledged);
     for (order_id, row) in &store.rows {
         for fault in row_faults(order_id, row, expected.get(order_id.as_str())) {
@@ -177,16 +177,17 @@ pub fn verify(
     report
 }
 
-/// The row claims whose business key no application in the ledger has.
-fn unkeyed_claims(store: &StoreView) -> Vec<String> {
-    let keyed: BTreeSet<String> = (store.ledger.iter())
-        .map(|a| Fact::business_key(&a.order_id, a.kind, &a.event_id))
-        .collect();
+/// The row claims whose business key no application in the ledger has (`applications`:
+/// the ledger's count per business key).
+fn unkeyed_claims(
+    rows: &BTreeMap<String, OrderRow>,
+    applications: &BTreeMap<String, u32>,
+) -> Vec<String> {
     let mut unkeyed = Vec::new();
-    for (order_id, row) in &store.rows {
+    for (order_id, row) in rows {
         for (slot, stamp) in stored_slots(row) {
             let entry = slot.entry.as_deref().unwrap_or_default();
-            if !keyed.contains(&Fact::business_key(order_id, slot.kind, entry)) {
+            if !applications.contains_key(&Fact::business_key(order_id, slot.kind, entry)) {
                 unkeyed.push(format!(
                     "{order_id}/{}/{entry} holds {} without its key",
                     slot.kind.as_str(),
@@ -199,8 +200,12 @@ fn unkeyed_claims(store: &StoreView) -> Vec<String> {
 }
 
 /// Counts applications per business key (at most one each) and finds applications of events
-/// no producer sent.
-fn check_ledger(attempted: &BTreeSet<Fact>, ledger: &[Application], report: &mut VerifyReport) {
+/// no producer sent; returns the count per business key.
+fn check_ledger(
+    attempted: &BTreeSet<Fact>,
+    ledger: &[Application],
+    report: &mut VerifyReport,
+) -> BTreeMap<String, u32> {
     let sent: BTreeSet<(&str, EventKind, &str)> = attempted
         .iter()
         .map(|fact| (fact.order_id.as_str(), fact.kind, fact.event_id.as_str()))
@@ -227,10 +232,11 @@ fn check_ledger(attempted: &BTreeSet<Fact>, ledger: &[Application], report: &mut
             ));
         }
     }
-    report.applied_twice = per_key
-        .into_iter()
-        .filter(|(_, count)| *count > 1)
+    report.applied_twice = (per_key.iter())
+        .filter(|(_, count)| **count > 1)
+        .map(|(key, count)| (key.clone(), *count))
         .collect();
+    per_key
 }
 
 impl fmt::Display for VerifyReport {
