@@ -512,6 +512,11 @@ mod tests {
         );
     }
 
+    /// The index `lifecycle` gave an order, read back from its id.
+    fn order_index(order_id: &str) -> usize {
+        order_id.rsplit('-').next().unwrap().parse().unwrap()
+    }
+
     /// Goal: without disorder, each order's events arrive in business order, each 1 ms to an
     /// hour after the one before, from `start_ms` plus a second per order, and a payment is
     /// at least 100 minor units. Method: a workload with no reordering, rivals or repeats,
@@ -536,7 +541,7 @@ mod tests {
                 ),
                 None => {
                     assert_eq!(event.kind, EventKind::Created);
-                    let index: i64 = event.order_id.rsplit('-').next().unwrap().parse().unwrap();
+                    let index = order_index(&event.order_id) as i64;
                     assert_eq!(event.event_time_ms, config.start_ms + index * 1_000);
                 }
             }
@@ -600,7 +605,7 @@ mod tests {
     fn lifecycle_shape(config: &WorkloadConfig, events: &[&OrderEvent]) -> Vec<&'static str> {
         use EventKind::*;
         let order = &events[0].order_id;
-        let index: usize = order.rsplit('-').next().unwrap().parse().unwrap();
+        let index = order_index(order);
         let account = format!("u{}", index % config.users);
         let mut shapes = Vec::new();
         for (position, event) in events.iter().enumerate() {
